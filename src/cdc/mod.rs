@@ -1,0 +1,14 @@
+//! Reading SQL Server Change Data Capture.
+//!
+//! The jobs never talk to tiberius directly: they talk to a [`CdcSession`], which the SQL
+//! Server implementation ([`sqlserver`]) and the in-memory model of the tests both implement.
+//! That seam is what lets the orchestration be tested against documented CDC semantics in CI,
+//! where no SQL Server can run.
+
+pub mod lsn;
+pub mod source;
+pub mod value;
+
+pub use lsn::{Lsn, LsnParseError};
+pub use source::*;
+pub use value::Value;

@@ -1,0 +1,306 @@
+//! The source seam: what a job needs from SQL Server, as a trait.
+//!
+//! Rows are pushed into a [`RowSink`] instead of returned as a stream: a tiberius result
+//! stream borrows its connection, and pushing keeps backpressure (the sink awaits its block
+//! uploads) without tying lifetimes through a trait object.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Lsn, Value};
+
+/// A source table, `schema.table`. Names are validated (see [`TableRef::parse`]) but are
+/// still always passed to SQL Server quoted or as parameters, never spliced raw.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableRef {
+    pub schema: String,
+    pub table: String,
+}
+
+/// Why a name is refused before any SQL is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("table name {0:?} must be schema.table, e.g. dbo.customers")]
+    NotQualified(String),
+    #[error("name {0:?} is empty or longer than 128 characters (sysname)")]
+    Length(String),
+    #[error("name {name:?} contains {ch:?}; only letters, digits, _, $, @, # and - are accepted")]
+    Character { name: String, ch: char },
+}
+
+/// Checks one SQL Server identifier (a `sysname`) against a conservative character set.
+/// Anything outside it (quotes, brackets, semicolons, spaces, dots…) is refused, so config
+/// can never carry SQL; the check is deliberately stricter than SQL Server itself.
+pub fn validate_identifier(name: &str) -> Result<(), NameError> {
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err(NameError::Length(name.to_string()));
+    }
+    if let Some(ch) = name
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, '_' | '$' | '@' | '#' | '-')))
+    {
+        return Err(NameError::Character {
+            name: name.to_string(),
+            ch,
+        });
+    }
+    Ok(())
+}
+
+/// `[name]` with `]` doubled, as `QUOTENAME` does.
+pub fn quote_identifier(name: &str) -> String {
+    format!("[{}]", name.replace(']', "]]"))
+}
+
+impl TableRef {
+    /// Parses `schema.table` (both parts validated by [`validate_identifier`]).
+    pub fn parse(text: &str) -> Result<TableRef, NameError> {
+        let (schema, table) = text
+            .trim()
+            .split_once('.')
+            .ok_or_else(|| NameError::NotQualified(text.to_string()))?;
+        validate_identifier(schema)?;
+        validate_identifier(table)?;
+        Ok(TableRef {
+            schema: schema.to_string(),
+            table: table.to_string(),
+        })
+    }
+
+    /// `[schema].[table]`.
+    pub fn quoted(&self) -> String {
+        format!(
+            "{}.{}",
+            quote_identifier(&self.schema),
+            quote_identifier(&self.table)
+        )
+    }
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// A capture instance as `cdc.change_tables` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureInstance {
+    pub table: TableRef,
+    /// Validated against `cdc.change_tables`; safe to splice into
+    /// `cdc.fn_cdc_get_net_changes_<name>` once quoted.
+    pub name: String,
+    pub supports_net_changes: bool,
+    /// `sys.fn_cdc_get_min_lsn(name)`, read in the same round trip.
+    pub min_lsn: Lsn,
+    /// The source table's key columns in key order (the primary key or `index_name`).
+    pub key_columns: Vec<String>,
+}
+
+/// How far the capture process has got, and what a window end maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureProgress {
+    /// `sys.fn_cdc_get_max_lsn()`.
+    pub max_lsn: Lsn,
+    /// `sys.fn_cdc_map_lsn_to_time(max_lsn)`, converted to UTC; `None` when CDC has no mapping yet.
+    pub max_lsn_time: Option<DateTime<Utc>>,
+    /// `sys.fn_cdc_map_time_to_lsn('largest less than or equal', at)` for the time asked,
+    /// converted to the server's zone first; `None` when no mapping is at or before it.
+    pub lsn_at: Option<Lsn>,
+    /// The server's UTC offset in minutes (`DATEPART(TZOFFSET, SYSDATETIMEOFFSET())`).
+    pub server_utc_offset_minutes: i32,
+}
+
+/// The row filter passed to `cdc.fn_cdc_get_net_changes_<ci>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RowFilter {
+    /// `N'all'`: operations 1 (delete), 2 (insert), 4 (update).
+    #[default]
+    All,
+    /// `N'all with merge'`: 1 (delete) and 5 (insert or update).
+    AllWithMerge,
+}
+
+impl RowFilter {
+    pub fn as_sql(&self) -> &'static str {
+        match self {
+            RowFilter::All => "all",
+            RowFilter::AllWithMerge => "all with merge",
+        }
+    }
+}
+
+/// The window a run has committed itself to before writing its blob: a run that finds one
+/// finishes exactly this window first (same name, same LSN range, same bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingWindow {
+    pub to_lsn: Lsn,
+    pub window_end: DateTime<Utc>,
+    pub blob_name: String,
+}
+
+/// A full load in progress: where the next part starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FullLoadProgress {
+    /// The load's name in blob paths (`yyyyMMddHHmmssfff` of its start).
+    pub load_id: String,
+    pub baseline_lsn: Lsn,
+    /// Part blobs committed so far.
+    pub parts_done: u32,
+    /// Key of the last row of the last committed part; `None` before the first part.
+    pub last_key: Option<Vec<Value>>,
+    pub rows_done: u64,
+}
+
+/// One row of the watermark table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Watermark {
+    pub table: TableRef,
+    pub capture_instance: String,
+    /// Every change with an LSN at or below this is in a committed blob (or the full load).
+    pub last_lsn: Lsn,
+    /// The end of the last window copied (UTC); the next window starts here.
+    pub last_window_end: DateTime<Utc>,
+    pub pending: Option<PendingWindow>,
+    pub full_load: Option<FullLoadProgress>,
+    pub rows_copied: u64,
+    pub bytes_copied: u64,
+    /// Optimistic concurrency: every update is conditional on the version read and bumps it.
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where rows go: the CSV-to-blob writer in production, a vector in tests.
+#[async_trait]
+pub trait RowSink: Send {
+    /// The result set's column names, once, before any row.
+    async fn columns(&mut self, names: &[String]) -> Result<(), crate::sink::SinkError>;
+    async fn row(&mut self, row: &[Value]) -> Result<(), crate::sink::SinkError>;
+}
+
+/// Errors from the source. `is_transient` tells retryable failures (network, deadlock,
+/// timeouts) from definite ones (permissions, missing objects, bad config, lost changes).
+#[derive(Debug, thiserror::Error)]
+pub enum CdcError {
+    #[error(
+        "changes for {table} were cleaned up before they were copied: the next LSN to copy is \
+         {requested} but capture instance {capture_instance} now starts at {minimum}. Changes in \
+         between are lost to CDC; run FullLoad for {table} with \"reset\": true to re-baseline, \
+         and raise the CDC retention (sys.sp_cdc_change_job @retention) so it exceeds the \
+         longest outage"
+    )]
+    LsnNotAvailable {
+        table: TableRef,
+        capture_instance: String,
+        requested: Lsn,
+        minimum: Lsn,
+    },
+    #[error("table {table} has no CDC capture instance{}: enable it with sys.sp_cdc_enable_table", .wanted.as_ref().map(|w| format!(" named {w}")).unwrap_or_default())]
+    NoCaptureInstance {
+        table: TableRef,
+        wanted: Option<String>,
+    },
+    #[error("capture instance {capture_instance} of {table} was enabled without @supports_net_changes = 1 (it needs a primary key or unique index); re-enable it with net changes")]
+    NoNetChanges {
+        table: TableRef,
+        capture_instance: String,
+    },
+    #[error("the watermark table {0} does not exist: run sql/setup.sql (see README, \"The watermark table\")")]
+    NoWatermarkTable(String),
+    #[error("SQL Server error {number}: {message}")]
+    Sql {
+        number: u32,
+        message: String,
+        transient: bool,
+    },
+    #[error("connection to SQL Server failed: {0}")]
+    Connection(String),
+    #[error("SQL Server returned something unexpected: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+}
+
+impl CdcError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CdcError::Sql { transient, .. } => *transient,
+            CdcError::Connection(_) => true,
+            CdcError::Sink(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// Opens sessions; one per concurrently processed table.
+#[async_trait]
+pub trait CdcSource: Send + Sync {
+    async fn session(&self) -> Result<Box<dyn CdcSession>, CdcError>;
+}
+
+/// One connection's worth of CDC reads and watermark updates. Each method is one round trip
+/// (one statement from `sqlserver::sql`), which is what the zero-change budget counts.
+#[async_trait]
+pub trait CdcSession: Send {
+    /// The capture instance of `table` from `cdc.change_tables` (the one named `wanted`, or
+    /// the most recently created of at most two), with its min LSN and key columns.
+    async fn capture_instance(
+        &mut self,
+        table: &TableRef,
+        wanted: Option<&str>,
+    ) -> Result<CaptureInstance, CdcError>;
+
+    /// Max LSN, its time, the server offset and the LSN at `at` (UTC, converted to the
+    /// server's zone by the implementation), in one round trip.
+    async fn capture_progress(&mut self, at: DateTime<Utc>) -> Result<CaptureProgress, CdcError>;
+
+    /// `sys.fn_cdc_get_max_lsn()` alone: the full load's baseline.
+    async fn max_lsn(&mut self) -> Result<Lsn, CdcError>;
+
+    /// Number of net-change rows in `[from, to]` (both inclusive; callers ensure from <= to).
+    async fn count_net_changes(
+        &mut self,
+        ci: &CaptureInstance,
+        from: Lsn,
+        to: Lsn,
+        filter: RowFilter,
+    ) -> Result<u64, CdcError>;
+
+    /// Streams the net changes in `[from, to]` into `sink`, ordered by `__$start_lsn` then
+    /// key; returns the rows sent.
+    async fn net_changes(
+        &mut self,
+        ci: &CaptureInstance,
+        from: Lsn,
+        to: Lsn,
+        filter: RowFilter,
+        sink: &mut dyn RowSink,
+    ) -> Result<u64, CdcError>;
+
+    /// Streams up to `limit` rows of the table in key order, starting after `after` (a key
+    /// tuple in `ci.key_columns` order), into `sink`; returns the rows sent and the key of
+    /// the last one.
+    async fn scan(
+        &mut self,
+        ci: &CaptureInstance,
+        after: Option<&[Value]>,
+        limit: u64,
+        sink: &mut dyn RowSink,
+    ) -> Result<(u64, Option<Vec<Value>>), CdcError>;
+
+    async fn read_watermark(&mut self, table: &TableRef) -> Result<Option<Watermark>, CdcError>;
+
+    /// Inserts a new row; `false` if one exists already (another run won).
+    async fn insert_watermark(&mut self, row: &Watermark) -> Result<bool, CdcError>;
+
+    /// Replaces the row if its version is still `expected_version` (and sets
+    /// `row.version`, which the caller sets to expected + 1); `false` if it moved.
+    async fn update_watermark(
+        &mut self,
+        expected_version: i64,
+        row: &Watermark,
+    ) -> Result<bool, CdcError>;
+}

@@ -1,0 +1,1 @@
+//! The Functions host contract.

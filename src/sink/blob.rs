@@ -1,0 +1,1 @@
+//! Block blob upload (the one place in `sink` that does I/O).

@@ -1,0 +1,1 @@
+//! RFC 4180 CSV encoding of [`crate::cdc::Value`] rows.

@@ -1,0 +1,1 @@
+//! Blob names from path templates and trigger times.

@@ -1,0 +1,1 @@
+//! SQL Server implementation of the CDC seam.
