@@ -20,6 +20,6 @@ cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
-cargo test --all-targets --quiet 2>&1 | tee target/test-output.txt
+cargo test --lib --bins --tests --quiet 2>&1 | tee target/test-output.txt
 echo "== infrastructure checks"
 bash scripts/check-infra.sh
