@@ -223,7 +223,7 @@ fn write_offset(out: &mut Vec<u8>, seconds_east: i32) {
     push_padded(out, abs / 3600, 2);
     out.push(b':');
     push_padded(out, abs / 60 % 60, 2);
-    if abs % 60 != 0 {
+    if !abs.is_multiple_of(60) {
         out.push(b':');
         push_padded(out, abs % 60, 2);
     }
@@ -289,7 +289,11 @@ mod tests {
             ("decimal zero", dec(0, 0), "0"),
             ("decimal zero with scale", dec(0, 4), "0.0000"),
             ("decimal all fraction", dec(12345, 5), "0.12345"),
-            ("decimal money", dec(-922_337_203_685_477_5808, 4), "-922337203685477.5808"),
+            (
+                "decimal money",
+                dec(-9_223_372_036_854_775_808, 4),
+                "-922337203685477.5808",
+            ),
             (
                 "decimal(38,0) max",
                 dec(99_999_999_999_999_999_999_999_999_999_999_999_999, 0),
@@ -313,7 +317,11 @@ mod tests {
             ("text plain", text("Seattle"), "Seattle"),
             ("text empty is quoted", text(""), "\"\""),
             ("text comma", text("a,b"), "\"a,b\""),
-            ("text quote doubled", text("say \"hi\""), "\"say \"\"hi\"\"\""),
+            (
+                "text quote doubled",
+                text("say \"hi\""),
+                "\"say \"\"hi\"\"\"",
+            ),
             ("text only a quote", text("\""), "\"\"\"\""),
             ("text CR", text("a\rb"), "\"a\rb\""),
             ("text LF", text("a\nb"), "\"a\nb\""),
@@ -326,7 +334,11 @@ mod tests {
             ("text emoji", text("café 😀"), "café 😀"),
             ("text emoji with comma", text("😀,😀"), "\"😀,😀\""),
             ("binary empty", Value::Binary(vec![]), "0x"),
-            ("binary bytes", Value::Binary(vec![0x00, 0xab, 0x0f, 0xff]), "0x00AB0FFF"),
+            (
+                "binary bytes",
+                Value::Binary(vec![0x00, 0xab, 0x0f, 0xff]),
+                "0x00AB0FFF",
+            ),
             (
                 "lsn binary(10)",
                 Value::Binary(vec![0, 0, 0, 0x2a, 0, 0, 0x01, 0xf0, 0, 0x03]),
@@ -334,9 +346,21 @@ mod tests {
             ),
             ("date", Value::Date(date(2024, 2, 29)), "2024-02-29"),
             ("date year 1", Value::Date(date(1, 1, 1)), "0001-01-01"),
-            ("date before 1900", Value::Date(date(1753, 1, 1)), "1753-01-01"),
-            ("date year 9999", Value::Date(date(9999, 12, 31)), "9999-12-31"),
-            ("time midnight", Value::Time(time(0, 0, 0, 0)), "00:00:00.0000000"),
+            (
+                "date before 1900",
+                Value::Date(date(1753, 1, 1)),
+                "1753-01-01",
+            ),
+            (
+                "date year 9999",
+                Value::Date(date(9999, 12, 31)),
+                "9999-12-31",
+            ),
+            (
+                "time midnight",
+                Value::Time(time(0, 0, 0, 0)),
+                "00:00:00.0000000",
+            ),
             (
                 "time 100ns",
                 Value::Time(time(23, 59, 59, 999_999_900)),
