@@ -49,7 +49,7 @@ fn customer(i: usize) -> Vec<Value> {
             i % 97
         )),
         Value::Text(CITY[i % CITY.len()].to_string()),
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             Value::Null
         } else {
             Value::Text(format!("+1-206-555-{:04}", i % 10_000))
@@ -62,7 +62,7 @@ fn cdc_prefix(i: usize) -> Vec<Value> {
     lsn[2..10].copy_from_slice(&(i as u64 * 7 + 0x2a_0000).to_be_bytes());
     vec![
         Value::Binary(lsn),
-        Value::Int(2 + (i % 3 == 0) as i64 * 2),
+        Value::Int(if i.is_multiple_of(3) { 4 } else { 2 }),
         Value::Null,
     ]
 }
