@@ -285,6 +285,7 @@ mod tests {
             ("decimal scale 2", dec(150, 2), "1.50"),
             ("decimal small negative", dec(-5, 3), "-0.005"),
             ("decimal scale 0", dec(12345, 0), "12345"),
+            ("money scale 4", dec(15000, 4), "1.5000"),
             ("decimal negative scale 0", dec(-7, 0), "-7"),
             ("decimal zero", dec(0, 0), "0"),
             ("decimal zero with scale", dec(0, 4), "0.0000"),
@@ -377,6 +378,16 @@ mod tests {
                 "2024-05-06T07:08:09.1234567",
             ),
             (
+                "datetime2(3) padded to 7 digits",
+                Value::DateTime(datetime(2024, 5, 6, 7, 8, 9, 123_000_000)),
+                "2024-05-06T07:08:09.1230000",
+            ),
+            (
+                "smalldatetime",
+                Value::DateTime(datetime(2024, 5, 6, 7, 8, 0, 0)),
+                "2024-05-06T07:08:00.0000000",
+            ),
+            (
                 "datetime ms",
                 Value::DateTime(datetime(1900, 1, 1, 0, 0, 0, 3_000_000)),
                 "1900-01-01T00:00:00.0030000",
@@ -466,6 +477,67 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "__$start_lsn,__$operation,\"odd,name\",\"\"\r\n"
+        );
+    }
+
+    /// The example in docs/csv-format.md, byte for byte.
+    #[test]
+    fn documented_example() {
+        let names: Vec<String> = [
+            "__$start_lsn",
+            "__$operation",
+            "__$update_mask",
+            "id",
+            "first_name",
+            "last_name",
+            "email",
+            "city",
+            "phone",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let lsn =
+            |tail: [u8; 2]| Value::Binary(vec![0, 0, 0, 0x2a, 0, 0, 0x01, tail[0], 0, tail[1]]);
+        let mut out = Vec::new();
+        write_header(&mut out, &names);
+        write_row(
+            &mut out,
+            &[
+                lsn([0xf0, 0x03]),
+                Value::Int(2),
+                Value::Null,
+                Value::Int(17),
+                text("Ada"),
+                text("Lovelace, Countess"),
+                text("ada@example.com"),
+                text("Zürich"),
+                Value::Null,
+            ],
+        );
+        write_row(
+            &mut out,
+            &[
+                lsn([0xf8, 0x02]),
+                Value::Int(4),
+                Value::Null,
+                Value::Int(18),
+                text("Grace"),
+                text("Hopper"),
+                text(""),
+                text("東京"),
+                text("+1-206-555-0100"),
+            ],
+        );
+        let doc = include_str!("../../docs/csv-format.md");
+        let example = doc
+            .split("```text\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("docs/csv-format.md has a ```text example");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            example.replace('\n', "\r\n")
         );
     }
 
