@@ -153,7 +153,8 @@ fn cmp_decimal(a: (i128, u8), b: (i128, u8)) -> Ordering {
     let (ub, sb) = normalize_decimal(b.0, b.1);
     // Bring both to the larger scale; if that overflows, the scaled value is larger in
     // magnitude than anything an i128 holds, so its sign decides.
-    let scale_up = |u: i128, by: u8| -> Option<i128> { 10i128.checked_pow(by.into())?.checked_mul(u) };
+    let scale_up =
+        |u: i128, by: u8| -> Option<i128> { 10i128.checked_pow(by.into())?.checked_mul(u) };
     match sa.cmp(&sb) {
         Ordering::Equal => ua.cmp(&ub),
         Ordering::Less => match scale_up(ua, sb - sa) {

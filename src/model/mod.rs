@@ -276,7 +276,12 @@ impl CdcModel {
         f: impl Fn(u64) -> Vec<Value> + Send + Sync + 'static,
     ) -> Result<(), ModelError> {
         let f: RowFn = Arc::new(f);
-        let new = Table::new(&table, columns, &key_columns, Some(Generated { n: rows, f }))?;
+        let new = Table::new(
+            &table,
+            columns,
+            &key_columns,
+            Some(Generated { n: rows, f }),
+        )?;
         self.lock().add_table(table, new)
     }
 
@@ -354,7 +359,8 @@ impl CdcModel {
         count: u64,
         rows_per_txn: u64,
     ) -> Result<Option<Lsn>, ModelError> {
-        self.lock().generated_inserts(table, count, rows_per_txn.max(1))
+        self.lock()
+            .generated_inserts(table, count, rows_per_txn.max(1))
     }
 
     // ----- CDC metadata ---------------------------------------------------------------------
@@ -472,7 +478,9 @@ impl CdcModel {
         to: Lsn,
         filter: RowFilter,
     ) -> Result<Vec<Vec<Value>>, CdcError> {
-        let plan = self.lock().net_plan_by_name(capture_instance, from, to, filter, true)?;
+        let plan = self
+            .lock()
+            .net_plan_by_name(capture_instance, from, to, filter, true)?;
         let mut cursor = NetCursor::default();
         let mut out = Vec::new();
         loop {
@@ -857,10 +865,7 @@ impl State {
         let last = self.mapping.last()?;
         let utc = at.max(last.utc);
         let lsn = last.start_lsn.to_u128() + 1;
-        let below_next = self
-            .pending
-            .front()
-            .is_none_or(|p| lsn < p.lsn.to_u128());
+        let below_next = self.pending.front().is_none_or(|p| lsn < p.lsn.to_u128());
         if lsn % LSN_STRIDE == 0 || !below_next {
             debug!("model: no LSN left for a dummy mapping row before the next commit");
             return None;
@@ -1198,13 +1203,15 @@ impl State {
         filter: RowFilter,
         sorted: bool,
     ) -> Result<NetPlan, CdcError> {
-        let inst = self.instance(name).ok_or_else(|| CdcError::NoCaptureInstance {
-            table: TableRef {
-                schema: String::new(),
-                table: String::new(),
-            },
-            wanted: Some(name.to_string()),
-        })?;
+        let inst = self
+            .instance(name)
+            .ok_or_else(|| CdcError::NoCaptureInstance {
+                table: TableRef {
+                    schema: String::new(),
+                    table: String::new(),
+                },
+                wanted: Some(name.to_string()),
+            })?;
         self.net_plan(inst, from, to, filter, sorted)
     }
 

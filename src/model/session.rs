@@ -86,7 +86,12 @@ impl CdcModel {
         if let Some(per_call) = state.time_per_call {
             state.advance(per_call);
         }
-        if let Some(n) = state.faults.fail_before.get_mut(&method).filter(|n| **n > 0) {
+        if let Some(n) = state
+            .faults
+            .fail_before
+            .get_mut(&method)
+            .filter(|n| **n > 0)
+        {
             *n -= 1;
             info!(%method, "model: injected connection failure before the call");
             return Err(CdcError::Connection(format!(
@@ -275,7 +280,9 @@ impl CdcSession for ModelSession {
         let mut sent = 0u64;
         let mut last_row: Option<Vec<Value>> = None;
         while sent < limit {
-            let want = usize::try_from(limit - sent).unwrap_or(usize::MAX).min(BATCH);
+            let want = usize::try_from(limit - sent)
+                .unwrap_or(usize::MAX)
+                .min(BATCH);
             let batch = {
                 let state = self.model.lock();
                 let t = state.tables.get(&ci.table).ok_or_else(missing)?;
