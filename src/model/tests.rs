@@ -965,3 +965,172 @@ async fn million_rows_stream_in_bounded_time() {
     assert!(scan_time.as_secs() < 60, "{scan_time:?}");
     assert!(net_time.as_secs() < 60, "{net_time:?}");
 }
+
+mod properties {
+    //! The net-change contract as an invariant: applying the net rows of `[from, to]` to the
+    //! table as it was just before `from` yields the table as it is at `to`; an insert (2)
+    //! only for a key absent before, an update (4) or delete (1) only for one present.
+    //! WWCD: "To correctly identify the operation that is necessary to update the target
+    //! environment, the TVF must consider both the initial operation on the row during the
+    //! interval and the final operation on the row."
+
+    use super::*;
+    use proptest::prelude::*;
+
+    type State = BTreeMap<i64, Vec<Value>>;
+
+    fn replay(
+        mut state: State,
+        changes: &[(Lsn, u8, Vec<Value>)],
+        upto: impl Fn(Lsn) -> bool,
+    ) -> State {
+        for (lsn, op, row) in changes.iter().filter(|c| upto(c.0)) {
+            let Value::Int(k) = row[0] else {
+                unreachable!()
+            };
+            match op {
+                1 => assert!(state.remove(&k).is_some()),
+                2 => assert!(state.insert(k, row.clone()).is_none(), "insert at {lsn}"),
+                _ => assert!(state.insert(k, row.clone()).is_some(), "update at {lsn}"),
+            }
+        }
+        state
+    }
+
+    /// (kind, key, other key, value, starts a new transaction)
+    fn op() -> impl Strategy<Value = (u8, i64, i64, u8, bool)> {
+        (0u8..5, 0i64..12, 0i64..12, any::<u8>(), any::<bool>())
+    }
+
+    /// Runs `ops` (kind 0 insert, 1 update, 2 delete, 3 key update, 4 generated inserts on
+    /// generated tables) and checks the invariant for one window and both filters.
+    fn check(
+        ops: Vec<(u8, i64, i64, u8, bool)>,
+        bounds: (prop::sample::Index, prop::sample::Index),
+        generated: bool,
+    ) -> Result<(), TestCaseError> {
+        let t = customers();
+        let m = CdcModel::new(t0());
+        if generated {
+            // Keys 0, 2, 4, 6, 8 exist before CDC is enabled.
+            m.create_generated_table(t.clone(), cols(&["id", "name"]), cols(&["id"]), 5, gen_row)
+                .unwrap();
+        } else {
+            m.create_table(t.clone(), cols(&["id", "name"]), cols(&["id"]))
+                .unwrap();
+        }
+        m.enable_cdc(&t, "dbo_customers", true).unwrap();
+        let initial: State = m
+            .table_rows(&t)
+            .into_iter()
+            .map(|r| match r[0] {
+                Value::Int(k) => (k, r),
+                _ => unreachable!(),
+            })
+            .collect();
+        let mut txn = m.begin();
+        let mut lsns = Vec::new();
+        for (kind, k, k2, v, new_txn) in ops {
+            if new_txn || kind == 4 {
+                let done = std::mem::replace(&mut txn, m.begin());
+                if let Ok(lsn) = done.commit() {
+                    lsns.push(lsn);
+                }
+            }
+            let value = format!("v{v}");
+            match kind {
+                0 => {
+                    txn.insert(&t, row(k, &value));
+                }
+                1 => {
+                    txn.update(&t, &key(k), row(k, &value));
+                }
+                2 => {
+                    txn.delete(&t, &key(k));
+                }
+                3 => {
+                    txn.update(&t, &key(k), row(k2, &value));
+                }
+                _ if generated => {
+                    if let Ok(Some(lsn)) = m.generated_inserts(&t, 1 + k as u64 % 3, 2) {
+                        lsns.push(lsn);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Ok(lsn) = txn.commit() {
+            lsns.push(lsn);
+        }
+        // Empty transactions get an LSN but no lsn_time_mapping row (nothing to capture).
+        let mapped: Vec<Lsn> = m.lsn_time_mapping().iter().map(|r| r.start_lsn).collect();
+        lsns.retain(|l| mapped.contains(l));
+        prop_assume!(!lsns.is_empty());
+        let (i, j) = (bounds.0.index(lsns.len()), bounds.1.index(lsns.len()));
+        let (from, to) = (lsns[i.min(j)], lsns[i.max(j)]);
+        let changes = m.changes_since(&t, Lsn::ZERO);
+        let before = replay(initial.clone(), &changes, |l| l < from);
+        let after = replay(initial.clone(), &changes, |l| l <= to);
+        for filter in [RowFilter::All, RowFilter::AllWithMerge] {
+            let rows = m.net_rows("dbo_customers", from, to, filter).unwrap();
+            let mut state = before.clone();
+            let mut last = Lsn::ZERO;
+            for r in rows {
+                let (Value::Binary(lsn), Value::Int(op), Value::Int(k)) = (&r[0], &r[1], &r[3])
+                else {
+                    unreachable!()
+                };
+                let lsn = Lsn::from_bytes(lsn).unwrap();
+                prop_assert!(lsn >= last && lsn >= from && lsn <= to);
+                last = lsn;
+                let values = r[3..].to_vec();
+                match op {
+                    1 => prop_assert!(state.remove(k).is_some(), "delete of an absent key"),
+                    2 => prop_assert!(
+                        state.insert(*k, values).is_none(),
+                        "insert of a present key"
+                    ),
+                    4 => prop_assert!(
+                        state.insert(*k, values).is_some(),
+                        "update of an absent key"
+                    ),
+                    5 => {
+                        state.insert(*k, values);
+                    }
+                    other => prop_assert!(false, "operation {other}"),
+                }
+            }
+            prop_assert_eq!(&state, &after, "{:?}", filter);
+        }
+        let rows: State = m
+            .table_rows(&t)
+            .into_iter()
+            .map(|r| match r[0] {
+                Value::Int(k) => (k, r),
+                _ => unreachable!(),
+            })
+            .collect();
+        prop_assert_eq!(rows.len() as u64, m.row_count(&t));
+        prop_assert_eq!(rows, replay(initial, &changes, |_| true));
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn net_rows_take_the_table_from_before_to_after(
+            ops in proptest::collection::vec(op(), 1..40),
+            bounds in (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+        ) {
+            check(ops, bounds, false)?;
+        }
+
+        #[test]
+        fn same_on_generated_tables(
+            ops in proptest::collection::vec(op(), 1..40),
+            bounds in (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+        ) {
+            check(ops, bounds, true)?;
+        }
+    }
+}
