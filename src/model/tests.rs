@@ -903,7 +903,8 @@ async fn million_rows_stream_in_bounded_time() {
     // changes clone at most BATCH rows per lock, generated rows are computed on demand, and a
     // net plan holds one small entry per explicitly changed key plus one per generated
     // transaction (here: 2 keys and 100 ranges for a million rows). The sink below keeps
-    // nothing, so what this test holds is bounded by BATCH.
+    // nothing, so what this test holds is bounded by BATCH. Measured: peak RSS of the test
+    // process 5.8 MB vs 4.6 MB for a trivial test (docs/model.md).
     const N: u64 = 1_000_000;
     let m = CdcModel::new(t0());
     m.create_generated_table(
