@@ -1,0 +1,1450 @@
+//! An in-memory model of SQL Server Change Data Capture, behind the same
+//! [`CdcSource`](crate::cdc::CdcSource) seam as the real thing.
+//!
+//! No SQL Server can run where this crate is built and tested, yet the jobs' guarantees (no
+//! change lost, none duplicated, watermark never ahead of a blob) rest on CDC details: closed
+//! LSN intervals, net-change folding, the validity interval, asynchronous capture, and
+//! `lsn_time_mapping` in the server's local time. This model implements those documented
+//! rules (docs/model.md lists each rule and its source) so job tests, fault-injection tests
+//! and benchmarks exercise the orchestration against them, with a clock the test controls.
+//!
+//! Shape: [`CdcModel`] is a cheap handle (`Arc<Mutex<State>>`); tests drive it directly
+//! (tables, transactions, clock, capture, cleanup, faults) and the jobs see it through
+//! [`ModelSession`]s. Reads stream in batches of [`BATCH`] rows, taking the lock per batch
+//! and never across an `.await`, so a slow sink never blocks writers for long and nothing
+//! clones a whole table or window up front.
+
+mod key;
+mod session;
+#[cfg(test)]
+mod tests;
+
+pub use key::{cmp_keys, cmp_values, Key};
+pub use session::{Method, ModelSession};
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Timelike, Utc};
+use tracing::debug;
+
+use crate::cdc::{CaptureInstance, CdcError, Lsn, RowFilter, TableRef, Value, Watermark};
+
+/// Rows per lock acquisition when streaming scans and net changes.
+pub const BATCH: usize = 1024;
+
+/// Commit LSNs are this far apart, so the capture process can slot dummy `lsn_time_mapping`
+/// rows between the last captured commit and the next one (LSN = VLF:block:slot; commits
+/// step the block, dummies the slot).
+const LSN_STRIDE: u128 = 1 << 16;
+/// The first LSN handed out: VLF 0x2A, so LSNs look like SQL Server's.
+const FIRST_LSN: u128 = 0x2A << 48;
+
+/// Produces row `i` of a generated table. Keys must strictly increase with `i`.
+pub type RowFn = Arc<dyn Fn(u64) -> Vec<Value> + Send + Sync>;
+
+/// Mistakes in how a test drives the model (not CDC errors: those are [`CdcError`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    #[error("table {0} does not exist in the model")]
+    NoTable(TableRef),
+    #[error("table {0} exists already")]
+    TableExists(TableRef),
+    #[error("{column:?} is not a column of {table}")]
+    NoColumn { table: TableRef, column: String },
+    #[error("{table} needs at least one key column")]
+    NoKey { table: TableRef },
+    #[error("a row of {table} has {expected} values, got {got}")]
+    Arity {
+        table: TableRef,
+        expected: usize,
+        got: usize,
+    },
+    #[error("a key of {table} has {expected} values, got {got}")]
+    KeyArity {
+        table: TableRef,
+        expected: usize,
+        got: usize,
+    },
+    #[error("violation of PRIMARY KEY constraint: duplicate key {key:?} in {table}")]
+    DuplicateKey { table: TableRef, key: Vec<Value> },
+    #[error("no row with key {key:?} in {table}")]
+    NoRow { table: TableRef, key: Vec<Value> },
+    #[error("capture instance {0} exists already")]
+    InstanceExists(String),
+    #[error("{0} has two capture instances already (SQL Server allows at most two)")]
+    TooManyInstances(TableRef),
+    #[error("capture instance {0} does not exist")]
+    NoInstance(String),
+    #[error("{0} is not a generated table")]
+    NotGenerated(TableRef),
+    #[error("generated rows appended to {0} must have keys above every key it ever held")]
+    GeneratedKeyNotFresh(TableRef),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One `cdc.lsn_time_mapping` row (captured).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingRow {
+    pub start_lsn: Lsn,
+    /// `tran_end_time`: server local time, `datetime` precision.
+    pub tran_end_time: NaiveDateTime,
+    /// The same instant in UTC (what the model's clock said).
+    pub utc: DateTime<Utc>,
+    /// Written by the capture process during inactivity, not by a transaction.
+    pub dummy: bool,
+}
+
+/// A transaction: operations are applied at [`Txn::commit`], all or nothing.
+pub struct Txn {
+    model: CdcModel,
+    ops: Vec<TxnOp>,
+}
+
+enum TxnOp {
+    Insert(TableRef, Vec<Value>),
+    Update(TableRef, Vec<Value>, Vec<Value>),
+    Delete(TableRef, Vec<Value>),
+}
+
+impl Txn {
+    pub fn insert(&mut self, table: &TableRef, row: Vec<Value>) -> &mut Txn {
+        self.ops.push(TxnOp::Insert(table.clone(), row));
+        self
+    }
+
+    /// Replaces the row with key `key` by `row`; if `row` has another key, CDC sees a delete
+    /// of the old key and an insert of the new one.
+    pub fn update(&mut self, table: &TableRef, key: &[Value], row: Vec<Value>) -> &mut Txn {
+        self.ops
+            .push(TxnOp::Update(table.clone(), key.to_vec(), row));
+        self
+    }
+
+    pub fn delete(&mut self, table: &TableRef, key: &[Value]) -> &mut Txn {
+        self.ops.push(TxnOp::Delete(table.clone(), key.to_vec()));
+        self
+    }
+
+    /// Applies every operation at the model's current time and returns the commit LSN.
+    /// On error nothing is applied and no LSN is used.
+    pub fn commit(self) -> Result<Lsn, ModelError> {
+        let mut state = self.model.lock();
+        state.commit(self.ops)
+    }
+}
+
+/// The in-memory SQL Server. Clones share one state.
+#[derive(Clone)]
+pub struct CdcModel {
+    inner: Arc<Mutex<State>>,
+}
+
+impl CdcModel {
+    /// A database with CDC enabled, no tables, the clock at `start`, UTC, no capture lag.
+    pub fn new(start: DateTime<Utc>) -> CdcModel {
+        CdcModel {
+            inner: Arc::new(Mutex::new(State::new(start))),
+        }
+    }
+
+    /// Server zone: local = UTC + `minutes` (e.g. -300 for UTC-05:00, 330 for +05:30).
+    pub fn with_utc_offset(self, minutes: i32) -> CdcModel {
+        self.set_utc_offset(minutes);
+        self
+    }
+
+    /// Changes committed at T reach the change tables when the clock reaches T + `lag`.
+    pub fn with_capture_lag(self, lag: Duration) -> CdcModel {
+        self.lock().capture_lag = lag;
+        self
+    }
+
+    /// Whether the automatic capture runs write dummy `lsn_time_mapping` rows when they find
+    /// nothing to capture (default on). Off, only [`CdcModel::idle_tick`] writes them.
+    pub fn with_idle_dummies(self, on: bool) -> CdcModel {
+        self.lock().idle_dummies = on;
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking test thread must not turn every later call into a poison error.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ----- clock, zone, capture process -------------------------------------------------
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.lock().now
+    }
+
+    /// Moves the clock forward (negative durations are refused: the clock is monotonic) and
+    /// lets the capture process run, unless paused.
+    pub fn advance(&self, by: Duration) {
+        self.lock().advance(by);
+    }
+
+    /// Moves the clock to `t` if it is later than now.
+    pub fn advance_to(&self, t: DateTime<Utc>) {
+        let mut state = self.lock();
+        let by = t - state.now;
+        state.advance(by);
+    }
+
+    /// Changes the server's UTC offset from now on (a DST switch): earlier `tran_end_time`s
+    /// keep the offset they were written with, as in SQL Server.
+    pub fn set_utc_offset(&self, minutes: i32) {
+        self.lock().offset_minutes = minutes;
+    }
+
+    pub fn utc_offset_minutes(&self) -> i32 {
+        self.lock().offset_minutes
+    }
+
+    pub fn set_capture_lag(&self, lag: Duration) {
+        let mut state = self.lock();
+        state.capture_lag = lag;
+        state.auto_capture();
+    }
+
+    /// Stops the automatic capture (SQL Server Agent stopped, serverless database paused).
+    pub fn pause_capture(&self) {
+        self.lock().capture_paused = true;
+    }
+
+    /// Restarts it, and runs it once.
+    pub fn resume_capture(&self) {
+        let mut state = self.lock();
+        state.capture_paused = false;
+        state.auto_capture();
+    }
+
+    /// Runs the capture process once now (also when paused): captures every transaction
+    /// committed at or before now − lag. Returns the number of transactions captured.
+    pub fn capture(&self) -> usize {
+        let mut state = self.lock();
+        let cutoff = state.now - state.capture_lag;
+        state.capture_until(cutoff, false)
+    }
+
+    /// Captures every transaction committed at or before `t` (capped at now), ignoring lag.
+    pub fn capture_until(&self, t: DateTime<Utc>) -> usize {
+        let mut state = self.lock();
+        let cutoff = t.min(state.now);
+        state.capture_until(cutoff, false)
+    }
+
+    /// The capture process runs during inactivity: captures what is due, then writes a dummy
+    /// `lsn_time_mapping` row at now − lag. Returns its LSN (`None` when no capture instance
+    /// exists, or the LSN space between two commits is exhausted).
+    pub fn idle_tick(&self) -> Option<Lsn> {
+        let mut state = self.lock();
+        let cutoff = state.now - state.capture_lag;
+        state.capture_until(cutoff, false);
+        state.write_dummy(cutoff)
+    }
+
+    /// Each session call advances the clock by `per_call` first (time passing per round
+    /// trip), so jobs that poll the capture progress see it move.
+    pub fn set_time_per_call(&self, per_call: Option<Duration>) {
+        self.lock().time_per_call = per_call;
+    }
+
+    // ----- schema -------------------------------------------------------------------------
+
+    pub fn create_table(
+        &self,
+        table: TableRef,
+        columns: Vec<String>,
+        key_columns: Vec<String>,
+    ) -> Result<(), ModelError> {
+        let new = Table::new(&table, columns, &key_columns, None)?;
+        self.lock().add_table(table, new)
+    }
+
+    /// A table whose first `rows` rows are `f(0)..f(rows - 1)`, computed on demand: a
+    /// multi-million-row full load without the rows resident. Keys must strictly increase
+    /// with the index. DML works on it (changes are kept in an overlay).
+    pub fn create_generated_table(
+        &self,
+        table: TableRef,
+        columns: Vec<String>,
+        key_columns: Vec<String>,
+        rows: u64,
+        f: impl Fn(u64) -> Vec<Value> + Send + Sync + 'static,
+    ) -> Result<(), ModelError> {
+        let f: RowFn = Arc::new(f);
+        let new = Table::new(
+            &table,
+            columns,
+            &key_columns,
+            Some(Generated { n: rows, f }),
+        )?;
+        self.lock().add_table(table, new)
+    }
+
+    /// `sys.sp_cdc_enable_table`. The instance's start LSN is a new LSN, mapped (and so
+    /// within `get_max_lsn`) once the capture process has run.
+    pub fn enable_cdc(
+        &self,
+        table: &TableRef,
+        capture_instance: &str,
+        supports_net_changes: bool,
+    ) -> Result<Lsn, ModelError> {
+        self.lock()
+            .enable_cdc(table, capture_instance, supports_net_changes)
+    }
+
+    /// `sys.sp_cdc_disable_table` for one instance: its change rows are gone.
+    pub fn disable_cdc(&self, capture_instance: &str) -> Result<(), ModelError> {
+        let mut state = self.lock();
+        let pos = state
+            .instances
+            .iter()
+            .position(|i| i.name == capture_instance)
+            .ok_or_else(|| ModelError::NoInstance(capture_instance.to_string()))?;
+        let removed = state.instances.remove(pos);
+        let table = removed.table.clone();
+        if !state.instances.iter().any(|i| i.table == table) {
+            if let Some(t) = state.tables.get_mut(&table) {
+                t.log_front_seq += t.log.len() as u64;
+                t.log.clear();
+            }
+        }
+        Ok(())
+    }
+
+    // ----- DML ------------------------------------------------------------------------------
+
+    pub fn begin(&self) -> Txn {
+        Txn {
+            model: self.clone(),
+            ops: Vec::new(),
+        }
+    }
+
+    /// One-statement autocommit insert.
+    pub fn insert(&self, table: &TableRef, row: Vec<Value>) -> Result<Lsn, ModelError> {
+        let mut txn = self.begin();
+        txn.insert(table, row);
+        txn.commit()
+    }
+
+    pub fn update(
+        &self,
+        table: &TableRef,
+        key: &[Value],
+        row: Vec<Value>,
+    ) -> Result<Lsn, ModelError> {
+        let mut txn = self.begin();
+        txn.update(table, key, row);
+        txn.commit()
+    }
+
+    pub fn delete(&self, table: &TableRef, key: &[Value]) -> Result<Lsn, ModelError> {
+        let mut txn = self.begin();
+        txn.delete(table, key);
+        txn.commit()
+    }
+
+    /// Appends `count` generated rows (`f(n)..f(n + count - 1)`) to a generated table, in
+    /// transactions of `rows_per_txn` inserts, all committed now. The change rows are kept as
+    /// ranges, not rows: a multi-million-row window costs a few bytes per transaction.
+    /// Returns the last commit LSN.
+    pub fn generated_inserts(
+        &self,
+        table: &TableRef,
+        count: u64,
+        rows_per_txn: u64,
+    ) -> Result<Option<Lsn>, ModelError> {
+        self.lock()
+            .generated_inserts(table, count, rows_per_txn.max(1))
+    }
+
+    // ----- CDC metadata ---------------------------------------------------------------------
+
+    /// `sys.fn_cdc_get_max_lsn()`: the largest captured `lsn_time_mapping` LSN (zero if none).
+    pub fn max_lsn(&self) -> Lsn {
+        self.lock().max_lsn()
+    }
+
+    /// `sys.fn_cdc_get_min_lsn(ci)`: zero for an unknown instance, as SQL Server returns.
+    pub fn min_lsn(&self, capture_instance: &str) -> Lsn {
+        self.lock()
+            .instance(capture_instance)
+            .map(|i| i.min_lsn)
+            .unwrap_or(Lsn::ZERO)
+    }
+
+    /// `sys.fn_cdc_map_time_to_lsn('largest less than or equal', local)`.
+    pub fn map_time_to_lsn(&self, local: NaiveDateTime) -> Option<Lsn> {
+        self.lock().map_time_to_lsn(to_sql_datetime(local))
+    }
+
+    /// `sys.fn_cdc_map_lsn_to_time(lsn)`, server local time.
+    pub fn map_lsn_to_time(&self, lsn: Lsn) -> Option<NaiveDateTime> {
+        self.lock().map_lsn_to_time(lsn)
+    }
+
+    /// The captured `cdc.lsn_time_mapping`, in LSN order.
+    pub fn lsn_time_mapping(&self) -> Vec<MappingRow> {
+        self.lock().mapping.clone()
+    }
+
+    /// The cleanup job with an explicit low-water mark: every instance's validity interval
+    /// starts at the first mapped LSN at or above `before` (capped at the max LSN), and change
+    /// rows below it are deleted. Returns the new low-water mark.
+    pub fn cleanup(&self, before: Lsn) -> Lsn {
+        self.lock().cleanup(before)
+    }
+
+    /// The cleanup job by retention: the low-water mark is
+    /// `map_time_to_lsn('largest less than or equal', threshold)` in server local time (current
+    /// offset). Returns it, or `None` when no mapping is that old (nothing to clean).
+    pub fn cleanup_before_time(&self, threshold: DateTime<Utc>) -> Option<Lsn> {
+        let mut state = self.lock();
+        let local = to_sql_datetime(state.to_local(threshold));
+        let lwm = state.map_time_to_lsn(local)?;
+        Some(state.cleanup(lwm))
+    }
+
+    // ----- watermark table --------------------------------------------------------------
+
+    pub fn watermark(&self, table: &TableRef) -> Option<Watermark> {
+        self.lock()
+            .watermarks
+            .as_ref()
+            .and_then(|w| w.get(table).cloned())
+    }
+
+    /// Writes a watermark row unconditionally (test set-up; creates the table if dropped).
+    pub fn set_watermark(&self, row: Watermark) {
+        self.lock()
+            .watermarks
+            .get_or_insert_with(BTreeMap::new)
+            .insert(row.table.clone(), row);
+    }
+
+    /// Makes every watermark call fail with [`CdcError::NoWatermarkTable`].
+    pub fn drop_watermark_table(&self) {
+        self.lock().watermarks = None;
+    }
+
+    // ----- oracles ------------------------------------------------------------------------
+
+    /// Every change row of `table` logged with an LSN above `after`, captured or not, in
+    /// (LSN, sequence) order: op 1 delete (the row as deleted), 2 insert, 4 update (new row).
+    /// Key updates appear as 1 then 2.
+    pub fn changes_since(&self, table: &TableRef, after: Lsn) -> Vec<(Lsn, u8, Vec<Value>)> {
+        let state = self.lock();
+        let Some(t) = state.tables.get(table) else {
+            return Vec::new();
+        };
+        let start = t.log.partition_point(|e| e.lsn() <= after);
+        let mut out = Vec::new();
+        for entry in t.log.range(start..) {
+            match entry {
+                Entry::Change { lsn, op, row, .. } => out.push((*lsn, *op, row.clone())),
+                Entry::Generated { lsn, start, count } => {
+                    let f = &t.generated.as_ref().expect("generated entry").f;
+                    out.extend((*start..start + count).map(|i| (*lsn, 2, f(i))));
+                }
+            }
+        }
+        out
+    }
+
+    /// The table's current rows in key order.
+    pub fn table_rows(&self, table: &TableRef) -> Vec<Vec<Value>> {
+        let state = self.lock();
+        state
+            .tables
+            .get(table)
+            .map(|t| t.scan_batch(None, usize::MAX))
+            .unwrap_or_default()
+    }
+
+    pub fn row_count(&self, table: &TableRef) -> u64 {
+        self.lock().tables.get(table).map_or(0, |t| t.row_count)
+    }
+
+    /// The net changes a session would stream, collected (for oracles; same code path).
+    pub fn net_rows(
+        &self,
+        capture_instance: &str,
+        from: Lsn,
+        to: Lsn,
+        filter: RowFilter,
+    ) -> Result<Vec<Vec<Value>>, CdcError> {
+        let plan = self
+            .lock()
+            .net_plan_by_name(capture_instance, from, to, filter, true)?;
+        let mut cursor = NetCursor::default();
+        let mut out = Vec::new();
+        loop {
+            let batch = self.lock().net_batch(&plan, &mut cursor, BATCH)?;
+            if batch.is_empty() {
+                return Ok(out);
+            }
+            out.extend(batch);
+        }
+    }
+}
+
+// ----- state ---------------------------------------------------------------------------------
+
+struct Generated {
+    /// Rows `0..n` exist in the generated sequence (overlay may override or delete them).
+    n: u64,
+    f: RowFn,
+}
+
+/// An overlay slot: a row, or (generated tables only) the deletion of a generated row.
+#[derive(Clone)]
+enum Slot {
+    Row(Vec<Value>),
+    Tombstone,
+}
+
+/// One change-table entry. Rows of one transaction share its LSN; their order in the log is
+/// `__$seqval`.
+enum Entry {
+    Change {
+        lsn: Lsn,
+        op: u8,
+        key: Key,
+        row: Vec<Value>,
+    },
+    /// Inserts of generated rows `start..start + count`, one transaction.
+    Generated { lsn: Lsn, start: u64, count: u64 },
+}
+
+impl Entry {
+    fn lsn(&self) -> Lsn {
+        match self {
+            Entry::Change { lsn, .. } | Entry::Generated { lsn, .. } => *lsn,
+        }
+    }
+}
+
+struct Table {
+    name: TableRef,
+    columns: Vec<String>,
+    key_idx: Vec<usize>,
+    key_columns: Vec<String>,
+    rows: BTreeMap<Key, Slot>,
+    generated: Option<Generated>,
+    row_count: u64,
+    /// The largest key the table ever held (generated appends must be above it).
+    max_key: Option<Key>,
+    /// Change rows of every capture instance of the table, in LSN order.
+    log: VecDeque<Entry>,
+    /// Absolute position of `log[0]`, so cursors survive cleanup popping the front.
+    log_front_seq: u64,
+}
+
+impl Table {
+    fn new(
+        name: &TableRef,
+        columns: Vec<String>,
+        key_columns: &[String],
+        generated: Option<Generated>,
+    ) -> Result<Table, ModelError> {
+        if key_columns.is_empty() {
+            return Err(ModelError::NoKey {
+                table: name.clone(),
+            });
+        }
+        let key_idx = key_columns
+            .iter()
+            .map(|k| {
+                columns
+                    .iter()
+                    .position(|c| c == k)
+                    .ok_or_else(|| ModelError::NoColumn {
+                        table: name.clone(),
+                        column: k.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut table = Table {
+            name: name.clone(),
+            columns,
+            key_idx,
+            key_columns: key_columns.to_vec(),
+            rows: BTreeMap::new(),
+            generated: None,
+            row_count: 0,
+            max_key: None,
+            log: VecDeque::new(),
+            log_front_seq: 0,
+        };
+        if let Some(g) = generated {
+            table.row_count = g.n;
+            if g.n > 0 {
+                let last = (g.f)(g.n - 1);
+                table.check_arity(&last)?;
+                table.max_key = Some(table.key_of(&last));
+            }
+            table.generated = Some(g);
+        }
+        Ok(table)
+    }
+
+    fn key_of(&self, row: &[Value]) -> Key {
+        Key(self.key_idx.iter().map(|&i| row[i].clone()).collect())
+    }
+
+    fn check_arity(&self, row: &[Value]) -> Result<(), ModelError> {
+        if row.len() != self.columns.len() {
+            return Err(ModelError::Arity {
+                table: self.name.clone(),
+                expected: self.columns.len(),
+                got: row.len(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_key(&self, key: &[Value]) -> Result<Key, ModelError> {
+        if key.len() != self.key_idx.len() {
+            return Err(ModelError::KeyArity {
+                table: self.name.clone(),
+                expected: self.key_idx.len(),
+                got: key.len(),
+            });
+        }
+        Ok(Key(key.to_vec()))
+    }
+
+    /// Binary search of the generated sequence: `Ok(i)` if row `i` has `key`, else where it
+    /// would go. `O(log n)` calls of the row function.
+    fn gen_find(&self, key: &Key) -> Result<u64, u64> {
+        let Some(g) = &self.generated else {
+            return Err(0);
+        };
+        let (mut lo, mut hi) = (0u64, g.n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let row = (g.f)(mid);
+            match cmp_keys(self.key_of(&row).values(), key.values()) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
+    }
+
+    fn get(&self, key: &Key) -> Option<Vec<Value>> {
+        match self.rows.get(key) {
+            Some(Slot::Row(row)) => Some(row.clone()),
+            Some(Slot::Tombstone) => None,
+            None => {
+                let i = self.gen_find(key).ok()?;
+                Some((self.generated.as_ref()?.f)(i))
+            }
+        }
+    }
+
+    /// Sets the overlay slot of `key`, returning the previous one (for undo).
+    fn set_slot(&mut self, key: Key, slot: Option<Slot>) -> Option<Slot> {
+        match slot {
+            Some(slot) => self.rows.insert(key, slot),
+            None => self.rows.remove(&key),
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Slot> {
+        let slot = if self.gen_find(key).is_ok() {
+            Some(Slot::Tombstone)
+        } else {
+            None
+        };
+        self.set_slot(key.clone(), slot)
+    }
+
+    /// Up to `limit` current rows after `after`, in key order: the generated sequence merged
+    /// with the overlay (overlay wins on equal keys; tombstones hide generated rows).
+    fn scan_batch(&self, after: Option<&Key>, limit: usize) -> Vec<Vec<Value>> {
+        let mut out = Vec::new();
+        let lower = match after {
+            Some(k) => Bound::Excluded(k.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut overlay = self.rows.range((lower, Bound::Unbounded)).peekable();
+        let (mut gi, n) = match (&self.generated, after) {
+            (Some(g), Some(k)) => (self.gen_find(k).map_or_else(|i| i, |i| i + 1), g.n),
+            (Some(g), None) => (0, g.n),
+            (None, _) => (0, 0),
+        };
+        let mut gen_cur: Option<(Key, Vec<Value>)> = None;
+        let mut prev_gen: Option<Key> = None;
+        while out.len() < limit {
+            if gen_cur.is_none() && gi < n {
+                let row = (self.generated.as_ref().expect("n > 0").f)(gi);
+                let key = self.key_of(&row);
+                if let Some(prev) = &prev_gen {
+                    assert!(
+                        *prev < key,
+                        "generated table {}: key of row {gi} is not above the previous one",
+                        self.name
+                    );
+                }
+                prev_gen = Some(key.clone());
+                gen_cur = Some((key, row));
+            }
+            let order = match (overlay.peek(), &gen_cur) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((ok, _)), Some((gk, _))) => (*ok).cmp(gk),
+            };
+            if order == std::cmp::Ordering::Equal {
+                // The overlay replaces (or deletes) this generated row.
+                gen_cur = None;
+                gi += 1;
+            }
+            let take_overlay = order != std::cmp::Ordering::Greater;
+            if take_overlay {
+                let (_, slot) = overlay.next().expect("peeked");
+                if let Slot::Row(row) = slot {
+                    out.push(row.clone());
+                }
+            } else {
+                let (_, row) = gen_cur.take().expect("checked");
+                gi += 1;
+                out.push(row);
+            }
+        }
+        out
+    }
+
+    fn entry(&self, seq: u64) -> Option<&Entry> {
+        let idx = seq.checked_sub(self.log_front_seq)?;
+        self.log.get(usize::try_from(idx).ok()?)
+    }
+}
+
+struct Instance {
+    name: String,
+    table: TableRef,
+    supports_net_changes: bool,
+    min_lsn: Lsn,
+}
+
+/// A committed transaction the capture process has not reached yet.
+struct Pending {
+    lsn: Lsn,
+    utc: DateTime<Utc>,
+    local: NaiveDateTime,
+}
+
+#[derive(Default)]
+struct Faults {
+    fail_before: HashMap<Method, u32>,
+    fail_after: HashMap<Method, u32>,
+    mid_stream: Option<u64>,
+    mid_scan: Option<u64>,
+}
+
+struct State {
+    now: DateTime<Utc>,
+    offset_minutes: i32,
+    capture_lag: Duration,
+    capture_paused: bool,
+    idle_dummies: bool,
+    time_per_call: Option<Duration>,
+    /// The last LSN handed out (commit or dummy).
+    last_lsn: u128,
+    tables: BTreeMap<TableRef, Table>,
+    /// In creation order: the last of a table's is its newest.
+    instances: Vec<Instance>,
+    mapping: Vec<MappingRow>,
+    /// `tran_end_time` never went backwards (no DST fall-back): binary search is valid.
+    mapping_monotonic: bool,
+    pending: VecDeque<Pending>,
+    watermarks: Option<BTreeMap<TableRef, Watermark>>,
+    faults: Faults,
+    calls: BTreeMap<Method, u64>,
+}
+
+/// Undo record for a failed transaction.
+enum Undo {
+    Slot {
+        table: TableRef,
+        key: Key,
+        prev: Option<Slot>,
+    },
+    Meta {
+        table: TableRef,
+        row_count: u64,
+        max_key: Option<Key>,
+    },
+}
+
+impl State {
+    fn new(start: DateTime<Utc>) -> State {
+        State {
+            now: start,
+            offset_minutes: 0,
+            capture_lag: Duration::zero(),
+            capture_paused: false,
+            idle_dummies: true,
+            time_per_call: None,
+            last_lsn: FIRST_LSN,
+            tables: BTreeMap::new(),
+            instances: Vec::new(),
+            mapping: Vec::new(),
+            mapping_monotonic: true,
+            pending: VecDeque::new(),
+            watermarks: Some(BTreeMap::new()),
+            faults: Faults::default(),
+            calls: BTreeMap::new(),
+        }
+    }
+
+    fn to_local(&self, utc: DateTime<Utc>) -> NaiveDateTime {
+        utc.naive_utc() + Duration::minutes(self.offset_minutes.into())
+    }
+
+    fn advance(&mut self, by: Duration) {
+        if by > Duration::zero() {
+            self.now += by;
+        }
+        self.auto_capture();
+    }
+
+    fn auto_capture(&mut self) {
+        if !self.capture_paused {
+            let cutoff = self.now - self.capture_lag;
+            self.capture_until(cutoff, self.idle_dummies);
+        }
+    }
+
+    /// Moves pending commits at or before `cutoff` into `lsn_time_mapping`; if none was due
+    /// and `dummies`, marks progress with a dummy row at `cutoff` when that is later than the
+    /// last mapping row.
+    fn capture_until(&mut self, cutoff: DateTime<Utc>, dummies: bool) -> usize {
+        let mut captured = 0;
+        while self.pending.front().is_some_and(|p| p.utc <= cutoff) {
+            let p = self.pending.pop_front().expect("checked");
+            self.push_mapping(MappingRow {
+                start_lsn: p.lsn,
+                tran_end_time: p.local,
+                utc: p.utc,
+                dummy: false,
+            });
+            captured += 1;
+        }
+        if captured > 0 {
+            debug!(captured, max_lsn = %self.max_lsn(), "model: capture process ran");
+        } else if dummies && self.mapping.last().is_some_and(|m| m.utc < cutoff) {
+            self.write_dummy(cutoff);
+        }
+        captured
+    }
+
+    fn push_mapping(&mut self, row: MappingRow) {
+        if let Some(last) = self.mapping.last() {
+            if row.tran_end_time < last.tran_end_time {
+                self.mapping_monotonic = false;
+            }
+        }
+        self.mapping.push(row);
+    }
+
+    /// A dummy mapping row at `at` (not before the last row), with an LSN between the last
+    /// captured row and the first pending commit.
+    fn write_dummy(&mut self, at: DateTime<Utc>) -> Option<Lsn> {
+        if self.instances.is_empty() {
+            return None;
+        }
+        let last = self.mapping.last()?;
+        let utc = at.max(last.utc);
+        let lsn = last.start_lsn.to_u128() + 1;
+        let below_next = self.pending.front().is_none_or(|p| lsn < p.lsn.to_u128());
+        if lsn % LSN_STRIDE == 0 || !below_next {
+            debug!("model: no LSN left for a dummy mapping row before the next commit");
+            return None;
+        }
+        self.last_lsn = self.last_lsn.max(lsn);
+        let start_lsn = Lsn::from_u128(lsn);
+        let local = to_sql_datetime(self.to_local(utc));
+        self.push_mapping(MappingRow {
+            start_lsn,
+            tran_end_time: local,
+            utc,
+            dummy: true,
+        });
+        Some(start_lsn)
+    }
+
+    fn next_commit_lsn(&mut self) -> Lsn {
+        self.last_lsn = (self.last_lsn / LSN_STRIDE + 1) * LSN_STRIDE;
+        Lsn::from_u128(self.last_lsn)
+    }
+
+    fn push_pending(&mut self, lsn: Lsn) {
+        let local = to_sql_datetime(self.to_local(self.now));
+        self.pending.push_back(Pending {
+            lsn,
+            utc: self.now,
+            local,
+        });
+    }
+
+    fn max_lsn(&self) -> Lsn {
+        self.mapping.last().map_or(Lsn::ZERO, |m| m.start_lsn)
+    }
+
+    fn map_time_to_lsn(&self, local: NaiveDateTime) -> Option<Lsn> {
+        if self.mapping_monotonic {
+            let n = self.mapping.partition_point(|m| m.tran_end_time <= local);
+            n.checked_sub(1).map(|i| self.mapping[i].start_lsn)
+        } else {
+            // After a DST fall-back local times repeat: max(start_lsn) WHERE tran_end_time <= t.
+            self.mapping
+                .iter()
+                .filter(|m| m.tran_end_time <= local)
+                .map(|m| m.start_lsn)
+                .max()
+        }
+    }
+
+    fn map_lsn_to_time(&self, lsn: Lsn) -> Option<NaiveDateTime> {
+        let n = self.mapping.partition_point(|m| m.start_lsn <= lsn);
+        n.checked_sub(1).map(|i| self.mapping[i].tran_end_time)
+    }
+
+    fn instance(&self, name: &str) -> Option<&Instance> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+
+    fn add_table(&mut self, name: TableRef, table: Table) -> Result<(), ModelError> {
+        if self.tables.contains_key(&name) {
+            return Err(ModelError::TableExists(name));
+        }
+        self.tables.insert(name, table);
+        Ok(())
+    }
+
+    fn enable_cdc(
+        &mut self,
+        table: &TableRef,
+        name: &str,
+        supports_net_changes: bool,
+    ) -> Result<Lsn, ModelError> {
+        if !self.tables.contains_key(table) {
+            return Err(ModelError::NoTable(table.clone()));
+        }
+        if self.instance(name).is_some() {
+            return Err(ModelError::InstanceExists(name.to_string()));
+        }
+        if self.instances.iter().filter(|i| &i.table == table).count() >= 2 {
+            return Err(ModelError::TooManyInstances(table.clone()));
+        }
+        let start = self.next_commit_lsn();
+        self.instances.push(Instance {
+            name: name.to_string(),
+            table: table.clone(),
+            supports_net_changes,
+            min_lsn: start,
+        });
+        self.push_pending(start);
+        self.auto_capture();
+        debug!(table = %table, capture_instance = name, start_lsn = %start, "model: CDC enabled");
+        Ok(start)
+    }
+
+    fn captured(&self, table: &TableRef) -> bool {
+        self.instances.iter().any(|i| &i.table == table)
+    }
+
+    fn table_mut(&mut self, name: &TableRef) -> Result<&mut Table, ModelError> {
+        self.tables
+            .get_mut(name)
+            .ok_or_else(|| ModelError::NoTable(name.clone()))
+    }
+
+    /// Applies one operation, recording undo and the change rows it produces.
+    fn apply(
+        &mut self,
+        op: TxnOp,
+        undo: &mut Vec<Undo>,
+        logged: &mut Vec<(TableRef, u8, Key, Vec<Value>)>,
+    ) -> Result<(), ModelError> {
+        let name = match &op {
+            TxnOp::Insert(t, ..) | TxnOp::Update(t, ..) | TxnOp::Delete(t, ..) => t.clone(),
+        };
+        let t = self.table_mut(&name)?;
+        undo.push(Undo::Meta {
+            table: name.clone(),
+            row_count: t.row_count,
+            max_key: t.max_key.clone(),
+        });
+        let set = |t: &mut Table, key: Key, slot: Option<Slot>, undo: &mut Vec<Undo>| {
+            let prev = t.set_slot(key.clone(), slot);
+            undo.push(Undo::Slot {
+                table: name.clone(),
+                key,
+                prev,
+            });
+        };
+        match op {
+            TxnOp::Insert(_, row) => {
+                t.check_arity(&row)?;
+                let key = t.key_of(&row);
+                if t.get(&key).is_some() {
+                    return Err(ModelError::DuplicateKey {
+                        table: name,
+                        key: key.0,
+                    });
+                }
+                set(t, key.clone(), Some(Slot::Row(row.clone())), undo);
+                t.row_count += 1;
+                if t.max_key.as_ref().is_none_or(|m| *m < key) {
+                    t.max_key = Some(key.clone());
+                }
+                logged.push((name, 2, key, row));
+            }
+            TxnOp::Update(_, key, row) => {
+                t.check_arity(&row)?;
+                let key = t.check_key(&key)?;
+                let Some(old) = t.get(&key) else {
+                    return Err(ModelError::NoRow {
+                        table: name,
+                        key: key.0,
+                    });
+                };
+                let new_key = t.key_of(&row);
+                if new_key == key {
+                    set(t, key.clone(), Some(Slot::Row(row.clone())), undo);
+                    logged.push((name, 4, key, row));
+                } else {
+                    // An update of the key itself is captured as delete + insert.
+                    if t.get(&new_key).is_some() {
+                        return Err(ModelError::DuplicateKey {
+                            table: name,
+                            key: new_key.0,
+                        });
+                    }
+                    let prev = t.remove(&key);
+                    undo.push(Undo::Slot {
+                        table: name.clone(),
+                        key: key.clone(),
+                        prev,
+                    });
+                    set(t, new_key.clone(), Some(Slot::Row(row.clone())), undo);
+                    if t.max_key.as_ref().is_none_or(|m| *m < new_key) {
+                        t.max_key = Some(new_key.clone());
+                    }
+                    logged.push((name.clone(), 1, key, old));
+                    logged.push((name, 2, new_key, row));
+                }
+            }
+            TxnOp::Delete(_, key) => {
+                let key = t.check_key(&key)?;
+                let Some(old) = t.get(&key) else {
+                    return Err(ModelError::NoRow {
+                        table: name,
+                        key: key.0,
+                    });
+                };
+                let prev = t.remove(&key);
+                undo.push(Undo::Slot {
+                    table: name.clone(),
+                    key: key.clone(),
+                    prev,
+                });
+                t.row_count -= 1;
+                logged.push((name, 1, key, old));
+            }
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self, undo: Vec<Undo>) {
+        for record in undo.into_iter().rev() {
+            match record {
+                Undo::Slot { table, key, prev } => {
+                    if let Some(t) = self.tables.get_mut(&table) {
+                        t.set_slot(key, prev);
+                    }
+                }
+                Undo::Meta {
+                    table,
+                    row_count,
+                    max_key,
+                } => {
+                    if let Some(t) = self.tables.get_mut(&table) {
+                        t.row_count = row_count;
+                        t.max_key = max_key;
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, ops: Vec<TxnOp>) -> Result<Lsn, ModelError> {
+        let mut undo = Vec::new();
+        let mut logged = Vec::new();
+        for op in ops {
+            if let Err(e) = self.apply(op, &mut undo, &mut logged) {
+                self.rollback(undo);
+                return Err(e);
+            }
+        }
+        let lsn = self.next_commit_lsn();
+        let mut any = false;
+        let changes = logged.len();
+        for (table, op, key, row) in logged {
+            if self.captured(&table) {
+                any = true;
+                let t = self.tables.get_mut(&table).expect("applied");
+                t.log.push_back(Entry::Change { lsn, op, key, row });
+            }
+        }
+        if any {
+            self.push_pending(lsn);
+        }
+        debug!(%lsn, changes, captured = any, at = %self.now, "model: commit");
+        self.auto_capture();
+        Ok(lsn)
+    }
+
+    fn generated_inserts(
+        &mut self,
+        name: &TableRef,
+        count: u64,
+        rows_per_txn: u64,
+    ) -> Result<Option<Lsn>, ModelError> {
+        let captured = self.captured(name);
+        let t = self.table_mut(name)?;
+        let Some(g) = &t.generated else {
+            return Err(ModelError::NotGenerated(name.clone()));
+        };
+        if count == 0 {
+            return Ok(None);
+        }
+        let (start, f) = (g.n, g.f.clone());
+        let first = f(start);
+        t.check_arity(&first)?;
+        let first_key = t.key_of(&first);
+        if t.max_key.as_ref().is_some_and(|m| *m >= first_key) {
+            return Err(ModelError::GeneratedKeyNotFresh(name.clone()));
+        }
+        let last_key = t.key_of(&f(start + count - 1));
+        t.max_key = Some(last_key);
+        t.row_count += count;
+        t.generated.as_mut().expect("checked").n += count;
+        let mut last = None;
+        let mut i = start;
+        while i < start + count {
+            let n = rows_per_txn.min(start + count - i);
+            let lsn = self.next_commit_lsn();
+            if captured {
+                let t = self.tables.get_mut(name).expect("checked");
+                t.log.push_back(Entry::Generated {
+                    lsn,
+                    start: i,
+                    count: n,
+                });
+                self.push_pending(lsn);
+            }
+            last = Some(lsn);
+            i += n;
+        }
+        self.auto_capture();
+        Ok(last)
+    }
+
+    fn cleanup(&mut self, before: Lsn) -> Lsn {
+        let max = self.max_lsn();
+        let n = self.mapping.partition_point(|m| m.start_lsn < before);
+        let lwm = self.mapping.get(n).map_or(max, |m| m.start_lsn).min(max);
+        for inst in &mut self.instances {
+            inst.min_lsn = inst.min_lsn.max(lwm);
+        }
+        let mut lowest = Lsn::MAX;
+        for (name, t) in &mut self.tables {
+            let Some(min) = self
+                .instances
+                .iter()
+                .filter(|i| &i.table == name)
+                .map(|i| i.min_lsn)
+                .min()
+            else {
+                continue;
+            };
+            lowest = lowest.min(min);
+            while t.log.front().is_some_and(|e| e.lsn() < min) {
+                t.log.pop_front();
+                t.log_front_seq += 1;
+            }
+        }
+        // lsn_time_mapping rows below every instance's low end go too; the last row stays.
+        let keep_from = self
+            .mapping
+            .partition_point(|m| m.start_lsn < lowest)
+            .min(self.mapping.len().saturating_sub(1));
+        self.mapping.drain(..keep_from);
+        debug!(low_water_mark = %lwm, "model: cleanup ran");
+        lwm
+    }
+
+    fn net_plan_by_name(
+        &self,
+        name: &str,
+        from: Lsn,
+        to: Lsn,
+        filter: RowFilter,
+        sorted: bool,
+    ) -> Result<NetPlan, CdcError> {
+        let inst = self
+            .instance(name)
+            .ok_or_else(|| CdcError::NoCaptureInstance {
+                table: TableRef {
+                    schema: String::new(),
+                    table: String::new(),
+                },
+                wanted: Some(name.to_string()),
+            })?;
+        self.net_plan(inst, from, to, filter, sorted)
+    }
+
+    fn net_plan_for(
+        &self,
+        ci: &CaptureInstance,
+        from: Lsn,
+        to: Lsn,
+        filter: RowFilter,
+        sorted: bool,
+    ) -> Result<NetPlan, CdcError> {
+        let inst = self
+            .instance(&ci.name)
+            .filter(|i| i.table == ci.table)
+            .ok_or_else(|| CdcError::NoCaptureInstance {
+                table: ci.table.clone(),
+                wanted: Some(ci.name.clone()),
+            })?;
+        self.net_plan(inst, from, to, filter, sorted)
+    }
+
+    /// Folds the change rows in `[from, to]` per key (the net-changes rules, see
+    /// docs/model.md) into a list of positions to emit. Costs one map entry per changed key
+    /// and no row clones; rows are cloned later, batch by batch, by [`State::net_batch`].
+    fn net_plan(
+        &self,
+        inst: &Instance,
+        from: Lsn,
+        to: Lsn,
+        filter: RowFilter,
+        sorted: bool,
+    ) -> Result<NetPlan, CdcError> {
+        if !inst.supports_net_changes {
+            return Err(CdcError::NoNetChanges {
+                table: inst.table.clone(),
+                capture_instance: inst.name.clone(),
+            });
+        }
+        if from < inst.min_lsn || to > self.max_lsn() || from > to {
+            return Err(msg_313());
+        }
+        let t = &self.tables[&inst.table];
+        let lo = t.log.partition_point(|e| e.lsn() < from);
+        let hi = t.log.partition_point(|e| e.lsn() <= to);
+        // Per key: (first operation in the window, position of the last change).
+        let mut net: HashMap<&Key, (u8, u64)> = HashMap::new();
+        let mut gens = Vec::new();
+        for (idx, entry) in t.log.range(lo..hi).enumerate() {
+            let seq = t.log_front_seq + (lo + idx) as u64;
+            match entry {
+                Entry::Change { op, key, .. } => {
+                    net.entry(key)
+                        .and_modify(|state| state.1 = seq)
+                        .or_insert((*op, seq));
+                }
+                Entry::Generated { lsn, start, count } => gens.push(GenItem {
+                    lsn: *lsn,
+                    start: *start,
+                    count: *count,
+                }),
+            }
+        }
+        let mut superseded = HashSet::new();
+        let mut ones = Vec::with_capacity(net.len());
+        for (key, (mut first, last_seq)) in net {
+            if !gens.is_empty() {
+                // A generated insert in this window, changed again later in it: the
+                // generated insert is the key's first operation.
+                if let Ok(i) = t.gen_find(key) {
+                    let g = gens.partition_point(|g| g.start + g.count <= i);
+                    if gens.get(g).is_some_and(|g| g.start <= i) {
+                        first = 2;
+                        superseded.insert(i);
+                    }
+                }
+            }
+            let Some(Entry::Change { op: last, .. }) = t.entry(last_seq) else {
+                unreachable!("a change position inside the window");
+            };
+            let net_op = match (first, *last) {
+                // Inserted and deleted inside the window: nothing.
+                (2, 1) => continue,
+                // Did not exist before the window: an insert with the final values.
+                (2, _) => 2,
+                // Existed before, gone after: a delete.
+                (_, 1) => 1,
+                // Existed before and after (updated, or deleted and re-inserted): an update.
+                _ => 4,
+            };
+            ones.push((last_seq, output_op(net_op, filter)));
+        }
+        if sorted {
+            ones.sort_by(|a, b| {
+                let (ea, eb) = (t.entry(a.0), t.entry(b.0));
+                match (ea, eb) {
+                    (
+                        Some(Entry::Change {
+                            lsn: la, key: ka, ..
+                        }),
+                        Some(Entry::Change {
+                            lsn: lb, key: kb, ..
+                        }),
+                    ) => la.cmp(lb).then_with(|| ka.cmp(kb)),
+                    _ => unreachable!("change positions"),
+                }
+            });
+        }
+        let generated: u64 = gens.iter().map(|g| g.count).sum();
+        let count = ones.len() as u64 + generated - superseded.len() as u64;
+        let mut columns = vec![
+            "__$start_lsn".to_string(),
+            "__$operation".to_string(),
+            "__$update_mask".to_string(),
+        ];
+        columns.extend(t.columns.iter().cloned());
+        Ok(NetPlan {
+            table: inst.table.clone(),
+            columns,
+            ones,
+            gens,
+            superseded,
+            count,
+            gen_op: output_op(2, filter),
+        })
+    }
+
+    /// The next up-to-`max` net-change rows of `plan`, merged by LSN.
+    fn net_batch(
+        &self,
+        plan: &NetPlan,
+        cur: &mut NetCursor,
+        max: usize,
+    ) -> Result<Vec<Vec<Value>>, CdcError> {
+        let t = self.tables.get(&plan.table).ok_or_else(msg_313)?;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let one = match plan.ones.get(cur.one) {
+                Some(&(seq, op)) => match t.entry(seq) {
+                    Some(Entry::Change { lsn, row, .. }) => Some((*lsn, op, row)),
+                    // Cleanup deleted rows this read still had to return.
+                    _ => return Err(msg_313()),
+                },
+                None => None,
+            };
+            let gen = plan.gens.get(cur.gen);
+            match (one, gen) {
+                (None, None) => break,
+                (Some((lsn, op, row)), g) if g.is_none_or(|g| lsn < g.lsn) => {
+                    out.push(net_row(lsn, op, row));
+                    cur.one += 1;
+                }
+                (_, Some(g)) => {
+                    let i = g.start + cur.gen_off;
+                    if !plan.superseded.contains(&i) {
+                        let f = &t.generated.as_ref().expect("generated entry").f;
+                        out.push(net_row(g.lsn, plan.gen_op, &f(i)));
+                    }
+                    cur.gen_off += 1;
+                    if cur.gen_off == g.count {
+                        cur.gen += 1;
+                        cur.gen_off = 0;
+                    }
+                }
+                (Some(_), None) => unreachable!("covered by the guard"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What a net-changes read will emit, computed once under the lock.
+struct NetPlan {
+    table: TableRef,
+    columns: Vec<String>,
+    /// (log position of the key's last change, output operation), in output order.
+    ones: Vec<(u64, u8)>,
+    gens: Vec<GenItem>,
+    /// Generated rows whose key changed again later in the window (emitted via `ones`).
+    superseded: HashSet<u64>,
+    count: u64,
+    gen_op: u8,
+}
+
+struct GenItem {
+    lsn: Lsn,
+    start: u64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct NetCursor {
+    one: usize,
+    gen: usize,
+    gen_off: u64,
+}
+
+fn output_op(op: u8, filter: RowFilter) -> u8 {
+    match (filter, op) {
+        (RowFilter::AllWithMerge, 2 | 4) => 5,
+        _ => op,
+    }
+}
+
+fn net_row(lsn: Lsn, op: u8, row: &[Value]) -> Vec<Value> {
+    let mut out = Vec::with_capacity(row.len() + 3);
+    out.push(Value::Binary(lsn.0.to_vec()));
+    out.push(Value::Int(op.into()));
+    out.push(Value::Null);
+    out.extend_from_slice(row);
+    out
+}
+
+/// The error SQL Server raises for an out-of-range, NULL or inverted interval.
+fn msg_313() -> CdcError {
+    CdcError::Sql {
+        number: 313,
+        message: "An insufficient number of arguments were supplied for the procedure or \
+                  function cdc.fn_cdc_get_net_changes_ ..."
+            .to_string(),
+        transient: false,
+    }
+}
+
+/// Rounds to SQL Server `datetime` precision (1/300 s: .000, .003, .007), the type of
+/// `tran_end_time` and of `map_time_to_lsn`'s argument.
+pub fn to_sql_datetime(t: NaiveDateTime) -> NaiveDateTime {
+    let ns = u64::from(t.nanosecond().min(999_999_999));
+    let ticks = (ns * 300 + 500_000_000) / 1_000_000_000;
+    let base = t.with_nanosecond(0).expect("0 is valid");
+    base + Duration::nanoseconds(((ticks * 1_000_000_000 + 150) / 300) as i64)
+}
+
+/// A UTC instant from server local time and an offset in minutes.
+pub fn local_to_utc(local: NaiveDateTime, offset_minutes: i32) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&(local - Duration::minutes(offset_minutes.into())))
+}
