@@ -74,7 +74,10 @@ pub fn capture_has_passed(progress: &CaptureProgress, trigger_time: DateTime<Utc
 
 /// How far capture trails the trigger time (zero when it has passed it); `None` when CDC
 /// has no mapping at all yet.
-pub fn capture_lag(progress: &CaptureProgress, trigger_time: DateTime<Utc>) -> Option<chrono::Duration> {
+pub fn capture_lag(
+    progress: &CaptureProgress,
+    trigger_time: DateTime<Utc>,
+) -> Option<chrono::Duration> {
     progress
         .max_lsn_time
         .map(|time| (trigger_time - time).max(chrono::Duration::zero()))
@@ -127,7 +130,12 @@ mod tests {
                 last_end: 0,
                 trigger: 15,
                 progress: progress(300, Some(16), Some(250)),
-                want: Plan::Copy { window_start: t(0), window_end: t(15), from: lsn(101), to: lsn(250) },
+                want: Plan::Copy {
+                    window_start: t(0),
+                    window_end: t(15),
+                    from: lsn(101),
+                    to: lsn(250),
+                },
             },
             Case {
                 name: "mapping beyond max lsn is capped by max lsn",
@@ -135,7 +143,12 @@ mod tests {
                 last_end: 0,
                 trigger: 15,
                 progress: progress(200, Some(14), Some(250)),
-                want: Plan::Copy { window_start: t(0), window_end: t(15), from: lsn(101), to: lsn(200) },
+                want: Plan::Copy {
+                    window_start: t(0),
+                    window_end: t(15),
+                    from: lsn(101),
+                    to: lsn(200),
+                },
             },
             Case {
                 name: "no mapping at or before the trigger: empty range",
@@ -143,7 +156,12 @@ mod tests {
                 last_end: 0,
                 trigger: 15,
                 progress: progress(100, None, None),
-                want: Plan::Copy { window_start: t(0), window_end: t(15), from: lsn(101), to: lsn(100) },
+                want: Plan::Copy {
+                    window_start: t(0),
+                    window_end: t(15),
+                    from: lsn(101),
+                    to: lsn(100),
+                },
             },
             Case {
                 name: "mapping below the watermark never moves it back",
@@ -151,7 +169,12 @@ mod tests {
                 last_end: 0,
                 trigger: 15,
                 progress: progress(300, Some(16), Some(90)),
-                want: Plan::Copy { window_start: t(0), window_end: t(15), from: lsn(101), to: lsn(100) },
+                want: Plan::Copy {
+                    window_start: t(0),
+                    window_end: t(15),
+                    from: lsn(101),
+                    to: lsn(100),
+                },
             },
             Case {
                 name: "retried trigger equal to the last end",
@@ -159,7 +182,9 @@ mod tests {
                 last_end: 15,
                 trigger: 15,
                 progress: progress(300, Some(16), Some(250)),
-                want: Plan::UpToDate { last_window_end: t(15) },
+                want: Plan::UpToDate {
+                    last_window_end: t(15),
+                },
             },
             Case {
                 name: "late run older than the last end",
@@ -167,7 +192,9 @@ mod tests {
                 last_end: 30,
                 trigger: 15,
                 progress: progress(300, Some(31), Some(250)),
-                want: Plan::UpToDate { last_window_end: t(30) },
+                want: Plan::UpToDate {
+                    last_window_end: t(30),
+                },
             },
             Case {
                 name: "hours late: the window spans everything since the last end",
@@ -175,11 +202,21 @@ mod tests {
                 last_end: 0,
                 trigger: 59,
                 progress: progress(5000, Some(59), Some(4999)),
-                want: Plan::Copy { window_start: t(0), window_end: t(59), from: lsn(101), to: lsn(4999) },
+                want: Plan::Copy {
+                    window_start: t(0),
+                    window_end: t(59),
+                    from: lsn(101),
+                    to: lsn(4999),
+                },
             },
         ];
         for case in cases {
-            let got = plan(lsn(case.last_lsn), t(case.last_end), t(case.trigger), &case.progress);
+            let got = plan(
+                lsn(case.last_lsn),
+                t(case.last_end),
+                t(case.trigger),
+                &case.progress,
+            );
             assert_eq!(got, case.want, "{}", case.name);
         }
     }
@@ -190,7 +227,10 @@ mod tests {
         assert!(empty.is_empty_range());
         let one = plan(lsn(100), t(0), t(15), &progress(101, Some(15), Some(101)));
         assert!(!one.is_empty_range(), "[101, 101] holds one LSN");
-        assert!(Plan::UpToDate { last_window_end: t(0) }.is_empty_range());
+        assert!(Plan::UpToDate {
+            last_window_end: t(0)
+        }
+        .is_empty_range());
     }
 
     #[test]
@@ -199,15 +239,25 @@ mod tests {
         assert!(capture_has_passed(&progress(1, Some(16), None), t(15)));
         assert!(!capture_has_passed(&progress(1, Some(14), None), t(15)));
         assert!(!capture_has_passed(&progress(1, None, None), t(15)));
-        assert_eq!(capture_lag(&progress(1, Some(13), None), t(15)), Some(chrono::Duration::minutes(2)));
-        assert_eq!(capture_lag(&progress(1, Some(16), None), t(15)), Some(chrono::Duration::zero()));
+        assert_eq!(
+            capture_lag(&progress(1, Some(13), None), t(15)),
+            Some(chrono::Duration::minutes(2))
+        );
+        assert_eq!(
+            capture_lag(&progress(1, Some(16), None), t(15)),
+            Some(chrono::Duration::zero())
+        );
         assert_eq!(capture_lag(&progress(1, None, None), t(15)), None);
     }
 
     #[test]
     fn baseline_table() {
         assert_eq!(baseline(lsn(500), lsn(100)), lsn(500));
-        assert_eq!(baseline(lsn(50), lsn(100)), lsn(99), "instance newer than max lsn");
+        assert_eq!(
+            baseline(lsn(50), lsn(100)),
+            lsn(99),
+            "instance newer than max lsn"
+        );
         assert_eq!(baseline(Lsn::ZERO, Lsn::ZERO), Lsn::ZERO);
     }
 }

@@ -74,7 +74,9 @@ impl Lsn {
 
     /// The LSN as an integer, for arithmetic in tests and models.
     pub fn to_u128(&self) -> u128 {
-        self.0.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+        self.0
+            .iter()
+            .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
     }
 
     /// The LSN whose integer value is `value` (the low 80 bits).
@@ -148,7 +150,10 @@ mod tests {
         let cases = [
             ("0x00000000000000000000", Lsn::ZERO),
             ("0xFFFFFFFFFFFFFFFFFFFF", Lsn::MAX),
-            ("0x0000002A000001F00003", Lsn([0, 0, 0, 0x2A, 0, 0, 0x01, 0xF0, 0, 0x03])),
+            (
+                "0x0000002A000001F00003",
+                Lsn([0, 0, 0, 0x2A, 0, 0, 0x01, 0xF0, 0, 0x03]),
+            ),
         ];
         for (text, lsn) in cases {
             assert_eq!(lsn.to_string(), text);
@@ -165,13 +170,19 @@ mod tests {
             "0x0000002A000001F0000G".parse::<Lsn>(),
             Err(LsnParseError::NotHex('G'))
         );
-        assert_eq!(Lsn::from_bytes(&[1, 2, 3]), Err(LsnParseError::ByteLength(3)));
+        assert_eq!(
+            Lsn::from_bytes(&[1, 2, 3]),
+            Err(LsnParseError::ByteLength(3))
+        );
     }
 
     #[test]
     fn increment_carries_and_stops_at_max() {
         let lsn: Lsn = "0x000000000000000000FF".parse().unwrap();
-        assert_eq!(lsn.increment().unwrap().to_string(), "0x00000000000000000100");
+        assert_eq!(
+            lsn.increment().unwrap().to_string(),
+            "0x00000000000000000100"
+        );
         assert_eq!(Lsn::MAX.increment(), None);
         assert_eq!(Lsn::ZERO.decrement(), None);
     }

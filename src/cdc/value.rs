@@ -18,7 +18,10 @@ pub enum Value {
     Real(f32),
     Float(f64),
     /// decimal, numeric, money, smallmoney: `unscaled / 10^scale`, exact.
-    Decimal { unscaled: i128, scale: u8 },
+    Decimal {
+        unscaled: i128,
+        scale: u8,
+    },
     Text(String),
     Binary(Vec<u8>),
     Date(NaiveDate),

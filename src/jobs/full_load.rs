@@ -38,7 +38,11 @@ pub enum LoadProgress {
 /// Starts (or resumes) a full load of each requested table.
 pub async fn run(ctx: &Context, request: &FullLoadRequest, budget: Duration) -> JobReport {
     let tables = if request.tables.is_empty() {
-        ctx.settings.tables.iter().map(|s| s.table.clone()).collect()
+        ctx.settings
+            .tables
+            .iter()
+            .map(|s| s.table.clone())
+            .collect()
     } else {
         request.tables.clone()
     };
@@ -64,14 +68,19 @@ fn outcome(table: &TableRef, progress: LoadProgress, elapsed: Duration) -> Table
         LoadProgress::Superseded => (TableStatus::Superseded, None, "superseded: another invocation is loading this table"),
     };
     let (rows, parts, baseline) = match &wm {
-        Some(Watermark { full_load: Some(p), .. }) => (p.rows_done, p.parts_done, p.baseline_lsn),
+        Some(Watermark {
+            full_load: Some(p), ..
+        }) => (p.rows_done, p.parts_done, p.baseline_lsn),
         Some(wm) => (wm.rows_copied, 0, wm.last_lsn),
         None => (0, 0, Default::default()),
     };
     tracing::info!(table = %table, rows, parts, baseline = %baseline, elapsed_ms = elapsed.as_millis() as u64, note, "full load");
     TableOutcome {
         table: table.clone(),
-        line: format!("{table}: full load {note}: {rows} rows, baseline LSN {baseline}, {:.3}s", elapsed.as_secs_f64()),
+        line: format!(
+            "{table}: full load {note}: {rows} rows, baseline LSN {baseline}, {:.3}s",
+            elapsed.as_secs_f64()
+        ),
         json: json!({
             "table": table.to_string(),
             "status": match status { TableStatus::Done => "done", TableStatus::InProgress => "inProgress", _ => "superseded" },
@@ -90,7 +99,9 @@ async fn load_table(
     reset: bool,
     deadline: Instant,
 ) -> Result<LoadProgress, JobError> {
-    let spec = ctx.spec(table).ok_or_else(|| JobError::NotConfigured { table: table.clone() })?;
+    let spec = ctx.spec(table).ok_or_else(|| JobError::NotConfigured {
+        table: table.clone(),
+    })?;
     let mut session = ctx.source.session().await?;
     let ci = session
         .capture_instance(table, spec.capture_instance.as_deref())
@@ -99,7 +110,10 @@ async fn load_table(
     let wm = match existing {
         Some(wm) if wm.full_load.is_some() && !reset => wm,
         Some(wm) if !reset => {
-            return Err(JobError::AlreadyLoaded { table: table.clone(), last_lsn: wm.last_lsn })
+            return Err(JobError::AlreadyLoaded {
+                table: table.clone(),
+                last_lsn: wm.last_lsn,
+            })
         }
         existing => {
             // Baseline before the scan: everything after it is the incremental side's.
@@ -153,12 +167,18 @@ pub async fn continue_load(
     let deadline = Instant::now() + budget;
     let part_rows = ctx.settings.full_load_part_rows.max(1);
     loop {
-        let progress = wm.full_load.clone().expect("continue_load needs a load in progress");
+        let progress = wm
+            .full_load
+            .clone()
+            .expect("continue_load needs a load in progress");
         let name = naming::full_load_part_name(&ci.table, &progress.load_id, progress.parts_done);
         let metadata = vec![
             ("table".to_string(), ci.table.to_string()),
             ("capture_instance".to_string(), ci.name.clone()),
-            ("baseline_lsn".to_string(), progress.baseline_lsn.to_string()),
+            (
+                "baseline_lsn".to_string(),
+                progress.baseline_lsn.to_string(),
+            ),
             ("part".to_string(), progress.parts_done.to_string()),
             ("format_version".to_string(), FORMAT_VERSION.to_string()),
         ];

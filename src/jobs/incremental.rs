@@ -17,7 +17,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::{for_each_table, Context, JobError, Step, TableOutcome, TableStatus, FORMAT_VERSION};
-use crate::cdc::{CaptureInstance, CaptureProgress, CdcError, CdcSession, Lsn, PendingWindow, TableRef, Watermark};
+use crate::cdc::{
+    CaptureInstance, CaptureProgress, CdcError, CdcSession, Lsn, PendingWindow, TableRef, Watermark,
+};
 use crate::host::{JobReport, TimerTrigger};
 use crate::sink::rows::CsvBlobSink;
 use crate::sink::SinkError;
@@ -25,7 +27,12 @@ use crate::window::{self, Plan};
 
 /// Runs one incremental window for every configured table.
 pub async fn run(ctx: &Context, trigger: &TimerTrigger) -> JobReport {
-    let tables: Vec<TableRef> = ctx.settings.tables.iter().map(|s| s.table.clone()).collect();
+    let tables: Vec<TableRef> = ctx
+        .settings
+        .tables
+        .iter()
+        .map(|s| s.table.clone())
+        .collect();
     for_each_table(tables, ctx.settings.table_concurrency, |table| async move {
         let started = Instant::now();
         match copy_table(ctx, &table, trigger.trigger_time).await {
@@ -106,7 +113,9 @@ pub async fn copy_table(
     table: &TableRef,
     trigger_time: DateTime<Utc>,
 ) -> Result<Copied, JobError> {
-    let spec = ctx.spec(table).ok_or_else(|| JobError::NotConfigured { table: table.clone() })?;
+    let spec = ctx.spec(table).ok_or_else(|| JobError::NotConfigured {
+        table: table.clone(),
+    })?;
     let mut session = ctx.source.session().await?;
     let ci = session
         .capture_instance(table, spec.capture_instance.as_deref())
@@ -114,11 +123,14 @@ pub async fn copy_table(
     let mut wm = session
         .read_watermark(table)
         .await?
-        .ok_or_else(|| JobError::NotLoaded { table: table.clone() })?;
+        .ok_or_else(|| JobError::NotLoaded {
+            table: table.clone(),
+        })?;
     if wm.full_load.is_some() {
         // A full load handed off by FullLoad: finish it within this invocation's budget.
         let budget = super::full_load::TIMER_BUDGET;
-        let progress = super::full_load::continue_load(ctx, session.as_mut(), &ci, wm, budget).await?;
+        let progress =
+            super::full_load::continue_load(ctx, session.as_mut(), &ci, wm, budget).await?;
         match progress {
             super::full_load::LoadProgress::Finished(next) => wm = next,
             super::full_load::LoadProgress::Paused(next) => {
@@ -162,17 +174,33 @@ pub async fn copy_table(
         let from = next_lsn(&wm);
         check_available(&ci, from)?;
         let expected = if pending.to_lsn >= from {
-            session.count_net_changes(&ci, from, pending.to_lsn, ctx.settings.row_filter).await?
+            session
+                .count_net_changes(&ci, from, pending.to_lsn, ctx.settings.row_filter)
+                .await?
         } else {
             0
         };
         let (rows, bytes) = write_window(
-            ctx, session.as_mut(), &ci, from, pending.to_lsn, &pending.blob_name,
-            wm.last_window_end, pending.window_end, expected,
+            ctx,
+            session.as_mut(),
+            &ci,
+            from,
+            pending.to_lsn,
+            &pending.blob_name,
+            wm.last_window_end,
+            pending.window_end,
+            expected,
         )
         .await?;
         ctx.step(table, Step::BlobCommitted)?;
-        let next = advanced(&wm, pending.to_lsn, pending.window_end, rows, bytes, ctx.now());
+        let next = advanced(
+            &wm,
+            pending.to_lsn,
+            pending.window_end,
+            rows,
+            bytes,
+            ctx.now(),
+        );
         if !session.update_watermark(wm.version, &next).await? {
             return Ok(superseded(&wm));
         }
@@ -194,13 +222,21 @@ pub async fn copy_table(
     let progress = wait_for_capture(ctx, session.as_mut(), table, trigger_time).await?;
     copied.lag = window::capture_lag(&progress, trigger_time);
     let plan = window::plan(wm.last_lsn, wm.last_window_end, trigger_time, &progress);
-    let Plan::Copy { window_start, window_end, from, to } = plan else {
+    let Plan::Copy {
+        window_start,
+        window_end,
+        from,
+        to,
+    } = plan
+    else {
         return Ok(copied);
     };
     check_available(&ci, from)?;
     ctx.step(table, Step::Planned)?;
     let count = if to >= from {
-        session.count_net_changes(&ci, from, to, ctx.settings.row_filter).await?
+        session
+            .count_net_changes(&ci, from, to, ctx.settings.row_filter)
+            .await?
     } else {
         0
     };
@@ -225,7 +261,11 @@ pub async fn copy_table(
     // 3. Record the window, 4. write it, 5. advance.
     let blob_name = ctx.settings.path_template.render(table, trigger_time);
     let mut pending = wm.clone();
-    pending.pending = Some(PendingWindow { to_lsn: to, window_end, blob_name: blob_name.clone() });
+    pending.pending = Some(PendingWindow {
+        to_lsn: to,
+        window_end,
+        blob_name: blob_name.clone(),
+    });
     pending.version = wm.version + 1;
     pending.updated_at = ctx.now();
     if !session.update_watermark(wm.version, &pending).await? {
@@ -233,7 +273,15 @@ pub async fn copy_table(
     }
     ctx.step(table, Step::PendingRecorded)?;
     let (rows, bytes) = write_window(
-        ctx, session.as_mut(), &ci, from, to, &blob_name, window_start, window_end, count,
+        ctx,
+        session.as_mut(),
+        &ci,
+        from,
+        to,
+        &blob_name,
+        window_start,
+        window_end,
+        count,
     )
     .await?;
     ctx.step(table, Step::BlobCommitted)?;
@@ -352,13 +400,25 @@ async fn write_window(
         ("capture_instance".to_string(), ci.name.clone()),
         ("from_lsn".to_string(), from.to_string()),
         ("to_lsn".to_string(), to.to_string()),
-        ("window_start".to_string(), window_start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
-        ("window_end".to_string(), window_end.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
-        ("row_filter".to_string(), ctx.settings.row_filter.as_sql().to_string()),
+        (
+            "window_start".to_string(),
+            window_start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        ),
+        (
+            "window_end".to_string(),
+            window_end.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        ),
+        (
+            "row_filter".to_string(),
+            ctx.settings.row_filter.as_sql().to_string(),
+        ),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
     let block_size = ctx.settings.block_size;
-    let mut sink = CsvBlobSink::new(ctx.blobs.writer(blob_name, metadata, block_size), block_size);
+    let mut sink = CsvBlobSink::new(
+        ctx.blobs.writer(blob_name, metadata, block_size),
+        block_size,
+    );
     let rows = if to >= from {
         session
             .net_changes(ci, from, to, ctx.settings.row_filter, &mut sink)

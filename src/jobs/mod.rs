@@ -43,7 +43,10 @@ pub enum JobError {
     #[error("{table} is not in CDC_TABLES")]
     NotConfigured { table: TableRef },
     #[error("{table} already has a watermark (loaded up to {last_lsn}); pass \"reset\": true to load it again")]
-    AlreadyLoaded { table: TableRef, last_lsn: crate::cdc::Lsn },
+    AlreadyLoaded {
+        table: TableRef,
+        last_lsn: crate::cdc::Lsn,
+    },
     #[error("injected fault at {0:?}")]
     Injected(Step),
 }
@@ -113,7 +116,10 @@ impl Context {
 
     /// The configured spec of `table` (its capture instance, if pinned).
     pub fn spec(&self, table: &TableRef) -> Option<&TableSpec> {
-        self.settings.tables.iter().find(|spec| &spec.table == table)
+        self.settings
+            .tables
+            .iter()
+            .find(|spec| &spec.table == table)
     }
 }
 
@@ -221,7 +227,10 @@ impl Runner {
     pub async fn check(&self) -> Vec<(String, Result<(), String>)> {
         let mut results = Vec::new();
         let blob = self.context.blobs.probe().await.map_err(|e| e.to_string());
-        results.push((format!("blob container {}", self.context.settings.container), blob));
+        results.push((
+            format!("blob container {}", self.context.settings.container),
+            blob,
+        ));
         match self.context.source.session().await {
             Err(e) => results.push(("SQL Server connection".to_string(), Err(e.to_string()))),
             Ok(mut session) => {
@@ -253,7 +262,12 @@ impl Jobs for Runner {
     }
 
     async fn full_load(&self, request: FullLoadRequest) -> JobReport {
-        full_load::run(&self.context, &request, self.context.settings.full_load_http_budget).await
+        full_load::run(
+            &self.context,
+            &request,
+            self.context.settings.full_load_http_budget,
+        )
+        .await
     }
 }
 
