@@ -255,7 +255,7 @@ fn check_connection_string(text: &str) -> Result<(), CdcError> {
         })
     });
     let allowed = std::env::var(ALLOW_PLAINTEXT_ENV)
-        .map(|v| matches!(v.trim(), "1" | "true" | "yes"))
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
         .unwrap_or(false);
     if plaintext && !allowed {
         return Err(CdcError::Config(format!(
