@@ -1130,3 +1130,38 @@ async fn ado_connection_string_with_the_test_switch() {
     assert_eq!(session.max_lsn().await.unwrap(), lsn(9));
     assert_eq!(server.logins()[0].database, "cdcdb");
 }
+
+#[tokio::test]
+async fn sql_batches_are_recorded_and_answered() {
+    use tokio_util::compat::TokioAsyncWriteCompatExt;
+    let server = FakeServer::start().await;
+    server.on(
+        "SELECT 1 AS one;",
+        Reply::rows(vec![col("one", SqlType::Int)], vec![vec![Cell::Int(1)]]),
+    );
+    let config = server.config();
+    let tcp = tokio::net::TcpStream::connect(config.get_addr())
+        .await
+        .unwrap();
+    let mut client = tiberius::Client::connect(config, tcp.compat_write())
+        .await
+        .unwrap();
+    let rows = client
+        .simple_query("SELECT 1 AS one;")
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<i32, _>("one"), Some(1));
+    // An unscripted statement is an error, so a test cannot pass by accident.
+    let err = match client.simple_query("SELECT 2;").await {
+        Err(e) => e,
+        Ok(_) => panic!("unscripted statements fail"),
+    };
+    assert_eq!(err.code(), Some(50000));
+    let requests = server.requests();
+    assert!(!requests[0].rpc);
+    assert_eq!(requests[0].sql, "SELECT 1 AS one;");
+    assert_eq!(requests.len(), 2);
+}
