@@ -144,6 +144,7 @@ async fn exercise(config: Config) {
     let customers = TableRef::parse("dbo.customers").unwrap();
 
     assert!(session.watermark_table_exists().await.unwrap());
+    source.check_watermark_table().await.unwrap();
     let _snapshot = session.snapshot_isolation_allowed().await.unwrap();
 
     let ci = session.capture_instance(&customers, None).await.unwrap();
@@ -263,8 +264,8 @@ async fn exercise(config: Config) {
     assert_eq!(read.last_lsn, to);
     assert_eq!(read.version, 1);
     assert_eq!(
-        read.last_window_end.timestamp_micros() / 10,
-        now.timestamp_micros() / 10,
+        read.last_window_end.timestamp_nanos_opt().unwrap() / 100,
+        now.timestamp_nanos_opt().unwrap() / 100,
         "datetime2(7) keeps 100 ns"
     );
     let next = Watermark {

@@ -934,6 +934,8 @@ async fn missing_watermark_table_is_named() {
     );
     let mut concrete = source(&server).connect().await.unwrap();
     assert!(!concrete.watermark_table_exists().await.unwrap());
+    let err = source(&server).check_watermark_table().await.unwrap_err();
+    assert!(matches!(err, CdcError::NoWatermarkTable(_)), "{err:?}");
     let last = server.requests().pop().unwrap();
     assert_eq!(last.sql, sql::WATERMARK_TABLE_EXISTS);
     assert_eq!(

@@ -182,6 +182,17 @@ impl SqlServerSource {
         Ok(SqlServerSession::new(client, self.watermark_table.clone()))
     }
 
+    /// Start-up check: connects and fails with [`CdcError::NoWatermarkTable`] when the
+    /// configured watermark table does not exist (two round trips: login and one query).
+    pub async fn check_watermark_table(&self) -> Result<(), CdcError> {
+        let mut session = self.connect().await?;
+        if session.watermark_table_exists().await? {
+            Ok(())
+        } else {
+            Err(CdcError::NoWatermarkTable(self.watermark_table.to_string()))
+        }
+    }
+
     async fn config(&self) -> Result<Config, CdcError> {
         match &self.target {
             Target::Ado(secret) => Config::from_ado_string(secret.expose()).map_err(|_| {
