@@ -375,6 +375,52 @@ mod tests {
         assert!(tls.to_string().contains("TrustServerCertificate"));
     }
 
+    /// Hands out numbered tokens that expire `lifetime_secs` after they are issued.
+    #[derive(Debug)]
+    struct CountingCredential {
+        issued: std::sync::atomic::AtomicU32,
+        lifetime_secs: i64,
+    }
+
+    #[async_trait]
+    impl TokenCredential for CountingCredential {
+        async fn get_token(
+            &self,
+            scopes: &[&str],
+            _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+            assert_eq!(scopes, [SQL_TOKEN_SCOPE]);
+            let n = self
+                .issued
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            let expires = azure_core::time::OffsetDateTime::now_utc()
+                + azure_core::time::Duration::seconds(self.lifetime_secs);
+            Ok(azure_core::credentials::AccessToken::new(
+                format!("token-{n}"),
+                expires,
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_cached_until_close_to_expiry() {
+        let cases = [
+            (3600, ["token-1", "token-1", "token-1"]),
+            // Expires within the refresh margin: fetched again each time.
+            (60, ["token-1", "token-2", "token-3"]),
+        ];
+        for (lifetime_secs, expected) in cases {
+            let cache = TokenCache::new(Arc::new(CountingCredential {
+                issued: Default::default(),
+                lifetime_secs,
+            }));
+            for want in expected {
+                assert_eq!(cache.token().await.unwrap(), want);
+            }
+        }
+    }
+
     #[test]
     fn plaintext_is_refused_without_the_test_switch() {
         // The switch is process-wide; this test only checks strings that never ask for it,
