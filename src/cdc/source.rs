@@ -218,6 +218,10 @@ pub enum CdcError {
     },
     #[error("connection to SQL Server failed: {0}")]
     Connection(String),
+    /// The SQL Server settings cannot work (refused plaintext, bad connection string, TLS
+    /// configuration, no credential): definite, fix the settings.
+    #[error("SQL Server settings: {0}")]
+    Config(String),
     #[error("SQL Server returned something unexpected: {0}")]
     Protocol(String),
     #[error(transparent)]

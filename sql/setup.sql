@@ -1,0 +1,95 @@
+/*
+  cdc-copy setup: the sample table of the Data Factory tutorial, CDC on it, and the watermark
+  table the copier keeps its progress in. Safe to run again: every step checks first.
+
+  Run it in the SOURCE database (not master) as a member of db_owner (sysadmin on SQL Server to
+  enable CDC on the database), e.g.
+      sqlcmd -S localhost -U sa -P '<password>' -d cdcdb -i sql/setup.sql
+  SQL Server needs SQL Server Agent running for the capture and cleanup jobs
+  (in Docker: MSSQL_AGENT_ENABLED=true). Azure SQL Database runs its own scheduler.
+
+  The watermark table is [cdc_copy].[watermark], the default of CDC_WATERMARK_TABLE. If you set
+  another name, replace cdc_copy / watermark below (or create the same columns under that name).
+
+  Statements and links: docs/sql.md.
+*/
+SET NOCOUNT ON;
+SET XACT_ABORT ON;
+
+/* 1. The sample source table (the tutorial's "customers"). Skip this part for real tables. */
+IF OBJECT_ID(N'dbo.customers', N'U') IS NULL
+BEGIN
+    CREATE TABLE dbo.customers
+    (
+        customer_id int          NOT NULL,
+        first_name  varchar(50)  NULL,
+        last_name   varchar(50)  NULL,
+        email       varchar(100) NULL,
+        city        nvarchar(50) NULL,
+        CONSTRAINT PK_customers PRIMARY KEY CLUSTERED (customer_id)
+    );
+END;
+
+/* 2. CDC on the database and on the table, with net changes (needs the primary key).
+      https://learn.microsoft.com/sql/relational-databases/system-stored-procedures/sys-sp-cdc-enable-db-transact-sql
+      https://learn.microsoft.com/sql/relational-databases/system-stored-procedures/sys-sp-cdc-enable-table-transact-sql */
+IF NOT EXISTS (SELECT 1 FROM sys.databases WHERE database_id = DB_ID() AND is_cdc_enabled = 1)
+    EXEC sys.sp_cdc_enable_db;
+
+IF NOT EXISTS (SELECT 1 FROM sys.tables WHERE object_id = OBJECT_ID(N'dbo.customers') AND is_tracked_by_cdc = 1)
+    EXEC sys.sp_cdc_enable_table
+        @source_schema        = N'dbo',
+        @source_name          = N'customers',
+        @role_name            = NULL,      -- or a gating role the copier's user is a member of
+        @supports_net_changes = 1;         -- required: the copier reads net changes
+
+/* 3. The watermark table: one row per copied table.
+      last_lsn / last_window_end   every change at or below last_lsn is in a committed blob (or
+                                   the full load); the next window starts at last_window_end (UTC).
+      pending_*                    the window a run committed to before writing its blob; a later
+                                   run finishes exactly that window (same name, same bytes) first.
+      full_load_*                  a full load in progress: its id (blob folder), baseline LSN,
+                                   parts committed, JSON of the last key copied, rows so far.
+      version                      optimistic concurrency: every update is
+                                   "... WHERE version = <version read>" and bumps it.
+      All times are UTC (datetime2(7)); LSNs are binary(10) like CDC's own. */
+IF SCHEMA_ID(N'cdc_copy') IS NULL
+    EXEC (N'CREATE SCHEMA cdc_copy AUTHORIZATION dbo;');
+
+IF OBJECT_ID(N'cdc_copy.watermark', N'U') IS NULL
+BEGIN
+    CREATE TABLE cdc_copy.watermark
+    (
+        schema_name            sysname        NOT NULL,
+        table_name             sysname        NOT NULL,
+        capture_instance       sysname        NOT NULL,
+        last_lsn               binary(10)     NOT NULL,
+        last_window_end        datetime2(7)   NOT NULL,
+        pending_to_lsn         binary(10)     NULL,
+        pending_window_end     datetime2(7)   NULL,
+        pending_blob           nvarchar(1024) NULL,
+        full_load_id           varchar(32)    NULL,
+        full_load_baseline_lsn binary(10)     NULL,
+        full_load_parts        int            NULL,
+        full_load_last_key     nvarchar(max)  NULL,
+        full_load_rows         bigint         NULL,
+        rows_copied            bigint         NOT NULL CONSTRAINT DF_watermark_rows DEFAULT (0),
+        bytes_copied           bigint         NOT NULL CONSTRAINT DF_watermark_bytes DEFAULT (0),
+        version                bigint         NOT NULL CONSTRAINT DF_watermark_version DEFAULT (0),
+        updated_at             datetime2(7)   NOT NULL CONSTRAINT DF_watermark_updated DEFAULT (SYSUTCDATETIME()),
+        CONSTRAINT PK_watermark PRIMARY KEY CLUSTERED (schema_name, table_name),
+        CONSTRAINT CK_watermark_pending CHECK (
+            (pending_to_lsn IS NULL AND pending_window_end IS NULL AND pending_blob IS NULL)
+         OR (pending_to_lsn IS NOT NULL AND pending_window_end IS NOT NULL AND pending_blob IS NOT NULL)),
+        CONSTRAINT CK_watermark_full_load CHECK (full_load_id IS NULL OR full_load_baseline_lsn IS NOT NULL)
+    );
+END;
+
+/* 4. Permissions for the copier's database user (uncomment and name it). For Entra ID with a
+      managed identity: CREATE USER [<function-app-name>] FROM EXTERNAL PROVIDER;
+      SELECT on the source table and the cdc schema (the change functions), and read/write on
+      the watermark table. Nothing else is needed. */
+-- CREATE USER cdc_copier FOR LOGIN cdc_copier;
+-- GRANT SELECT ON OBJECT::dbo.customers TO cdc_copier;
+-- GRANT SELECT ON SCHEMA::cdc TO cdc_copier;
+-- GRANT SELECT, INSERT, UPDATE ON OBJECT::cdc_copy.watermark TO cdc_copier;

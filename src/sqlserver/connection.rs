@@ -1,0 +1,439 @@
+//! Opening tiberius connections: SQL login or Entra ID token, gateway redirects, typed errors.
+//!
+//! A [`SqlServerSource`] is cheap to build (no network I/O) and opens one TCP connection per
+//! [`CdcSource::session`] call, i.e. per concurrently processed table. Error mapping lives
+//! here because the same server numbers mean the same thing at login and later: the jobs only
+//! ask `is_transient()`, so what matters is putting each failure on the right side of that
+//! line and writing a message an operator can act on — without the password or token.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use azure_core::credentials::TokenCredential;
+use tiberius::{AuthMethod, Client, Config, EncryptionLevel};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+
+use crate::cdc::{CdcError, CdcSession, CdcSource, TableRef};
+use crate::config::{Secret, Settings, SqlSettings};
+
+use super::session::SqlServerSession;
+
+/// The tiberius client over a tokio TCP stream.
+pub type SqlClient = Client<Compat<TcpStream>>;
+
+/// Scope of an Entra ID token for Azure SQL.
+pub const SQL_TOKEN_SCOPE: &str = "https://database.windows.net/.default";
+
+/// Setting that allows `Encrypt=DANGER_PLAINTEXT` (no TLS at all). Only the TDS test double
+/// needs it; production must never set it: the login would cross the network in the clear.
+pub const ALLOW_PLAINTEXT_ENV: &str = "CDC_ALLOW_PLAINTEXT_SQL";
+
+/// Give up on a TCP connect or a login after this long (transient error).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refresh a cached token when it has less than this left.
+const TOKEN_REFRESH_MARGIN_SECS: i64 = 300;
+/// Azure SQL's gateway may redirect once; more means something is wrong.
+const MAX_REDIRECTS: usize = 2;
+
+/// Server error numbers a retry may fix: deadlock victim, lock timeout, Azure SQL throttling
+/// and reconfiguration, transport errors reported by the server.
+/// <https://learn.microsoft.com/azure/azure-sql/database/troubleshoot-common-errors-issues>
+pub const TRANSIENT_ERRORS: &[u32] = &[
+    20, 64, 233, 1205, 1222, 4221, 10053, 10054, 10060, 10928, 10929, 18401, 40143, 40197, 40501,
+    40540, 40613, 42108, 42109, 49918, 49919, 49920,
+];
+
+/// Maps a tiberius error (connection or statement) to a [`CdcError`].
+pub fn map_error(error: tiberius::error::Error) -> CdcError {
+    use tiberius::error::Error as E;
+    match error {
+        E::Server(token) => sql_error(token.code(), token.message()),
+        E::Io { kind, message } => CdcError::Connection(format!("{kind:?}: {message}")),
+        E::Tls(message) => CdcError::Config(format!(
+            "TLS handshake with SQL Server failed ({message}); check Encrypt, \
+             TrustServerCertificate and the server certificate"
+        )),
+        E::Routing { host, port } => CdcError::Connection(format!(
+            "SQL Server kept redirecting (last to {host}:{port})"
+        )),
+        other => CdcError::Protocol(other.to_string()),
+    }
+}
+
+/// A server error by number, with the messages operators need for the common ones.
+pub fn sql_error(number: u32, server_message: &str) -> CdcError {
+    let message = match number {
+        18456 => format!(
+            "{server_message} Check the user name and password (or that the Entra identity \
+             is a user of the database)."
+        ),
+        4060 => format!(
+            "{server_message} The database in the connection settings does not exist or \
+             the login may not open it."
+        ),
+        229 | 230 | 297 | 300 => format!(
+            "{server_message} The copier's login lacks a permission: it needs SELECT on the \
+             source tables and the cdc schema (plus the capture instance's gating role, if \
+             any) and SELECT, INSERT, UPDATE on the watermark table; see docs/sql.md."
+        ),
+        _ => server_message.to_string(),
+    };
+    CdcError::Sql {
+        number,
+        message,
+        transient: TRANSIENT_ERRORS.contains(&number),
+    }
+}
+
+/// Where to connect and how to authenticate.
+enum Target {
+    /// Everything from an ADO.NET connection string (SQL login).
+    Ado(Secret),
+    /// Entra ID token for `server`/`database`.
+    Entra {
+        server: String,
+        port: u16,
+        database: String,
+        tokens: TokenCache,
+    },
+    /// A ready-made tiberius configuration (tests).
+    Config(Config),
+}
+
+/// Implements [`CdcSource`] for SQL Server / Azure SQL.
+pub struct SqlServerSource {
+    target: Target,
+    watermark_table: TableRef,
+}
+
+impl std::fmt::Debug for SqlServerSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = match &self.target {
+            Target::Ado(_) => "connection string <redacted>".to_string(),
+            Target::Entra {
+                server, database, ..
+            } => format!("Entra ID to {server}/{database}"),
+            Target::Config(config) => format!("config for {}", config.get_addr()),
+        };
+        f.debug_struct("SqlServerSource")
+            .field("target", &target)
+            .field("watermark_table", &self.watermark_table)
+            .finish()
+    }
+}
+
+impl SqlServerSource {
+    /// From the settings. No network I/O: credentials are created, tokens are fetched on
+    /// the first connect.
+    pub fn new(settings: &Settings) -> Result<SqlServerSource, CdcError> {
+        let target = match &settings.sql {
+            SqlSettings::ConnectionString(secret) => {
+                check_connection_string(secret.expose())?;
+                Target::Ado(secret.clone())
+            }
+            SqlSettings::Entra {
+                server,
+                port,
+                database,
+                client_id,
+            } => Target::Entra {
+                server: server.clone(),
+                port: *port,
+                database: database.clone(),
+                tokens: TokenCache::new(credential(client_id.as_deref())?),
+            },
+        };
+        Ok(SqlServerSource {
+            target,
+            watermark_table: settings.watermark_table.clone(),
+        })
+    }
+
+    /// From an ADO.NET connection string (the live suite and tools).
+    pub fn from_connection_string(
+        connection_string: &Secret,
+        watermark_table: TableRef,
+    ) -> Result<SqlServerSource, CdcError> {
+        check_connection_string(connection_string.expose())?;
+        Ok(SqlServerSource {
+            target: Target::Ado(connection_string.clone()),
+            watermark_table,
+        })
+    }
+
+    /// From a tiberius configuration built by the caller (the TDS test double).
+    pub fn from_config(config: Config, watermark_table: TableRef) -> SqlServerSource {
+        SqlServerSource {
+            target: Target::Config(config),
+            watermark_table,
+        }
+    }
+
+    pub fn watermark_table(&self) -> &TableRef {
+        &self.watermark_table
+    }
+
+    /// Opens a session on its concrete type (for the inherent helpers such as
+    /// [`SqlServerSession::watermark_table_exists`]).
+    pub async fn connect(&self) -> Result<SqlServerSession, CdcError> {
+        let client = self.client().await?;
+        Ok(SqlServerSession::new(client, self.watermark_table.clone()))
+    }
+
+    /// Start-up check: connects and fails with [`CdcError::NoWatermarkTable`] when the
+    /// configured watermark table does not exist (two round trips: login and one query).
+    pub async fn check_watermark_table(&self) -> Result<(), CdcError> {
+        let mut session = self.connect().await?;
+        if session.watermark_table_exists().await? {
+            Ok(())
+        } else {
+            Err(CdcError::NoWatermarkTable(self.watermark_table.to_string()))
+        }
+    }
+
+    async fn config(&self) -> Result<Config, CdcError> {
+        match &self.target {
+            Target::Ado(secret) => Config::from_ado_string(secret.expose()).map_err(|_| {
+                // The parser's message may quote the string, password included.
+                CdcError::Config(
+                    "CDC_SQL_CONNECTION_STRING is not a valid ADO.NET connection string".into(),
+                )
+            }),
+            Target::Entra {
+                server,
+                port,
+                database,
+                tokens,
+            } => {
+                let mut config = Config::new();
+                config.host(server);
+                config.port(*port);
+                config.database(database);
+                config.encryption(EncryptionLevel::Required);
+                config.application_name("cdc-copy");
+                config.authentication(AuthMethod::aad_token(tokens.token().await?));
+                Ok(config)
+            }
+            Target::Config(config) => Ok(config.clone()),
+        }
+    }
+
+    async fn client(&self) -> Result<SqlClient, CdcError> {
+        let mut config = self.config().await?;
+        config.handshake_timeout(Some(CONNECT_TIMEOUT));
+        for _ in 0..=MAX_REDIRECTS {
+            let addr = config.get_addr();
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+                .await
+                .map_err(|_| CdcError::Connection(format!("connecting to {addr} timed out")))?
+                .map_err(|e| CdcError::Connection(format!("connecting to {addr}: {e}")))?;
+            tcp.set_nodelay(true)
+                .map_err(|e| CdcError::Connection(format!("setting TCP_NODELAY: {e}")))?;
+            match Client::connect(config.clone(), tcp.compat_write()).await {
+                Ok(client) => {
+                    tracing::debug!(%addr, "connected to SQL Server");
+                    return Ok(client);
+                }
+                Err(tiberius::error::Error::Routing { host, port }) => {
+                    tracing::debug!(%host, port, "SQL Server gateway redirected the connection");
+                    config.host(&host);
+                    config.port(port);
+                }
+                Err(e) => return Err(map_error(e)),
+            }
+        }
+        Err(CdcError::Connection(format!(
+            "SQL Server redirected more than {MAX_REDIRECTS} times"
+        )))
+    }
+}
+
+#[async_trait]
+impl CdcSource for SqlServerSource {
+    async fn session(&self) -> Result<Box<dyn CdcSession>, CdcError> {
+        Ok(Box::new(self.connect().await?))
+    }
+}
+
+/// Refuses `Encrypt=DANGER_PLAINTEXT` unless [`ALLOW_PLAINTEXT_ENV`] is set (tests only).
+fn check_connection_string(text: &str) -> Result<(), CdcError> {
+    let plaintext = text.split(';').any(|pair| {
+        pair.split_once('=').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("encrypt")
+                && v.trim().eq_ignore_ascii_case("danger_plaintext")
+        })
+    });
+    let allowed = std::env::var(ALLOW_PLAINTEXT_ENV)
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+        .unwrap_or(false);
+    if plaintext && !allowed {
+        return Err(CdcError::Config(format!(
+            "the SQL connection string asks for Encrypt=DANGER_PLAINTEXT, which sends the \
+             login unencrypted; it is accepted only by tests ({ALLOW_PLAINTEXT_ENV}=1). Use \
+             Encrypt=true (or strict)"
+        )));
+    }
+    Ok(())
+}
+
+/// Managed identity inside Azure (`IDENTITY_ENDPOINT` is set by App Service / Functions) or
+/// when a client id names a user-assigned identity; developer credentials (Azure CLI, azd)
+/// elsewhere.
+fn credential(client_id: Option<&str>) -> Result<Arc<dyn TokenCredential>, CdcError> {
+    let in_azure = std::env::var_os("IDENTITY_ENDPOINT").is_some();
+    let failed = |e: azure_core::Error| CdcError::Config(format!("Entra ID credential: {e}"));
+    if in_azure || client_id.is_some() {
+        let options = azure_identity::ManagedIdentityCredentialOptions {
+            user_assigned_id: client_id
+                .map(|id| azure_identity::UserAssignedId::ClientId(id.to_string())),
+            ..Default::default()
+        };
+        Ok(azure_identity::ManagedIdentityCredential::new(Some(options)).map_err(failed)?)
+    } else {
+        Ok(azure_identity::DeveloperToolsCredential::new(None).map_err(failed)?)
+    }
+}
+
+/// One token shared by all sessions, refreshed a few minutes before it expires.
+struct TokenCache {
+    credential: Arc<dyn TokenCredential>,
+    cached: tokio::sync::Mutex<Option<(Secret, i64)>>,
+}
+
+impl TokenCache {
+    fn new(credential: Arc<dyn TokenCredential>) -> TokenCache {
+        TokenCache {
+            credential,
+            cached: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn token(&self) -> Result<String, CdcError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut cached = self.cached.lock().await;
+        if let Some((token, expires)) = cached.as_ref() {
+            if expires - now > TOKEN_REFRESH_MARGIN_SECS {
+                return Ok(token.expose().to_string());
+            }
+        }
+        let access = self
+            .credential
+            .get_token(&[SQL_TOKEN_SCOPE], None)
+            .await
+            // Credential errors describe the failing source, never the token.
+            .map_err(|e| CdcError::Connection(format!("getting an Entra ID token for SQL: {e}")))?;
+        let token = access.token.secret().to_string();
+        *cached = Some((
+            Secret::new(token.clone()),
+            access.expires_on.unix_timestamp(),
+        ));
+        tracing::debug!(expires_on = %access.expires_on, "got an Entra ID token for SQL Server");
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_are_classified() {
+        let cases: &[(u32, bool)] = &[
+            (18456, false),
+            (4060, false),
+            (229, false),
+            (313, false),
+            (208, false),
+            (1205, true),
+            (40501, true),
+            (40613, true),
+            (49918, true),
+            (49919, true),
+            (49920, true),
+        ];
+        for (number, transient) in cases {
+            let error = sql_error(*number, "msg");
+            assert_eq!(error.is_transient(), *transient, "{number}");
+            assert!(error.to_string().contains(&number.to_string()));
+        }
+    }
+
+    #[test]
+    fn io_errors_are_transient_tls_errors_are_not() {
+        let io = map_error(tiberius::error::Error::Io {
+            kind: std::io::ErrorKind::ConnectionReset,
+            message: "reset".into(),
+        });
+        assert!(io.is_transient());
+        let tls = map_error(tiberius::error::Error::Tls("bad cert".into()));
+        assert!(!tls.is_transient());
+        assert!(tls.to_string().contains("TrustServerCertificate"));
+    }
+
+    /// Hands out numbered tokens that expire `lifetime_secs` after they are issued.
+    #[derive(Debug)]
+    struct CountingCredential {
+        issued: std::sync::atomic::AtomicU32,
+        lifetime_secs: i64,
+    }
+
+    #[async_trait]
+    impl TokenCredential for CountingCredential {
+        async fn get_token(
+            &self,
+            scopes: &[&str],
+            _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+            assert_eq!(scopes, [SQL_TOKEN_SCOPE]);
+            let n = self
+                .issued
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            let expires = azure_core::time::OffsetDateTime::now_utc()
+                + azure_core::time::Duration::seconds(self.lifetime_secs);
+            Ok(azure_core::credentials::AccessToken::new(
+                format!("token-{n}"),
+                expires,
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_cached_until_close_to_expiry() {
+        let cases = [
+            (3600, ["token-1", "token-1", "token-1"]),
+            // Expires within the refresh margin: fetched again each time.
+            (60, ["token-1", "token-2", "token-3"]),
+        ];
+        for (lifetime_secs, expected) in cases {
+            let cache = TokenCache::new(Arc::new(CountingCredential {
+                issued: Default::default(),
+                lifetime_secs,
+            }));
+            for want in expected {
+                assert_eq!(cache.token().await.unwrap(), want);
+            }
+        }
+    }
+
+    #[test]
+    fn plaintext_is_refused_without_the_test_switch() {
+        // The switch is process-wide; this test only checks strings that never ask for it,
+        // plus the refusal when it is absent from this process (tests that need plaintext
+        // build their Config directly).
+        assert!(check_connection_string("Server=tcp:x,1433;Encrypt=true;Password=p").is_ok());
+        if std::env::var_os(ALLOW_PLAINTEXT_ENV).is_none() {
+            let err = check_connection_string(
+                "Server=tcp:x,1433;User Id=sa;Password=hunter2;Encrypt = Danger_Plaintext",
+            )
+            .unwrap_err();
+            assert!(!err.is_transient());
+            assert!(!err.to_string().contains("hunter2"));
+        }
+    }
+}

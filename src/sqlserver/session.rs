@@ -1,0 +1,703 @@
+//! [`CdcSession`] over one tiberius connection: one statement, one round trip per method.
+//!
+//! The zero-change incremental run costs five round trips (capture instance, watermark,
+//! capture progress, count, watermark update); each method here sends exactly one request
+//! from [`super::sql`] (or none, when the answer is known without asking, such as an empty
+//! LSN range). Row results are pushed into the [`RowSink`] as they are decoded, one row at a
+//! time, so memory does not grow with the window or the table.
+
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+use futures::TryStreamExt;
+use tiberius::{ColumnData, ColumnType, QueryItem, Row, ToSql};
+
+use async_trait::async_trait;
+
+use crate::cdc::{
+    CaptureInstance, CaptureProgress, CdcError, CdcSession, FullLoadProgress, Lsn, NameError,
+    PendingWindow, RowFilter, RowSink, TableRef, Value, Watermark,
+};
+
+use super::connection::{map_error, SqlClient};
+use super::decode::{lsn_param, opt_lsn_param, to_param, to_value};
+use super::sql;
+
+/// Primary-key / unique-index violations: another run inserted the watermark row first.
+const DUPLICATE_KEY_ERRORS: [u32; 2] = [2627, 2601];
+/// "Invalid object name": the watermark table is missing.
+const INVALID_OBJECT_NAME: u32 = 208;
+/// What the CDC table-valued functions raise for an LSN range outside the validity interval
+/// (the message, "An insufficient number of arguments were supplied…", is misleading).
+const CDC_BAD_RANGE: u32 = 313;
+
+/// One connection's CDC reads and watermark updates.
+pub struct SqlServerSession {
+    client: SqlClient,
+    watermark_table: TableRef,
+}
+
+/// What a failing statement was doing, to turn a bare server number into a useful error.
+enum Context<'a> {
+    Plain,
+    Watermark,
+    NetChanges {
+        ci: &'a CaptureInstance,
+        from: Lsn,
+        to: Lsn,
+    },
+}
+
+fn name_error(what: &str, error: NameError) -> CdcError {
+    CdcError::Config(format!("{what}: {error}"))
+}
+
+fn params_ref<'a>(params: &'a [ColumnData<'static>]) -> Vec<&'a dyn ToSql> {
+    params.iter().map(|p| p as &dyn ToSql).collect()
+}
+
+fn column<'a, T: tiberius::FromSql<'a>>(row: &'a Row, name: &str) -> Result<Option<T>, CdcError> {
+    row.try_get::<T, _>(name)
+        .map_err(|e| CdcError::Protocol(format!("column {name}: {e}")))
+}
+
+fn required<'a, T: tiberius::FromSql<'a>>(row: &'a Row, name: &str) -> Result<T, CdcError> {
+    column(row, name)?.ok_or_else(|| CdcError::Protocol(format!("column {name} is NULL")))
+}
+
+fn lsn_column(row: &Row, name: &str) -> Result<Option<Lsn>, CdcError> {
+    column::<&[u8]>(row, name)?
+        .map(|bytes| {
+            Lsn::from_bytes(bytes).map_err(|e| CdcError::Protocol(format!("column {name}: {e}")))
+        })
+        .transpose()
+}
+
+fn utc(naive: NaiveDateTime) -> DateTime<Utc> {
+    naive.and_utc()
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl SqlServerSession {
+    pub fn new(client: SqlClient, watermark_table: TableRef) -> SqlServerSession {
+        SqlServerSession {
+            client,
+            watermark_table,
+        }
+    }
+
+    fn error(&self, error: tiberius::error::Error, context: Context<'_>) -> CdcError {
+        classify(&self.watermark_table, error, context)
+    }
+}
+
+fn classify(
+    watermark_table: &TableRef,
+    error: tiberius::error::Error,
+    context: Context<'_>,
+) -> CdcError {
+    let mapped = map_error(error);
+    let number = match &mapped {
+        CdcError::Sql { number, .. } => *number,
+        _ => return mapped,
+    };
+    match (context, number) {
+        (Context::Watermark, INVALID_OBJECT_NAME) => {
+            CdcError::NoWatermarkTable(watermark_table.to_string())
+        }
+        (Context::NetChanges { ci, from, .. }, CDC_BAD_RANGE) if from < ci.min_lsn => {
+            CdcError::LsnNotAvailable {
+                table: ci.table.clone(),
+                capture_instance: ci.name.clone(),
+                requested: from,
+                minimum: ci.min_lsn,
+            }
+        }
+        (Context::NetChanges { ci, from, to }, CDC_BAD_RANGE) => CdcError::Sql {
+            number,
+            message: format!(
+                "the LSN range [{from}, {to}] is outside the validity interval of capture \
+                     instance {} (SQL Server reports this as Msg 313, \"insufficient number of \
+                     arguments\"): the changes were cleaned up or the range is beyond \
+                     sys.fn_cdc_get_max_lsn()",
+                ci.name
+            ),
+            transient: false,
+        },
+        _ => mapped,
+    }
+}
+
+impl SqlServerSession {
+    /// Runs a statement and collects its (small) result sets.
+    async fn results(
+        &mut self,
+        statement: &str,
+        params: &[ColumnData<'static>],
+        context: Context<'_>,
+    ) -> Result<Vec<Vec<Row>>, CdcError> {
+        let outcome = async {
+            self.client
+                .query(statement, &params_ref(params))
+                .await?
+                .into_results()
+                .await
+        }
+        .await;
+        outcome.map_err(|e| self.error(e, context))
+    }
+
+    async fn first_row(
+        &mut self,
+        statement: &str,
+        params: &[ColumnData<'static>],
+        context: Context<'_>,
+    ) -> Result<Option<Row>, CdcError> {
+        Ok(self
+            .results(statement, params, context)
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|rows| rows.into_iter().next()))
+    }
+
+    async fn single_row(
+        &mut self,
+        statement: &str,
+        params: &[ColumnData<'static>],
+    ) -> Result<Row, CdcError> {
+        self.first_row(statement, params, Context::Plain)
+            .await?
+            .ok_or_else(|| CdcError::Protocol(format!("no row returned by: {statement}")))
+    }
+
+    /// Runs a DML statement; its total row count.
+    async fn execute(
+        &mut self,
+        statement: &str,
+        params: &[ColumnData<'static>],
+    ) -> Result<u64, tiberius::error::Error> {
+        Ok(self
+            .client
+            .execute(statement, &params_ref(params))
+            .await?
+            .total())
+    }
+
+    /// Streams every row of `statement` into `sink`; returns the rows sent and, when
+    /// `key_columns` is given, the values of those columns in the last row.
+    async fn stream_rows(
+        &mut self,
+        statement: &str,
+        params: &[ColumnData<'static>],
+        key_columns: Option<&[String]>,
+        sink: &mut dyn RowSink,
+        context: Context<'_>,
+    ) -> Result<(u64, Option<Vec<Value>>), CdcError> {
+        let watermark_table = &self.watermark_table;
+        let mut stream = match self.client.query(statement, &params_ref(params)).await {
+            Ok(stream) => stream,
+            Err(e) => return Err(classify(watermark_table, e, context)),
+        };
+        let mut types: Vec<ColumnType> = Vec::new();
+        let mut key_index: Vec<usize> = Vec::new();
+        let mut last_key = None;
+        let mut sent = 0u64;
+        loop {
+            let item = match stream.try_next().await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(classify(watermark_table, e, context));
+                }
+            };
+            match item {
+                QueryItem::Metadata(meta) => {
+                    let names: Vec<String> = meta
+                        .columns()
+                        .iter()
+                        .map(|c| c.name().to_string())
+                        .collect();
+                    types = meta.columns().iter().map(|c| c.column_type()).collect();
+                    if let Some(keys) = key_columns {
+                        key_index = keys
+                            .iter()
+                            .map(|key| {
+                                names
+                                    .iter()
+                                    .position(|n| n.eq_ignore_ascii_case(key))
+                                    .ok_or_else(|| {
+                                        CdcError::Protocol(format!(
+                                            "key column {key} is not in the result"
+                                        ))
+                                    })
+                            })
+                            .collect::<Result<_, _>>()?;
+                    }
+                    sink.columns(&names).await?;
+                }
+                QueryItem::Row(row) => {
+                    let values = row
+                        .into_iter()
+                        .zip(
+                            types
+                                .iter()
+                                .copied()
+                                .chain(std::iter::repeat(ColumnType::Null)),
+                        )
+                        .map(|(data, ty)| to_value(data, ty))
+                        .collect::<Result<Vec<Value>, String>>()
+                        .map_err(CdcError::Protocol)?;
+                    sink.row(&values).await?;
+                    sent += 1;
+                    if key_columns.is_some() {
+                        last_key = Some(key_index.iter().map(|i| values[*i].clone()).collect());
+                    }
+                }
+            }
+        }
+        Ok((sent, last_key))
+    }
+
+    /// `sys.fn_cdc_get_min_lsn(capture_instance)` ([`sql::GET_MIN_LSN`]).
+    pub async fn min_lsn(&mut self, capture_instance: &str) -> Result<Lsn, CdcError> {
+        let row = self
+            .single_row(
+                sql::GET_MIN_LSN,
+                &[ColumnData::String(Some(
+                    capture_instance.to_string().into(),
+                ))],
+            )
+            .await?;
+        Ok(lsn_column(&row, "min_lsn")?.unwrap_or(Lsn::ZERO))
+    }
+
+    /// `sys.fn_cdc_increment_lsn(lsn)` ([`sql::INCREMENT_LSN`]).
+    pub async fn increment_lsn(&mut self, lsn: Lsn) -> Result<Lsn, CdcError> {
+        let row = self
+            .single_row(sql::INCREMENT_LSN, &[lsn_param(&lsn)])
+            .await?;
+        lsn_column(&row, "next_lsn")?
+            .ok_or_else(|| CdcError::Protocol("fn_cdc_increment_lsn returned NULL".into()))
+    }
+
+    /// `sys.fn_cdc_map_time_to_lsn('largest less than or equal', local)` with a server-local
+    /// time ([`sql::MAP_TIME_TO_LSN`]).
+    pub async fn map_time_to_lsn(&mut self, local: NaiveDateTime) -> Result<Option<Lsn>, CdcError> {
+        let row = self
+            .single_row(sql::MAP_TIME_TO_LSN, &[owned_param(&local)])
+            .await?;
+        lsn_column(&row, "lsn")
+    }
+
+    /// `sys.fn_cdc_map_lsn_to_time(lsn)`: server-local commit time ([`sql::MAP_LSN_TO_TIME`]).
+    pub async fn map_lsn_to_time(&mut self, lsn: Lsn) -> Result<Option<NaiveDateTime>, CdcError> {
+        let row = self
+            .single_row(sql::MAP_LSN_TO_TIME, &[lsn_param(&lsn)])
+            .await?;
+        column::<NaiveDateTime>(&row, "tran_end_time")
+    }
+
+    /// The server's UTC offset in minutes ([`sql::SERVER_UTC_OFFSET`]).
+    pub async fn server_utc_offset_minutes(&mut self) -> Result<i32, CdcError> {
+        let row = self.single_row(sql::SERVER_UTC_OFFSET, &[]).await?;
+        required::<i32>(&row, "server_utc_offset_minutes")
+    }
+
+    /// Whether the database allows SNAPSHOT isolation ([`sql::SNAPSHOT_ISOLATION_STATE`]).
+    pub async fn snapshot_isolation_allowed(&mut self) -> Result<bool, CdcError> {
+        let row = self.single_row(sql::SNAPSHOT_ISOLATION_STATE, &[]).await?;
+        Ok(required::<u8>(&row, "snapshot_isolation_state")? == 1)
+    }
+
+    /// Whether the configured watermark table exists ([`sql::WATERMARK_TABLE_EXISTS`]): the
+    /// start-up check behind [`CdcError::NoWatermarkTable`].
+    pub async fn watermark_table_exists(&mut self) -> Result<bool, CdcError> {
+        let name = self.watermark_table.quoted();
+        let row = self
+            .single_row(
+                sql::WATERMARK_TABLE_EXISTS,
+                &[ColumnData::String(Some(name.into()))],
+            )
+            .await?;
+        Ok(column::<i32>(&row, "object_id")?.is_some())
+    }
+
+    /// Consumes the session, closing the connection politely.
+    pub async fn close(self) -> Result<(), CdcError> {
+        self.client.close().await.map_err(map_error)
+    }
+}
+
+fn owned_param<T: ToSql>(value: &T) -> ColumnData<'static> {
+    match value.to_sql() {
+        ColumnData::DateTime2(v) => ColumnData::DateTime2(v),
+        ColumnData::DateTimeOffset(v) => ColumnData::DateTimeOffset(v),
+        ColumnData::DateTime(v) => ColumnData::DateTime(v),
+        other => unreachable!("not a date/time parameter: {other:?}"),
+    }
+}
+
+fn text(value: &str) -> ColumnData<'static> {
+    ColumnData::String(Some(value.to_string().into()))
+}
+
+fn opt_text(value: Option<&str>) -> ColumnData<'static> {
+    ColumnData::String(value.map(|v| v.to_string().into()))
+}
+
+fn datetime2(value: &DateTime<Utc>) -> ColumnData<'static> {
+    owned_param(&value.naive_utc())
+}
+
+/// `@P1…@P17` of the insert and update statements, in [`sql::WATERMARK_COLUMNS`] order.
+fn watermark_params(row: &Watermark) -> Result<Vec<ColumnData<'static>>, CdcError> {
+    let pending = row.pending.as_ref();
+    let full = row.full_load.as_ref();
+    let last_key = full
+        .and_then(|f| f.last_key.as_ref())
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| CdcError::Protocol(format!("full-load key as JSON: {e}")))?;
+    Ok(vec![
+        text(&row.table.schema),
+        text(&row.table.table),
+        text(&row.capture_instance),
+        lsn_param(&row.last_lsn),
+        datetime2(&row.last_window_end),
+        opt_lsn_param(pending.map(|p| &p.to_lsn)),
+        match pending {
+            Some(p) => datetime2(&p.window_end),
+            None => ColumnData::DateTime2(None),
+        },
+        opt_text(pending.map(|p| p.blob_name.as_str())),
+        opt_text(full.map(|f| f.load_id.as_str())),
+        opt_lsn_param(full.map(|f| &f.baseline_lsn)),
+        ColumnData::I32(full.map(|f| i32::try_from(f.parts_done).unwrap_or(i32::MAX))),
+        ColumnData::String(last_key.map(Into::into)),
+        ColumnData::I64(full.map(|f| to_i64(f.rows_done))),
+        ColumnData::I64(Some(to_i64(row.rows_copied))),
+        ColumnData::I64(Some(to_i64(row.bytes_copied))),
+        ColumnData::I64(Some(row.version)),
+        datetime2(&row.updated_at),
+    ])
+}
+
+fn watermark_from_row(row: &Row) -> Result<Watermark, CdcError> {
+    let pending = match lsn_column(row, "pending_to_lsn")? {
+        Some(to_lsn) => Some(PendingWindow {
+            to_lsn,
+            window_end: utc(required(row, "pending_window_end")?),
+            blob_name: required::<&str>(row, "pending_blob")?.to_string(),
+        }),
+        None => None,
+    };
+    let full_load = match column::<&str>(row, "full_load_id")? {
+        Some(load_id) => Some(FullLoadProgress {
+            load_id: load_id.to_string(),
+            baseline_lsn: lsn_column(row, "full_load_baseline_lsn")?.ok_or_else(|| {
+                CdcError::Protocol("full_load_baseline_lsn is NULL during a full load".into())
+            })?,
+            parts_done: column::<i32>(row, "full_load_parts")?.unwrap_or(0).max(0) as u32,
+            last_key: column::<&str>(row, "full_load_last_key")?
+                .map(serde_json::from_str::<Vec<Value>>)
+                .transpose()
+                .map_err(|e| CdcError::Protocol(format!("full_load_last_key: {e}")))?,
+            rows_done: column::<i64>(row, "full_load_rows")?.unwrap_or(0).max(0) as u64,
+        }),
+        None => None,
+    };
+    Ok(Watermark {
+        table: TableRef {
+            schema: required::<&str>(row, "schema_name")?.to_string(),
+            table: required::<&str>(row, "table_name")?.to_string(),
+        },
+        capture_instance: required::<&str>(row, "capture_instance")?.to_string(),
+        last_lsn: lsn_column(row, "last_lsn")?
+            .ok_or_else(|| CdcError::Protocol("last_lsn is NULL".into()))?,
+        last_window_end: utc(required(row, "last_window_end")?),
+        pending,
+        full_load,
+        rows_copied: required::<i64>(row, "rows_copied")?.max(0) as u64,
+        bytes_copied: required::<i64>(row, "bytes_copied")?.max(0) as u64,
+        version: required(row, "version")?,
+        updated_at: utc(required(row, "updated_at")?),
+    })
+}
+
+#[async_trait]
+impl CdcSession for SqlServerSession {
+    async fn capture_instance(
+        &mut self,
+        table: &TableRef,
+        wanted: Option<&str>,
+    ) -> Result<CaptureInstance, CdcError> {
+        crate::cdc::validate_identifier(&table.schema)
+            .and_then(|_| crate::cdc::validate_identifier(&table.table))
+            .map_err(|e| name_error("source table", e))?;
+        let mut sets = self
+            .results(
+                sql::CAPTURE_INSTANCES,
+                &[text(&table.quoted())],
+                Context::Plain,
+            )
+            .await?
+            .into_iter();
+        let instances = sets.next().unwrap_or_default();
+        let keys = sets.next().unwrap_or_default();
+        let missing = || CdcError::NoCaptureInstance {
+            table: table.clone(),
+            wanted: wanted.map(str::to_string),
+        };
+        let chosen = match wanted {
+            Some(name) => instances
+                .iter()
+                .find(|r| column::<&str>(r, "capture_instance").ok().flatten() == Some(name)),
+            None => instances.first(),
+        }
+        .ok_or_else(missing)?;
+        // From here on the name is one SQL Server returned, not configuration; it is still
+        // checked against the identifier rules before it is ever spliced into a statement.
+        let name = required::<&str>(chosen, "capture_instance")?.to_string();
+        crate::cdc::validate_identifier(&name).map_err(|e| name_error("capture instance", e))?;
+        let source = TableRef {
+            schema: required::<&str>(chosen, "schema_name")?.to_string(),
+            table: required::<&str>(chosen, "table_name")?.to_string(),
+        };
+        if !required::<bool>(chosen, "supports_net_changes")? {
+            return Err(CdcError::NoNetChanges {
+                table: source,
+                capture_instance: name,
+            });
+        }
+        let key_columns: Vec<String> = keys
+            .iter()
+            .filter(|r| column::<&str>(r, "capture_instance").ok().flatten() == Some(name.as_str()))
+            .map(|r| required::<&str>(r, "column_name").map(str::to_string))
+            .collect::<Result<_, _>>()?;
+        if key_columns.is_empty() {
+            return Err(CdcError::Protocol(format!(
+                "capture instance {name} has no key columns (index {:?})",
+                column::<&str>(chosen, "index_name")?
+            )));
+        }
+        Ok(CaptureInstance {
+            table: source,
+            min_lsn: lsn_column(chosen, "min_lsn")?.unwrap_or(Lsn::ZERO),
+            name,
+            supports_net_changes: true,
+            key_columns,
+        })
+    }
+
+    async fn capture_progress(&mut self, at: DateTime<Utc>) -> Result<CaptureProgress, CdcError> {
+        let at: DateTime<FixedOffset> = at.fixed_offset();
+        let row = self
+            .single_row(sql::CAPTURE_PROGRESS, &[owned_param(&at)])
+            .await?;
+        Ok(CaptureProgress {
+            max_lsn: lsn_column(&row, "max_lsn")?.unwrap_or(Lsn::ZERO),
+            max_lsn_time: column::<DateTime<FixedOffset>>(&row, "max_lsn_time")?
+                .map(|t| t.with_timezone(&Utc)),
+            lsn_at: lsn_column(&row, "lsn_at")?,
+            server_utc_offset_minutes: required(&row, "server_utc_offset_minutes")?,
+        })
+    }
+
+    async fn max_lsn(&mut self) -> Result<Lsn, CdcError> {
+        let row = self.single_row(sql::GET_MAX_LSN, &[]).await?;
+        lsn_column(&row, "max_lsn")?.ok_or_else(|| {
+            CdcError::Protocol(
+                "sys.fn_cdc_get_max_lsn() is NULL: is CDC enabled on the database?".into(),
+            )
+        })
+    }
+
+    async fn count_net_changes(
+        &mut self,
+        ci: &CaptureInstance,
+        from: Lsn,
+        to: Lsn,
+        filter: RowFilter,
+    ) -> Result<u64, CdcError> {
+        if from > to {
+            return Ok(0);
+        }
+        let statement =
+            sql::count_net_changes(&ci.name).map_err(|e| name_error("capture instance", e))?;
+        let params = [lsn_param(&from), lsn_param(&to), text(filter.as_sql())];
+        let row = self
+            .first_row(&statement, &params, Context::NetChanges { ci, from, to })
+            .await?
+            .ok_or_else(|| CdcError::Protocol("COUNT_BIG returned no row".into()))?;
+        Ok(required::<i64>(&row, "change_count")?.max(0) as u64)
+    }
+
+    async fn net_changes(
+        &mut self,
+        ci: &CaptureInstance,
+        from: Lsn,
+        to: Lsn,
+        filter: RowFilter,
+        sink: &mut dyn RowSink,
+    ) -> Result<u64, CdcError> {
+        if from > to {
+            return Ok(0);
+        }
+        let statement = sql::net_changes(&ci.name, &ci.key_columns)
+            .map_err(|e| name_error("capture instance", e))?;
+        let params = [lsn_param(&from), lsn_param(&to), text(filter.as_sql())];
+        let (sent, _) = self
+            .stream_rows(
+                &statement,
+                &params,
+                None,
+                sink,
+                Context::NetChanges { ci, from, to },
+            )
+            .await?;
+        tracing::debug!(capture_instance = %ci.name, %from, %to, rows = sent, "streamed net changes");
+        Ok(sent)
+    }
+
+    async fn scan(
+        &mut self,
+        ci: &CaptureInstance,
+        after: Option<&[Value]>,
+        limit: u64,
+        sink: &mut dyn RowSink,
+    ) -> Result<(u64, Option<Vec<Value>>), CdcError> {
+        if let Some(key) = after {
+            if key.len() != ci.key_columns.len() {
+                return Err(CdcError::Protocol(format!(
+                    "resume key has {} values but {} has {} key columns",
+                    key.len(),
+                    ci.table,
+                    ci.key_columns.len()
+                )));
+            }
+        }
+        let statement = sql::scan(&ci.table, &ci.key_columns, after.is_some())
+            .map_err(|e| name_error("source table", e))?;
+        let mut params = vec![ColumnData::I64(Some(to_i64(limit)))];
+        params.extend(after.unwrap_or_default().iter().map(to_param));
+        let key_columns = ci.key_columns.clone();
+        self.stream_rows(
+            &statement,
+            &params,
+            Some(&key_columns),
+            sink,
+            Context::Plain,
+        )
+        .await
+    }
+
+    async fn read_watermark(&mut self, table: &TableRef) -> Result<Option<Watermark>, CdcError> {
+        let statement = sql::read_watermark(&self.watermark_table)
+            .map_err(|e| name_error("watermark table", e))?;
+        let row = self
+            .first_row(
+                &statement,
+                &[text(&table.schema), text(&table.table)],
+                Context::Watermark,
+            )
+            .await?;
+        row.as_ref().map(watermark_from_row).transpose()
+    }
+
+    async fn insert_watermark(&mut self, row: &Watermark) -> Result<bool, CdcError> {
+        let statement = sql::insert_watermark(&self.watermark_table)
+            .map_err(|e| name_error("watermark table", e))?;
+        let params = watermark_params(row)?;
+        match self.execute(&statement, &params).await {
+            Ok(count) => Ok(count == 1),
+            Err(e) if e.code().is_some_and(|c| DUPLICATE_KEY_ERRORS.contains(&c)) => Ok(false),
+            Err(e) => Err(self.error(e, Context::Watermark)),
+        }
+    }
+
+    async fn update_watermark(
+        &mut self,
+        expected_version: i64,
+        row: &Watermark,
+    ) -> Result<bool, CdcError> {
+        let statement = sql::update_watermark(&self.watermark_table)
+            .map_err(|e| name_error("watermark table", e))?;
+        let mut params = watermark_params(row)?;
+        params.push(ColumnData::I64(Some(expected_version)));
+        match self.execute(&statement, &params).await {
+            Ok(count) => Ok(count == 1),
+            Err(e) => Err(self.error(e, Context::Watermark)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn watermark_params_follow_the_column_order() {
+        let at = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
+        let row = Watermark {
+            table: TableRef {
+                schema: "dbo".into(),
+                table: "customers".into(),
+            },
+            capture_instance: "dbo_customers".into(),
+            last_lsn: Lsn::from_u128(42),
+            last_window_end: at,
+            pending: Some(PendingWindow {
+                to_lsn: Lsn::from_u128(43),
+                window_end: at,
+                blob_name: "dbo/customers/x.csv".into(),
+            }),
+            full_load: Some(FullLoadProgress {
+                load_id: "20240501120000000".into(),
+                baseline_lsn: Lsn::from_u128(40),
+                parts_done: 3,
+                last_key: Some(vec![Value::Int(7), Value::Text("a".into())]),
+                rows_done: 300,
+            }),
+            rows_copied: 5,
+            bytes_copied: 6,
+            version: 9,
+            updated_at: at,
+        };
+        let params = watermark_params(&row).unwrap();
+        assert_eq!(params.len(), sql::WATERMARK_COLUMNS.len());
+        assert_eq!(params[0], text("dbo"));
+        assert_eq!(params[3], lsn_param(&Lsn::from_u128(42)));
+        assert_eq!(params[5], lsn_param(&Lsn::from_u128(43)));
+        assert_eq!(params[7], text("dbo/customers/x.csv"));
+        assert_eq!(params[10], ColumnData::I32(Some(3)));
+        assert_eq!(
+            params[11],
+            text(r#"[{"t":"Int","v":7},{"t":"Text","v":"a"}]"#)
+        );
+        assert_eq!(params[15], ColumnData::I64(Some(9)));
+        let empty = Watermark {
+            pending: None,
+            full_load: None,
+            ..row
+        };
+        let params = watermark_params(&empty).unwrap();
+        for i in [5, 6, 7, 8, 9, 10, 11, 12] {
+            assert!(
+                matches!(
+                    &params[i],
+                    ColumnData::Binary(None)
+                        | ColumnData::DateTime2(None)
+                        | ColumnData::String(None)
+                        | ColumnData::I32(None)
+                        | ColumnData::I64(None)
+                ),
+                "{} should be NULL: {:?}",
+                sql::WATERMARK_COLUMNS[i],
+                params[i]
+            );
+        }
+    }
+}

@@ -1,0 +1,1240 @@
+//! The real SQL Server session (tiberius and all) against the TDS test double.
+//!
+//! Each test checks three things: the exact statement text sent (compared with the consts and
+//! builders of `sqlserver::sql`), the parameters (names, TDS types, values), and how the
+//! answered rows decode into the seam's structs and `Value`s — NULLs and every type included.
+
+#[path = "support/tds/mod.rs"]
+mod tds;
+
+use async_trait::async_trait;
+use cdc_copy::cdc::{
+    CaptureInstance, CdcError, CdcSession, CdcSource, FullLoadProgress, Lsn, PendingWindow,
+    RowFilter, RowSink, TableRef, Value, Watermark,
+};
+use cdc_copy::config::Secret;
+use cdc_copy::sink::SinkError;
+use cdc_copy::sqlserver::{sql, SqlServerSource};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use tds::{col, Cell, FakeServer, LoginReply, ParamValue, Reply, SqlType};
+
+fn table(schema: &str, name: &str) -> TableRef {
+    TableRef {
+        schema: schema.into(),
+        table: name.into(),
+    }
+}
+
+fn watermark_table() -> TableRef {
+    table("cdc_copy", "watermark")
+}
+
+fn source(server: &FakeServer) -> SqlServerSource {
+    SqlServerSource::from_config(server.config(), watermark_table())
+}
+
+async fn session(server: &FakeServer) -> Box<dyn CdcSession> {
+    source(server).session().await.expect("session")
+}
+
+fn lsn(n: u128) -> Lsn {
+    Lsn::from_u128(n)
+}
+
+fn lsn_cell(n: u128) -> Cell {
+    Cell::Bytes(lsn(n).0.to_vec())
+}
+
+fn customers_ci() -> CaptureInstance {
+    CaptureInstance {
+        table: table("dbo", "customers"),
+        name: "dbo_customers".into(),
+        supports_net_changes: true,
+        min_lsn: lsn(100),
+        key_columns: vec!["customer_id".into()],
+    }
+}
+
+#[derive(Default)]
+struct VecSink {
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
+}
+
+#[async_trait]
+impl RowSink for VecSink {
+    async fn columns(&mut self, names: &[String]) -> Result<(), SinkError> {
+        self.columns = names.to_vec();
+        Ok(())
+    }
+    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
+        self.rows.push(row.to_vec());
+        Ok(())
+    }
+}
+
+fn param_types(request: &tds::Request) -> Vec<&str> {
+    request.params.iter().map(|p| p.tds_type.as_str()).collect()
+}
+
+fn param_values(request: &tds::Request) -> Vec<ParamValue> {
+    request.params.iter().map(|p| p.value.clone()).collect()
+}
+
+fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&str, &str)]) -> Reply {
+    let created = NaiveDate::from_ymd_opt(2024, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    Reply::Results(vec![
+        tds::ResultSet {
+            columns: vec![
+                col("capture_instance", SqlType::NVarChar(128)),
+                col("schema_name", SqlType::NVarChar(128)),
+                col("table_name", SqlType::NVarChar(128)),
+                col("supports_net_changes", SqlType::Bit),
+                col("index_name", SqlType::NVarChar(128)),
+                col("min_lsn", SqlType::Binary(10)),
+                col("create_date", SqlType::DateTime),
+            ],
+            rows: instances
+                .iter()
+                .map(|(name, net, min)| {
+                    vec![
+                        Cell::Text(name.to_string()),
+                        Cell::Text("dbo".into()),
+                        Cell::Text("customers".into()),
+                        Cell::Bit(*net),
+                        Cell::Null,
+                        lsn_cell(*min),
+                        Cell::DateTime(created),
+                    ]
+                })
+                .collect(),
+        },
+        tds::ResultSet {
+            columns: vec![
+                col("capture_instance", SqlType::NVarChar(128)),
+                col("column_name", SqlType::NVarChar(128)),
+            ],
+            rows: keys
+                .iter()
+                .map(|(ci, column)| {
+                    vec![Cell::Text(ci.to_string()), Cell::Text(column.to_string())]
+                })
+                .collect(),
+        },
+    ])
+}
+
+#[tokio::test]
+async fn max_lsn_logs_in_and_sends_the_const_statement() {
+    let server = FakeServer::start().await;
+    server.on(
+        sql::GET_MAX_LSN,
+        Reply::rows(
+            vec![col("max_lsn", SqlType::Binary(10))],
+            vec![vec![lsn_cell(0x2A_0000_01F0_0003)]],
+        ),
+    );
+    let mut session = session(&server).await;
+    assert_eq!(
+        session.max_lsn().await.unwrap().to_string(),
+        "0x0000002A000001F00003"
+    );
+    let logins = server.logins();
+    assert_eq!(logins.len(), 1);
+    assert_eq!(logins[0].user, "copier");
+    assert_eq!(logins[0].database, "cdcdb");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(requests[0].rpc, "statements go through sp_executesql");
+    assert_eq!(requests[0].sql, sql::GET_MAX_LSN);
+    assert!(requests[0].params.is_empty());
+}
+
+#[tokio::test]
+async fn capture_instance_picks_the_newest_or_the_wanted_one() {
+    let server = FakeServer::start().await;
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_instances_reply(
+            &[
+                ("dbo_customers_v2", true, 500),
+                ("dbo_customers", true, 100),
+            ],
+            &[
+                ("dbo_customers", "customer_id"),
+                ("dbo_customers_v2", "region"),
+                ("dbo_customers_v2", "customer_id"),
+            ],
+        ),
+    );
+    let mut session = session(&server).await;
+    let newest = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        newest,
+        CaptureInstance {
+            table: table("dbo", "customers"),
+            name: "dbo_customers_v2".into(),
+            supports_net_changes: true,
+            min_lsn: lsn(500),
+            key_columns: vec!["region".into(), "customer_id".into()],
+        }
+    );
+    let wanted = session
+        .capture_instance(&table("dbo", "customers"), Some("dbo_customers"))
+        .await
+        .unwrap();
+    assert_eq!(wanted.name, "dbo_customers");
+    assert_eq!(wanted.min_lsn, lsn(100));
+    assert_eq!(wanted.key_columns, vec!["customer_id".to_string()]);
+
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "one round trip each");
+    for request in &requests {
+        assert_eq!(request.sql, sql::CAPTURE_INSTANCES);
+        assert_eq!(param_types(request), vec!["nvarchar"]);
+        assert_eq!(
+            param_values(request),
+            vec![ParamValue::Text("[dbo].[customers]".into())]
+        );
+        assert_eq!(request.declared, "@P1 nvarchar(4000)");
+    }
+}
+
+#[tokio::test]
+async fn unknown_capture_instance_is_refused_and_no_net_changes_are_read() {
+    let server = FakeServer::start().await;
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_instances_reply(
+            &[("dbo_customers", true, 100)],
+            &[("dbo_customers", "customer_id")],
+        ),
+    );
+    server.on_prefix(
+        "SELECT COUNT_BIG",
+        Reply::error(50000, "must not be called"),
+    );
+    server.on_prefix(
+        "SELECT * FROM cdc.",
+        Reply::error(50000, "must not be called"),
+    );
+    let mut session = session(&server).await;
+    let wanted = "x]; DROP TABLE t;--";
+    let result = session
+        .capture_instance(&table("dbo", "customers"), Some(wanted))
+        .await;
+    match result {
+        Err(CdcError::NoCaptureInstance {
+            table: t,
+            wanted: w,
+        }) => {
+            assert_eq!(t, table("dbo", "customers"));
+            assert_eq!(w.as_deref(), Some(wanted));
+        }
+        other => panic!("expected NoCaptureInstance, got {other:?}"),
+    }
+    // A table without any capture instance: the lookup returns no row.
+    server.on(sql::CAPTURE_INSTANCES, capture_instances_reply(&[], &[]));
+    let err = session
+        .capture_instance(&table("dbo", "orders"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CdcError::NoCaptureInstance { wanted: None, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("sys.sp_cdc_enable_table"));
+
+    // Even a hand-made CaptureInstance with a hostile name never reaches the server.
+    let hostile = CaptureInstance {
+        name: wanted.into(),
+        ..customers_ci()
+    };
+    let mut sink = VecSink::default();
+    assert!(session
+        .count_net_changes(&hostile, lsn(1), lsn(2), RowFilter::All)
+        .await
+        .is_err());
+    assert!(session
+        .net_changes(&hostile, lsn(1), lsn(2), RowFilter::All, &mut sink)
+        .await
+        .is_err());
+
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests.iter().all(|r| r.sql == sql::CAPTURE_INSTANCES));
+}
+
+#[tokio::test]
+async fn capture_instance_without_net_changes_is_a_definite_error() {
+    let server = FakeServer::start().await;
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_instances_reply(&[("dbo_customers", false, 100)], &[]),
+    );
+    let mut session = session(&server).await;
+    let err = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CdcError::NoNetChanges { .. }), "{err:?}");
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn capture_progress_converts_times_and_reads_nulls() {
+    let server = FakeServer::start().await;
+    let plus2 = FixedOffset::east_opt(2 * 3600).unwrap();
+    let local_max = plus2.with_ymd_and_hms(2024, 5, 1, 14, 0, 5).unwrap();
+    let columns = || {
+        vec![
+            col("max_lsn", SqlType::Binary(10)),
+            col("max_lsn_time", SqlType::DateTimeOffset),
+            col("lsn_at", SqlType::Binary(10)),
+            col("server_utc_offset_minutes", SqlType::Int),
+        ]
+    };
+    server.on(
+        sql::CAPTURE_PROGRESS,
+        Reply::rows(
+            columns(),
+            vec![vec![
+                lsn_cell(900),
+                Cell::DateTimeOffset(local_max),
+                lsn_cell(880),
+                Cell::Int(120),
+            ]],
+        ),
+    );
+    let mut session = session(&server).await;
+    let at = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
+    let progress = session.capture_progress(at).await.unwrap();
+    assert_eq!(progress.max_lsn, lsn(900));
+    assert_eq!(
+        progress.max_lsn_time,
+        Some(Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 5).unwrap())
+    );
+    assert_eq!(progress.lsn_at, Some(lsn(880)));
+    assert_eq!(progress.server_utc_offset_minutes, 120);
+
+    let request = &server.requests()[0];
+    assert_eq!(request.sql, sql::CAPTURE_PROGRESS);
+    assert_eq!(param_types(request), vec!["datetimeoffset"]);
+    assert_eq!(
+        param_values(request),
+        vec![ParamValue::DateTimeOffset(at.fixed_offset())],
+        "the window end goes as a UTC datetimeoffset; SQL converts it to server time"
+    );
+
+    // No mapping yet: both NULL.
+    server.on(
+        sql::CAPTURE_PROGRESS,
+        Reply::rows(
+            columns(),
+            vec![vec![lsn_cell(900), Cell::Null, Cell::Null, Cell::Int(0)]],
+        ),
+    );
+    let progress = session.capture_progress(at).await.unwrap();
+    assert_eq!(progress.max_lsn_time, None);
+    assert_eq!(progress.lsn_at, None);
+}
+
+#[tokio::test]
+async fn count_sends_lsns_as_binary_and_the_row_filter_as_text() {
+    let server = FakeServer::start().await;
+    let statement = sql::count_net_changes("dbo_customers").unwrap();
+    server.on(
+        &statement,
+        Reply::rows(
+            vec![col("change_count", SqlType::BigInt)],
+            vec![vec![Cell::Int(42)]],
+        ),
+    );
+    let mut session = session(&server).await;
+    let ci = customers_ci();
+    for (filter, text) in [
+        (RowFilter::All, "all"),
+        (RowFilter::AllWithMerge, "all with merge"),
+    ] {
+        server.clear_requests();
+        let count = session
+            .count_net_changes(&ci, lsn(101), lsn(200), filter)
+            .await
+            .unwrap();
+        assert_eq!(count, 42);
+        let requests = server.requests();
+        assert_eq!(requests.len(), 1);
+        let request = &requests[0];
+        assert_eq!(request.sql, statement);
+        assert_eq!(
+            request.sql,
+            "SELECT COUNT_BIG(*) AS change_count FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3);"
+        );
+        assert_eq!(
+            request.declared,
+            "@P1 varbinary(8000),@P2 varbinary(8000),@P3 nvarchar(4000)"
+        );
+        assert_eq!(
+            param_values(request),
+            vec![
+                ParamValue::Bytes(lsn(101).0.to_vec()),
+                ParamValue::Bytes(lsn(200).0.to_vec()),
+                ParamValue::Text(text.into()),
+            ]
+        );
+    }
+    // An empty range (from > to) is answered without asking the server.
+    server.clear_requests();
+    assert_eq!(
+        session
+            .count_net_changes(&ci, lsn(201), lsn(200), RowFilter::All)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(server.requests().is_empty());
+}
+
+fn all_types_columns() -> Vec<tds::Column> {
+    vec![
+        col("__$start_lsn", SqlType::Binary(10)),
+        col("__$operation", SqlType::Int),
+        col("__$update_mask", SqlType::VarBinary(128)),
+        col("customer_id", SqlType::Int),
+        col("first_name", SqlType::VarChar(50)),
+        col("city", SqlType::NVarChar(50)),
+        col("notes", SqlType::NVarCharMax),
+        col("visits", SqlType::BigInt),
+        col("active", SqlType::Bit),
+        col("balance", SqlType::Decimal(18, 4)),
+        col("price", SqlType::Money),
+        col("score", SqlType::Float),
+        col("created", SqlType::DateTime),
+        col("modified", SqlType::DateTime2),
+        col("seen", SqlType::DateTimeOffset),
+        col("row_guid", SqlType::Guid),
+        col("birthday", SqlType::Date),
+        col("opens_at", SqlType::Time7),
+    ]
+}
+
+#[tokio::test]
+async fn net_changes_stream_every_type_and_null() {
+    let server = FakeServer::start().await;
+    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    let created = NaiveDate::from_ymd_opt(2024, 5, 1)
+        .unwrap()
+        .and_hms_milli_opt(10, 11, 12, 340)
+        .unwrap();
+    let modified =
+        NaiveDateTime::parse_from_str("2024-05-01 10:11:12.1234567", "%Y-%m-%d %H:%M:%S%.f")
+            .unwrap();
+    let plus530 = FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
+    let seen: DateTime<FixedOffset> = modified.and_local_timezone(plus530).unwrap();
+    let guid = uuid::Uuid::parse_str("6f9619ff-8b86-d011-b42d-00c04fc964ff").unwrap();
+    let long_notes = "ab€".repeat(3000); // > one packet, several PLP chunks
+    let birthday = NaiveDate::from_ymd_opt(1990, 12, 31).unwrap();
+    let opens = chrono::NaiveTime::from_hms_nano_opt(8, 30, 0, 100).unwrap();
+    let full = vec![
+        lsn_cell(150),
+        Cell::Int(2),
+        Cell::Null,
+        Cell::Int(1),
+        Cell::Text("Chevy".into()),
+        Cell::Text("Zoë's town".into()),
+        Cell::Text(long_notes.clone()),
+        Cell::Int(9_000_000_000),
+        Cell::Bit(true),
+        Cell::Decimal(-123_456_789),
+        Cell::Money(12_345_678),
+        Cell::Float(0.5),
+        Cell::DateTime(created),
+        Cell::DateTime(modified),
+        Cell::DateTimeOffset(seen),
+        Cell::Guid(guid),
+        Cell::Date(birthday),
+        Cell::Time(opens),
+    ];
+    let mut nulls = vec![
+        lsn_cell(160),
+        Cell::Int(1),
+        Cell::Bytes(vec![0x0F]),
+        Cell::Int(2),
+    ];
+    nulls.extend(std::iter::repeat_n(Cell::Null, 14));
+    server.on(
+        &statement,
+        Reply::rows(all_types_columns(), vec![full, nulls]),
+    );
+
+    let mut session = session(&server).await;
+    let mut sink = VecSink::default();
+    let sent = session
+        .net_changes(
+            &customers_ci(),
+            lsn(101),
+            lsn(200),
+            RowFilter::All,
+            &mut sink,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent, 2);
+    let names: Vec<String> = all_types_columns().into_iter().map(|c| c.name).collect();
+    assert_eq!(sink.columns, names);
+    assert_eq!(
+        sink.rows[0],
+        vec![
+            Value::Binary(lsn(150).0.to_vec()),
+            Value::Int(2),
+            Value::Null,
+            Value::Int(1),
+            Value::Text("Chevy".into()),
+            Value::Text("Zoë's town".into()),
+            Value::Text(long_notes),
+            Value::Int(9_000_000_000),
+            Value::Bit(true),
+            Value::Decimal {
+                unscaled: -123_456_789,
+                scale: 4
+            },
+            Value::Decimal {
+                unscaled: 12_345_678,
+                scale: 4
+            },
+            Value::Float(0.5),
+            Value::DateTime(created),
+            Value::DateTime(modified),
+            Value::DateTimeOffset(seen),
+            Value::Guid(guid),
+            Value::Date(birthday),
+            Value::Time(opens),
+        ]
+    );
+    let mut expected_nulls = vec![
+        Value::Binary(lsn(160).0.to_vec()),
+        Value::Int(1),
+        Value::Binary(vec![0x0F]),
+        Value::Int(2),
+    ];
+    expected_nulls.extend(std::iter::repeat_n(Value::Null, 14));
+    assert_eq!(sink.rows[1], expected_nulls);
+
+    let request = &server.requests()[0];
+    assert_eq!(
+        request.sql,
+        "SELECT * FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3) ORDER BY [__$start_lsn], [customer_id];"
+    );
+    assert_eq!(
+        param_types(request),
+        vec!["bigvarbinary", "bigvarbinary", "nvarchar"]
+    );
+}
+
+#[tokio::test]
+async fn msg_313_becomes_a_clear_error() {
+    let server = FakeServer::start().await;
+    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    server.on(
+        &statement,
+        Reply::error(
+            313,
+            "An insufficient number of arguments were supplied for the procedure or function cdc.fn_cdc_get_net_changes_ ... .",
+        ),
+    );
+    let mut session = session(&server).await;
+    let mut sink = VecSink::default();
+    // Below the instance's min LSN: the changes were cleaned up.
+    let err = session
+        .net_changes(
+            &customers_ci(),
+            lsn(50),
+            lsn(200),
+            RowFilter::All,
+            &mut sink,
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        CdcError::LsnNotAvailable {
+            requested, minimum, ..
+        } => {
+            assert_eq!(*requested, lsn(50));
+            assert_eq!(*minimum, lsn(100));
+        }
+        other => panic!("expected LsnNotAvailable, got {other:?}"),
+    }
+    // Otherwise: the range is invalid, said plainly.
+    let err = session
+        .net_changes(
+            &customers_ci(),
+            lsn(150),
+            lsn(200),
+            RowFilter::All,
+            &mut sink,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CdcError::Sql {
+                number: 313,
+                transient: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("validity interval"), "{err}");
+    // The session is still usable afterwards.
+    server.on(
+        sql::GET_MAX_LSN,
+        Reply::rows(
+            vec![col("max_lsn", SqlType::Binary(10))],
+            vec![vec![lsn_cell(7)]],
+        ),
+    );
+    assert_eq!(session.max_lsn().await.unwrap(), lsn(7));
+}
+
+#[tokio::test]
+async fn deadlock_and_throttling_are_transient_permission_is_not() {
+    let server = FakeServer::start().await;
+    let mut session = session(&server).await;
+    for (number, transient) in [(1205, true), (40501, true), (40613, true), (229, false)] {
+        server.on(sql::GET_MAX_LSN, Reply::error(number, "server says no"));
+        let err = session.max_lsn().await.unwrap_err();
+        match &err {
+            CdcError::Sql {
+                number: n,
+                transient: t,
+                ..
+            } => {
+                assert_eq!((*n, *t), (number, transient));
+            }
+            other => panic!("expected Sql, got {other:?}"),
+        }
+        assert_eq!(err.is_transient(), transient);
+        if number == 229 {
+            assert!(err.to_string().contains("permission"), "{err}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn scan_pages_by_key_and_returns_the_last_key() {
+    let server = FakeServer::start().await;
+    let ci = CaptureInstance {
+        key_columns: vec!["region".into(), "customer_id".into()],
+        ..customers_ci()
+    };
+    let first = sql::scan(&ci.table, &ci.key_columns, false).unwrap();
+    let next = sql::scan(&ci.table, &ci.key_columns, true).unwrap();
+    let columns = vec![
+        col("customer_id", SqlType::Int),
+        col("region", SqlType::NVarChar(10)),
+        col("email", SqlType::VarChar(100)),
+    ];
+    server.on(
+        &first,
+        Reply::rows(
+            columns.clone(),
+            vec![
+                vec![
+                    Cell::Int(1),
+                    Cell::Text("eu".into()),
+                    Cell::Text("a@x".into()),
+                ],
+                vec![Cell::Int(3), Cell::Text("eu".into()), Cell::Null],
+            ],
+        ),
+    );
+    server.on(&next, Reply::rows(columns, vec![]));
+    let mut session = session(&server).await;
+    let mut sink = VecSink::default();
+    let (rows, last) = session.scan(&ci, None, 2, &mut sink).await.unwrap();
+    assert_eq!(rows, 2);
+    assert_eq!(last, Some(vec![Value::Text("eu".into()), Value::Int(3)]));
+    let (rows, last) = session
+        .scan(&ci, last.as_deref(), 2, &mut sink)
+        .await
+        .unwrap();
+    assert_eq!((rows, last), (0, None));
+    assert_eq!(sink.columns, vec!["customer_id", "region", "email"]);
+
+    let requests = server.requests();
+    assert_eq!(
+        requests[0].sql,
+        "SELECT TOP (@P1) * FROM [dbo].[customers] ORDER BY [region], [customer_id];"
+    );
+    assert_eq!(param_values(&requests[0]), vec![ParamValue::Int(2)]);
+    assert_eq!(param_types(&requests[0]), vec!["intn(8)"]);
+    assert_eq!(
+        requests[1].sql,
+        "SELECT TOP (@P1) * FROM [dbo].[customers] WHERE ([region] > @P2) OR ([region] = @P2 AND [customer_id] > @P3) ORDER BY [region], [customer_id];"
+    );
+    assert_eq!(
+        param_values(&requests[1]),
+        vec![
+            ParamValue::Int(2),
+            ParamValue::Text("eu".into()),
+            ParamValue::Int(3)
+        ]
+    );
+}
+
+fn sample_watermark() -> Watermark {
+    let at = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
+    Watermark {
+        table: table("dbo", "customers"),
+        capture_instance: "dbo_customers".into(),
+        last_lsn: lsn(200),
+        last_window_end: at,
+        pending: None,
+        full_load: None,
+        rows_copied: 10,
+        bytes_copied: 2048,
+        version: 3,
+        updated_at: at + chrono::Duration::nanoseconds(1_234_500),
+    }
+}
+
+fn watermark_columns() -> Vec<tds::Column> {
+    use SqlType::*;
+    let types = [
+        NVarChar(128),
+        NVarChar(128),
+        NVarChar(128),
+        Binary(10),
+        DateTime2,
+        Binary(10),
+        DateTime2,
+        NVarChar(1024),
+        VarChar(32),
+        Binary(10),
+        Int,
+        NVarCharMax,
+        BigInt,
+        BigInt,
+        BigInt,
+        BigInt,
+        DateTime2,
+    ];
+    sql::WATERMARK_COLUMNS
+        .iter()
+        .zip(types)
+        .map(|(name, ty)| col(name, ty))
+        .collect()
+}
+
+fn watermark_cells(w: &Watermark) -> Vec<Cell> {
+    let pending = w.pending.as_ref();
+    let full = w.full_load.as_ref();
+    vec![
+        Cell::Text(w.table.schema.clone()),
+        Cell::Text(w.table.table.clone()),
+        Cell::Text(w.capture_instance.clone()),
+        Cell::Bytes(w.last_lsn.0.to_vec()),
+        Cell::DateTime(w.last_window_end.naive_utc()),
+        pending.map_or(Cell::Null, |p| Cell::Bytes(p.to_lsn.0.to_vec())),
+        pending.map_or(Cell::Null, |p| Cell::DateTime(p.window_end.naive_utc())),
+        pending.map_or(Cell::Null, |p| Cell::Text(p.blob_name.clone())),
+        full.map_or(Cell::Null, |f| Cell::Text(f.load_id.clone())),
+        full.map_or(Cell::Null, |f| Cell::Bytes(f.baseline_lsn.0.to_vec())),
+        full.map_or(Cell::Null, |f| Cell::Int(f.parts_done.into())),
+        full.and_then(|f| f.last_key.as_ref())
+            .map_or(Cell::Null, |k| {
+                Cell::Text(serde_json::to_string(k).unwrap())
+            }),
+        full.map_or(Cell::Null, |f| Cell::Int(f.rows_done as i64)),
+        Cell::Int(w.rows_copied as i64),
+        Cell::Int(w.bytes_copied as i64),
+        Cell::Int(w.version),
+        Cell::DateTime(w.updated_at.naive_utc()),
+    ]
+}
+
+#[tokio::test]
+async fn watermark_rows_round_trip() {
+    let server = FakeServer::start().await;
+    let read = sql::read_watermark(&watermark_table()).unwrap();
+    let plain = sample_watermark();
+    let busy = Watermark {
+        pending: Some(PendingWindow {
+            to_lsn: lsn(300),
+            window_end: Utc.with_ymd_and_hms(2024, 5, 1, 12, 15, 0).unwrap(),
+            blob_name: "dbo/customers/incremental/2024/05/01/20240501121500000.csv".into(),
+        }),
+        full_load: Some(FullLoadProgress {
+            load_id: "20240501120000000".into(),
+            baseline_lsn: lsn(190),
+            parts_done: 2,
+            last_key: Some(vec![Value::Int(99), Value::Text("eu".into())]),
+            rows_done: 200_000,
+        }),
+        ..sample_watermark()
+    };
+    let mut session = session(&server).await;
+    for row in [&plain, &busy] {
+        server.on(
+            &read,
+            Reply::rows(watermark_columns(), vec![watermark_cells(row)]),
+        );
+        let got = session
+            .read_watermark(&table("dbo", "customers"))
+            .await
+            .unwrap();
+        assert_eq!(got.as_ref(), Some(row));
+    }
+    server.on(&read, Reply::rows(watermark_columns(), vec![]));
+    assert_eq!(
+        session
+            .read_watermark(&table("dbo", "other"))
+            .await
+            .unwrap(),
+        None
+    );
+
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    assert!(requests[0]
+        .sql
+        .contains("FROM [cdc_copy].[watermark] WHERE schema_name = @P1 AND table_name = @P2;"));
+    assert_eq!(
+        param_values(&requests[2]),
+        vec![
+            ParamValue::Text("dbo".into()),
+            ParamValue::Text("other".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn watermark_insert_and_conditional_update() {
+    let server = FakeServer::start().await;
+    let insert = sql::insert_watermark(&watermark_table()).unwrap();
+    let update = sql::update_watermark(&watermark_table()).unwrap();
+    let mut session = session(&server).await;
+    let row = sample_watermark();
+
+    for (reply, expected) in [
+        (Reply::RowCount(1), true),
+        (Reply::RowCount(0), false),
+        (
+            Reply::error(2627, "Violation of PRIMARY KEY constraint 'PK_watermark'."),
+            false,
+        ),
+    ] {
+        server.on(&insert, reply);
+        assert_eq!(session.insert_watermark(&row).await.unwrap(), expected);
+    }
+    let sent = &server.requests()[0];
+    assert_eq!(sent.sql, insert);
+    assert_eq!(sent.params.len(), 17);
+    assert_eq!(
+        param_types(sent),
+        vec![
+            "nvarchar",
+            "nvarchar",
+            "nvarchar",
+            "bigvarbinary",
+            "datetime2",
+            "null",
+            "null",
+            "null",
+            "null",
+            "null",
+            "intn(4)",
+            "null",
+            "intn(8)",
+            "intn(8)",
+            "intn(8)",
+            "intn(8)",
+            "datetime2",
+        ]
+    );
+    assert_eq!(
+        sent.declared,
+        "@P1 nvarchar(4000),@P2 nvarchar(4000),@P3 nvarchar(4000),@P4 varbinary(8000),\
+         @P5 datetime2,@P6 varbinary(max),@P7 datetime2,@P8 nvarchar(4000),@P9 nvarchar(4000),\
+         @P10 varbinary(max),@P11 int,@P12 nvarchar(4000),@P13 bigint,@P14 bigint,@P15 bigint,\
+         @P16 bigint,@P17 datetime2"
+    );
+    assert_eq!(
+        sent.params[4].value,
+        ParamValue::DateTime(row.last_window_end.naive_utc())
+    );
+    assert_eq!(
+        sent.params[16].value,
+        ParamValue::DateTime(row.updated_at.naive_utc())
+    );
+
+    server.clear_requests();
+    let next = Watermark {
+        version: 4,
+        last_lsn: lsn(250),
+        full_load: Some(FullLoadProgress {
+            load_id: "20240501120000000".into(),
+            baseline_lsn: lsn(190),
+            parts_done: 7,
+            // A long key: the request spans several packets and goes as nvarchar(max).
+            last_key: Some(vec![Value::Text("k".repeat(6000))]),
+            rows_done: 7,
+        }),
+        ..row
+    };
+    server.on(&update, Reply::RowCount(1));
+    assert!(session.update_watermark(3, &next).await.unwrap());
+    server.on(&update, Reply::RowCount(0));
+    assert!(!session.update_watermark(3, &next).await.unwrap());
+    let sent = &server.requests()[0];
+    assert_eq!(sent.sql, update);
+    assert_eq!(sent.params.len(), 18);
+    assert_eq!(sent.params[15].value, ParamValue::Int(4), "new version");
+    assert_eq!(
+        sent.params[17].value,
+        ParamValue::Int(3),
+        "expected version"
+    );
+    assert_eq!(sent.params[11].tds_type, "nvarchar(max)");
+    assert_eq!(
+        sent.params[11].value,
+        ParamValue::Text(serde_json::to_string(&vec![Value::Text("k".repeat(6000))]).unwrap())
+    );
+}
+
+#[tokio::test]
+async fn missing_watermark_table_is_named() {
+    let server = FakeServer::start().await;
+    server.on(
+        &sql::read_watermark(&watermark_table()).unwrap(),
+        Reply::error(208, "Invalid object name 'cdc_copy.watermark'."),
+    );
+    let mut session = session(&server).await;
+    let err = session
+        .read_watermark(&table("dbo", "customers"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CdcError::NoWatermarkTable(ref name) if name == "cdc_copy.watermark"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("sql/setup.sql"));
+
+    server.on(
+        sql::WATERMARK_TABLE_EXISTS,
+        Reply::rows(vec![col("object_id", SqlType::Int)], vec![vec![Cell::Null]]),
+    );
+    let mut concrete = source(&server).connect().await.unwrap();
+    assert!(!concrete.watermark_table_exists().await.unwrap());
+    let err = source(&server).check_watermark_table().await.unwrap_err();
+    assert!(matches!(err, CdcError::NoWatermarkTable(_)), "{err:?}");
+    let last = server.requests().pop().unwrap();
+    assert_eq!(last.sql, sql::WATERMARK_TABLE_EXISTS);
+    assert_eq!(
+        param_values(&last),
+        vec![ParamValue::Text("[cdc_copy].[watermark]".into())]
+    );
+}
+
+#[tokio::test]
+async fn zero_change_run_costs_five_round_trips() {
+    let server = FakeServer::start().await;
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_instances_reply(
+            &[("dbo_customers", true, 100)],
+            &[("dbo_customers", "customer_id")],
+        ),
+    );
+    let read = sql::read_watermark(&watermark_table()).unwrap();
+    server.on(
+        &read,
+        Reply::rows(
+            watermark_columns(),
+            vec![watermark_cells(&sample_watermark())],
+        ),
+    );
+    server.on(
+        sql::CAPTURE_PROGRESS,
+        Reply::rows(
+            vec![
+                col("max_lsn", SqlType::Binary(10)),
+                col("max_lsn_time", SqlType::DateTimeOffset),
+                col("lsn_at", SqlType::Binary(10)),
+                col("server_utc_offset_minutes", SqlType::Int),
+            ],
+            vec![vec![
+                lsn_cell(400),
+                Cell::DateTimeOffset(
+                    Utc.with_ymd_and_hms(2024, 5, 1, 12, 16, 0)
+                        .unwrap()
+                        .fixed_offset(),
+                ),
+                lsn_cell(380),
+                Cell::Int(0),
+            ]],
+        ),
+    );
+    server.on(
+        &sql::count_net_changes("dbo_customers").unwrap(),
+        Reply::rows(
+            vec![col("change_count", SqlType::BigInt)],
+            vec![vec![Cell::Int(0)]],
+        ),
+    );
+    server.on(
+        &sql::update_watermark(&watermark_table()).unwrap(),
+        Reply::RowCount(1),
+    );
+
+    // What the incremental job does when nothing changed.
+    let mut session = session(&server).await;
+    let t = table("dbo", "customers");
+    let ci = session.capture_instance(&t, None).await.unwrap();
+    let mark = session.read_watermark(&t).await.unwrap().unwrap();
+    let window_end = Utc.with_ymd_and_hms(2024, 5, 1, 12, 15, 0).unwrap();
+    let progress = session.capture_progress(window_end).await.unwrap();
+    let from = mark.last_lsn.increment().unwrap();
+    let to = progress.lsn_at.unwrap().min(progress.max_lsn);
+    let count = session
+        .count_net_changes(&ci, from, to, RowFilter::All)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    let advanced = Watermark {
+        last_lsn: to,
+        last_window_end: window_end,
+        version: mark.version + 1,
+        ..mark.clone()
+    };
+    assert!(session
+        .update_watermark(mark.version, &advanced)
+        .await
+        .unwrap());
+
+    let sent: Vec<String> = server.requests().into_iter().map(|r| r.sql).collect();
+    assert_eq!(
+        sent,
+        vec![
+            sql::CAPTURE_INSTANCES.to_string(),
+            read,
+            sql::CAPTURE_PROGRESS.to_string(),
+            sql::count_net_changes("dbo_customers").unwrap(),
+            sql::update_watermark(&watermark_table()).unwrap(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn login_failures_are_typed_and_never_show_the_password() {
+    let server = FakeServer::start().await;
+    for (number, transient, message) in [
+        (18456, false, "Login failed for user 'copier'."),
+        (
+            4060,
+            false,
+            "Cannot open database \"cdcdb\" requested by the login. The login failed.",
+        ),
+        (
+            40613,
+            true,
+            "Database 'cdcdb' on server 'x' is not currently available.",
+        ),
+    ] {
+        server.set_login_reply(LoginReply::Error {
+            number,
+            message: message.into(),
+        });
+        let err = match source(&server).session().await {
+            Err(e) => e,
+            Ok(_) => panic!("login {number} should fail"),
+        };
+        assert!(
+            matches!(&err, CdcError::Sql { number: n, .. } if *n == number),
+            "{err:?}"
+        );
+        assert_eq!(err.is_transient(), transient, "{number}");
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("s3cret-pw"), "{text}");
+        assert!(text.contains(message), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_transient_connection_error() {
+    let server = FakeServer::start().await;
+    let mut config = server.config();
+    drop(server); // nothing listens on that port any more
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    config.port(1); // and certainly not here
+    let err = match SqlServerSource::from_config(config, watermark_table())
+        .session()
+        .await
+    {
+        Err(e) => e,
+        Ok(_) => panic!("connect should fail"),
+    };
+    assert!(matches!(err, CdcError::Connection(_)), "{err:?}");
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn gateway_redirect_is_followed() {
+    let target = FakeServer::start().await;
+    target.on(
+        sql::GET_MAX_LSN,
+        Reply::rows(
+            vec![col("max_lsn", SqlType::Binary(10))],
+            vec![vec![lsn_cell(5)]],
+        ),
+    );
+    let gateway = FakeServer::start().await;
+    gateway.set_login_reply(LoginReply::Route {
+        host: "127.0.0.1".into(),
+        port: target.port(),
+    });
+    let mut session = source(&gateway).session().await.unwrap();
+    assert_eq!(session.max_lsn().await.unwrap(), lsn(5));
+    assert_eq!(gateway.logins().len(), 1);
+    assert_eq!(target.logins().len(), 1);
+    assert!(gateway.requests().is_empty());
+    assert_eq!(target.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn ado_connection_string_with_the_test_switch() {
+    // The switch only exists for tests like this one; see connection.rs.
+    std::env::set_var("CDC_ALLOW_PLAINTEXT_SQL", "1");
+    let server = FakeServer::start().await;
+    server.on(
+        sql::GET_MAX_LSN,
+        Reply::rows(
+            vec![col("max_lsn", SqlType::Binary(10))],
+            vec![vec![lsn_cell(9)]],
+        ),
+    );
+    let source = SqlServerSource::from_connection_string(
+        &Secret::new(server.connection_string()),
+        watermark_table(),
+    )
+    .unwrap();
+    let debug = format!("{source:?}");
+    assert!(!debug.contains("s3cret-pw"), "{debug}");
+    let mut session = source.session().await.unwrap();
+    assert_eq!(session.max_lsn().await.unwrap(), lsn(9));
+    assert_eq!(server.logins()[0].database, "cdcdb");
+}
+
+#[tokio::test]
+async fn sql_batches_are_recorded_and_answered() {
+    use tokio_util::compat::TokioAsyncWriteCompatExt;
+    let server = FakeServer::start().await;
+    server.on(
+        "SELECT 1 AS one;",
+        Reply::rows(vec![col("one", SqlType::Int)], vec![vec![Cell::Int(1)]]),
+    );
+    let config = server.config();
+    let tcp = tokio::net::TcpStream::connect(config.get_addr())
+        .await
+        .unwrap();
+    let mut client = tiberius::Client::connect(config, tcp.compat_write())
+        .await
+        .unwrap();
+    let rows = client
+        .simple_query("SELECT 1 AS one;")
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<i32, _>("one"), Some(1));
+    // An unscripted statement is an error, so a test cannot pass by accident.
+    let err = match client.simple_query("SELECT 2;").await {
+        Err(e) => e,
+        Ok(_) => panic!("unscripted statements fail"),
+    };
+    assert_eq!(err.code(), Some(50000));
+    let requests = server.requests();
+    assert!(!requests[0].rpc);
+    assert_eq!(requests[0].sql, "SELECT 1 AS one;");
+    assert_eq!(requests.len(), 2);
+}
+
+/// Counts rows and checks they arrive in key order, keeping nothing.
+#[derive(Default)]
+struct OrderSink {
+    rows: u64,
+    last_id: i64,
+}
+
+#[async_trait]
+impl RowSink for OrderSink {
+    async fn columns(&mut self, _: &[String]) -> Result<(), SinkError> {
+        Ok(())
+    }
+    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
+        let Value::Int(id) = row[3] else {
+            panic!("customer_id is {:?}", row[3]);
+        };
+        assert!(id > self.last_id, "rows out of order");
+        self.last_id = id;
+        self.rows += 1;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn many_rows_stream_through_in_order() {
+    const ROWS: i64 = 100_000;
+    let server = FakeServer::start().await;
+    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    let columns = vec![
+        col("__$start_lsn", SqlType::Binary(10)),
+        col("__$operation", SqlType::Int),
+        col("__$update_mask", SqlType::VarBinary(128)),
+        col("customer_id", SqlType::Int),
+        col("city", SqlType::NVarChar(50)),
+    ];
+    let rows = (1..=ROWS)
+        .map(|id| {
+            vec![
+                lsn_cell(150),
+                Cell::Int(2),
+                Cell::Null,
+                Cell::Int(id),
+                Cell::Text(format!("city {id}")),
+            ]
+        })
+        .collect();
+    server.on(&statement, Reply::rows(columns, rows));
+    let mut session = session(&server).await;
+    let mut sink = OrderSink::default();
+    let started = std::time::Instant::now();
+    let sent = session
+        .net_changes(
+            &customers_ci(),
+            lsn(101),
+            lsn(200),
+            RowFilter::All,
+            &mut sink,
+        )
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(
+        (sent, sink.rows, sink.last_id),
+        (ROWS as u64, ROWS as u64, ROWS)
+    );
+    println!(
+        "{ROWS} rows in {elapsed:?} ({:.0} rows/s, fake included)",
+        ROWS as f64 / elapsed.as_secs_f64()
+    );
+}

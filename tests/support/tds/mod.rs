@@ -1,0 +1,1095 @@
+//! A small TDS server for tests: enough of [MS-TDS] for tiberius to log in, send SQL batches
+//! and `sp_executesql` RPCs, and read result sets, row counts and errors.
+//!
+//! Why: the product's SQL Server path (connection, parameter binding, result decoding, error
+//! mapping) must run in CI where no SQL Server can. The fake is scripted by statement — a
+//! test registers `statement (exact text or prefix) → reply` — and records every request
+//! (statement text, declared parameter list, each parameter's name, TDS type and value) so
+//! the test asserts what the product sent, not only what it made of the answer.
+//!
+//! Include it with `#[path = "support/tds/mod.rs"] mod tds;`.
+//! Encodings follow MS-TDS and tiberius 0.13's decoders (`src/tds/codec/**`); LOGINACK carries
+//! the TDS version big-endian, which is how tiberius reads it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+// ---------------------------------------------------------------------------------------------
+// What tests script and read back.
+
+/// A column type the fake can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlType {
+    Int,
+    BigInt,
+    Bit,
+    Float,
+    Money,
+    /// `nvarchar(n)`, n in characters.
+    NVarChar(u16),
+    /// `nvarchar(max)`: values go as PLP chunks.
+    NVarCharMax,
+    /// `varchar(n)` in the Latin1_General (code page 1252) collation.
+    VarChar(u16),
+    Binary(u16),
+    VarBinary(u16),
+    DateTime,
+    Date,
+    Time7,
+    DateTime2,
+    DateTimeOffset,
+    /// `decimal(precision, scale)`.
+    Decimal(u8, u8),
+    Guid,
+}
+
+/// A cell of an answered row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Bit(bool),
+    Float(f64),
+    /// Money as its scaled integer (value × 10⁴).
+    Money(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+    DateTime(NaiveDateTime),
+    Date(NaiveDate),
+    Time(NaiveTime),
+    DateTimeOffset(DateTime<FixedOffset>),
+    /// Decimal as its unscaled integer; the scale is the column's.
+    Decimal(i128),
+    Guid(uuid::Uuid),
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub ty: SqlType,
+}
+
+pub fn col(name: &str, ty: SqlType) -> Column {
+    Column {
+        name: name.to_string(),
+        ty,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ResultSet {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Cell>>,
+}
+
+/// What the fake answers to a statement.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Result sets, in order.
+    Results(Vec<ResultSet>),
+    /// A DML statement's row count.
+    RowCount(u64),
+    /// An ERROR token (severity 16) followed by DONE with the error bit.
+    Error { number: u32, message: String },
+}
+
+impl Reply {
+    pub fn rows(columns: Vec<Column>, rows: Vec<Vec<Cell>>) -> Reply {
+        Reply::Results(vec![ResultSet { columns, rows }])
+    }
+
+    pub fn error(number: u32, message: &str) -> Reply {
+        Reply::Error {
+            number,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// How a script entry recognises a statement.
+#[derive(Debug, Clone)]
+pub enum Match {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Match {
+    fn matches(&self, sql: &str) -> bool {
+        match self {
+            Match::Exact(text) => sql == text,
+            Match::Prefix(text) => sql.starts_with(text.as_str()),
+        }
+    }
+}
+
+/// A parameter value as decoded from the RPC request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamValue {
+    Null,
+    Int(i64),
+    Bit(bool),
+    Float(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+    Decimal { unscaled: i128, scale: u8 },
+    DateTime(NaiveDateTime),
+    Date(NaiveDate),
+    Time(NaiveTime),
+    DateTimeOffset(DateTime<FixedOffset>),
+    Guid(uuid::Uuid),
+}
+
+/// One RPC parameter as sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    /// `@P1`, …
+    pub name: String,
+    /// The TDS type it was sent as: `intn(8)`, `bitn`, `floatn(8)`, `nvarchar`,
+    /// `nvarchar(max)`, `bigvarbinary`, `bigvarbinary(max)`, `numericn`, `datetime2`,
+    /// `datetimeoffset`, `datetimen`, `daten`, `timen`, `guid`, `null`.
+    pub tds_type: String,
+    pub value: ParamValue,
+}
+
+/// One request the client sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The statement text (`@stmt` of `sp_executesql`, or the batch text).
+    pub sql: String,
+    /// `sp_executesql`'s `@params` declaration (e.g. `@P1 varbinary(8000),@P2 …`); empty for
+    /// a batch or a statement without parameters.
+    pub declared: String,
+    pub params: Vec<Param>,
+    /// `true` for an RPC (`sp_executesql`), `false` for a SQL batch.
+    pub rpc: bool,
+}
+
+/// A LOGIN7 the client sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Login {
+    pub user: String,
+    pub database: String,
+    pub app_name: String,
+}
+
+/// How the fake answers LOGIN7.
+#[derive(Debug, Clone)]
+pub enum LoginReply {
+    Accept,
+    Error {
+        number: u32,
+        message: String,
+    },
+    /// ENVCHANGE routing to another host and port (what the Azure SQL gateway does).
+    Route {
+        host: String,
+        port: u16,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    script: Vec<(Match, Reply)>,
+    requests: Vec<Request>,
+    logins: Vec<Login>,
+    login_reply: Option<LoginReply>,
+}
+
+/// A running fake server; stops when dropped.
+pub struct FakeServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeServer {
+    pub async fn start() -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(socket, state).await {
+                        eprintln!("tds fake: connection ended: {e}");
+                    }
+                });
+            }
+        });
+        FakeServer { addr, state, task }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A tiberius config for this server: SQL login, no TLS at all (test only).
+    pub fn config(&self) -> tiberius::Config {
+        let mut config = tiberius::Config::new();
+        config.host("127.0.0.1");
+        config.port(self.port());
+        config.database("cdcdb");
+        config.authentication(tiberius::AuthMethod::sql_server("copier", "s3cret-pw"));
+        config.encryption(tiberius::EncryptionLevel::NotSupported);
+        config
+    }
+
+    /// An ADO.NET connection string for this server (needs `CDC_ALLOW_PLAINTEXT_SQL=1`).
+    pub fn connection_string(&self) -> String {
+        format!(
+            "Server=tcp:127.0.0.1,{};Database=cdcdb;User Id=copier;Password=s3cret-pw;\
+             Encrypt=DANGER_PLAINTEXT",
+            self.port()
+        )
+    }
+
+    /// Answers `sql` (exact text) with `reply`. Later registrations win.
+    pub fn on(&self, sql: &str, reply: Reply) {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .push((Match::Exact(sql.to_string()), reply));
+    }
+
+    /// Answers any statement starting with `prefix` with `reply`.
+    pub fn on_prefix(&self, prefix: &str, reply: Reply) {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .push((Match::Prefix(prefix.to_string()), reply));
+    }
+
+    pub fn set_login_reply(&self, reply: LoginReply) {
+        self.state.lock().unwrap().login_reply = Some(reply);
+    }
+
+    /// Every request so far, oldest first.
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.state.lock().unwrap().requests.clear();
+    }
+
+    pub fn logins(&self) -> Vec<Login> {
+        self.state.lock().unwrap().logins.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packets.
+
+const PKT_SQL_BATCH: u8 = 0x01;
+const PKT_RPC: u8 = 0x03;
+const PKT_REPLY: u8 = 0x04;
+const PKT_ATTENTION: u8 = 0x06;
+const PKT_LOGIN7: u8 = 0x10;
+const PKT_PRELOGIN: u8 = 0x12;
+const PACKET_SIZE: usize = 4096;
+
+/// Reads one message (packets up to the one with END OF MESSAGE), returns its type and payload.
+async fn read_message(socket: &mut TcpStream) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    let mut payload = Vec::new();
+    loop {
+        let mut header = [0u8; 8];
+        match socket.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && payload.is_empty() => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        }
+        let length = u16::from_be_bytes([header[2], header[3]]) as usize;
+        let mut body = vec![0u8; length.saturating_sub(8)];
+        socket.read_exact(&mut body).await?;
+        payload.extend_from_slice(&body);
+        if header[1] & 0x01 != 0 {
+            return Ok(Some((header[0], payload)));
+        }
+    }
+}
+
+/// Writes `payload` as reply packets of at most [`PACKET_SIZE`] bytes.
+async fn write_message(socket: &mut TcpStream, payload: &[u8]) -> std::io::Result<()> {
+    let chunk_size = PACKET_SIZE - 8;
+    let chunks: Vec<&[u8]> = if payload.is_empty() {
+        vec![&[][..]]
+    } else {
+        payload.chunks(chunk_size).collect()
+    };
+    let mut out = Vec::with_capacity(payload.len() + chunks.len() * 8);
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        out.push(PKT_REPLY);
+        out.push(if last { 0x01 } else { 0x00 });
+        out.extend_from_slice(&((chunk.len() + 8) as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0]); // spid
+        out.push((i + 1) as u8); // packet id
+        out.push(0); // window
+        out.extend_from_slice(chunk);
+    }
+    socket.write_all(&out).await?;
+    socket.flush().await
+}
+
+async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+    socket.set_nodelay(true)?;
+    while let Some((ty, payload)) = read_message(&mut socket).await? {
+        let reply = match ty {
+            PKT_PRELOGIN => prelogin_reply(),
+            PKT_LOGIN7 => {
+                let login = parse_login7(&payload);
+                let mut st = state.lock().unwrap();
+                st.logins.push(login);
+                login_reply(st.login_reply.clone().unwrap_or(LoginReply::Accept))
+            }
+            PKT_SQL_BATCH => {
+                let sql = utf16(&payload[all_headers_len(&payload)..]);
+                let request = Request {
+                    sql,
+                    declared: String::new(),
+                    params: Vec::new(),
+                    rpc: false,
+                };
+                answer(&state, request, false)
+            }
+            PKT_RPC => match parse_rpc(&payload) {
+                Ok(request) => answer(&state, request, true),
+                Err(e) => {
+                    let mut out = Vec::new();
+                    error_token(&mut out, 50001, &format!("tds fake: bad RPC: {e}"));
+                    done(&mut out, 0xFD, DONE_ERROR, 0);
+                    out
+                }
+            },
+            PKT_ATTENTION => {
+                let mut out = Vec::new();
+                done(&mut out, 0xFD, DONE_ATTN, 0);
+                out
+            }
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "unexpected packet type {other:#x}"
+                )))
+            }
+        };
+        write_message(&mut socket, &reply).await?;
+    }
+    Ok(())
+}
+
+fn answer(state: &Arc<Mutex<State>>, request: Request, rpc: bool) -> Vec<u8> {
+    let reply = {
+        let mut st = state.lock().unwrap();
+        let reply = st
+            .script
+            .iter()
+            .rev()
+            .find(|(m, _)| m.matches(&request.sql))
+            .map(|(_, r)| r.clone());
+        st.requests.push(request.clone());
+        reply
+    };
+    let reply = reply.unwrap_or_else(|| {
+        Reply::error(
+            50000,
+            &format!("tds fake: no script for statement: {}", request.sql),
+        )
+    });
+    encode_reply(&reply, rpc)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests.
+
+fn all_headers_len(payload: &[u8]) -> usize {
+    if payload.len() < 4 {
+        return 0;
+    }
+    u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize
+}
+
+fn utf16(bytes: &[u8]) -> String {
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    String::from_utf16_lossy(&units)
+}
+
+fn prelogin_reply() -> Vec<u8> {
+    // VERSION (6 bytes) and ENCRYPTION (1 byte: ENCRYPT_NOT_SUP), then the terminator.
+    let mut out = Vec::new();
+    let data_start: u16 = 2 * 5 + 1;
+    out.push(0x00);
+    out.extend_from_slice(&data_start.to_be_bytes());
+    out.extend_from_slice(&6u16.to_be_bytes());
+    out.push(0x01);
+    out.extend_from_slice(&(data_start + 6).to_be_bytes());
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.push(0xFF);
+    out.extend_from_slice(&0x1000_0000u32.to_be_bytes()); // 16.0
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.push(0x02); // ENCRYPT_NOT_SUP
+    out
+}
+
+fn parse_login7(payload: &[u8]) -> Login {
+    let field = |offset_at: usize| -> String {
+        if payload.len() < offset_at + 4 {
+            return String::new();
+        }
+        let offset = u16::from_le_bytes([payload[offset_at], payload[offset_at + 1]]) as usize;
+        let chars = u16::from_le_bytes([payload[offset_at + 2], payload[offset_at + 3]]) as usize;
+        payload
+            .get(offset..offset + 2 * chars)
+            .map(utf16)
+            .unwrap_or_default()
+    };
+    Login {
+        user: field(40),
+        app_name: field(48),
+        database: field(68),
+    }
+}
+
+fn login_reply(reply: LoginReply) -> Vec<u8> {
+    let mut out = Vec::new();
+    match reply {
+        LoginReply::Accept => {
+            // LOGINACK: interface, TDS version (big-endian, as tiberius reads it), program
+            // name (B_VARCHAR), program version.
+            let mut body = vec![0x01];
+            body.extend_from_slice(&0x7400_0004u32.to_be_bytes());
+            b_varchar(&mut body, "Microsoft SQL Server");
+            body.extend_from_slice(&[16, 0, 0x10, 0x00]);
+            out.push(0xAD);
+            out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+            out.extend_from_slice(&body);
+            env_change(&mut out, 1, "cdcdb", "master");
+            env_change(&mut out, 4, "4096", "4096");
+            done(&mut out, 0xFD, 0, 0);
+        }
+        LoginReply::Error { number, message } => {
+            error_token_class(&mut out, number, &message, 14);
+            done(&mut out, 0xFD, DONE_ERROR, 0);
+        }
+        LoginReply::Route { host, port } => {
+            let mut body = vec![0x01];
+            body.extend_from_slice(&0x7400_0004u32.to_be_bytes());
+            b_varchar(&mut body, "Microsoft SQL Server");
+            body.extend_from_slice(&[16, 0, 0x10, 0x00]);
+            out.push(0xAD);
+            out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+            out.extend_from_slice(&body);
+            let host16: Vec<u16> = host.encode_utf16().collect();
+            let mut value = vec![0u8]; // protocol: TCP
+            value.extend_from_slice(&port.to_le_bytes());
+            value.extend_from_slice(&(host16.len() as u16).to_le_bytes());
+            for unit in host16 {
+                value.extend_from_slice(&unit.to_le_bytes());
+            }
+            let mut env = vec![20u8];
+            env.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            env.extend_from_slice(&value);
+            env.extend_from_slice(&0u16.to_le_bytes()); // old value: empty
+            out.push(0xE3);
+            out.extend_from_slice(&(env.len() as u16).to_le_bytes());
+            out.extend_from_slice(&env);
+            done(&mut out, 0xFD, 0, 0);
+        }
+    }
+    out
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.pos + n;
+        let slice = self
+            .data
+            .get(self.pos..end)
+            .ok_or_else(|| format!("truncated at {} (+{n})", self.pos))?;
+        self.pos = end;
+        Ok(slice)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().unwrap()))
+    }
+    fn done(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+    /// A PLP value: total length, then chunks until a zero-length one. `None` for NULL.
+    fn plp(&mut self) -> Result<Option<Vec<u8>>, String> {
+        let total = self.u64()?;
+        if total == u64::MAX {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        loop {
+            let chunk = self.u32()? as usize;
+            if chunk == 0 {
+                break;
+            }
+            out.extend_from_slice(self.take(chunk)?);
+        }
+        Ok(Some(out))
+    }
+}
+
+fn parse_rpc(payload: &[u8]) -> Result<Request, String> {
+    let mut r = Reader {
+        data: payload,
+        pos: all_headers_len(payload),
+    };
+    let name_len = r.u16()?;
+    if name_len != 0xFFFF {
+        let name = utf16(r.take(2 * name_len as usize)?);
+        return Err(format!("only sp_executesql by id is supported, got {name}"));
+    }
+    let proc_id = r.u16()?;
+    if proc_id != 10 {
+        return Err(format!(
+            "only sp_executesql (10) is supported, got {proc_id}"
+        ));
+    }
+    let _options = r.u16()?;
+    let mut params = Vec::new();
+    while !r.done() {
+        let len = r.u8()? as usize;
+        let name = utf16(r.take(2 * len)?);
+        let _status = r.u8()?;
+        let (tds_type, value) = param_value(&mut r)?;
+        params.push(Param {
+            name,
+            tds_type,
+            value,
+        });
+    }
+    if params.len() < 2 {
+        return Err("sp_executesql needs @stmt and @params".into());
+    }
+    let rest = params.split_off(2);
+    let sql = match &params[0].value {
+        ParamValue::Text(text) => text.clone(),
+        other => return Err(format!("@stmt is {other:?}")),
+    };
+    let declared = match &params[1].value {
+        ParamValue::Text(text) => text.clone(),
+        _ => String::new(), // tiberius sends int 0 when there are no parameters
+    };
+    Ok(Request {
+        sql,
+        declared,
+        params: rest,
+        rpc: true,
+    })
+}
+
+fn days_from_0001(days: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(1, 1, 1).unwrap() + chrono::Duration::days(days as i64)
+}
+
+fn time_from_increments(bytes: &[u8], scale: u8) -> NaiveTime {
+    let mut raw = [0u8; 8];
+    raw[..bytes.len()].copy_from_slice(bytes);
+    let increments = u64::from_le_bytes(raw);
+    let nanos = increments * 10u64.pow(9 - scale as u32);
+    NaiveTime::from_hms_opt(0, 0, 0).unwrap() + chrono::Duration::nanoseconds(nanos as i64)
+}
+
+fn time_len(scale: u8) -> usize {
+    match scale {
+        0..=2 => 3,
+        3..=4 => 4,
+        _ => 5,
+    }
+}
+
+fn param_value(r: &mut Reader<'_>) -> Result<(String, ParamValue), String> {
+    let ty = r.u8()?;
+    Ok(match ty {
+        0x1F => ("null".into(), ParamValue::Null),
+        0x26 => {
+            let size = r.u8()?;
+            let len = r.u8()? as usize;
+            let value = match len {
+                0 => ParamValue::Null,
+                1 => ParamValue::Int(r.u8()? as i64),
+                2 => ParamValue::Int(r.u16()? as i16 as i64),
+                4 => ParamValue::Int(r.u32()? as i32 as i64),
+                8 => ParamValue::Int(r.u64()? as i64),
+                n => return Err(format!("intn length {n}")),
+            };
+            (format!("intn({size})"), value)
+        }
+        0x68 => {
+            let _size = r.u8()?;
+            let value = match r.u8()? {
+                0 => ParamValue::Null,
+                _ => ParamValue::Bit(r.u8()? != 0),
+            };
+            ("bitn".into(), value)
+        }
+        0x6D => {
+            let size = r.u8()?;
+            let value = match r.u8()? {
+                0 => ParamValue::Null,
+                4 => ParamValue::Float(f32::from_bits(r.u32()?) as f64),
+                8 => ParamValue::Float(f64::from_bits(r.u64()?)),
+                n => return Err(format!("floatn length {n}")),
+            };
+            (format!("floatn({size})"), value)
+        }
+        0x24 => {
+            let _size = r.u8()?;
+            let value = match r.u8()? {
+                0 => ParamValue::Null,
+                16 => {
+                    let mut b: [u8; 16] = r.take(16)?.try_into().unwrap();
+                    b[0..4].reverse();
+                    b[4..6].reverse();
+                    b[6..8].reverse();
+                    ParamValue::Guid(uuid::Uuid::from_bytes(b))
+                }
+                n => return Err(format!("guid length {n}")),
+            };
+            ("guid".into(), value)
+        }
+        0xE7 => {
+            let max = r.u16()?;
+            let _collation = r.take(5)?;
+            if max == 0xFFFF {
+                let value = r
+                    .plp()?
+                    .map_or(ParamValue::Null, |b| ParamValue::Text(utf16(&b)));
+                ("nvarchar(max)".into(), value)
+            } else {
+                let len = r.u16()?;
+                let value = if len == 0xFFFF {
+                    ParamValue::Null
+                } else {
+                    ParamValue::Text(utf16(r.take(len as usize)?))
+                };
+                ("nvarchar".into(), value)
+            }
+        }
+        0xA5 => {
+            let max = r.u16()?;
+            if max == 0xFFFF {
+                let value = r.plp()?.map_or(ParamValue::Null, ParamValue::Bytes);
+                ("bigvarbinary(max)".into(), value)
+            } else {
+                let len = r.u16()?;
+                let value = if len == 0xFFFF {
+                    ParamValue::Null
+                } else {
+                    ParamValue::Bytes(r.take(len as usize)?.to_vec())
+                };
+                ("bigvarbinary".into(), value)
+            }
+        }
+        0x6C | 0x6A => {
+            let _size = r.u8()?;
+            let _precision = r.u8()?;
+            let scale = r.u8()?;
+            let len = r.u8()? as usize;
+            let value = if len == 0 {
+                ParamValue::Null
+            } else {
+                let sign = r.u8()?;
+                let mut raw = [0u8; 16];
+                raw[..len - 1].copy_from_slice(r.take(len - 1)?);
+                let magnitude = i128::from_le_bytes(raw);
+                ParamValue::Decimal {
+                    unscaled: if sign == 1 { magnitude } else { -magnitude },
+                    scale,
+                }
+            };
+            ("numericn".into(), value)
+        }
+        0x6F => {
+            let _size = r.u8()?;
+            let value = match r.u8()? {
+                0 => ParamValue::Null,
+                8 => {
+                    let days = r.u32()? as i32;
+                    let ticks = r.u32()?;
+                    let date = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap()
+                        + chrono::Duration::days(days as i64);
+                    let time = NaiveTime::from_hms_opt(0, 0, 0).unwrap()
+                        + chrono::Duration::nanoseconds(ticks as i64 * 10_000_000 / 3);
+                    ParamValue::DateTime(date.and_time(time))
+                }
+                n => return Err(format!("datetimen length {n}")),
+            };
+            ("datetimen".into(), value)
+        }
+        0x28 => {
+            let value = match r.u8()? {
+                0 => ParamValue::Null,
+                3 => ParamValue::Date(days_from_0001(u24(r.take(3)?))),
+                n => return Err(format!("daten length {n}")),
+            };
+            ("daten".into(), value)
+        }
+        0x29 => {
+            let scale = r.u8()?;
+            let value = match r.u8()? as usize {
+                0 => ParamValue::Null,
+                n => ParamValue::Time(time_from_increments(r.take(n)?, scale)),
+            };
+            ("timen".into(), value)
+        }
+        0x2A => {
+            let scale = r.u8()?;
+            let value = match r.u8()? as usize {
+                0 => ParamValue::Null,
+                n => {
+                    let t = time_from_increments(r.take(n - 3)?, scale);
+                    let d = days_from_0001(u24(r.take(3)?));
+                    ParamValue::DateTime(d.and_time(t))
+                }
+            };
+            ("datetime2".into(), value)
+        }
+        0x2B => {
+            let scale = r.u8()?;
+            let value = match r.u8()? as usize {
+                0 => ParamValue::Null,
+                n => {
+                    let t = time_from_increments(r.take(n - 5)?, scale);
+                    let d = days_from_0001(u24(r.take(3)?));
+                    let offset = r.u16()? as i16;
+                    let zone = FixedOffset::east_opt(offset as i32 * 60).unwrap();
+                    ParamValue::DateTimeOffset(d.and_time(t).and_utc().with_timezone(&zone))
+                }
+            };
+            ("datetimeoffset".into(), value)
+        }
+        other => {
+            return Err(format!(
+                "parameter type {other:#x} not supported by the fake"
+            ))
+        }
+    })
+}
+
+fn u24(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], 0])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies.
+
+const DONE_MORE: u16 = 0x0001;
+const DONE_ERROR: u16 = 0x0002;
+const DONE_COUNT: u16 = 0x0010;
+const DONE_ATTN: u16 = 0x0020;
+/// SQL_Latin1_General_CP1_CI_AS: LCID 0x0409, flags, sort id 52.
+const COLLATION: [u8; 5] = [0x09, 0x04, 0xD0, 0x00, 0x34];
+
+fn b_varchar(out: &mut Vec<u8>, text: &str) {
+    let units: Vec<u16> = text.encode_utf16().collect();
+    out.push(units.len() as u8);
+    for unit in units {
+        out.extend_from_slice(&unit.to_le_bytes());
+    }
+}
+
+fn us_varchar(out: &mut Vec<u8>, text: &str) {
+    let units: Vec<u16> = text.encode_utf16().collect();
+    out.extend_from_slice(&(units.len() as u16).to_le_bytes());
+    for unit in units {
+        out.extend_from_slice(&unit.to_le_bytes());
+    }
+}
+
+fn env_change(out: &mut Vec<u8>, ty: u8, new: &str, old: &str) {
+    let mut body = vec![ty];
+    b_varchar(&mut body, new);
+    b_varchar(&mut body, old);
+    out.push(0xE3);
+    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+fn done(out: &mut Vec<u8>, token: u8, status: u16, rows: u64) {
+    out.push(token);
+    out.extend_from_slice(&status.to_le_bytes());
+    out.extend_from_slice(&0xC1u16.to_le_bytes()); // current command: SELECT
+    out.extend_from_slice(&rows.to_le_bytes());
+}
+
+fn error_token(out: &mut Vec<u8>, number: u32, message: &str) {
+    error_token_class(out, number, message, 16);
+}
+
+fn error_token_class(out: &mut Vec<u8>, number: u32, message: &str, class: u8) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&number.to_le_bytes());
+    body.push(1); // state
+    body.push(class);
+    us_varchar(&mut body, message);
+    b_varchar(&mut body, "fake");
+    b_varchar(&mut body, "");
+    body.extend_from_slice(&1u32.to_le_bytes()); // line
+    out.push(0xAA);
+    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+/// How a statement ends inside `sp_executesql` (DONEINPROC) or a batch (DONE).
+fn encode_reply(reply: &Reply, rpc: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (inner, outer) = if rpc { (0xFF, 0xFE) } else { (0xFD, 0xFD) };
+    match reply {
+        Reply::Results(sets) => {
+            for set in sets {
+                col_metadata(&mut out, &set.columns);
+                for row in &set.rows {
+                    out.push(0xD1);
+                    for (cell, column) in row.iter().zip(&set.columns) {
+                        encode_cell(&mut out, column.ty, cell);
+                    }
+                }
+                done(
+                    &mut out,
+                    inner,
+                    DONE_COUNT | DONE_MORE,
+                    set.rows.len() as u64,
+                );
+            }
+            finish(&mut out, rpc, outer, 0);
+        }
+        Reply::RowCount(n) => {
+            done(&mut out, inner, DONE_COUNT | DONE_MORE, *n);
+            finish(&mut out, rpc, outer, 0);
+        }
+        Reply::Error { number, message } => {
+            error_token(&mut out, *number, message);
+            done(&mut out, inner, DONE_ERROR | DONE_MORE, 0);
+            finish(&mut out, rpc, outer, DONE_ERROR);
+        }
+    }
+    out
+}
+
+fn finish(out: &mut Vec<u8>, rpc: bool, outer: u8, status: u16) {
+    if rpc {
+        out.push(0x79); // RETURNSTATUS
+        out.extend_from_slice(&0u32.to_le_bytes());
+        done(out, outer, status, 0);
+    } else {
+        done(out, outer, status, 0);
+    }
+}
+
+fn decimal_size(precision: u8) -> u8 {
+    match precision {
+        1..=9 => 5,
+        10..=19 => 9,
+        20..=28 => 13,
+        _ => 17,
+    }
+}
+
+fn col_metadata(out: &mut Vec<u8>, columns: &[Column]) {
+    out.push(0x81);
+    out.extend_from_slice(&(columns.len() as u16).to_le_bytes());
+    for column in columns {
+        out.extend_from_slice(&0u32.to_le_bytes()); // user type
+        out.extend_from_slice(&0x0001u16.to_le_bytes()); // flags: nullable
+        match column.ty {
+            SqlType::Int => out.extend_from_slice(&[0x26, 4]),
+            SqlType::BigInt => out.extend_from_slice(&[0x26, 8]),
+            SqlType::Bit => out.extend_from_slice(&[0x68, 1]),
+            SqlType::Float => out.extend_from_slice(&[0x6D, 8]),
+            SqlType::Money => out.extend_from_slice(&[0x6E, 8]),
+            SqlType::NVarChar(n) => {
+                out.push(0xE7);
+                out.extend_from_slice(&(n * 2).to_le_bytes());
+                out.extend_from_slice(&COLLATION);
+            }
+            SqlType::NVarCharMax => {
+                out.push(0xE7);
+                out.extend_from_slice(&0xFFFFu16.to_le_bytes());
+                out.extend_from_slice(&COLLATION);
+            }
+            SqlType::VarChar(n) => {
+                out.push(0xA7);
+                out.extend_from_slice(&n.to_le_bytes());
+                out.extend_from_slice(&COLLATION);
+            }
+            SqlType::Binary(n) => {
+                out.push(0xAD);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            SqlType::VarBinary(n) => {
+                out.push(0xA5);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            SqlType::DateTime => out.extend_from_slice(&[0x6F, 8]),
+            SqlType::Date => out.push(0x28),
+            SqlType::Time7 => out.extend_from_slice(&[0x29, 7]),
+            SqlType::DateTime2 => out.extend_from_slice(&[0x2A, 7]),
+            SqlType::DateTimeOffset => out.extend_from_slice(&[0x2B, 7]),
+            SqlType::Decimal(p, s) => out.extend_from_slice(&[0x6A, decimal_size(p), p, s]),
+            SqlType::Guid => out.extend_from_slice(&[0x24, 16]),
+        }
+        b_varchar(out, &column.name);
+    }
+}
+
+fn increments(time: NaiveTime) -> u64 {
+    (time.num_seconds_from_midnight() as u64) * 10_000_000 + (time.nanosecond() as u64) / 100
+}
+
+fn days_since_0001(date: NaiveDate) -> u32 {
+    date.num_days_from_ce() as u32 - 1
+}
+
+fn put_datetime2(out: &mut Vec<u8>, value: NaiveDateTime) {
+    out.extend_from_slice(&increments(value.time()).to_le_bytes()[..5]);
+    out.extend_from_slice(&days_since_0001(value.date()).to_le_bytes()[..3]);
+}
+
+fn encode_cell(out: &mut Vec<u8>, ty: SqlType, cell: &Cell) {
+    let plp = matches!(ty, SqlType::NVarCharMax);
+    let short = matches!(
+        ty,
+        SqlType::NVarChar(_) | SqlType::VarChar(_) | SqlType::Binary(_) | SqlType::VarBinary(_)
+    );
+    if let Cell::Null = cell {
+        if plp {
+            out.extend_from_slice(&u64::MAX.to_le_bytes());
+        } else if short {
+            out.extend_from_slice(&0xFFFFu16.to_le_bytes());
+        } else {
+            out.push(0);
+        }
+        return;
+    }
+    match (ty, cell) {
+        (SqlType::Int, Cell::Int(v)) => {
+            out.push(4);
+            out.extend_from_slice(&(*v as i32).to_le_bytes());
+        }
+        (SqlType::BigInt, Cell::Int(v)) => {
+            out.push(8);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        (SqlType::Bit, Cell::Bit(v)) => out.extend_from_slice(&[1, *v as u8]),
+        (SqlType::Float, Cell::Float(v)) => {
+            out.push(8);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        (SqlType::Money, Cell::Money(v)) => {
+            out.push(8);
+            out.extend_from_slice(&((*v >> 32) as i32).to_le_bytes());
+            out.extend_from_slice(&(*v as u32).to_le_bytes());
+        }
+        (SqlType::NVarChar(_), Cell::Text(s)) => {
+            let bytes: Vec<u8> = s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        (SqlType::NVarCharMax, Cell::Text(s)) => {
+            let bytes: Vec<u8> = s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+            out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            // Deliberately small chunks, so chunk reassembly is exercised.
+            for chunk in bytes.chunks(1000) {
+                out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+                out.extend_from_slice(chunk);
+            }
+            out.extend_from_slice(&0u32.to_le_bytes());
+        }
+        (SqlType::VarChar(_), Cell::Text(s)) => {
+            // Code page 1252 agrees with Latin-1 for the characters tests use.
+            let bytes: Vec<u8> = s
+                .chars()
+                .map(|c| u8::try_from(c as u32).expect("varchar test text must be Latin-1"))
+                .collect();
+            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        (SqlType::Binary(_) | SqlType::VarBinary(_), Cell::Bytes(b)) => {
+            out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+            out.extend_from_slice(b);
+        }
+        (SqlType::DateTime, Cell::DateTime(v)) => {
+            let days = (v.date() - NaiveDate::from_ymd_opt(1900, 1, 1).unwrap()).num_days() as i32;
+            let nanos = v.time().num_seconds_from_midnight() as u64 * 1_000_000_000
+                + v.time().nanosecond() as u64;
+            let ticks = (nanos * 3 / 10_000_000) as u32;
+            out.push(8);
+            out.extend_from_slice(&days.to_le_bytes());
+            out.extend_from_slice(&ticks.to_le_bytes());
+        }
+        (SqlType::Date, Cell::Date(d)) => {
+            out.push(3);
+            out.extend_from_slice(&days_since_0001(*d).to_le_bytes()[..3]);
+        }
+        (SqlType::Time7, Cell::Time(t)) => {
+            out.push(5);
+            out.extend_from_slice(&increments(*t).to_le_bytes()[..5]);
+        }
+        (SqlType::DateTime2, Cell::DateTime(v)) => {
+            out.push(8);
+            put_datetime2(out, *v);
+        }
+        (SqlType::DateTimeOffset, Cell::DateTimeOffset(v)) => {
+            out.push(10);
+            put_datetime2(out, v.naive_utc());
+            let minutes = (v.offset().local_minus_utc() / 60) as i16;
+            out.extend_from_slice(&minutes.to_le_bytes());
+        }
+        (SqlType::Decimal(p, _), Cell::Decimal(v)) => {
+            let size = decimal_size(p) as usize;
+            out.push(size as u8);
+            out.push(if *v < 0 { 0 } else { 1 });
+            out.extend_from_slice(&v.unsigned_abs().to_le_bytes()[..size - 1]);
+        }
+        (SqlType::Guid, Cell::Guid(g)) => {
+            let mut b = *g.as_bytes();
+            b[0..4].reverse();
+            b[4..6].reverse();
+            b[6..8].reverse();
+            out.push(16);
+            out.extend_from_slice(&b);
+        }
+        (ty, cell) => panic!("tds fake: cannot send {cell:?} as {ty:?}"),
+    }
+}
