@@ -205,11 +205,11 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(settings: Settings) -> Result<Runner, SinkError> {
+    pub fn new(settings: Settings) -> Result<Runner, JobError> {
         let settings = Arc::new(settings);
         let blobs = BlobTarget::new(&settings.storage, &settings.container)?;
         let source: Arc<dyn CdcSource> =
-            Arc::new(crate::sqlserver::SqlServerSource::new(&settings));
+            Arc::new(crate::sqlserver::SqlServerSource::new(&settings)?);
         Ok(Runner {
             context: Context::new(settings, source, blobs),
         })
