@@ -590,7 +590,10 @@ fn parse_client_id(v: &str) -> Result<String, ConfigError> {
         .map_err(|_| {
             invalid(
                 AZURE_CLIENT_ID,
-                format!("{} is not a GUID (the managed identity's client id)", shown(v)),
+                format!(
+                    "{} is not a GUID (the managed identity's client id)",
+                    shown(v)
+                ),
             )
         })
 }
@@ -810,9 +813,8 @@ fn validate_storage_connection_string(conn: &str) -> Result<(), ConfigError> {
 /// An https blob endpoint (http only for loopback, i.e. Azurite), no query, no trailing `/`.
 fn parse_account_url(v: &str) -> Result<String, ConfigError> {
     let bad = |reason: &str| invalid(CDC_STORAGE_ACCOUNT_URL, reason.to_string());
-    let url = url::Url::parse(v).map_err(|_| {
-        bad("is not a URL; expected e.g. https://myaccount.blob.core.windows.net")
-    })?;
+    let url = url::Url::parse(v)
+        .map_err(|_| bad("is not a URL; expected e.g. https://myaccount.blob.core.windows.net"))?;
     if url.query().is_some() || url.fragment().is_some() {
         // Not echoed: a query string here is most likely a SAS token.
         return Err(bad(
@@ -882,7 +884,10 @@ mod tests {
         assert_eq!(s.path_template, DEFAULT_PATH_TEMPLATE.parse().unwrap());
         assert_eq!(s.capture_wait, Duration::from_secs(120));
         assert_eq!(s.capture_poll, Duration::from_secs(5));
-        assert_eq!(s.watermark_table, TableRef::parse("cdc_copy.watermark").unwrap());
+        assert_eq!(
+            s.watermark_table,
+            TableRef::parse("cdc_copy.watermark").unwrap()
+        );
         assert_eq!(s.row_filter, RowFilter::All);
         assert_eq!(s.table_concurrency, 4);
         assert_eq!(s.block_size, 4 * 1024 * 1024);
@@ -1001,10 +1006,22 @@ mod tests {
             (CDC_STORAGE_CONNECTION_STRING, "AccountName=acct"),
             (CDC_ALLOW_PLAINTEXT_SQL, "maybe"),
             (AZURE_CLIENT_ID, "not-a-guid"),
-            (CDC_SQL_CONNECTION_STRING, "Server=tcp:localhost,1433;User ID=sa;Password=x"),
-            (CDC_SQL_CONNECTION_STRING, "Server=tcp:localhost,notaport;Database=d"),
-            (CDC_SQL_CONNECTION_STRING, "Server=tcp:h,1433;Database=d;Encrypt=maybe"),
-            (CDC_SQL_CONNECTION_STRING, "Server=tcp:h,1433;Database=d;Encrypt=DANGER_PLAINTEXT"),
+            (
+                CDC_SQL_CONNECTION_STRING,
+                "Server=tcp:localhost,1433;User ID=sa;Password=x",
+            ),
+            (
+                CDC_SQL_CONNECTION_STRING,
+                "Server=tcp:localhost,notaport;Database=d",
+            ),
+            (
+                CDC_SQL_CONNECTION_STRING,
+                "Server=tcp:h,1433;Database=d;Encrypt=maybe",
+            ),
+            (
+                CDC_SQL_CONNECTION_STRING,
+                "Server=tcp:h,1433;Database=d;Encrypt=DANGER_PLAINTEXT",
+            ),
         ];
         for (name, value) in cases {
             let e = err(&[(name, Some(value))]);
@@ -1015,7 +1032,8 @@ mod tests {
 
     #[test]
     fn plaintext_needs_the_test_only_escape() {
-        let conn = "Server=tcp:127.0.0.1,1433;Database=d;User ID=sa;Password=x;Encrypt=DANGER_PLAINTEXT";
+        let conn =
+            "Server=tcp:127.0.0.1,1433;Database=d;User ID=sa;Password=x;Encrypt=DANGER_PLAINTEXT";
         let e = err(&[(CDC_SQL_CONNECTION_STRING, Some(conn))]);
         assert!(e.to_string().contains("DANGER_PLAINTEXT"), "{e}");
         ok(&[
@@ -1031,7 +1049,10 @@ mod tests {
                 (CDC_SQL_CONNECTION_STRING, None),
                 (CDC_SQL_SERVER, Some(server)),
                 (CDC_SQL_DATABASE, Some("shop")),
-                (AZURE_CLIENT_ID, Some("0d6a9d1e-5a7e-4c1c-9d59-8a0e8d3c6f21")),
+                (
+                    AZURE_CLIENT_ID,
+                    Some("0d6a9d1e-5a7e-4c1c-9d59-8a0e8d3c6f21"),
+                ),
             ])
             .sql
         };
@@ -1041,8 +1062,14 @@ mod tests {
             database: "shop".into(),
             client_id: Some("0d6a9d1e-5a7e-4c1c-9d59-8a0e8d3c6f21".into()),
         };
-        assert_eq!(entra("tcp:srv.database.windows.net,1433"), want("srv.database.windows.net", 1433));
-        assert_eq!(entra("srv.example.org,14330"), want("srv.example.org", 14330));
+        assert_eq!(
+            entra("tcp:srv.database.windows.net,1433"),
+            want("srv.database.windows.net", 1433)
+        );
+        assert_eq!(
+            entra("srv.example.org,14330"),
+            want("srv.example.org", 14330)
+        );
         assert_eq!(entra("localhost"), want("localhost", 1433));
 
         for bad in ["tcp:", "srv,0", "srv,99999", "srv x", "tcp:srv,port"] {
@@ -1059,33 +1086,58 @@ mod tests {
         assert!(matches!(e, ConfigError::Conflict { .. }), "{e}");
         let e = err(&[(CDC_SQL_CONNECTION_STRING, None)]);
         let text = e.to_string();
-        assert!(text.contains(CDC_SQL_CONNECTION_STRING) && text.contains(CDC_SQL_SERVER), "{text}");
-        let e = err(&[(CDC_SQL_CONNECTION_STRING, None), (CDC_SQL_SERVER, Some("srv"))]);
+        assert!(
+            text.contains(CDC_SQL_CONNECTION_STRING) && text.contains(CDC_SQL_SERVER),
+            "{text}"
+        );
+        let e = err(&[
+            (CDC_SQL_CONNECTION_STRING, None),
+            (CDC_SQL_SERVER, Some("srv")),
+        ]);
         assert_eq!(e.setting(), CDC_SQL_DATABASE);
-        let e = err(&[(CDC_SQL_CONNECTION_STRING, None), (CDC_SQL_DATABASE, Some("shop"))]);
+        let e = err(&[
+            (CDC_SQL_CONNECTION_STRING, None),
+            (CDC_SQL_DATABASE, Some("shop")),
+        ]);
         assert_eq!(e.setting(), CDC_SQL_SERVER);
     }
 
     #[test]
     fn storage_exactly_one_way() {
         let url = |u: &str| {
-            ok(&[(CDC_STORAGE_CONNECTION_STRING, None), (CDC_STORAGE_ACCOUNT_URL, Some(u))]).storage
+            ok(&[
+                (CDC_STORAGE_CONNECTION_STRING, None),
+                (CDC_STORAGE_ACCOUNT_URL, Some(u)),
+            ])
+            .storage
         };
         assert_eq!(
             url("https://acct.blob.core.windows.net/"),
-            StorageSettings::AccountUrl { url: "https://acct.blob.core.windows.net".into(), client_id: None }
+            StorageSettings::AccountUrl {
+                url: "https://acct.blob.core.windows.net".into(),
+                client_id: None
+            }
         );
-        assert!(matches!(url("http://127.0.0.1:10000/devstoreaccount1"), StorageSettings::AccountUrl { .. }));
+        assert!(matches!(
+            url("http://127.0.0.1:10000/devstoreaccount1"),
+            StorageSettings::AccountUrl { .. }
+        ));
         for bad in [
             "acct.blob.core.windows.net",
             "http://acct.blob.core.windows.net",
             "https://acct.blob.core.windows.net/?sv=2024&sig=SECRETSIG",
         ] {
-            let e = err(&[(CDC_STORAGE_CONNECTION_STRING, None), (CDC_STORAGE_ACCOUNT_URL, Some(bad))]);
+            let e = err(&[
+                (CDC_STORAGE_CONNECTION_STRING, None),
+                (CDC_STORAGE_ACCOUNT_URL, Some(bad)),
+            ]);
             assert_eq!(e.setting(), CDC_STORAGE_ACCOUNT_URL, "{bad}: {e}");
             assert!(!e.to_string().contains("SECRETSIG"), "{e}");
         }
-        let e = err(&[(CDC_STORAGE_ACCOUNT_URL, Some("https://acct.blob.core.windows.net"))]);
+        let e = err(&[(
+            CDC_STORAGE_ACCOUNT_URL,
+            Some("https://acct.blob.core.windows.net"),
+        )]);
         assert!(matches!(e, ConfigError::Conflict { .. }), "{e}");
         let e = err(&[(CDC_STORAGE_CONNECTION_STRING, None)]);
         assert!(e.to_string().contains(CDC_STORAGE_ACCOUNT_URL), "{e}");
@@ -1116,7 +1168,9 @@ mod tests {
     fn secrets_never_printed() {
         const PASSWORD: &str = "Hunter2-Recognisable-Pa55";
         const KEY: &str = "QUNDT1VOVEtFWVNFQ1JFVA==";
-        let good = format!("Server=tcp:localhost,1433;Database=shop;User ID=sa;Password={PASSWORD};Encrypt=true");
+        let good = format!(
+            "Server=tcp:localhost,1433;Database=shop;User ID=sa;Password={PASSWORD};Encrypt=true"
+        );
         let storage = format!("AccountName=acct;AccountKey={KEY};EndpointSuffix=core.windows.net");
         let s = ok(&[
             (CDC_SQL_CONNECTION_STRING, Some(&good)),
@@ -1144,7 +1198,10 @@ mod tests {
             assert_eq!(e.setting(), CDC_SQL_CONNECTION_STRING, "{text}");
             assert!(!text.contains(PASSWORD), "password leaked: {text}");
         }
-        let e = err(&[(CDC_STORAGE_CONNECTION_STRING, Some(&format!("AccountKey={KEY}")))]);
+        let e = err(&[(
+            CDC_STORAGE_CONNECTION_STRING,
+            Some(&format!("AccountKey={KEY}")),
+        )]);
         assert!(!format!("{e} {e:?}").contains(KEY), "{e}");
     }
 
@@ -1164,7 +1221,14 @@ mod tests {
             assert!(seen.insert(doc.name), "{} listed twice", doc.name);
             assert!(!doc.description.is_empty(), "{}", doc.name);
         }
-        let secrets: Vec<_> = SETTINGS.iter().filter(|d| d.secret).map(|d| d.name).collect();
-        assert_eq!(secrets, vec![CDC_SQL_CONNECTION_STRING, CDC_STORAGE_CONNECTION_STRING]);
+        let secrets: Vec<_> = SETTINGS
+            .iter()
+            .filter(|d| d.secret)
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(
+            secrets,
+            vec![CDC_SQL_CONNECTION_STRING, CDC_STORAGE_CONNECTION_STRING]
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! - [`jobs`]: full load and incremental copy: source → CSV → blob → watermark.
 
 pub mod cdc;
+pub mod cli;
 pub mod config;
 pub mod host;
 pub mod jobs;
