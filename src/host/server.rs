@@ -43,11 +43,17 @@ pub const INVOCATION_ID_HEADER: &str = "x-azure-functions-invocationid";
 
 /// Serves the host contract on `listener` until `shutdown` completes, then finishes the
 /// requests in flight. `GET /` answers at once (readiness): nothing is done lazily there.
-pub async fn run(
+///
+/// Use it as `run(listener, jobs, shutdown).await` or `tokio::spawn(run(...))`. It is a plain
+/// `fn` returning warp's server future rather than an `async fn`: awaiting warp's
+/// `Server::run` inside another async fn loses the `Send` proof (warp 0.4 uses async fns in
+/// traits and rustc cannot see through them generically), and the server could then not be
+/// spawned.
+pub fn run(
     listener: tokio::net::TcpListener,
     jobs: Arc<dyn Jobs>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let routes = warp::method()
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
@@ -55,13 +61,12 @@ pub async fn run(
         .then(move |method, path: warp::path::FullPath, headers, body| {
             let jobs = jobs.clone();
             let path = path.as_str().to_string();
-            async move { dispatch(jobs, method, path, headers, body).await }
+            dispatch(jobs, method, path, headers, body)
         });
     warp::serve(routes)
         .incoming(listener)
         .graceful(shutdown)
         .run()
-        .await;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
