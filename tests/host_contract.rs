@@ -160,13 +160,14 @@ struct Started {
 }
 
 /// Starts the binary the way the host does and polls `GET /` until it answers.
-fn start_handler() -> Started {
+fn start_handler(envs: &[(&str, &str)]) -> Started {
     let port = free_port();
     let log = tempfile::NamedTempFile::new().expect("log file");
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let started = Instant::now();
     let mut child = handler()
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .envs(envs.iter().copied())
         .stdout(Stdio::from(log.reopen().expect("log file")))
         .stderr(Stdio::piped())
         .spawn()
@@ -219,7 +220,7 @@ fn stop(mut child: Child) -> std::process::ExitStatus {
 fn binary_is_ready_fast() {
     let mut times = Vec::new();
     for _ in 0..5 {
-        let started = start_handler();
+        let started = start_handler(&[]);
         times.push(started.ready_after);
         assert!(stop(started.child).success());
     }
@@ -234,7 +235,7 @@ fn binary_is_ready_fast() {
 
 #[tokio::test]
 async fn binary_without_settings_fails_each_invocation_naming_the_setting() {
-    let started = start_handler();
+    let started = start_handler(&[]);
     let base = format!("http://127.0.0.1:{}", started.port);
 
     for (name, payload) in [
@@ -293,6 +294,35 @@ async fn binary_without_settings_fails_each_invocation_naming_the_setting() {
         log.contains("invalid setting") && log.contains("CDC_TABLES"),
         "start-up warns about settings:\n{log}"
     );
+}
+
+/// A recognisable password in a refused connection string reaches neither a response nor
+/// the process log.
+#[tokio::test]
+async fn binary_never_shows_the_sql_password() {
+    const PASSWORD: &str = "Recognisable-Pa55word-4711";
+    let conn = format!(
+        "Server=tcp:127.0.0.1,1433;Database=shop;User ID=sa;Password={PASSWORD};Encrypt=DANGER_PLAINTEXT"
+    );
+    let started = start_handler(&[
+        ("CDC_SQL_CONNECTION_STRING", conn.as_str()),
+        ("CDC_TABLES", "dbo.customers"),
+        (
+            "CDC_STORAGE_CONNECTION_STRING",
+            "UseDevelopmentStorage=true",
+        ),
+        ("RUST_LOG", "trace"),
+    ]);
+    let base = format!("http://127.0.0.1:{}", started.port);
+    let (status, body) = invoke(&base, "IncrementalCopy", NORMAL, "secret-1").await;
+    assert_eq!(status, 500);
+    assert!(logs(&body).contains("DANGER_PLAINTEXT"), "{body}");
+    let (_, full) = invoke(&base, "FullLoad", http_trigger(json!("")), "secret-2").await;
+    assert!(stop(started.child).success());
+    let log = std::fs::read_to_string(started.log.path()).expect("log");
+    for text in [body.to_string(), full.to_string(), log] {
+        assert!(!text.contains(PASSWORD), "password leaked: {text}");
+    }
 }
 
 #[test]

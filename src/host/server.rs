@@ -22,6 +22,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Buf;
+use chrono::SecondsFormat;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tracing::Instrument;
@@ -173,8 +174,8 @@ async fn incremental_copy(jobs: Arc<dyn Jobs>, bytes: &[u8]) -> Response {
     };
     let trigger = invocation.trigger(chrono::Utc::now());
     tracing::info!(
-        trigger_time = %trigger.trigger_time,
-        last = ?trigger.last,
+        trigger_time = %trigger.trigger_time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        last = %trigger.last.map_or_else(|| "none".to_string(), |t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
         is_past_due = trigger.is_past_due,
         retry_count = invocation.metadata.retry_context.as_ref().map(|r| r.retry_count),
         "IncrementalCopy invoked"
