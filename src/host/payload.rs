@@ -199,9 +199,19 @@ fn object<'a>(value: &'a Value, field: &str) -> Result<&'a Map<String, Value>, P
         .ok_or_else(|| wrong(field, "an object", value))
 }
 
+/// A member by name: exact first, then ignoring ASCII case (the timer docs show camelCase
+/// `scheduleStatus`, the host's Newtonsoft output is PascalCase; both are accepted).
+fn member<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
+}
+
 /// A member that may be absent or null.
 fn optional<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).filter(|v| !v.is_null())
+    member(obj, key).filter(|v| !v.is_null())
 }
 
 fn optional_object<'a>(
@@ -261,11 +271,11 @@ pub fn parse_json(body: &[u8]) -> Result<Value, PayloadError> {
 /// `Data.<binding>` of an invocation: the body must be an object with an object `Data`.
 fn binding<'a>(root: &'a Value, name: &str) -> Result<&'a Value, PayloadError> {
     let root = object(root, "body")?;
-    let data = root.get("Data").ok_or_else(|| PayloadError::Missing {
+    let data = member(root, "Data").ok_or_else(|| PayloadError::Missing {
         field: "Data".into(),
     })?;
     let data = object(data, "Data")?;
-    data.get(name).ok_or_else(|| PayloadError::Missing {
+    member(data, name).ok_or_else(|| PayloadError::Missing {
         field: format!("Data.{name}"),
     })
 }
@@ -301,7 +311,7 @@ impl InvocationMetadata {
                         "Metadata.RetryContext.MaxRetryCount",
                     )?
                     .unwrap_or(0),
-                    exception: rc.get("Exception").cloned().unwrap_or(Value::Null),
+                    exception: member(rc, "Exception").cloned().unwrap_or(Value::Null),
                 })
             })
             .transpose()?;
@@ -318,7 +328,21 @@ impl TimerInvocation {
     /// Decodes an `IncrementalCopy` invocation body.
     pub fn from_json(root: &Value) -> Result<TimerInvocation, PayloadError> {
         const F: &str = "Data.timer";
-        let timer = object(binding(root, TIMER_BINDING)?, F)?;
+        // Some hosts hand trigger values over as JSON text; accept that form too.
+        let parsed;
+        let timer = match binding(root, TIMER_BINDING)? {
+            Value::String(text) => {
+                parsed =
+                    serde_json::from_str::<Value>(text).map_err(|_| PayloadError::WrongType {
+                        field: F.to_string(),
+                        expected: "an object (or the JSON text of one)",
+                        found: "a string that is not JSON",
+                    })?;
+                &parsed
+            }
+            other => other,
+        };
+        let timer = object(timer, F)?;
         let schedule_status =
             optional_object(timer, "ScheduleStatus", "Data.timer.ScheduleStatus")?
                 .map(|s| -> Result<ScheduleStatus, PayloadError> {
@@ -341,7 +365,7 @@ impl TimerInvocation {
         };
         Ok(TimerInvocation {
             timer: TimerInfo {
-                schedule: timer.get("Schedule").cloned().unwrap_or(Value::Null),
+                schedule: member(timer, "Schedule").cloned().unwrap_or(Value::Null),
                 schedule_status,
                 is_past_due,
             },
@@ -387,10 +411,10 @@ impl HttpInvocation {
             req: HttpRequestData {
                 url: optional_string(req, "Url", "Data.req.Url")?,
                 method: optional_string(req, "Method", "Data.req.Method")?,
-                query: req.get("Query").cloned().unwrap_or(Value::Null),
-                headers: req.get("Headers").cloned().unwrap_or(Value::Null),
-                params: req.get("Params").cloned().unwrap_or(Value::Null),
-                identities: req.get("Identities").cloned().unwrap_or(Value::Null),
+                query: member(req, "Query").cloned().unwrap_or(Value::Null),
+                headers: member(req, "Headers").cloned().unwrap_or(Value::Null),
+                params: member(req, "Params").cloned().unwrap_or(Value::Null),
+                identities: member(req, "Identities").cloned().unwrap_or(Value::Null),
                 body,
             },
             metadata: InvocationMetadata::from_json(root)?,
@@ -776,6 +800,26 @@ mod tests {
             let msg = e.to_string();
             assert!(msg.starts_with(field) && msg.contains(text), "{msg}");
         }
+    }
+
+    /// camelCase keys (as the timer docs show them) and a timer handed over as JSON text.
+    #[test]
+    fn alternative_forms_of_the_timer() {
+        let want = TimerTrigger {
+            trigger_time: t("2026-11-21T10:15:00Z"),
+            last: Some(t("2026-11-21T10:00:00Z")),
+            is_past_due: false,
+        };
+        let camel = json!({"Data": {"timer": {"schedule": {}, "scheduleStatus": {"last": "2026-11-21T10:00:00+00:00", "next": "2026-11-21T10:15:00+00:00", "lastUpdated": "2026-11-21T10:00:00+00:00"}, "isPastDue": false}},
+                           "Metadata": {"sys": {"utcNow": "2026-11-21T10:15:00.02Z"}}});
+        assert_eq!(timer_trigger(&camel, Utc::now()), Ok(want.clone()));
+        let text = json!({"Data": {"timer": camel["Data"]["timer"].to_string()}, "Metadata": camel["Metadata"]});
+        assert_eq!(timer_trigger(&text, Utc::now()), Ok(want));
+        let bad = json!({"Data": {"timer": "{\"IsPastDue\": \"no\"}"}});
+        assert_eq!(
+            timer_trigger(&bad, Utc::now()).unwrap_err().field(),
+            "Data.timer.IsPastDue"
+        );
     }
 
     #[test]
