@@ -23,3 +23,21 @@ impl std::str::FromStr for PathTemplate {
         Ok(PathTemplate(text.to_string()))
     }
 }
+
+/// Azure container naming rules (shim; the sink helper's version replaces it).
+pub fn validate_container_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !(3..=63).contains(&name.len())
+        || !ok_chars
+        || name.starts_with('-')
+        || name.ends_with('-')
+        || name.contains("--")
+    {
+        return Err(format!(
+            "{name:?} is not a container name (3-63 lowercase letters, digits and single hyphens)"
+        ));
+    }
+    Ok(())
+}
