@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::cdc::{validate_identifier, RowFilter, TableRef};
-use crate::sink::naming::PathTemplate;
+use crate::sink::naming::{validate_container_name, PathTemplate};
 
 /// A value that must never be printed. `Debug` and `Display` show `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
@@ -427,7 +427,9 @@ impl<'a> Parser<'a> {
         let tables = self.record(tables);
         let storage = self.storage(client_id.flatten());
         let container = self.text(CDC_CONTAINER, DEFAULT_CONTAINER, |v| {
-            validate_container_name(v).map(|()| v.to_string())
+            validate_container_name(v)
+                .map(|()| v.to_string())
+                .map_err(|e| e.to_string())
         });
         let path_template = self.text(CDC_PATH_TEMPLATE, DEFAULT_PATH_TEMPLATE, |v| {
             v.parse::<PathTemplate>().map_err(|e| e.to_string())
@@ -641,29 +643,6 @@ fn parse_row_filter(v: &str) -> Result<RowFilter, String> {
         "all with merge" => Ok(RowFilter::AllWithMerge),
         _ => Err(format!("{} is not `all` or `all with merge`", shown(v))),
     }
-}
-
-/// Azure container naming rules: 3–63 characters, lowercase letters, digits and hyphens,
-/// starting and ending with a letter or digit, no two hyphens in a row.
-///
-/// Private stand-in for `crate::sink::naming::validate_container_name`, which the sink helper
-/// was writing in parallel; switch to it once merged.
-fn validate_container_name(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !(3..=63).contains(&name.len())
-        || !ok_chars
-        || name.starts_with('-')
-        || name.ends_with('-')
-        || name.contains("--")
-    {
-        return Err(format!(
-            "{} is not a container name (3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit)",
-            shown(name)
-        ));
-    }
-    Ok(())
 }
 
 /// Six whitespace-separated NCRONTAB fields made of the characters cron fields use.
