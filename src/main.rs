@@ -14,8 +14,19 @@ use tracing_subscriber::EnvFilter;
 /// The jobs behind the two functions. Must be cheap and offline: `serve` calls it before it
 /// answers the host's readiness probe.
 ///
-/// TODO(lead): once `jobs::Runner` exists, build it here when the settings are valid:
-/// `match Settings::from_env() { Ok(s) => Arc::new(Runner::new(s)), Err(_) => Arc::new(NotConfigured::from_env()) }`.
+/// TODO(lead): wire the production jobs in once `jobs::Runner` is merged, keeping invalid
+/// settings a per-invocation failure (the readiness probe must still succeed):
+/// ```ignore
+/// match Settings::from_env() {
+///     Ok(settings) => match cdc_copy::jobs::Runner::new(settings) {
+///         Ok(runner) => Arc::new(runner),
+///         Err(e) => Arc::new(NotConfigured::new(format!("storage settings are invalid: {e}"))),
+///     },
+///     Err(_) => Arc::new(NotConfigured::from_env()),
+/// }
+/// ```
+/// and in `impl Jobs for Runner` add `async fn check(&self) -> … { Runner::check(self).await }`
+/// so that `handler check` runs its connectivity checks.
 fn make_jobs() -> Arc<dyn Jobs> {
     Arc::new(NotConfigured::from_env())
 }
