@@ -1,13 +1,20 @@
 //! Settings from the environment (app settings), validated, with secrets redacted.
 //!
 //! Every setting is read in one place so that the README's table, the Bicep app settings and
-//! the code can be checked against each other (`SETTINGS` lists them). Errors name the setting.
-//! TODO(helper): parsing, validation, Debug redaction, tests.
+//! the code can be checked against each other: [`SETTINGS`] lists every variable this crate
+//! reads (a test compares it with `local.settings.example.json`, and `docs/settings.md` is
+//! written from it). Errors name the setting and never carry a secret's value: secrets are
+//! wrapped in [`Secret`], and messages about them describe the problem, not the text.
+//!
+//! Parsing is pure ([`Settings::from_map`]); [`Settings::from_env`] only gathers the variables.
+//! Nothing here touches the network: a connection string is checked for shape only, so the
+//! handler can start (and answer the host's readiness probe) before anything is reachable.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::cdc::{RowFilter, TableRef};
-use crate::sink::naming::PathTemplate;
+use crate::cdc::{validate_identifier, RowFilter, TableRef};
+use crate::sink::naming::{validate_container_name, PathTemplate};
 
 /// A value that must never be printed. `Debug` and `Display` show `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,6 +65,7 @@ pub enum StorageSettings {
     /// `UseDevelopmentStorage=true` (Azurite).
     ConnectionString(Secret),
     /// `CDC_STORAGE_ACCOUNT_URL` (e.g. `https://acct.blob.core.windows.net`): Entra ID.
+    /// Stored without a trailing `/`.
     AccountUrl {
         url: String,
         client_id: Option<String>,
@@ -89,4 +97,1117 @@ pub struct Settings {
     /// How long an HTTP-triggered FullLoad works before answering 202 and leaving the rest
     /// to the next invocation.
     pub full_load_http_budget: Duration,
+    /// `INCREMENTAL_COPY_SCHEDULE`, the six-field NCRONTAB expression the timer trigger reads
+    /// (`%INCREMENTAL_COPY_SCHEDULE%` in function.json). `None` when unset: the handler itself
+    /// can run without it (the Functions host cannot). Validated for shape only.
+    pub schedule: Option<String>,
+}
+
+/// One documented environment variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingDoc {
+    pub name: &'static str,
+    /// The default when unset, as text; `None` when there is none (required, or optional
+    /// without a default).
+    pub default: Option<&'static str>,
+    pub description: &'static str,
+    /// Never printed, logged or echoed in an error.
+    pub secret: bool,
+}
+
+pub const CDC_SQL_CONNECTION_STRING: &str = "CDC_SQL_CONNECTION_STRING";
+pub const CDC_ALLOW_PLAINTEXT_SQL: &str = "CDC_ALLOW_PLAINTEXT_SQL";
+pub const CDC_SQL_SERVER: &str = "CDC_SQL_SERVER";
+pub const CDC_SQL_DATABASE: &str = "CDC_SQL_DATABASE";
+pub const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
+pub const CDC_TABLES: &str = "CDC_TABLES";
+pub const CDC_STORAGE_CONNECTION_STRING: &str = "CDC_STORAGE_CONNECTION_STRING";
+pub const CDC_STORAGE_ACCOUNT_URL: &str = "CDC_STORAGE_ACCOUNT_URL";
+pub const CDC_CONTAINER: &str = "CDC_CONTAINER";
+pub const CDC_PATH_TEMPLATE: &str = "CDC_PATH_TEMPLATE";
+pub const CDC_CAPTURE_WAIT_SECONDS: &str = "CDC_CAPTURE_WAIT_SECONDS";
+pub const CDC_CAPTURE_POLL_SECONDS: &str = "CDC_CAPTURE_POLL_SECONDS";
+pub const CDC_WATERMARK_TABLE: &str = "CDC_WATERMARK_TABLE";
+pub const CDC_ROW_FILTER: &str = "CDC_ROW_FILTER";
+pub const CDC_TABLE_CONCURRENCY: &str = "CDC_TABLE_CONCURRENCY";
+pub const CDC_BLOCK_SIZE_MIB: &str = "CDC_BLOCK_SIZE_MIB";
+pub const CDC_FULL_LOAD_PART_ROWS: &str = "CDC_FULL_LOAD_PART_ROWS";
+pub const CDC_FULL_LOAD_HTTP_BUDGET_SECONDS: &str = "CDC_FULL_LOAD_HTTP_BUDGET_SECONDS";
+pub const INCREMENTAL_COPY_SCHEDULE: &str = "INCREMENTAL_COPY_SCHEDULE";
+pub const FUNCTIONS_CUSTOMHANDLER_PORT: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
+pub const RUST_LOG: &str = "RUST_LOG";
+pub const CDC_LOG_FORMAT: &str = "CDC_LOG_FORMAT";
+
+pub const DEFAULT_CONTAINER: &str = "raw";
+pub const DEFAULT_PATH_TEMPLATE: &str =
+    "{schema}/{table}/incremental/{yyyy}/{MM}/{dd}/{yyyyMMddHHmmssfff}.csv";
+pub const DEFAULT_WATERMARK_TABLE: &str = "cdc_copy.watermark";
+
+/// Every environment variable this crate reads, in the order `docs/settings.md` lists them.
+pub const SETTINGS: &[SettingDoc] = &[
+    SettingDoc {
+        name: CDC_SQL_CONNECTION_STRING,
+        default: None,
+        description: "SQL login: ADO.NET connection string, e.g. `Server=tcp:host,1433;Database=db;User ID=u;Password=p;Encrypt=true;TrustServerCertificate=false`. Must name a Database. Set this OR CDC_SQL_SERVER + CDC_SQL_DATABASE, not both.",
+        secret: true,
+    },
+    SettingDoc {
+        name: CDC_ALLOW_PLAINTEXT_SQL,
+        default: Some("false"),
+        description: "`true` lets CDC_SQL_CONNECTION_STRING use `Encrypt=DANGER_PLAINTEXT` (no TLS at all). For test doubles only; never set it in production.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_SQL_SERVER,
+        default: None,
+        description: "Entra ID (managed identity) login: server as `host`, `host,port` or `tcp:host,port` (port 1433 when omitted), e.g. `tcp:myserver.database.windows.net,1433`. Needs CDC_SQL_DATABASE.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_SQL_DATABASE,
+        default: None,
+        description: "Entra ID login: the database whose CDC is copied (with CDC_SQL_SERVER).",
+        secret: false,
+    },
+    SettingDoc {
+        name: AZURE_CLIENT_ID,
+        default: None,
+        description: "Client id (GUID) of the user-assigned managed identity used for Entra ID logins to SQL (CDC_SQL_SERVER) and Storage (CDC_STORAGE_ACCOUNT_URL). Unset: system-assigned identity / developer credentials.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_TABLES,
+        default: None,
+        description: "Required. Comma-separated tables to copy, `schema.table` or `schema.table=capture_instance` (when a table has two capture instances), e.g. `dbo.customers,dbo.orders=dbo_orders_v2`.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_STORAGE_CONNECTION_STRING,
+        default: None,
+        description: "Storage by account key: a connection string with AccountName and AccountKey, or `UseDevelopmentStorage=true` (Azurite). Set this OR CDC_STORAGE_ACCOUNT_URL.",
+        secret: true,
+    },
+    SettingDoc {
+        name: CDC_STORAGE_ACCOUNT_URL,
+        default: None,
+        description: "Storage by Entra ID: the blob endpoint, e.g. `https://myaccount.blob.core.windows.net` (https; no query string, so no SAS token).",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_CONTAINER,
+        default: Some(DEFAULT_CONTAINER),
+        description: "Blob container the CSV files land in (3–63 lowercase letters, digits and single hyphens).",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_PATH_TEMPLATE,
+        default: Some(DEFAULT_PATH_TEMPLATE),
+        description: "Blob path of an incremental file, from the trigger time (UTC). The full load is written under `{schema}/{table}/full/{yyyyMMddHHmmssfff}/part-NNNNN.csv`.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_CAPTURE_WAIT_SECONDS,
+        default: Some("120"),
+        description: "How long (0–1800 s) a run waits for the CDC capture job to pass the trigger time before copying what is captured (a late change lands in the next window).",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_CAPTURE_POLL_SECONDS,
+        default: Some("5"),
+        description: "How often (1–60 s) the capture progress is polled while waiting.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_WATERMARK_TABLE,
+        default: Some(DEFAULT_WATERMARK_TABLE),
+        description: "`schema.table` of the watermark table in the source database (created by the setup script).",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_ROW_FILTER,
+        default: Some("all"),
+        description: "Row filter of `cdc.fn_cdc_get_net_changes_*`: `all` (operations 1, 2, 4) or `all with merge` (1 and 5).",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_TABLE_CONCURRENCY,
+        default: Some("4"),
+        description: "How many tables (1–64) are copied at the same time.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_BLOCK_SIZE_MIB,
+        default: Some("4"),
+        description: "Size in MiB (1–100) of each staged blob block; memory use is about this times the table concurrency.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_FULL_LOAD_PART_ROWS,
+        default: Some("1000000"),
+        description: "Rows (1–100000000) per full-load part blob.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_FULL_LOAD_HTTP_BUDGET_SECONDS,
+        default: Some("180"),
+        description: "How long (1–200 s) an HTTP FullLoad call works before answering 202 and leaving the rest to the next call; kept under the ~230 s HTTP front-end limit.",
+        secret: false,
+    },
+    SettingDoc {
+        name: INCREMENTAL_COPY_SCHEDULE,
+        default: None,
+        description: "Six-field NCRONTAB schedule of IncrementalCopy (`{second} {minute} {hour} {day} {month} {day-of-week}`), e.g. `0 */15 * * * *`. Read by the Functions host (function.json `%INCREMENTAL_COPY_SCHEDULE%`); required there, checked for shape here.",
+        secret: false,
+    },
+    SettingDoc {
+        name: FUNCTIONS_CUSTOMHANDLER_PORT,
+        default: None,
+        description: "Set by the Functions host: the loopback port `handler serve` listens on (`--port` overrides it).",
+        secret: false,
+    },
+    SettingDoc {
+        name: RUST_LOG,
+        default: Some("info"),
+        description: "Log filter (tracing-subscriber EnvFilter syntax), e.g. `info,cdc_copy=debug`.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_LOG_FORMAT,
+        default: Some("text"),
+        description: "`text` or `json` (one JSON object per line on stdout).",
+        secret: false,
+    },
+];
+
+/// A setting is missing or wrong. Messages name the setting; values of secret settings never
+/// appear (for other settings the offending text is quoted, shortened, to help fix it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is not set: {what}")]
+    Missing {
+        name: &'static str,
+        what: &'static str,
+    },
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error("set either {first} or {second}, not both")]
+    Conflict {
+        first: &'static str,
+        second: &'static str,
+    },
+}
+
+impl ConfigError {
+    /// The setting to fix (the first one for a conflict).
+    pub fn setting(&self) -> &'static str {
+        match self {
+            ConfigError::Missing { name, .. } | ConfigError::Invalid { name, .. } => name,
+            ConfigError::Conflict { first, .. } => first,
+        }
+    }
+}
+
+fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        reason: reason.into(),
+    }
+}
+
+/// Quotes a non-secret value for an error message, shortened so a pasted blob cannot flood a log.
+fn shown(value: &str) -> String {
+    const MAX: usize = 80;
+    if value.chars().count() <= MAX {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(MAX).collect();
+        format!("{head:?}…")
+    }
+}
+
+impl Settings {
+    /// Reads every variable in [`SETTINGS`] from the process environment and validates them.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_map(&env_map()?)
+    }
+
+    /// Validates settings from a name → value map (empty values count as unset, since
+    /// `local.settings.json` and app settings often carry `""`). Returns the first error in
+    /// [`SETTINGS`] order; [`Settings::check_map`] returns all of them.
+    pub fn from_map(vars: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+        Parser::new(vars).parse()
+    }
+
+    /// Every problem with these settings, in [`SETTINGS`] order (empty when they are valid).
+    pub fn check_map(vars: &HashMap<String, String>) -> Vec<ConfigError> {
+        let mut parser = Parser::new(vars);
+        let _ = parser.parse_all();
+        parser.errors
+    }
+
+    /// [`Settings::check_map`] over the process environment.
+    pub fn check_env() -> Vec<ConfigError> {
+        match env_map() {
+            Ok(vars) => Settings::check_map(&vars),
+            Err(e) => vec![e],
+        }
+    }
+}
+
+/// The variables of [`SETTINGS`] present in the environment.
+fn env_map() -> Result<HashMap<String, String>, ConfigError> {
+    let mut vars = HashMap::new();
+    for doc in SETTINGS {
+        match std::env::var(doc.name) {
+            Ok(value) => {
+                vars.insert(doc.name.to_string(), value);
+            }
+            Err(std::env::VarError::NotPresent) => {}
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(invalid(doc.name, "is not valid UTF-8"));
+            }
+        }
+    }
+    Ok(vars)
+}
+
+/// Collects every error while parsing, so `check` can list them all at once.
+struct Parser<'a> {
+    vars: &'a HashMap<String, String>,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Parser<'a> {
+    fn new(vars: &'a HashMap<String, String>) -> Parser<'a> {
+        Parser {
+            vars,
+            errors: Vec::new(),
+        }
+    }
+
+    /// The trimmed value, `None` when unset or blank.
+    fn get(&self, name: &'static str) -> Option<&'a str> {
+        self.vars
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn record<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.errors.push(e);
+                None
+            }
+        }
+    }
+
+    fn parse(mut self) -> Result<Settings, ConfigError> {
+        match self.parse_all() {
+            Some(settings) if self.errors.is_empty() => Ok(settings),
+            _ => Err(self.errors.remove(0)),
+        }
+    }
+
+    fn parse_all(&mut self) -> Option<Settings> {
+        let client_id = self.get(AZURE_CLIENT_ID).map(parse_client_id);
+        let client_id = match client_id {
+            Some(r) => self.record(r).map(Some),
+            None => Some(None),
+        };
+        let sql = self.sql(client_id.clone().flatten());
+        let tables = self
+            .get(CDC_TABLES)
+            .ok_or(ConfigError::Missing {
+                name: CDC_TABLES,
+                what: "list the tables to copy, e.g. dbo.customers,dbo.orders",
+            })
+            .and_then(parse_tables);
+        let tables = self.record(tables);
+        let storage = self.storage(client_id.flatten());
+        let container = self.text(CDC_CONTAINER, DEFAULT_CONTAINER, |v| {
+            validate_container_name(v)
+                .map(|()| v.to_string())
+                .map_err(|e| e.to_string())
+        });
+        let path_template = self.text(CDC_PATH_TEMPLATE, DEFAULT_PATH_TEMPLATE, |v| {
+            v.parse::<PathTemplate>().map_err(|e| e.to_string())
+        });
+        let capture_wait = self.number(CDC_CAPTURE_WAIT_SECONDS, 120, 0, 1800);
+        let capture_poll = self.number(CDC_CAPTURE_POLL_SECONDS, 5, 1, 60);
+        let watermark_table = self.text(CDC_WATERMARK_TABLE, DEFAULT_WATERMARK_TABLE, |v| {
+            TableRef::parse(v).map_err(|e| e.to_string())
+        });
+        let row_filter = self.text(CDC_ROW_FILTER, "all", parse_row_filter);
+        let table_concurrency = self.number(CDC_TABLE_CONCURRENCY, 4, 1, 64);
+        let block_size_mib = self.number(CDC_BLOCK_SIZE_MIB, 4, 1, 100);
+        let full_load_part_rows = self.number(CDC_FULL_LOAD_PART_ROWS, 1_000_000, 1, 100_000_000);
+        let budget = self.number(CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, 180, 1, 200);
+        let schedule = match self.get(INCREMENTAL_COPY_SCHEDULE) {
+            None => Some(None),
+            Some(v) => {
+                let r = validate_schedule(v)
+                    .map(|()| Some(v.to_string()))
+                    .map_err(|reason| invalid(INCREMENTAL_COPY_SCHEDULE, reason));
+                self.record(r)
+            }
+        };
+        Some(Settings {
+            sql: sql?,
+            tables: tables?,
+            storage: storage?,
+            container: container?,
+            path_template: path_template?,
+            capture_wait: Duration::from_secs(capture_wait?),
+            capture_poll: Duration::from_secs(capture_poll?),
+            watermark_table: watermark_table?,
+            row_filter: row_filter?,
+            table_concurrency: table_concurrency? as usize,
+            block_size: (block_size_mib? * 1024 * 1024) as usize,
+            full_load_part_rows: full_load_part_rows?,
+            full_load_http_budget: Duration::from_secs(budget?),
+            schedule: schedule?,
+        })
+    }
+
+    /// A text setting with a default, checked by `check` (whose error is the reason).
+    fn text<T>(
+        &mut self,
+        name: &'static str,
+        default: &str,
+        check: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let value = self.get(name).unwrap_or(default);
+        let r = check(value).map_err(|reason| invalid(name, reason));
+        self.record(r)
+    }
+
+    /// A whole number with a default and an inclusive range.
+    fn number(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> Option<u64> {
+        let r = match self.get(name) {
+            None => Ok(default),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                Ok(n) => Err(invalid(name, format!("{n} is outside {min}..={max}"))),
+                Err(_) => Err(invalid(
+                    name,
+                    format!("{} is not a whole number ({min}..={max})", shown(v)),
+                )),
+            },
+        };
+        self.record(r)
+    }
+
+    fn sql(&mut self, client_id: Option<String>) -> Option<SqlSettings> {
+        let conn = self.get(CDC_SQL_CONNECTION_STRING);
+        let server = self.get(CDC_SQL_SERVER);
+        let database = self.get(CDC_SQL_DATABASE);
+        let allow_plaintext = match self.get(CDC_ALLOW_PLAINTEXT_SQL) {
+            None => Some(false),
+            Some(v) => {
+                let r = parse_bool(v).ok_or_else(|| {
+                    invalid(
+                        CDC_ALLOW_PLAINTEXT_SQL,
+                        format!("{} is not true or false", shown(v)),
+                    )
+                });
+                self.record(r)
+            }
+        };
+        let r = match (conn, server, database) {
+            (Some(_), Some(_), _) => Err(ConfigError::Conflict {
+                first: CDC_SQL_CONNECTION_STRING,
+                second: CDC_SQL_SERVER,
+            }),
+            (Some(_), None, Some(_)) => Err(ConfigError::Conflict {
+                first: CDC_SQL_CONNECTION_STRING,
+                second: CDC_SQL_DATABASE,
+            }),
+            (Some(conn), None, None) => {
+                validate_sql_connection_string(conn, allow_plaintext.unwrap_or(false))
+                    .map(|()| SqlSettings::ConnectionString(Secret::new(conn)))
+            }
+            (None, Some(server), Some(database)) => {
+                parse_sql_server(server).and_then(|(server, port)| {
+                    validate_database_name(database)?;
+                    Ok(SqlSettings::Entra {
+                        server,
+                        port,
+                        database: database.to_string(),
+                        client_id,
+                    })
+                })
+            }
+            (None, Some(_), None) => Err(ConfigError::Missing {
+                name: CDC_SQL_DATABASE,
+                what: "CDC_SQL_SERVER needs CDC_SQL_DATABASE (the database to copy from)",
+            }),
+            (None, None, Some(_)) => Err(ConfigError::Missing {
+                name: CDC_SQL_SERVER,
+                what: "CDC_SQL_DATABASE needs CDC_SQL_SERVER (host[,port])",
+            }),
+            (None, None, None) => Err(ConfigError::Missing {
+                name: CDC_SQL_CONNECTION_STRING,
+                what: "set CDC_SQL_CONNECTION_STRING (SQL login) or CDC_SQL_SERVER + CDC_SQL_DATABASE (Entra ID)",
+            }),
+        };
+        self.record(r)
+    }
+
+    fn storage(&mut self, client_id: Option<String>) -> Option<StorageSettings> {
+        let conn = self.get(CDC_STORAGE_CONNECTION_STRING);
+        let url = self.get(CDC_STORAGE_ACCOUNT_URL);
+        let r = match (conn, url) {
+            (Some(_), Some(_)) => Err(ConfigError::Conflict {
+                first: CDC_STORAGE_CONNECTION_STRING,
+                second: CDC_STORAGE_ACCOUNT_URL,
+            }),
+            (Some(conn), None) => validate_storage_connection_string(conn)
+                .map(|()| StorageSettings::ConnectionString(Secret::new(conn))),
+            (None, Some(url)) => parse_account_url(url).map(|url| StorageSettings::AccountUrl {
+                url,
+                client_id,
+            }),
+            (None, None) => Err(ConfigError::Missing {
+                name: CDC_STORAGE_CONNECTION_STRING,
+                what: "set CDC_STORAGE_CONNECTION_STRING (account key or UseDevelopmentStorage=true) or CDC_STORAGE_ACCOUNT_URL (Entra ID)",
+            }),
+        };
+        self.record(r)
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_client_id(v: &str) -> Result<String, ConfigError> {
+    uuid::Uuid::parse_str(v)
+        .map(|_| v.to_string())
+        .map_err(|_| {
+            invalid(
+                AZURE_CLIENT_ID,
+                format!(
+                    "{} is not a GUID (the managed identity's client id)",
+                    shown(v)
+                ),
+            )
+        })
+}
+
+/// `schema.table[=capture_instance]`, comma-separated, no duplicates, at least one.
+fn parse_tables(v: &str) -> Result<Vec<TableSpec>, ConfigError> {
+    let mut specs: Vec<TableSpec> = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, item) in v.split(',').map(str::trim).enumerate() {
+        if item.is_empty() {
+            return Err(invalid(
+                CDC_TABLES,
+                format!("entry {} is empty (stray comma?)", i + 1),
+            ));
+        }
+        let (table, capture_instance) = match item.split_once('=') {
+            Some((t, ci)) => (t.trim(), Some(ci.trim())),
+            None => (item, None),
+        };
+        let table = TableRef::parse(table)
+            .map_err(|e| invalid(CDC_TABLES, format!("entry {}: {e}", i + 1)))?;
+        if let Some(ci) = capture_instance {
+            validate_identifier(ci).map_err(|e| {
+                invalid(
+                    CDC_TABLES,
+                    format!("entry {}: capture instance: {e}", i + 1),
+                )
+            })?;
+        }
+        if !seen.insert(table.clone()) {
+            return Err(invalid(CDC_TABLES, format!("{table} is listed twice")));
+        }
+        specs.push(TableSpec {
+            table,
+            capture_instance: capture_instance.map(str::to_string),
+        });
+    }
+    Ok(specs)
+}
+
+fn parse_row_filter(v: &str) -> Result<RowFilter, String> {
+    let normal = v.split_whitespace().collect::<Vec<_>>().join(" ");
+    match normal.to_ascii_lowercase().as_str() {
+        "all" => Ok(RowFilter::All),
+        "all with merge" => Ok(RowFilter::AllWithMerge),
+        _ => Err(format!("{} is not `all` or `all with merge`", shown(v))),
+    }
+}
+
+/// Six whitespace-separated NCRONTAB fields made of the characters cron fields use.
+fn validate_schedule(v: &str) -> Result<(), String> {
+    let fields: Vec<&str> = v.split_whitespace().collect();
+    if fields.len() != 6 {
+        let hint = if fields.len() == 5 {
+            " (a five-field cron: prepend the seconds field, e.g. `0 */15 * * * *`)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "{} has {} fields; NCRONTAB needs six: {{second}} {{minute}} {{hour}} {{day}} {{month}} {{day-of-week}}{hint}",
+            shown(v),
+            fields.len()
+        ));
+    }
+    for field in fields {
+        if let Some(c) = field
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '*' | ',' | '-' | '/')))
+        {
+            return Err(format!("{} has {c:?} in field {field:?}", shown(v)));
+        }
+    }
+    Ok(())
+}
+
+/// `host`, `host,port` or `tcp:host,port`.
+fn parse_sql_server(v: &str) -> Result<(String, u16), ConfigError> {
+    let bad = |reason: &str| invalid(CDC_SQL_SERVER, format!("{} {reason}", shown(v)));
+    let rest = match v.get(..4) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("tcp:") => &v[4..],
+        _ => v,
+    };
+    let (host, port) = match rest.split_once(',') {
+        Some((host, port)) => {
+            let port = port
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("has a port that is not 1-65535"))?;
+            (host.trim(), port)
+        }
+        None => (rest.trim(), 1433),
+    };
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err(bad(
+            "is not host, host,port or tcp:host,port (e.g. tcp:myserver.database.windows.net,1433)",
+        ));
+    }
+    Ok((host.to_string(), port))
+}
+
+fn validate_database_name(v: &str) -> Result<(), ConfigError> {
+    if v.chars().count() > 128 || v.chars().any(|c| c.is_control() || matches!(c, ';' | ']')) {
+        return Err(invalid(
+            CDC_SQL_DATABASE,
+            format!("{} is not a database name", shown(v)),
+        ));
+    }
+    Ok(())
+}
+
+/// `key=value;…` pairs with lower-cased keys, values untouched. Only used to look up keys
+/// whose values are never secret (quoting in passwords may confuse it; it is not a parser).
+fn pairs(conn: &str) -> HashMap<String, String> {
+    conn.split(';')
+        .filter_map(|part| part.split_once('='))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect()
+}
+
+/// Checks the connection string the way tiberius will read it, without connecting. The
+/// driver's error text is passed on with every value of the string masked, since a parse
+/// error may quote the part it could not read (which might be the password).
+fn validate_sql_connection_string(conn: &str, allow_plaintext: bool) -> Result<(), ConfigError> {
+    if let Err(e) = tiberius::Config::from_ado_string(conn) {
+        return Err(invalid(
+            CDC_SQL_CONNECTION_STRING,
+            format!(
+                "the connection string does not parse: {}",
+                mask_values(&e.to_string(), conn)
+            ),
+        ));
+    }
+    let keys = pairs(conn);
+    if !["database", "initial catalog"]
+        .iter()
+        .any(|k| keys.get(*k).is_some_and(|v| !v.is_empty()))
+    {
+        return Err(invalid(
+            CDC_SQL_CONNECTION_STRING,
+            "the connection string names no Database= (or Initial Catalog=): CDC is per database",
+        ));
+    }
+    let plaintext = keys
+        .get("encrypt")
+        .is_some_and(|v| v.eq_ignore_ascii_case("DANGER_PLAINTEXT"));
+    if plaintext && !allow_plaintext {
+        return Err(invalid(
+            CDC_SQL_CONNECTION_STRING,
+            "Encrypt=DANGER_PLAINTEXT sends everything (the password too) unencrypted; use Encrypt=true (CDC_ALLOW_PLAINTEXT_SQL=true exists for test doubles only)",
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces in `message` every value of `source` (the text after `=` in each `;`-separated
+/// part, or a whole part without `=`) of three characters or more. Keywords are kept, so the
+/// driver's message still says which key is wrong.
+fn mask_values(message: &str, source: &str) -> String {
+    let mut values: Vec<&str> = source
+        .split(';')
+        .map(|part| part.split_once('=').map_or(part, |(_, v)| v).trim())
+        .filter(|v| v.len() >= 3)
+        .collect();
+    // Longest first, so a value containing a shorter one is masked whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = message.to_string();
+    for value in values {
+        out = out.replace(value, "<redacted>");
+    }
+    out
+}
+
+fn validate_storage_connection_string(conn: &str) -> Result<(), ConfigError> {
+    let keys = pairs(conn);
+    let dev = keys
+        .get("usedevelopmentstorage")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let has = |k: &str| keys.get(k).is_some_and(|v| !v.is_empty());
+    if dev || (has("accountname") && has("accountkey")) {
+        return Ok(());
+    }
+    Err(invalid(
+        CDC_STORAGE_CONNECTION_STRING,
+        "expected AccountName=…;AccountKey=… (optionally BlobEndpoint=…, EndpointSuffix=…) or UseDevelopmentStorage=true",
+    ))
+}
+
+/// An https blob endpoint (http only for loopback, i.e. Azurite), no query, no trailing `/`.
+fn parse_account_url(v: &str) -> Result<String, ConfigError> {
+    let bad = |reason: &str| invalid(CDC_STORAGE_ACCOUNT_URL, reason.to_string());
+    let url = url::Url::parse(v)
+        .map_err(|_| bad("is not a URL; expected e.g. https://myaccount.blob.core.windows.net"))?;
+    if url.query().is_some() || url.fragment().is_some() {
+        // Not echoed: a query string here is most likely a SAS token.
+        return Err(bad(
+            "must not carry a query string (no SAS tokens; access is by Entra ID)",
+        ));
+    }
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(bad(
+                "must be https (http is accepted only for 127.0.0.1/localhost, e.g. Azurite)",
+            ))
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) || !url.username().is_empty() {
+        return Err(bad(
+            "must be a blob endpoint such as https://myaccount.blob.core.windows.net",
+        ));
+    }
+    Ok(v.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Minimal valid settings (SQL login + Azurite + one table).
+    fn base() -> HashMap<String, String> {
+        [
+            (
+                CDC_SQL_CONNECTION_STRING,
+                "Server=tcp:localhost,1433;Database=shop;User ID=sa;Password=Str0ng!Pass;Encrypt=true;TrustServerCertificate=true",
+            ),
+            (CDC_TABLES, "dbo.customers"),
+            (CDC_STORAGE_CONNECTION_STRING, "UseDevelopmentStorage=true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn with(changes: &[(&str, Option<&str>)]) -> HashMap<String, String> {
+        let mut vars = base();
+        for (k, v) in changes {
+            match v {
+                Some(v) => vars.insert(k.to_string(), v.to_string()),
+                None => vars.remove(*k),
+            };
+        }
+        vars
+    }
+
+    fn err(changes: &[(&str, Option<&str>)]) -> ConfigError {
+        Settings::from_map(&with(changes)).expect_err("settings should be refused")
+    }
+
+    fn ok(changes: &[(&str, Option<&str>)]) -> Settings {
+        Settings::from_map(&with(changes)).unwrap_or_else(|e| panic!("{changes:?}: {e}"))
+    }
+
+    #[test]
+    fn defaults() {
+        let s = ok(&[]);
+        assert_eq!(s.container, "raw");
+        assert_eq!(s.path_template, DEFAULT_PATH_TEMPLATE.parse().unwrap());
+        assert_eq!(s.capture_wait, Duration::from_secs(120));
+        assert_eq!(s.capture_poll, Duration::from_secs(5));
+        assert_eq!(
+            s.watermark_table,
+            TableRef::parse("cdc_copy.watermark").unwrap()
+        );
+        assert_eq!(s.row_filter, RowFilter::All);
+        assert_eq!(s.table_concurrency, 4);
+        assert_eq!(s.block_size, 4 * 1024 * 1024);
+        assert_eq!(s.full_load_part_rows, 1_000_000);
+        assert_eq!(s.full_load_http_budget, Duration::from_secs(180));
+        assert_eq!(s.schedule, None);
+        assert_eq!(
+            s.tables,
+            vec![TableSpec {
+                table: TableRef::parse("dbo.customers").unwrap(),
+                capture_instance: None
+            }]
+        );
+        assert!(matches!(s.storage, StorageSettings::ConnectionString(_)));
+        assert!(matches!(s.sql, SqlSettings::ConnectionString(_)));
+    }
+
+    /// Every documented default is the one the parser applies (blank counts as unset).
+    #[test]
+    fn documented_defaults_match_and_blank_is_unset() {
+        let parsed = format!("{:?}", ok(&[]));
+        for doc in SETTINGS.iter().filter(|d| d.name.starts_with("CDC_")) {
+            let Some(default) = doc.default else { continue };
+            if matches!(doc.name, CDC_LOG_FORMAT | CDC_ALLOW_PLAINTEXT_SQL) {
+                continue; // read by main / the SQL check, not a Settings field
+            }
+            let explicit = format!("{:?}", ok(&[(doc.name, Some(default))]));
+            assert_eq!(parsed, explicit, "{}", doc.name);
+            let blank = format!("{:?}", ok(&[(doc.name, Some("  "))]));
+            assert_eq!(parsed, blank, "{}", doc.name);
+        }
+    }
+
+    #[test]
+    fn valid_values() {
+        type Check = fn(&Settings) -> bool;
+        let cases: &[(&str, &str, Check)] = &[
+            (CDC_CONTAINER, "cdc-landing-01", |s| s.container == "cdc-landing-01"),
+            (CDC_PATH_TEMPLATE, "{table}/incremental/{yyyy}/{MM}/{dd}/{yyyyMMddHHmmssfff}.csv", |s| {
+                s.path_template
+                    == "{table}/incremental/{yyyy}/{MM}/{dd}/{yyyyMMddHHmmssfff}.csv".parse().unwrap()
+            }),
+            (CDC_CAPTURE_WAIT_SECONDS, "0", |s| s.capture_wait.is_zero()),
+            (CDC_CAPTURE_WAIT_SECONDS, "1800", |s| s.capture_wait.as_secs() == 1800),
+            (CDC_CAPTURE_POLL_SECONDS, "1", |s| s.capture_poll.as_secs() == 1),
+            (CDC_CAPTURE_POLL_SECONDS, "60", |s| s.capture_poll.as_secs() == 60),
+            (CDC_WATERMARK_TABLE, "etl.cdc_watermark", |s| {
+                s.watermark_table == TableRef::parse("etl.cdc_watermark").unwrap()
+            }),
+            (CDC_ROW_FILTER, "ALL  with Merge", |s| s.row_filter == RowFilter::AllWithMerge),
+            (CDC_ROW_FILTER, "all", |s| s.row_filter == RowFilter::All),
+            (CDC_TABLE_CONCURRENCY, "1", |s| s.table_concurrency == 1),
+            (CDC_TABLE_CONCURRENCY, "64", |s| s.table_concurrency == 64),
+            (CDC_BLOCK_SIZE_MIB, "100", |s| s.block_size == 100 << 20),
+            (CDC_BLOCK_SIZE_MIB, "1", |s| s.block_size == 1 << 20),
+            (CDC_FULL_LOAD_PART_ROWS, "50000", |s| s.full_load_part_rows == 50_000),
+            (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "200", |s| s.full_load_http_budget.as_secs() == 200),
+            (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "1", |s| s.full_load_http_budget.as_secs() == 1),
+            (INCREMENTAL_COPY_SCHEDULE, "0 */15 * * * *", |s| {
+                s.schedule.as_deref() == Some("0 */15 * * * *")
+            }),
+            (INCREMENTAL_COPY_SCHEDULE, "0 0 6 * * MON-FRI", |s| s.schedule.is_some()),
+            (CDC_TABLES, " dbo.customers , sales.orders=sales_orders_v2 ", |s| {
+                s.tables
+                    == vec![
+                        TableSpec { table: TableRef::parse("dbo.customers").unwrap(), capture_instance: None },
+                        TableSpec {
+                            table: TableRef::parse("sales.orders").unwrap(),
+                            capture_instance: Some("sales_orders_v2".into()),
+                        },
+                    ]
+            }),
+            (CDC_STORAGE_CONNECTION_STRING,
+             "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net",
+             |s| matches!(s.storage, StorageSettings::ConnectionString(_))),
+            (CDC_ALLOW_PLAINTEXT_SQL, "false", |_| true),
+        ];
+        for (name, value, check) in cases {
+            let s = ok(&[(name, Some(value))]);
+            assert!(check(&s), "{name}={value:?} parsed as {s:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting() {
+        let cases: &[(&str, &str)] = &[
+            (CDC_CONTAINER, "Raw"),
+            (CDC_CONTAINER, "ab"),
+            (CDC_CONTAINER, "a--b"),
+            (CDC_CONTAINER, "-abc"),
+            (CDC_PATH_TEMPLATE, "/abs/{table}.csv"),
+            (CDC_CAPTURE_WAIT_SECONDS, "1801"),
+            (CDC_CAPTURE_WAIT_SECONDS, "-1"),
+            (CDC_CAPTURE_WAIT_SECONDS, "2m"),
+            (CDC_CAPTURE_POLL_SECONDS, "0"),
+            (CDC_CAPTURE_POLL_SECONDS, "61"),
+            (CDC_WATERMARK_TABLE, "watermark"),
+            (CDC_WATERMARK_TABLE, "dbo.water;drop"),
+            (CDC_ROW_FILTER, "all with mask"),
+            (CDC_TABLE_CONCURRENCY, "0"),
+            (CDC_TABLE_CONCURRENCY, "65"),
+            (CDC_BLOCK_SIZE_MIB, "0"),
+            (CDC_BLOCK_SIZE_MIB, "101"),
+            (CDC_FULL_LOAD_PART_ROWS, "0"),
+            (CDC_FULL_LOAD_PART_ROWS, "1e6"),
+            (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "201"),
+            (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "0"),
+            (INCREMENTAL_COPY_SCHEDULE, "*/15 * * * *"),
+            (INCREMENTAL_COPY_SCHEDULE, "0 */15 * * * * *"),
+            (INCREMENTAL_COPY_SCHEDULE, "0 */15 * * * ;"),
+            (CDC_TABLES, "customers"),
+            (CDC_TABLES, "dbo.customers,"),
+            (CDC_TABLES, "dbo.customers,dbo.customers=x"),
+            (CDC_TABLES, "dbo.[customers]"),
+            (CDC_TABLES, "dbo.customers=bad name"),
+            (CDC_STORAGE_CONNECTION_STRING, "AccountName=acct"),
+            (CDC_ALLOW_PLAINTEXT_SQL, "maybe"),
+            (AZURE_CLIENT_ID, "not-a-guid"),
+            (
+                CDC_SQL_CONNECTION_STRING,
+                "Server=tcp:localhost,1433;User ID=sa;Password=x",
+            ),
+            (
+                CDC_SQL_CONNECTION_STRING,
+                "Server=tcp:localhost,notaport;Database=d",
+            ),
+            (
+                CDC_SQL_CONNECTION_STRING,
+                "Server=tcp:h,1433;Database=d;Encrypt=maybe",
+            ),
+            (
+                CDC_SQL_CONNECTION_STRING,
+                "Server=tcp:h,1433;Database=d;Encrypt=DANGER_PLAINTEXT",
+            ),
+        ];
+        for (name, value) in cases {
+            let e = err(&[(name, Some(value))]);
+            assert_eq!(e.setting(), *name, "{name}={value:?}: {e}");
+            assert!(e.to_string().contains(name), "{name}={value:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn plaintext_needs_the_test_only_escape() {
+        let conn =
+            "Server=tcp:127.0.0.1,1433;Database=d;User ID=sa;Password=x;Encrypt=DANGER_PLAINTEXT";
+        let e = err(&[(CDC_SQL_CONNECTION_STRING, Some(conn))]);
+        assert!(e.to_string().contains("DANGER_PLAINTEXT"), "{e}");
+        ok(&[
+            (CDC_SQL_CONNECTION_STRING, Some(conn)),
+            (CDC_ALLOW_PLAINTEXT_SQL, Some("true")),
+        ]);
+    }
+
+    #[test]
+    fn sql_entra_and_exactly_one_way() {
+        let entra = |server: &str| {
+            ok(&[
+                (CDC_SQL_CONNECTION_STRING, None),
+                (CDC_SQL_SERVER, Some(server)),
+                (CDC_SQL_DATABASE, Some("shop")),
+                (
+                    AZURE_CLIENT_ID,
+                    Some("0d6a9d1e-5a7e-4c1c-9d59-8a0e8d3c6f21"),
+                ),
+            ])
+            .sql
+        };
+        let want = |server: &str, port| SqlSettings::Entra {
+            server: server.into(),
+            port,
+            database: "shop".into(),
+            client_id: Some("0d6a9d1e-5a7e-4c1c-9d59-8a0e8d3c6f21".into()),
+        };
+        assert_eq!(
+            entra("tcp:srv.database.windows.net,1433"),
+            want("srv.database.windows.net", 1433)
+        );
+        assert_eq!(
+            entra("srv.example.org,14330"),
+            want("srv.example.org", 14330)
+        );
+        assert_eq!(entra("localhost"), want("localhost", 1433));
+
+        for bad in ["tcp:", "srv,0", "srv,99999", "srv x", "tcp:srv,port"] {
+            let e = err(&[
+                (CDC_SQL_CONNECTION_STRING, None),
+                (CDC_SQL_SERVER, Some(bad)),
+                (CDC_SQL_DATABASE, Some("shop")),
+            ]);
+            assert_eq!(e.setting(), CDC_SQL_SERVER, "{bad}: {e}");
+        }
+        let e = err(&[(CDC_SQL_SERVER, Some("srv"))]);
+        assert!(matches!(e, ConfigError::Conflict { .. }), "{e}");
+        let e = err(&[(CDC_SQL_DATABASE, Some("shop"))]);
+        assert!(matches!(e, ConfigError::Conflict { .. }), "{e}");
+        let e = err(&[(CDC_SQL_CONNECTION_STRING, None)]);
+        let text = e.to_string();
+        assert!(
+            text.contains(CDC_SQL_CONNECTION_STRING) && text.contains(CDC_SQL_SERVER),
+            "{text}"
+        );
+        let e = err(&[
+            (CDC_SQL_CONNECTION_STRING, None),
+            (CDC_SQL_SERVER, Some("srv")),
+        ]);
+        assert_eq!(e.setting(), CDC_SQL_DATABASE);
+        let e = err(&[
+            (CDC_SQL_CONNECTION_STRING, None),
+            (CDC_SQL_DATABASE, Some("shop")),
+        ]);
+        assert_eq!(e.setting(), CDC_SQL_SERVER);
+    }
+
+    #[test]
+    fn storage_exactly_one_way() {
+        let url = |u: &str| {
+            ok(&[
+                (CDC_STORAGE_CONNECTION_STRING, None),
+                (CDC_STORAGE_ACCOUNT_URL, Some(u)),
+            ])
+            .storage
+        };
+        assert_eq!(
+            url("https://acct.blob.core.windows.net/"),
+            StorageSettings::AccountUrl {
+                url: "https://acct.blob.core.windows.net".into(),
+                client_id: None
+            }
+        );
+        assert!(matches!(
+            url("http://127.0.0.1:10000/devstoreaccount1"),
+            StorageSettings::AccountUrl { .. }
+        ));
+        for bad in [
+            "acct.blob.core.windows.net",
+            "http://acct.blob.core.windows.net",
+            "https://acct.blob.core.windows.net/?sv=2024&sig=SECRETSIG",
+        ] {
+            let e = err(&[
+                (CDC_STORAGE_CONNECTION_STRING, None),
+                (CDC_STORAGE_ACCOUNT_URL, Some(bad)),
+            ]);
+            assert_eq!(e.setting(), CDC_STORAGE_ACCOUNT_URL, "{bad}: {e}");
+            assert!(!e.to_string().contains("SECRETSIG"), "{e}");
+        }
+        let e = err(&[(
+            CDC_STORAGE_ACCOUNT_URL,
+            Some("https://acct.blob.core.windows.net"),
+        )]);
+        assert!(matches!(e, ConfigError::Conflict { .. }), "{e}");
+        let e = err(&[(CDC_STORAGE_CONNECTION_STRING, None)]);
+        assert!(e.to_string().contains(CDC_STORAGE_ACCOUNT_URL), "{e}");
+    }
+
+    #[test]
+    fn missing_tables() {
+        let e = err(&[(CDC_TABLES, None)]);
+        assert_eq!(e.setting(), CDC_TABLES);
+        let e = err(&[(CDC_TABLES, Some(" "))]);
+        assert_eq!(e.setting(), CDC_TABLES);
+    }
+
+    #[test]
+    fn check_lists_every_problem_in_order() {
+        let errors = Settings::check_map(&with(&[
+            (CDC_TABLES, None),
+            (CDC_CONTAINER, Some("X")),
+            (CDC_BLOCK_SIZE_MIB, Some("0")),
+        ]));
+        let names: Vec<_> = errors.iter().map(ConfigError::setting).collect();
+        assert_eq!(names, vec![CDC_TABLES, CDC_CONTAINER, CDC_BLOCK_SIZE_MIB]);
+        assert!(Settings::check_map(&base()).is_empty());
+    }
+
+    /// A recognisable password never shows in Debug, Display or any error text.
+    #[test]
+    fn secrets_never_printed() {
+        const PASSWORD: &str = "Hunter2-Recognisable-Pa55";
+        const KEY: &str = "QUNDT1VOVEtFWVNFQ1JFVA==";
+        let good = format!(
+            "Server=tcp:localhost,1433;Database=shop;User ID=sa;Password={PASSWORD};Encrypt=true"
+        );
+        let storage = format!("AccountName=acct;AccountKey={KEY};EndpointSuffix=core.windows.net");
+        let s = ok(&[
+            (CDC_SQL_CONNECTION_STRING, Some(&good)),
+            (CDC_STORAGE_CONNECTION_STRING, Some(&storage)),
+        ]);
+        let debug = format!("{s:?} {s:#?} {:?} {:?}", s.sql, s.storage);
+        assert!(!debug.contains(PASSWORD) && !debug.contains(KEY), "{debug}");
+        if let SqlSettings::ConnectionString(secret) = &s.sql {
+            assert_eq!(secret.to_string(), "<redacted>");
+            assert!(secret.expose().contains(PASSWORD));
+        }
+
+        let broken = [
+            format!("Server=tcp:localhost,1433;Database=shop;User ID=sa;Password={PASSWORD};Encrypt=DANGER_PLAINTEXT"),
+            format!("Server=tcp:localhost,1433;User ID=sa;Password={PASSWORD}"),
+            format!("Server=tcp:localhost,1433;Database=shop;Password={PASSWORD};Encrypt={PASSWORD}"),
+            format!("Server=tcp:localhost,{PASSWORD};Database=shop;Password={PASSWORD}"),
+            format!("Server=tcp:localhost,1433;Database=shop;Password='{PASSWORD}"),
+            format!("Server=tcp:localhost,1433;Database=shop;Password={{{PASSWORD}"),
+            format!("Server=tcp:localhost,1433;Database=shop;Password={PASSWORD};TrustServerCertificate={PASSWORD}"),
+        ];
+        for conn in &broken {
+            let e = err(&[(CDC_SQL_CONNECTION_STRING, Some(conn))]);
+            let text = format!("{e} {e:?}");
+            assert_eq!(e.setting(), CDC_SQL_CONNECTION_STRING, "{text}");
+            assert!(!text.contains(PASSWORD), "password leaked: {text}");
+        }
+        let e = err(&[(
+            CDC_STORAGE_CONNECTION_STRING,
+            Some(&format!("AccountKey={KEY}")),
+        )]);
+        assert!(!format!("{e} {e:?}").contains(KEY), "{e}");
+    }
+
+    #[test]
+    fn mask_values_keeps_keywords() {
+        let source = "Server=tcp:h,1433;Password=s3cr3t;junk";
+        assert_eq!(
+            mask_values("Server value faulty near s3cr3t and junk", source),
+            "Server value faulty near <redacted> and <redacted>"
+        );
+    }
+
+    #[test]
+    fn settings_list_is_unique_and_documented() {
+        let mut seen = HashSet::new();
+        for doc in SETTINGS {
+            assert!(seen.insert(doc.name), "{} listed twice", doc.name);
+            assert!(!doc.description.is_empty(), "{}", doc.name);
+        }
+        let secrets: Vec<_> = SETTINGS
+            .iter()
+            .filter(|d| d.secret)
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(
+            secrets,
+            vec![CDC_SQL_CONNECTION_STRING, CDC_STORAGE_CONNECTION_STRING]
+        );
+    }
 }

@@ -12,6 +12,7 @@
 //! - [`model`]: an in-memory SQL Server CDC behind the same seam, for tests and benchmarks.
 
 pub mod cdc;
+pub mod cli;
 pub mod config;
 pub mod host;
 pub mod jobs;

@@ -1,1 +1,93 @@
-fn main() {}
+//! `handler`: the binary the Functions host starts (host.json `defaultExecutablePath`).
+//!
+//! Kept thin: logging set-up, argument parsing, and the choice of [`Jobs`] implementation;
+//! everything else is in the library so that tests drive the same code.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cdc_copy::cli;
+use cdc_copy::config::{CDC_LOG_FORMAT, RUST_LOG};
+use cdc_copy::host::{Jobs, NotConfigured};
+use tracing_subscriber::EnvFilter;
+
+/// The jobs behind the two functions. Must be cheap and offline: `serve` calls it before it
+/// answers the host's readiness probe.
+///
+/// TODO(lead): wire the production jobs in once `jobs::Runner` is merged, keeping invalid
+/// settings a per-invocation failure (the readiness probe must still succeed):
+/// ```ignore
+/// match Settings::from_env() {
+///     Ok(settings) => match cdc_copy::jobs::Runner::new(settings) {
+///         Ok(runner) => Arc::new(runner),
+///         Err(e) => Arc::new(NotConfigured::new(format!("storage settings are invalid: {e}"))),
+///     },
+///     Err(_) => Arc::new(NotConfigured::from_env()),
+/// }
+/// ```
+/// and in `impl Jobs for Runner` add `async fn check(&self) -> … { Runner::check(self).await }`
+/// so that `handler check` runs its connectivity checks.
+fn make_jobs() -> Arc<dyn Jobs> {
+    Arc::new(NotConfigured::from_env())
+}
+
+fn main() -> ExitCode {
+    let mut args = Vec::new();
+    for arg in std::env::args_os().skip(1) {
+        match arg.into_string() {
+            Ok(arg) => args.push(arg),
+            Err(arg) => {
+                eprintln!("handler: argument {arg:?} is not valid UTF-8");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let command = match cli::parse_args(args) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("handler: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(command.logs_to_stdout());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("handler: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(cli::run(command, make_jobs))
+}
+
+/// `RUST_LOG` filter (default `info`), text or JSON lines (`CDC_LOG_FORMAT=json`).
+fn init_tracing(stdout: bool) {
+    let (filter, bad_filter) = match std::env::var(RUST_LOG) {
+        Ok(spec) if !spec.trim().is_empty() => match EnvFilter::try_new(&spec) {
+            Ok(filter) => (filter, None),
+            Err(e) => (EnvFilter::new("info"), Some(e.to_string())),
+        },
+        _ => (EnvFilter::new("info"), None),
+    };
+    let format = std::env::var(CDC_LOG_FORMAT).unwrap_or_default();
+    let json = format.trim().eq_ignore_ascii_case("json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = match (json, stdout) {
+        (true, true) => builder.json().with_writer(std::io::stdout).try_init(),
+        (true, false) => builder.json().with_writer(std::io::stderr).try_init(),
+        (false, true) => builder.with_writer(std::io::stdout).try_init(),
+        (false, false) => builder.with_writer(std::io::stderr).try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("handler: logging not initialised: {e}");
+    }
+    if let Some(e) = bad_filter {
+        tracing::warn!(error = %e, "{RUST_LOG} is invalid; using info");
+    }
+    if !json && !format.trim().is_empty() && !format.trim().eq_ignore_ascii_case("text") {
+        tracing::warn!(value = %format, "{CDC_LOG_FORMAT} is neither text nor json; using text");
+    }
+}
