@@ -7,28 +7,21 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use cdc_copy::cli;
-use cdc_copy::config::{CDC_LOG_FORMAT, RUST_LOG};
+use cdc_copy::config::{Settings, CDC_LOG_FORMAT, RUST_LOG};
 use cdc_copy::host::{Jobs, NotConfigured};
 use tracing_subscriber::EnvFilter;
 
-/// The jobs behind the two functions. Must be cheap and offline: `serve` calls it before it
-/// answers the host's readiness probe.
-///
-/// TODO(lead): wire the production jobs in once `jobs::Runner` is merged, keeping invalid
-/// settings a per-invocation failure (the readiness probe must still succeed):
-/// ```ignore
-/// match Settings::from_env() {
-///     Ok(settings) => match cdc_copy::jobs::Runner::new(settings) {
-///         Ok(runner) => Arc::new(runner),
-///         Err(e) => Arc::new(NotConfigured::new(format!("storage settings are invalid: {e}"))),
-///     },
-///     Err(_) => Arc::new(NotConfigured::from_env()),
-/// }
-/// ```
-/// and in `impl Jobs for Runner` add `async fn check(&self) -> … { Runner::check(self).await }`
-/// so that `handler check` runs its connectivity checks.
+/// The jobs behind the two functions. Cheap and offline: `serve` calls it before it answers
+/// the host's readiness probe, so invalid settings become a per-invocation failure (with the
+/// setting named) rather than a handler that never starts.
 fn make_jobs() -> Arc<dyn Jobs> {
-    Arc::new(NotConfigured::from_env())
+    match Settings::from_env() {
+        Ok(settings) => match cdc_copy::jobs::Runner::new(settings) {
+            Ok(runner) => Arc::new(runner),
+            Err(e) => Arc::new(NotConfigured::new(format!("settings are invalid: {e}"))),
+        },
+        Err(_) => Arc::new(NotConfigured::from_env()),
+    }
 }
 
 fn main() -> ExitCode {
