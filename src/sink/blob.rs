@@ -1114,7 +1114,7 @@ mod tests {
         }
         // A try that hangs is cut off and counts as transient.
         let start = std::time::Instant::now();
-        let result: Result<(), SinkError> = p.run("t", "c/b", || std::future::pending()).await;
+        let result: Result<(), SinkError> = p.run("t", "c/b", std::future::pending).await;
         assert!(matches!(result, Err(SinkError::Transport { .. })));
         assert!(start.elapsed() < Duration::from_secs(2));
     }

@@ -275,7 +275,14 @@ mod tests {
     fn string_to_sign_table() {
         let date = ("x-ms-date", "Sun, 11 Oct 2009 21:49:13 GMT");
         let version = ("x-ms-version", "2009-09-19");
-        let cases: Vec<(&str, &str, Vec<(String, String)>, Option<u64>, String)> = vec![
+        type Case = (
+            &'static str,
+            &'static str,
+            Vec<(String, String)>,
+            Option<u64>,
+            String,
+        );
+        let cases: Vec<Case> = vec![
             // The documented Set Container Metadata example: PUT, no body, metadata headers.
             (
                 "PUT",
