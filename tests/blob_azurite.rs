@@ -164,12 +164,40 @@ async fn rerun_after_a_crash_and_reupload_give_identical_content() {
 #[tokio::test]
 async fn invalid_metadata_is_a_config_error_and_commits_nothing() {
     let target = fresh_target("badmeta").await;
+    // Found before any upload: at the first block, or at finish for a single small block.
+    let mut w = target.writer("t/x.csv", meta(&[("from-lsn", "1")]), 4);
+    let err = w.write(b"a,b\n").await.unwrap_err();
+    assert!(matches!(err, SinkError::Config(_)), "{err}");
     let mut w = target.writer("t/x.csv", meta(&[("from-lsn", "1")]), 1024);
     w.write(b"a,b\n").await.unwrap();
     let err = w.finish().await.unwrap_err();
     assert!(matches!(err, SinkError::Config(_)), "{err}");
     assert!(err.to_string().contains("from-lsn"), "{err}");
     assert_eq!(target.read("t/x.csv").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_block_corrupted_in_transit_is_rejected_and_nothing_commits() {
+    let target = fresh_target("md5").await;
+    let mut w = target.writer("t/md5.csv", vec![], 1024);
+    w.write(&data(1024, 5)).await.unwrap();
+    w.corrupt_next_block_in_transit();
+    let result = w.write(&data(1024, 6)).await;
+    let err = match result {
+        Err(e) => e,
+        Ok(()) => w.finish().await.unwrap_err(),
+    };
+    match &err {
+        SinkError::Http {
+            status, message, ..
+        } => {
+            assert_eq!(*status, 400, "{err}");
+            assert!(message.starts_with("Md5Mismatch"), "{err}");
+        }
+        other => panic!("expected HTTP 400 Md5Mismatch, got {other:?}"),
+    }
+    assert!(!err.is_transient());
+    assert_eq!(target.read("t/md5.csv").await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -283,4 +311,48 @@ async fn ingest_rate() {
         summary.blocks,
         mb as f64 / secs
     );
+}
+
+/// Collects everything a TRACE-level subscriber prints, for this thread only.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn traces_name_blocks_and_never_carry_the_key_or_signature() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // current_thread runtime: the spawned Put Block tasks run on this thread too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let target = fresh_target("trace").await;
+    let mut w = target.writer("t/traced.csv", meta(&[("row_count", "2")]), 8);
+    w.write(b"a,b\n1,2\n3,4\n").await.unwrap();
+    w.finish().await.unwrap();
+    let _ = target.read("t/traced.csv").await.unwrap();
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("staged block"), "{text}");
+    assert!(text.contains("block=1"), "{text}");
+    assert!(text.contains("bytes=8"), "{text}");
+    assert!(text.contains("committed block list"), "{text}");
+    assert!(
+        !text.contains(cdc_copy::sink::blob::DEV_ACCOUNT_KEY),
+        "{text}"
+    );
+    assert!(!text.contains("SharedKey devstoreaccount1:"), "{text}");
 }

@@ -523,6 +523,7 @@ impl BlobTarget {
             in_flight: None,
             blocks: 0,
             staged_bytes: 0,
+            tamper_next_md5: false,
         }
     }
 
@@ -676,6 +677,8 @@ pub struct BlobWriter {
     /// Blocks handed to Put Block so far (staged or in flight).
     blocks: u32,
     staged_bytes: u64,
+    /// Test hook: send a wrong `Content-MD5` with the next block.
+    tamper_next_md5: bool,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -718,6 +721,9 @@ impl BlobWriter {
     /// one block is in flight while the next one fills.
     pub async fn flush_full_blocks(&mut self) -> Result<(), SinkError> {
         while self.buf.len() >= self.block_size {
+            // Wait before splitting, so the previous block is gone before the next buffer is
+            // allocated: at most two blocks are ever held.
+            self.wait_in_flight().await?;
             let rest = self.buf.split_off(self.block_size);
             let mut next = Vec::with_capacity(self.block_size.max(rest.len()));
             next.extend_from_slice(&rest);
@@ -726,6 +732,13 @@ impl BlobWriter {
             self.stage(Bytes::from(block)).await?;
         }
         Ok(())
+    }
+
+    /// Test hook: the next block is sent with a `Content-MD5` that does not match its bytes,
+    /// as if it had been corrupted on the way, to prove the service rejects it.
+    #[doc(hidden)]
+    pub fn corrupt_next_block_in_transit(&mut self) {
+        self.tamper_next_md5 = true;
     }
 
     /// Bytes accepted so far (staged, in flight and buffered).
@@ -798,6 +811,8 @@ impl BlobWriter {
     /// Waits for the block in flight, then starts staging `block` in the background.
     async fn stage(&mut self, block: Bytes) -> Result<(), SinkError> {
         self.wait_in_flight().await?;
+        // Checked per block (a handful of keys) so a bad name fails before the upload.
+        validate_metadata(&self.metadata)?;
         if self.blocks >= MAX_BLOCKS {
             return Err(config_err(format!(
                 "blob {} would need more than {MAX_BLOCKS} blocks of {} bytes; raise the block size",
@@ -810,8 +825,9 @@ impl BlobWriter {
         let client = self.client.clone();
         let retry = self.retry.clone();
         let target = self.target.clone();
+        let tamper = std::mem::take(&mut self.tamper_next_md5);
         self.in_flight = Some(tokio::spawn(async move {
-            stage_block(&client, &retry, &target, index, block).await
+            stage_block(&client, &retry, &target, index, block, tamper).await
         }));
         Ok(())
     }
@@ -833,8 +849,12 @@ async fn stage_block(
     target: &str,
     index: u32,
     block: Bytes,
+    tamper: bool,
 ) -> Result<(), SinkError> {
-    let md5 = Md5::digest(&block).to_vec();
+    let mut md5 = Md5::digest(&block).to_vec();
+    if tamper {
+        md5[0] ^= 0xff;
+    }
     let id = block_id(index);
     let len = block.len() as u64;
     retry
