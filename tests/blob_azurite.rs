@@ -278,6 +278,38 @@ async fn closed_port_is_transient_after_bounded_retries() {
     assert!(!format!("{err:?}").contains(cdc_copy::sink::blob::DEV_ACCOUNT_KEY));
 }
 
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_as_transient() {
+    // A black hole: accepts connections, reads nothing, answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let settings = StorageSettings::ConnectionString(Secret::new(connection_string(port)));
+    let policy = RetryPolicy {
+        max_tries: 2,
+        initial_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(50),
+        try_timeout: Duration::from_millis(300),
+    };
+    let target = BlobTarget::new(&settings, "raw")
+        .unwrap()
+        .with_retry(policy);
+    let start = Instant::now();
+    let err = target.read("t/x.csv").await.unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(matches!(err, SinkError::Transport { .. }), "{err:?}");
+    assert!(err.to_string().contains("no answer within"), "{err}");
+    assert!(err.is_transient());
+    assert!(elapsed >= Duration::from_millis(600), "took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    hold.abort();
+}
+
 /// The raw ingest rate of Azurite for the benchmark notes:
 /// `cargo test --release --test blob_azurite ingest_rate -- --ignored --nocapture`
 /// (`CDC_COPY_BENCH_MB` changes the size, default 100).
