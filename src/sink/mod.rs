@@ -8,6 +8,7 @@ pub mod blob;
 pub mod csv;
 pub mod naming;
 pub mod rows;
+pub mod sharedkey;
 
 /// Errors on the way to a blob. `is_transient` separates what a retry may fix.
 #[derive(Debug, thiserror::Error)]

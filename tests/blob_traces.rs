@@ -1,0 +1,52 @@
+//! What the blob sink traces: block and commit events with structured fields, and never the
+//! account key or a request signature. Its own test binary, so no other test shares the
+//! process-wide tracing callsite cache while the subscriber is installed.
+
+mod common;
+
+use common::azurite::{unique_container, Azurite};
+
+/// Collects everything a TRACE-level subscriber prints, for this thread only.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn traces_name_blocks_and_never_carry_the_key_or_signature() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // current_thread runtime: the spawned Put Block tasks run on this thread too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let target = Azurite::shared().target(&unique_container("trace"));
+    target.ensure_container().await.unwrap();
+    let mut w = target.writer("t/traced.csv", vec![("row_count".into(), "2".into())], 8);
+    w.write(b"a,b\n1,2\n3,4\n").await.unwrap();
+    w.finish().await.unwrap();
+    let _ = target.read("t/traced.csv").await.unwrap();
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("staged block"), "{text}");
+    assert!(text.contains("block=1"), "{text}");
+    assert!(text.contains("bytes=8"), "{text}");
+    assert!(text.contains("committed block list"), "{text}");
+    assert!(
+        !text.contains(cdc_copy::sink::blob::DEV_ACCOUNT_KEY),
+        "{text}"
+    );
+    assert!(!text.contains("SharedKey devstoreaccount1:"), "{text}");
+}

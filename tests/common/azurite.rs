@@ -1,0 +1,216 @@
+//! A real Azurite blob service for tests (no mocks of the blob API).
+//!
+//! Finding the binary: `$AZURITE_BIN`, else `<repo>/node_modules/.bin/azurite-blob`, else
+//! `<repo>/.azurite-npm/node_modules/.bin/azurite-blob`, installed there on first use with
+//! `npm install azurite@3.37.0` under an `flock` so parallel test binaries install it once.
+//!
+//! Each instance listens on a free loopback port with its own temporary workspace. Azurite runs
+//! under a small `sh` guard that kills it when our end of the guard's stdin closes: on `Drop`,
+//! and also when the test process exits without dropping (a `static` shared instance), so no
+//! Azurite outlives the tests.
+
+#![allow(dead_code)]
+
+use std::io::Read as _;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use cdc_copy::config::{Secret, StorageSettings};
+use cdc_copy::sink::blob::{BlobTarget, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+
+/// The Azurite release the tests are written against.
+pub const AZURITE_VERSION: &str = "3.37.0";
+
+pub struct Azurite {
+    pub blob_port: u16,
+    pub connection_string: String,
+    guard: Child,
+    guard_stdin: Option<ChildStdin>,
+    workspace: tempfile::TempDir,
+}
+
+impl Azurite {
+    /// Starts a fresh Azurite on a free port and waits until it accepts connections.
+    pub fn start() -> Azurite {
+        let bin = azurite_bin();
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            match try_start(&bin) {
+                Ok(a) => return a,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start Azurite ({}): {last_err}", bin.display());
+    }
+
+    /// One Azurite shared by all tests of a test binary (use a container per test).
+    pub fn shared() -> &'static Azurite {
+        static SHARED: OnceLock<Azurite> = OnceLock::new();
+        SHARED.get_or_init(Azurite::start)
+    }
+
+    pub fn blob_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{DEV_ACCOUNT}", self.blob_port)
+    }
+
+    pub fn settings(&self) -> StorageSettings {
+        StorageSettings::ConnectionString(Secret::new(self.connection_string.clone()))
+    }
+
+    /// A target for `container` (not created yet; call `ensure_container`).
+    pub fn target(&self, container: &str) -> BlobTarget {
+        BlobTarget::new(&self.settings(), container).expect("valid Azurite settings")
+    }
+
+    /// What Azurite printed so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.workspace.path().join("azurite.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        // Closing the guard's stdin makes it stop Azurite and exit.
+        drop(self.guard_stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.guard.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.guard.kill();
+        let _ = self.guard.wait();
+    }
+}
+
+/// A container name unique within this machine's test runs: `prefix` + pid + counter.
+pub fn unique_container(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// The account-key connection string for an Azurite on `port`.
+pub fn connection_string(port: u16) -> String {
+    format!(
+        "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_ACCOUNT_KEY};\
+         BlobEndpoint=http://127.0.0.1:{port}/{DEV_ACCOUNT};"
+    )
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn azurite_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("AZURITE_BIN") {
+            return PathBuf::from(bin);
+        }
+        let local = repo_root().join("node_modules/.bin/azurite-blob");
+        if local.exists() {
+            return local;
+        }
+        let prefix = repo_root().join(".azurite-npm");
+        let bin = prefix.join("node_modules/.bin/azurite-blob");
+        if !bin.exists() {
+            install(&prefix, &bin);
+        }
+        bin
+    })
+    .clone()
+}
+
+/// `npm install` under an exclusive `flock`, re-checking inside the lock.
+fn install(prefix: &Path, bin: &Path) {
+    std::fs::create_dir_all(prefix).expect("create the Azurite npm prefix");
+    let lock = prefix.join(".install.lock");
+    let script = format!(
+        "test -x '{bin}' || npm install --no-save --no-audit --no-fund --loglevel=error \
+         --prefix '{prefix}' azurite@{AZURITE_VERSION}",
+        bin = bin.display(),
+        prefix = prefix.display()
+    );
+    let out = Command::new("flock")
+        .arg(&lock)
+        .args(["sh", "-c", &script])
+        .output()
+        .expect("run flock + npm (are util-linux and npm installed?)");
+    assert!(
+        out.status.success() && bin.exists(),
+        "installing Azurite failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn try_start(bin: &Path) -> Result<Azurite, String> {
+    let workspace = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port();
+    let log =
+        std::fs::File::create(workspace.path().join("azurite.log")).map_err(|e| e.to_string())?;
+    // The guard runs Azurite in the background and stops it once its stdin reaches EOF.
+    let guard_script = r#""$0" "$@" </dev/null & child=$!
+read _ignored
+kill $child 2>/dev/null
+wait $child"#;
+    let mut guard = Command::new("sh")
+        .arg("-c")
+        .arg(guard_script)
+        .arg(bin)
+        .args(["--blobHost", "127.0.0.1", "--blobPort"])
+        .arg(port.to_string())
+        .arg("--location")
+        .arg(workspace.path())
+        .args(["--silent", "--loose", "--disableTelemetry"])
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawn sh: {e}"))?;
+    let guard_stdin = guard.stdin.take();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        if let Ok(Some(status)) = guard.try_wait() {
+            let mut text = String::new();
+            let _ = std::fs::File::open(workspace.path().join("azurite.log"))
+                .and_then(|mut f| f.read_to_string(&mut text));
+            return Err(format!("Azurite exited ({status}): {text}"));
+        }
+        if Instant::now() > deadline {
+            drop(guard_stdin);
+            let _ = guard.kill();
+            let _ = guard.wait();
+            return Err(format!("Azurite did not listen on port {port} within 60 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Azurite {
+        blob_port: port,
+        connection_string: connection_string(port),
+        guard,
+        guard_stdin,
+        workspace,
+    })
+}
