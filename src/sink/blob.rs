@@ -741,6 +741,15 @@ impl BlobWriter {
         self.tamper_next_md5 = true;
     }
 
+    /// Sets (or replaces) a metadata entry before the commit, for what is known only at the
+    /// end, such as the row count.
+    pub fn set_metadata(&mut self, key: &str, value: String) {
+        match self.metadata.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.metadata.push((key.to_string(), value)),
+        }
+    }
+
     /// Bytes accepted so far (staged, in flight and buffered).
     pub fn bytes_written(&self) -> u64 {
         self.staged_bytes + self.buf.len() as u64
