@@ -214,7 +214,7 @@ module rbac './app/rbac.bicep' = {
   }
 }
 
-module function './app/function.bicep' = {
+module functionApp './app/function.bicep' = {
   name: 'function'
   scope: rg
   params: {
@@ -261,7 +261,7 @@ module function './app/function.bicep' = {
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
 output AZURE_RESOURCE_GROUP string = rg.name
-output AZURE_FUNCTION_APP_NAME string = function.outputs.name
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_STORAGE_BLOB_ENDPOINT string = storageBlobEndpoint
 output AZURE_USER_ASSIGNED_IDENTITY_CLIENT_ID string = identity.outputs.clientId

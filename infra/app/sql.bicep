@@ -23,11 +23,7 @@ param adminPrincipalId string
 @description('Display name of the Entra admin, shown in the portal; the object id decides who it is.')
 param adminLogin string
 
-@allowed([
-  'User'
-  'Group'
-  'Application'
-])
+@description('User, Group or Application (a service principal).')
 param adminPrincipalType string = 'User'
 
 @description('Database SKU name: GP_S_Gen5 (serverless), GP_Gen5, or a DTU SKU of S3 or above.')
