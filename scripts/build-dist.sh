@@ -24,6 +24,16 @@ if [ "$tool" = "cargo build" ] && command -v rustup >/dev/null 2>&1; then
   fi
 fi
 
+case "$target" in
+  *-linux-musl)
+    # aws-lc-sys (rustls' crypto provider) compiles C for the target: it needs a musl compiler.
+    if [ "$tool" = "cargo build" ] && [ -z "${CC_x86_64_unknown_linux_musl:-}" ] && ! command -v musl-gcc >/dev/null 2>&1; then
+      echo "build-dist: warning: musl-gcc not found (Debian/Ubuntu: apt-get install musl-tools);" \
+        "the C parts of the TLS stack may fail to build or link" >&2
+    fi
+    ;;
+esac
+
 echo "build-dist: $tool --release --target $target" >&2
 # shellcheck disable=SC2086 # $tool is two words on purpose
 $tool --release --locked --bin handler --target "$target"
