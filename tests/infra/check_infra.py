@@ -7,6 +7,8 @@ These checks catch those classes of mistakes in well under a minute:
 
   bicep-parse        every infra/**/*.bicep parses with the tree-sitter Bicep grammar with no
                      ERROR or MISSING node (syntax only: types and API versions need `bicep build`)
+  modules            module paths exist, passed params are declared by the module, required
+                     params are passed, `<module>.outputs.<name>` names a real output
   azure-yaml         azure.yaml validates against shared/schemas/azure.yaml.schema.json (remote
                      $refs of AI-extension sub-schemas are resolved to `{}` offline) and has the
                      shape the project needs (service `handler`, function host, custom language,
@@ -294,6 +296,76 @@ def offline_schema_validator(schema: dict):
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema, registry=registry)
+
+
+def _module_body(node):
+    for child in node.children:
+        if child.type == "object":
+            return child
+        if child.type == "if_statement":
+            return next((c for c in child.children if c.type == "object"), None)
+        if child.type == "for_statement":
+            inner = [c for c in walk(child) if c.type == "object"]
+            return inner[0] if inner else None
+    return None
+
+
+def _property(obj, name: str):
+    for prop in obj.children if obj is not None else []:
+        if prop.type == "object_property" and prop.children and strip_quotes(prop.children[0].text.decode()) == name:
+            return prop.children[-1]
+    return None
+
+
+def check_modules(files: list[Path]) -> list[str]:
+    """What `bicep build` would reject between files: a module path that does not exist, a
+    parameter the module does not declare, a required parameter not passed, an output that the
+    module does not have."""
+    problems = []
+    for f in files:
+        root = parse_bicep(f.read_bytes()).root_node
+        modules = {}
+        for node in root.children:
+            if node.type != "module_declaration":
+                continue
+            symbol = next(c for c in node.children if c.type == "identifier").text.decode()
+            path_node = next((c for c in node.children if c.type == "string"), None)
+            rel = strip_quotes(path_node.text.decode()) if path_node else ""
+            if rel.startswith("br:") or rel.startswith("br/") or rel.startswith("ts:"):
+                continue
+            target = (f.parent / rel).resolve()
+            if not target.exists():
+                problems.append(f"{f.name}: module {symbol}: {rel} does not exist")
+                continue
+            decls = declarations(target.read_bytes())
+            params = {d.name: d for d in decls if d.kind == "param"}
+            outputs = {d.name for d in decls if d.kind == "output"}
+            modules[symbol] = (rel, outputs)
+            passed_obj = _property(_module_body(node), "params")
+            passed = set()
+            if passed_obj is not None and passed_obj.type == "object":
+                passed = {
+                    strip_quotes(p.children[0].text.decode())
+                    for p in passed_obj.children
+                    if p.type == "object_property"
+                }
+            for name in sorted(passed - params.keys()):
+                problems.append(f"{f.name}: module {symbol} passes {name}, which {rel} does not declare")
+            for name, d in sorted(params.items()):
+                if d.default is None and name not in passed:
+                    problems.append(f"{f.name}: module {symbol} does not pass required parameter {name}")
+        for node in walk(root):
+            if node.type != "member_expression" or len(node.children) != 3:
+                continue
+            inner, _, prop = node.children
+            if inner.type != "member_expression" or len(inner.children) != 3:
+                continue
+            base, _, outputs_kw = inner.children
+            if base.type == "identifier" and outputs_kw.text == b"outputs" and base.text.decode() in modules:
+                rel, outputs = modules[base.text.decode()]
+                if prop.text.decode() not in outputs:
+                    problems.append(f"{f.name}: {base.text.decode()}.outputs.{prop.text.decode()}: {rel} has no such output")
+    return problems
 
 
 def check_azure_yaml(repo: Path, schema_path: Path | None) -> list[str]:
@@ -616,6 +688,16 @@ def self_test(shared: Path | None) -> list[str]:
         if not check_bicep_parse([bad]):
             problems.append("bicep-parse accepted an unterminated resource body")
 
+        mod = root / "infra" / "mod.bicep"
+        mod.write_text("param needed string\noutput name string = needed\n")
+        bad.write_text("module m './mod.bicep' = {\n  name: 'm'\n  params: {\n    typo: 'x'\n  }\n}\n"
+                       "output O string = m.outputs.nmae\n")
+        found = check_modules([bad, mod])
+        for want in ("passes typo", "required parameter needed", "outputs.nmae"):
+            if not any(want in p for p in found):
+                problems.append(f"modules did not report: {want}")
+        mod.unlink()
+
         bad.write_text("var r = 'deadbeef-0000-0000-0000-000000000000'\n")
         if not any("not a documented" in p for p in check_role_guids([bad], shared)):
             problems.append("role-guids accepted an unknown GUID")
@@ -676,6 +758,7 @@ def main() -> int:
     results = Results()
 
     results.record("bicep-parse", check_bicep_parse(files), f"{len(files)} files")
+    results.record("modules", check_modules(files))
     results.record("azure-yaml", check_azure_yaml(repo, schema))
     results.record("main-bicep", check_main_bicep(repo))
     results.record("parameters", check_parameters(repo))
