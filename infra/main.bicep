@@ -60,9 +60,13 @@ param cdcTables string = 'dbo.customers'
 @description('Blob path template of incremental blobs: CDC_PATH_TEMPLATE.')
 param cdcPathTemplate string = '{schema}/{table}/incremental/{yyyy}/{MM}/{dd}/{yyyyMMddHHmmssfff}.csv'
 
+@minValue(0)
+@maxValue(1800)
 @description('Seconds to wait for the capture process to pass the trigger time: CDC_CAPTURE_WAIT_SECONDS.')
 param cdcCaptureWaitSeconds int = 120
 
+@minValue(1)
+@maxValue(60)
 @description('Seconds between capture-progress polls while waiting: CDC_CAPTURE_POLL_SECONDS.')
 param cdcCapturePollSeconds int = 5
 
@@ -77,22 +81,24 @@ param cdcWatermarkTable string = 'cdc_copy.watermark'
 param cdcRowFilter string = 'all'
 
 @minValue(1)
+@maxValue(64)
 @description('Tables copied in parallel per run: CDC_TABLE_CONCURRENCY.')
 param cdcTableConcurrency int = 4
 
 @minValue(1)
-@maxValue(4000)
-@description('Block size of staged blob blocks in MiB: CDC_BLOCK_SIZE_MIB.')
-param cdcBlockSizeMib int = 8
+@maxValue(100)
+@description('Block size of staged blob blocks in MiB (memory is about this times the table concurrency): CDC_BLOCK_SIZE_MIB.')
+param cdcBlockSizeMib int = 4
 
 @minValue(1)
+@maxValue(100000000)
 @description('Rows per full-load part blob: CDC_FULL_LOAD_PART_ROWS.')
 param cdcFullLoadPartRows int = 1000000
 
 @minValue(1)
-@maxValue(220)
-@description('Seconds an HTTP FullLoad works before answering (the front end cuts at ~230 s): CDC_FULL_LOAD_HTTP_BUDGET_SECONDS.')
-param cdcFullLoadHttpBudgetSeconds int = 200
+@maxValue(200)
+@description('Seconds an HTTP FullLoad works before answering 202 (the front end cuts at ~230 s): CDC_FULL_LOAD_HTTP_BUDGET_SECONDS.')
+param cdcFullLoadHttpBudgetSeconds int = 180
 
 // ---- SQL ---------------------------------------------------------------------------------------
 

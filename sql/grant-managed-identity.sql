@@ -69,8 +69,8 @@ GRANT SELECT, INSERT, UPDATE ON SCHEMA::cdc_copy TO [$(IDENTITY_NAME)];
 GO
 
 -- 6. The full load reads a consistent snapshot when the database allows snapshot isolation
---    (ALTER DATABASE CURRENT SET ALLOW_SNAPSHOT_ISOLATION ON; in setup.sql). No extra
---    permission is needed for that. VIEW DATABASE STATE is NOT needed.
+--    (on by default in Azure SQL Database; on SQL Server a DBA may run
+--    ALTER DATABASE CURRENT SET ALLOW_SNAPSHOT_ISOLATION ON). That needs no extra permission.
 
 -- Check: what the identity can do.
 SELECT dp.name AS principal, perm.permission_name, perm.state_desc,

@@ -542,33 +542,53 @@ def check_no_secrets(files: list[Path], param_file: Path | None) -> list[str]:
 
 
 def settings_from_code(repo: Path) -> tuple[set[str] | None, str]:
+    """Names in `const SETTINGS: &[...] = &[...]` of src/config.rs. Entries are
+    `name: "LITERAL"` or `name: CONST_IDENT` with `const CONST_IDENT: &str = "VALUE";`."""
     path = repo / "src" / "config.rs"
     if not path.exists():
         return None, "src/config.rs missing"
     text = path.read_text()
-    m = re.search(r"\bSETTINGS\b[^=]*=\s*&?\[(.*?)\n\s*\];", text, re.S)
+    m = re.search(r"\bconst\s+SETTINGS\s*:[^=]*=\s*&?\[(.*?)\n\s*\];", text, re.S)
     if not m:
-        return None, "src/config.rs has no `SETTINGS` table (`pub const SETTINGS: &[Setting] = &[...];`)"
-    names = set(re.findall(r'name:\s*"([A-Za-z_][A-Za-z0-9_]*)"', m.group(1)))
+        return None, "src/config.rs has no `SETTINGS` table (`pub const SETTINGS: &[...] = &[...];`)"
+    consts = dict(re.findall(r'\bconst\s+([A-Za-z_][A-Za-z0-9_]*)\s*:\s*&(?:\'static\s+)?str\s*=\s*"([^"]*)"\s*;', text))
+    names = set()
+    for literal, ident in re.findall(r'\bname:\s*(?:"([A-Za-z_][A-Za-z0-9_]*)"|([A-Za-z_][A-Za-z0-9_:]*))', m.group(1)):
+        if literal:
+            names.add(literal)
+        else:
+            ident = ident.split("::")[-1]
+            if ident not in consts:
+                return None, f"src/config.rs SETTINGS names {ident}, which is not a `const {ident}: &str` in that file"
+            names.add(consts[ident])
     if not names:
-        return None, "src/config.rs `SETTINGS` table has no `name: \"...\"` entries"
+        return None, "src/config.rs `SETTINGS` table has no `name: ...` entries"
     return names, ""
 
 
 def settings_from_docs(repo: Path) -> tuple[set[str] | None, str]:
+    """First-column `NAME`s of the markdown table(s) whose header's first cell is "Setting"
+    (other tables on the page, e.g. of functions or statuses, are ignored)."""
     path = repo / "docs" / "settings.md"
     if not path.exists():
         return None, "docs/settings.md missing (the settings table other helpers write)"
     names = set()
+    header: str | None = None
     for line in path.read_text().splitlines():
         if not line.lstrip().startswith("|"):
+            header = None
             continue
-        cells = line.strip().strip("|").split("|")
-        m = re.fullmatch(r"\s*`([A-Za-z_][A-Za-z0-9_]*)`.*", cells[0]) if cells else None
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells[0].strip("`* ").lower()
+            continue
+        if header not in ("setting", "settings", "name", "app setting"):
+            continue
+        m = re.fullmatch(r"`([A-Za-z_][A-Za-z0-9_]*)`.*", cells[0])
         if m:
             names.add(m.group(1))
     if not names:
-        return None, "docs/settings.md has no table row whose first cell is a `SETTING_NAME`"
+        return None, "docs/settings.md has no table headed `| Setting |` whose rows start with a `SETTING_NAME`"
     return names, ""
 
 
@@ -724,12 +744,13 @@ def self_test(shared: Path | None) -> list[str]:
         (root / "src").mkdir()
         (root / "docs").mkdir()
         (root / "src" / "config.rs").write_text(
+            '//! [`SETTINGS`] lists them = all\npub const CDC_NEW_THING: &str = "CDC_NEW_THING";\n'
             'pub const SETTINGS: &[Setting] = &[\n    Setting { name: "CDC_TABLES" },\n'
-            '    Setting { name: "CDC_NEW_THING" },\n    Setting { name: "CDC_LOG_FORMAT" },\n];\n'
+            '    Setting { name: CDC_NEW_THING },\n    Setting { name: "CDC_LOG_FORMAT" },\n];\n'
         )
         (root / "docs" / "settings.md").write_text(
             "| setting | meaning |\n|---|---|\n| `CDC_TABLES` | tables |\n| `CDC_NEW_THING` | new |\n"
-            "| `CDC_LOG_FORMAT` | local |\n"
+            "| `CDC_LOG_FORMAT` | local |\n\n| Function | status |\n|---|---|\n| `FullLoad` | 200 |\n"
         )
         bad.write_text("var s = {\n  CDC_TABLES: 'dbo.customers'\n}\n")
         found = check_app_settings(root, [bad])
@@ -737,6 +758,8 @@ def self_test(shared: Path | None) -> list[str]:
             problems.append("app-settings did not report a setting missing from the Bicep")
         if any("CDC_LOG_FORMAT" in p for p in found):
             problems.append("app-settings reported a local-only setting")
+        if any("FullLoad" in p for p in found):
+            problems.append("app-settings read a row of a table that is not the settings table")
         (root / "docs" / "settings.md").unlink()
         if not any("docs/settings.md missing" in p for p in check_app_settings(root, [bad])):
             problems.append("app-settings did not fail on a missing docs/settings.md")
