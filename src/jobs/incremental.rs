@@ -130,8 +130,7 @@ pub async fn copy_table(
         // A full load handed off by FullLoad: finish it within this invocation's budget.
         let budget = super::full_load::TIMER_BUDGET;
         let progress =
-            super::full_load::continue_load(ctx, session.as_mut(), &ci, wm.clone(), budget)
-                .await?;
+            super::full_load::continue_load(ctx, session.as_mut(), &ci, wm.clone(), budget).await?;
         match progress {
             super::full_load::LoadProgress::Finished(next) => wm = next,
             super::full_load::LoadProgress::Paused(next) => {
