@@ -1,7 +1,8 @@
 //! End-to-end throughput and memory of the copy path against a real Azurite (issues 2 and 3).
 //!
 //! Run with `cargo bench --bench pipeline` (release profile); `cargo bench --bench pipeline --
-//! csv-only full-load-1M` runs only the named scenarios. docs/benchmarks.md explains each
+//! csv-only full-load-1M` runs only the named scenarios; `CDC_BENCH_RUNS` (default 3) sets how
+//! many times each scenario runs (the median run is reported). docs/benchmarks.md explains each
 //! scenario and records the figures.
 //!
 //! Why it is built like this:
@@ -27,7 +28,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cdc_copy::cdc::{CdcSource, RowSink, TableRef, Value};
+use cdc_copy::cdc::{CdcSource, Lsn, RowFilter, RowSink, TableRef, Value};
 use cdc_copy::config::Settings;
 use cdc_copy::host::{FullLoadRequest, Outcome, TimerTrigger};
 use cdc_copy::jobs::{self, Context};
@@ -35,6 +36,7 @@ use cdc_copy::model::{CdcModel, Method};
 use cdc_copy::sink::blob::BlobTarget;
 use cdc_copy::sink::csv;
 use cdc_copy::sink::rows::CsvBlobSink;
+use cdc_copy::sink::SinkError;
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 
@@ -65,17 +67,8 @@ const FIRST: &[&str] = &[
     "Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Frances", "Donald", "Margaret",
 ];
 const LAST: &[&str] = &[
-    "Lovelace",
-    "Hopper",
-    "Turing",
-    "Dijkstra",
-    "Liskov",
-    "Thompson",
-    "Allen",
-    "Knuth",
-    "O'Neil",
-    "Hamilton",
-    "Smith",
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Thompson", "Allen", "Knuth", "O'Neil",
+    "Hamilton", "Smith",
 ];
 /// Some need quoting (comma), some are multi-byte UTF-8 (nvarchar).
 const CITY: &[&str] = &[
@@ -96,7 +89,11 @@ fn customer(i: u64) -> Vec<Value> {
     let last = LAST[(i / 3 % LAST.len() as u64) as usize];
     let mut email = String::with_capacity(first.len() + last.len() + 32);
     for part in [first, ".", last] {
-        email.extend(part.chars().filter(|c| *c != '\'').map(|c| c.to_ascii_lowercase()));
+        email.extend(
+            part.chars()
+                .filter(|c| *c != '\'')
+                .map(|c| c.to_ascii_lowercase()),
+        );
     }
     email.push_str(itoa::Buffer::new().format(i));
     email.push_str("@example.com");
@@ -118,9 +115,54 @@ fn column_names() -> Vec<String> {
     COLUMNS.iter().map(|c| c.to_string()).collect()
 }
 
-fn gen_batch(batch: &mut Vec<Vec<Value>>, start: u64, end: u64) {
-    batch.clear();
-    batch.extend((start..end).map(customer));
+/// Overwrites `batch` with customers `start..end`, reusing its rows' strings: the stand-in
+/// for the source hands rows over without an allocation per field, so the sink scenarios
+/// measure the sink, not `malloc`. Produces exactly the values of [`customer`].
+fn fill_batch(batch: &mut Vec<Vec<Value>>, start: u64, end: u64) {
+    let n = (end - start) as usize;
+    batch.resize_with(n, || customer(0));
+    for (row, i) in batch.iter_mut().zip(start..end) {
+        fill_customer(row, i);
+    }
+}
+
+fn fill_customer(row: &mut [Value], i: u64) {
+    fn set(v: &mut Value, parts: &[&str]) {
+        if !matches!(v, Value::Text(_)) {
+            *v = Value::Text(String::new());
+        }
+        if let Value::Text(s) = v {
+            s.clear();
+            for p in parts {
+                s.push_str(p);
+            }
+        }
+    }
+    let first = FIRST[(i % FIRST.len() as u64) as usize];
+    let last = LAST[(i / 3 % LAST.len() as u64) as usize];
+    row[0] = Value::Int(i as i64 + 1);
+    set(&mut row[1], &[first]);
+    set(&mut row[2], &[last]);
+    if !matches!(row[3], Value::Text(_)) {
+        row[3] = Value::Text(String::new());
+    }
+    if let Value::Text(email) = &mut row[3] {
+        email.clear();
+        for part in [first, ".", last] {
+            email.extend(
+                part.chars()
+                    .filter(|c| *c != '\'')
+                    .map(|c| c.to_ascii_lowercase()),
+            );
+        }
+        email.push_str(itoa::Buffer::new().format(i));
+        email.push_str("@example.com");
+    }
+    if i % 7 == 6 {
+        row[4] = Value::Null;
+    } else {
+        set(&mut row[4], &[CITY[(i % CITY.len() as u64) as usize]]);
+    }
 }
 
 // ----- measurements -------------------------------------------------------------------------
@@ -187,7 +229,8 @@ fn container_for(scenario: &str) -> String {
 }
 
 fn storage() -> String {
-    std::env::var(STORAGE_ENV).unwrap_or_else(|_| panic!("{STORAGE_ENV} is not set (run the bench without --scenario)"))
+    std::env::var(STORAGE_ENV)
+        .unwrap_or_else(|_| panic!("{STORAGE_ENV} is not set (run the bench without --scenario)"))
 }
 
 fn settings(container: &str) -> Settings {
@@ -261,11 +304,82 @@ fn trigger(at: chrono::DateTime<Utc>) -> TimerTrigger {
     }
 }
 
+/// Counts rows and drops them: what the model alone costs, without CSV or upload.
+#[derive(Default)]
+struct CountingSink(u64);
+
+#[async_trait::async_trait]
+impl RowSink for CountingSink {
+    async fn columns(&mut self, _names: &[String]) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
+        black_box(row);
+        self.0 += 1;
+        Ok(())
+    }
+}
+
+/// Seconds the model takes to scan the whole table in parts of `part_rows` into a
+/// [`CountingSink`] (the source's share of a full load).
+async fn model_scan_secs(m: &CdcModel, part_rows: u64) -> f64 {
+    let mut session = m.session().await.expect("session");
+    let ci = session
+        .capture_instance(&table(), None)
+        .await
+        .expect("capture instance");
+    let started = Instant::now();
+    let mut after: Option<Vec<Value>> = None;
+    loop {
+        let mut sink = CountingSink::default();
+        let (n, last) = session
+            .scan(&ci, after.as_deref(), part_rows, &mut sink)
+            .await
+            .expect("scan");
+        if n < part_rows {
+            break;
+        }
+        after = last;
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// Seconds the model takes to count and stream the net changes in `(from, to]` into a
+/// [`CountingSink`] (the source's share of an incremental window).
+async fn model_net_secs(m: &CdcModel, after: Lsn, to: Lsn, expected: u64) -> f64 {
+    let mut session = m.session().await.expect("session");
+    let ci = session
+        .capture_instance(&table(), None)
+        .await
+        .expect("capture instance");
+    let from = after.increment().expect("not the last LSN");
+    let started = Instant::now();
+    let count = session
+        .count_net_changes(&ci, from, to, RowFilter::All)
+        .await
+        .expect("count");
+    let mut sink = CountingSink::default();
+    session
+        .net_changes(&ci, from, to, RowFilter::All, &mut sink)
+        .await
+        .expect("net changes");
+    assert_eq!((count, sink.0), (expected, expected));
+    started.elapsed().as_secs_f64()
+}
+
 // ----- scenarios ----------------------------------------------------------------------------
 
 /// CSV encoding alone, one core: rows generated in batches (not timed), encoded into a reused
 /// Vec drained every 4 MiB (timed).
 fn csv_only(rows: u64) -> Figures {
+    let mut check = Vec::new();
+    fill_batch(&mut check, 0, 100);
+    fill_batch(&mut check, 6, 106);
+    assert!(
+        check.iter().zip(6..).all(|(row, i)| *row == customer(i)),
+        "fill_customer must produce the rows of customer()"
+    );
     let mut out = Vec::with_capacity(BLOCK + 64 * 1024);
     let mut batch = Vec::with_capacity(GEN_BATCH as usize);
     let mut encode = Duration::ZERO;
@@ -276,7 +390,7 @@ fn csv_only(rows: u64) -> Figures {
     while i < rows {
         let end = (i + GEN_BATCH).min(rows);
         let t = Instant::now();
-        gen_batch(&mut batch, i, end);
+        fill_batch(&mut batch, i, end);
         generate += t.elapsed();
         let t = Instant::now();
         for row in &batch {
@@ -355,7 +469,7 @@ async fn encode_upload(name: &str, rows: u64) -> Figures {
     while i < rows {
         let end = (i + GEN_BATCH).min(rows);
         let t = Instant::now();
-        gen_batch(&mut batch, i, end);
+        fill_batch(&mut batch, i, end);
         generate += t.elapsed();
         for row in &batch {
             sink.row(row).await.expect("row");
@@ -394,12 +508,13 @@ async fn full_load(name: &str, rows: u64) -> Figures {
     let wm = m.watermark(&table()).expect("watermark");
     assert_eq!(wm.rows_copied, rows);
     let parts = ctx.blobs.list("").await.expect("list").len();
+    let model_secs = model_scan_secs(&m, ctx.settings.full_load_part_rows).await;
     Figures {
         rows: wm.rows_copied,
         bytes: wm.bytes_copied,
         secs,
         note: format!(
-            "{parts} part blob(s) of ≤ {} rows",
+            "{parts} part blob(s) of ≤ {} rows; the model alone scans the table in {model_secs:.2} s",
             ctx.settings.full_load_part_rows
         ),
         ..Default::default()
@@ -433,14 +548,15 @@ async fn incremental(name: &str, changes: u64) -> Figures {
     let rows = after.rows_copied - before.rows_copied;
     assert_eq!(rows, changes, "{:?}", report.logs);
     let blobs = ctx.blobs.list("").await.expect("list").len();
+    let model_secs = model_net_secs(&m, before.last_lsn, after.last_lsn, changes).await;
     Figures {
         rows,
         bytes: after.bytes_copied - before.bytes_copied,
         secs,
         base_rss_kib: Some(base_rss),
         note: format!(
-            "one window, {} blob(s) in the container incl. the {BASELINE_ROWS}-row baseline",
-            blobs
+            "one window ({blobs} blobs in the container incl. the {BASELINE_ROWS}-row baseline); \
+             the model alone counts and streams the window in {model_secs:.2} s"
         ),
     }
 }
@@ -545,7 +661,14 @@ struct Row {
     result: serde_json::Value,
 }
 
-fn run_child(name: &str, extra: &[String], conn: &str) -> serde_json::Value {
+/// Runs one scenario in a fresh child process, against a fresh Azurite (empty storage, so no
+/// run is slowed by what earlier runs left; csv-only needs none).
+fn run_child(name: &str, extra: &[String]) -> serde_json::Value {
+    let azurite = (name != "csv-only").then(azurite::Azurite::start);
+    let conn = azurite
+        .as_ref()
+        .map(|a| a.connection_string.clone())
+        .unwrap_or_default();
     let exe = std::env::current_exe().expect("current exe");
     let out = Command::new(exe)
         .args(["--scenario", name])
@@ -570,14 +693,18 @@ fn num(v: &serde_json::Value, key: &str) -> f64 {
 
 fn print_table(rows: &[Row]) {
     println!();
-    println!(
-        "| scenario | rows | bytes | seconds | rows/s | MB/s | peak RSS MiB | notes |"
-    );
+    println!("| scenario | rows | bytes | seconds | rows/s | MB/s | peak RSS MiB | notes |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
     for row in rows {
         let r = &row.result;
         let (n, bytes, secs) = (num(r, "rows"), num(r, "bytes"), num(r, "secs"));
-        let rate = |x: f64| if secs > 0.0 && x > 0.0 { format!("{:.0}", x / secs) } else { "–".into() };
+        let rate = |x: f64| {
+            if secs > 0.0 && x > 0.0 {
+                format!("{:.0}", x / secs)
+            } else {
+                "–".into()
+            }
+        };
         let mbps = if secs > 0.0 && bytes > 0.0 {
             format!("{:.1}", bytes / 1e6 / secs)
         } else {
@@ -592,12 +719,17 @@ fn print_table(rows: &[Row]) {
                 (peak - base) / 1024.0
             );
         }
+        let secs_shown = if secs < 0.01 {
+            format!("{secs:.6}")
+        } else {
+            format!("{secs:.3}")
+        };
         println!(
-            "| {} | {} | {} | {:.3} | {} | {} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {} |",
             row.name,
             n as u64,
             bytes as u64,
-            secs,
+            secs_shown,
             rate(n),
             mbps,
             num(r, "peak_rss_kib") / 1024.0,
@@ -606,7 +738,40 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-fn parent(filters: &[String]) {
+/// The run with the median time, its note extended with the spread; the peak RSS is the
+/// largest of all runs.
+fn median(mut results: Vec<serde_json::Value>) -> serde_json::Value {
+    results.sort_by(|a, b| num(a, "secs").total_cmp(&num(b, "secs")));
+    let peak = results
+        .iter()
+        .map(|r| num(r, "peak_rss_kib"))
+        .fold(0.0, f64::max);
+    let (lo, hi) = (
+        num(&results[0], "secs"),
+        num(&results[results.len() - 1], "secs"),
+    );
+    let n = results.len();
+    let mut mid = results.swap_remove(n / 2);
+    mid["peak_rss_kib"] = json!(peak);
+    if n > 1 {
+        let note = mid["note"].as_str().unwrap_or("").to_string();
+        let shown = |x: f64| {
+            if x < 0.01 {
+                format!("{:.0} µs", x * 1e6)
+            } else {
+                format!("{x:.3} s")
+            }
+        };
+        mid["note"] = json!(format!(
+            "median of {n} runs ({}–{}); {note}",
+            shown(lo),
+            shown(hi)
+        ));
+    }
+    mid
+}
+
+fn parent(filters: &[String], runs: u32) {
     let wanted: Vec<&str> = SCENARIOS
         .iter()
         .copied()
@@ -616,9 +781,7 @@ fn parent(filters: &[String]) {
         !wanted.is_empty(),
         "no scenario matches {filters:?}; known: {SCENARIOS:?}"
     );
-    eprintln!("starting Azurite (installed from npm on first use)…");
-    let azurite = azurite::Azurite::start();
-    let conn = azurite.connection_string.clone();
+    eprintln!("each run starts its own Azurite (installed from npm on first use)");
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
     let mut upload_5m_bytes: Option<u64> = None;
@@ -626,15 +789,18 @@ fn parent(filters: &[String]) {
         let mut extra = Vec::new();
         if name == "raw-azurite" {
             // The same byte count as encode-upload-5M (computed by encoding if it was not run).
-            let bytes = *upload_5m_bytes.get_or_insert_with(|| {
-                num(&run_child("csv-only", &[], &conn), "bytes") as u64
-            });
+            let bytes = *upload_5m_bytes
+                .get_or_insert_with(|| num(&run_child("csv-only", &[]), "bytes") as u64);
             extra = vec!["--bytes".to_string(), bytes.to_string()];
         }
-        eprintln!("scenario {name}…");
-        let t = Instant::now();
-        let result = run_child(name, &extra, &conn);
-        eprintln!("scenario {name}: done in {:.1} s", t.elapsed().as_secs_f64());
+        let mut results = Vec::new();
+        for run in 1..=runs {
+            eprintln!("scenario {name}, run {run}/{runs}…");
+            let t = Instant::now();
+            results.push(run_child(name, &extra));
+            eprintln!("  done in {:.1} s", t.elapsed().as_secs_f64());
+        }
+        let result = median(results);
         if name == "encode-upload-5M" {
             upload_5m_bytes = Some(num(&result, "bytes") as u64);
         }
@@ -661,7 +827,10 @@ fn summarise(rows: &[Row]) {
     println!();
     if let Some(r) = get("csv-only") {
         let v = mbps(r);
-        println!("csv-only: {v:.0} MB/s (target ≥ 300): {}", verdict(v >= 300.0));
+        println!(
+            "csv-only: {v:.0} MB/s (target ≥ 300): {}",
+            verdict(v >= 300.0)
+        );
     }
     if let (Some(raw), Some(e)) = (get("raw-azurite"), get("encode-upload-5M")) {
         let ratio = mbps(e) / mbps(raw);
@@ -672,7 +841,10 @@ fn summarise(rows: &[Row]) {
         );
     }
     if let (Some(a), Some(b)) = (get("encode-upload-1M"), get("encode-upload-5M")) {
-        let (a, b) = (num(a, "peak_rss_kib") / 1024.0, num(b, "peak_rss_kib") / 1024.0);
+        let (a, b) = (
+            num(a, "peak_rss_kib") / 1024.0,
+            num(b, "peak_rss_kib") / 1024.0,
+        );
         println!(
             "encode-upload peak RSS: {a:.1} MiB (1M) → {b:.1} MiB (5M) (target ≤ 64 MiB, flat): {}",
             verdict(b <= 64.0 && b <= a * 1.1 + 1.0)
@@ -708,6 +880,11 @@ fn main() {
         return;
     }
     // `cargo bench` passes `--bench`; other flags are ignored, bare words select scenarios.
+    let runs = std::env::var("CDC_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3u32)
+        .max(1);
     let filters: Vec<String> = args.into_iter().filter(|a| !a.starts_with('-')).collect();
-    parent(&filters);
+    parent(&filters, runs);
 }
