@@ -261,6 +261,10 @@ impl Jobs for Runner {
         incremental::run(&self.context, &trigger).await
     }
 
+    async fn check(&self) -> Vec<(String, Result<(), String>)> {
+        Runner::check(self).await
+    }
+
     async fn full_load(&self, request: FullLoadRequest) -> JobReport {
         full_load::run(
             &self.context,
