@@ -21,6 +21,8 @@
 //! test writes to its own container.
 
 mod common;
+#[path = "support/tds/mod.rs"]
+mod tds;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -1165,4 +1167,50 @@ fn csv_reader_tells_null_from_empty() {
             ],
         ]
     );
+}
+
+/// The drop guard against the TDS fake: the database is dropped (CDC jobs first) also when
+/// the test body panics, from `master`, with the name it was created under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_drops_the_database_also_after_a_panic() {
+    use futures::FutureExt;
+    let fake = tds::FakeServer::start().await;
+    for prefix in [
+        "CREATE DATABASE",
+        "ALTER DATABASE",
+        "IF EXISTS (SELECT 1 FROM sys.databases",
+    ] {
+        fake.on_prefix(prefix, tds::Reply::RowCount(0));
+    }
+    let created = std::sync::Mutex::new(None);
+    let body = async {
+        let db = TestDatabase::create(&fake.connection_string()).await;
+        *created.lock().unwrap() = Some((db.name.clone(), db.connection_string.clone()));
+        panic!("the test body fails");
+    };
+    let outcome = std::panic::AssertUnwindSafe(body).catch_unwind().await;
+    assert!(outcome.is_err(), "the body panicked");
+
+    let (name, conn) = created.into_inner().unwrap().expect("created");
+    assert!(name.starts_with("cdc_copy_live_"), "{name}");
+    assert!(conn.ends_with(&format!(";Database={name}")), "{conn}");
+    assert!(!conn.contains("Database=cdcdb"), "{conn}");
+    let sql: Vec<String> = fake.requests().into_iter().map(|r| r.sql).collect();
+    assert_eq!(
+        sql,
+        vec![
+            format!("CREATE DATABASE [{name}];"),
+            format!("ALTER DATABASE [{name}] SET ALLOW_SNAPSHOT_ISOLATION ON;"),
+            format!(
+                "IF EXISTS (SELECT 1 FROM sys.databases WHERE name = N'{name}' AND is_cdc_enabled = 1) \
+                 EXEC [{name}].sys.sp_cdc_disable_db;"
+            ),
+            format!(
+                "ALTER DATABASE [{name}] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; \
+                 DROP DATABASE [{name}];"
+            ),
+        ]
+    );
+    let databases: Vec<String> = fake.logins().into_iter().map(|l| l.database).collect();
+    assert!(databases.iter().all(|d| d == "master"), "{databases:?}");
 }
