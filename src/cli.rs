@@ -190,7 +190,10 @@ pub async fn run(command: Command, make_jobs: fn() -> Arc<dyn Jobs>) -> ExitCode
                 for line in &report.logs {
                     eprintln!("{line}");
                 }
-                let resume = FullLoadRequest { reset: false, ..request.clone() };
+                let resume = FullLoadRequest {
+                    reset: false,
+                    ..request.clone()
+                };
                 report = jobs.full_load(resume).await;
             }
             print_report(&report, &[Outcome::Done])

@@ -165,6 +165,7 @@ pub async fn continue_load(
     budget: Duration,
 ) -> Result<LoadProgress, JobError> {
     let deadline = Instant::now() + budget;
+    ctx.ensure_container().await?;
     let part_rows = ctx.settings.full_load_part_rows.max(1);
     loop {
         let progress = wm
