@@ -596,3 +596,34 @@ async fn a_committed_full_load_part_is_adopted_not_replaced() {
     // 55 arrives through the incremental side; every other row exactly once in the load.
     bench.assert_consistent("after adopting a part").await;
 }
+
+/// Tables run side by side: one table's failure (here: CDC not enabled on it) is reported and
+/// fails the invocation, and the other table is still copied.
+#[tokio::test]
+async fn one_failing_table_does_not_stop_the_others() {
+    let bench = Bench::new(
+        3,
+        CdcModel::new(start_time()),
+        &[("CDC_TABLES", "dbo.customers,dbo.orders")],
+    )
+    .await;
+    let report = bench.full_load().await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(report.logs.len(), 2, "{:?}", report.logs);
+    let orders = report
+        .logs
+        .iter()
+        .find(|l| l.starts_with("dbo.orders"))
+        .unwrap();
+    assert!(orders.contains("sp_cdc_enable_table"), "{orders}");
+    assert!(
+        report
+            .logs
+            .iter()
+            .any(|l| l.starts_with("dbo.customers: full load loaded")),
+        "{:?}",
+        report.logs
+    );
+    assert_eq!(bench.blobs("dbo/customers/full/").await.len(), 1);
+    bench.assert_consistent("customers loaded").await;
+}
