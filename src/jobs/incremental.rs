@@ -414,6 +414,7 @@ async fn write_window(
         ),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
+    ctx.ensure_container().await?;
     let block_size = ctx.settings.block_size;
     let mut sink = CsvBlobSink::new(
         ctx.blobs.writer(blob_name, metadata, block_size),

@@ -90,6 +90,9 @@ pub struct Context {
     pub blobs: BlobTarget,
     pub clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
     pub faults: Option<FaultHook>,
+    /// Set once the container is known to exist (created if missing), so each process
+    /// checks it once, before its first blob.
+    pub container_ready: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl Context {
@@ -100,7 +103,16 @@ impl Context {
             blobs,
             clock: Arc::new(Utc::now),
             faults: None,
+            container_ready: Arc::default(),
         }
+    }
+
+    /// Creates the container if it is missing, once per process.
+    pub async fn ensure_container(&self) -> Result<(), SinkError> {
+        self.container_ready
+            .get_or_try_init(|| self.blobs.ensure_container())
+            .await
+            .map(|_| ())
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -259,6 +271,10 @@ impl Runner {
 impl Jobs for Runner {
     async fn incremental_copy(&self, trigger: TimerTrigger) -> JobReport {
         incremental::run(&self.context, &trigger).await
+    }
+
+    async fn check(&self) -> Vec<(String, Result<(), String>)> {
+        Runner::check(self).await
     }
 
     async fn full_load(&self, request: FullLoadRequest) -> JobReport {

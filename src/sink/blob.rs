@@ -524,6 +524,7 @@ impl BlobTarget {
             blocks: 0,
             staged_bytes: 0,
             tamper_next_md5: false,
+            create_only: false,
         }
     }
 
@@ -679,6 +680,8 @@ pub struct BlobWriter {
     staged_bytes: u64,
     /// Test hook: send a wrong `Content-MD5` with the next block.
     tamper_next_md5: bool,
+    /// Commit with `If-None-Match: *`: fail with 409 instead of replacing an existing blob.
+    create_only: bool,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -741,6 +744,13 @@ impl BlobWriter {
         self.tamper_next_md5 = true;
     }
 
+    /// Makes the commit create-only (`If-None-Match: *`): if the blob exists already, `finish`
+    /// fails with [`SinkError::is_already_exists`] and the existing blob stays untouched.
+    /// Used where two writers must not both win (full-load parts).
+    pub fn create_only(&mut self) {
+        self.create_only = true;
+    }
+
     /// Sets (or replaces) a metadata entry before the commit, for what is known only at the
     /// end, such as the row count.
     pub fn set_metadata(&mut self, key: &str, value: String) {
@@ -770,6 +780,7 @@ impl BlobWriter {
         let metadata: HashMap<String, String> = self.metadata.iter().cloned().collect();
         let target = self.target.clone();
         let client = self.client.clone();
+        let create_only = self.create_only;
         self.retry
             .run("put block list", &target, || {
                 let list = BlockLookupList {
@@ -779,6 +790,7 @@ impl BlobWriter {
                 let options = BlockBlobClientCommitBlockListOptions {
                     blob_content_type: Some(CONTENT_TYPE.to_string()),
                     metadata: Some(metadata.clone()),
+                    if_none_match: create_only.then(|| azure_core::http::Etag::from("*")),
                     ..Default::default()
                 };
                 let client = client.clone();

@@ -1,0 +1,629 @@
+//! The jobs against the in-memory CDC model and a real Azurite, checked by replaying the
+//! blobs (tests/common/cdc.rs). Each test names the DESIGN.md guarantee it proves.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use chrono::Duration;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use cdc_copy::cdc::{CdcError, Value};
+use cdc_copy::host::Outcome;
+use cdc_copy::jobs::{JobError, Step};
+use cdc_copy::model::{CdcModel, Method};
+
+use common::cdc::{customer, start_time, Bench};
+
+/// Random DML: inserts, updates (some of the key itself), deletes, and insert+delete of the
+/// same key inside one window. Keys stay unique through `next_id`.
+fn random_dml(bench: &Bench, rng: &mut StdRng, next_id: &mut i64, version: u64) {
+    let table = &bench.table;
+    let ops = rng.random_range(0..12);
+    for _ in 0..ops {
+        let keys: Vec<i64> = bench
+            .model
+            .table_rows(table)
+            .iter()
+            .map(|r| match r[0] {
+                Value::Int(k) => k,
+                _ => unreachable!(),
+            })
+            .collect();
+        let pick = |rng: &mut StdRng| keys[rng.random_range(0..keys.len())];
+        match rng.random_range(0..10) {
+            0..=3 => {
+                bench
+                    .model
+                    .insert(table, customer(*next_id, version))
+                    .unwrap();
+                *next_id += 1;
+            }
+            4..=5 if !keys.is_empty() => {
+                let k = pick(rng);
+                bench
+                    .model
+                    .update(table, &[Value::Int(k)], customer(k, version))
+                    .unwrap();
+            }
+            6 if !keys.is_empty() => {
+                // Key update: SQL Server captures it as delete + insert.
+                let k = pick(rng);
+                bench
+                    .model
+                    .update(table, &[Value::Int(k)], customer(*next_id, version))
+                    .unwrap();
+                *next_id += 1;
+            }
+            7 => {
+                // Inserted and deleted inside the window: nets to nothing.
+                bench
+                    .model
+                    .insert(table, customer(*next_id, version))
+                    .unwrap();
+                bench.model.delete(table, &[Value::Int(*next_id)]).unwrap();
+                *next_id += 1;
+            }
+            _ if !keys.is_empty() => {
+                bench.model.delete(table, &[Value::Int(pick(rng))]).unwrap();
+            }
+            _ => {}
+        }
+        bench
+            .model
+            .advance(Duration::seconds(rng.random_range(1..60)));
+    }
+}
+
+/// Guarantees 1, 3 and 4: full load, then 40 windows of random DML; after every run the blobs
+/// replay to the source as of the watermark; empty windows write no blob.
+#[tokio::test]
+async fn full_load_then_random_windows_replay_to_the_source() {
+    let bench = Bench::new(50, CdcModel::new(start_time()), &[]).await;
+    assert_eq!(bench.full_load().await.outcome, Outcome::Done);
+    bench.assert_consistent("after the full load").await;
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut next_id = 1000;
+    let mut empty_windows = 0;
+    for window in 1..=40u64 {
+        if window % 5 != 0 {
+            random_dml(&bench, &mut rng, &mut next_id, window);
+        }
+        bench.model.advance(Duration::minutes(15));
+        let trigger = bench.model.now() - Duration::seconds(30);
+        let before = bench.incremental_blobs().await.len();
+        let report = bench.incremental(trigger).await;
+        assert_eq!(
+            report.outcome,
+            Outcome::Done,
+            "window {window}: {:?}",
+            report.logs
+        );
+        assert_eq!(report.logs.len(), 1, "one log line per table");
+        let after = bench.incremental_blobs().await.len();
+        let rows = report.summary["tables"][0]["rows"].as_u64().unwrap();
+        if rows == 0 {
+            empty_windows += 1;
+            assert_eq!(
+                after, before,
+                "window {window}: an empty window writes no blob"
+            );
+        } else {
+            assert_eq!(
+                after,
+                before + 1,
+                "window {window}: one blob per window with changes"
+            );
+        }
+        assert_eq!(bench.watermark().last_window_end, trigger);
+        bench.assert_consistent(&format!("window {window}")).await;
+    }
+    assert!(
+        empty_windows >= 8,
+        "every fifth window has no DML ({empty_windows} empty)"
+    );
+}
+
+/// Guarantee 4 and the retry path: the host retrying the same trigger is a no-op.
+#[tokio::test]
+async fn the_same_trigger_twice_writes_once() {
+    let bench = Bench::new(10, CdcModel::new(start_time()), &[]).await;
+    bench.full_load().await;
+    bench.model.insert(&bench.table, customer(100, 1)).unwrap();
+    bench.model.advance(Duration::minutes(15));
+    let trigger = bench.model.now();
+    assert_eq!(bench.incremental(trigger).await.outcome, Outcome::Done);
+    let blobs = bench.incremental_blobs().await;
+    assert_eq!(blobs.len(), 1);
+    let bytes = bench.read(&blobs[0]).await;
+    let wm = bench.watermark();
+    let again = bench.incremental(trigger).await;
+    assert_eq!(again.outcome, Outcome::Done);
+    assert_eq!(again.summary["tables"][0]["note"], "up to date");
+    assert_eq!(bench.incremental_blobs().await, blobs);
+    assert_eq!(bench.read(&blobs[0]).await, bytes);
+    assert_eq!(
+        bench.watermark(),
+        wm,
+        "a retried trigger leaves the watermark alone"
+    );
+}
+
+/// The blob is named by the trigger time with the default template.
+#[tokio::test]
+async fn blob_name_follows_the_trigger_time() {
+    let bench = Bench::new(1, CdcModel::new(start_time()), &[]).await;
+    bench.full_load().await;
+    bench.model.insert(&bench.table, customer(5, 1)).unwrap();
+    bench.model.advance(Duration::minutes(20));
+    let trigger = start_time() + Duration::minutes(15) + Duration::milliseconds(123);
+    bench.incremental(trigger).await;
+    assert_eq!(
+        bench.incremental_blobs().await,
+        vec!["dbo/customers/incremental/2026/11/21/20261121101500123.csv".to_string()]
+    );
+}
+
+/// Guarantees 1–4 under crashes: the job is stopped at every step once, then re-run with a
+/// later trigger; the pending window is finished byte-identically and nothing is lost or
+/// duplicated.
+#[tokio::test]
+async fn a_crash_at_every_step_loses_and_duplicates_nothing() {
+    for step in [
+        Step::Planned,
+        Step::PendingRecorded,
+        Step::BlocksStaged,
+        Step::BlobCommitted,
+    ] {
+        let mut bench = Bench::new(20, CdcModel::new(start_time()), &[]).await;
+        bench.full_load().await;
+        let mut rng = StdRng::seed_from_u64(step as u64);
+        let mut next_id = 1000;
+        random_dml(&bench, &mut rng, &mut next_id, 1);
+        bench
+            .model
+            .insert(&bench.table, customer(next_id, 1))
+            .unwrap();
+        next_id += 1;
+        bench.model.advance(Duration::minutes(15));
+        let first = bench.model.now();
+
+        let armed = Arc::new(AtomicU32::new(1));
+        let hook_armed = armed.clone();
+        bench.ctx.faults = Some(Arc::new(move |_, at| {
+            if at == step && hook_armed.swap(0, Ordering::SeqCst) == 1 {
+                Err(JobError::Injected(at))
+            } else {
+                Ok(())
+            }
+        }));
+        let crashed = bench.incremental(first).await;
+        assert_eq!(crashed.outcome, Outcome::Failed, "{step:?}");
+        assert!(crashed.logs[0].contains("injected"), "{:?}", crashed.logs);
+        bench
+            .assert_consistent(&format!("after a crash at {step:?}"))
+            .await;
+        let committed_at_crash = bench.incremental_blobs().await;
+        let bytes_at_crash = match committed_at_crash.first() {
+            Some(name) => Some(bench.read(name).await),
+            None => None,
+        };
+
+        // More changes, then the next timer run finishes the pending window first.
+        random_dml(&bench, &mut rng, &mut next_id, 2);
+        bench.model.advance(Duration::minutes(15));
+        let second = bench.model.now();
+        let report = bench.incremental(second).await;
+        assert_eq!(report.outcome, Outcome::Done, "{step:?}: {:?}", report.logs);
+        bench
+            .assert_consistent(&format!("after recovering from {step:?}"))
+            .await;
+        assert_eq!(bench.watermark().last_window_end, second);
+        assert!(bench.watermark().pending.is_none());
+        if let (Some(name), Some(bytes)) = (committed_at_crash.first(), bytes_at_crash) {
+            assert_eq!(
+                bench.read(name).await,
+                bytes,
+                "{step:?}: the pending window was rewritten byte-identically"
+            );
+        }
+    }
+}
+
+/// Guarantee 1 with overlapping invocations: three runs of the same trigger at once; exactly
+/// one copies, the others end cleanly, the blob content appears once.
+#[tokio::test]
+async fn overlapping_invocations_advance_the_watermark_once() {
+    let bench = Bench::new(20, CdcModel::new(start_time()), &[]).await;
+    bench.full_load().await;
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut next_id = 1000;
+    random_dml(&bench, &mut rng, &mut next_id, 1);
+    bench
+        .model
+        .insert(&bench.table, customer(next_id, 1))
+        .unwrap();
+    bench.model.advance(Duration::minutes(15));
+    let trigger = bench.model.now();
+    let version = bench.watermark().version;
+    let (a, b, c) = tokio::join!(
+        bench.incremental(trigger),
+        bench.incremental(trigger),
+        bench.incremental(trigger)
+    );
+    for report in [&a, &b, &c] {
+        assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    }
+    let notes: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|r| r.summary["tables"][0]["note"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| !n.starts_with("superseded"))
+            .count(),
+        1,
+        "{notes:?}"
+    );
+    assert_eq!(bench.incremental_blobs().await.len(), 1);
+    assert_eq!(
+        bench.watermark().version,
+        version + 2,
+        "pending recorded once, advanced once"
+    );
+    bench.assert_consistent("after overlapping runs").await;
+}
+
+/// Guarantee 5: changes cleaned up before they were copied fail the run loudly, naming the
+/// table and both LSNs, and the watermark stays where it was.
+#[tokio::test]
+async fn a_cleanup_gap_fails_loudly_and_keeps_the_watermark() {
+    let bench = Bench::new(5, CdcModel::new(start_time()), &[]).await;
+    bench.full_load().await;
+    bench.model.insert(&bench.table, customer(100, 1)).unwrap();
+    bench.model.advance(Duration::minutes(10));
+    let after_gap = bench.model.insert(&bench.table, customer(101, 1)).unwrap();
+    bench.model.advance(Duration::minutes(10));
+    bench.model.cleanup(after_gap);
+    let wm = bench.watermark();
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    let line = &report.logs[0];
+    assert!(line.contains("dbo.customers"), "{line}");
+    assert!(
+        line.contains(&wm.last_lsn.increment().unwrap().to_string()),
+        "{line}"
+    );
+    assert!(
+        line.contains(&bench.model.min_lsn("dbo_customers").to_string()),
+        "{line}"
+    );
+    assert!(line.contains("reset"), "says what to do: {line}");
+    assert_eq!(report.summary["tables"][0]["transient"], false);
+    assert_eq!(bench.watermark(), wm);
+    assert!(bench.incremental_blobs().await.is_empty());
+}
+
+/// A capture process lagging longer than the wait: the run copies what is captured, and the
+/// late changes land in the next window — none lost.
+#[tokio::test]
+async fn capture_lag_longer_than_the_wait_defers_changes_to_the_next_window() {
+    let model = CdcModel::new(start_time()).with_capture_lag(Duration::minutes(10));
+    let bench = Bench::new(5, model, &[]).await;
+    bench.model.advance(Duration::minutes(11));
+    bench.full_load().await;
+    bench.model.insert(&bench.table, customer(100, 1)).unwrap();
+    bench.model.advance(Duration::minutes(5));
+    bench.model.insert(&bench.table, customer(101, 1)).unwrap();
+    bench.model.advance(Duration::minutes(6));
+    // 100 is captured (11 min old), 101 is not (6 min old, lag 10).
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert!(
+        report.summary["tables"][0]["captureLagMs"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(report.summary["tables"][0]["rows"], 1);
+    bench.assert_consistent("lagging window").await;
+    bench.model.advance(Duration::minutes(15));
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(
+        report.summary["tables"][0]["rows"], 1,
+        "101 arrives in the next window"
+    );
+    bench.assert_consistent("next window").await;
+    assert_eq!(bench.replay().await.len(), 7);
+}
+
+/// A run hours late (the timer's one past-due run after downtime) copies everything since the
+/// watermark in one window.
+#[tokio::test]
+async fn a_run_hours_late_copies_everything_since_the_watermark() {
+    let bench = Bench::new(5, CdcModel::new(start_time()), &[]).await;
+    bench.full_load().await;
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut next_id = 1000;
+    for hour in 0..6 {
+        random_dml(&bench, &mut rng, &mut next_id, hour);
+        bench.model.advance(Duration::hours(1));
+    }
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.outcome, Outcome::Done);
+    assert!(bench.incremental_blobs().await.len() <= 1);
+    bench.assert_consistent("after six hours").await;
+}
+
+/// The server's zone is not UTC (lsn_time_mapping is local time): windows still split at the
+/// right changes, for zones behind and ahead of UTC.
+#[tokio::test]
+async fn non_utc_server_zones_map_windows_correctly() {
+    for offset in [-300, 330] {
+        let model = CdcModel::new(start_time()).with_utc_offset(offset);
+        let bench = Bench::new(5, model, &[]).await;
+        bench.full_load().await;
+        bench.model.insert(&bench.table, customer(100, 1)).unwrap();
+        bench.model.advance(Duration::minutes(10));
+        let boundary = bench.model.now();
+        bench.model.advance(Duration::minutes(1));
+        bench.model.insert(&bench.table, customer(101, 1)).unwrap();
+        bench.model.advance(Duration::minutes(10));
+        let report = bench.incremental(boundary).await;
+        assert_eq!(
+            report.summary["tables"][0]["rows"], 1,
+            "offset {offset}: only 100 is before the boundary"
+        );
+        bench.assert_consistent("first window").await;
+        let report = bench.incremental(bench.model.now()).await;
+        assert_eq!(
+            report.summary["tables"][0]["rows"], 1,
+            "offset {offset}: 101 in the second window"
+        );
+        bench.assert_consistent("second window").await;
+    }
+}
+
+/// The zero-change run costs at most five SQL round trips (besides opening the session).
+#[tokio::test]
+async fn a_zero_change_run_takes_five_round_trips() {
+    let bench = Bench::new(5, CdcModel::new(start_time()), &[]).await;
+    bench.full_load().await;
+    bench.model.advance(Duration::minutes(15));
+    bench.model.reset_calls();
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.summary["tables"][0]["note"], "no changes");
+    let calls = bench.model.calls();
+    let statements: u64 = calls
+        .iter()
+        .filter(|(m, _)| **m != Method::Session)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(statements, 5, "{calls:?}");
+    assert!(bench.incremental_blobs().await.is_empty());
+}
+
+/// A table without a watermark was never loaded: the run fails naming it and the remedy.
+#[tokio::test]
+async fn a_table_never_loaded_fails_with_the_remedy() {
+    let bench = Bench::new(5, CdcModel::new(start_time()), &[]).await;
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    assert!(
+        report.logs[0].contains("dbo.customers") && report.logs[0].contains("FullLoad"),
+        "{:?}",
+        report.logs
+    );
+}
+
+/// A capture instance name that is not in cdc.change_tables is refused before any read.
+#[tokio::test]
+async fn an_unknown_capture_instance_is_named() {
+    let bench = Bench::new(
+        5,
+        CdcModel::new(start_time()),
+        &[("CDC_TABLES", "dbo.customers=dbo_nope")],
+    )
+    .await;
+    let report = bench.full_load().await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    assert!(report.logs[0].contains("dbo_nope"), "{:?}", report.logs);
+}
+
+/// FullLoad: parts of bounded size, resumable across invocations (the HTTP budget runs out,
+/// the timer run finishes it), refusing to reset a loaded table unless asked.
+#[tokio::test]
+async fn full_load_is_resumable_and_refuses_a_silent_reset() {
+    let bench = Bench::new(
+        23,
+        CdcModel::new(start_time()),
+        &[("CDC_FULL_LOAD_PART_ROWS", "5")],
+    )
+    .await;
+    let request = cdc_copy::host::FullLoadRequest::default_all();
+    let first =
+        cdc_copy::jobs::full_load::run(&bench.ctx, &request, std::time::Duration::ZERO).await;
+    assert_eq!(first.outcome, Outcome::InProgress, "{:?}", first.logs);
+    let progress = bench.watermark().full_load.expect("a checkpoint");
+    assert_eq!(progress.parts_done, 1);
+    assert_eq!(progress.last_key, Some(vec![Value::Int(4)]));
+    // Changes during the load go to the incremental side: an update in the scanned range
+    // appears there only; an insert in the range still to scan appears in both the load and
+    // the incremental blob (the documented overlap; consumers upsert by key).
+    bench
+        .model
+        .update(&bench.table, &[Value::Int(2)], customer(2, 9))
+        .unwrap();
+    bench.model.insert(&bench.table, customer(500, 1)).unwrap();
+    bench.model.advance(Duration::minutes(15));
+    let timer = bench.incremental(bench.model.now()).await;
+    assert_eq!(timer.outcome, Outcome::Done, "{:?}", timer.logs);
+    assert!(bench.watermark().full_load.is_none());
+    let parts = bench.blobs("dbo/customers/full/").await;
+    assert_eq!(parts.len(), 5, "23 rows in parts of 5: {parts:?}");
+    assert!(parts[4].ends_with("part-00004.csv"));
+    bench.model.advance(Duration::minutes(15));
+    bench.incremental(bench.model.now()).await;
+    bench
+        .assert_consistent_with("after a resumed load", false)
+        .await;
+    let replayed = bench.replay_with(false).await;
+    assert_eq!(
+        replayed["2"][2].as_deref(),
+        Some("Last v9"),
+        "the update during the load"
+    );
+    assert!(replayed.contains_key("500"), "the insert during the load");
+
+    let again = bench.full_load().await;
+    assert_eq!(again.outcome, Outcome::Conflict);
+    assert!(again.logs[0].contains("reset"), "{:?}", again.logs);
+
+    let reset = cdc_copy::host::FullLoadRequest {
+        tables: vec![],
+        reset: true,
+    };
+    bench.model.advance(Duration::seconds(1));
+    let report =
+        cdc_copy::jobs::full_load::run(&bench.ctx, &reset, std::time::Duration::from_secs(60))
+            .await;
+    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+}
+
+/// An empty table still gets a full-load blob with its header.
+#[tokio::test]
+async fn an_empty_table_loads_as_a_header() {
+    let bench = Bench::new(0, CdcModel::new(start_time()), &[]).await;
+    assert_eq!(bench.full_load().await.outcome, Outcome::Done);
+    let parts = bench.blobs("dbo/customers/full/").await;
+    assert_eq!(parts.len(), 1);
+    assert_eq!(
+        bench.read(&parts[0]).await,
+        b"customer_id,first_name,last_name,email,city\r\n"
+    );
+}
+
+/// A transient SQL failure mid-stream fails the invocation (the host retries); the watermark
+/// holds the pending window and the retry completes it.
+#[tokio::test]
+async fn a_dropped_connection_mid_stream_is_retried_by_the_next_run() {
+    let bench = Bench::new(5, CdcModel::new(start_time()), &[]).await;
+    bench.full_load().await;
+    for id in 100..110 {
+        bench.model.insert(&bench.table, customer(id, 1)).unwrap();
+    }
+    bench.model.advance(Duration::minutes(15));
+    let trigger = bench.model.now();
+    bench.model.fail_mid_stream(4);
+    let report = bench.incremental(trigger).await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(report.summary["tables"][0]["transient"], true);
+    assert!(
+        bench.incremental_blobs().await.is_empty(),
+        "nothing half-visible"
+    );
+    assert!(bench.watermark().pending.is_some());
+    let retry = bench.incremental(trigger).await;
+    assert_eq!(retry.outcome, Outcome::Done, "{:?}", retry.logs);
+    assert_eq!(bench.incremental_blobs().await.len(), 1);
+    bench.assert_consistent("after the retry").await;
+}
+
+/// Watermark table missing: the error says how to create it.
+#[tokio::test]
+async fn a_missing_watermark_table_says_how_to_create_it() {
+    let bench = Bench::new(1, CdcModel::new(start_time()), &[]).await;
+    bench.model.drop_watermark_table();
+    let report = bench.full_load().await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    assert!(report.logs[0].contains("setup.sql"), "{:?}", report.logs);
+    let _ = CdcError::NoWatermarkTable(String::new());
+}
+
+/// Full-load parts are create-only: a run resuming after a crash between a part's commit and
+/// its checkpoint (or racing another run continuing the same load) adopts the committed part
+/// and its recorded last key instead of replacing it, so the checkpoint always matches the
+/// part that exists and no row between two parts can fall through.
+#[tokio::test]
+async fn a_committed_full_load_part_is_adopted_not_replaced() {
+    let model = CdcModel::new(start_time());
+    let bench = Bench::new(0, model, &[("CDC_FULL_LOAD_PART_ROWS", "5")]).await;
+    for id in 0..23 {
+        bench
+            .model
+            .insert(&bench.table, customer(id * 10, 0))
+            .unwrap();
+    }
+    bench.model.advance(Duration::seconds(1));
+    let mut bench = bench;
+    let armed = Arc::new(AtomicU32::new(2));
+    let hook_armed = armed.clone();
+    // Let part 0 through, crash right after part 1 is committed.
+    bench.ctx.faults = Some(Arc::new(move |_, at| {
+        if at == Step::PartCommitted && hook_armed.fetch_sub(1, Ordering::SeqCst) == 1 {
+            Err(JobError::Injected(at))
+        } else {
+            Ok(())
+        }
+    }));
+    assert_eq!(bench.full_load().await.outcome, Outcome::Failed);
+    let parts = bench.blobs("dbo/customers/full/").await;
+    assert_eq!(parts.len(), 2);
+    let part1 = bench.read(&parts[1]).await;
+    assert_eq!(
+        bench.watermark().full_load.unwrap().parts_done,
+        1,
+        "part 1 committed, not checkpointed"
+    );
+
+    // A row inserted into part 1's key range after it was written: a re-scan would differ.
+    bench.model.insert(&bench.table, customer(55, 1)).unwrap();
+    bench.model.advance(Duration::seconds(1));
+    bench.ctx.faults = None;
+    let report = bench.full_load().await;
+    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(
+        bench.read(&parts[1]).await,
+        part1,
+        "the committed part was adopted, not replaced"
+    );
+    assert_eq!(bench.blobs("dbo/customers/full/").await.len(), 5);
+    bench.model.advance(Duration::minutes(15));
+    bench.incremental(bench.model.now()).await;
+    // 55 arrives through the incremental side; every other row exactly once in the load.
+    bench.assert_consistent("after adopting a part").await;
+}
+
+/// Tables run side by side: one table's failure (here: CDC not enabled on it) is reported and
+/// fails the invocation, and the other table is still copied.
+#[tokio::test]
+async fn one_failing_table_does_not_stop_the_others() {
+    let bench = Bench::new(
+        3,
+        CdcModel::new(start_time()),
+        &[("CDC_TABLES", "dbo.customers,dbo.orders")],
+    )
+    .await;
+    let report = bench.full_load().await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(report.logs.len(), 2, "{:?}", report.logs);
+    let orders = report
+        .logs
+        .iter()
+        .find(|l| l.starts_with("dbo.orders"))
+        .unwrap();
+    assert!(orders.contains("sp_cdc_enable_table"), "{orders}");
+    assert!(
+        report
+            .logs
+            .iter()
+            .any(|l| l.starts_with("dbo.customers: full load loaded")),
+        "{:?}",
+        report.logs
+    );
+    assert_eq!(bench.blobs("dbo/customers/full/").await.len(), 1);
+    bench.assert_consistent("customers loaded").await;
+}
