@@ -284,6 +284,7 @@ async fn context(m: &CdcModel, container: &str) -> Context {
         blobs: target(container).await,
         clock: Arc::new(move || clock_model.now()),
         faults: None,
+        container_ready: Arc::default(),
     }
 }
 
