@@ -61,6 +61,12 @@ pub const MAX_BLOCKS: u32 = 50_000;
 /// The service's largest block (4000 MiB); larger `block_size` values are clamped.
 pub const MAX_BLOCK_SIZE: usize = 4000 * 1024 * 1024;
 
+/// Room reserved past `block_size` in the block being filled. An encoder appends whole rows,
+/// so the buffer runs past `block_size` by up to one row before it is split; without this
+/// headroom that row would make the `Vec` double its capacity and copy the whole block, once
+/// per block. Rows longer than this still work (the `Vec` grows as usual).
+const ROW_HEADROOM: usize = 64 * 1024;
+
 /// The content type of committed blobs.
 pub const CONTENT_TYPE: &str = "text/csv";
 
@@ -702,7 +708,7 @@ impl BlobWriter {
             let room = self.block_size.saturating_sub(self.buf.len()).max(1);
             let take = room.min(bytes.len());
             if self.buf.capacity() == 0 {
-                self.buf.reserve_exact(self.block_size);
+                self.buf.reserve_exact(self.block_size + ROW_HEADROOM);
             }
             self.buf.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
@@ -715,7 +721,7 @@ impl BlobWriter {
     /// [`flush_full_blocks`](Self::flush_full_blocks) after each row or so.
     pub fn buffer(&mut self) -> &mut Vec<u8> {
         if self.buf.capacity() == 0 {
-            self.buf.reserve_exact(self.block_size);
+            self.buf.reserve_exact(self.block_size + ROW_HEADROOM);
         }
         &mut self.buf
     }
@@ -728,7 +734,7 @@ impl BlobWriter {
             // allocated: at most two blocks are ever held.
             self.wait_in_flight().await?;
             let rest = self.buf.split_off(self.block_size);
-            let mut next = Vec::with_capacity(self.block_size.max(rest.len()));
+            let mut next = Vec::with_capacity((self.block_size + ROW_HEADROOM).max(rest.len()));
             next.extend_from_slice(&rest);
             drop(rest);
             let block = std::mem::replace(&mut self.buf, next);
