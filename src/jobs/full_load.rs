@@ -18,7 +18,6 @@ use super::{for_each_table, Context, JobError, Step, TableOutcome, TableStatus, 
 use crate::cdc::{CaptureInstance, CdcSession, FullLoadProgress, TableRef, Watermark};
 use crate::host::{FullLoadRequest, JobReport};
 use crate::sink::naming;
-use crate::sink::rows::CsvBlobSink;
 
 /// How long an IncrementalCopy invocation spends on a handed-off full load (the default
 /// functionTimeout is 30 minutes).
@@ -183,7 +182,7 @@ pub async fn continue_load(
             ("format_version".to_string(), FORMAT_VERSION.to_string()),
         ];
         let block_size = ctx.settings.block_size;
-        let mut sink = CsvBlobSink::new(ctx.blobs.writer(&name, metadata, block_size), block_size);
+        let mut sink = ctx.csv_sink(&ci.table, ctx.blobs.writer(&name, metadata, block_size));
         let (rows, last_key) = session
             .scan(ci, progress.last_key.as_deref(), part_rows, &mut sink)
             .await?;

@@ -21,7 +21,6 @@ use crate::cdc::{
     CaptureInstance, CaptureProgress, CdcError, CdcSession, Lsn, PendingWindow, TableRef, Watermark,
 };
 use crate::host::{JobReport, TimerTrigger};
-use crate::sink::rows::CsvBlobSink;
 use crate::sink::SinkError;
 use crate::window::{self, Plan};
 
@@ -415,10 +414,7 @@ async fn write_window(
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
     let block_size = ctx.settings.block_size;
-    let mut sink = CsvBlobSink::new(
-        ctx.blobs.writer(blob_name, metadata, block_size),
-        block_size,
-    );
+    let mut sink = ctx.csv_sink(&ci.table, ctx.blobs.writer(blob_name, metadata, block_size));
     let rows = if to >= from {
         session
             .net_changes(ci, from, to, ctx.settings.row_filter, &mut sink)

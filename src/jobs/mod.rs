@@ -77,6 +77,9 @@ pub enum Step {
     BlobCommitted,
     /// A full-load part is committed, its checkpoint not recorded.
     PartCommitted,
+    /// One more block of the blob was handed to Put Block (the writer holds the next one);
+    /// called after every block staged while rows stream, so a crash can land between blocks.
+    BlockStaged,
 }
 
 /// A hook called at every [`Step`]; returning `Err` aborts the job there, as a crash would.
@@ -112,6 +115,23 @@ impl Context {
             Some(hook) => hook(table, step),
             None => Ok(()),
         }
+    }
+
+    /// A CSV sink for `writer` that calls the fault hook at [`Step::BlockStaged`] after each
+    /// block it stages (no hook, no callback).
+    pub(crate) fn csv_sink(
+        &self,
+        table: &TableRef,
+        writer: crate::sink::blob::BlobWriter,
+    ) -> crate::sink::rows::CsvBlobSink {
+        let mut sink = crate::sink::rows::CsvBlobSink::new(writer, self.settings.block_size);
+        if let Some(hook) = self.faults.clone() {
+            let table = table.clone();
+            sink.on_block_staged(Box::new(move || {
+                hook(&table, Step::BlockStaged).map_err(|e| SinkError::Other(e.to_string()))
+            }));
+        }
+        sink
     }
 
     /// The configured spec of `table` (its capture instance, if pinned).

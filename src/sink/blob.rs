@@ -576,6 +576,18 @@ impl BlobTarget {
     /// Names of the committed blobs whose names start with `prefix`, in service order
     /// (lexicographic). Uncommitted (staged-only) blobs are not listed.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
+        Ok(self
+            .list_etags(prefix)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Like [`list`](Self::list), with each blob's ETag. Every commit gives a blob a new
+    /// ETag, even when it writes the same bytes, so a caller comparing listings sees every
+    /// re-commit (the fault tests check that each one is byte-identical).
+    pub async fn list_etags(&self, prefix: &str) -> Result<Vec<(String, String)>, SinkError> {
         let target = self.target(prefix);
         self.retry
             .run("list blobs", &target, || async {
@@ -597,7 +609,14 @@ impl BlobTarget {
                     let page = page
                         .into_model()
                         .map_err(|e| map_err("list blobs", &target, e))?;
-                    names.extend(page.blob_items.into_iter().filter_map(|b| b.name));
+                    names.extend(page.blob_items.into_iter().filter_map(|b| {
+                        let etag = b
+                            .properties
+                            .and_then(|p| p.etag)
+                            .map(|e| e.to_string())
+                            .unwrap_or_default();
+                        b.name.map(|name| (name, etag))
+                    }));
                 }
                 Ok(names)
             })
@@ -748,6 +767,11 @@ impl BlobWriter {
             Some(entry) => entry.1 = value,
             None => self.metadata.push((key.to_string(), value)),
         }
+    }
+
+    /// Blocks handed to Put Block so far (staged or in flight).
+    pub fn blocks(&self) -> u32 {
+        self.blocks
     }
 
     /// Bytes accepted so far (staged, in flight and buffered).
