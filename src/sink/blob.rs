@@ -523,6 +523,7 @@ impl BlobTarget {
             in_flight: None,
             blocks: 0,
             staged_bytes: 0,
+            content_md5: Md5::new(),
             tamper_next_md5: false,
         }
     }
@@ -538,10 +539,32 @@ impl BlobTarget {
                     .download(None)
                     .await
                     .map_err(|e| map_err("download", &target, e))?;
-                rsp.body
+                // The whole blob's MD5 (ranged first response), else the response's own.
+                let (blob_md5, first_md5, first_len) = (
+                    rsp.properties.blob_content_md5.clone(),
+                    rsp.properties.content_md5.clone(),
+                    rsp.properties.content_length,
+                );
+                let body = rsp
+                    .body
                     .collect()
                     .await
-                    .map_err(|e| map_err("download", &target, e))
+                    .map_err(|e| map_err("download", &target, e))?;
+                // Blobs we commit carry their MD5: a download that does not match it was
+                // corrupted on the way, and another try may get it right.
+                let expected_md5 = blob_md5.or_else(|| {
+                    first_md5.filter(|_| first_len == Some(body.len() as u64))
+                });
+                if let Some(expected) = expected_md5 {
+                    if Md5::digest(&body).as_slice() != expected.as_slice() {
+                        return Err(SinkError::Transport {
+                            operation: "download",
+                            target: target.clone(),
+                            message: "the content does not match the blob's Content-MD5 (corrupted on the way)".to_string(),
+                        });
+                    }
+                }
+                Ok(body)
             })
             .await;
         not_found_is_none(result)
@@ -696,6 +719,9 @@ pub struct BlobWriter {
     /// Blocks handed to Put Block so far (staged or in flight).
     blocks: u32,
     staged_bytes: u64,
+    /// MD5 of every byte staged, committed as the blob's `Content-MD5` so that readers (and
+    /// [`BlobTarget::read`]) can tell a corrupted download.
+    content_md5: Md5,
     /// Test hook: send a wrong `Content-MD5` with the next block.
     tamper_next_md5: bool,
 }
@@ -792,6 +818,7 @@ impl BlobWriter {
 
         let ids: Vec<Vec<u8>> = (0..self.blocks).map(block_id).collect();
         let metadata: HashMap<String, String> = self.metadata.iter().cloned().collect();
+        let content_md5 = std::mem::take(&mut self.content_md5).finalize().to_vec();
         let target = self.target.clone();
         let client = self.client.clone();
         self.retry
@@ -802,6 +829,7 @@ impl BlobWriter {
                 };
                 let options = BlockBlobClientCommitBlockListOptions {
                     blob_content_type: Some(CONTENT_TYPE.to_string()),
+                    blob_content_md5: Some(content_md5.clone()),
                     metadata: Some(metadata.clone()),
                     ..Default::default()
                 };
@@ -855,6 +883,7 @@ impl BlobWriter {
         let index = self.blocks;
         self.blocks += 1;
         self.staged_bytes += block.len() as u64;
+        self.content_md5.update(&block);
         let client = self.client.clone();
         let retry = self.retry.clone();
         let target = self.target.clone();
@@ -902,9 +931,15 @@ async fn stage_block(
                 .map_err(|e| map_err("put block", target, e))?;
             if let Ok(Some(echoed)) = rsp.content_md5() {
                 if echoed != md5 {
-                    return Err(SinkError::Other(format!(
-                        "put block {index} of {target}: the service acknowledged a different MD5"
-                    )));
+                    // The service checked our Content-MD5 (a mismatch is a 400), so the
+                    // answer was altered on the way back: transient, stage the block again.
+                    return Err(SinkError::Transport {
+                        operation: "put block",
+                        target: target.to_string(),
+                        message: format!(
+                            "block {index}: the service acknowledged a different MD5 (reply corrupted on the way)"
+                        ),
+                    });
                 }
             }
             Ok(())

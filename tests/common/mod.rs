@@ -3,4 +3,5 @@
 pub mod azurite;
 pub mod cdc;
 pub mod ledger;
+pub mod proxy;
 
