@@ -55,7 +55,11 @@ impl Rig {
         ledger.check(&bench, "after the full load").await;
         let proxy = Proxy::start(Azurite::shared().blob_port).await;
         let mut job = bench.ctx.clone();
-        job.blobs = proxied(&proxy, &bench.ctx.settings.container, &proxy.connection_string());
+        job.blobs = proxied(
+            &proxy,
+            &bench.ctx.settings.container,
+            &proxy.connection_string(),
+        );
         Rig {
             bench,
             proxy,
@@ -132,7 +136,9 @@ async fn an_outage_exhausts_bounded_retries_then_a_retry_completes_the_window() 
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // Bounded: block 0 was tried exactly max_tries times, with backoff and jitter between.
-    let block0 = rig.proxy.requests(&format!("blockid={}", "MDAw".repeat(10) + "MDA%3D"));
+    let block0 = rig
+        .proxy
+        .requests(&format!("blockid={}", "MDAw".repeat(10) + "MDA%3D"));
     let policy = short_retry();
     assert_eq!(block0.len() as u32, policy.max_tries, "{block0:?}");
     for (i, pair) in block0.windows(2).enumerate() {
@@ -193,8 +199,10 @@ async fn slow_answers_are_cut_off_and_retried_idempotently() {
     let trigger = rig.changes(8);
     rig.proxy
         .add(Rule::put_block(Fault::Delay(Duration::from_millis(700)), 1));
-    rig.proxy
-        .add(Rule::put_block_list(Fault::Delay(Duration::from_millis(700)), 1));
+    rig.proxy.add(Rule::put_block_list(
+        Fault::Delay(Duration::from_millis(700)),
+        1,
+    ));
     let report = rig.run(trigger, "slow").await;
     assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
     assert_eq!(rig.proxy.requests("comp=blocklist").len(), 2);
@@ -247,8 +255,10 @@ async fn corrupted_blocks_and_acknowledgements_are_detected() {
 
     let trigger = rig.changes(8);
     rig.proxy.clear_log();
-    rig.proxy
-        .add(Rule::put_block(Fault::CorruptResponseHeader("content-md5"), 1));
+    rig.proxy.add(Rule::put_block(
+        Fault::CorruptResponseHeader("content-md5"),
+        1,
+    ));
     let report = rig.run(trigger, "corrupted acknowledgement").await;
     assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
     assert_eq!(rig.proxy.faults_applied(), 1);
@@ -268,19 +278,35 @@ async fn truncated_and_corrupted_downloads_are_detected() {
     let good = rig.bench.read(&name).await;
     let through = rig.job.blobs.clone();
 
-    rig.proxy
-        .add(Rule::new(Some("GET"), "incremental", Fault::TruncateResponseBody, 1));
+    rig.proxy.add(Rule::new(
+        Some("GET"),
+        "incremental",
+        Fault::TruncateResponseBody,
+        1,
+    ));
     assert_eq!(through.read(&name).await.unwrap().unwrap().to_vec(), good);
-    rig.proxy
-        .add(Rule::new(Some("GET"), "incremental", Fault::CorruptResponseBody, 1));
+    rig.proxy.add(Rule::new(
+        Some("GET"),
+        "incremental",
+        Fault::CorruptResponseBody,
+        1,
+    ));
     assert_eq!(through.read(&name).await.unwrap().unwrap().to_vec(), good);
-    rig.proxy
-        .add(Rule::new(Some("GET"), "comp=list", Fault::TruncateResponseBody, 1));
+    rig.proxy.add(Rule::new(
+        Some("GET"),
+        "comp=list",
+        Fault::TruncateResponseBody,
+        1,
+    ));
     assert_eq!(through.list("dbo/").await.unwrap().len(), 2);
     assert_eq!(rig.proxy.faults_applied(), 3);
 
-    rig.proxy
-        .add(Rule::new(Some("GET"), "incremental", Fault::CorruptResponseBody, 100));
+    rig.proxy.add(Rule::new(
+        Some("GET"),
+        "incremental",
+        Fault::CorruptResponseBody,
+        100,
+    ));
     let err = through.read(&name).await.unwrap_err().to_string();
     assert!(err.contains("Content-MD5"), "{err}");
 }

@@ -150,7 +150,12 @@ fn injected_kind(report: &JobReport) -> Option<String> {
 fn tally(report: &JobReport, faults: &mut BTreeMap<String, u64>, context: &str) -> bool {
     match injected_kind(report) {
         Some(kind) => {
-            assert_eq!(report.outcome, Outcome::Failed, "{context}: {:?}", report.logs);
+            assert_eq!(
+                report.outcome,
+                Outcome::Failed,
+                "{context}: {:?}",
+                report.logs
+            );
             *faults.entry(kind).or_default() += 1;
             true
         }
@@ -212,7 +217,12 @@ fn arm_full_load(rng: &mut StdRng, armed: &Mutex<Armed>, model: &CdcModel) {
         1 => a.crash = Some((Step::BlocksStaged, rng.random_range(1..=3))),
         2 => a.crash = Some((Step::PartCommitted, rng.random_range(1..=3))),
         3 => a.model = Some((Step::PartCommitted, ModelFault::LostReply)),
-        4 => a.model = Some((Step::PartCommitted, ModelFault::MidScan(rng.random_range(0..8)))),
+        4 => {
+            a.model = Some((
+                Step::PartCommitted,
+                ModelFault::MidScan(rng.random_range(0..8)),
+            ))
+        }
         5 => model.fail_after_effect(Method::InsertWatermark, 1),
         _ => model.fail_next(Method::Scan, 1),
     }
@@ -310,7 +320,10 @@ async fn random_crashes_and_retries_lose_and_duplicate_nothing() {
         } else {
             retry = false;
             let wm = bench.watermark();
-            assert!(wm.pending.is_none(), "{context}: a done run leaves no pending window");
+            assert!(
+                wm.pending.is_none(),
+                "{context}: a done run leaves no pending window"
+            );
             assert_eq!(wm.last_window_end, trigger, "{context}: window end");
         }
     }
@@ -319,8 +332,15 @@ async fn random_crashes_and_retries_lose_and_duplicate_nothing() {
     *armed.lock().unwrap() = Armed::default();
     bench.model.advance(Duration::minutes(15));
     let report = jobs::incremental::run(&bench.ctx, &timer(bench.model.now())).await;
-    assert_eq!(report.outcome, Outcome::Done, "seed {seed}: {:?}", report.logs);
-    ledger.check(&bench, &format!("seed {seed}, final run")).await;
+    assert_eq!(
+        report.outcome,
+        Outcome::Done,
+        "seed {seed}: {:?}",
+        report.logs
+    );
+    ledger
+        .check(&bench, &format!("seed {seed}, final run"))
+        .await;
     bench
         .assert_consistent(&format!("seed {seed}, final full replay"))
         .await;
@@ -359,7 +379,10 @@ async fn random_crashes_and_retries_lose_and_duplicate_nothing() {
         "connection dropped mid-stream",
     ] {
         if runs >= 500 {
-            assert!(faults.contains_key(kind), "seed {seed}: never injected {kind}: {faults:?}");
+            assert!(
+                faults.contains_key(kind),
+                "seed {seed}: never injected {kind}: {faults:?}"
+            );
         }
     }
 }
@@ -458,7 +481,12 @@ async fn overlapping_invocations_claim_each_window_once() {
                 crashes += 1;
                 continue;
             }
-            assert_eq!(report.outcome, Outcome::Done, "{context}: {:?}", report.logs);
+            assert_eq!(
+                report.outcome,
+                Outcome::Done,
+                "{context}: {:?}",
+                report.logs
+            );
             let note = table["note"].as_str().unwrap().to_string();
             for blob in table["blobs"].as_array().unwrap() {
                 let blob = blob.as_str().unwrap().to_string();
@@ -489,7 +517,8 @@ async fn overlapping_invocations_claim_each_window_once() {
         "every committed window is claimed by exactly one invocation"
     );
     assert!(
-        notes.get("superseded").copied().unwrap_or(0) + notes.get("up to date").copied().unwrap_or(0)
+        notes.get("superseded").copied().unwrap_or(0)
+            + notes.get("up to date").copied().unwrap_or(0)
             > 0,
         "some invocations lost the race: {notes:?}"
     );

@@ -120,7 +120,10 @@ impl Ledger {
         }
 
         let Some(wm) = bench.model.watermark(&bench.table) else {
-            assert!(listing.is_empty(), "{context}: blobs without a watermark row");
+            assert!(
+                listing.is_empty(),
+                "{context}: blobs without a watermark row"
+            );
             return;
         };
         // The full load, once finished: the latest load's parts are the base state.

@@ -4,4 +4,3 @@ pub mod azurite;
 pub mod cdc;
 pub mod ledger;
 pub mod proxy;
-

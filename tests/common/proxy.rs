@@ -355,9 +355,7 @@ async fn handle(
         builder = builder.header(name, value);
     }
     match &fault {
-        Some(Fault::DropAfterForward) => {
-            Err(std::io::Error::other("injected: reply lost"))
-        }
+        Some(Fault::DropAfterForward) => Err(std::io::Error::other("injected: reply lost")),
         Some(Fault::CorruptResponseBody) if !rsp_body.is_empty() => {
             let i = rsp_body.len() / 2;
             rsp_body[i] ^= 0x01;
