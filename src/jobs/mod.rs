@@ -227,7 +227,22 @@ pub struct Runner {
 impl Runner {
     pub fn new(settings: Settings) -> Result<Runner, JobError> {
         let settings = Arc::new(settings);
-        let blobs = BlobTarget::new(&settings.storage, &settings.container)?;
+        // Settings::from_map checks the storage settings' shape; the account key's encoding
+        // and the endpoint are checked here, so name the setting the operator must fix.
+        let blobs = BlobTarget::new(&settings.storage, &settings.container).map_err(|e| {
+            let setting = match settings.storage {
+                crate::config::StorageSettings::ConnectionString(_) => {
+                    crate::config::CDC_STORAGE_CONNECTION_STRING
+                }
+                crate::config::StorageSettings::AccountUrl { .. } => {
+                    crate::config::CDC_STORAGE_ACCOUNT_URL
+                }
+            };
+            match e {
+                SinkError::Config(message) => SinkError::Config(format!("{setting}: {message}")),
+                other => other,
+            }
+        })?;
         let source: Arc<dyn CdcSource> =
             Arc::new(crate::sqlserver::SqlServerSource::new(&settings)?);
         Ok(Runner {
@@ -279,6 +294,12 @@ impl Runner {
 impl Jobs for Runner {
     async fn incremental_copy(&self, trigger: TimerTrigger) -> JobReport {
         incremental::run(&self.context, &trigger).await
+    }
+
+    /// Without this the trait's default (no checks) answered `handler check`, which then
+    /// printed only "ok settings" and exited 0 with SQL or storage unreachable.
+    async fn check(&self) -> Vec<(String, Result<(), String>)> {
+        Runner::check(self).await
     }
 
     async fn full_load(&self, request: FullLoadRequest) -> JobReport {
