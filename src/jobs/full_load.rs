@@ -15,13 +15,52 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::{for_each_table, Context, JobError, Step, TableOutcome, TableStatus, FORMAT_VERSION};
-use crate::cdc::{CaptureInstance, CdcSession, FullLoadProgress, TableRef, Watermark};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+use crate::cdc::{CaptureInstance, CdcSession, FullLoadProgress, TableRef, Value, Watermark};
 use crate::host::{FullLoadRequest, JobReport};
 use crate::sink::naming;
+use crate::sink::SinkError;
 
 /// How long an IncrementalCopy invocation spends on a handed-off full load (the default
 /// functionTimeout is 30 minutes).
 pub const TIMER_BUDGET: Duration = Duration::from_secs(20 * 60);
+
+/// A part's last key for blob metadata (printable ASCII): base64 of its JSON; empty for none.
+fn encode_key(key: Option<&[Value]>) -> String {
+    key.map(|k| BASE64.encode(serde_json::to_vec(k).expect("values serialize")))
+        .unwrap_or_default()
+}
+
+/// The (rows, last key, bytes) of a part another run committed, from its metadata.
+async fn adopt_part(ctx: &Context, name: &str) -> Result<(u64, Option<Vec<Value>>, u64), JobError> {
+    let corrupt = |what: &str| {
+        SinkError::Other(format!("full-load part {name} exists but its {what} metadata is unreadable; delete the load folder and run FullLoad with \"reset\": true"))
+    };
+    let info = ctx
+        .blobs
+        .properties(name)
+        .await?
+        .ok_or_else(|| corrupt("blob"))?;
+    let rows = info
+        .metadata
+        .get("row_count")
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(|| corrupt("row_count"))?;
+    let key = match info.metadata.get("last_key").map(String::as_str) {
+        None => return Err(corrupt("last_key").into()),
+        Some("") => None,
+        Some(text) => Some(
+            BASE64
+                .decode(text)
+                .ok()
+                .and_then(|json| serde_json::from_slice(&json).ok())
+                .ok_or_else(|| corrupt("last_key"))?,
+        ),
+    };
+    Ok((rows, key, info.size))
+}
 
 /// Where a load stands after an invocation's share of work.
 #[derive(Debug)]
@@ -164,6 +203,7 @@ pub async fn continue_load(
     budget: Duration,
 ) -> Result<LoadProgress, JobError> {
     let deadline = Instant::now() + budget;
+    ctx.ensure_container().await?;
     let part_rows = ctx.settings.full_load_part_rows.max(1);
     loop {
         let progress = wm
@@ -182,11 +222,14 @@ pub async fn continue_load(
             ("format_version".to_string(), FORMAT_VERSION.to_string()),
         ];
         let block_size = ctx.settings.block_size;
-        let mut sink = ctx.csv_sink(&ci.table, ctx.blobs.writer(&name, metadata, block_size));
-        let (rows, last_key) = session
+        let mut writer = ctx.blobs.writer(&name, metadata, block_size);
+        // Create-only: of two invocations continuing the same load, one part version wins and
+        // the other adopts it, so the checkpoint always matches the committed part.
+        writer.create_only();
+        let mut sink = ctx.csv_sink(&ci.table, writer);
+        let (mut rows, mut last_key) = session
             .scan(ci, progress.last_key.as_deref(), part_rows, &mut sink)
             .await?;
-        let done = rows < part_rows;
         // A table whose row count is a multiple of the part size would end with an empty
         // part; skip it unless it is the only one (an empty table still gets its header).
         let write = rows > 0 || progress.parts_done == 0;
@@ -194,9 +237,18 @@ pub async fn continue_load(
         if write {
             ctx.step(&ci.table, Step::BlocksStaged)?;
             sink.set_metadata("row_count", rows.to_string());
-            bytes = sink.finish().await?.bytes;
+            sink.set_metadata("last_key", encode_key(last_key.as_deref()));
+            match sink.finish().await {
+                Ok(summary) => bytes = summary.bytes,
+                Err(e) if e.is_already_exists() => {
+                    (rows, last_key, bytes) = adopt_part(ctx, &name).await?;
+                    tracing::info!(table = %ci.table, blob = %name, rows, "part already committed by another run; adopted");
+                }
+                Err(e) => return Err(e.into()),
+            }
             ctx.step(&ci.table, Step::PartCommitted)?;
         }
+        let done = rows < part_rows;
         let mut next = wm.clone();
         next.version = wm.version + 1;
         next.updated_at = ctx.now();

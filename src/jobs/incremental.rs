@@ -413,6 +413,7 @@ async fn write_window(
         ),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
+    ctx.ensure_container().await?;
     let block_size = ctx.settings.block_size;
     let mut sink = ctx.csv_sink(&ci.table, ctx.blobs.writer(blob_name, metadata, block_size));
     let rows = if to >= from {

@@ -93,6 +93,9 @@ pub struct Context {
     pub blobs: BlobTarget,
     pub clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
     pub faults: Option<FaultHook>,
+    /// Set once the container is known to exist (created if missing), so each process
+    /// checks it once, before its first blob.
+    pub container_ready: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl Context {
@@ -103,7 +106,16 @@ impl Context {
             blobs,
             clock: Arc::new(Utc::now),
             faults: None,
+            container_ready: Arc::default(),
         }
+    }
+
+    /// Creates the container if it is missing, once per process.
+    pub async fn ensure_container(&self) -> Result<(), SinkError> {
+        self.container_ready
+            .get_or_try_init(|| self.blobs.ensure_container())
+            .await
+            .map(|_| ())
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -296,8 +308,6 @@ impl Jobs for Runner {
         incremental::run(&self.context, &trigger).await
     }
 
-    /// Without this the trait's default (no checks) answered `handler check`, which then
-    /// printed only "ok settings" and exited 0 with SQL or storage unreachable.
     async fn check(&self) -> Vec<(String, Result<(), String>)> {
         Runner::check(self).await
     }

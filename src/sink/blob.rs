@@ -525,6 +525,7 @@ impl BlobTarget {
             staged_bytes: 0,
             content_md5: Md5::new(),
             tamper_next_md5: false,
+            create_only: false,
         }
     }
 
@@ -724,6 +725,8 @@ pub struct BlobWriter {
     content_md5: Md5,
     /// Test hook: send a wrong `Content-MD5` with the next block.
     tamper_next_md5: bool,
+    /// Commit with `If-None-Match: *`: fail with 409 instead of replacing an existing blob.
+    create_only: bool,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -786,6 +789,13 @@ impl BlobWriter {
         self.tamper_next_md5 = true;
     }
 
+    /// Makes the commit create-only (`If-None-Match: *`): if the blob exists already, `finish`
+    /// fails with [`SinkError::is_already_exists`] and the existing blob stays untouched.
+    /// Used where two writers must not both win (full-load parts).
+    pub fn create_only(&mut self) {
+        self.create_only = true;
+    }
+
     /// Sets (or replaces) a metadata entry before the commit, for what is known only at the
     /// end, such as the row count.
     pub fn set_metadata(&mut self, key: &str, value: String) {
@@ -821,6 +831,7 @@ impl BlobWriter {
         let content_md5 = std::mem::take(&mut self.content_md5).finalize().to_vec();
         let target = self.target.clone();
         let client = self.client.clone();
+        let create_only = self.create_only;
         self.retry
             .run("put block list", &target, || {
                 let list = BlockLookupList {
@@ -831,6 +842,7 @@ impl BlobWriter {
                     blob_content_type: Some(CONTENT_TYPE.to_string()),
                     blob_content_md5: Some(content_md5.clone()),
                     metadata: Some(metadata.clone()),
+                    if_none_match: create_only.then(|| azure_core::http::Etag::from("*")),
                     ..Default::default()
                 };
                 let client = client.clone();

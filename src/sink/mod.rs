@@ -39,6 +39,19 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// A create-only commit found the blob already there (409 `BlobAlreadyExists`, or 412
+    /// from a retried commit whose first try succeeded).
+    pub fn is_already_exists(&self) -> bool {
+        matches!(
+            self,
+            SinkError::Http {
+                operation: "put block list",
+                status: 409 | 412,
+                ..
+            }
+        )
+    }
+
     /// 408, 429, 500, 502, 503, 504 and transport failures are worth a retry; the rest are not.
     pub fn is_transient(&self) -> bool {
         match self {

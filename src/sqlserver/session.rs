@@ -202,7 +202,7 @@ impl SqlServerSession {
         };
         let mut types: Vec<ColumnType> = Vec::new();
         let mut key_index: Vec<usize> = Vec::new();
-        let mut last_key = None;
+        let mut last_row: Option<Vec<Value>> = None;
         let mut sent = 0u64;
         loop {
             let item = match stream.try_next().await {
@@ -251,12 +251,15 @@ impl SqlServerSession {
                         .map_err(CdcError::Protocol)?;
                     sink.row(&values).await?;
                     sent += 1;
-                    if key_columns.is_some() {
-                        last_key = Some(key_index.iter().map(|i| values[*i].clone()).collect());
-                    }
+                    last_row = Some(values);
                 }
             }
         }
+        // The resume key comes from the last row only: no per-row key copies.
+        let last_key = match (key_columns, last_row) {
+            (Some(_), Some(row)) => Some(key_index.iter().map(|i| row[*i].clone()).collect()),
+            _ => None,
+        };
         Ok((sent, last_key))
     }
 

@@ -164,8 +164,8 @@ impl Bench {
             model.insert(&table, customer(id, 0)).unwrap();
         }
         model.advance(Duration::seconds(1));
+        // No ensure_container here: the jobs must create the container themselves.
         let blobs = BlobTarget::new(&settings.storage, &settings.container).unwrap();
-        blobs.ensure_container().await.unwrap();
         let source: Arc<dyn CdcSource> = Arc::new(model.clone());
         let clock_model = model.clone();
         let ctx = Context {
@@ -174,6 +174,7 @@ impl Bench {
             blobs,
             clock: Arc::new(move || clock_model.now()),
             faults: None,
+            container_ready: Arc::default(),
         };
         Bench { model, ctx, table }
     }
