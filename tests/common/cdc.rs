@@ -53,7 +53,7 @@ pub fn customer(id: i64, version: u64) -> Vec<Value> {
 /// Random DML on the bench's table: inserts, updates (some of the key itself, which SQL
 /// Server captures as delete + insert), deletes, and an insert+delete of the same key inside
 /// one window (nets to nothing); `1..60` s of model time between statements. Keys stay unique
-/// through `next_id`. (The same mix as `tests/jobs.rs`.)
+/// through `next_id`.
 pub fn random_dml(bench: &Bench, rng: &mut rand::rngs::StdRng, next_id: &mut i64, version: u64) {
     use rand::Rng;
     let table = &bench.table;
