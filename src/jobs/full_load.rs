@@ -121,7 +121,7 @@ fn outcome(table: &TableRef, progress: LoadProgress, elapsed: Duration) -> Table
         ),
         json: json!({
             "table": table.to_string(),
-            "status": match status { TableStatus::Done => "done", TableStatus::InProgress => "inProgress", _ => "superseded" },
+            "status": status.as_str(),
             "rows": rows,
             "baselineLsn": baseline.to_string(),
             "note": note,

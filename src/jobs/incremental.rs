@@ -105,7 +105,7 @@ impl Copied {
             line,
             json: json!({
                 "table": table.to_string(),
-                "status": match self.status { TableStatus::Superseded => "superseded", _ => "done" },
+                "status": self.status.as_str(),
                 "note": self.note,
                 "rows": self.rows,
                 "bytes": self.bytes,

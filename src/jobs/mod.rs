@@ -175,20 +175,44 @@ pub enum TableStatus {
     Failed,
 }
 
+impl TableStatus {
+    /// The status as `ReturnValue` spells it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TableStatus::Done => "done",
+            TableStatus::InProgress => "inProgress",
+            TableStatus::Superseded => "superseded",
+            TableStatus::Conflict => "conflict",
+            TableStatus::BadRequest => "badRequest",
+            TableStatus::Failed => "failed",
+        }
+    }
+}
+
 impl TableOutcome {
+    /// A table that did not complete: refused (conflict, bad request) or failed.
     pub fn failed(table: &TableRef, error: &JobError) -> TableOutcome {
-        tracing::error!(table = %table, transient = error.is_transient(), error = %error, "table failed");
         let status = match error {
             JobError::AlreadyLoaded { .. } => TableStatus::Conflict,
             JobError::NotConfigured { .. } => TableStatus::BadRequest,
             _ => TableStatus::Failed,
         };
+        if status == TableStatus::Failed {
+            tracing::error!(table = %table, transient = error.is_transient(), error = %error, "table failed");
+        } else {
+            tracing::warn!(table = %table, error = %error, "request refused");
+        }
+        let label = if status == TableStatus::Failed {
+            "FAILED"
+        } else {
+            "REFUSED"
+        };
         TableOutcome {
             table: table.clone(),
-            line: format!("{table}: FAILED: {error}"),
+            line: format!("{table}: {label}: {error}"),
             json: serde_json::json!({
                 "table": table.to_string(),
-                "status": "failed",
+                "status": status.as_str(),
                 "transient": error.is_transient(),
                 "error": error.to_string(),
             }),
