@@ -8,74 +8,14 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 use cdc_copy::cdc::{CdcError, Value};
 use cdc_copy::host::Outcome;
 use cdc_copy::jobs::{JobError, Step};
 use cdc_copy::model::{CdcModel, Method};
 
-use common::cdc::{customer, start_time, Bench};
-
-/// Random DML: inserts, updates (some of the key itself), deletes, and insert+delete of the
-/// same key inside one window. Keys stay unique through `next_id`.
-fn random_dml(bench: &Bench, rng: &mut StdRng, next_id: &mut i64, version: u64) {
-    let table = &bench.table;
-    let ops = rng.random_range(0..12);
-    for _ in 0..ops {
-        let keys: Vec<i64> = bench
-            .model
-            .table_rows(table)
-            .iter()
-            .map(|r| match r[0] {
-                Value::Int(k) => k,
-                _ => unreachable!(),
-            })
-            .collect();
-        let pick = |rng: &mut StdRng| keys[rng.random_range(0..keys.len())];
-        match rng.random_range(0..10) {
-            0..=3 => {
-                bench
-                    .model
-                    .insert(table, customer(*next_id, version))
-                    .unwrap();
-                *next_id += 1;
-            }
-            4..=5 if !keys.is_empty() => {
-                let k = pick(rng);
-                bench
-                    .model
-                    .update(table, &[Value::Int(k)], customer(k, version))
-                    .unwrap();
-            }
-            6 if !keys.is_empty() => {
-                // Key update: SQL Server captures it as delete + insert.
-                let k = pick(rng);
-                bench
-                    .model
-                    .update(table, &[Value::Int(k)], customer(*next_id, version))
-                    .unwrap();
-                *next_id += 1;
-            }
-            7 => {
-                // Inserted and deleted inside the window: nets to nothing.
-                bench
-                    .model
-                    .insert(table, customer(*next_id, version))
-                    .unwrap();
-                bench.model.delete(table, &[Value::Int(*next_id)]).unwrap();
-                *next_id += 1;
-            }
-            _ if !keys.is_empty() => {
-                bench.model.delete(table, &[Value::Int(pick(rng))]).unwrap();
-            }
-            _ => {}
-        }
-        bench
-            .model
-            .advance(Duration::seconds(rng.random_range(1..60)));
-    }
-}
+use common::cdc::{customer, random_dml, start_time, Bench};
 
 /// Guarantees 1, 3 and 4: full load, then 40 windows of random DML; after every run the blobs
 /// replay to the source as of the watermark; empty windows write no blob.

@@ -29,13 +29,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use cdc_copy::cdc::{CdcSession, Lsn, RowFilter, RowSink, TableRef, Value, Watermark};
+use cdc_copy::cdc::VecSink;
+use cdc_copy::cdc::{CdcSession, Lsn, RowFilter, TableRef, Value, Watermark};
 use cdc_copy::config::{Secret, Settings};
 use cdc_copy::host::{FullLoadRequest, JobReport, Jobs, Outcome, TimerTrigger};
 use cdc_copy::jobs::Runner;
 use cdc_copy::sink::blob::BlobTarget;
-use cdc_copy::sink::SinkError;
 use cdc_copy::sqlserver::{SqlServerSession, SqlServerSource};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::azurite::{unique_container, Azurite};
@@ -910,24 +909,6 @@ async fn live_full_load_and_incremental_copy() {
 // ---------------------------------------------------------------------------------------------
 // The SQL Server session method by method.
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Default)]
-struct VecSink {
-    columns: Vec<String>,
-    rows: Vec<Vec<Value>>,
-}
-
-#[async_trait]
-impl RowSink for VecSink {
-    async fn columns(&mut self, names: &[String]) -> Result<(), SinkError> {
-        self.columns = names.to_vec();
-        Ok(())
-    }
-    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
-        self.rows.push(row.to_vec());
-        Ok(())
-    }
-}
 
 fn column<'a>(sink: &'a VecSink, row: usize, name: &str) -> &'a Value {
     let i = sink

@@ -8,6 +8,7 @@
 mod tds;
 
 use async_trait::async_trait;
+use cdc_copy::cdc::VecSink;
 use cdc_copy::cdc::{
     CaptureInstance, CdcError, CdcSession, CdcSource, FullLoadProgress, Lsn, PendingWindow,
     RowFilter, RowSink, TableRef, Value, Watermark,
@@ -52,24 +53,6 @@ fn customers_ci() -> CaptureInstance {
         supports_net_changes: true,
         min_lsn: lsn(100),
         key_columns: vec!["customer_id".into()],
-    }
-}
-
-#[derive(Default)]
-struct VecSink {
-    columns: Vec<String>,
-    rows: Vec<Vec<Value>>,
-}
-
-#[async_trait]
-impl RowSink for VecSink {
-    async fn columns(&mut self, names: &[String]) -> Result<(), SinkError> {
-        self.columns = names.to_vec();
-        Ok(())
-    }
-    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
-        self.rows.push(row.to_vec());
-        Ok(())
     }
 }
 

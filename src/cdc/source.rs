@@ -308,3 +308,24 @@ pub trait CdcSession: Send {
         row: &Watermark,
     ) -> Result<bool, CdcError>;
 }
+
+/// A [`RowSink`] that keeps everything in memory: for tests and small result sets only (the
+/// jobs stream into blobs instead).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct VecSink {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+#[async_trait]
+impl RowSink for VecSink {
+    async fn columns(&mut self, names: &[String]) -> Result<(), crate::sink::SinkError> {
+        self.columns = names.to_vec();
+        Ok(())
+    }
+
+    async fn row(&mut self, row: &[Value]) -> Result<(), crate::sink::SinkError> {
+        self.rows.push(row.to_vec());
+        Ok(())
+    }
+}

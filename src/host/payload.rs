@@ -461,8 +461,14 @@ pub fn full_load_request(body: &Value) -> Result<FullLoadRequest, RequestError> 
         .keys()
         .find(|k| !matches!(k.as_str(), "tables" | "reset"))
     {
+        // An empty key would give a message naming nothing (": unknown field"); quote it.
+        let field = if key.trim().is_empty() {
+            format!("{key:?}")
+        } else {
+            key.clone()
+        };
         return Err(request_error(
-            key.clone(),
+            field,
             "unknown field; expected \"tables\" and/or \"reset\"",
         ));
     }

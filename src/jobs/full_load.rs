@@ -21,7 +21,6 @@ use base64::Engine as _;
 use crate::cdc::{CaptureInstance, CdcSession, FullLoadProgress, TableRef, Value, Watermark};
 use crate::host::{FullLoadRequest, JobReport};
 use crate::sink::naming;
-use crate::sink::rows::CsvBlobSink;
 use crate::sink::SinkError;
 
 /// How long an IncrementalCopy invocation spends on a handed-off full load (the default
@@ -122,7 +121,7 @@ fn outcome(table: &TableRef, progress: LoadProgress, elapsed: Duration) -> Table
         ),
         json: json!({
             "table": table.to_string(),
-            "status": match status { TableStatus::Done => "done", TableStatus::InProgress => "inProgress", _ => "superseded" },
+            "status": status.as_str(),
             "rows": rows,
             "baselineLsn": baseline.to_string(),
             "note": note,
@@ -227,7 +226,7 @@ pub async fn continue_load(
         // Create-only: of two invocations continuing the same load, one part version wins and
         // the other adopts it, so the checkpoint always matches the committed part.
         writer.create_only();
-        let mut sink = CsvBlobSink::new(writer, block_size);
+        let mut sink = ctx.csv_sink(&ci.table, writer);
         let (mut rows, mut last_key) = session
             .scan(ci, progress.last_key.as_deref(), part_rows, &mut sink)
             .await?;

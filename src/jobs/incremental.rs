@@ -21,7 +21,6 @@ use crate::cdc::{
     CaptureInstance, CaptureProgress, CdcError, CdcSession, Lsn, PendingWindow, TableRef, Watermark,
 };
 use crate::host::{JobReport, TimerTrigger};
-use crate::sink::rows::CsvBlobSink;
 use crate::sink::SinkError;
 use crate::window::{self, Plan};
 
@@ -59,6 +58,21 @@ pub struct Copied {
 }
 
 impl Copied {
+    /// A run that copied nothing (yet), at the watermark's window end.
+    fn nothing(status: TableStatus, wm: &Watermark, note: &'static str) -> Copied {
+        Copied {
+            status,
+            blobs: vec![],
+            rows: 0,
+            bytes: 0,
+            from: None,
+            to: None,
+            window_end: wm.last_window_end,
+            lag: None,
+            note,
+        }
+    }
+
     fn outcome(&self, table: &TableRef, elapsed: std::time::Duration) -> TableOutcome {
         let range = match (self.from, self.to) {
             (Some(from), Some(to)) if to >= from => format!("LSN {from}..={to}"),
@@ -91,7 +105,7 @@ impl Copied {
             line,
             json: json!({
                 "table": table.to_string(),
-                "status": match self.status { TableStatus::Superseded => "superseded", _ => "done" },
+                "status": self.status.as_str(),
                 "note": self.note,
                 "rows": self.rows,
                 "bytes": self.bytes,
@@ -134,17 +148,11 @@ pub async fn copy_table(
         match progress {
             super::full_load::LoadProgress::Finished(next) => wm = next,
             super::full_load::LoadProgress::Paused(next) => {
-                return Ok(Copied {
-                    status: TableStatus::InProgress,
-                    blobs: vec![],
-                    rows: 0,
-                    bytes: 0,
-                    from: None,
-                    to: None,
-                    window_end: next.last_window_end,
-                    lag: None,
-                    note: "full load in progress",
-                })
+                return Ok(Copied::nothing(
+                    TableStatus::InProgress,
+                    &next,
+                    "full load in progress",
+                ))
             }
             super::full_load::LoadProgress::Superseded => return Ok(superseded(&wm)),
         }
@@ -157,17 +165,7 @@ pub async fn copy_table(
         });
     }
 
-    let mut copied = Copied {
-        status: TableStatus::Done,
-        blobs: vec![],
-        rows: 0,
-        bytes: 0,
-        from: None,
-        to: None,
-        window_end: wm.last_window_end,
-        lag: None,
-        note: "up to date",
-    };
+    let mut copied = Copied::nothing(TableStatus::Done, &wm, "up to date");
 
     // 1. A pending window first: same LSN range, same name, same bytes.
     if let Some(pending) = wm.pending.clone() {
@@ -298,17 +296,11 @@ pub async fn copy_table(
 
 fn superseded(wm: &Watermark) -> Copied {
     tracing::warn!(table = %wm.table, version = wm.version, "another invocation advanced the watermark first; stopping");
-    Copied {
-        status: TableStatus::Superseded,
-        blobs: vec![],
-        rows: 0,
-        bytes: 0,
-        from: None,
-        to: None,
-        window_end: wm.last_window_end,
-        lag: None,
-        note: "superseded: another invocation advanced the watermark first",
-    }
+    Copied::nothing(
+        TableStatus::Superseded,
+        wm,
+        "superseded: another invocation advanced the watermark first",
+    )
 }
 
 /// `increment(last_lsn)`: CDC intervals are closed, the last upper bound was copied.
@@ -416,10 +408,7 @@ async fn write_window(
     ];
     ctx.ensure_container().await?;
     let block_size = ctx.settings.block_size;
-    let mut sink = CsvBlobSink::new(
-        ctx.blobs.writer(blob_name, metadata, block_size),
-        block_size,
-    );
+    let mut sink = ctx.csv_sink(&ci.table, ctx.blobs.writer(blob_name, metadata, block_size));
     let rows = if to >= from {
         session
             .net_changes(ci, from, to, ctx.settings.row_filter, &mut sink)

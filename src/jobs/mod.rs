@@ -77,6 +77,9 @@ pub enum Step {
     BlobCommitted,
     /// A full-load part is committed, its checkpoint not recorded.
     PartCommitted,
+    /// One more block of the blob was handed to Put Block (the writer holds the next one);
+    /// called after every block staged while rows stream, so a crash can land between blocks.
+    BlockStaged,
 }
 
 /// A hook called at every [`Step`]; returning `Err` aborts the job there, as a crash would.
@@ -126,6 +129,23 @@ impl Context {
         }
     }
 
+    /// A CSV sink for `writer` that calls the fault hook at [`Step::BlockStaged`] after each
+    /// block it stages (no hook, no callback).
+    pub(crate) fn csv_sink(
+        &self,
+        table: &TableRef,
+        writer: crate::sink::blob::BlobWriter,
+    ) -> crate::sink::rows::CsvBlobSink {
+        let mut sink = crate::sink::rows::CsvBlobSink::new(writer, self.settings.block_size);
+        if let Some(hook) = self.faults.clone() {
+            let table = table.clone();
+            sink.on_block_staged(Box::new(move || {
+                hook(&table, Step::BlockStaged).map_err(|e| SinkError::Other(e.to_string()))
+            }));
+        }
+        sink
+    }
+
     /// The configured spec of `table` (its capture instance, if pinned).
     pub fn spec(&self, table: &TableRef) -> Option<&TableSpec> {
         self.settings
@@ -155,20 +175,44 @@ pub enum TableStatus {
     Failed,
 }
 
+impl TableStatus {
+    /// The status as `ReturnValue` spells it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TableStatus::Done => "done",
+            TableStatus::InProgress => "inProgress",
+            TableStatus::Superseded => "superseded",
+            TableStatus::Conflict => "conflict",
+            TableStatus::BadRequest => "badRequest",
+            TableStatus::Failed => "failed",
+        }
+    }
+}
+
 impl TableOutcome {
+    /// A table that did not complete: refused (conflict, bad request) or failed.
     pub fn failed(table: &TableRef, error: &JobError) -> TableOutcome {
-        tracing::error!(table = %table, transient = error.is_transient(), error = %error, "table failed");
         let status = match error {
             JobError::AlreadyLoaded { .. } => TableStatus::Conflict,
             JobError::NotConfigured { .. } => TableStatus::BadRequest,
             _ => TableStatus::Failed,
         };
+        if status == TableStatus::Failed {
+            tracing::error!(table = %table, transient = error.is_transient(), error = %error, "table failed");
+        } else {
+            tracing::warn!(table = %table, error = %error, "request refused");
+        }
+        let label = if status == TableStatus::Failed {
+            "FAILED"
+        } else {
+            "REFUSED"
+        };
         TableOutcome {
             table: table.clone(),
-            line: format!("{table}: FAILED: {error}"),
+            line: format!("{table}: {label}: {error}"),
             json: serde_json::json!({
                 "table": table.to_string(),
-                "status": "failed",
+                "status": status.as_str(),
                 "transient": error.is_transient(),
                 "error": error.to_string(),
             }),
@@ -219,7 +263,22 @@ pub struct Runner {
 impl Runner {
     pub fn new(settings: Settings) -> Result<Runner, JobError> {
         let settings = Arc::new(settings);
-        let blobs = BlobTarget::new(&settings.storage, &settings.container)?;
+        // Settings::from_map checks the storage settings' shape; the account key's encoding
+        // and the endpoint are checked here, so name the setting the operator must fix.
+        let blobs = BlobTarget::new(&settings.storage, &settings.container).map_err(|e| {
+            let setting = match settings.storage {
+                crate::config::StorageSettings::ConnectionString(_) => {
+                    crate::config::CDC_STORAGE_CONNECTION_STRING
+                }
+                crate::config::StorageSettings::AccountUrl { .. } => {
+                    crate::config::CDC_STORAGE_ACCOUNT_URL
+                }
+            };
+            match e {
+                SinkError::Config(message) => SinkError::Config(format!("{setting}: {message}")),
+                other => other,
+            }
+        })?;
         let source: Arc<dyn CdcSource> =
             Arc::new(crate::sqlserver::SqlServerSource::new(&settings)?);
         Ok(Runner {

@@ -3,6 +3,7 @@
 //! - INTRO: /work/shared/seeds/cdc-intro-sql2008.txt
 //! - REF: /work/shared/reference/sqlserver-cdc.md (the project's fact sheet)
 
+use crate::cdc::VecSink;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -44,24 +45,6 @@ fn model_in(offset: i32) -> CdcModel {
         .unwrap();
     m.enable_cdc(&customers(), "dbo_customers", true).unwrap();
     m
-}
-
-#[derive(Default)]
-struct VecSink {
-    columns: Vec<String>,
-    rows: Vec<Vec<Value>>,
-}
-
-#[async_trait]
-impl RowSink for VecSink {
-    async fn columns(&mut self, names: &[String]) -> Result<(), SinkError> {
-        self.columns = names.to_vec();
-        Ok(())
-    }
-    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
-        self.rows.push(row.to_vec());
-        Ok(())
-    }
 }
 
 /// Counts rows and checks their order without keeping them: what a streaming blob writer

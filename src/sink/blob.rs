@@ -529,6 +529,7 @@ impl BlobTarget {
             in_flight: None,
             blocks: 0,
             staged_bytes: 0,
+            content_md5: Md5::new(),
             tamper_next_md5: false,
             create_only: false,
         }
@@ -545,10 +546,32 @@ impl BlobTarget {
                     .download(None)
                     .await
                     .map_err(|e| map_err("download", &target, e))?;
-                rsp.body
+                // The whole blob's MD5 (ranged first response), else the response's own.
+                let (blob_md5, first_md5, first_len) = (
+                    rsp.properties.blob_content_md5.clone(),
+                    rsp.properties.content_md5.clone(),
+                    rsp.properties.content_length,
+                );
+                let body = rsp
+                    .body
                     .collect()
                     .await
-                    .map_err(|e| map_err("download", &target, e))
+                    .map_err(|e| map_err("download", &target, e))?;
+                // Blobs we commit carry their MD5: a download that does not match it was
+                // corrupted on the way, and another try may get it right.
+                let expected_md5 = blob_md5.or_else(|| {
+                    first_md5.filter(|_| first_len == Some(body.len() as u64))
+                });
+                if let Some(expected) = expected_md5 {
+                    if Md5::digest(&body).as_slice() != expected.as_slice() {
+                        return Err(SinkError::Transport {
+                            operation: "download",
+                            target: target.clone(),
+                            message: "the content does not match the blob's Content-MD5 (corrupted on the way)".to_string(),
+                        });
+                    }
+                }
+                Ok(body)
             })
             .await;
         not_found_is_none(result)
@@ -583,6 +606,18 @@ impl BlobTarget {
     /// Names of the committed blobs whose names start with `prefix`, in service order
     /// (lexicographic). Uncommitted (staged-only) blobs are not listed.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
+        Ok(self
+            .list_etags(prefix)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Like [`list`](Self::list), with each blob's ETag. Every commit gives a blob a new
+    /// ETag, even when it writes the same bytes, so a caller comparing listings sees every
+    /// re-commit (the fault tests check that each one is byte-identical).
+    pub async fn list_etags(&self, prefix: &str) -> Result<Vec<(String, String)>, SinkError> {
         let target = self.target(prefix);
         self.retry
             .run("list blobs", &target, || async {
@@ -604,7 +639,14 @@ impl BlobTarget {
                     let page = page
                         .into_model()
                         .map_err(|e| map_err("list blobs", &target, e))?;
-                    names.extend(page.blob_items.into_iter().filter_map(|b| b.name));
+                    names.extend(page.blob_items.into_iter().filter_map(|b| {
+                        let etag = b
+                            .properties
+                            .and_then(|p| p.etag)
+                            .map(|e| e.to_string())
+                            .unwrap_or_default();
+                        b.name.map(|name| (name, etag))
+                    }));
                 }
                 Ok(names)
             })
@@ -684,6 +726,9 @@ pub struct BlobWriter {
     /// Blocks handed to Put Block so far (staged or in flight).
     blocks: u32,
     staged_bytes: u64,
+    /// MD5 of every byte staged, committed as the blob's `Content-MD5` so that readers (and
+    /// [`BlobTarget::read`]) can tell a corrupted download.
+    content_md5: Md5,
     /// Test hook: send a wrong `Content-MD5` with the next block.
     tamper_next_md5: bool,
     /// Commit with `If-None-Match: *`: fail with 409 instead of replacing an existing blob.
@@ -766,6 +811,11 @@ impl BlobWriter {
         }
     }
 
+    /// Blocks handed to Put Block so far (staged or in flight).
+    pub fn blocks(&self) -> u32 {
+        self.blocks
+    }
+
     /// Bytes accepted so far (staged, in flight and buffered).
     pub fn bytes_written(&self) -> u64 {
         self.staged_bytes + self.buf.len() as u64
@@ -784,6 +834,7 @@ impl BlobWriter {
 
         let ids: Vec<Vec<u8>> = (0..self.blocks).map(block_id).collect();
         let metadata: HashMap<String, String> = self.metadata.iter().cloned().collect();
+        let content_md5 = std::mem::take(&mut self.content_md5).finalize().to_vec();
         let target = self.target.clone();
         let client = self.client.clone();
         let create_only = self.create_only;
@@ -795,6 +846,7 @@ impl BlobWriter {
                 };
                 let options = BlockBlobClientCommitBlockListOptions {
                     blob_content_type: Some(CONTENT_TYPE.to_string()),
+                    blob_content_md5: Some(content_md5.clone()),
                     metadata: Some(metadata.clone()),
                     if_none_match: create_only.then(|| azure_core::http::Etag::from("*")),
                     ..Default::default()
@@ -849,6 +901,7 @@ impl BlobWriter {
         let index = self.blocks;
         self.blocks += 1;
         self.staged_bytes += block.len() as u64;
+        self.content_md5.update(&block);
         let client = self.client.clone();
         let retry = self.retry.clone();
         let target = self.target.clone();
@@ -896,9 +949,15 @@ async fn stage_block(
                 .map_err(|e| map_err("put block", target, e))?;
             if let Ok(Some(echoed)) = rsp.content_md5() {
                 if echoed != md5 {
-                    return Err(SinkError::Other(format!(
-                        "put block {index} of {target}: the service acknowledged a different MD5"
-                    )));
+                    // The service checked our Content-MD5 (a mismatch is a 400), so the
+                    // answer was altered on the way back: transient, stage the block again.
+                    return Err(SinkError::Transport {
+                        operation: "put block",
+                        target: target.to_string(),
+                        message: format!(
+                            "block {index}: the service acknowledged a different MD5 (reply corrupted on the way)"
+                        ),
+                    });
                 }
             }
             Ok(())

@@ -50,6 +50,67 @@ pub fn customer(id: i64, version: u64) -> Vec<Value> {
     ]
 }
 
+/// Random DML on the bench's table: inserts, updates (some of the key itself, which SQL
+/// Server captures as delete + insert), deletes, and an insert+delete of the same key inside
+/// one window (nets to nothing); `1..60` s of model time between statements. Keys stay unique
+/// through `next_id`.
+pub fn random_dml(bench: &Bench, rng: &mut rand::rngs::StdRng, next_id: &mut i64, version: u64) {
+    use rand::Rng;
+    let table = &bench.table;
+    let ops = rng.random_range(0..12);
+    for _ in 0..ops {
+        let keys: Vec<i64> = bench
+            .model
+            .table_rows(table)
+            .iter()
+            .map(|r| match r[0] {
+                Value::Int(k) => k,
+                _ => unreachable!(),
+            })
+            .collect();
+        let pick = |rng: &mut rand::rngs::StdRng| keys[rng.random_range(0..keys.len())];
+        match rng.random_range(0..10) {
+            0..=3 => {
+                bench
+                    .model
+                    .insert(table, customer(*next_id, version))
+                    .unwrap();
+                *next_id += 1;
+            }
+            4..=5 if !keys.is_empty() => {
+                let k = pick(rng);
+                bench
+                    .model
+                    .update(table, &[Value::Int(k)], customer(k, version))
+                    .unwrap();
+            }
+            6 if !keys.is_empty() => {
+                let k = pick(rng);
+                bench
+                    .model
+                    .update(table, &[Value::Int(k)], customer(*next_id, version))
+                    .unwrap();
+                *next_id += 1;
+            }
+            7 => {
+                bench
+                    .model
+                    .insert(table, customer(*next_id, version))
+                    .unwrap();
+                bench.model.delete(table, &[Value::Int(*next_id)]).unwrap();
+                *next_id += 1;
+            }
+            _ if !keys.is_empty() => {
+                bench.model.delete(table, &[Value::Int(pick(rng))]).unwrap();
+            }
+            _ => {}
+        }
+        bench
+            .model
+            .advance(Duration::seconds(rng.random_range(1..60)));
+    }
+}
+
 /// Settings for a test: Azurite for blobs, a connection string that is never dialled (the
 /// model is the source), short capture waits.
 pub fn settings(azurite: &Azurite, container: &str, extra: &[(&str, &str)]) -> Settings {
@@ -183,69 +244,21 @@ impl Bench {
             .iter()
             .filter(|n| n.split('/').nth(3) == Some(load_id.as_str()))
         {
-            let records = parse_csv(&self.read(name).await);
-            assert_eq!(records[0], header(&COLUMNS), "{name} header");
-            for record in &records[1..] {
-                let key = record[0].clone().expect("key");
-                assert!(
-                    rows.insert(key, record.clone()).is_none(),
-                    "{name}: key twice in the full load"
-                );
-            }
+            let problems = apply_full_part(&mut rows, name, &self.read(name).await);
+            assert!(problems.is_empty(), "{problems:?}");
         }
         let mut previous_to: Option<Lsn> = None;
         for name in self.incremental_blobs().await {
             let info = self.ctx.blobs.properties(&name).await.unwrap().unwrap();
-            let from: Lsn = info.metadata["from_lsn"].parse().unwrap();
-            let to: Lsn = info.metadata["to_lsn"].parse().unwrap();
-            if let Some(prev) = previous_to {
-                assert!(
-                    from > prev,
-                    "{name}: LSN range [{from}, {to}] overlaps the previous blob's (to {prev})"
-                );
-            }
-            previous_to = Some(to);
-            let records = parse_csv(&self.read(&name).await);
-            let mut want = vec![
-                Some("__$start_lsn".to_string()),
-                Some("__$operation".to_string()),
-                Some("__$update_mask".to_string()),
-            ];
-            want.extend(header(&COLUMNS));
-            assert_eq!(records[0], want, "{name} header");
-            assert_eq!(
-                info.metadata["row_count"],
-                (records.len() - 1).to_string(),
-                "{name}: row_count metadata"
+            let problems = apply_incremental(
+                &mut rows,
+                &name,
+                &info.metadata,
+                &self.read(&name).await,
+                &mut previous_to,
+                strict,
             );
-            for record in &records[1..] {
-                let lsn: Lsn = record[0].as_deref().unwrap().parse().unwrap();
-                assert!(
-                    from <= lsn && lsn <= to,
-                    "{name}: row LSN {lsn} outside [{from}, {to}]"
-                );
-                let op = record[1].as_deref().unwrap();
-                let row = record[3..].to_vec();
-                let key = row[0].clone().expect("key");
-                match op {
-                    "1" => assert!(
-                        rows.remove(&key).is_some(),
-                        "{name}: delete of absent key {key}"
-                    ),
-                    "2" => assert!(
-                        rows.insert(key.clone(), row).is_none() || !strict,
-                        "{name}: insert of present key {key} (duplicate)"
-                    ),
-                    "4" => assert!(
-                        rows.insert(key.clone(), row).is_some() || !strict,
-                        "{name}: update of absent key {key}"
-                    ),
-                    "5" => {
-                        rows.insert(key, row);
-                    }
-                    other => panic!("{name}: unexpected operation {other}"),
-                }
-            }
+            assert!(problems.is_empty(), "{problems:?}");
         }
         rows
     }
@@ -315,25 +328,127 @@ impl Bench {
         }
         let expected = self.source_at(copied_to);
         if replayed != expected {
-            let missing: Vec<_> = expected
-                .keys()
-                .filter(|k| !replayed.contains_key(*k))
-                .collect();
-            let extra: Vec<_> = replayed
-                .keys()
-                .filter(|k| !expected.contains_key(*k))
-                .collect();
-            let differing: Vec<_> = expected
-                .iter()
-                .filter(|(k, v)| replayed.get(*k).is_some_and(|r| r != *v))
-                .map(|(k, _)| k)
-                .collect();
+            let (missing, extra, differing) = diff(&replayed, &expected);
             panic!(
                 "{context}: blobs do not replay to the source at watermark {}: missing {missing:?}, extra {extra:?}, differing {differing:?}",
                 self.watermark().last_lsn
             );
         }
     }
+}
+
+/// Replayed rows by key (the rendered key column), each row's fields as the blobs hold them.
+pub type Rows = BTreeMap<String, Vec<Option<String>>>;
+
+/// Adds one full-load part to `rows`. Returns what is wrong (empty when all is well).
+pub fn apply_full_part(rows: &mut Rows, name: &str, bytes: &[u8]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let records = parse_csv(bytes);
+    if records.first() != Some(&header(&COLUMNS)) {
+        problems.push(format!("{name}: header {:?}", records.first()));
+        return problems;
+    }
+    for record in &records[1..] {
+        let key = record[0].clone().expect("key");
+        if rows.insert(key.clone(), record.clone()).is_some() {
+            problems.push(format!("{name}: key {key} twice in the full load"));
+        }
+    }
+    problems
+}
+
+/// Applies one incremental blob to `rows`: its LSN range must start after `previous_to`
+/// (then becomes it), its rows must lie in the range and match its `row_count`, and with
+/// `strict` an insert of a present key or an update/delete of an absent one is a duplicate
+/// or a loss. Returns what is wrong (empty when all is well).
+pub fn apply_incremental(
+    rows: &mut Rows,
+    name: &str,
+    metadata: &BTreeMap<String, String>,
+    bytes: &[u8],
+    previous_to: &mut Option<Lsn>,
+    strict: bool,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let from: Lsn = metadata["from_lsn"].parse().unwrap();
+    let to: Lsn = metadata["to_lsn"].parse().unwrap();
+    if let Some(prev) = *previous_to {
+        if from <= prev {
+            problems.push(format!(
+                "{name}: LSN range [{from}, {to}] overlaps the previous blob's (to {prev}) (duplicate)"
+            ));
+        }
+    }
+    *previous_to = Some(to);
+    let records = parse_csv(bytes);
+    let mut want = vec![
+        Some("__$start_lsn".to_string()),
+        Some("__$operation".to_string()),
+        Some("__$update_mask".to_string()),
+    ];
+    want.extend(header(&COLUMNS));
+    if records.first() != Some(&want) {
+        problems.push(format!("{name}: header {:?}", records.first()));
+        return problems;
+    }
+    if metadata.get("row_count") != Some(&(records.len() - 1).to_string()) {
+        problems.push(format!(
+            "{name}: row_count metadata {:?} but {} rows (partial blob)",
+            metadata.get("row_count"),
+            records.len() - 1
+        ));
+    }
+    for record in &records[1..] {
+        let lsn: Lsn = record[0].as_deref().unwrap().parse().unwrap();
+        if !(from <= lsn && lsn <= to) {
+            problems.push(format!("{name}: row LSN {lsn} outside [{from}, {to}]"));
+        }
+        let op = record[1].as_deref().unwrap();
+        let row = record[3..].to_vec();
+        let key = row[0].clone().expect("key");
+        match op {
+            "1" => {
+                if rows.remove(&key).is_none() {
+                    problems.push(format!("{name}: delete of absent key {key}"));
+                }
+            }
+            "2" => {
+                if rows.insert(key.clone(), row).is_some() && strict {
+                    problems.push(format!("{name}: insert of present key {key} (duplicate)"));
+                }
+            }
+            "4" => {
+                if rows.insert(key.clone(), row).is_none() && strict {
+                    problems.push(format!("{name}: update of absent key {key}"));
+                }
+            }
+            "5" => {
+                rows.insert(key, row);
+            }
+            other => problems.push(format!("{name}: unexpected operation {other}")),
+        }
+    }
+    problems
+}
+
+/// The keys on which `replayed` and `expected` differ: (missing, extra, differing).
+pub fn diff(replayed: &Rows, expected: &Rows) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let missing = expected
+        .keys()
+        .filter(|k| !replayed.contains_key(*k))
+        .cloned()
+        .collect();
+    let extra = replayed
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .cloned()
+        .collect();
+    let differing = expected
+        .iter()
+        .filter(|(k, v)| replayed.get(*k).is_some_and(|r| r != *v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    (missing, extra, differing)
 }
 
 /// One field as the encoder renders it, `None` for NULL.

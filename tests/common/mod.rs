@@ -2,3 +2,5 @@
 
 pub mod azurite;
 pub mod cdc;
+pub mod ledger;
+pub mod proxy;

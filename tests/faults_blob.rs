@@ -1,0 +1,364 @@
+//! Guarantees 1–4 when Blob Storage misbehaves: the jobs write through a fault-injecting proxy
+//! in front of a real Azurite (tests/common/proxy.rs) — error statuses, slow answers, dropped
+//! connections, corrupted and truncated bodies — and the replay oracle checks the container
+//! directly (not through the proxy) after every invocation. Also the SQL side dropping the
+//! connection mid-stream.
+//!
+//! The blob client's retry policy is shortened (`BlobTarget::with_retry`) so outages that
+//! exhaust it take milliseconds.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use cdc_copy::config::{Secret, StorageSettings};
+use cdc_copy::host::{JobReport, Outcome, TimerTrigger};
+use cdc_copy::jobs::{self, Context};
+use cdc_copy::model::CdcModel;
+use cdc_copy::sink::blob::{BlobTarget, RetryPolicy};
+
+use common::azurite::Azurite;
+use common::cdc::{customer, start_time, Bench};
+use common::ledger::Ledger;
+use common::proxy::{Fault, Proxy, Rule};
+
+fn short_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_tries: 4,
+        initial_delay: Duration::from_millis(40),
+        max_delay: Duration::from_millis(200),
+        try_timeout: Duration::from_millis(400),
+    }
+}
+
+/// The bench (direct to Azurite, for the oracle), the proxy, and a job context whose blob
+/// target goes through the proxy.
+struct Rig {
+    bench: Bench,
+    proxy: Proxy,
+    job: Context,
+    ledger: Ledger,
+    next_id: i64,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        let mut bench = Bench::new(10, CdcModel::new(start_time()), &[]).await;
+        let mut settings = (*bench.ctx.settings).clone();
+        settings.block_size = 256;
+        bench.ctx.settings = Arc::new(settings);
+        assert_eq!(bench.full_load().await.outcome, Outcome::Done);
+        let mut ledger = Ledger::new();
+        ledger.check(&bench, "after the full load").await;
+        let proxy = Proxy::start(Azurite::shared().blob_port).await;
+        let mut job = bench.ctx.clone();
+        job.blobs = proxied(
+            &proxy,
+            &bench.ctx.settings.container,
+            &proxy.connection_string(),
+        );
+        Rig {
+            bench,
+            proxy,
+            job,
+            ledger,
+            next_id: 100,
+        }
+    }
+
+    /// `rows` inserts (several blocks of 256 bytes), then 15 minutes; returns the trigger.
+    fn changes(&mut self, rows: i64) -> DateTime<Utc> {
+        for _ in 0..rows {
+            self.bench
+                .model
+                .insert(&self.bench.table, customer(self.next_id, 1))
+                .unwrap();
+            self.next_id += 1;
+        }
+        self.bench.model.advance(chrono::Duration::minutes(15));
+        self.bench.model.now()
+    }
+
+    async fn run(&mut self, at: DateTime<Utc>, context: &str) -> JobReport {
+        let report = jobs::incremental::run(
+            &self.job,
+            &TimerTrigger {
+                trigger_time: at,
+                last: None,
+                is_past_due: false,
+            },
+        )
+        .await;
+        self.ledger.check(&self.bench, context).await;
+        report
+    }
+}
+
+fn proxied(proxy: &Proxy, container: &str, connection_string: &str) -> BlobTarget {
+    let _ = proxy;
+    BlobTarget::new(
+        &StorageSettings::ConnectionString(Secret::new(connection_string.to_string())),
+        container,
+    )
+    .unwrap()
+    .with_retry(short_retry())
+}
+
+fn error_of(report: &JobReport) -> String {
+    report.summary["tables"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Guarantees 2 and 3 in an outage: every Put Block answers 503. The blob client tries each
+/// request `max_tries` times with growing, jittered waits, then the invocation fails with the
+/// operation, the blob and the status; the watermark has not advanced, nothing is visible;
+/// once the outage is over the retried trigger completes the window.
+#[tokio::test]
+async fn an_outage_exhausts_bounded_retries_then_a_retry_completes_the_window() {
+    let mut rig = Rig::new().await;
+    let trigger = rig.changes(12);
+    let before = rig.bench.watermark();
+    rig.proxy.add(Rule::put_block(Fault::Status(503), 1000));
+    let started = std::time::Instant::now();
+    let report = rig.run(trigger, "during the outage").await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    let error = error_of(&report);
+    assert!(
+        error.contains("put block") && error.contains("HTTP 503") && error.contains("ServerBusy"),
+        "{error}"
+    );
+    assert_eq!(report.summary["tables"][0]["transient"], true);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Bounded: block 0 was tried exactly max_tries times, with backoff and jitter between.
+    let block0 = rig
+        .proxy
+        .requests(&format!("blockid={}", "MDAw".repeat(10) + "MDA%3D"));
+    let policy = short_retry();
+    assert_eq!(block0.len() as u32, policy.max_tries, "{block0:?}");
+    for (i, pair) in block0.windows(2).enumerate() {
+        let gap = pair[1].at - pair[0].at;
+        let nominal = policy.backoff(i as u32 + 1);
+        assert!(
+            gap >= nominal.mul_f64(0.5) && gap <= nominal + Duration::from_millis(150),
+            "wait before try {} was {gap:?}, nominal {nominal:?} (jitter 0.5–1.0)",
+            i + 2
+        );
+    }
+
+    // The watermark did not advance; the planned window is recorded for the next run.
+    let wm = rig.bench.watermark();
+    assert_eq!(
+        (wm.last_lsn, wm.last_window_end),
+        (before.last_lsn, before.last_window_end)
+    );
+    let pending = wm.pending.expect("the window is recorded");
+    assert!(
+        rig.bench.incremental_blobs().await.is_empty(),
+        "nothing visible"
+    );
+
+    rig.proxy.heal();
+    let retry = rig.run(trigger, "the host's retry").await;
+    assert_eq!(retry.outcome, Outcome::Done, "{:?}", retry.logs);
+    assert_eq!(
+        rig.bench.incremental_blobs().await,
+        vec![pending.blob_name.clone()]
+    );
+    assert_eq!(rig.bench.watermark().last_window_end, trigger);
+    assert_eq!(rig.ledger.figures.change_rows, 12);
+}
+
+/// Throttling (429) and server errors (500, 503) within the retry budget are absorbed: the
+/// invocation succeeds, each fault cost one more try.
+#[tokio::test]
+async fn throttling_and_server_errors_within_the_budget_are_absorbed() {
+    let mut rig = Rig::new().await;
+    let trigger = rig.changes(8);
+    rig.proxy.add(Rule::put_block(Fault::Status(429), 2));
+    rig.proxy.add(Rule::put_block(Fault::Status(500), 1));
+    rig.proxy.add(Rule::put_block_list(Fault::Status(503), 2));
+    let report = rig.run(trigger, "throttled").await;
+    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(rig.proxy.faults_applied(), 5);
+    assert_eq!(rig.bench.incremental_blobs().await.len(), 1);
+    assert_eq!(rig.ledger.figures.change_rows, 8);
+}
+
+/// Slow answers past the per-try timeout are cut off and retried; the late requests still
+/// reach the service (a block staged twice, a block list committed twice) and change nothing:
+/// the blob is the same bytes (the ledger compares every commit of a name).
+#[tokio::test]
+async fn slow_answers_are_cut_off_and_retried_idempotently() {
+    let mut rig = Rig::new().await;
+    let trigger = rig.changes(8);
+    rig.proxy
+        .add(Rule::put_block(Fault::Delay(Duration::from_millis(700)), 1));
+    rig.proxy.add(Rule::put_block_list(
+        Fault::Delay(Duration::from_millis(700)),
+        1,
+    ));
+    let report = rig.run(trigger, "slow").await;
+    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(rig.proxy.requests("comp=blocklist").len(), 2);
+    // Let the late commit land, then check again: still one blob, same bytes.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    rig.ledger.check(&rig.bench, "after the late commit").await;
+    assert_eq!(rig.bench.incremental_blobs().await.len(), 1);
+}
+
+/// Dropped connections: before the request reached the service, and after the commit took
+/// effect with its reply lost. Both retried; the second commit writes the same blob again.
+#[tokio::test]
+async fn dropped_connections_are_retried() {
+    let mut rig = Rig::new().await;
+    let trigger = rig.changes(8);
+    rig.proxy.add(Rule::put_block(Fault::Drop, 2));
+    rig.proxy
+        .add(Rule::put_block_list(Fault::DropAfterForward, 1));
+    let report = rig.run(trigger, "dropped").await;
+    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(rig.proxy.faults_applied(), 3);
+    assert_eq!(rig.proxy.requests("comp=blocklist").len(), 2);
+    assert_eq!(rig.bench.incremental_blobs().await.len(), 1);
+}
+
+/// A block corrupted on the way to the service is refused by its Content-MD5 (nothing
+/// committed, nothing visible), and a corrupted acknowledgement (a different MD5 echoed) is
+/// caught and the block staged again.
+#[tokio::test]
+async fn corrupted_blocks_and_acknowledgements_are_detected() {
+    let mut rig = Rig::new().await;
+    let trigger = rig.changes(8);
+    rig.proxy.add(Rule::put_block(Fault::CorruptRequestBody, 1));
+    let report = rig.run(trigger, "corrupted block").await;
+    let rejected = rig
+        .proxy
+        .log()
+        .into_iter()
+        .find(|s| s.fault == Some(Fault::CorruptRequestBody))
+        .expect("a corrupted block");
+    assert_eq!(rejected.status, Some(400), "the service refused it");
+    if report.outcome == Outcome::Failed {
+        let error = error_of(&report);
+        assert!(error.contains("Md5Mismatch"), "{error}");
+        assert!(rig.bench.incremental_blobs().await.is_empty());
+        let retry = rig.run(trigger, "after the corrupted block").await;
+        assert_eq!(retry.outcome, Outcome::Done, "{:?}", retry.logs);
+    }
+    assert_eq!(rig.bench.incremental_blobs().await.len(), 1);
+
+    let trigger = rig.changes(8);
+    rig.proxy.clear_log();
+    rig.proxy.add(Rule::put_block(
+        Fault::CorruptResponseHeader("content-md5"),
+        1,
+    ));
+    let report = rig.run(trigger, "corrupted acknowledgement").await;
+    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(rig.proxy.faults_applied(), 1);
+    assert_eq!(rig.bench.incremental_blobs().await.len(), 2);
+    assert_eq!(rig.ledger.figures.change_rows, 16);
+}
+
+/// Reads: a truncated or corrupted download is detected (length, and the Content-MD5 the
+/// writer commits with every blob) and retried; a read that never gets good bytes fails
+/// saying so instead of returning them.
+#[tokio::test]
+async fn truncated_and_corrupted_downloads_are_detected() {
+    let mut rig = Rig::new().await;
+    let trigger = rig.changes(10);
+    assert_eq!(rig.run(trigger, "a window").await.outcome, Outcome::Done);
+    let name = rig.bench.incremental_blobs().await.remove(0);
+    let good = rig.bench.read(&name).await;
+    let through = rig.job.blobs.clone();
+
+    rig.proxy.add(Rule::new(
+        Some("GET"),
+        "incremental",
+        Fault::TruncateResponseBody,
+        1,
+    ));
+    assert_eq!(through.read(&name).await.unwrap().unwrap().to_vec(), good);
+    rig.proxy.add(Rule::new(
+        Some("GET"),
+        "incremental",
+        Fault::CorruptResponseBody,
+        1,
+    ));
+    assert_eq!(through.read(&name).await.unwrap().unwrap().to_vec(), good);
+    rig.proxy.add(Rule::new(
+        Some("GET"),
+        "comp=list",
+        Fault::TruncateResponseBody,
+        1,
+    ));
+    assert_eq!(through.list("dbo/").await.unwrap().len(), 2);
+    assert_eq!(rig.proxy.faults_applied(), 3);
+
+    rig.proxy.add(Rule::new(
+        Some("GET"),
+        "incremental",
+        Fault::CorruptResponseBody,
+        100,
+    ));
+    let err = through.read(&name).await.unwrap_err().to_string();
+    assert!(err.contains("Content-MD5"), "{err}");
+}
+
+/// The SQL connection dropped mid-stream (after several blocks were staged): the invocation
+/// fails as transient, nothing is visible, the watermark holds the pending window, and the
+/// next run completes that window (same name) before its own.
+#[tokio::test]
+async fn a_sql_connection_dropped_mid_stream_holds_the_window() {
+    let mut rig = Rig::new().await;
+    let first = rig.changes(12);
+    let before = rig.bench.watermark();
+    rig.bench.model.fail_mid_stream(9);
+    let report = rig.run(first, "dropped mid-stream").await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(report.summary["tables"][0]["transient"], true);
+    assert!(rig.proxy.put_blocks().len() >= 2, "blocks were staged");
+    assert!(rig.bench.incremental_blobs().await.is_empty());
+    let wm = rig.bench.watermark();
+    assert_eq!(wm.last_lsn, before.last_lsn);
+    let pending = wm.pending.expect("the window is held");
+
+    let second = rig.changes(3);
+    let report = rig.run(second, "next timer run").await;
+    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    let blobs = rig.bench.incremental_blobs().await;
+    assert_eq!(blobs.len(), 2);
+    assert_eq!(blobs[0], pending.blob_name);
+    assert_eq!(rig.ledger.figures.change_rows, 15);
+}
+
+/// A wrong account key is definite: one try, no retries, a 403 naming the operation and the
+/// blob — and not the key.
+#[tokio::test]
+async fn a_wrong_account_key_fails_at_once_without_leaking_it() {
+    let mut rig = Rig::new().await;
+    let wrong_key = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk=";
+    let cs = format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={wrong_key};BlobEndpoint={}",
+        rig.proxy.blob_endpoint()
+    );
+    rig.job.blobs = proxied(&rig.proxy, &rig.bench.ctx.settings.container, &cs);
+    let trigger = rig.changes(3);
+    let report = rig.run(trigger, "wrong key").await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    let error = error_of(&report);
+    assert!(
+        error.contains("HTTP 403")
+            && (error.contains("AuthenticationFailed") || error.contains("AuthorizationFailure")),
+        "{error}"
+    );
+    assert_eq!(report.summary["tables"][0]["transient"], false);
+    assert!(!format!("{report:?}").contains(wrong_key));
+    assert_eq!(rig.proxy.put_blocks().len(), 1, "no retries");
+}
