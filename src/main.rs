@@ -3,6 +3,7 @@
 //! Kept thin: logging set-up, argument parsing, and the choice of [`Jobs`] implementation;
 //! everything else is in the library so that tests drive the same code.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -67,7 +68,15 @@ fn init_tracing(stdout: bool) {
     };
     let format = std::env::var(CDC_LOG_FORMAT).unwrap_or_default();
     let json = format.trim().eq_ignore_ascii_case("json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: the Functions host forwards stdout to Application Insights.
+    let terminal = if stdout {
+        std::io::stdout().is_terminal()
+    } else {
+        std::io::stderr().is_terminal()
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(terminal);
     let result = match (json, stdout) {
         (true, true) => builder.json().with_writer(std::io::stdout).try_init(),
         (true, false) => builder.json().with_writer(std::io::stderr).try_init(),
