@@ -566,12 +566,12 @@ def settings_from_code(repo: Path) -> tuple[set[str] | None, str]:
     return names, ""
 
 
-def settings_from_docs(repo: Path) -> tuple[set[str] | None, str]:
+def settings_from_docs(repo: Path, page: str = "docs/settings.md") -> tuple[set[str] | None, str]:
     """First-column `NAME`s of the markdown table(s) whose header's first cell is "Setting"
     (other tables on the page, e.g. of functions or statuses, are ignored)."""
-    path = repo / "docs" / "settings.md"
+    path = repo / page
     if not path.exists():
-        return None, "docs/settings.md missing (the settings table other helpers write)"
+        return None, f"{page} missing (the settings table other helpers write)"
     names = set()
     header: str | None = None
     for line in path.read_text().splitlines():
@@ -588,7 +588,7 @@ def settings_from_docs(repo: Path) -> tuple[set[str] | None, str]:
         if m:
             names.add(m.group(1))
     if not names:
-        return None, "docs/settings.md has no table headed `| Setting |` whose rows start with a `SETTING_NAME`"
+        return None, f"{page} has no table headed `| Setting |` whose rows start with a `SETTING_NAME`"
     return names, ""
 
 
@@ -606,10 +606,17 @@ def check_app_settings(repo: Path, files: list[Path]) -> list[str]:
     in_bicep = bicep_setting_names(files)
     code, code_why = settings_from_code(repo)
     docs, docs_why = settings_from_docs(repo)
+    readme, readme_why = settings_from_docs(repo, "README.md")
     if code is None:
         problems.append(code_why)
     if docs is None:
         problems.append(docs_why)
+    if readme is None:
+        problems.append(readme_why)
+    elif docs is not None and readme != docs:
+        problems.append(
+            f"README.md's settings table differs from docs/settings.md: {sorted(readme ^ docs)}"
+        )
     exempt = LOCAL_ONLY_SETTINGS | HOST_PROVIDED_SETTINGS
     for source, names in [("src/config.rs", code), ("docs/settings.md", docs)]:
         if names is None:
