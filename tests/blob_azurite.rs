@@ -228,8 +228,9 @@ async fn wrong_account_key_is_a_definite_403_without_the_key() {
         other => panic!("expected HTTP 403, got {other:?}"),
     }
     assert!(!err.is_transient());
-    // Definite: no retries, so it comes back at once.
-    assert!(elapsed < Duration::from_millis(400), "took {elapsed:?}");
+    // Definite: no retries (the retry loop retries transient errors only), so it comes back
+    // well before a retry's backoff would; the bound leaves room for a loaded CI machine.
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
     for text in [err.to_string(), format!("{err:?}")] {
         assert!(!text.contains(wrong_key), "{text}");
         assert!(!text.contains("d3Jvbmcta2V5"), "{text}");
@@ -306,7 +307,7 @@ async fn a_server_that_never_answers_times_out_as_transient() {
     assert!(err.to_string().contains("no answer within"), "{err}");
     assert!(err.is_transient());
     assert!(elapsed >= Duration::from_millis(600), "took {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
     hold.abort();
 }
 
