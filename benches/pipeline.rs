@@ -498,10 +498,7 @@ async fn encode_upload(name: &str, rows: u64) -> Figures {
 async fn full_load(name: &str, rows: u64) -> Figures {
     let m = model(rows);
     let ctx = context(&m, &container_for(name)).await;
-    let request = FullLoadRequest {
-        tables: vec![],
-        reset: false,
-    };
+    let request = FullLoadRequest::default_all();
     let started = Instant::now();
     let report = jobs::full_load::run(&ctx, &request, Duration::from_secs(3600)).await;
     let secs = started.elapsed().as_secs_f64();
@@ -526,10 +523,7 @@ async fn full_load(name: &str, rows: u64) -> Figures {
 async fn incremental(name: &str, changes: u64) -> Figures {
     let m = model(BASELINE_ROWS);
     let ctx = context(&m, &container_for(name)).await;
-    let request = FullLoadRequest {
-        tables: vec![],
-        reset: false,
-    };
+    let request = FullLoadRequest::default_all();
     expect_done(
         "baseline load",
         &jobs::full_load::run(&ctx, &request, Duration::from_secs(600)).await,
@@ -566,10 +560,7 @@ async fn incremental(name: &str, changes: u64) -> Figures {
 async fn incremental_zero() -> Figures {
     let m = model(BASELINE_ROWS);
     let ctx = context(&m, &container_for("incremental-zero")).await;
-    let request = FullLoadRequest {
-        tables: vec![],
-        reset: false,
-    };
+    let request = FullLoadRequest::default_all();
     expect_done(
         "baseline load",
         &jobs::full_load::run(&ctx, &request, Duration::from_secs(600)).await,
