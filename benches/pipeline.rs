@@ -19,8 +19,7 @@
 //!   nothing; the incremental scenarios still report the RSS measured after the model is
 //!   populated and before the job runs, so the job's own share is visible.
 
-#[path = "../tests/common/azurite.rs"]
-mod azurite;
+use cdc_copy_testkit::azurite;
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -32,16 +31,16 @@ use cdc_copy::cdc::{CdcSource, Lsn, RowFilter, RowSink, TableRef, Value};
 use cdc_copy::config::Settings;
 use cdc_copy::host::{FullLoadRequest, Outcome, TimerTrigger};
 use cdc_copy::jobs::{self, Context};
-use cdc_copy::model::{CdcModel, Method};
 use cdc_copy::sink::blob::BlobTarget;
 use cdc_copy::sink::csv;
 use cdc_copy::sink::rows::CsvBlobSink;
 use cdc_copy::sink::SinkError;
+use cdc_copy_testkit::model::{CdcModel, Method};
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 
 const BLOCK: usize = 4 << 20;
-/// Rows generated per batch (as the model streams them: see `cdc_copy::model::BATCH`).
+/// Rows generated per batch (as the model streams them: see `cdc_copy_testkit::model::BATCH`).
 const GEN_BATCH: u64 = 1024;
 const STORAGE_ENV: &str = "CDC_BENCH_STORAGE_CONNECTION_STRING";
 const ZERO_RUNS: u32 = 100;

@@ -18,8 +18,8 @@ fi
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
-cargo test --lib --bins --tests --quiet 2>&1 | tee target/test-output.txt
+cargo test --workspace --lib --bins --tests --quiet 2>&1 | tee target/test-output.txt
 echo "== infrastructure checks"
 bash scripts/check-infra.sh

@@ -9,14 +9,12 @@
 //! - [`window`]: pure window arithmetic from trigger times and watermarks.
 //! - [`sink`]: blob naming and CSV encoding (pure) and block upload (I/O).
 //! - [`jobs`]: full load and incremental copy: source → CSV → blob → watermark.
-//! - [`model`]: an in-memory SQL Server CDC behind the same seam, for tests and benchmarks.
 
 pub mod cdc;
 pub mod cli;
 pub mod config;
 pub mod host;
 pub mod jobs;
-pub mod model;
 pub mod sink;
 pub mod sqlserver;
 pub mod window;

@@ -17,8 +17,8 @@ use chrono::{DateTime, Utc};
 use cdc_copy::config::{Secret, StorageSettings};
 use cdc_copy::host::{JobReport, Outcome, TimerTrigger};
 use cdc_copy::jobs::{self, Context};
-use cdc_copy::model::CdcModel;
 use cdc_copy::sink::blob::{BlobTarget, RetryPolicy};
+use cdc_copy_testkit::model::CdcModel;
 
 use common::azurite::Azurite;
 use common::cdc::{customer, start_time, Bench};

@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 
 use cdc_copy::host::{JobReport, Outcome, TimerTrigger};
 use cdc_copy::jobs::{self, Context, JobError, Step};
-use cdc_copy::model::{CdcModel, Method};
+use cdc_copy_testkit::model::{CdcModel, Method};
 
 use common::cdc::{customer, random_dml, start_time, Bench};
 use common::ledger::Ledger;

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use cdc_copy::config::{Secret, StorageSettings};
 use cdc_copy::host::Outcome;
-use cdc_copy::model::CdcModel;
 use cdc_copy::sink::blob::BlobTarget;
+use cdc_copy_testkit::model::CdcModel;
 
 use common::azurite::{free_port, Azurite};
 use common::cdc::{customer, start_time, Bench};

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use cdc_copy::host::{self, JobReport, Outcome, TimerTrigger};
 use cdc_copy::jobs;
-use cdc_copy::model::CdcModel;
+use cdc_copy_testkit::model::CdcModel;
 
 use common::cdc::{customer, random_dml, start_time, Bench};
 use common::ledger::Ledger;

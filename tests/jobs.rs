@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use cdc_copy::cdc::Value;
 use cdc_copy::host::Outcome;
 use cdc_copy::jobs::{JobError, Step};
-use cdc_copy::model::{CdcModel, Method};
+use cdc_copy_testkit::model::{CdcModel, Method};
 
 use common::cdc::{customer, random_dml, start_time, Bench};
 

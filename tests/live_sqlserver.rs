@@ -21,8 +21,7 @@
 //! test writes to its own container.
 
 mod common;
-#[path = "support/tds/mod.rs"]
-mod tds;
+use cdc_copy_testkit::tds;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};

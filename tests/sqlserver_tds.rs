@@ -4,8 +4,7 @@
 //! builders of `sqlserver::sql`), the parameters (names, TDS types, values), and how the
 //! answered rows decode into the seam's structs and `Value`s — NULLs and every type included.
 
-#[path = "support/tds/mod.rs"]
-mod tds;
+use cdc_copy_testkit::tds;
 
 use async_trait::async_trait;
 use cdc_copy::cdc::VecSink;

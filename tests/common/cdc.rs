@@ -17,8 +17,8 @@ use cdc_copy::cdc::{CdcSource, Lsn, TableRef, Value, Watermark};
 use cdc_copy::config::Settings;
 use cdc_copy::host::{FullLoadRequest, JobReport, TimerTrigger};
 use cdc_copy::jobs::{self, Context};
-use cdc_copy::model::CdcModel;
 use cdc_copy::sink::blob::BlobTarget;
+use cdc_copy_testkit::model::CdcModel;
 
 use super::azurite::{unique_container, Azurite};
 

@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use tracing::info;
 
 use super::{local_to_utc, to_sql_datetime, CdcModel, Key, NetCursor, BATCH};
-use crate::cdc::{
+use cdc_copy::cdc::{
     CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, Lsn, RowFilter, RowSink,
     TableRef, Value, Watermark,
 };

@@ -8,8 +8,6 @@
 //! fire for the first `times` matching requests; every request is logged with when it
 //! arrived and what was done to it, so tests can count tries and measure backoff.
 
-#![allow(dead_code)]
-
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -121,7 +119,6 @@ struct State {
 /// The proxy; stops when dropped.
 pub struct Proxy {
     pub port: u16,
-    upstream: String,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -166,12 +163,7 @@ impl Proxy {
                 }
             })
         };
-        Proxy {
-            port,
-            upstream,
-            state,
-            task,
-        }
+        Proxy { port, state, task }
     }
 
     /// The blob endpoint through the proxy.

@@ -9,8 +9,6 @@
 //! and also when the test process exits without dropping (a `static` shared instance), so no
 //! Azurite outlives the tests.
 
-#![allow(dead_code)]
-
 use std::io::Read as _;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -114,8 +112,10 @@ pub fn connection_string(port: u16) -> String {
     )
 }
 
+/// The workspace root (this crate's parent folder), where `.azurite-npm` is installed.
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let testkit = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    testkit.parent().map(PathBuf::from).unwrap_or(testkit)
 }
 
 fn azurite_bin() -> PathBuf {

@@ -1,5 +1,5 @@
 //! An in-memory model of SQL Server Change Data Capture, behind the same
-//! [`CdcSource`](crate::cdc::CdcSource) seam as the real thing.
+//! [`CdcSource`](cdc_copy::cdc::CdcSource) seam as the real thing.
 //!
 //! No SQL Server can run where this crate is built and tested, yet the jobs' guarantees (no
 //! change lost, none duplicated, watermark never ahead of a blob) rest on CDC details: closed
@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Timelike, Utc};
 use tracing::debug;
 
-use crate::cdc::{CaptureInstance, CdcError, Lsn, RowFilter, TableRef, Value, Watermark};
+use cdc_copy::cdc::{CaptureInstance, CdcError, Lsn, RowFilter, TableRef, Value, Watermark};
 
 /// Rows per lock acquisition when streaming scans and net changes.
 pub const BATCH: usize = 1024;

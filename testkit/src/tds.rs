@@ -10,7 +10,6 @@
 //! Include it with `#[path = "support/tds/mod.rs"] mod tds;`.
 //! Encodings follow MS-TDS and tiberius 0.13's decoders (`src/tds/codec/**`); LOGINACK carries
 //! the TDS version big-endian, which is how tiberius reads it.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -628,14 +627,6 @@ fn time_from_increments(bytes: &[u8], scale: u8) -> NaiveTime {
     let increments = u64::from_le_bytes(raw);
     let nanos = increments * 10u64.pow(9 - scale as u32);
     NaiveTime::from_hms_opt(0, 0, 0).unwrap() + chrono::Duration::nanoseconds(nanos as i64)
-}
-
-fn time_len(scale: u8) -> usize {
-    match scale {
-        0..=2 => 3,
-        3..=4 => 4,
-        _ => 5,
-    }
 }
 
 fn param_value(r: &mut Reader<'_>) -> Result<(String, ParamValue), String> {

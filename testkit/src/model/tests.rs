@@ -3,15 +3,15 @@
 //! - INTRO: /work/shared/seeds/cdc-intro-sql2008.txt
 //! - REF: /work/shared/reference/sqlserver-cdc.md (the project's fact sheet)
 
-use crate::cdc::VecSink;
+use cdc_copy::cdc::VecSink;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
 use super::*;
-use crate::cdc::{CdcSession, CdcSource, RowSink};
-use crate::sink::SinkError;
+use cdc_copy::cdc::{CdcSession, CdcSource, RowSink};
+use cdc_copy::sink::SinkError;
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap()

@@ -10,7 +10,7 @@
 use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 
-use crate::cdc::Value;
+use cdc_copy::cdc::Value;
 
 /// A key tuple (the values of a table's key columns, in key order) with a total order.
 #[derive(Debug, Clone)]
