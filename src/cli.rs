@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 
 use crate::cdc::TableRef;
 use crate::config::{Settings, FUNCTIONS_CUSTOMHANDLER_PORT};
-use crate::host::{self, FullLoadRequest, JobReport, Jobs, Outcome, TimerTrigger};
+use crate::host::{self, render, FullLoadRequest, Jobs, TimerTrigger};
+use crate::report::{Report, Status};
 
 pub const USAGE: &str = "\
 handler: Azure Functions custom handler copying SQL Server CDC changes to Blob Storage as CSV
@@ -180,14 +181,14 @@ pub async fn run(command: Command, make_jobs: fn() -> Arc<dyn Jobs>) -> ExitCode
                 is_past_due: false,
             };
             let report = make_jobs().incremental_copy(trigger).await;
-            print_report(&report, &[Outcome::Done])
+            print_report(&report)
         }
         Command::FullLoad(request) => {
             // No HTTP front end to answer in time: resume from each checkpoint until done.
             let jobs = make_jobs();
             let mut report = jobs.full_load(request.clone()).await;
-            while report.outcome == Outcome::InProgress {
-                for line in &report.logs {
+            while report.status == Status::InProgress {
+                for line in render::logs(&report) {
                     eprintln!("{line}");
                 }
                 let resume = FullLoadRequest {
@@ -196,7 +197,7 @@ pub async fn run(command: Command, make_jobs: fn() -> Arc<dyn Jobs>) -> ExitCode
                 };
                 report = jobs.full_load(resume).await;
             }
-            print_report(&report, &[Outcome::Done])
+            print_report(&report)
         }
         Command::Check => check(make_jobs).await,
     }
@@ -253,16 +254,16 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing invocations in flight");
 }
 
-fn print_report(report: &JobReport, success: &[Outcome]) -> ExitCode {
-    for line in &report.logs {
+/// Prints the report as the host would log it; success when every table is done.
+fn print_report(report: &Report) -> ExitCode {
+    for line in render::logs(report) {
         println!("{line}");
     }
-    match serde_json::to_string_pretty(&report.summary) {
+    match serde_json::to_string_pretty(report) {
         Ok(summary) => println!("{summary}"),
         Err(e) => eprintln!("handler: summary not printable: {e}"),
     }
-    println!("outcome: {}", host::server::outcome_name(report.outcome));
-    if success.contains(&report.outcome) {
+    if report.status <= Status::Superseded {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -9,12 +9,14 @@
 //! - [`window`]: pure window arithmetic from trigger times and watermarks.
 //! - [`sink`]: blob naming and CSV encoding (pure) and block upload (I/O).
 //! - [`jobs`]: full load and incremental copy: source → CSV → blob → watermark.
+//! - [`report`]: what a job did, per table, typed; `host` renders it.
 
 pub mod cdc;
 pub mod cli;
 pub mod config;
 pub mod host;
 pub mod jobs;
+pub mod report;
 pub mod sink;
 pub mod sqlserver;
 pub mod window;

@@ -6,61 +6,50 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::cdc::{CaptureProgress, Lsn};
+use crate::cdc::{CaptureProgress, Lsn, LsnRange, Window};
 
 /// What a run should do for one table, given its watermark and the trigger time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// The trigger time is not after the last window's end: a retry or a late overlapping
     /// run of a window already copied. Nothing to do.
-    UpToDate { last_window_end: DateTime<Utc> },
-    /// Copy `(window_start, window_end]`, i.e. LSNs `[from, to]`. `to < from` means the
-    /// window holds no captured change: advance the window end, keep the LSN.
-    Copy {
-        window_start: DateTime<Utc>,
-        window_end: DateTime<Utc>,
-        from: Lsn,
-        to: Lsn,
-    },
+    UpToDate,
+    /// The window `(last window end, window_end]` holds no change to copy: move the window
+    /// end (and the LSN to `to`, which is never below the watermark's) without a blob.
+    Advance { window_end: DateTime<Utc>, to: Lsn },
+    /// Copy this window (its range is never empty).
+    Copy(Window),
 }
 
-impl Plan {
-    /// True when `[from, to]` is empty and the net-changes function must not be called
-    /// (SQL Server raises Msg 313 for `from > to`).
-    pub fn is_empty_range(&self) -> bool {
-        match self {
-            Plan::UpToDate { .. } => true,
-            Plan::Copy { from, to, .. } => to < from,
-        }
-    }
-}
-
-/// The run's window, or `UpToDate`.
+/// The run's plan before counting: `Copy` means there are LSNs to look at, not yet that
+/// they hold net changes (the caller counts and turns an empty count into `Advance`).
 ///
-/// `from = increment(last_lsn)` (CDC intervals are closed, so the previous upper bound must
-/// not be read twice); `to` = the largest LSN at or before the trigger time, capped by the
-/// capture process's max LSN. Without a mapping at or before the trigger time nothing is
-/// captured for the window yet and `to` stays at `last_lsn` (an empty range).
+/// The range starts at `increment(last_lsn)` (CDC intervals are closed, so the previous
+/// upper bound must not be read twice) and ends at the largest LSN at or before the trigger
+/// time, capped by the capture process's max LSN. Without a mapping at or before the
+/// trigger time nothing is captured for the window yet: `Advance` with the LSN kept.
 pub fn plan(
     last_lsn: Lsn,
     last_window_end: DateTime<Utc>,
     trigger_time: DateTime<Utc>,
     progress: &CaptureProgress,
+    blob: impl FnOnce() -> String,
 ) -> Plan {
     if trigger_time <= last_window_end {
-        return Plan::UpToDate { last_window_end };
+        return Plan::UpToDate;
     }
-    let from = last_lsn.increment().unwrap_or(Lsn::MAX);
-    let to = progress
-        .lsn_at
-        .map(|at| at.min(progress.max_lsn))
-        .unwrap_or(last_lsn)
-        .max(last_lsn);
-    Plan::Copy {
-        window_start: last_window_end,
-        window_end: trigger_time,
-        from,
-        to,
+    let to = progress.lsn_at.map(|at| at.min(progress.max_lsn));
+    match to.and_then(|to| LsnRange::after(last_lsn, to)) {
+        Some(range) => Plan::Copy(Window {
+            range,
+            start: last_window_end,
+            end: trigger_time,
+            blob: blob(),
+        }),
+        None => Plan::Advance {
+            window_end: trigger_time,
+            to: last_lsn,
+        },
     }
 }
 
@@ -113,6 +102,22 @@ mod tests {
         }
     }
 
+    fn copy(from: u128, to: u128, start: u32, end: u32) -> Plan {
+        Plan::Copy(Window {
+            range: LsnRange::new(lsn(from), lsn(to)).unwrap(),
+            start: t(start),
+            end: t(end),
+            blob: "blob".to_string(),
+        })
+    }
+
+    fn advance(end: u32, to: u128) -> Plan {
+        Plan::Advance {
+            window_end: t(end),
+            to: lsn(to),
+        }
+    }
+
     #[test]
     fn plan_table() {
         struct Case {
@@ -130,12 +135,7 @@ mod tests {
                 last_end: 0,
                 trigger: 15,
                 progress: progress(300, Some(16), Some(250)),
-                want: Plan::Copy {
-                    window_start: t(0),
-                    window_end: t(15),
-                    from: lsn(101),
-                    to: lsn(250),
-                },
+                want: copy(101, 250, 0, 15),
             },
             Case {
                 name: "mapping beyond max lsn is capped by max lsn",
@@ -143,25 +143,31 @@ mod tests {
                 last_end: 0,
                 trigger: 15,
                 progress: progress(200, Some(14), Some(250)),
-                want: Plan::Copy {
-                    window_start: t(0),
-                    window_end: t(15),
-                    from: lsn(101),
-                    to: lsn(200),
-                },
+                want: copy(101, 200, 0, 15),
             },
             Case {
-                name: "no mapping at or before the trigger: empty range",
+                name: "one LSN after the watermark is a range of one",
+                last_lsn: 100,
+                last_end: 0,
+                trigger: 15,
+                progress: progress(101, Some(15), Some(101)),
+                want: copy(101, 101, 0, 15),
+            },
+            Case {
+                name: "no mapping at or before the trigger: advance, LSN kept",
                 last_lsn: 100,
                 last_end: 0,
                 trigger: 15,
                 progress: progress(100, None, None),
-                want: Plan::Copy {
-                    window_start: t(0),
-                    window_end: t(15),
-                    from: lsn(101),
-                    to: lsn(100),
-                },
+                want: advance(15, 100),
+            },
+            Case {
+                name: "mapping at the watermark: nothing new",
+                last_lsn: 100,
+                last_end: 0,
+                trigger: 15,
+                progress: progress(300, Some(16), Some(100)),
+                want: advance(15, 100),
             },
             Case {
                 name: "mapping below the watermark never moves it back",
@@ -169,12 +175,7 @@ mod tests {
                 last_end: 0,
                 trigger: 15,
                 progress: progress(300, Some(16), Some(90)),
-                want: Plan::Copy {
-                    window_start: t(0),
-                    window_end: t(15),
-                    from: lsn(101),
-                    to: lsn(100),
-                },
+                want: advance(15, 100),
             },
             Case {
                 name: "retried trigger equal to the last end",
@@ -182,9 +183,7 @@ mod tests {
                 last_end: 15,
                 trigger: 15,
                 progress: progress(300, Some(16), Some(250)),
-                want: Plan::UpToDate {
-                    last_window_end: t(15),
-                },
+                want: Plan::UpToDate,
             },
             Case {
                 name: "late run older than the last end",
@@ -192,9 +191,7 @@ mod tests {
                 last_end: 30,
                 trigger: 15,
                 progress: progress(300, Some(31), Some(250)),
-                want: Plan::UpToDate {
-                    last_window_end: t(30),
-                },
+                want: Plan::UpToDate,
             },
             Case {
                 name: "hours late: the window spans everything since the last end",
@@ -202,11 +199,22 @@ mod tests {
                 last_end: 0,
                 trigger: 59,
                 progress: progress(5000, Some(59), Some(4999)),
-                want: Plan::Copy {
-                    window_start: t(0),
-                    window_end: t(59),
-                    from: lsn(101),
-                    to: lsn(4999),
+                want: copy(101, 4999, 0, 59),
+            },
+            Case {
+                name: "the watermark at the largest LSN: nothing can follow",
+                last_lsn: Lsn::MAX.to_u128(),
+                last_end: 0,
+                trigger: 15,
+                progress: CaptureProgress {
+                    max_lsn: Lsn::MAX,
+                    max_lsn_time: Some(t(16)),
+                    lsn_at: Some(Lsn::MAX),
+                    server_utc_offset_minutes: 0,
+                },
+                want: Plan::Advance {
+                    window_end: t(15),
+                    to: Lsn::MAX,
                 },
             },
         ];
@@ -216,21 +224,10 @@ mod tests {
                 t(case.last_end),
                 t(case.trigger),
                 &case.progress,
+                || "blob".to_string(),
             );
             assert_eq!(got, case.want, "{}", case.name);
         }
-    }
-
-    #[test]
-    fn empty_range_table() {
-        let empty = plan(lsn(100), t(0), t(15), &progress(100, None, None));
-        assert!(empty.is_empty_range());
-        let one = plan(lsn(100), t(0), t(15), &progress(101, Some(15), Some(101)));
-        assert!(!one.is_empty_range(), "[101, 101] holds one LSN");
-        assert!(Plan::UpToDate {
-            last_window_end: t(0)
-        }
-        .is_empty_range());
     }
 
     #[test]

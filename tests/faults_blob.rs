@@ -15,13 +15,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use cdc_copy::config::{Secret, StorageSettings};
-use cdc_copy::host::{JobReport, Outcome, TimerTrigger};
+use cdc_copy::host::TimerTrigger;
 use cdc_copy::jobs::{self, Context};
+use cdc_copy::report::{Report, Status};
 use cdc_copy::sink::blob::{BlobTarget, RetryPolicy};
+use cdc_copy_testkit::faults::{Fault as SourceFault, Method};
 use cdc_copy_testkit::model::CdcModel;
 
 use common::azurite::Azurite;
-use common::cdc::{customer, start_time, Bench};
+use common::cdc::{customer, start_time, Bench, WatermarkExt};
 use common::ledger::Ledger;
 use common::proxy::{Fault, Proxy, Rule};
 
@@ -50,7 +52,7 @@ impl Rig {
         let mut settings = (*bench.ctx.settings).clone();
         settings.block_size = 256;
         bench.ctx.settings = Arc::new(settings);
-        assert_eq!(bench.full_load().await.outcome, Outcome::Done);
+        assert_eq!(bench.full_load().await.status, Status::Done);
         let mut ledger = Ledger::new();
         ledger.check(&bench, "after the full load").await;
         let proxy = Proxy::start(Azurite::shared().blob_port).await;
@@ -82,7 +84,7 @@ impl Rig {
         self.bench.model.now()
     }
 
-    async fn run(&mut self, at: DateTime<Utc>, context: &str) -> JobReport {
+    async fn run(&mut self, at: DateTime<Utc>, context: &str) -> Report {
         let report = jobs::incremental::run(
             &self.job,
             &TimerTrigger {
@@ -107,8 +109,8 @@ fn proxied(proxy: &Proxy, container: &str, connection_string: &str) -> BlobTarge
     .with_retry(short_retry())
 }
 
-fn error_of(report: &JobReport) -> String {
-    report.summary["tables"][0]["error"]
+fn error_of(report: &Report) -> String {
+    report.return_value()["tables"][0]["error"]
         .as_str()
         .unwrap_or_default()
         .to_string()
@@ -126,13 +128,13 @@ async fn an_outage_exhausts_bounded_retries_then_a_retry_completes_the_window() 
     rig.proxy.add(Rule::put_block(Fault::Status(503), 1000));
     let started = std::time::Instant::now();
     let report = rig.run(trigger, "during the outage").await;
-    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(report.status, Status::Failed);
     let error = error_of(&report);
     assert!(
         error.contains("put block") && error.contains("HTTP 503") && error.contains("ServerBusy"),
         "{error}"
     );
-    assert_eq!(report.summary["tables"][0]["transient"], true);
+    assert_eq!(report.return_value()["tables"][0]["transient"], true);
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // Bounded: block 0 was tried exactly max_tries times, with backoff and jitter between.
@@ -157,7 +159,7 @@ async fn an_outage_exhausts_bounded_retries_then_a_retry_completes_the_window() 
         (wm.last_lsn, wm.last_window_end),
         (before.last_lsn, before.last_window_end)
     );
-    let pending = wm.pending.expect("the window is recorded");
+    let pending = wm.pending().cloned().expect("the window is recorded");
     assert!(
         rig.bench.incremental_blobs().await.is_empty(),
         "nothing visible"
@@ -165,10 +167,10 @@ async fn an_outage_exhausts_bounded_retries_then_a_retry_completes_the_window() 
 
     rig.proxy.heal();
     let retry = rig.run(trigger, "the host's retry").await;
-    assert_eq!(retry.outcome, Outcome::Done, "{:?}", retry.logs);
+    assert_eq!(retry.status, Status::Done, "{:?}", retry.logs());
     assert_eq!(
         rig.bench.incremental_blobs().await,
-        vec![pending.blob_name.clone()]
+        vec![pending.blob.clone()]
     );
     assert_eq!(rig.bench.watermark().last_window_end, trigger);
     assert_eq!(rig.ledger.figures.change_rows, 12);
@@ -184,7 +186,7 @@ async fn throttling_and_server_errors_within_the_budget_are_absorbed() {
     rig.proxy.add(Rule::put_block(Fault::Status(500), 1));
     rig.proxy.add(Rule::put_block_list(Fault::Status(503), 2));
     let report = rig.run(trigger, "throttled").await;
-    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     assert_eq!(rig.proxy.faults_applied(), 5);
     assert_eq!(rig.bench.incremental_blobs().await.len(), 1);
     assert_eq!(rig.ledger.figures.change_rows, 8);
@@ -204,7 +206,7 @@ async fn slow_answers_are_cut_off_and_retried_idempotently() {
         1,
     ));
     let report = rig.run(trigger, "slow").await;
-    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     assert_eq!(rig.proxy.requests("comp=blocklist").len(), 2);
     // Let the late commit land, then check again: still one blob, same bytes.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -222,7 +224,7 @@ async fn dropped_connections_are_retried() {
     rig.proxy
         .add(Rule::put_block_list(Fault::DropAfterForward, 1));
     let report = rig.run(trigger, "dropped").await;
-    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     assert_eq!(rig.proxy.faults_applied(), 3);
     assert_eq!(rig.proxy.requests("comp=blocklist").len(), 2);
     assert_eq!(rig.bench.incremental_blobs().await.len(), 1);
@@ -244,12 +246,12 @@ async fn corrupted_blocks_and_acknowledgements_are_detected() {
         .find(|s| s.fault == Some(Fault::CorruptRequestBody))
         .expect("a corrupted block");
     assert_eq!(rejected.status, Some(400), "the service refused it");
-    if report.outcome == Outcome::Failed {
+    if report.status != Status::Done {
         let error = error_of(&report);
         assert!(error.contains("Md5Mismatch"), "{error}");
         assert!(rig.bench.incremental_blobs().await.is_empty());
         let retry = rig.run(trigger, "after the corrupted block").await;
-        assert_eq!(retry.outcome, Outcome::Done, "{:?}", retry.logs);
+        assert_eq!(retry.status, Status::Done, "{:?}", retry.logs());
     }
     assert_eq!(rig.bench.incremental_blobs().await.len(), 1);
 
@@ -260,7 +262,7 @@ async fn corrupted_blocks_and_acknowledgements_are_detected() {
         1,
     ));
     let report = rig.run(trigger, "corrupted acknowledgement").await;
-    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     assert_eq!(rig.proxy.faults_applied(), 1);
     assert_eq!(rig.bench.incremental_blobs().await.len(), 2);
     assert_eq!(rig.ledger.figures.change_rows, 16);
@@ -273,7 +275,7 @@ async fn corrupted_blocks_and_acknowledgements_are_detected() {
 async fn truncated_and_corrupted_downloads_are_detected() {
     let mut rig = Rig::new().await;
     let trigger = rig.changes(10);
-    assert_eq!(rig.run(trigger, "a window").await.outcome, Outcome::Done);
+    assert_eq!(rig.run(trigger, "a window").await.status, Status::Done);
     let name = rig.bench.incremental_blobs().await.remove(0);
     let good = rig.bench.read(&name).await;
     let through = rig.job.blobs.clone();
@@ -319,22 +321,24 @@ async fn a_sql_connection_dropped_mid_stream_holds_the_window() {
     let mut rig = Rig::new().await;
     let first = rig.changes(12);
     let before = rig.bench.watermark();
-    rig.bench.model.fail_mid_stream(9);
+    rig.bench
+        .faults
+        .arm(Method::NetChanges, SourceFault::MidStream(9));
     let report = rig.run(first, "dropped mid-stream").await;
-    assert_eq!(report.outcome, Outcome::Failed);
-    assert_eq!(report.summary["tables"][0]["transient"], true);
+    assert_eq!(report.status, Status::Failed);
+    assert_eq!(report.return_value()["tables"][0]["transient"], true);
     assert!(rig.proxy.put_blocks().len() >= 2, "blocks were staged");
     assert!(rig.bench.incremental_blobs().await.is_empty());
     let wm = rig.bench.watermark();
     assert_eq!(wm.last_lsn, before.last_lsn);
-    let pending = wm.pending.expect("the window is held");
+    let pending = wm.pending().cloned().expect("the window is held");
 
     let second = rig.changes(3);
     let report = rig.run(second, "next timer run").await;
-    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     let blobs = rig.bench.incremental_blobs().await;
     assert_eq!(blobs.len(), 2);
-    assert_eq!(blobs[0], pending.blob_name);
+    assert_eq!(blobs[0], pending.blob);
     assert_eq!(rig.ledger.figures.change_rows, 15);
 }
 
@@ -351,14 +355,18 @@ async fn a_wrong_account_key_fails_at_once_without_leaking_it() {
     rig.job.blobs = proxied(&rig.proxy, &rig.bench.ctx.settings.container, &cs);
     let trigger = rig.changes(3);
     let report = rig.run(trigger, "wrong key").await;
-    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(
+        report.status,
+        Status::Blocked,
+        "definite: not retried by the host"
+    );
     let error = error_of(&report);
     assert!(
         error.contains("HTTP 403")
             && (error.contains("AuthenticationFailed") || error.contains("AuthorizationFailure")),
         "{error}"
     );
-    assert_eq!(report.summary["tables"][0]["transient"], false);
+    assert_eq!(report.return_value()["tables"][0]["transient"], false);
     assert!(!format!("{report:?}").contains(wrong_key));
     assert_eq!(rig.proxy.put_blocks().len(), 1, "no retries");
 }

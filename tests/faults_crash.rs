@@ -3,12 +3,14 @@
 //!
 //! The crash test is randomized but seeded and reproducible: `CDC_COPY_FAULT_SEED` picks the
 //! seed (printed in the summary and in every failure message), `CDC_COPY_FAULT_RUNS` the number
-//! of invocations (500 by default; docs/guarantees.md has the long modes). Faults:
-//! - a crash at every job [`Step`] (the hook returns an error there, as a dying process
-//!   would stop), including between staged blocks ([`Step::BlockStaged`], blocks of 256 bytes
-//!   so that windows span several);
-//! - the watermark update lost after it committed (`fail_after_effect`) or refused before
-//!   (`fail_next`), on the pending-window record and on the advance;
+//! of invocations (500 by default; docs/guarantees.md has the long modes). Faults are failed
+//! calls at the source seam (`cdc_copy_testkit::faults`), which is where every point between
+//! a job's side effects lies, so the product carries no test hooks:
+//! - a crash at every such point: before and after the window is recorded, between staged
+//!   blocks (blocks of 256 bytes so that windows span several), after the last row before
+//!   the commit, after the commit before the advance;
+//! - the watermark update lost after it committed or refused before, on the pending-window
+//!   record and on the advance;
 //! - the SQL connection dropped mid-stream, and before the login, the watermark read, the
 //!   capture-progress query or the count;
 //! - during the full load: crashes between blocks, after a part, mid-scan, a lost checkpoint
@@ -20,17 +22,19 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use cdc_copy::host::{JobReport, Outcome, TimerTrigger};
-use cdc_copy::jobs::{self, Context, JobError, Step};
-use cdc_copy_testkit::model::{CdcModel, Method};
+use cdc_copy::host::TimerTrigger;
+use cdc_copy::jobs::{self, Context};
+use cdc_copy::report::{Report, Status};
+use cdc_copy_testkit::faults::{Fault, Faults, Method};
+use cdc_copy_testkit::model::CdcModel;
 
-use common::cdc::{customer, random_dml, start_time, Bench};
+use common::cdc::{customer, random_dml, start_time, Bench, WatermarkExt};
 use common::ledger::Ledger;
 
 /// Small blocks so that most windows and parts are several blocks.
@@ -46,60 +50,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
-/// A model fault armed when the job reaches a step (so it hits the next call of its kind).
-#[derive(Debug, Clone, Copy)]
-enum ModelFault {
-    /// The next watermark update commits, then its reply is lost.
-    LostReply,
-    /// The next watermark update fails before it runs.
-    Refused,
-    /// The next net-changes stream drops after this many rows.
-    MidStream(u64),
-    /// The next full-load scan drops after this many rows.
-    MidScan(u64),
-}
-
-/// What the fault hook does in the current invocation.
-#[derive(Debug, Default)]
-struct Armed {
-    /// Crash at the n-th occurrence of the step.
-    crash: Option<(Step, u32)>,
-    /// Arm a model fault at the first occurrence of the step.
-    model: Option<(Step, ModelFault)>,
-}
-
-/// Installs the hook on the bench; the returned handle arms it per invocation.
-fn install_hook(bench: &mut Bench) -> Arc<Mutex<Armed>> {
-    let armed = Arc::new(Mutex::new(Armed::default()));
-    let hook_armed = armed.clone();
-    let model = bench.model.clone();
-    bench.ctx.faults = Some(Arc::new(move |_, step| {
-        let mut a = hook_armed.lock().unwrap();
-        if let Some((at, n)) = a.crash.as_mut() {
-            if *at == step {
-                *n -= 1;
-                if *n == 0 {
-                    a.crash = None;
-                    return Err(JobError::Injected(step));
-                }
-            }
-        }
-        if let Some((at, fault)) = a.model {
-            if at == step {
-                a.model = None;
-                match fault {
-                    ModelFault::LostReply => model.fail_after_effect(Method::UpdateWatermark, 1),
-                    ModelFault::Refused => model.fail_next(Method::UpdateWatermark, 1),
-                    ModelFault::MidStream(rows) => model.fail_mid_stream(rows),
-                    ModelFault::MidScan(rows) => model.fail_mid_scan(rows),
-                }
-            }
-        }
-        Ok(())
-    }));
-    armed
-}
-
 /// A bench with small blocks and parts of 8 rows.
 async fn bench(rows: i64) -> Bench {
     let mut bench = Bench::new(
@@ -108,123 +58,179 @@ async fn bench(rows: i64) -> Bench {
         &[("CDC_FULL_LOAD_PART_ROWS", "8")],
     )
     .await;
-    let mut settings = (*bench.ctx.settings).clone();
-    settings.block_size = BLOCK_SIZE;
-    bench.ctx.settings = Arc::new(settings);
+    bench.set_block_size(BLOCK_SIZE);
     bench
 }
 
-/// The kind of fault a failed report shows (from its message), `None` when it shows none.
-fn injected_kind(report: &JobReport) -> Option<String> {
-    let line = report.logs.join("\n");
-    if let Some(at) = line.split("injected fault at ").nth(1) {
-        let step: String = at.chars().take_while(|c| c.is_alphanumeric()).collect();
-        return Some(format!("crash at {step}"));
-    }
-    for method in [
-        "UpdateWatermark",
-        "InsertWatermark",
-        "Session",
-        "ReadWatermark",
-        "CaptureProgress",
-        "CountNetChanges",
-        "Scan",
-    ] {
-        if line.contains(&format!("connection dropped after {method} ran")) {
-            return Some(format!("{method} committed, reply lost"));
-        }
-        if line.contains(&format!("connection dropped before {method}")) {
-            return Some(format!("connection dropped before {method}"));
-        }
-    }
-    if line.contains("connection dropped during NetChanges") {
-        return Some("connection dropped mid-stream".to_string());
-    }
-    if line.contains("connection dropped during Scan") {
-        return Some("connection dropped mid-scan".to_string());
-    }
-    None
+/// A fault to arm for the next invocation, with the point between side effects it stands
+/// for. Crashes are failed calls at the source seam: the job stops there as a dying process
+/// would, and nothing in the product knows it is being tested.
+#[derive(Debug, Clone, Copy)]
+struct Armed {
+    label: &'static str,
+    method: Method,
+    skip: u32,
+    fault: Fault,
 }
 
-/// Records what an invocation injected; a report fails exactly when a fault was injected.
-fn tally(report: &JobReport, faults: &mut BTreeMap<String, u64>, context: &str) -> bool {
-    match injected_kind(report) {
-        Some(kind) => {
-            assert_eq!(
-                report.outcome,
-                Outcome::Failed,
-                "{context}: {:?}",
-                report.logs
-            );
-            *faults.entry(kind).or_default() += 1;
-            true
-        }
-        None => {
-            assert!(
-                matches!(report.outcome, Outcome::Done | Outcome::InProgress),
-                "{context}: failed without an injected fault: {:?}",
-                report.logs
-            );
-            false
-        }
-    }
+fn armed(label: &'static str, method: Method, skip: u32, fault: Fault) -> Option<Armed> {
+    Some(Armed {
+        label,
+        method,
+        skip,
+        fault,
+    })
 }
 
-/// Arms one random incremental-copy fault (or none) for the next invocation.
-fn arm_incremental(rng: &mut StdRng, armed: &Mutex<Armed>, model: &CdcModel) {
-    let mut a = armed.lock().unwrap();
-    *a = Armed::default();
-    let update_at = |rng: &mut StdRng| {
-        if rng.random_bool(0.5) {
-            Step::Planned
-        } else {
-            Step::BlobCommitted
-        }
-    };
+/// Arms `fault` (if any) for one invocation, runs it, disarms what did not strike, and
+/// records what struck. A report fails exactly when a fault struck.
+async fn invoke(
+    bench: &Bench,
+    fault: Option<Armed>,
+    tally: &mut BTreeMap<&'static str, u64>,
+    context: &str,
+    job: impl std::future::Future<Output = Report>,
+) -> bool {
+    let before = bench.faults.injected();
+    if let Some(a) = fault {
+        bench.faults.arm_after(a.method, a.skip, a.fault);
+    }
+    let report = job.await;
+    bench.faults.clear();
+    let struck = bench.faults.injected() > before;
+    if struck {
+        assert_eq!(
+            report.status,
+            Status::Failed,
+            "{context}: {:?}",
+            report.logs()
+        );
+        assert!(
+            report.logs()[0].contains("injected failure"),
+            "{context}: {:?}",
+            report.logs()
+        );
+        *tally.entry(fault.expect("struck").label).or_default() += 1;
+    } else {
+        assert!(
+            matches!(
+                report.status,
+                Status::Done | Status::Superseded | Status::InProgress
+            ),
+            "{context}: failed without an injected fault: {:?}",
+            report.logs()
+        );
+    }
+    struck
+}
+
+/// One random incremental-copy fault (or none). In a run that copies a window the
+/// watermark updates are: (finish a pending window), record the new window, advance.
+fn incremental_fault(rng: &mut StdRng) -> Option<Armed> {
+    use Fault::*;
+    use Method::*;
+    let update = |rng: &mut StdRng| rng.random_range(0..2);
     match rng.random_range(0..20) {
-        0 => a.crash = Some((Step::Planned, 1)),
-        1 => a.crash = Some((Step::PendingRecorded, 1)),
-        2 | 3 => a.crash = Some((Step::BlockStaged, rng.random_range(1..=3))),
-        4 => a.crash = Some((Step::BlocksStaged, 1)),
-        5 | 6 => a.crash = Some((Step::BlobCommitted, 1)),
-        7 | 8 => a.model = Some((update_at(rng), ModelFault::LostReply)),
-        9 => a.model = Some((update_at(rng), ModelFault::Refused)),
-        10 => {
-            a.model = Some((
-                Step::PendingRecorded,
-                ModelFault::MidStream(rng.random_range(0..6)),
-            ))
-        }
+        0 => armed(
+            "crash before the window is recorded",
+            UpdateWatermark,
+            0,
+            Before,
+        ),
+        1 => armed(
+            "crash after the window is recorded",
+            UpdateWatermark,
+            0,
+            AfterEffect,
+        ),
+        2 | 3 => armed(
+            "crash between staged blocks",
+            NetChanges,
+            0,
+            MidStream(rng.random_range(3..=12)),
+        ),
+        4 => armed(
+            "crash after the last row, before the commit",
+            NetChanges,
+            0,
+            AfterEffect,
+        ),
+        5 | 6 => armed(
+            "crash after the commit, before the advance",
+            UpdateWatermark,
+            1,
+            Before,
+        ),
+        7 | 8 => armed(
+            "UpdateWatermark committed, reply lost",
+            UpdateWatermark,
+            update(rng),
+            AfterEffect,
+        ),
+        9 => armed(
+            "connection dropped before UpdateWatermark",
+            UpdateWatermark,
+            update(rng),
+            Before,
+        ),
+        10 => armed(
+            "connection dropped mid-stream",
+            NetChanges,
+            0,
+            MidStream(rng.random_range(0..3)),
+        ),
         11 => {
-            let method = [
-                Method::Session,
-                Method::ReadWatermark,
-                Method::CaptureProgress,
-                Method::CountNetChanges,
-            ][rng.random_range(0..4)];
-            model.fail_next(method, 1);
+            let method =
+                [Session, ReadWatermark, CaptureProgress, CountNetChanges][rng.random_range(0..4)];
+            armed("connection dropped before a read", method, 0, Before)
         }
-        _ => {}
+        _ => None,
     }
 }
 
-/// Arms one random full-load fault for the next invocation.
-fn arm_full_load(rng: &mut StdRng, armed: &Mutex<Armed>, model: &CdcModel) {
-    let mut a = armed.lock().unwrap();
-    *a = Armed::default();
+/// One random full-load fault. Each part is a scan, a create-only commit and a checkpoint
+/// (a watermark update); the load starts with an insert.
+fn full_load_fault(rng: &mut StdRng) -> Option<Armed> {
+    use Fault::*;
+    use Method::*;
     match rng.random_range(0..7) {
-        0 => a.crash = Some((Step::BlockStaged, rng.random_range(1..=4))),
-        1 => a.crash = Some((Step::BlocksStaged, rng.random_range(1..=3))),
-        2 => a.crash = Some((Step::PartCommitted, rng.random_range(1..=3))),
-        3 => a.model = Some((Step::PartCommitted, ModelFault::LostReply)),
-        4 => {
-            a.model = Some((
-                Step::PartCommitted,
-                ModelFault::MidScan(rng.random_range(0..8)),
-            ))
-        }
-        5 => model.fail_after_effect(Method::InsertWatermark, 1),
-        _ => model.fail_next(Method::Scan, 1),
+        0 => armed(
+            "crash between staged blocks of a part",
+            Scan,
+            rng.random_range(0..3),
+            MidStream(rng.random_range(1..=7)),
+        ),
+        1 => armed(
+            "crash after a part's last row, before its commit",
+            Scan,
+            rng.random_range(0..3),
+            AfterEffect,
+        ),
+        2 => armed(
+            "crash after a part's commit, before its checkpoint",
+            UpdateWatermark,
+            rng.random_range(0..3),
+            Before,
+        ),
+        3 => armed(
+            "checkpoint committed, reply lost",
+            UpdateWatermark,
+            0,
+            AfterEffect,
+        ),
+        4 => armed(
+            "connection dropped mid-scan",
+            Scan,
+            0,
+            MidStream(rng.random_range(0..8)),
+        ),
+        5 => armed(
+            "load start committed, reply lost",
+            InsertWatermark,
+            0,
+            AfterEffect,
+        ),
+        _ => armed("connection dropped before a scan", Scan, 0, Before),
     }
 }
 
@@ -244,10 +250,9 @@ async fn random_crashes_and_retries_lose_and_duplicate_nothing() {
     let runs = env_u64("CDC_COPY_FAULT_RUNS", 500);
     let started = std::time::Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut bench = bench(60).await;
-    let armed = install_hook(&mut bench);
+    let bench = bench(60).await;
     let mut ledger = Ledger::new();
-    let mut faults: BTreeMap<String, u64> = BTreeMap::new();
+    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut invocations = 0u64;
 
     // The full load, crashed and resumed until done (by FullLoad, or by the timer run).
@@ -256,25 +261,26 @@ async fn random_crashes_and_retries_lose_and_duplicate_nothing() {
         attempts += 1;
         assert!(attempts < 100, "seed {seed}: the full load never finished");
         let context = format!("seed {seed}, full-load attempt {attempts}");
-        if attempts < 12 {
-            arm_full_load(&mut rng, &armed, &bench.model);
+        let fault = if attempts < 12 {
+            full_load_fault(&mut rng)
         } else {
-            *armed.lock().unwrap() = Armed::default();
-        }
-        let report = if attempts > 1 && rng.random_bool(0.3) {
+            None
+        };
+        let failed = if attempts > 1 && rng.random_bool(0.3) {
             bench.model.advance(Duration::seconds(1));
-            jobs::incremental::run(&bench.ctx, &timer(bench.model.now())).await
+            let trigger = timer(bench.model.now());
+            let job = jobs::incremental::run(&bench.ctx, &trigger);
+            invoke(&bench, fault, &mut faults, &context, job).await
         } else {
-            bench.full_load().await
+            invoke(&bench, fault, &mut faults, &context, bench.full_load()).await
         };
         invocations += 1;
-        let failed = tally(&report, &mut faults, &context);
         ledger.check(&bench, &context).await;
         if !failed
             && bench
                 .model
                 .watermark(&bench.table)
-                .is_some_and(|w| w.full_load.is_none())
+                .is_some_and(|w| w.loading().is_none())
         {
             break;
         }
@@ -305,14 +311,15 @@ async fn random_crashes_and_retries_lose_and_duplicate_nothing() {
             trigger = bench.model.now() - Duration::seconds(rng.random_range(0..60));
         }
         let context = format!("seed {seed}, invocation {invocations}, window {window}");
-        if rng.random_bool(0.6) {
-            arm_incremental(&mut rng, &armed, &bench.model);
+        let fault = if rng.random_bool(0.6) {
+            incremental_fault(&mut rng)
         } else {
-            *armed.lock().unwrap() = Armed::default();
-        }
-        let report = jobs::incremental::run(&bench.ctx, &timer(trigger)).await;
+            None
+        };
+        let at = timer(trigger);
+        let job = jobs::incremental::run(&bench.ctx, &at);
+        let failed = invoke(&bench, fault, &mut faults, &context, job).await;
         invocations += 1;
-        let failed = tally(&report, &mut faults, &context);
         ledger.check(&bench, &context).await;
         if failed {
             // The host retries the same trigger, or the next occurrence comes.
@@ -321,7 +328,7 @@ async fn random_crashes_and_retries_lose_and_duplicate_nothing() {
             retry = false;
             let wm = bench.watermark();
             assert!(
-                wm.pending.is_none(),
+                wm.pending().is_none(),
                 "{context}: a done run leaves no pending window"
             );
             assert_eq!(wm.last_window_end, trigger, "{context}: window end");
@@ -329,14 +336,13 @@ async fn random_crashes_and_retries_lose_and_duplicate_nothing() {
     }
 
     // A clean final run, then the full replay of Bench as a cross-check of the ledger.
-    *armed.lock().unwrap() = Armed::default();
     bench.model.advance(Duration::minutes(15));
     let report = jobs::incremental::run(&bench.ctx, &timer(bench.model.now())).await;
     assert_eq!(
-        report.outcome,
-        Outcome::Done,
+        report.status,
+        Status::Done,
         "seed {seed}: {:?}",
-        report.logs
+        report.logs()
     );
     ledger
         .check(&bench, &format!("seed {seed}, final run"))
@@ -368,12 +374,12 @@ async fn random_crashes_and_retries_lose_and_duplicate_nothing() {
     assert!(invocations >= runs);
     // Every kind of fault was exercised.
     for kind in [
-        "crash at Planned",
-        "crash at PendingRecorded",
-        "crash at BlockStaged",
-        "crash at BlocksStaged",
-        "crash at BlobCommitted",
-        "crash at PartCommitted",
+        "crash before the window is recorded",
+        "crash after the window is recorded",
+        "crash between staged blocks",
+        "crash after the last row, before the commit",
+        "crash after the commit, before the advance",
+        "crash after a part's commit, before its checkpoint",
         "UpdateWatermark committed, reply lost",
         "connection dropped before UpdateWatermark",
         "connection dropped mid-stream",
@@ -410,7 +416,7 @@ async fn overlapping_invocations_claim_each_window_once() {
     let rounds = env_u64("CDC_COPY_OVERLAP_ROUNDS", 40);
     let mut rng = StdRng::seed_from_u64(seed);
     let bench = bench(20).await;
-    assert_eq!(bench.full_load().await.outcome, Outcome::Done);
+    assert_eq!(bench.full_load().await.status, Status::Done);
     let mut ledger = Ledger::new();
     ledger.check(&bench, "after the full load").await;
     let mut claimed: BTreeSet<String> = BTreeSet::new();
@@ -432,30 +438,30 @@ async fn overlapping_invocations_claim_each_window_once() {
         while runners.len() > keep {
             runners.remove(rng.random_range(0..runners.len()));
         }
+        // One invocation may crash: its own fault plan in front of the shared model.
         let crash_one = rng.random_bool(0.3).then(|| {
-            let steps = [
-                Step::PendingRecorded,
-                Step::BlockStaged,
-                Step::BlocksStaged,
-                Step::BlobCommitted,
+            let crashes = [
+                (Method::UpdateWatermark, 0, Fault::AfterEffect),
+                (
+                    Method::NetChanges,
+                    0,
+                    Fault::MidStream(rng.random_range(3..=12)),
+                ),
+                (Method::NetChanges, 0, Fault::AfterEffect),
+                (Method::UpdateWatermark, 1, Fault::Before),
             ];
             (
                 rng.random_range(0..runners.len()),
-                steps[rng.random_range(0..steps.len())],
+                crashes[rng.random_range(0..crashes.len())],
             )
         });
         let mut handles = Vec::new();
         for (i, runner) in runners.iter().enumerate() {
             let mut ctx: Context = bench.ctx.clone();
-            if let Some((who, step)) = crash_one.filter(|(who, _)| *who == i) {
-                let _ = who;
-                ctx.faults = Some(Arc::new(move |_, at| {
-                    if at == step {
-                        Err(JobError::Injected(at))
-                    } else {
-                        Ok(())
-                    }
-                }));
+            if let Some((_, (method, skip, fault))) = crash_one.filter(|(who, _)| *who == i) {
+                let faults = Faults::new();
+                faults.arm_after(method, skip, fault);
+                ctx.source = faults.wrap(Arc::new(bench.model.clone()));
             }
             let at = match runner {
                 Runner::Timer | Runner::Retry => occurrence,
@@ -471,21 +477,20 @@ async fn overlapping_invocations_claim_each_window_once() {
         for handle in handles {
             let (runner, report) = handle.await.expect("no panic");
             let context = format!("seed {seed}, round {round}, {runner:?}");
-            let table = &report.summary["tables"][0];
-            if report.outcome == Outcome::Failed {
+            let table = &report.return_value()["tables"][0];
+            if report.status == Status::Failed {
                 assert!(
-                    report.logs[0].contains("injected fault"),
+                    report.logs()[0].contains("injected failure"),
                     "{context}: {:?}",
-                    report.logs
+                    report.logs()
                 );
                 crashes += 1;
                 continue;
             }
-            assert_eq!(
-                report.outcome,
-                Outcome::Done,
+            assert!(
+                matches!(report.status, Status::Done | Status::Superseded),
                 "{context}: {:?}",
-                report.logs
+                report.logs()
             );
             let note = table["note"].as_str().unwrap().to_string();
             for blob in table["blobs"].as_array().unwrap() {
@@ -505,8 +510,11 @@ async fn overlapping_invocations_claim_each_window_once() {
     // A last clean run finishes any window a crash left pending.
     bench.model.advance(Duration::minutes(15));
     let report = bench.incremental(bench.model.now()).await;
-    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
-    for blob in report.summary["tables"][0]["blobs"].as_array().unwrap() {
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    for blob in report.return_value()["tables"][0]["blobs"]
+        .as_array()
+        .unwrap()
+    {
         assert!(claimed.insert(blob.as_str().unwrap().to_string()));
     }
     ledger.check(&bench, "after the last run").await;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cdc_copy::config::{Secret, StorageSettings};
-use cdc_copy::host::Outcome;
+use cdc_copy::report::Status;
 use cdc_copy::sink::blob::BlobTarget;
 use cdc_copy_testkit::model::CdcModel;
 
@@ -260,7 +260,7 @@ async fn a_blob_auth_failure_logs_no_key() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let mut bench = Bench::new(3, CdcModel::new(start_time()), &[]).await;
-    assert_eq!(bench.full_load().await.outcome, Outcome::Done);
+    assert_eq!(bench.full_load().await.status, Status::Done);
     bench.ctx.blobs = BlobTarget::new(
         &StorageSettings::ConnectionString(Secret::new(storage_connection_string(
             Azurite::shared().blob_port,
@@ -271,7 +271,7 @@ async fn a_blob_auth_failure_logs_no_key() {
     bench.model.insert(&bench.table, customer(100, 1)).unwrap();
     bench.model.advance(chrono::Duration::minutes(15));
     let report = bench.incremental(bench.model.now()).await;
-    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(report.status, Status::Blocked, "definite: not retried");
     let logs = String::from_utf8_lossy(&buffer.lock().unwrap()).to_string();
     assert!(logs.contains("403"), "the failure is logged: {logs}");
     assert_clean("report", &format!("{report:?}"));

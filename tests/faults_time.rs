@@ -11,8 +11,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use cdc_copy::host::{self, JobReport, Outcome, TimerTrigger};
+use cdc_copy::host::{self, TimerTrigger};
 use cdc_copy::jobs;
+use cdc_copy::report::{Report, Status};
 use cdc_copy_testkit::model::CdcModel;
 
 use common::cdc::{customer, random_dml, start_time, Bench};
@@ -20,13 +21,13 @@ use common::ledger::Ledger;
 
 async fn loaded(model: CdcModel) -> (Bench, Ledger) {
     let bench = Bench::new(10, model, &[]).await;
-    assert_eq!(bench.full_load().await.outcome, Outcome::Done);
+    assert_eq!(bench.full_load().await.status, Status::Done);
     let mut ledger = Ledger::new();
     ledger.check(&bench, "after the full load").await;
     (bench, ledger)
 }
 
-async fn run(bench: &Bench, trigger: &TimerTrigger) -> JobReport {
+async fn run(bench: &Bench, trigger: &TimerTrigger) -> Report {
     jobs::incremental::run(&bench.ctx, trigger).await
 }
 
@@ -73,10 +74,10 @@ async fn clock_skew_between_host_and_database_loses_nothing() {
         last_trigger = trigger;
         let report = run(&bench, &at(trigger)).await;
         assert_eq!(
-            report.outcome,
-            Outcome::Done,
+            report.status,
+            Status::Done,
             "window {window}: {:?}",
-            report.logs
+            report.logs()
         );
         ledger
             .check(&bench, &format!("window {window}, skew {skew}"))
@@ -117,7 +118,7 @@ async fn a_dst_change_in_the_server_zone_loses_nothing() {
         }
         bench.model.advance(Duration::minutes(1));
         let report = run(&bench, &at(bench.model.now() - Duration::seconds(30))).await;
-        assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+        assert_eq!(report.status, Status::Done, "{:?}", report.logs());
         ledger
             .check(&bench, &format!("window {window}, offset {offset}"))
             .await;
@@ -146,12 +147,12 @@ async fn irregular_trigger_intervals_lose_nothing() {
         bench.model.advance(Duration::seconds(*gap));
         let trigger = bench.model.now();
         let report = run(&bench, &at(trigger)).await;
-        assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+        assert_eq!(report.status, Status::Done, "{:?}", report.logs());
         ledger.check(&bench, &format!("gap {gap}s")).await;
         let again = run(&bench, &at(trigger)).await;
-        assert_eq!(again.summary["tables"][0]["note"], "up to date");
+        assert_eq!(again.return_value()["tables"][0]["note"], "up to date");
         let late = run(&bench, &at(previous)).await;
-        assert_eq!(late.summary["tables"][0]["note"], "up to date");
+        assert_eq!(late.return_value()["tables"][0]["note"], "up to date");
         ledger.check(&bench, &format!("gap {gap}s, repeated")).await;
         previous = trigger;
     }
@@ -173,7 +174,7 @@ async fn a_first_run_with_last_at_min_value_starts_at_the_watermark() {
     assert_eq!(trigger.trigger_time, now);
     let window_start = bench.watermark().last_window_end;
     let report = run(&bench, &trigger).await;
-    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     ledger.check(&bench, "first run").await;
     let blobs = bench.incremental_blobs().await;
     assert_eq!(blobs.len(), 1);
@@ -204,7 +205,7 @@ async fn a_week_offline_is_caught_up_without_loss() {
         let mut next_id = 1000;
         bench.model.advance(Duration::minutes(15));
         let last_run = bench.model.now();
-        assert_eq!(run(&bench, &at(last_run)).await.outcome, Outcome::Done);
+        assert_eq!(run(&bench, &at(last_run)).await.status, Status::Done);
         let first_missed = last_run + Duration::minutes(15);
         for hour in 0..(7 * 24 / 4) {
             random_dml(&bench, &mut rng, &mut next_id, hour);
@@ -215,7 +216,7 @@ async fn a_week_offline_is_caught_up_without_loss() {
         let trigger = payload(&last_run.to_rfc3339(), next, now, true);
         assert!(trigger.is_past_due);
         let report = run(&bench, &trigger).await;
-        assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+        assert_eq!(report.status, Status::Done, "{:?}", report.logs());
         ledger.check(&bench, "past-due run").await;
         if next_is_now {
             assert_eq!(
@@ -226,9 +227,9 @@ async fn a_week_offline_is_caught_up_without_loss() {
         } else {
             bench.model.advance(Duration::minutes(15));
             let report = run(&bench, &at(first_missed + Duration::minutes(15))).await;
-            assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+            assert_eq!(report.status, Status::Done, "{:?}", report.logs());
             let report = run(&bench, &at(bench.model.now())).await;
-            assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+            assert_eq!(report.status, Status::Done, "{:?}", report.logs());
             ledger.check(&bench, "the next occurrence").await;
         }
         assert_eq!(
@@ -250,7 +251,7 @@ async fn cleanup_shorter_than_the_outage_fails_loudly() {
     let mut next_id = 1000;
     bench.model.advance(Duration::minutes(15));
     let last_run = bench.model.now();
-    assert_eq!(run(&bench, &at(last_run)).await.outcome, Outcome::Done);
+    assert_eq!(run(&bench, &at(last_run)).await.status, Status::Done);
     for hour in 0..(7 * 24 / 4) {
         random_dml(&bench, &mut rng, &mut next_id, hour);
         bench
@@ -272,8 +273,8 @@ async fn cleanup_shorter_than_the_outage_fails_loudly() {
     let trigger = payload(&last_run.to_rfc3339(), now, now, true);
     for attempt in 0..2 {
         let report = run(&bench, &trigger).await;
-        assert_eq!(report.outcome, Outcome::Failed);
-        let line = &report.logs[0];
+        assert_eq!(report.status, Status::Blocked, "definite: not retried");
+        let line = &report.logs()[0];
         for needed in [
             "dbo.customers".to_string(),
             wm.last_lsn.increment().unwrap().to_string(),
@@ -285,7 +286,7 @@ async fn cleanup_shorter_than_the_outage_fails_loudly() {
                 "attempt {attempt}: {needed} in {line}"
             );
         }
-        assert_eq!(report.summary["tables"][0]["transient"], false);
+        assert_eq!(report.return_value()["tables"][0]["transient"], false);
         assert_eq!(bench.watermark(), wm, "the watermark stays");
         assert_eq!(bench.incremental_blobs().await, blobs, "no blob written");
     }
@@ -296,9 +297,9 @@ async fn cleanup_shorter_than_the_outage_fails_loudly() {
     };
     bench.model.advance(Duration::seconds(1));
     let report = jobs::full_load::run(&bench.ctx, &reset, std::time::Duration::from_secs(60)).await;
-    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     random_dml(&bench, &mut rng, &mut next_id, 99);
     bench.model.advance(Duration::minutes(15));
     let report = run(&bench, &at(bench.model.now())).await;
-    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
 }

@@ -18,7 +18,8 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use cdc_copy::config::{Settings, SETTINGS};
-use cdc_copy::host::{self, FullLoadRequest, JobReport, Jobs, Outcome, TimerTrigger};
+use cdc_copy::host::{self, FullLoadRequest, Jobs, TimerTrigger};
+use cdc_copy::report::Report;
 
 fn cases() -> u32 {
     std::env::var("CDC_COPY_FUZZ_CASES")
@@ -39,11 +40,11 @@ struct Shared(Arc<Counting>);
 
 #[async_trait::async_trait]
 impl Jobs for Shared {
-    async fn incremental_copy(&self, _trigger: TimerTrigger) -> JobReport {
+    async fn incremental_copy(&self, _trigger: TimerTrigger) -> Report {
         self.0.incremental.fetch_add(1, Ordering::SeqCst);
         done()
     }
-    async fn full_load(&self, request: FullLoadRequest) -> JobReport {
+    async fn full_load(&self, request: FullLoadRequest) -> Report {
         self.0.full_load.fetch_add(1, Ordering::SeqCst);
         *self.0.last_tables.lock().unwrap() =
             request.tables.iter().map(|t| t.to_string()).collect();
@@ -51,12 +52,8 @@ impl Jobs for Shared {
     }
 }
 
-fn done() -> JobReport {
-    JobReport {
-        logs: vec!["ok".into()],
-        summary: json!({}),
-        outcome: Outcome::Done,
-    }
+fn done() -> Report {
+    Report::of(Vec::new())
 }
 
 /// The server on its own runtime, and a client with a timeout (a hang fails the case).

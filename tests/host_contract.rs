@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cdc_copy::cdc::TableRef;
 use cdc_copy::config::SETTINGS;
-use cdc_copy::host::{self, FullLoadRequest, JobReport, Jobs, Outcome, TimerTrigger};
+use cdc_copy::host::{self, FullLoadRequest, Jobs, TimerTrigger};
+use cdc_copy::report::{Report, Status, TableResult};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -265,7 +266,7 @@ async fn binary_without_settings_fails_each_invocation_naming_the_setting() {
     assert_envelope(&body);
     let (res_status, res_body) = res(&body);
     assert_eq!(res_status, 500);
-    assert_eq!(res_body["outcome"], "failed");
+    assert_eq!(res_body["status"], "failed");
     assert!(
         res_body.to_string().contains("CDC_SQL_CONNECTION_STRING"),
         "{res_body}"
@@ -374,24 +375,27 @@ fn binary_help_and_usage_errors() {
 struct Recorder {
     timers: Mutex<Vec<TimerTrigger>>,
     loads: Mutex<Vec<FullLoadRequest>>,
-    outcome: Mutex<Option<Outcome>>,
+    status: Mutex<Option<Status>>,
     panic: Mutex<bool>,
 }
 
 impl Recorder {
-    fn answer(&self, what: &str) -> JobReport {
+    fn answer(&self, what: &str) -> Report {
         if *self.panic.lock().unwrap() {
             panic!("job exploded");
         }
-        let outcome = self.outcome.lock().unwrap().unwrap_or(Outcome::Done);
-        JobReport {
-            logs: vec![format!("{what}: dbo.customers {outcome:?}")],
-            summary: json!({"tables": [{"table": "dbo.customers", "rows": 3}]}),
-            outcome,
-        }
+        let status = self.status.lock().unwrap().unwrap_or(Status::Done);
+        let mut table = TableResult::new(
+            &TableRef::parse("dbo.customers").unwrap(),
+            status,
+            "recorded",
+        );
+        table.rows = 3;
+        table.error = Some(format!("{what} said {status:?}"));
+        Report::of(vec![table])
     }
-    fn set(&self, outcome: Outcome) {
-        *self.outcome.lock().unwrap() = Some(outcome);
+    fn set(&self, outcome: Status) {
+        *self.status.lock().unwrap() = Some(outcome);
     }
 }
 
@@ -400,11 +404,11 @@ struct Fake(Arc<Recorder>);
 
 #[async_trait]
 impl Jobs for Fake {
-    async fn incremental_copy(&self, trigger: TimerTrigger) -> JobReport {
+    async fn incremental_copy(&self, trigger: TimerTrigger) -> Report {
         self.0.timers.lock().unwrap().push(trigger);
         self.0.answer("IncrementalCopy")
     }
-    async fn full_load(&self, request: FullLoadRequest) -> JobReport {
+    async fn full_load(&self, request: FullLoadRequest) -> Report {
         self.0.loads.lock().unwrap().push(request);
         self.0.answer("FullLoad")
     }
@@ -523,20 +527,24 @@ async fn timer_payloads_give_the_documented_trigger() {
 #[tokio::test]
 async fn each_outcome_is_answered_as_documented() {
     let server = serve().await;
-    // (outcome, IncrementalCopy handler status, FullLoad handler status, res.statusCode)
+    // (status, IncrementalCopy handler status, FullLoad handler status, res.statusCode):
+    // only what a retry may fix answers the timer with 500 (the host then retries).
     let table = [
-        (Outcome::Done, 200, 200, 200),
-        (Outcome::InProgress, 500, 200, 202),
-        (Outcome::BadRequest, 500, 200, 400),
-        (Outcome::Conflict, 500, 200, 409),
-        (Outcome::Failed, 500, 500, 500),
+        (Status::Done, 200, 200, 200),
+        (Status::Superseded, 200, 200, 200),
+        (Status::InProgress, 200, 200, 202),
+        (Status::BadRequest, 200, 200, 400),
+        (Status::Conflict, 200, 200, 409),
+        (Status::Blocked, 200, 500, 500),
+        (Status::Failed, 500, 500, 500),
     ];
     for (outcome, incremental, full, caller) in table {
         server.recorder.set(outcome);
         let (status, body) = invoke(&server.base, "IncrementalCopy", NORMAL, "o").await;
         assert_eq!(status, incremental, "{outcome:?}: {body}");
         assert_envelope(&body);
-        assert!(logs(&body).contains(&format!("{outcome:?}")), "{body}");
+        assert!(logs(&body).contains("dbo.customers"), "{body}");
+        assert_eq!(body["ReturnValue"]["status"], json!(outcome), "{body}");
 
         let (status, body) = invoke(
             &server.base,
@@ -549,17 +557,13 @@ async fn each_outcome_is_answered_as_documented() {
         assert_envelope(&body);
         let (res_status, res_body) = res(&body);
         assert_eq!(res_status, caller, "{outcome:?}: {body}");
-        assert_eq!(res_body["summary"]["tables"][0]["rows"], 3);
-        assert_eq!(
-            res_body["outcome"],
-            host::server::outcome_name(outcome),
-            "{res_body}"
-        );
+        assert_eq!(res_body["tables"][0]["rows"], 3);
+        assert_eq!(res_body["status"], json!(outcome), "{res_body}");
         assert!(
             res_body["logs"][0]
                 .as_str()
                 .unwrap()
-                .contains(&format!("{outcome:?}")),
+                .starts_with("dbo.customers: "),
             "{res_body}"
         );
     }
@@ -800,10 +804,10 @@ async fn not_configured_names_its_reason() {
             is_past_due: false,
         })
         .await;
-    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(report.status, Status::Failed);
     assert!(
-        report.logs[0].contains("IncrementalCopy cannot run")
-            && report.logs[0].contains("CDC_TABLES")
+        report.logs()[0].contains("IncrementalCopy cannot run")
+            && report.logs()[0].contains("CDC_TABLES")
     );
     let checks = jobs.check().await;
     assert!(checks.iter().any(|(_, r)| r.is_err()));

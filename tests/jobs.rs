@@ -3,26 +3,23 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
-
 use chrono::Duration;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use cdc_copy::cdc::Value;
-use cdc_copy::host::Outcome;
-use cdc_copy::jobs::{JobError, Step};
-use cdc_copy_testkit::model::{CdcModel, Method};
+use cdc_copy::report::Status;
+use cdc_copy_testkit::faults::{Fault, Method};
+use cdc_copy_testkit::model::CdcModel;
 
-use common::cdc::{customer, random_dml, start_time, Bench};
+use common::cdc::{customer, random_dml, start_time, Bench, WatermarkExt};
 
 /// Guarantees 1, 3 and 4: full load, then 40 windows of random DML; after every run the blobs
 /// replay to the source as of the watermark; empty windows write no blob.
 #[tokio::test]
 async fn full_load_then_random_windows_replay_to_the_source() {
     let bench = Bench::new(50, CdcModel::new(start_time()), &[]).await;
-    assert_eq!(bench.full_load().await.outcome, Outcome::Done);
+    assert_eq!(bench.full_load().await.status, Status::Done);
     bench.assert_consistent("after the full load").await;
     let mut rng = StdRng::seed_from_u64(7);
     let mut next_id = 1000;
@@ -36,14 +33,14 @@ async fn full_load_then_random_windows_replay_to_the_source() {
         let before = bench.incremental_blobs().await.len();
         let report = bench.incremental(trigger).await;
         assert_eq!(
-            report.outcome,
-            Outcome::Done,
+            report.status,
+            Status::Done,
             "window {window}: {:?}",
-            report.logs
+            report.logs()
         );
-        assert_eq!(report.logs.len(), 1, "one log line per table");
+        assert_eq!(report.logs().len(), 1, "one log line per table");
         let after = bench.incremental_blobs().await.len();
-        let rows = report.summary["tables"][0]["rows"].as_u64().unwrap();
+        let rows = report.return_value()["tables"][0]["rows"].as_u64().unwrap();
         if rows == 0 {
             empty_windows += 1;
             assert_eq!(
@@ -74,14 +71,14 @@ async fn the_same_trigger_twice_writes_once() {
     bench.model.insert(&bench.table, customer(100, 1)).unwrap();
     bench.model.advance(Duration::minutes(15));
     let trigger = bench.model.now();
-    assert_eq!(bench.incremental(trigger).await.outcome, Outcome::Done);
+    assert_eq!(bench.incremental(trigger).await.status, Status::Done);
     let blobs = bench.incremental_blobs().await;
     assert_eq!(blobs.len(), 1);
     let bytes = bench.read(&blobs[0]).await;
     let wm = bench.watermark();
     let again = bench.incremental(trigger).await;
-    assert_eq!(again.outcome, Outcome::Done);
-    assert_eq!(again.summary["tables"][0]["note"], "up to date");
+    assert_eq!(again.status, Status::Done);
+    assert_eq!(again.return_value()["tables"][0]["note"], "up to date");
     assert_eq!(bench.incremental_blobs().await, blobs);
     assert_eq!(bench.read(&blobs[0]).await, bytes);
     assert_eq!(
@@ -106,44 +103,74 @@ async fn blob_name_follows_the_trigger_time() {
     );
 }
 
-/// Guarantees 1–4 under crashes: the job is stopped at every step once, then re-run with a
-/// later trigger; the pending window is finished byte-identically and nothing is lost or
-/// duplicated.
+/// Guarantees 1–4 under crashes: the job is stopped once at every point between its side
+/// effects (a failed call at the source seam, as a dying process would stop), then re-run
+/// with a later trigger; the pending window is finished byte-identically and nothing is lost
+/// or duplicated.
 #[tokio::test]
 async fn a_crash_at_every_step_loses_and_duplicates_nothing() {
-    for step in [
-        Step::Planned,
-        Step::PendingRecorded,
-        Step::BlocksStaged,
-        Step::BlobCommitted,
-    ] {
+    // (point, the call that fails, calls of it let through first, how it fails)
+    let points = [
+        (
+            "before the window is recorded",
+            Method::UpdateWatermark,
+            0,
+            Fault::Before,
+        ),
+        (
+            "after the window is recorded",
+            Method::UpdateWatermark,
+            0,
+            Fault::AfterEffect,
+        ),
+        (
+            "between staged blocks",
+            Method::NetChanges,
+            0,
+            Fault::MidStream(3),
+        ),
+        (
+            "after the last row, before the commit",
+            Method::NetChanges,
+            0,
+            Fault::AfterEffect,
+        ),
+        (
+            "after the commit, before the advance",
+            Method::UpdateWatermark,
+            1,
+            Fault::Before,
+        ),
+    ];
+    for (seed, (step, method, skip, fault)) in points.into_iter().enumerate() {
         let mut bench = Bench::new(20, CdcModel::new(start_time()), &[]).await;
+        bench.set_block_size(256);
         bench.full_load().await;
-        let mut rng = StdRng::seed_from_u64(step as u64);
+        let mut rng = StdRng::seed_from_u64(seed as u64);
         let mut next_id = 1000;
         random_dml(&bench, &mut rng, &mut next_id, 1);
-        bench
-            .model
-            .insert(&bench.table, customer(next_id, 1))
-            .unwrap();
-        next_id += 1;
+        // Enough rows for several 256-byte blocks, so the stream can break between them.
+        for _ in 0..8 {
+            bench
+                .model
+                .insert(&bench.table, customer(next_id, 1))
+                .unwrap();
+            next_id += 1;
+        }
         bench.model.advance(Duration::minutes(15));
         let first = bench.model.now();
 
-        let armed = Arc::new(AtomicU32::new(1));
-        let hook_armed = armed.clone();
-        bench.ctx.faults = Some(Arc::new(move |_, at| {
-            if at == step && hook_armed.swap(0, Ordering::SeqCst) == 1 {
-                Err(JobError::Injected(at))
-            } else {
-                Ok(())
-            }
-        }));
+        bench.faults.arm_after(method, skip, fault);
         let crashed = bench.incremental(first).await;
-        assert_eq!(crashed.outcome, Outcome::Failed, "{step:?}");
-        assert!(crashed.logs[0].contains("injected"), "{:?}", crashed.logs);
+        assert_eq!(bench.faults.injected(), 1, "{step}: the fault struck");
+        assert_eq!(crashed.status, Status::Failed, "{step}");
+        assert!(
+            crashed.logs()[0].contains("injected"),
+            "{:?}",
+            crashed.logs()
+        );
         bench
-            .assert_consistent(&format!("after a crash at {step:?}"))
+            .assert_consistent(&format!("after a crash {step}"))
             .await;
         let committed_at_crash = bench.incremental_blobs().await;
         let bytes_at_crash = match committed_at_crash.first() {
@@ -156,17 +183,17 @@ async fn a_crash_at_every_step_loses_and_duplicates_nothing() {
         bench.model.advance(Duration::minutes(15));
         let second = bench.model.now();
         let report = bench.incremental(second).await;
-        assert_eq!(report.outcome, Outcome::Done, "{step:?}: {:?}", report.logs);
+        assert_eq!(report.status, Status::Done, "{step}: {:?}", report.logs());
         bench
-            .assert_consistent(&format!("after recovering from {step:?}"))
+            .assert_consistent(&format!("after recovering from a crash {step}"))
             .await;
         assert_eq!(bench.watermark().last_window_end, second);
-        assert!(bench.watermark().pending.is_none());
+        assert!(bench.watermark().pending().is_none());
         if let (Some(name), Some(bytes)) = (committed_at_crash.first(), bytes_at_crash) {
             assert_eq!(
                 bench.read(name).await,
                 bytes,
-                "{step:?}: the pending window was rewritten byte-identically"
+                "{step}: the pending window was rewritten byte-identically"
             );
         }
     }
@@ -194,11 +221,20 @@ async fn overlapping_invocations_advance_the_watermark_once() {
         bench.incremental(trigger)
     );
     for report in [&a, &b, &c] {
-        assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+        assert!(
+            matches!(report.status, Status::Done | Status::Superseded),
+            "{:?}",
+            report.logs()
+        );
     }
     let notes: Vec<String> = [&a, &b, &c]
         .iter()
-        .map(|r| r.summary["tables"][0]["note"].as_str().unwrap().to_string())
+        .map(|r| {
+            r.return_value()["tables"][0]["note"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(
         notes
@@ -230,8 +266,8 @@ async fn a_cleanup_gap_fails_loudly_and_keeps_the_watermark() {
     bench.model.cleanup(after_gap);
     let wm = bench.watermark();
     let report = bench.incremental(bench.model.now()).await;
-    assert_eq!(report.outcome, Outcome::Failed);
-    let line = &report.logs[0];
+    assert_eq!(report.status, Status::Blocked, "definite: not retried");
+    let line = &report.logs()[0];
     assert!(line.contains("dbo.customers"), "{line}");
     assert!(
         line.contains(&wm.last_lsn.increment().unwrap().to_string()),
@@ -242,7 +278,7 @@ async fn a_cleanup_gap_fails_loudly_and_keeps_the_watermark() {
         "{line}"
     );
     assert!(line.contains("reset"), "says what to do: {line}");
-    assert_eq!(report.summary["tables"][0]["transient"], false);
+    assert_eq!(report.return_value()["tables"][0]["transient"], false);
     assert_eq!(bench.watermark(), wm);
     assert!(bench.incremental_blobs().await.is_empty());
 }
@@ -261,19 +297,20 @@ async fn capture_lag_longer_than_the_wait_defers_changes_to_the_next_window() {
     bench.model.advance(Duration::minutes(6));
     // 100 is captured (11 min old), 101 is not (6 min old, lag 10).
     let report = bench.incremental(bench.model.now()).await;
-    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     assert!(
-        report.summary["tables"][0]["captureLagMs"]
+        report.return_value()["tables"][0]["captureLagMs"]
             .as_i64()
             .unwrap()
             > 0
     );
-    assert_eq!(report.summary["tables"][0]["rows"], 1);
+    assert_eq!(report.return_value()["tables"][0]["rows"], 1);
     bench.assert_consistent("lagging window").await;
     bench.model.advance(Duration::minutes(15));
     let report = bench.incremental(bench.model.now()).await;
     assert_eq!(
-        report.summary["tables"][0]["rows"], 1,
+        report.return_value()["tables"][0]["rows"],
+        1,
         "101 arrives in the next window"
     );
     bench.assert_consistent("next window").await;
@@ -293,7 +330,7 @@ async fn a_run_hours_late_copies_everything_since_the_watermark() {
         bench.model.advance(Duration::hours(1));
     }
     let report = bench.incremental(bench.model.now()).await;
-    assert_eq!(report.outcome, Outcome::Done);
+    assert_eq!(report.status, Status::Done);
     assert!(bench.incremental_blobs().await.len() <= 1);
     bench.assert_consistent("after six hours").await;
 }
@@ -314,13 +351,15 @@ async fn non_utc_server_zones_map_windows_correctly() {
         bench.model.advance(Duration::minutes(10));
         let report = bench.incremental(boundary).await;
         assert_eq!(
-            report.summary["tables"][0]["rows"], 1,
+            report.return_value()["tables"][0]["rows"],
+            1,
             "offset {offset}: only 100 is before the boundary"
         );
         bench.assert_consistent("first window").await;
         let report = bench.incremental(bench.model.now()).await;
         assert_eq!(
-            report.summary["tables"][0]["rows"], 1,
+            report.return_value()["tables"][0]["rows"],
+            1,
             "offset {offset}: 101 in the second window"
         );
         bench.assert_consistent("second window").await;
@@ -333,10 +372,10 @@ async fn a_zero_change_run_takes_five_round_trips() {
     let bench = Bench::new(5, CdcModel::new(start_time()), &[]).await;
     bench.full_load().await;
     bench.model.advance(Duration::minutes(15));
-    bench.model.reset_calls();
+    bench.faults.reset_calls();
     let report = bench.incremental(bench.model.now()).await;
-    assert_eq!(report.summary["tables"][0]["note"], "no changes");
-    let calls = bench.model.calls();
+    assert_eq!(report.return_value()["tables"][0]["note"], "no changes");
+    let calls = bench.faults.calls();
     let statements: u64 = calls
         .iter()
         .filter(|(m, _)| **m != Method::Session)
@@ -351,11 +390,11 @@ async fn a_zero_change_run_takes_five_round_trips() {
 async fn a_table_never_loaded_fails_with_the_remedy() {
     let bench = Bench::new(5, CdcModel::new(start_time()), &[]).await;
     let report = bench.incremental(bench.model.now()).await;
-    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(report.status, Status::Blocked, "definite: not retried");
     assert!(
-        report.logs[0].contains("dbo.customers") && report.logs[0].contains("FullLoad"),
+        report.logs()[0].contains("dbo.customers") && report.logs()[0].contains("FullLoad"),
         "{:?}",
-        report.logs
+        report.logs()
     );
 }
 
@@ -369,8 +408,8 @@ async fn an_unknown_capture_instance_is_named() {
     )
     .await;
     let report = bench.full_load().await;
-    assert_eq!(report.outcome, Outcome::Failed);
-    assert!(report.logs[0].contains("dbo_nope"), "{:?}", report.logs);
+    assert_eq!(report.status, Status::Blocked, "definite: not retried");
+    assert!(report.logs()[0].contains("dbo_nope"), "{:?}", report.logs());
 }
 
 /// FullLoad: parts of bounded size, resumable across invocations (the HTTP budget runs out,
@@ -386,8 +425,8 @@ async fn full_load_is_resumable_and_refuses_a_silent_reset() {
     let request = cdc_copy::host::FullLoadRequest::default_all();
     let first =
         cdc_copy::jobs::full_load::run(&bench.ctx, &request, std::time::Duration::ZERO).await;
-    assert_eq!(first.outcome, Outcome::InProgress, "{:?}", first.logs);
-    let progress = bench.watermark().full_load.expect("a checkpoint");
+    assert_eq!(first.status, Status::InProgress, "{:?}", first.logs());
+    let progress = bench.watermark().loading().cloned().expect("a checkpoint");
     assert_eq!(progress.parts_done, 1);
     assert_eq!(progress.last_key, Some(vec![Value::Int(4)]));
     // Changes during the load go to the incremental side: an update in the scanned range
@@ -400,8 +439,8 @@ async fn full_load_is_resumable_and_refuses_a_silent_reset() {
     bench.model.insert(&bench.table, customer(500, 1)).unwrap();
     bench.model.advance(Duration::minutes(15));
     let timer = bench.incremental(bench.model.now()).await;
-    assert_eq!(timer.outcome, Outcome::Done, "{:?}", timer.logs);
-    assert!(bench.watermark().full_load.is_none());
+    assert_eq!(timer.status, Status::Done, "{:?}", timer.logs());
+    assert!(bench.watermark().loading().is_none());
     let parts = bench.blobs("dbo/customers/full/").await;
     assert_eq!(parts.len(), 5, "23 rows in parts of 5: {parts:?}");
     assert!(parts[4].ends_with("part-00004.csv"));
@@ -419,8 +458,8 @@ async fn full_load_is_resumable_and_refuses_a_silent_reset() {
     assert!(replayed.contains_key("500"), "the insert during the load");
 
     let again = bench.full_load().await;
-    assert_eq!(again.outcome, Outcome::Conflict);
-    assert!(again.logs[0].contains("reset"), "{:?}", again.logs);
+    assert_eq!(again.status, Status::Conflict);
+    assert!(again.logs()[0].contains("reset"), "{:?}", again.logs());
 
     let reset = cdc_copy::host::FullLoadRequest {
         tables: vec![],
@@ -430,14 +469,14 @@ async fn full_load_is_resumable_and_refuses_a_silent_reset() {
     let report =
         cdc_copy::jobs::full_load::run(&bench.ctx, &reset, std::time::Duration::from_secs(60))
             .await;
-    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
 }
 
 /// An empty table still gets a full-load blob with its header.
 #[tokio::test]
 async fn an_empty_table_loads_as_a_header() {
     let bench = Bench::new(0, CdcModel::new(start_time()), &[]).await;
-    assert_eq!(bench.full_load().await.outcome, Outcome::Done);
+    assert_eq!(bench.full_load().await.status, Status::Done);
     let parts = bench.blobs("dbo/customers/full/").await;
     assert_eq!(parts.len(), 1);
     assert_eq!(
@@ -457,17 +496,17 @@ async fn a_dropped_connection_mid_stream_is_retried_by_the_next_run() {
     }
     bench.model.advance(Duration::minutes(15));
     let trigger = bench.model.now();
-    bench.model.fail_mid_stream(4);
+    bench.faults.arm(Method::NetChanges, Fault::MidStream(4));
     let report = bench.incremental(trigger).await;
-    assert_eq!(report.outcome, Outcome::Failed);
-    assert_eq!(report.summary["tables"][0]["transient"], true);
+    assert_eq!(report.status, Status::Failed);
+    assert_eq!(report.return_value()["tables"][0]["transient"], true);
     assert!(
         bench.incremental_blobs().await.is_empty(),
         "nothing half-visible"
     );
-    assert!(bench.watermark().pending.is_some());
+    assert!(bench.watermark().pending().is_some());
     let retry = bench.incremental(trigger).await;
-    assert_eq!(retry.outcome, Outcome::Done, "{:?}", retry.logs);
+    assert_eq!(retry.status, Status::Done, "{:?}", retry.logs());
     assert_eq!(bench.incremental_blobs().await.len(), 1);
     bench.assert_consistent("after the retry").await;
 }
@@ -478,8 +517,12 @@ async fn a_missing_watermark_table_says_how_to_create_it() {
     let bench = Bench::new(1, CdcModel::new(start_time()), &[]).await;
     bench.model.drop_watermark_table();
     let report = bench.full_load().await;
-    assert_eq!(report.outcome, Outcome::Failed);
-    assert!(report.logs[0].contains("setup.sql"), "{:?}", report.logs);
+    assert_eq!(report.status, Status::Blocked, "definite: not retried");
+    assert!(
+        report.logs()[0].contains("setup.sql"),
+        "{:?}",
+        report.logs()
+    );
 }
 
 /// Full-load parts are create-only: a run resuming after a crash between a part's commit and
@@ -497,23 +540,16 @@ async fn a_committed_full_load_part_is_adopted_not_replaced() {
             .unwrap();
     }
     bench.model.advance(Duration::seconds(1));
-    let mut bench = bench;
-    let armed = Arc::new(AtomicU32::new(2));
-    let hook_armed = armed.clone();
-    // Let part 0 through, crash right after part 1 is committed.
-    bench.ctx.faults = Some(Arc::new(move |_, at| {
-        if at == Step::PartCommitted && hook_armed.fetch_sub(1, Ordering::SeqCst) == 1 {
-            Err(JobError::Injected(at))
-        } else {
-            Ok(())
-        }
-    }));
-    assert_eq!(bench.full_load().await.outcome, Outcome::Failed);
+    // Let part 0's checkpoint through, crash right after part 1 is committed.
+    bench
+        .faults
+        .arm_after(Method::UpdateWatermark, 1, Fault::Before);
+    assert_eq!(bench.full_load().await.status, Status::Failed);
     let parts = bench.blobs("dbo/customers/full/").await;
     assert_eq!(parts.len(), 2);
     let part1 = bench.read(&parts[1]).await;
     assert_eq!(
-        bench.watermark().full_load.unwrap().parts_done,
+        bench.watermark().loading().cloned().unwrap().parts_done,
         1,
         "part 1 committed, not checkpointed"
     );
@@ -521,9 +557,8 @@ async fn a_committed_full_load_part_is_adopted_not_replaced() {
     // A row inserted into part 1's key range after it was written: a re-scan would differ.
     bench.model.insert(&bench.table, customer(55, 1)).unwrap();
     bench.model.advance(Duration::seconds(1));
-    bench.ctx.faults = None;
     let report = bench.full_load().await;
-    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.logs);
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     assert_eq!(
         bench.read(&parts[1]).await,
         part1,
@@ -547,21 +582,22 @@ async fn one_failing_table_does_not_stop_the_others() {
     )
     .await;
     let report = bench.full_load().await;
-    assert_eq!(report.outcome, Outcome::Failed);
-    assert_eq!(report.logs.len(), 2, "{:?}", report.logs);
-    let orders = report
-        .logs
-        .iter()
-        .find(|l| l.starts_with("dbo.orders"))
-        .unwrap();
+    assert_eq!(
+        report.status,
+        Status::Blocked,
+        "definite: a retry cannot enable CDC"
+    );
+    let logs = report.logs();
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    let orders = logs.iter().find(|l| l.starts_with("dbo.orders")).unwrap();
     assert!(orders.contains("sp_cdc_enable_table"), "{orders}");
     assert!(
         report
-            .logs
+            .logs()
             .iter()
-            .any(|l| l.starts_with("dbo.customers: full load loaded")),
+            .any(|l| l.starts_with("dbo.customers: loaded")),
         "{:?}",
-        report.logs
+        report.logs()
     );
     assert_eq!(bench.blobs("dbo/customers/full/").await.len(), 1);
     bench.assert_consistent("customers loaded").await;

@@ -29,10 +29,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cdc_copy::cdc::VecSink;
-use cdc_copy::cdc::{CdcSession, Lsn, RowFilter, TableRef, Value, Watermark};
+use cdc_copy::cdc::{CdcSession, Lsn, LsnRange, RowFilter, TableRef, TableState, Value, Watermark};
 use cdc_copy::config::{Secret, Settings};
-use cdc_copy::host::{FullLoadRequest, JobReport, Jobs, Outcome, TimerTrigger};
+use cdc_copy::host::{FullLoadRequest, Jobs, TimerTrigger};
 use cdc_copy::jobs::Runner;
+use cdc_copy::report::{Report, Status};
 use cdc_copy::sink::blob::BlobTarget;
 use cdc_copy::sqlserver::{SqlServerSession, SqlServerSource};
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -641,10 +642,13 @@ fn trigger(at: DateTime<Utc>) -> TimerTrigger {
 }
 
 /// The one table entry of a job report's summary.
-fn table_summary(report: &JobReport) -> &serde_json::Value {
-    let tables = report.summary["tables"].as_array().expect("summary.tables");
+fn table_summary(report: &Report) -> serde_json::Value {
+    let tables = report.return_value()["tables"]
+        .as_array()
+        .cloned()
+        .expect("summary.tables");
     assert_eq!(tables.len(), 1, "{report:#?}");
-    &tables[0]
+    tables[0].clone()
 }
 
 async fn read_blob(blobs: &BlobTarget, name: &str) -> Vec<u8> {
@@ -707,7 +711,7 @@ async fn live_full_load_and_incremental_copy() {
             reset: false,
         })
         .await;
-    assert_eq!(report.outcome, Outcome::Done, "{report:#?}");
+    assert_eq!(report.status, Status::Done, "{report:#?}");
     let (columns, loaded) = table_contents(&mut sql).await;
     assert_eq!(
         columns,
@@ -746,7 +750,7 @@ async fn live_full_load_and_incremental_copy() {
             reset: false,
         })
         .await;
-    assert_eq!(again.outcome, Outcome::Conflict, "{again:#?}");
+    assert_eq!(again.status, Status::Conflict, "{again:#?}");
     assert_eq!(watermark_row(&mut sql).await.as_ref(), Some(&after_load));
 
     // `handler check` now reports everything OK, both directly and as the CLI reaches it
@@ -764,7 +768,7 @@ async fn live_full_load_and_incremental_copy() {
     let t1 = server_time_after(&mut sql, after_load.last_window_end).await;
 
     let report = runner.incremental_copy(trigger(t1)).await;
-    assert_eq!(report.outcome, Outcome::Done, "{report:#?}");
+    assert_eq!(report.status, Status::Done, "{report:#?}");
     let name = incremental_blob_name(t1);
     let summary = table_summary(&report);
     assert_eq!(summary["note"], "copied", "{report:#?}");
@@ -872,7 +876,7 @@ async fn live_full_load_and_incremental_copy() {
     tokio::time::sleep(Duration::from_millis(1100)).await; // a distinct blob name
     let t2 = server_utc_now(&mut sql).await;
     let report = runner.incremental_copy(trigger(t2)).await;
-    assert_eq!(report.outcome, Outcome::Done, "{report:#?}");
+    assert_eq!(report.status, Status::Done, "{report:#?}");
     assert_eq!(table_summary(&report)["note"], "no changes", "{report:#?}");
     assert_eq!(
         blobs.list("dbo/customers/incremental/").await.unwrap(),
@@ -889,7 +893,7 @@ async fn live_full_load_and_incremental_copy() {
     // --- Re-running a trigger (a host retry) is a no-op: no blob, no watermark write.
     for at in [t2, t1] {
         let report = runner.incremental_copy(trigger(at)).await;
-        assert_eq!(report.outcome, Outcome::Done, "{report:#?}");
+        assert_eq!(report.status, Status::Done, "{report:#?}");
         assert_eq!(table_summary(&report)["note"], "up to date", "{report:#?}");
         assert_eq!(watermark_row(&mut sql).await.as_ref(), Some(&after_t2));
         assert_eq!(
@@ -1010,17 +1014,15 @@ async fn live_session_against_sql_server() {
         .is_some_and(|l| l <= to));
 
     // Net changes: rows 1 and 2 (insert with final values), nothing for 3.
+    let range = LsnRange::new(from, to).expect("changes were made");
     for (filter, op) in [(RowFilter::All, 2), (RowFilter::AllWithMerge, 5)] {
         assert_eq!(
-            session
-                .count_net_changes(&ci, from, to, filter)
-                .await
-                .unwrap(),
+            session.count_net_changes(&ci, range, filter).await.unwrap(),
             2
         );
         let mut sink = VecSink::default();
         let sent = session
-            .net_changes(&ci, from, to, filter, &mut sink)
+            .net_changes(&ci, range, filter, &mut sink)
             .await
             .unwrap();
         assert_eq!(sent, 2);
@@ -1030,14 +1032,8 @@ async fn live_session_against_sql_server() {
         assert_eq!(column(&sink, 0, "__$operation"), &Value::Int(op));
         assert_eq!(column(&sink, 1, "city"), &Value::Text("Zürich".into()));
     }
-    // An empty range costs nothing and finds nothing.
-    assert_eq!(
-        session
-            .count_net_changes(&ci, to.increment().unwrap(), to, RowFilter::All)
-            .await
-            .unwrap(),
-        0
-    );
+    // An empty range (Msg 313 on the server) cannot even be built.
+    assert!(LsnRange::after(to, to).is_none());
 
     // Full-load scan in key order, one row per page.
     let mut sink = VecSink::default();
@@ -1062,8 +1058,7 @@ async fn live_session_against_sql_server() {
         capture_instance: ci.name.clone(),
         last_lsn: to,
         last_window_end: now,
-        pending: None,
-        full_load: None,
+        state: TableState::Ready,
         rows_copied: 2,
         bytes_copied: 100,
         version: 1,

@@ -9,9 +9,13 @@ use cdc_copy_testkit::tds;
 use async_trait::async_trait;
 use cdc_copy::cdc::VecSink;
 use cdc_copy::cdc::{
-    CaptureInstance, CdcError, CdcSession, CdcSource, FullLoadProgress, Lsn, PendingWindow,
-    RowFilter, RowSink, TableRef, Value, Watermark,
+    CaptureInstance, CdcError, CdcSession, CdcSource, FullLoadProgress, Lsn, LsnRange, RowFilter,
+    RowSink, TableRef, TableState, Value, Watermark, Window,
 };
+
+fn range(from: Lsn, to: Lsn) -> LsnRange {
+    LsnRange::new(from, to).expect("a non-empty range")
+}
 use cdc_copy::config::Secret;
 use cdc_copy::sink::SinkError;
 use cdc_copy::sqlserver::{sql, SqlServerSource};
@@ -240,11 +244,11 @@ async fn unknown_capture_instance_is_refused_and_no_net_changes_are_read() {
     };
     let mut sink = VecSink::default();
     assert!(session
-        .count_net_changes(&hostile, lsn(1), lsn(2), RowFilter::All)
+        .count_net_changes(&hostile, range(lsn(1), lsn(2)), RowFilter::All)
         .await
         .is_err());
     assert!(session
-        .net_changes(&hostile, lsn(1), lsn(2), RowFilter::All, &mut sink)
+        .net_changes(&hostile, range(lsn(1), lsn(2)), RowFilter::All, &mut sink)
         .await
         .is_err());
 
@@ -346,7 +350,7 @@ async fn count_sends_lsns_as_binary_and_the_row_filter_as_text() {
     ] {
         server.clear_requests();
         let count = session
-            .count_net_changes(&ci, lsn(101), lsn(200), filter)
+            .count_net_changes(&ci, range(lsn(101), lsn(200)), filter)
             .await
             .unwrap();
         assert_eq!(count, 42);
@@ -371,16 +375,8 @@ async fn count_sends_lsns_as_binary_and_the_row_filter_as_text() {
             ]
         );
     }
-    // An empty range (from > to) is answered without asking the server.
-    server.clear_requests();
-    assert_eq!(
-        session
-            .count_net_changes(&ci, lsn(201), lsn(200), RowFilter::All)
-            .await
-            .unwrap(),
-        0
-    );
-    assert!(server.requests().is_empty());
+    // An empty range (from > to, Msg 313 on the server) cannot even be built.
+    assert!(LsnRange::new(lsn(201), lsn(200)).is_none());
 }
 
 fn all_types_columns() -> Vec<tds::Column> {
@@ -460,8 +456,7 @@ async fn net_changes_stream_every_type_and_null() {
     let sent = session
         .net_changes(
             &customers_ci(),
-            lsn(101),
-            lsn(200),
+            range(lsn(101), lsn(200)),
             RowFilter::All,
             &mut sink,
         )
@@ -536,8 +531,7 @@ async fn msg_313_becomes_a_clear_error() {
     let err = session
         .net_changes(
             &customers_ci(),
-            lsn(50),
-            lsn(200),
+            range(lsn(50), lsn(200)),
             RowFilter::All,
             &mut sink,
         )
@@ -556,8 +550,7 @@ async fn msg_313_becomes_a_clear_error() {
     let err = session
         .net_changes(
             &customers_ci(),
-            lsn(150),
-            lsn(200),
+            range(lsn(150), lsn(200)),
             RowFilter::All,
             &mut sink,
         )
@@ -679,8 +672,7 @@ fn sample_watermark() -> Watermark {
         capture_instance: "dbo_customers".into(),
         last_lsn: lsn(200),
         last_window_end: at,
-        pending: None,
-        full_load: None,
+        state: TableState::Ready,
         rows_copied: 10,
         bytes_copied: 2048,
         version: 3,
@@ -717,17 +709,20 @@ fn watermark_columns() -> Vec<tds::Column> {
 }
 
 fn watermark_cells(w: &Watermark) -> Vec<Cell> {
-    let pending = w.pending.as_ref();
-    let full = w.full_load.as_ref();
+    let (pending, full) = match &w.state {
+        TableState::Ready => (None, None),
+        TableState::Pending(window) => (Some(window), None),
+        TableState::Loading(progress) => (None, Some(progress)),
+    };
     vec![
         Cell::Text(w.table.schema.clone()),
         Cell::Text(w.table.table.clone()),
         Cell::Text(w.capture_instance.clone()),
         Cell::Bytes(w.last_lsn.0.to_vec()),
         Cell::DateTime(w.last_window_end.naive_utc()),
-        pending.map_or(Cell::Null, |p| Cell::Bytes(p.to_lsn.0.to_vec())),
-        pending.map_or(Cell::Null, |p| Cell::DateTime(p.window_end.naive_utc())),
-        pending.map_or(Cell::Null, |p| Cell::Text(p.blob_name.clone())),
+        pending.map_or(Cell::Null, |p| Cell::Bytes(p.range.to().0.to_vec())),
+        pending.map_or(Cell::Null, |p| Cell::DateTime(p.end.naive_utc())),
+        pending.map_or(Cell::Null, |p| Cell::Text(p.blob.clone())),
         full.map_or(Cell::Null, |f| Cell::Text(f.load_id.clone())),
         full.map_or(Cell::Null, |f| Cell::Bytes(f.baseline_lsn.0.to_vec())),
         full.map_or(Cell::Null, |f| Cell::Int(f.parts_done.into())),
@@ -748,13 +743,17 @@ async fn watermark_rows_round_trip() {
     let server = FakeServer::start().await;
     let read = sql::read_watermark(&watermark_table()).unwrap();
     let plain = sample_watermark();
-    let busy = Watermark {
-        pending: Some(PendingWindow {
-            to_lsn: lsn(300),
-            window_end: Utc.with_ymd_and_hms(2024, 5, 1, 12, 15, 0).unwrap(),
-            blob_name: "dbo/customers/incremental/2024/05/01/20240501121500000.csv".into(),
+    let pending = Watermark {
+        state: TableState::Pending(Window {
+            range: range(lsn(201), lsn(300)),
+            start: plain.last_window_end,
+            end: Utc.with_ymd_and_hms(2024, 5, 1, 12, 15, 0).unwrap(),
+            blob: "dbo/customers/incremental/2024/05/01/20240501121500000.csv".into(),
         }),
-        full_load: Some(FullLoadProgress {
+        ..sample_watermark()
+    };
+    let loading = Watermark {
+        state: TableState::Loading(FullLoadProgress {
             load_id: "20240501120000000".into(),
             baseline_lsn: lsn(190),
             parts_done: 2,
@@ -764,7 +763,7 @@ async fn watermark_rows_round_trip() {
         ..sample_watermark()
     };
     let mut session = session(&server).await;
-    for row in [&plain, &busy] {
+    for row in [&plain, &pending, &loading] {
         server.on(
             &read,
             Reply::rows(watermark_columns(), vec![watermark_cells(row)]),
@@ -785,12 +784,12 @@ async fn watermark_rows_round_trip() {
     );
 
     let requests = server.requests();
-    assert_eq!(requests.len(), 3);
+    assert_eq!(requests.len(), 4);
     assert!(requests[0]
         .sql
         .contains("FROM [cdc_copy].[watermark] WHERE schema_name = @P1 AND table_name = @P2;"));
     assert_eq!(
-        param_values(&requests[2]),
+        param_values(&requests[3]),
         vec![
             ParamValue::Text("dbo".into()),
             ParamValue::Text("other".into())
@@ -862,7 +861,7 @@ async fn watermark_insert_and_conditional_update() {
     let next = Watermark {
         version: 4,
         last_lsn: lsn(250),
-        full_load: Some(FullLoadProgress {
+        state: TableState::Loading(FullLoadProgress {
             load_id: "20240501120000000".into(),
             baseline_lsn: lsn(190),
             parts_done: 7,
@@ -987,7 +986,7 @@ async fn zero_change_run_costs_five_round_trips() {
     let from = mark.last_lsn.increment().unwrap();
     let to = progress.lsn_at.unwrap().min(progress.max_lsn);
     let count = session
-        .count_net_changes(&ci, from, to, RowFilter::All)
+        .count_net_changes(&ci, range(from, to), RowFilter::All)
         .await
         .unwrap();
     assert_eq!(count, 0);
@@ -1203,8 +1202,7 @@ async fn many_rows_stream_through_in_order() {
     let sent = session
         .net_changes(
             &customers_ci(),
-            lsn(101),
-            lsn(200),
+            range(lsn(101), lsn(200)),
             RowFilter::All,
             &mut sink,
         )

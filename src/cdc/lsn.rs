@@ -12,6 +12,42 @@ use std::str::FromStr;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Lsn(pub [u8; 10]);
 
+/// A closed, non-empty LSN interval `[from, to]`: the bounds CDC's table-valued functions
+/// take. Empty ranges cannot be built, so nothing downstream can send `from > to` (which
+/// SQL Server answers with Msg 313) or has to check for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LsnRange {
+    from: Lsn,
+    to: Lsn,
+}
+
+impl LsnRange {
+    /// `[from, to]`, or `None` when `to < from` (no LSN in between).
+    pub fn new(from: Lsn, to: Lsn) -> Option<LsnRange> {
+        (from <= to).then_some(LsnRange { from, to })
+    }
+
+    /// The LSNs after `last` up to `to`: `[increment(last), to]`, the range a window copies
+    /// when `last` is already copied. `None` when nothing lies after `last` up to `to`.
+    pub fn after(last: Lsn, to: Lsn) -> Option<LsnRange> {
+        LsnRange::new(last.increment()?, to)
+    }
+
+    pub fn from(&self) -> Lsn {
+        self.from
+    }
+
+    pub fn to(&self) -> Lsn {
+        self.to
+    }
+}
+
+impl fmt::Display for LsnRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..={}", self.from, self.to)
+    }
+}
+
 /// Why a text or byte string is not an LSN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LsnParseError {
@@ -144,6 +180,26 @@ impl<'de> serde::Deserialize<'de> for Lsn {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn ranges_are_never_empty() {
+        let n = Lsn::from_u128;
+        let cases = [
+            ((5, 5), Some((5, 5))),
+            ((5, 9), Some((5, 9))),
+            ((9, 5), None),
+        ];
+        for ((from, to), want) in cases {
+            let got = LsnRange::new(n(from), n(to)).map(|r| (r.from().to_u128(), r.to().to_u128()));
+            assert_eq!(got, want, "[{from}, {to}]");
+        }
+        let after = |last, to| {
+            LsnRange::after(n(last), n(to)).map(|r| (r.from().to_u128(), r.to().to_u128()))
+        };
+        assert_eq!(after(4, 5), Some((5, 5)), "one LSN after the last copied");
+        assert_eq!(after(5, 5), None, "nothing after the last copied");
+        assert_eq!(LsnRange::after(Lsn::MAX, Lsn::MAX), None);
+    }
 
     #[test]
     fn display_and_parse_table() {

@@ -9,6 +9,6 @@ pub mod lsn;
 pub mod source;
 pub mod value;
 
-pub use lsn::{Lsn, LsnParseError};
+pub use lsn::{Lsn, LsnParseError, LsnRange};
 pub use source::*;
 pub use value::Value;

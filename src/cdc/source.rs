@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Lsn, Value};
+use super::{Lsn, LsnRange, Value};
 
 /// A source table, `schema.table`. Names are validated (see [`TableRef::parse`]) but are
 /// still always passed to SQL Server quoted or as parameters, never spliced raw.
@@ -133,17 +133,20 @@ impl RowFilter {
     }
 }
 
-/// The window a run has committed itself to before writing its blob: a run that finds one
-/// finishes exactly this window first (same name, same LSN range, same bytes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingWindow {
-    pub to_lsn: Lsn,
-    pub window_end: DateTime<Utc>,
-    pub blob_name: String,
+/// One incremental window: the net changes in `range`, i.e. the commits of the times
+/// `(start, end]`, written to the blob `blob`. A run records the window in the watermark row
+/// before it writes the blob, so a run that finds it there writes exactly this window again
+/// (same LSN range, same name, same bytes) before anything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub range: LsnRange,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub blob: String,
 }
 
 /// A full load in progress: where the next part starts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FullLoadProgress {
     /// The load's name in blob paths (`yyyyMMddHHmmssfff` of its start).
     pub load_id: String,
@@ -155,8 +158,22 @@ pub struct FullLoadProgress {
     pub rows_done: u64,
 }
 
+/// Where a table stands; exactly one of these at a time, so a row cannot be both loading
+/// and halfway through a window.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableState {
+    /// A full load is running; the next part starts at this checkpoint.
+    Loading(FullLoadProgress),
+    /// Copied up to the watermark; the next run plans a new window.
+    Ready,
+    /// A run recorded this window and may have stopped before advancing the watermark: the
+    /// next run finishes it first. Its range starts right after `last_lsn` and its start is
+    /// `last_window_end`.
+    Pending(Window),
+}
+
 /// One row of the watermark table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Watermark {
     pub table: TableRef,
     pub capture_instance: String,
@@ -164,13 +181,42 @@ pub struct Watermark {
     pub last_lsn: Lsn,
     /// The end of the last window copied (UTC); the next window starts here.
     pub last_window_end: DateTime<Utc>,
-    pub pending: Option<PendingWindow>,
-    pub full_load: Option<FullLoadProgress>,
+    pub state: TableState,
     pub rows_copied: u64,
     pub bytes_copied: u64,
     /// Optimistic concurrency: every update is conditional on the version read and bumps it.
     pub version: i64,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Watermark {
+    /// The row that replaces this one: `state` and `version + 1`, stamped `now`. Written with
+    /// [`CdcSession::update_watermark`] conditional on this row's version.
+    pub fn next(&self, state: TableState, now: DateTime<Utc>) -> Watermark {
+        Watermark {
+            state,
+            version: self.version + 1,
+            updated_at: now,
+            ..self.clone()
+        }
+    }
+
+    /// The row after `window` is committed with `rows` rows of `bytes` bytes.
+    pub fn advanced(
+        &self,
+        window: &Window,
+        rows: u64,
+        bytes: u64,
+        now: DateTime<Utc>,
+    ) -> Watermark {
+        Watermark {
+            last_lsn: window.range.to(),
+            last_window_end: window.end,
+            rows_copied: self.rows_copied + rows,
+            bytes_copied: self.bytes_copied + bytes,
+            ..self.next(TableState::Ready, now)
+        }
+    }
 }
 
 /// Where rows go: the CSV-to-blob writer in production, a vector in tests.
@@ -264,22 +310,20 @@ pub trait CdcSession: Send {
     /// `sys.fn_cdc_get_max_lsn()` alone: the full load's baseline.
     async fn max_lsn(&mut self) -> Result<Lsn, CdcError>;
 
-    /// Number of net-change rows in `[from, to]` (both inclusive; callers ensure from <= to).
+    /// Number of net-change rows in `range`.
     async fn count_net_changes(
         &mut self,
         ci: &CaptureInstance,
-        from: Lsn,
-        to: Lsn,
+        range: LsnRange,
         filter: RowFilter,
     ) -> Result<u64, CdcError>;
 
-    /// Streams the net changes in `[from, to]` into `sink`, ordered by `__$start_lsn` then
-    /// key; returns the rows sent.
+    /// Streams the net changes in `range` into `sink`, ordered by `__$start_lsn` then key;
+    /// returns the rows sent.
     async fn net_changes(
         &mut self,
         ci: &CaptureInstance,
-        from: Lsn,
-        to: Lsn,
+        range: LsnRange,
         filter: RowFilter,
         sink: &mut dyn RowSink,
     ) -> Result<u64, CdcError>;

@@ -11,8 +11,10 @@ use serde::Deserialize;
 
 use crate::cdc::TableRef;
 use crate::config::Settings;
+use crate::report::Report;
 
 pub mod payload;
+pub mod render;
 pub mod server;
 
 pub use payload::{
@@ -43,35 +45,12 @@ pub struct FullLoadRequest {
     pub reset: bool,
 }
 
-/// What a job reports back: one log line per table for `Logs`, a JSON summary for
-/// `ReturnValue`, and how the invocation ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobReport {
-    pub logs: Vec<String>,
-    pub summary: serde_json::Value,
-    pub outcome: Outcome,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Everything done (HTTP 200).
-    Done,
-    /// Accepted, work continues in a later invocation (HTTP 202; FullLoad only).
-    InProgress,
-    /// The request itself was wrong (HTTP 400: bad table name, unknown table…).
-    BadRequest,
-    /// Refused because of the current state (HTTP 409: table already loaded, no reset).
-    Conflict,
-    /// At least one table failed (HTTP 500): the host counts the invocation failed and retries.
-    Failed,
-}
-
 /// The work behind the two functions. The production implementation lives in `jobs`; host
 /// tests plug in their own.
 #[async_trait]
 pub trait Jobs: Send + Sync + 'static {
-    async fn incremental_copy(&self, trigger: TimerTrigger) -> JobReport;
-    async fn full_load(&self, request: FullLoadRequest) -> JobReport;
+    async fn incremental_copy(&self, trigger: TimerTrigger) -> Report;
+    async fn full_load(&self, request: FullLoadRequest) -> Report;
     /// Connectivity checks for `handler check`: one `(what, result)` per thing checked (SQL
     /// login, CDC enabled per table, watermark table, container…). The default checks nothing.
     async fn check(&self) -> Vec<(String, Result<(), String>)> {
@@ -110,22 +89,18 @@ impl NotConfigured {
         &self.reason
     }
 
-    fn report(&self, function: &str) -> JobReport {
-        JobReport {
-            logs: vec![format!("{function} cannot run: {}", self.reason)],
-            summary: serde_json::json!({"error": self.reason}),
-            outcome: Outcome::Failed,
-        }
+    fn report(&self, function: &str) -> Report {
+        Report::failed(format!("{function} cannot run: {}", self.reason))
     }
 }
 
 #[async_trait]
 impl Jobs for NotConfigured {
-    async fn incremental_copy(&self, _trigger: TimerTrigger) -> JobReport {
+    async fn incremental_copy(&self, _trigger: TimerTrigger) -> Report {
         self.report("IncrementalCopy")
     }
 
-    async fn full_load(&self, _request: FullLoadRequest) -> JobReport {
+    async fn full_load(&self, _request: FullLoadRequest) -> Report {
         self.report("FullLoad")
     }
 

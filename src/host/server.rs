@@ -7,13 +7,14 @@
 //! `content_length_limit`, because the host may send chunked bodies (no `Content-Length`),
 //! which that filter would refuse with 411.
 //!
-//! Status choices (see also `docs/settings.md`):
-//! - `IncrementalCopy`: 200 when the job is `Done`, else 500. A non-2xx marks the invocation
-//!   FAILED for the host, which then applies the function's retry policy; `Logs` say why.
+//! Status choices ([`render`] decides them; see also `docs/settings.md`):
+//! - `IncrementalCopy`: 500 only when a table failed in a way a retry may fix. A non-2xx
+//!   marks the invocation FAILED for the host, which then applies the function's retry
+//!   policy; a `Blocked` table (a definite failure) answers 200 with an error line instead.
 //! - `FullLoad` answers its caller through the `res` output binding. Caller mistakes
 //!   (`BadRequest` → 400, `Conflict` → 409) and `InProgress` (202) are answers, so the handler
-//!   returns 200 and the invocation succeeds. `Failed` returns handler status 500 (the
-//!   invocation failed and is logged as such) and still carries `res` with status 500.
+//!   returns 200 and the invocation succeeds. `Failed` and `Blocked` return handler status
+//!   500 (HTTP triggers have no retry policy) and still carry `res` with status 500.
 //! - A malformed invocation (not JSON, wrong types, missing `Data`) is the host's problem,
 //!   not the caller's: handler 400 naming the field, `Outputs` empty. It never panics, and
 //!   a panicking job becomes a 500 too (jobs run in their own task).
@@ -34,7 +35,9 @@ use super::payload::{
     full_load_request, parse_json, HttpInvocation, PayloadError, TimerInvocation,
     HTTP_OUTPUT_BINDING,
 };
-use super::{JobReport, Jobs, Outcome};
+use super::render;
+use super::Jobs;
+use crate::report::{Report, Status};
 
 /// Largest invocation body accepted (the payloads are a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -184,13 +187,13 @@ async fn incremental_copy(jobs: Arc<dyn Jobs>, bytes: &[u8]) -> Response {
         jobs.incremental_copy(trigger).await
     })
     .await;
-    let status = if report.outcome == Outcome::Done {
-        StatusCode::OK
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
     log_outcome(&report);
-    invocation_response(status, json!({}), report.logs, report.summary)
+    invocation_response(
+        render::timer_status(report.status),
+        json!({}),
+        render::logs(&report),
+        render::return_value(&report),
+    )
 }
 
 async fn full_load(jobs: Arc<dyn Jobs>, bytes: &[u8]) -> Response {
@@ -205,7 +208,7 @@ async fn full_load(jobs: Arc<dyn Jobs>, bytes: &[u8]) -> Response {
             tracing::warn!(field = %e.field, error = %e, "FullLoad request refused");
             let res = http_output(
                 StatusCode::BAD_REQUEST,
-                &json!({"outcome": "bad_request", "field": e.field, "error": e.to_string(), "logs": [&message]}),
+                &json!({"status": Status::BadRequest, "field": e.field, "error": e.to_string(), "logs": [&message]}),
             );
             return invocation_response(
                 StatusCode::OK,
@@ -218,67 +221,39 @@ async fn full_load(jobs: Arc<dyn Jobs>, bytes: &[u8]) -> Response {
     tracing::info!(tables = ?request.tables, reset = request.reset, "FullLoad invoked");
     let report = run_job("FullLoad", async move { jobs.full_load(request).await }).await;
     log_outcome(&report);
-    let (caller_status, handler_status) = match report.outcome {
-        Outcome::Done => (StatusCode::OK, StatusCode::OK),
-        Outcome::InProgress => (StatusCode::ACCEPTED, StatusCode::OK),
-        Outcome::BadRequest => (StatusCode::BAD_REQUEST, StatusCode::OK),
-        Outcome::Conflict => (StatusCode::CONFLICT, StatusCode::OK),
-        Outcome::Failed => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            StatusCode::INTERNAL_SERVER_ERROR,
-        ),
-    };
-    let res = http_output(
-        caller_status,
-        &json!({"outcome": outcome_name(report.outcome), "summary": report.summary, "logs": report.logs}),
-    );
+    let (caller_status, handler_status) = render::full_load_status(report.status);
+    let logs = render::logs(&report);
+    let mut body = render::return_value(&report);
+    body["logs"] = json!(logs);
+    let res = http_output(caller_status, &body);
     invocation_response(
         handler_status,
         json!({ HTTP_OUTPUT_BINDING: res }),
-        report.logs,
-        report.summary,
+        logs,
+        render::return_value(&report),
     )
 }
 
 /// Runs a job in its own task so that a panic becomes a failed invocation instead of a
 /// dropped connection, and so that the job finishes even if the host gives up waiting.
-async fn run_job(
-    name: &'static str,
-    job: impl Future<Output = JobReport> + Send + 'static,
-) -> JobReport {
+async fn run_job(name: &'static str, job: impl Future<Output = Report> + Send + 'static) -> Report {
     match tokio::spawn(job.in_current_span()).await {
         Ok(report) => report,
         Err(e) => {
             tracing::error!(error = %e, "{name} job panicked or was cancelled");
-            JobReport {
-                logs: vec![format!(
-                    "{name} failed: the job stopped unexpectedly ({}); see the handler log",
-                    if e.is_panic() { "panic" } else { "cancelled" }
-                )],
-                summary: Value::Null,
-                outcome: Outcome::Failed,
-            }
+            Report::failed(format!(
+                "{name} failed: the job stopped unexpectedly ({}); see the handler log",
+                if e.is_panic() { "panic" } else { "cancelled" }
+            ))
         }
     }
 }
 
-fn log_outcome(report: &JobReport) {
-    let outcome = outcome_name(report.outcome);
-    if report.outcome == Outcome::Failed {
-        tracing::error!(outcome, logs = ?report.logs, "job finished");
+fn log_outcome(report: &Report) {
+    if report.status == Status::Failed {
+        tracing::error!(status = ?report.status, logs = ?render::logs(report), "job finished");
     } else {
-        tracing::info!(outcome, "job finished");
-    }
-}
-
-/// Snake-case name of an outcome, as it appears in FullLoad's response body.
-pub fn outcome_name(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Done => "done",
-        Outcome::InProgress => "in_progress",
-        Outcome::BadRequest => "bad_request",
-        Outcome::Conflict => "conflict",
-        Outcome::Failed => "failed",
+        tracing::info!(status = ?report.status, "job finished");
     }
 }
 

@@ -10,20 +10,27 @@
 pub mod full_load;
 pub mod incremental;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use tokio::time::Instant;
 
-use crate::cdc::{CdcError, CdcSource, TableRef};
+use crate::cdc::{CdcError, CdcSession, CdcSource, TableRef, TableState, Watermark};
 use crate::config::{Settings, TableSpec};
-use crate::host::{FullLoadRequest, JobReport, Jobs, Outcome, TimerTrigger};
+use crate::host::{FullLoadRequest, Jobs, TimerTrigger};
+use crate::report::{Report, Status, TableResult};
 use crate::sink::blob::BlobTarget;
 use crate::sink::SinkError;
 
 /// Blob metadata `format_version`: bumped when the CSV layout changes.
 pub const FORMAT_VERSION: &str = "1";
+
+/// How long an IncrementalCopy invocation spends on a handed-off full load (the default
+/// functionTimeout is 30 minutes).
+pub const TIMER_LOAD_BUDGET: Duration = Duration::from_secs(20 * 60);
 
 /// Why one table's job did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +54,6 @@ pub enum JobError {
         table: TableRef,
         last_lsn: crate::cdc::Lsn,
     },
-    #[error("injected fault at {0:?}")]
-    Injected(Step),
 }
 
 impl JobError {
@@ -57,33 +62,21 @@ impl JobError {
         match self {
             JobError::Cdc(e) => e.is_transient(),
             JobError::Sink(e) => e.is_transient(),
-            JobError::Injected(_) => true,
             _ => false,
         }
     }
-}
 
-/// The points between the side effects of a job, where a crash is interesting. Tests stop a
-/// job at each of them through [`Context::faults`]; production leaves it empty.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Step {
-    /// The window is planned, nothing recorded.
-    Planned,
-    /// The pending window is recorded in the watermark row, no blob written.
-    PendingRecorded,
-    /// Rows streamed into staged blocks, block list not committed.
-    BlocksStaged,
-    /// The blob is committed, the watermark not advanced.
-    BlobCommitted,
-    /// A full-load part is committed, its checkpoint not recorded.
-    PartCommitted,
-    /// One more block of the blob was handed to Put Block (the writer holds the next one);
-    /// called after every block staged while rows stream, so a crash can land between blocks.
-    BlockStaged,
+    /// What the failure means for the invocation: the caller's mistake, a state that
+    /// refuses the request, something a retry may fix, or something only a person can.
+    pub fn status(&self) -> Status {
+        match self {
+            JobError::AlreadyLoaded { .. } => Status::Conflict,
+            JobError::NotConfigured { .. } => Status::BadRequest,
+            e if e.is_transient() => Status::Failed,
+            _ => Status::Blocked,
+        }
+    }
 }
-
-/// A hook called at every [`Step`]; returning `Err` aborts the job there, as a crash would.
-pub type FaultHook = Arc<dyn Fn(&TableRef, Step) -> Result<(), JobError> + Send + Sync>;
 
 /// What a job needs besides its table: settings, the CDC source, the blob target, a clock.
 #[derive(Clone)]
@@ -92,7 +85,6 @@ pub struct Context {
     pub source: Arc<dyn CdcSource>,
     pub blobs: BlobTarget,
     pub clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
-    pub faults: Option<FaultHook>,
     /// Set once the container is known to exist (created if missing), so each process
     /// checks it once, before its first blob.
     pub container_ready: Arc<tokio::sync::OnceCell<()>>,
@@ -105,7 +97,6 @@ impl Context {
             source,
             blobs,
             clock: Arc::new(Utc::now),
-            faults: None,
             container_ready: Arc::default(),
         }
     }
@@ -122,136 +113,135 @@ impl Context {
         (self.clock)()
     }
 
-    pub(crate) fn step(&self, table: &TableRef, step: Step) -> Result<(), JobError> {
-        match &self.faults {
-            Some(hook) => hook(table, step),
-            None => Ok(()),
-        }
-    }
-
-    /// A CSV sink for `writer` that calls the fault hook at [`Step::BlockStaged`] after each
-    /// block it stages (no hook, no callback).
+    /// A CSV sink into a new block blob `writer`.
     pub(crate) fn csv_sink(
         &self,
-        table: &TableRef,
         writer: crate::sink::blob::BlobWriter,
     ) -> crate::sink::rows::CsvBlobSink {
-        let mut sink = crate::sink::rows::CsvBlobSink::new(writer, self.settings.block_size);
-        if let Some(hook) = self.faults.clone() {
-            let table = table.clone();
-            sink.on_block_staged(Box::new(move || {
-                hook(&table, Step::BlockStaged).map_err(|e| SinkError::Other(e.to_string()))
-            }));
-        }
-        sink
+        crate::sink::rows::CsvBlobSink::new(writer, self.settings.block_size)
     }
 
     /// The configured spec of `table` (its capture instance, if pinned).
-    pub fn spec(&self, table: &TableRef) -> Option<&TableSpec> {
+    pub fn spec(&self, table: &TableRef) -> Result<&TableSpec, JobError> {
         self.settings
             .tables
             .iter()
             .find(|spec| &spec.table == table)
+            .ok_or_else(|| JobError::NotConfigured {
+                table: table.clone(),
+            })
     }
 }
 
-/// One table's result, for `Logs` (one line) and `ReturnValue` (one JSON object).
-#[derive(Debug, Clone)]
-pub struct TableOutcome {
-    pub table: TableRef,
-    pub line: String,
-    pub json: serde_json::Value,
-    pub status: TableStatus,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TableStatus {
-    Done,
-    InProgress,
-    /// Another invocation moved the watermark first; this one stopped cleanly.
-    Superseded,
-    Conflict,
-    BadRequest,
-    Failed,
-}
-
-impl TableStatus {
-    /// The status as `ReturnValue` spells it.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TableStatus::Done => "done",
-            TableStatus::InProgress => "inProgress",
-            TableStatus::Superseded => "superseded",
-            TableStatus::Conflict => "conflict",
-            TableStatus::BadRequest => "badRequest",
-            TableStatus::Failed => "failed",
-        }
-    }
-}
-
-impl TableOutcome {
-    /// A table that did not complete: refused (conflict, bad request) or failed.
-    pub fn failed(table: &TableRef, error: &JobError) -> TableOutcome {
-        let status = match error {
-            JobError::AlreadyLoaded { .. } => TableStatus::Conflict,
-            JobError::NotConfigured { .. } => TableStatus::BadRequest,
-            _ => TableStatus::Failed,
-        };
-        if status == TableStatus::Failed {
-            tracing::error!(table = %table, transient = error.is_transient(), error = %error, "table failed");
-        } else {
-            tracing::warn!(table = %table, error = %error, "request refused");
-        }
-        let label = if status == TableStatus::Failed {
-            "FAILED"
-        } else {
-            "REFUSED"
-        };
-        TableOutcome {
+/// One table of a timer run: whatever its state needs. A full load handed off by FullLoad
+/// continues within this invocation's budget and, once finished, the table's first window
+/// follows in the same run; otherwise the incremental copy (which finishes a pending window
+/// first).
+pub async fn timer_table(
+    ctx: &Context,
+    table: &TableRef,
+    trigger_time: DateTime<Utc>,
+) -> Result<TableResult, JobError> {
+    let spec = ctx.spec(table)?;
+    let mut session = ctx.source.session().await?;
+    let ci = session
+        .capture_instance(table, spec.capture_instance.as_deref())
+        .await?;
+    let mut wm = session
+        .read_watermark(table)
+        .await?
+        .ok_or_else(|| JobError::NotLoaded {
             table: table.clone(),
-            line: format!("{table}: {label}: {error}"),
-            json: serde_json::json!({
-                "table": table.to_string(),
-                "status": status.as_str(),
-                "transient": error.is_transient(),
-                "error": error.to_string(),
-            }),
-            status,
+        })?;
+    if let TableState::Loading(_) = wm.state {
+        let deadline = Instant::now() + TIMER_LOAD_BUDGET;
+        let (result, loaded) =
+            full_load::continue_load(ctx, session.as_mut(), &ci, wm, deadline).await?;
+        if result.status != Status::Done {
+            return Ok(result);
         }
+        wm = loaded;
+    }
+    incremental::copy_table(ctx, session.as_mut(), &ci, wm, trigger_time).await
+}
+
+/// Replaces the watermark row `current` by `next` if no other invocation moved it since it
+/// was read; `None` when one did (this invocation is superseded and must stop).
+pub(crate) async fn save(
+    session: &mut dyn CdcSession,
+    current: &Watermark,
+    next: Watermark,
+) -> Result<Option<Watermark>, JobError> {
+    Ok(session
+        .update_watermark(current.version, &next)
+        .await?
+        .then_some(next))
+}
+
+/// `result` (what this invocation did so far) once another invocation moved the watermark
+/// first: this one stops there.
+pub(crate) fn superseded(mut result: TableResult, note: &'static str) -> TableResult {
+    tracing::warn!(table = %result.table, note, "another invocation moved the watermark first; stopping");
+    result.status = Status::Superseded;
+    result.note = note;
+    result
+}
+
+/// Runs one table's job, turning its error into a result, timing it and logging it.
+async fn table_result(
+    table: &TableRef,
+    job: impl Future<Output = Result<TableResult, JobError>>,
+) -> TableResult {
+    let started = Instant::now();
+    let mut result = match job.await {
+        Ok(result) => result,
+        Err(error) => {
+            let mut result = TableResult::new(table, error.status(), "not completed");
+            result.transient = Some(error.is_transient());
+            result.error = Some(error.to_string());
+            result
+        }
+    };
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    log(&result);
+    result
+}
+
+fn log(r: &TableResult) {
+    let error = r.error.as_deref().unwrap_or_default();
+    match r.status {
+        Status::Failed | Status::Blocked => {
+            tracing::error!(table = %r.table, status = ?r.status, transient = r.transient, error, "table failed")
+        }
+        Status::Conflict | Status::BadRequest => {
+            tracing::warn!(table = %r.table, status = ?r.status, error, "request refused")
+        }
+        _ => tracing::info!(
+            table = %r.table, status = ?r.status, note = r.note, rows = r.rows, bytes = r.bytes,
+            blobs = ?r.blobs, from = ?r.range.map(|r| r.from_lsn), to = ?r.range.map(|r| r.to_lsn),
+            lag_ms = r.capture_lag_ms, parts = r.parts, elapsed_ms = r.duration_ms, "table done"
+        ),
     }
 }
 
-/// Runs `job` for every table, at most `concurrency` at once, and folds the outcomes into one
-/// report: failed if any table failed.
+/// Runs `job` for every table, at most `concurrency` at once; the report's status is the
+/// worst table's.
 pub(crate) async fn for_each_table<F, Fut>(
     tables: Vec<TableRef>,
     concurrency: usize,
     job: F,
-) -> JobReport
+) -> Report
 where
     F: Fn(TableRef) -> Fut,
-    Fut: std::future::Future<Output = TableOutcome>,
+    Fut: Future<Output = Result<TableResult, JobError>>,
 {
-    let outcomes: Vec<TableOutcome> = futures::stream::iter(tables.into_iter().map(job))
+    let job = &job;
+    let results = futures::stream::iter(tables)
+        .map(|table| async move { table_result(&table, job(table.clone())).await })
         .buffered(concurrency.max(1))
         .collect()
         .await;
-    let outcome = if outcomes.iter().any(|o| o.status == TableStatus::Failed) {
-        Outcome::Failed
-    } else if outcomes.iter().any(|o| o.status == TableStatus::BadRequest) {
-        Outcome::BadRequest
-    } else if outcomes.iter().any(|o| o.status == TableStatus::Conflict) {
-        Outcome::Conflict
-    } else if outcomes.iter().any(|o| o.status == TableStatus::InProgress) {
-        Outcome::InProgress
-    } else {
-        Outcome::Done
-    };
-    JobReport {
-        logs: outcomes.iter().map(|o| o.line.clone()).collect(),
-        summary: serde_json::json!({ "tables": outcomes.iter().map(|o| o.json.clone()).collect::<Vec<_>>() }),
-        outcome,
-    }
+    Report::of(results)
 }
 
 /// The production [`Jobs`]: SQL Server and Blob Storage from the settings. Building it does no
@@ -328,7 +318,7 @@ impl Runner {
 
 #[async_trait::async_trait]
 impl Jobs for Runner {
-    async fn incremental_copy(&self, trigger: TimerTrigger) -> JobReport {
+    async fn incremental_copy(&self, trigger: TimerTrigger) -> Report {
         incremental::run(&self.context, &trigger).await
     }
 
@@ -336,7 +326,7 @@ impl Jobs for Runner {
         Runner::check(self).await
     }
 
-    async fn full_load(&self, request: FullLoadRequest) -> JobReport {
+    async fn full_load(&self, request: FullLoadRequest) -> Report {
         full_load::run(
             &self.context,
             &request,
@@ -344,9 +334,4 @@ impl Jobs for Runner {
         )
         .await
     }
-}
-
-/// Sleeps that tests can shorten: capture polling uses real time.
-pub(crate) async fn sleep(duration: Duration) {
-    tokio::time::sleep(duration).await
 }

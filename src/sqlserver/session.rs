@@ -13,8 +13,8 @@ use tiberius::{ColumnData, ColumnType, QueryItem, Row, ToSql};
 use async_trait::async_trait;
 
 use crate::cdc::{
-    CaptureInstance, CaptureProgress, CdcError, CdcSession, FullLoadProgress, Lsn, NameError,
-    PendingWindow, RowFilter, RowSink, TableRef, Value, Watermark,
+    CaptureInstance, CaptureProgress, CdcError, CdcSession, FullLoadProgress, Lsn, LsnRange,
+    NameError, RowFilter, RowSink, TableRef, TableState, Value, Watermark, Window,
 };
 
 use super::connection::{map_error, SqlClient};
@@ -356,8 +356,11 @@ fn datetime2(value: &DateTime<Utc>) -> ColumnData<'static> {
 
 /// `@P1…@P17` of the insert and update statements, in [`sql::WATERMARK_COLUMNS`] order.
 fn watermark_params(row: &Watermark) -> Result<Vec<ColumnData<'static>>, CdcError> {
-    let pending = row.pending.as_ref();
-    let full = row.full_load.as_ref();
+    let (pending, full) = match &row.state {
+        TableState::Ready => (None, None),
+        TableState::Pending(window) => (Some(window), None),
+        TableState::Loading(progress) => (None, Some(progress)),
+    };
     let last_key = full
         .and_then(|f| f.last_key.as_ref())
         .map(serde_json::to_string)
@@ -369,12 +372,12 @@ fn watermark_params(row: &Watermark) -> Result<Vec<ColumnData<'static>>, CdcErro
         text(&row.capture_instance),
         lsn_param(&row.last_lsn),
         datetime2(&row.last_window_end),
-        opt_lsn_param(pending.map(|p| &p.to_lsn)),
+        opt_lsn_param(pending.map(|p| p.range.to()).as_ref()),
         match pending {
-            Some(p) => datetime2(&p.window_end),
+            Some(p) => datetime2(&p.end),
             None => ColumnData::DateTime2(None),
         },
-        opt_text(pending.map(|p| p.blob_name.as_str())),
+        opt_text(pending.map(|p| p.blob.as_str())),
         opt_text(full.map(|f| f.load_id.as_str())),
         opt_lsn_param(full.map(|f| &f.baseline_lsn)),
         ColumnData::I32(full.map(|f| i32::try_from(f.parts_done).unwrap_or(i32::MAX))),
@@ -388,11 +391,19 @@ fn watermark_params(row: &Watermark) -> Result<Vec<ColumnData<'static>>, CdcErro
 }
 
 fn watermark_from_row(row: &Row) -> Result<Watermark, CdcError> {
+    let last_lsn = lsn_column(row, "last_lsn")?
+        .ok_or_else(|| CdcError::Protocol("last_lsn is NULL".into()))?;
+    let last_window_end = utc(required(row, "last_window_end")?);
     let pending = match lsn_column(row, "pending_to_lsn")? {
-        Some(to_lsn) => Some(PendingWindow {
-            to_lsn,
-            window_end: utc(required(row, "pending_window_end")?),
-            blob_name: required::<&str>(row, "pending_blob")?.to_string(),
+        Some(to_lsn) => Some(Window {
+            range: LsnRange::after(last_lsn, to_lsn).ok_or_else(|| {
+                CdcError::Protocol(format!(
+                    "pending_to_lsn {to_lsn} is not after last_lsn {last_lsn}: the pending window is empty"
+                ))
+            })?,
+            start: last_window_end,
+            end: utc(required(row, "pending_window_end")?),
+            blob: required::<&str>(row, "pending_blob")?.to_string(),
         }),
         None => None,
     };
@@ -411,17 +422,25 @@ fn watermark_from_row(row: &Row) -> Result<Watermark, CdcError> {
         }),
         None => None,
     };
+    let state = match (pending, full_load) {
+        (None, None) => TableState::Ready,
+        (Some(window), None) => TableState::Pending(window),
+        (None, Some(progress)) => TableState::Loading(progress),
+        (Some(_), Some(_)) => {
+            return Err(CdcError::Protocol(
+                "the watermark row has both a pending window and a full load in progress".into(),
+            ))
+        }
+    };
     Ok(Watermark {
         table: TableRef {
             schema: required::<&str>(row, "schema_name")?.to_string(),
             table: required::<&str>(row, "table_name")?.to_string(),
         },
         capture_instance: required::<&str>(row, "capture_instance")?.to_string(),
-        last_lsn: lsn_column(row, "last_lsn")?
-            .ok_or_else(|| CdcError::Protocol("last_lsn is NULL".into()))?,
-        last_window_end: utc(required(row, "last_window_end")?),
-        pending,
-        full_load,
+        last_lsn,
+        last_window_end,
+        state,
         rows_copied: required::<i64>(row, "rows_copied")?.max(0) as u64,
         bytes_copied: required::<i64>(row, "bytes_copied")?.max(0) as u64,
         version: required(row, "version")?,
@@ -520,13 +539,10 @@ impl CdcSession for SqlServerSession {
     async fn count_net_changes(
         &mut self,
         ci: &CaptureInstance,
-        from: Lsn,
-        to: Lsn,
+        range: LsnRange,
         filter: RowFilter,
     ) -> Result<u64, CdcError> {
-        if from > to {
-            return Ok(0);
-        }
+        let (from, to) = (range.from(), range.to());
         let statement =
             sql::count_net_changes(&ci.name).map_err(|e| name_error("capture instance", e))?;
         let params = [lsn_param(&from), lsn_param(&to), text(filter.as_sql())];
@@ -540,14 +556,11 @@ impl CdcSession for SqlServerSession {
     async fn net_changes(
         &mut self,
         ci: &CaptureInstance,
-        from: Lsn,
-        to: Lsn,
+        range: LsnRange,
         filter: RowFilter,
         sink: &mut dyn RowSink,
     ) -> Result<u64, CdcError> {
-        if from > to {
-            return Ok(0);
-        }
+        let (from, to) = (range.from(), range.to());
         let statement = sql::net_changes(&ci.name, &ci.key_columns)
             .map_err(|e| name_error("capture instance", e))?;
         let params = [lsn_param(&from), lsn_param(&to), text(filter.as_sql())];
@@ -652,17 +665,11 @@ mod tests {
             capture_instance: "dbo_customers".into(),
             last_lsn: Lsn::from_u128(42),
             last_window_end: at,
-            pending: Some(PendingWindow {
-                to_lsn: Lsn::from_u128(43),
-                window_end: at,
-                blob_name: "dbo/customers/x.csv".into(),
-            }),
-            full_load: Some(FullLoadProgress {
-                load_id: "20240501120000000".into(),
-                baseline_lsn: Lsn::from_u128(40),
-                parts_done: 3,
-                last_key: Some(vec![Value::Int(7), Value::Text("a".into())]),
-                rows_done: 300,
+            state: TableState::Pending(Window {
+                range: LsnRange::after(Lsn::from_u128(42), Lsn::from_u128(43)).unwrap(),
+                start: at,
+                end: at,
+                blob: "dbo/customers/x.csv".into(),
             }),
             rows_copied: 5,
             bytes_copied: 6,
@@ -675,6 +682,23 @@ mod tests {
         assert_eq!(params[3], lsn_param(&Lsn::from_u128(42)));
         assert_eq!(params[5], lsn_param(&Lsn::from_u128(43)));
         assert_eq!(params[7], text("dbo/customers/x.csv"));
+        assert_eq!(params[8], ColumnData::String(None), "no load while pending");
+        let loading = Watermark {
+            state: TableState::Loading(FullLoadProgress {
+                load_id: "20240501120000000".into(),
+                baseline_lsn: Lsn::from_u128(40),
+                parts_done: 3,
+                last_key: Some(vec![Value::Int(7), Value::Text("a".into())]),
+                rows_done: 300,
+            }),
+            ..row.clone()
+        };
+        let params = watermark_params(&loading).unwrap();
+        assert_eq!(
+            params[5],
+            ColumnData::Binary(None),
+            "no window while loading"
+        );
         assert_eq!(params[10], ColumnData::I32(Some(3)));
         assert_eq!(
             params[11],
@@ -682,8 +706,7 @@ mod tests {
         );
         assert_eq!(params[15], ColumnData::I64(Some(9)));
         let empty = Watermark {
-            pending: None,
-            full_load: None,
+            state: TableState::Ready,
             ..row
         };
         let params = watermark_params(&empty).unwrap();

@@ -1,13 +1,15 @@
 //! Test doubles for cdc-copy, kept out of the product crate: nothing here is compiled into the
 //! handler. Used as a dev-dependency by the integration tests and the benchmarks.
 //!
-//! - [`model`]: an in-memory SQL Server CDC behind the product's `CdcSource` seam, with fault
-//!   arming per method (the decorator the crash tests inject faults through).
+//! - [`model`]: an in-memory SQL Server CDC behind the product's `CdcSource` seam.
+//! - [`faults`]: a `CdcSource` decorator that fails chosen round trips (before, after their
+//!   effect, mid-stream), and counts them.
 //! - [`tds`]: a TDS-speaking fake SQL Server, so the real tiberius path runs in CI.
 //! - [`azurite`]: a real Azurite blob service on a free loopback port.
 //! - [`proxy`]: a fault-injecting HTTP proxy in front of Azurite.
 
 pub mod azurite;
+pub mod faults;
 pub mod model;
 pub mod proxy;
 pub mod tds;

@@ -13,11 +13,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
-use cdc_copy::cdc::{CdcSource, Lsn, TableRef, Value, Watermark};
+use cdc_copy::cdc::{FullLoadProgress, Lsn, TableRef, TableState, Value, Watermark, Window};
 use cdc_copy::config::Settings;
-use cdc_copy::host::{FullLoadRequest, JobReport, TimerTrigger};
+use cdc_copy::host::{FullLoadRequest, TimerTrigger};
 use cdc_copy::jobs::{self, Context};
+use cdc_copy::report::Report;
 use cdc_copy::sink::blob::BlobTarget;
+use cdc_copy_testkit::faults::Faults;
 use cdc_copy_testkit::model::CdcModel;
 
 use super::azurite::{unique_container, Azurite};
@@ -137,9 +139,35 @@ pub fn settings(azurite: &Azurite, container: &str, extra: &[(&str, &str)]) -> S
     Settings::from_map(&vars).expect("test settings are valid")
 }
 
+/// The state of a watermark row, read the way tests ask about it.
+pub trait WatermarkExt {
+    /// The window a run recorded and has not finished, if any.
+    fn pending(&self) -> Option<&Window>;
+    /// The full load in progress, if any.
+    fn loading(&self) -> Option<&FullLoadProgress>;
+}
+
+impl WatermarkExt for Watermark {
+    fn pending(&self) -> Option<&Window> {
+        match &self.state {
+            TableState::Pending(window) => Some(window),
+            _ => None,
+        }
+    }
+
+    fn loading(&self) -> Option<&FullLoadProgress> {
+        match &self.state {
+            TableState::Loading(progress) => Some(progress),
+            _ => None,
+        }
+    }
+}
+
 /// The model, the job context and the container, for one test.
 pub struct Bench {
     pub model: CdcModel,
+    /// Faults and call counts on the way from the jobs to the model.
+    pub faults: Faults,
     pub ctx: Context,
     pub table: TableRef,
 }
@@ -166,20 +194,32 @@ impl Bench {
         model.advance(Duration::seconds(1));
         // No ensure_container here: the jobs must create the container themselves.
         let blobs = BlobTarget::new(&settings.storage, &settings.container).unwrap();
-        let source: Arc<dyn CdcSource> = Arc::new(model.clone());
+        let faults = Faults::new();
+        let source = faults.wrap(Arc::new(model.clone()));
         let clock_model = model.clone();
         let ctx = Context {
             settings,
             source,
             blobs,
             clock: Arc::new(move || clock_model.now()),
-            faults: None,
             container_ready: Arc::default(),
         };
-        Bench { model, ctx, table }
+        Bench {
+            model,
+            faults,
+            ctx,
+            table,
+        }
     }
 
-    pub async fn full_load(&self) -> JobReport {
+    /// Blocks of `bytes` instead of MiB, so that small windows and parts span several.
+    pub fn set_block_size(&mut self, bytes: usize) {
+        let mut settings = (*self.ctx.settings).clone();
+        settings.block_size = bytes;
+        self.ctx.settings = Arc::new(settings);
+    }
+
+    pub async fn full_load(&self) -> Report {
         jobs::full_load::run(
             &self.ctx,
             &FullLoadRequest::default_all(),
@@ -189,7 +229,7 @@ impl Bench {
     }
 
     /// An incremental run for the trigger time `at`.
-    pub async fn incremental(&self, at: DateTime<Utc>) -> JobReport {
+    pub async fn incremental(&self, at: DateTime<Utc>) -> Report {
         let trigger = TimerTrigger {
             trigger_time: at,
             last: None,
@@ -314,16 +354,16 @@ impl Bench {
         let replayed = self.replay_with(strict).await;
         let wm = self.watermark();
         let mut copied_to = wm.last_lsn;
-        if let Some(pending) = &wm.pending {
+        if let TableState::Pending(pending) = &wm.state {
             if self
                 .ctx
                 .blobs
-                .properties(&pending.blob_name)
+                .properties(&pending.blob)
                 .await
                 .unwrap()
                 .is_some()
             {
-                copied_to = pending.to_lsn;
+                copied_to = pending.range.to();
             }
         }
         let expected = self.source_at(copied_to);

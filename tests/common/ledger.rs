@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use cdc_copy::cdc::Lsn;
+use cdc_copy::cdc::{Lsn, TableState};
 
 use super::cdc::{apply_full_part, apply_incremental, diff, parse_csv, Bench, Rows};
 
@@ -127,7 +127,7 @@ impl Ledger {
             return;
         };
         // The full load, once finished: the latest load's parts are the base state.
-        if self.load_id.is_none() && wm.full_load.is_none() {
+        if self.load_id.is_none() && !matches!(wm.state, TableState::Loading(_)) {
             let load_id = listing
                 .iter()
                 .filter(|(n, _)| n.starts_with(FULL))
@@ -213,9 +213,9 @@ impl Ledger {
         // watermark (or at the pending window's end once its blob is committed).
         if self.load_id.is_some() {
             let mut copied_to = wm.last_lsn;
-            if let Some(pending) = &wm.pending {
-                if listed.contains_key(pending.blob_name.as_str()) {
-                    copied_to = pending.to_lsn;
+            if let TableState::Pending(pending) = &wm.state {
+                if listed.contains_key(pending.blob.as_str()) {
+                    copied_to = pending.range.to();
                 }
             }
             assert_eq!(

@@ -9,7 +9,7 @@
 //! and benchmarks exercise the orchestration against them, with a clock the test controls.
 //!
 //! Shape: [`CdcModel`] is a cheap handle (`Arc<Mutex<State>>`); tests drive it directly
-//! (tables, transactions, clock, capture, cleanup, faults) and the jobs see it through
+//! (tables, transactions, clock, capture, cleanup) and the jobs see it through
 //! [`ModelSession`]s. Reads stream in batches of [`BATCH`] rows, taking the lock per batch
 //! and never across an `.await`, so a slow sink never blocks writers for long and nothing
 //! clones a whole table or window up front.
@@ -20,7 +20,7 @@ mod session;
 mod tests;
 
 pub use key::{cmp_keys, cmp_values, Key};
-pub use session::{Method, ModelSession};
+pub use session::ModelSession;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
@@ -742,14 +742,6 @@ struct Pending {
     local: NaiveDateTime,
 }
 
-#[derive(Default)]
-struct Faults {
-    fail_before: HashMap<Method, u32>,
-    fail_after: HashMap<Method, u32>,
-    mid_stream: Option<u64>,
-    mid_scan: Option<u64>,
-}
-
 struct State {
     now: DateTime<Utc>,
     offset_minutes: i32,
@@ -767,8 +759,6 @@ struct State {
     mapping_monotonic: bool,
     pending: VecDeque<Pending>,
     watermarks: Option<BTreeMap<TableRef, Watermark>>,
-    faults: Faults,
-    calls: BTreeMap<Method, u64>,
 }
 
 /// Undo record for a failed transaction.
@@ -801,8 +791,6 @@ impl State {
             mapping_monotonic: true,
             pending: VecDeque::new(),
             watermarks: Some(BTreeMap::new()),
-            faults: Faults::default(),
-            calls: BTreeMap::new(),
         }
     }
 
