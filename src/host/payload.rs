@@ -42,8 +42,8 @@ pub enum PayloadError {
     NotJson(String),
     #[error("body: larger than {limit} bytes")]
     TooLarge { limit: usize },
-    #[error("{field}: {reason}")]
-    Invalid { field: String, reason: String },
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
 }
 
 impl PayloadError {
@@ -51,42 +51,33 @@ impl PayloadError {
     pub fn field(&self) -> &str {
         match self {
             PayloadError::NotJson(_) | PayloadError::TooLarge { .. } => "body",
-            PayloadError::Invalid { field, .. } => field,
-        }
-    }
-
-    fn missing(field: &str) -> PayloadError {
-        PayloadError::Invalid {
-            field: field.to_string(),
-            reason: "missing".to_string(),
+            PayloadError::Invalid(e) => &e.field,
         }
     }
 }
 
-impl From<serde_path_to_error::Error<serde_json::Error>> for PayloadError {
-    fn from(e: serde_path_to_error::Error<serde_json::Error>) -> PayloadError {
-        PayloadError::Invalid {
-            field: dotted(e.path()),
-            reason: e.into_inner().to_string(),
-        }
-    }
-}
-
-/// The caller's FullLoad request body is wrong (answered with HTTP 400 through `res`).
+/// A value that cannot be used, and its JSON path: in the caller's FullLoad request body
+/// (answered with HTTP 400 through `res`), or in the host's invocation ([`PayloadError`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct RequestError {
-    /// `body`, `tables`, `tables[2]`, `reset` or the unknown key.
+    /// `body`, `tables[2]`, `reset`, the unknown key; `Data.timer.IsPastDue`…
     pub field: String,
     pub reason: String,
 }
 
+impl RequestError {
+    fn new(field: &str, reason: impl Into<String>) -> RequestError {
+        RequestError {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
 impl From<serde_path_to_error::Error<serde_json::Error>> for RequestError {
     fn from(e: serde_path_to_error::Error<serde_json::Error>) -> RequestError {
-        RequestError {
-            field: dotted(e.path()),
-            reason: e.into_inner().to_string(),
-        }
+        RequestError::new(&dotted(e.path()), e.into_inner().to_string())
     }
 }
 
@@ -198,30 +189,21 @@ pub struct HttpInvocation {
     pub metadata: InvocationMetadata,
 }
 
-/// The invocation body: `Data` holds the trigger binding `B`. Members are optional here so
-/// that a missing one is reported with its own path rather than its parent's.
+/// The invocation body. Members are optional here so that a missing one is reported with its
+/// own path rather than its parent's; each function takes its own binding out of `Data`.
 #[derive(Deserialize)]
-#[serde(bound = "B: Deserialize<'de>")]
-struct Envelope<B> {
+struct Envelope {
     #[serde(rename = "Data", alias = "data", default, deserialize_with = "object")]
-    data: Option<B>,
-    #[serde(
-        rename = "Metadata",
-        alias = "metadata",
-        default,
-        deserialize_with = "optional_object"
-    )]
+    data: Option<Bindings>,
+    #[serde(rename = "Metadata", alias = "metadata", default)]
+    #[serde(deserialize_with = "optional_object")]
     metadata: Option<InvocationMetadata>,
 }
 
 #[derive(Deserialize)]
-struct TimerBinding {
+struct Bindings {
     #[serde(default, deserialize_with = "object")]
     timer: Option<TimerInfo>,
-}
-
-#[derive(Deserialize)]
-struct HttpBinding {
     #[serde(default, deserialize_with = "object")]
     req: Option<HttpRequestData>,
 }
@@ -419,12 +401,11 @@ pub fn parse_json(body: &[u8]) -> Result<Value, PayloadError> {
     serde_json::from_slice(body).map_err(|e| PayloadError::NotJson(e.to_string()))
 }
 
-/// Decodes an invocation body: `Data.<binding>` must be there; `Metadata` may be absent.
-fn envelope<'de, B: Deserialize<'de>>(
-    root: &'de Value,
-) -> Result<(B, InvocationMetadata), PayloadError> {
-    let Object(envelope): Object<Envelope<B>> = serde_path_to_error::deserialize(root)?;
-    let data = envelope.data.ok_or_else(|| PayloadError::missing("Data"))?;
+/// Decodes an invocation body: `Data` must be there; `Metadata` may be absent.
+fn envelope(root: &Value) -> Result<(Bindings, InvocationMetadata), PayloadError> {
+    let Object(envelope): Object<Envelope> =
+        serde_path_to_error::deserialize(root).map_err(RequestError::from)?;
+    let data = envelope.data.ok_or(RequestError::new("Data", "missing"))?;
     Ok((data, envelope.metadata.unwrap_or_default()))
 }
 
@@ -439,10 +420,10 @@ impl TimerInvocation {
     /// Decodes an `IncrementalCopy` invocation body.
     pub fn from_json(root: &Value) -> Result<TimerInvocation, PayloadError> {
         let root = timer_text_decoded(root)?;
-        let (binding, metadata) = envelope::<TimerBinding>(&root)?;
+        let (binding, metadata) = envelope(&root)?;
         let timer = binding
             .timer
-            .ok_or_else(|| PayloadError::missing("Data.timer"))?;
+            .ok_or(RequestError::new("Data.timer", "missing"))?;
         Ok(TimerInvocation { timer, metadata })
     }
 
@@ -470,10 +451,11 @@ fn timer_text_decoded(root: &Value) -> Result<Cow<'_, Value>, PayloadError> {
     let Some(Value::String(text)) = root.get("Data").and_then(|d| d.get(TIMER_BINDING)) else {
         return Ok(Cow::Borrowed(root));
     };
-    let timer: Value = serde_json::from_str(text).map_err(|_| PayloadError::Invalid {
-        field: "Data.timer".to_string(),
-        reason: "expected an object (or the JSON text of one), found a string that is not JSON"
-            .to_string(),
+    let timer: Value = serde_json::from_str(text).map_err(|_| {
+        RequestError::new(
+            "Data.timer",
+            "expected an object (or the JSON text of one), found a string that is not JSON",
+        )
     })?;
     let mut root = root.clone();
     root["Data"][TIMER_BINDING] = timer;
@@ -490,10 +472,10 @@ impl HttpInvocation {
     /// Decodes a `FullLoad` invocation body. Only the shape is checked here; the request
     /// body is the caller's and is checked by [`full_load_request`].
     pub fn from_json(root: &Value) -> Result<HttpInvocation, PayloadError> {
-        let (binding, metadata) = envelope::<HttpBinding>(root)?;
+        let (binding, metadata) = envelope(root)?;
         let req = binding
             .req
-            .ok_or_else(|| PayloadError::missing("Data.req"))?;
+            .ok_or(RequestError::new("Data.req", "missing"))?;
         Ok(HttpInvocation { req, metadata })
     }
 }
@@ -506,10 +488,8 @@ pub fn full_load_request(body: &Value) -> Result<FullLoadRequest, RequestError> 
     let body = match body {
         Value::String(text) if text.trim().is_empty() => &Value::Null,
         Value::String(text) => {
-            parsed = serde_json::from_str::<Value>(text).map_err(|e| RequestError {
-                field: "body".to_string(),
-                reason: format!("not valid JSON: {e}"),
-            })?;
+            parsed = serde_json::from_str::<Value>(text)
+                .map_err(|e| RequestError::new("body", format!("not valid JSON: {e}")))?;
             &parsed
         }
         other => other,
