@@ -1,48 +1,65 @@
 //! The `handler` command line: `serve` for the Functions host, the rest for operators.
 //!
-//! Hand-rolled (no clap) because there are five commands and four flags; a parser
-//! dependency would cost more build time than this file. Parsing is pure ([`parse_args`],
-//! [`resolve_port`]) and tested; [`run`] takes the jobs factory as a parameter so that
-//! `main.rs` decides which [`Jobs`] implementation is wired in.
+//! clap's derive API, so that [`Command`] is the single list of commands (help, usage errors
+//! and dispatch all come from it). Parsing is pure ([`parse_args`], [`resolve_port`]) and
+//! tested; [`run`] takes the jobs factory as a parameter so that `main.rs` decides which
+//! [`Jobs`] implementation is wired in.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
 
 use crate::cdc::TableRef;
 use crate::config::{Settings, FUNCTIONS_CUSTOMHANDLER_PORT};
 use crate::host::{self, render, FullLoadRequest, Jobs, TimerTrigger};
 use crate::report::{Report, Status};
 
-pub const USAGE: &str = "\
-handler: Azure Functions custom handler copying SQL Server CDC changes to Blob Storage as CSV
-
-USAGE:
-    handler [serve] [--port N]
-        Serve the Functions host contract on 127.0.0.1 (port from --port, else
-        FUNCTIONS_CUSTOMHANDLER_PORT, which the Functions host sets).
-    handler incremental-copy [--at RFC3339]
-        Run one incremental copy now, with trigger time --at (default: now, UTC).
-    handler full-load [--table schema.table]... [--reset]
-        Run a full load of the given tables (default: every table in CDC_TABLES).
-    handler check
-        Validate the settings and check connectivity; exit 1 on any problem.
-    handler --help | --version
-
-Settings are environment variables (see docs/settings.md). Logs: RUST_LOG (default info),
-CDC_LOG_FORMAT=json for JSON lines.
-";
+/// Azure Functions custom handler copying SQL Server CDC changes to Blob Storage as CSV.
+#[derive(Debug, Parser)]
+#[command(
+    name = "handler",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Settings are environment variables (see docs/settings.md). Logs: RUST_LOG \
+                  (default info), CDC_LOG_FORMAT=json for JSON lines."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Port for `serve`, which is what runs without a command.
+    #[arg(long, value_name = "N", value_parser = port_flag)]
+    port: Option<u16>,
+}
 
 /// A parsed command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
-    Serve { port: Option<u16> },
-    IncrementalCopy { at: Option<DateTime<Utc>> },
-    FullLoad(FullLoadRequest),
+    /// Serve the Functions host contract on 127.0.0.1 (the default command).
+    Serve {
+        /// Port to listen on (default: FUNCTIONS_CUSTOMHANDLER_PORT, which the host sets).
+        #[arg(long, value_name = "N", value_parser = port_flag)]
+        port: Option<u16>,
+    },
+    /// Run one incremental copy now.
+    IncrementalCopy {
+        /// Trigger time, e.g. 2026-11-21T10:15:00Z (default: now, UTC).
+        #[arg(long, value_name = "TIME", value_parser = time_flag)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// Run a full load, resuming from each checkpoint until done.
+    FullLoad {
+        /// A table to load, schema.table; repeatable (default: every table in CDC_TABLES).
+        #[arg(long = "table", value_name = "schema.table", value_parser = TableRef::parse)]
+        tables: Vec<TableRef>,
+        /// Re-baseline tables that already have a watermark.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Validate the settings and check connectivity; exit 1 on any problem.
     Check,
-    Help,
-    Version,
 }
 
 impl Command {
@@ -53,100 +70,57 @@ impl Command {
     }
 }
 
-/// A command line or port that cannot be used. Exit status 2.
+/// A port that cannot be used. Exit status 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CliError {
-    #[error("unknown command {0:?}; see --help")]
-    UnknownCommand(String),
-    #[error("{command}: unexpected argument {arg:?}; see --help")]
-    UnexpectedArgument { command: &'static str, arg: String },
-    #[error("{flag} needs a value")]
-    MissingValue { flag: &'static str },
-    #[error("{flag}: {reason}")]
-    InvalidValue { flag: &'static str, reason: String },
     #[error("{FUNCTIONS_CUSTOMHANDLER_PORT} is not set: the Functions host sets it; to run by hand use --port N or set it")]
     PortUnset,
     #[error("{FUNCTIONS_CUSTOMHANDLER_PORT}={0:?} is not a port (1-65535)")]
     PortInvalid(String),
 }
 
-/// Parses the arguments after the program name.
-pub fn parse_args<I>(args: I) -> Result<Command, CliError>
+/// Parses the arguments after the program name. `--help`, `--version` and usage errors
+/// come back as clap errors: `main` prints them and exits (0, or 2 for a usage error).
+pub fn parse_args<I, T>(args: I) -> Result<Command, clap::Error>
 where
-    I: IntoIterator<Item = String>,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
 {
-    let mut args = args.into_iter().peekable();
-    let command = match args.peek().map(String::as_str) {
-        None => return Ok(Command::Serve { port: None }),
-        Some(a) if a.starts_with("--port") => "serve",
-        Some(_) => match args.next().unwrap_or_default().as_str() {
-            "serve" => "serve",
-            "incremental-copy" => "incremental-copy",
-            "full-load" => "full-load",
-            "check" => "check",
-            "help" | "--help" | "-h" => return Ok(Command::Help),
-            "--version" | "-V" => return Ok(Command::Version),
-            other => return Err(CliError::UnknownCommand(other.to_string())),
-        },
-    };
-    let mut port = None;
-    let mut at = None;
-    let mut tables: Vec<TableRef> = Vec::new();
-    let mut reset = false;
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |flag: &'static str| -> Result<String, CliError> {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or(CliError::MissingValue { flag })
-        };
-        match (command, flag.as_str()) {
-            (_, "--help" | "-h") => return Ok(Command::Help),
-            ("serve", "--port") => {
-                let v = value("--port")?;
-                port = Some(parse_port(&v).ok_or_else(|| CliError::InvalidValue {
-                    flag: "--port",
-                    reason: format!("{v:?} is not a port (1-65535)"),
-                })?);
-            }
-            ("incremental-copy", "--at") => {
-                let v = value("--at")?;
-                let t = host::parse_host_time(&v).ok().flatten().ok_or_else(|| {
-                    CliError::InvalidValue {
-                        flag: "--at",
-                        reason: format!("{v:?} is not a timestamp like 2026-11-21T10:15:00Z"),
-                    }
-                })?;
-                at = Some(t);
-            }
-            ("full-load", "--table") => {
-                let v = value("--table")?;
-                let t = TableRef::parse(&v).map_err(|e| CliError::InvalidValue {
-                    flag: "--table",
-                    reason: e.to_string(),
-                })?;
-                if !tables.contains(&t) {
-                    tables.push(t);
+    let cli = Cli::try_parse_from(
+        std::iter::once(OsString::from("handler")).chain(args.into_iter().map(Into::into)),
+    )?;
+    Ok(match cli.command {
+        None => Command::Serve { port: cli.port },
+        Some(Command::FullLoad { tables, reset }) => {
+            // `--table` given twice loads the table once.
+            let mut unique = Vec::new();
+            for table in tables {
+                if !unique.contains(&table) {
+                    unique.push(table);
                 }
             }
-            ("full-load", "--reset") if inline.is_none() => reset = true,
-            (command, _) => return Err(CliError::UnexpectedArgument { command, arg }),
+            Command::FullLoad {
+                tables: unique,
+                reset,
+            }
         }
-    }
-    Ok(match command {
-        "serve" => Command::Serve { port },
-        "incremental-copy" => Command::IncrementalCopy { at },
-        "full-load" => Command::FullLoad(FullLoadRequest { tables, reset }),
-        _ => Command::Check,
+        Some(command) => command,
     })
 }
 
 fn parse_port(text: &str) -> Option<u16> {
     text.trim().parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+fn port_flag(text: &str) -> Result<u16, String> {
+    parse_port(text).ok_or_else(|| format!("{text:?} is not a port (1-65535)"))
+}
+
+fn time_flag(text: &str) -> Result<DateTime<Utc>, String> {
+    host::parse_host_time(text)
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("{text:?} is not a timestamp like 2026-11-21T10:15:00Z"))
 }
 
 /// The port to listen on: `--port` if given, else `FUNCTIONS_CUSTOMHANDLER_PORT`.
@@ -165,14 +139,6 @@ pub fn resolve_port(flag: Option<u16>, env: Option<&str>) -> Result<u16, CliErro
 /// `serve` calls it before answering the readiness probe.
 pub async fn run(command: Command, make_jobs: fn() -> Arc<dyn Jobs>) -> ExitCode {
     match command {
-        Command::Help => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Command::Version => {
-            println!("handler {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
         Command::Serve { port } => serve(port, make_jobs).await,
         Command::IncrementalCopy { at } => {
             let trigger = TimerTrigger {
@@ -183,8 +149,9 @@ pub async fn run(command: Command, make_jobs: fn() -> Arc<dyn Jobs>) -> ExitCode
             let report = make_jobs().incremental_copy(trigger).await;
             print_report(&report)
         }
-        Command::FullLoad(request) => {
+        Command::FullLoad { tables, reset } => {
             // No HTTP front end to answer in time: resume from each checkpoint until done.
+            let request = FullLoadRequest { tables, reset };
             let jobs = make_jobs();
             let mut report = jobs.full_load(request.clone()).await;
             while report.status == Status::InProgress {
@@ -301,9 +268,10 @@ async fn check(make_jobs: fn() -> Arc<dyn Jobs>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
 
-    fn parse(args: &[&str]) -> Result<Command, CliError> {
-        parse_args(args.iter().map(|s| s.to_string()))
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        parse_args(args.iter().copied())
     }
 
     #[test]
@@ -335,10 +303,10 @@ mod tests {
             ),
             (
                 &["full-load"],
-                Command::FullLoad(FullLoadRequest {
+                Command::FullLoad {
                     tables: vec![],
                     reset: false,
-                }),
+                },
             ),
             (
                 &[
@@ -350,40 +318,54 @@ mod tests {
                     "--table",
                     "dbo.a",
                 ],
-                Command::FullLoad(FullLoadRequest {
+                Command::FullLoad {
                     tables: vec![t("dbo.a"), t("sales.b")],
                     reset: true,
-                }),
+                },
             ),
             (&["check"], Command::Check),
-            (&["--help"], Command::Help),
-            (&["-h"], Command::Help),
-            (&["help"], Command::Help),
-            (&["check", "--help"], Command::Help),
-            (&["--version"], Command::Version),
         ];
         for (args, want) in cases {
-            assert_eq!(parse(args), Ok(want), "{args:?}");
+            assert_eq!(parse(args).map_err(|e| e.to_string()), Ok(want), "{args:?}");
+        }
+    }
+
+    /// Help and version are printed by `main` from the error clap returns, with exit status 0.
+    #[test]
+    fn help_and_version() {
+        let cases: &[(&[&str], ErrorKind)] = &[
+            (&["--help"], ErrorKind::DisplayHelp),
+            (&["-h"], ErrorKind::DisplayHelp),
+            (&["help"], ErrorKind::DisplayHelp),
+            (&["check", "--help"], ErrorKind::DisplayHelp),
+            (&["--version"], ErrorKind::DisplayVersion),
+            (&["-V"], ErrorKind::DisplayVersion),
+        ];
+        for (args, kind) in cases {
+            let e = parse(args).expect_err(&format!("{args:?}"));
+            assert_eq!((e.kind(), e.exit_code()), (*kind, 0), "{args:?}");
         }
     }
 
     #[test]
     fn errors_name_the_flag() {
         let cases: &[(&[&str], &str)] = &[
-            (&["copy"], "unknown command \"copy\""),
-            (&["serve", "--port"], "--port needs a value"),
+            (&["copy"], "unrecognized subcommand 'copy'"),
+            (&["serve", "--port"], "a value is required for '--port <N>'"),
             (&["serve", "--port", "0"], "--port"),
             (&["serve", "--port", "65536"], "--port"),
-            (&["serve", "--at", "x"], "unexpected argument \"--at\""),
+            (&["serve", "--at", "x"], "unexpected argument '--at'"),
             (&["incremental-copy", "--at", "soon"], "--at"),
             (&["incremental-copy", "--at", "0001-01-01T00:00:00"], "--at"),
             (&["full-load", "--table", "customers"], "--table"),
             (&["full-load", "--table", "dbo.x;drop"], "--table"),
-            (&["full-load", "--reset=yes"], "unexpected argument"),
-            (&["check", "extra"], "check: unexpected argument"),
+            (&["full-load", "--reset=yes"], "--reset"),
+            (&["check", "extra"], "unexpected argument 'extra'"),
+            (&["--port", "1", "check"], "--port"),
         ];
         for (args, text) in cases {
             let e = parse(args).expect_err(&format!("{args:?}"));
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
             assert!(e.to_string().contains(text), "{args:?}: {e}");
         }
     }

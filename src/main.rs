@@ -26,23 +26,8 @@ fn make_jobs() -> Arc<dyn Jobs> {
 }
 
 fn main() -> ExitCode {
-    let mut args = Vec::new();
-    for arg in std::env::args_os().skip(1) {
-        match arg.into_string() {
-            Ok(arg) => args.push(arg),
-            Err(arg) => {
-                eprintln!("handler: argument {arg:?} is not valid UTF-8");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let command = match cli::parse_args(args) {
-        Ok(command) => command,
-        Err(e) => {
-            eprintln!("handler: {e}\n\n{}", cli::USAGE);
-            return ExitCode::from(2);
-        }
-    };
+    // Help, version and usage errors: clap prints them and exits (0, or 2 for a usage error).
+    let command = cli::parse_args(std::env::args_os().skip(1)).unwrap_or_else(|e| e.exit());
     init_tracing(command.logs_to_stdout());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -34,14 +34,16 @@ pub struct TimerTrigger {
     pub is_past_due: bool,
 }
 
-/// A `FullLoad` request body: `{"tables":["dbo.customers"],"reset":false}`.
+/// A `FullLoad` request body: `{"tables":["dbo.customers"],"reset":false}`. Unknown keys are
+/// refused so that a typo (`"tabels"`) cannot silently load everything; null is absent.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FullLoadRequest {
-    /// Tables to load; empty means every configured table.
-    #[serde(default)]
+    /// Tables to load, each listed once; empty means every configured table.
+    #[serde(default, deserialize_with = "payload::tables")]
     pub tables: Vec<TableRef>,
     /// Re-baseline tables that already have a watermark.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "payload::boolean")]
     pub reset: bool,
 }
 

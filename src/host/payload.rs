@@ -1,16 +1,23 @@
 //! What the Functions host posts to the handler, decoded leniently where the host varies and
 //! strictly (with the JSON path in the message) where a wrong value would mean a wrong window.
 //!
-//! The host serialises .NET objects with Newtonsoft (PascalCase names; timestamps with or
-//! without an offset and with 0–7 fractional digits), so the decoding walks a
-//! `serde_json::Value` by hand instead of deriving `Deserialize`: that is what lets every error
-//! name the exact field (`Data.timer.ScheduleStatus.Next: invalid timestamp "…"`), which is
-//! the first thing an operator needs when the host and the handler disagree. The types derive
-//! `Serialize` in the host's shape, so tests (and docs) can produce real payloads from them.
+//! The host serialises .NET objects with Newtonsoft: PascalCase names (the docs show
+//! camelCase; both are accepted), timestamps with or without an offset and 0–7 fractional
+//! digits. Decoding goes through `serde_path_to_error` so that every error names the exact
+//! field (`Data.timer.ScheduleStatus.Next: invalid timestamp "…"`), the first thing an operator
+//! needs when the host and the handler disagree. The field helpers below exist because derived
+//! structs would also take arrays and would word type errors in Rust's terms, not JSON's. The
+//! types derive `Serialize` in the host's shape, so tests (and docs) can produce real payloads.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::de::{self, value::MapAccessDeserializer, DeserializeSeed, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_path_to_error::Path;
 
 use super::{FullLoadRequest, TimerTrigger};
 use crate::cdc::TableRef;
@@ -35,16 +42,8 @@ pub enum PayloadError {
     NotJson(String),
     #[error("body: larger than {limit} bytes")]
     TooLarge { limit: usize },
-    #[error("{field}: missing")]
-    Missing { field: String },
-    #[error("{field}: expected {expected}, found {found}")]
-    WrongType {
-        field: String,
-        expected: &'static str,
-        found: &'static str,
-    },
-    #[error("{field}: invalid timestamp {value:?} (expected ISO 8601, e.g. 2026-11-21T10:15:00Z)")]
-    InvalidTimestamp { field: String, value: String },
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
 }
 
 impl PayloadError {
@@ -52,67 +51,109 @@ impl PayloadError {
     pub fn field(&self) -> &str {
         match self {
             PayloadError::NotJson(_) | PayloadError::TooLarge { .. } => "body",
-            PayloadError::Missing { field }
-            | PayloadError::WrongType { field, .. }
-            | PayloadError::InvalidTimestamp { field, .. } => field,
+            PayloadError::Invalid(e) => &e.field,
         }
     }
 }
 
-/// The caller's FullLoad request body is wrong (answered with HTTP 400 through `res`).
+/// A value that cannot be used, and its JSON path: in the caller's FullLoad request body
+/// (answered with HTTP 400 through `res`), or in the host's invocation ([`PayloadError`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct RequestError {
-    /// `body`, `tables`, `tables[2]`, `reset` or the unknown key.
+    /// `body`, `tables[2]`, `reset`, the unknown key; `Data.timer.IsPastDue`…
     pub field: String,
     pub reason: String,
 }
 
+impl RequestError {
+    fn new(field: &str, reason: impl Into<String>) -> RequestError {
+        RequestError {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<serde_path_to_error::Error<serde_json::Error>> for RequestError {
+    fn from(e: serde_path_to_error::Error<serde_json::Error>) -> RequestError {
+        RequestError::new(&dotted(e.path()), e.into_inner().to_string())
+    }
+}
+
+/// `Data.timer.ScheduleStatus`, `tables[2]`; `body` for the whole body.
+fn dotted(path: &Path) -> String {
+    match path.to_string() {
+        p if p == "." => "body".to_string(),
+        // A blank unknown key would give a message naming nothing (": unknown field"): quote it.
+        p if p.trim().is_empty() => format!("{p:?}"),
+        p => p,
+    }
+}
+
 /// `Data.timer`: Newtonsoft's serialisation of the timer extension's `TimerInfo`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 pub struct TimerInfo {
     /// `{"AdjustForDST": true}`; not used, kept as sent.
+    #[serde(alias = "schedule")]
     pub schedule: Value,
     /// Null with `useMonitor: false`.
+    #[serde(alias = "scheduleStatus", deserialize_with = "optional_object")]
     pub schedule_status: Option<ScheduleStatus>,
+    #[serde(alias = "isPastDue", deserialize_with = "boolean")]
     pub is_past_due: bool,
 }
 
 /// `Data.timer.ScheduleStatus`. The first-run value `0001-01-01T00:00:00` decodes as `None`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 pub struct ScheduleStatus {
     /// The previous fire time.
+    #[serde(alias = "last", deserialize_with = "time")]
     pub last: Option<DateTime<Utc>>,
     /// The occurrence now firing (the first missed one when past due).
+    #[serde(alias = "next", deserialize_with = "time")]
     pub next: Option<DateTime<Utc>>,
+    #[serde(alias = "lastUpdated", deserialize_with = "time")]
     pub last_updated: Option<DateTime<Utc>>,
 }
 
 /// `Metadata.sys`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 pub struct SysMetadata {
+    #[serde(alias = "methodName", deserialize_with = "string")]
     pub method_name: Option<String>,
+    #[serde(alias = "utcNow", deserialize_with = "time")]
     pub utc_now: Option<DateTime<Utc>>,
+    #[serde(alias = "randGuid", deserialize_with = "string")]
     pub rand_guid: Option<String>,
 }
 
 /// `Metadata.RetryContext`, present when the function's retry policy is retrying.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 pub struct RetryContext {
+    #[serde(alias = "retryCount", deserialize_with = "integer")]
     pub retry_count: i64,
+    #[serde(alias = "maxRetryCount", deserialize_with = "integer")]
     pub max_retry_count: i64,
     pub exception: Value,
 }
 
 /// `Metadata`: `sys`, optional `RetryContext`, and trigger metadata the handler does not use.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct InvocationMetadata {
+    #[serde(deserialize_with = "optional_object")]
     pub sys: Option<SysMetadata>,
-    #[serde(rename = "RetryContext", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "RetryContext",
+        alias = "retryContext",
+        deserialize_with = "optional_object",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_context: Option<RetryContext>,
 }
 
@@ -124,10 +165,12 @@ pub struct TimerInvocation {
 }
 
 /// `Data.req`: the HTTP trigger's request (payload mode, no forwarding).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 pub struct HttpRequestData {
+    #[serde(alias = "url", deserialize_with = "string")]
     pub url: Option<String>,
+    #[serde(alias = "method", deserialize_with = "string")]
     pub method: Option<String>,
     pub query: Value,
     /// Header name → values.
@@ -135,6 +178,7 @@ pub struct HttpRequestData {
     pub params: Value,
     pub identities: Value,
     /// The request body: a string, already-parsed JSON, or null/absent when empty.
+    #[serde(alias = "body", deserialize_with = "body")]
     pub body: Value,
 }
 
@@ -143,6 +187,25 @@ pub struct HttpRequestData {
 pub struct HttpInvocation {
     pub req: HttpRequestData,
     pub metadata: InvocationMetadata,
+}
+
+/// The invocation body. Members are optional here so that a missing one is reported with its
+/// own path rather than its parent's; each function takes its own binding out of `Data`.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "Data", alias = "data", default, deserialize_with = "object")]
+    data: Option<Bindings>,
+    #[serde(rename = "Metadata", alias = "metadata", default)]
+    #[serde(deserialize_with = "optional_object")]
+    metadata: Option<InvocationMetadata>,
+}
+
+#[derive(Deserialize)]
+struct Bindings {
+    #[serde(default, deserialize_with = "object")]
+    timer: Option<TimerInfo>,
+    #[serde(default, deserialize_with = "object")]
+    req: Option<HttpRequestData>,
 }
 
 /// A text that is not a timestamp [`parse_host_time`] accepts.
@@ -184,83 +247,153 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn wrong(field: &str, expected: &'static str, value: &Value) -> PayloadError {
-    PayloadError::WrongType {
-        field: field.to_string(),
-        expected,
-        found: kind(value),
+/// A `T` that was a JSON object (derived structs alone would take an array too).
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Object<T>, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+        fn found<T, E: de::Error>(kind: &str) -> Result<T, E> {
+            Err(E::custom(format!("expected an object, found {kind}")))
+        }
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+                found("null")
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<T, E> {
+                found("a boolean")
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<T, E> {
+                found("a number")
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<T, E> {
+                found("a number")
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
+                found("a number")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<T, E> {
+                found("a string")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+                found("an array")
+            }
+        }
+        deserializer
+            .deserialize_any(ObjectVisitor(PhantomData))
+            .map(Object)
     }
 }
 
-/// `value` as an object, or the error naming `field`.
-fn object<'a>(value: &'a Value, field: &str) -> Result<&'a Map<String, Value>, PayloadError> {
-    value
-        .as_object()
-        .ok_or_else(|| wrong(field, "an object", value))
+/// A member that must be an object when present (null is refused).
+fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Object::deserialize(d).map(|Object(t)| Some(t))
 }
 
-/// A member by name: exact first, then ignoring ASCII case (the timer docs show camelCase
-/// `scheduleStatus`, the host's Newtonsoft output is PascalCase; both are accepted).
-fn member<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).or_else(|| {
-        obj.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
+/// A member that is an object, or null/absent.
+fn optional_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    Ok(Option::<Object<T>>::deserialize(d)?.map(|Object(t)| t))
 }
 
-/// A member that may be absent or null.
-fn optional<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    member(obj, key).filter(|v| !v.is_null())
+/// A scalar member, null as absent, picked out of the JSON value by `pick`.
+fn scalar<'de, D: Deserializer<'de>, T>(
+    d: D,
+    expected: &str,
+    pick: impl FnOnce(&Value) -> Option<T>,
+) -> Result<Option<T>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) => pick(&v)
+            .map(Some)
+            .ok_or_else(|| de::Error::custom(format!("expected {expected}, found {}", kind(&v)))),
+    }
 }
 
-fn optional_object<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<&'a Map<String, Value>>, PayloadError> {
-    optional(obj, key).map(|v| object(v, field)).transpose()
+fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    scalar(d, "a string", |v| v.as_str().map(str::to_string))
 }
 
-fn optional_string(
-    obj: &Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<String>, PayloadError> {
-    optional(obj, key)
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| wrong(field, "a string", v))
-        })
-        .transpose()
+fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Ok(scalar(d, "an integer", Value::as_i64)?.unwrap_or(0))
 }
 
-fn optional_time(
-    obj: &Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<DateTime<Utc>>, PayloadError> {
-    let Some(v) = optional(obj, key) else {
+pub(super) fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(scalar(d, "a boolean", Value::as_bool)?.unwrap_or(false))
+}
+
+/// A host timestamp ([`parse_host_time`]).
+fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    let Some(text) = scalar(d, "a timestamp string", |v| v.as_str().map(str::to_string))? else {
         return Ok(None);
     };
-    let text = v
-        .as_str()
-        .ok_or_else(|| wrong(field, "a timestamp string", v))?;
-    parse_host_time(text).map_err(|InvalidTime| PayloadError::InvalidTimestamp {
-        field: field.to_string(),
-        value: text.chars().take(64).collect(),
+    parse_host_time(&text).map_err(|InvalidTime| {
+        de::Error::custom(format!(
+            "invalid timestamp {:?} (expected ISO 8601, e.g. 2026-11-21T10:15:00Z)",
+            text.chars().take(64).collect::<String>()
+        ))
     })
 }
 
-fn optional_integer(
-    obj: &Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<i64>, PayloadError> {
-    optional(obj, key)
-        .map(|v| v.as_i64().ok_or_else(|| wrong(field, "an integer", v)))
-        .transpose()
+/// `Data.req.Body`: the host passes the caller's body as a string, or as parsed JSON when it
+/// is an object.
+fn body<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    let body = scalar(d, "a string", |v| {
+        (v.is_string() || v.is_object()).then(|| v.clone())
+    })?;
+    Ok(body.unwrap_or(Value::Null))
+}
+
+/// `tables`: `schema.table` names ([`TableRef::parse`]), each listed once; null is absent.
+pub(super) fn tables<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TableRef>, D::Error> {
+    struct Tables;
+    impl<'de> Visitor<'de> for Tables {
+        type Value = Vec<TableRef>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of \"schema.table\" strings")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Vec<TableRef>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut items: A) -> Result<Vec<TableRef>, A::Error> {
+            let mut tables = Vec::new();
+            while let Some(table) = items.next_element_seed(Table(&tables))? {
+                tables.push(table);
+            }
+            Ok(tables)
+        }
+    }
+    d.deserialize_any(Tables)
+}
+
+/// One entry of `tables`, refused when it repeats one already listed (the error then names
+/// its index).
+struct Table<'a>(&'a [TableRef]);
+
+impl<'de> DeserializeSeed<'de> for Table<'_> {
+    type Value = TableRef;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<TableRef, D::Error> {
+        let value = Value::deserialize(d)?;
+        let text = value.as_str().ok_or_else(|| {
+            de::Error::custom(format!(
+                "expected a \"schema.table\" string, found {}",
+                kind(&value)
+            ))
+        })?;
+        let table = TableRef::parse(text).map_err(de::Error::custom)?;
+        if self.0.contains(&table) {
+            return Err(de::Error::custom(format!("{table} is listed twice")));
+        }
+        Ok(table)
+    }
 }
 
 /// Parses raw invocation bytes as JSON (the error is `body: not valid JSON: …`).
@@ -268,56 +401,15 @@ pub fn parse_json(body: &[u8]) -> Result<Value, PayloadError> {
     serde_json::from_slice(body).map_err(|e| PayloadError::NotJson(e.to_string()))
 }
 
-/// `Data.<binding>` of an invocation: the body must be an object with an object `Data`.
-fn binding<'a>(root: &'a Value, name: &str) -> Result<&'a Value, PayloadError> {
-    let root = object(root, "body")?;
-    let data = member(root, "Data").ok_or_else(|| PayloadError::Missing {
-        field: "Data".into(),
-    })?;
-    let data = object(data, "Data")?;
-    member(data, name).ok_or_else(|| PayloadError::Missing {
-        field: format!("Data.{name}"),
-    })
+/// Decodes an invocation body: `Data` must be there; `Metadata` may be absent.
+fn envelope(root: &Value) -> Result<(Bindings, InvocationMetadata), PayloadError> {
+    let Object(envelope): Object<Envelope> =
+        serde_path_to_error::deserialize(root).map_err(RequestError::from)?;
+    let data = envelope.data.ok_or(RequestError::new("Data", "missing"))?;
+    Ok((data, envelope.metadata.unwrap_or_default()))
 }
 
 impl InvocationMetadata {
-    /// `Metadata` of an invocation body; absent or null gives the default.
-    pub fn from_json(root: &Value) -> Result<InvocationMetadata, PayloadError> {
-        let root = object(root, "body")?;
-        let Some(meta) = optional_object(root, "Metadata", "Metadata")? else {
-            return Ok(InvocationMetadata::default());
-        };
-        let sys = optional_object(meta, "sys", "Metadata.sys")?
-            .map(|sys| -> Result<SysMetadata, PayloadError> {
-                Ok(SysMetadata {
-                    method_name: optional_string(sys, "MethodName", "Metadata.sys.MethodName")?,
-                    utc_now: optional_time(sys, "UtcNow", "Metadata.sys.UtcNow")?,
-                    rand_guid: optional_string(sys, "RandGuid", "Metadata.sys.RandGuid")?,
-                })
-            })
-            .transpose()?;
-        let retry_context = optional_object(meta, "RetryContext", "Metadata.RetryContext")?
-            .map(|rc| -> Result<RetryContext, PayloadError> {
-                Ok(RetryContext {
-                    retry_count: optional_integer(
-                        rc,
-                        "RetryCount",
-                        "Metadata.RetryContext.RetryCount",
-                    )?
-                    .unwrap_or(0),
-                    max_retry_count: optional_integer(
-                        rc,
-                        "MaxRetryCount",
-                        "Metadata.RetryContext.MaxRetryCount",
-                    )?
-                    .unwrap_or(0),
-                    exception: member(rc, "Exception").cloned().unwrap_or(Value::Null),
-                })
-            })
-            .transpose()?;
-        Ok(InvocationMetadata { sys, retry_context })
-    }
-
     /// `Metadata.sys.UtcNow`, when the host sent it.
     pub fn utc_now(&self) -> Option<DateTime<Utc>> {
         self.sys.as_ref().and_then(|s| s.utc_now)
@@ -327,50 +419,12 @@ impl InvocationMetadata {
 impl TimerInvocation {
     /// Decodes an `IncrementalCopy` invocation body.
     pub fn from_json(root: &Value) -> Result<TimerInvocation, PayloadError> {
-        const F: &str = "Data.timer";
-        // Some hosts hand trigger values over as JSON text; accept that form too.
-        let parsed;
-        let timer = match binding(root, TIMER_BINDING)? {
-            Value::String(text) => {
-                parsed =
-                    serde_json::from_str::<Value>(text).map_err(|_| PayloadError::WrongType {
-                        field: F.to_string(),
-                        expected: "an object (or the JSON text of one)",
-                        found: "a string that is not JSON",
-                    })?;
-                &parsed
-            }
-            other => other,
-        };
-        let timer = object(timer, F)?;
-        let schedule_status =
-            optional_object(timer, "ScheduleStatus", "Data.timer.ScheduleStatus")?
-                .map(|s| -> Result<ScheduleStatus, PayloadError> {
-                    Ok(ScheduleStatus {
-                        last: optional_time(s, "Last", "Data.timer.ScheduleStatus.Last")?,
-                        next: optional_time(s, "Next", "Data.timer.ScheduleStatus.Next")?,
-                        last_updated: optional_time(
-                            s,
-                            "LastUpdated",
-                            "Data.timer.ScheduleStatus.LastUpdated",
-                        )?,
-                    })
-                })
-                .transpose()?;
-        let is_past_due = match optional(timer, "IsPastDue") {
-            None => false,
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| wrong("Data.timer.IsPastDue", "a boolean", v))?,
-        };
-        Ok(TimerInvocation {
-            timer: TimerInfo {
-                schedule: member(timer, "Schedule").cloned().unwrap_or(Value::Null),
-                schedule_status,
-                is_past_due,
-            },
-            metadata: InvocationMetadata::from_json(root)?,
-        })
+        let root = timer_text_decoded(root)?;
+        let (binding, metadata) = envelope(&root)?;
+        let timer = binding
+            .timer
+            .ok_or(RequestError::new("Data.timer", "missing"))?;
+        Ok(TimerInvocation { timer, metadata })
     }
 
     /// This run's trigger: `ScheduleStatus.Next` when present and not in the future (within
@@ -391,6 +445,23 @@ impl TimerInvocation {
     }
 }
 
+/// Some hosts hand trigger values over as JSON text: `Data.timer` then holds the object's
+/// text, which is decoded in place first so that errors inside it still carry their path.
+fn timer_text_decoded(root: &Value) -> Result<Cow<'_, Value>, PayloadError> {
+    let Some(Value::String(text)) = root.get("Data").and_then(|d| d.get(TIMER_BINDING)) else {
+        return Ok(Cow::Borrowed(root));
+    };
+    let timer: Value = serde_json::from_str(text).map_err(|_| {
+        RequestError::new(
+            "Data.timer",
+            "expected an object (or the JSON text of one), found a string that is not JSON",
+        )
+    })?;
+    let mut root = root.clone();
+    root["Data"][TIMER_BINDING] = timer;
+    Ok(Cow::Owned(root))
+}
+
 /// Decodes an `IncrementalCopy` invocation body and works out its trigger time (see
 /// [`TimerInvocation::trigger`]). Pure: `now` is the handler's clock.
 pub fn timer_trigger(payload: &Value, now: DateTime<Utc>) -> Result<TimerTrigger, PayloadError> {
@@ -401,118 +472,30 @@ impl HttpInvocation {
     /// Decodes a `FullLoad` invocation body. Only the shape is checked here; the request
     /// body is the caller's and is checked by [`full_load_request`].
     pub fn from_json(root: &Value) -> Result<HttpInvocation, PayloadError> {
-        let req = object(binding(root, HTTP_BINDING)?, "Data.req")?;
-        let body = match optional(req, "Body") {
-            None => Value::Null,
-            Some(v @ (Value::String(_) | Value::Object(_))) => v.clone(),
-            Some(v) => return Err(wrong("Data.req.Body", "a string", v)),
-        };
-        Ok(HttpInvocation {
-            req: HttpRequestData {
-                url: optional_string(req, "Url", "Data.req.Url")?,
-                method: optional_string(req, "Method", "Data.req.Method")?,
-                query: member(req, "Query").cloned().unwrap_or(Value::Null),
-                headers: member(req, "Headers").cloned().unwrap_or(Value::Null),
-                params: member(req, "Params").cloned().unwrap_or(Value::Null),
-                identities: member(req, "Identities").cloned().unwrap_or(Value::Null),
-                body,
-            },
-            metadata: InvocationMetadata::from_json(root)?,
-        })
+        let (binding, metadata) = envelope(root)?;
+        let req = binding
+            .req
+            .ok_or(RequestError::new("Data.req", "missing"))?;
+        Ok(HttpInvocation { req, metadata })
     }
 }
 
-fn request_error(field: impl Into<String>, reason: impl Into<String>) -> RequestError {
-    RequestError {
-        field: field.into(),
-        reason: reason.into(),
-    }
-}
-
-/// The FullLoad request from the HTTP body: `{"tables":["dbo.customers"],"reset":true}`.
-/// An absent, null, empty or blank body (and `{}`) means every configured table, no reset.
-/// Unknown keys are refused so that a typo (`"tabels"`) cannot silently load everything.
+/// The FullLoad request from the HTTP body: `{"tables":["dbo.customers"],"reset":true}`, by
+/// [`FullLoadRequest`]'s `Deserialize`. An absent, null, empty or blank body (and `{}`) means
+/// every configured table, no reset.
 pub fn full_load_request(body: &Value) -> Result<FullLoadRequest, RequestError> {
     let parsed;
     let body = match body {
-        Value::Null => return Ok(FullLoadRequest::default_all()),
-        Value::String(text) if text.trim().is_empty() => return Ok(FullLoadRequest::default_all()),
+        Value::String(text) if text.trim().is_empty() => &Value::Null,
         Value::String(text) => {
             parsed = serde_json::from_str::<Value>(text)
-                .map_err(|e| request_error("body", format!("not valid JSON: {e}")))?;
+                .map_err(|e| RequestError::new("body", format!("not valid JSON: {e}")))?;
             &parsed
         }
         other => other,
     };
-    let obj = match body {
-        Value::Null => return Ok(FullLoadRequest::default_all()),
-        Value::Object(obj) => obj,
-        other => {
-            return Err(request_error(
-                "body",
-                format!(
-                    "expected an object like {{\"tables\":[\"dbo.customers\"],\"reset\":false}}, found {}",
-                    kind(other)
-                ),
-            ))
-        }
-    };
-    if let Some(key) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "tables" | "reset"))
-    {
-        // An empty key would give a message naming nothing (": unknown field"); quote it.
-        let field = if key.trim().is_empty() {
-            format!("{key:?}")
-        } else {
-            key.clone()
-        };
-        return Err(request_error(
-            field,
-            "unknown field; expected \"tables\" and/or \"reset\"",
-        ));
-    }
-    let mut tables: Vec<TableRef> = Vec::new();
-    match obj.get("tables") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                let field = format!("tables[{i}]");
-                let text = item.as_str().ok_or_else(|| {
-                    request_error(
-                        &field,
-                        format!("expected a \"schema.table\" string, found {}", kind(item)),
-                    )
-                })?;
-                let table =
-                    TableRef::parse(text).map_err(|e| request_error(&field, e.to_string()))?;
-                if tables.contains(&table) {
-                    return Err(request_error(field, format!("{table} is listed twice")));
-                }
-                tables.push(table);
-            }
-        }
-        Some(other) => {
-            return Err(request_error(
-                "tables",
-                format!(
-                    "expected an array of \"schema.table\" strings, found {}",
-                    kind(other)
-                ),
-            ))
-        }
-    }
-    let reset = match obj.get("reset") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(request_error(
-                "reset",
-                format!("expected true or false, found {}", kind(other)),
-            ))
-        }
-    };
-    Ok(FullLoadRequest { tables, reset })
+    let request: Option<Object<FullLoadRequest>> = serde_path_to_error::deserialize(body)?;
+    Ok(request.map_or_else(FullLoadRequest::default_all, |Object(r)| r))
 }
 
 impl FullLoadRequest {
@@ -914,6 +897,10 @@ mod tests {
             (json!("  \n"), FullLoadRequest::default_all()),
             (json!("null"), FullLoadRequest::default_all()),
             (json!("{}"), FullLoadRequest::default_all()),
+            (
+                json!({"tables": null, "reset": null}),
+                FullLoadRequest::default_all(),
+            ),
             (Value::Null, FullLoadRequest::default_all()),
             (
                 json!("{\"reset\":true}"),
@@ -953,6 +940,7 @@ mod tests {
             ("{\"tables\":\"dbo.a\"}", "tables"),
             ("{\"reset\":\"yes\"}", "reset"),
             ("{\"tabels\":[\"dbo.a\"]}", "tabels"),
+            ("{\"\":1}", "\"\""),
             ("[\"dbo.a\"]", "body"),
             ("{not json", "body"),
         ];
