@@ -1097,6 +1097,7 @@ async fn ado_connection_string_with_the_test_switch() {
         ),
         ("CDC_TABLES", "dbo.customers".to_string()),
         ("CDC_CONTAINER", "cdc".to_string()),
+        ("CDC_ALLOW_PLAINTEXT_SQL", "true".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
