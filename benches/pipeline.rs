@@ -10,9 +10,9 @@
 //!   process. So the bench binary re-executes itself once per scenario (`--scenario NAME`);
 //!   each child prints one `RESULT {json}` line and the parent prints the table. Azurite runs
 //!   in its own (node) process, started once by the parent, so its memory is not counted.
-//! - Rows come from a deterministic generator (the customers shape), the same function that
-//!   backs the model's generated table, so the CSV-only, sink-only and job scenarios encode
-//!   identical bytes and the raw upload can be sized to match.
+//! - Rows come from one deterministic generator (`cdc_copy_testkit::rows`, the customers
+//!   shape), which also backs the model's generated table, so the CSV-only, sink-only and job
+//!   scenarios encode identical bytes and the raw upload can be sized to match.
 //! - The job scenarios run the real job code (`jobs::full_load::run`, `jobs::incremental::run`)
 //!   over the in-memory CDC model. A generated table computes its rows on demand and
 //!   `generated_inserts` keeps change ranges rather than rows, so the model itself holds next to
@@ -38,6 +38,7 @@ use cdc_copy::sink::rows::CsvBlobSink;
 use cdc_copy::sink::SinkError;
 use cdc_copy_testkit::faults::{Faults, Method};
 use cdc_copy_testkit::model::CdcModel;
+use cdc_copy_testkit::rows::{column_names, customer, fill_batch};
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 
@@ -60,111 +61,6 @@ const SCENARIOS: &[&str] = &[
     "incremental-5M",
     "incremental-zero",
 ];
-
-// ----- rows ---------------------------------------------------------------------------------
-
-const COLUMNS: &[&str] = &["customer_id", "first_name", "last_name", "email", "city"];
-const FIRST: &[&str] = &[
-    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Frances", "Donald", "Margaret",
-];
-const LAST: &[&str] = &[
-    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Thompson", "Allen", "Knuth", "O'Neil",
-    "Hamilton", "Smith",
-];
-/// Some need quoting (comma), some are multi-byte UTF-8 (nvarchar).
-const CITY: &[&str] = &[
-    "Seattle",
-    "Zürich",
-    "東京",
-    "São Paulo",
-    "New York",
-    "Kraków",
-    "Washington, D.C.",
-    "London",
-];
-
-/// Customer `i`: customer_id int (i + 1, strictly increasing), first_name, last_name and email
-/// varchar, city nvarchar (NULL for every 7th row).
-fn customer(i: u64) -> Vec<Value> {
-    let first = FIRST[(i % FIRST.len() as u64) as usize];
-    let last = LAST[(i / 3 % LAST.len() as u64) as usize];
-    let mut email = String::with_capacity(first.len() + last.len() + 32);
-    for part in [first, ".", last] {
-        email.extend(
-            part.chars()
-                .filter(|c| *c != '\'')
-                .map(|c| c.to_ascii_lowercase()),
-        );
-    }
-    email.push_str(itoa::Buffer::new().format(i));
-    email.push_str("@example.com");
-    let city = if i % 7 == 6 {
-        Value::Null
-    } else {
-        Value::Text(CITY[(i % CITY.len() as u64) as usize].to_string())
-    };
-    vec![
-        Value::Int(i as i64 + 1),
-        Value::Text(first.to_string()),
-        Value::Text(last.to_string()),
-        Value::Text(email),
-        city,
-    ]
-}
-
-fn column_names() -> Vec<String> {
-    COLUMNS.iter().map(|c| c.to_string()).collect()
-}
-
-/// Overwrites `batch` with customers `start..end`, reusing its rows' strings: the stand-in
-/// for the source hands rows over without an allocation per field, so the sink scenarios
-/// measure the sink, not `malloc`. Produces exactly the values of [`customer`].
-fn fill_batch(batch: &mut Vec<Vec<Value>>, start: u64, end: u64) {
-    let n = (end - start) as usize;
-    batch.resize_with(n, || customer(0));
-    for (row, i) in batch.iter_mut().zip(start..end) {
-        fill_customer(row, i);
-    }
-}
-
-fn fill_customer(row: &mut [Value], i: u64) {
-    fn set(v: &mut Value, parts: &[&str]) {
-        if !matches!(v, Value::Text(_)) {
-            *v = Value::Text(String::new());
-        }
-        if let Value::Text(s) = v {
-            s.clear();
-            for p in parts {
-                s.push_str(p);
-            }
-        }
-    }
-    let first = FIRST[(i % FIRST.len() as u64) as usize];
-    let last = LAST[(i / 3 % LAST.len() as u64) as usize];
-    row[0] = Value::Int(i as i64 + 1);
-    set(&mut row[1], &[first]);
-    set(&mut row[2], &[last]);
-    if !matches!(row[3], Value::Text(_)) {
-        row[3] = Value::Text(String::new());
-    }
-    if let Value::Text(email) = &mut row[3] {
-        email.clear();
-        for part in [first, ".", last] {
-            email.extend(
-                part.chars()
-                    .filter(|c| *c != '\'')
-                    .map(|c| c.to_ascii_lowercase()),
-            );
-        }
-        email.push_str(itoa::Buffer::new().format(i));
-        email.push_str("@example.com");
-    }
-    if i % 7 == 6 {
-        row[4] = Value::Null;
-    } else {
-        set(&mut row[4], &[CITY[(i % CITY.len() as u64) as usize]]);
-    }
-}
 
 // ----- measurements -------------------------------------------------------------------------
 
@@ -374,13 +270,6 @@ async fn model_net_secs(m: &CdcModel, after: Lsn, to: Lsn, expected: u64) -> f64
 /// CSV encoding alone, one core: rows generated in batches (not timed), encoded into a reused
 /// Vec drained every 4 MiB (timed).
 fn csv_only(rows: u64) -> Figures {
-    let mut check = Vec::new();
-    fill_batch(&mut check, 0, 100);
-    fill_batch(&mut check, 6, 106);
-    assert!(
-        check.iter().zip(6..).all(|(row, i)| *row == customer(i)),
-        "fill_customer must produce the rows of customer()"
-    );
     let mut out = Vec::with_capacity(BLOCK + 64 * 1024);
     let mut batch = Vec::with_capacity(GEN_BATCH as usize);
     let mut encode = Duration::ZERO;

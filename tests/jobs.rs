@@ -1,5 +1,6 @@
 //! The jobs against the in-memory CDC model and a real Azurite, checked by replaying the
-//! blobs (tests/common/cdc.rs). Each test names the DESIGN.md guarantee it proves.
+//! blobs (tests/common/cdc.rs). Each test names the guarantee it proves, numbered as in
+//! docs/guarantees.md.
 
 mod common;
 

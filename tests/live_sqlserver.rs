@@ -21,6 +21,7 @@
 //! test writes to its own container.
 
 mod common;
+use cdc_copy_testkit::live::LiveSql;
 use cdc_copy_testkit::tds;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,13 +30,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cdc_copy::cdc::VecSink;
-use cdc_copy::cdc::{CdcSession, Lsn, LsnRange, RowFilter, TableRef, TableState, Value, Watermark};
-use cdc_copy::config::{Secret, Settings};
+use cdc_copy::cdc::{
+    CdcSession, CdcSource, Lsn, LsnRange, RowFilter, TableRef, TableState, Value, Watermark,
+};
+use cdc_copy::config::Settings;
 use cdc_copy::host::{FullLoadRequest, Jobs, TimerTrigger};
 use cdc_copy::jobs::Runner;
 use cdc_copy::report::{Report, Status};
 use cdc_copy::sink::blob::BlobTarget;
-use cdc_copy::sqlserver::{SqlServerSession, SqlServerSource};
+use cdc_copy::sqlserver::SqlServerSource;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::azurite::{unique_container, Azurite};
 use tiberius::{Client, ColumnData, Config, Row};
@@ -853,24 +856,20 @@ async fn live_full_load_and_incremental_copy() {
     assert!(after_t1.version > after_load.version);
 
     // Our LSN arithmetic agrees with the server's on real LSNs.
-    let source = SqlServerSource::from_connection_string(
-        &Secret::new(db.connection_string.clone()),
-        TableRef::parse(WATERMARK_TABLE).unwrap(),
-    )
-    .expect("source");
-    let mut session = source.connect().await.expect("session");
+    let mut server = LiveSql::connect(&db.connection_string)
+        .await
+        .expect("live helper connection");
     let server_max = max_lsn(&mut sql).await.expect("max LSN");
     for lsn in [first_max_lsn, baseline, from, to, server_max]
         .into_iter()
         .chain(start_lsns)
     {
         assert_eq!(
-            session.increment_lsn(lsn).await.unwrap(),
+            server.increment_lsn(lsn).await.unwrap(),
             lsn.increment().unwrap(),
             "sys.fn_cdc_increment_lsn({lsn})"
         );
     }
-    session.close().await.unwrap();
 
     // --- A window without changes: no blob, the watermark still moves on.
     tokio::time::sleep(Duration::from_millis(1100)).await; // a distinct blob name
@@ -923,7 +922,7 @@ fn column<'a>(sink: &'a VecSink, row: usize, name: &str) -> &'a Value {
 }
 
 /// Polls capture until it has passed `since` (UTC); the max LSN then.
-async fn wait_for_capture(session: &mut SqlServerSession, since: DateTime<Utc>) -> Lsn {
+async fn wait_for_capture(session: &mut dyn CdcSession, since: DateTime<Utc>) -> Lsn {
     let deadline = tokio::time::Instant::now() + CAPTURE_TIMEOUT;
     loop {
         let progress = session.capture_progress(Utc::now()).await.unwrap();
@@ -953,13 +952,16 @@ async fn live_session_against_sql_server() {
 
     let watermark = TableRef::parse(WATERMARK_TABLE).unwrap();
     let source = SqlServerSource::from_config(db.config(), watermark);
-    let mut session = source.connect().await.expect("session");
+    let mut session = source.session().await.expect("session");
+    // The server's own answers, on a connection of the harness's own.
+    let mut server = LiveSql::connect_config(db.config())
+        .await
+        .expect("live helper connection");
     let customers = TableRef::parse("dbo.customers").unwrap();
 
-    assert!(session.watermark_table_exists().await.unwrap());
-    source.check_watermark_table().await.unwrap();
+    assert!(server.table_exists("[cdc_copy].[watermark]").await.unwrap());
     assert!(
-        session.snapshot_isolation_allowed().await.unwrap(),
+        server.snapshot_isolation_allowed().await.unwrap(),
         "the test database allows snapshot isolation"
     );
 
@@ -967,7 +969,7 @@ async fn live_session_against_sql_server() {
     assert_eq!(ci.name, "dbo_customers");
     assert_eq!(ci.key_columns, vec!["customer_id".to_string()]);
     assert!(ci.supports_net_changes);
-    assert_eq!(session.min_lsn(&ci.name).await.unwrap(), ci.min_lsn);
+    assert_eq!(server.min_lsn(&ci.name).await.unwrap(), ci.min_lsn);
     let missing = session
         .capture_instance(&customers, Some("dbo_customers_nope"))
         .await
@@ -991,23 +993,23 @@ async fn live_session_against_sql_server() {
     )
     .await;
     let committed = server_utc_now(&mut sql).await;
-    let to = wait_for_capture(&mut session, committed).await;
+    let to = wait_for_capture(&mut *session, committed).await;
     let from = baseline.increment().unwrap();
     assert!(from <= to);
 
     // Server arithmetic agrees with ours.
     for lsn in [baseline, to, from] {
         assert_eq!(
-            session.increment_lsn(lsn).await.unwrap(),
+            server.increment_lsn(lsn).await.unwrap(),
             lsn.increment().unwrap()
         );
     }
-    let offset = session.server_utc_offset_minutes().await.unwrap();
+    let offset = server.server_utc_offset_minutes().await.unwrap();
     let progress = session.capture_progress(Utc::now()).await.unwrap();
     assert_eq!(progress.server_utc_offset_minutes, offset);
     assert!(progress.lsn_at.is_some_and(|l| l <= progress.max_lsn));
-    let local_time = session.map_lsn_to_time(to).await.unwrap().expect("mapped");
-    assert!(session
+    let local_time = server.map_lsn_to_time(to).await.unwrap().expect("mapped");
+    assert!(server
         .map_time_to_lsn(local_time)
         .await
         .unwrap()
@@ -1093,7 +1095,6 @@ async fn live_session_against_sql_server() {
             .version,
         2
     );
-    session.close().await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 //! The values a SQL Server row can hold, independent of the driver.
 //!
 //! The CSV encoder, the in-memory CDC model and the tiberius decoder all meet here, so the
-//! rendering rules (DESIGN.md "Naming and format") are decided once, in the encoder, for one
-//! small enum rather than for every driver type.
+//! rendering rules (docs/csv-format.md) are decided once, in the encoder, for one small enum
+//! rather than for every driver type.
 
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime};
 use serde::{Deserialize, Serialize};
@@ -30,10 +30,4 @@ pub enum Value {
     DateTime(NaiveDateTime),
     DateTimeOffset(DateTime<FixedOffset>),
     Guid(uuid::Uuid),
-}
-
-impl Value {
-    pub fn is_null(&self) -> bool {
-        matches!(self, Value::Null)
-    }
 }

@@ -151,18 +151,6 @@ impl SqlServerSource {
         })
     }
 
-    /// From an ADO.NET connection string (the live suite and tools).
-    pub fn from_connection_string(
-        connection_string: &Secret,
-        watermark_table: TableRef,
-    ) -> Result<SqlServerSource, CdcError> {
-        check_connection_string(connection_string.expose())?;
-        Ok(SqlServerSource {
-            target: Target::Ado(connection_string.clone()),
-            watermark_table,
-        })
-    }
-
     /// From a tiberius configuration built by the caller (the TDS test double).
     pub fn from_config(config: Config, watermark_table: TableRef) -> SqlServerSource {
         SqlServerSource {
@@ -171,26 +159,10 @@ impl SqlServerSource {
         }
     }
 
-    pub fn watermark_table(&self) -> &TableRef {
-        &self.watermark_table
-    }
-
-    /// Opens a session on its concrete type (for the inherent helpers such as
-    /// [`SqlServerSession::watermark_table_exists`]).
-    pub async fn connect(&self) -> Result<SqlServerSession, CdcError> {
+    /// Opens one connection and its session.
+    async fn connect(&self) -> Result<SqlServerSession, CdcError> {
         let client = self.client().await?;
         Ok(SqlServerSession::new(client, self.watermark_table.clone()))
-    }
-
-    /// Start-up check: connects and fails with [`CdcError::NoWatermarkTable`] when the
-    /// configured watermark table does not exist (two round trips: login and one query).
-    pub async fn check_watermark_table(&self) -> Result<(), CdcError> {
-        let mut session = self.connect().await?;
-        if session.watermark_table_exists().await? {
-            Ok(())
-        } else {
-            Err(CdcError::NoWatermarkTable(self.watermark_table.to_string()))
-        }
     }
 
     async fn config(&self) -> Result<Config, CdcError> {

@@ -17,32 +17,6 @@ use crate::cdc::{quote_identifier, validate_identifier, NameError, TableRef};
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-max-lsn-transact-sql>
 pub const GET_MAX_LSN: &str = "SELECT sys.fn_cdc_get_max_lsn() AS max_lsn;";
 
-/// Low end of a capture instance's validity interval (`@P1` = capture instance name);
-/// `0x00…00` when the instance does not exist or the caller may not read it.
-/// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql>
-pub const GET_MIN_LSN: &str = "SELECT sys.fn_cdc_get_min_lsn(@P1) AS min_lsn;";
-
-/// The next LSN after `@P1` (`binary(10)`). Only the live suite uses it, to check that
-/// `Lsn::increment` agrees with the server.
-/// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-increment-lsn-transact-sql>
-pub const INCREMENT_LSN: &str = "SELECT sys.fn_cdc_increment_lsn(@P1) AS next_lsn;";
-
-/// The largest LSN whose commit time (`cdc.lsn_time_mapping.tran_end_time`, server local time)
-/// is at or before `@P1` (a server-local `datetime`); NULL when none is.
-/// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-map-time-to-lsn-transact-sql>
-pub const MAP_TIME_TO_LSN: &str =
-    "SELECT sys.fn_cdc_map_time_to_lsn(N'largest less than or equal', @P1) AS lsn;";
-
-/// The commit time (server local time, `datetime`) of LSN `@P1`.
-/// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-map-lsn-to-time-transact-sql>
-pub const MAP_LSN_TO_TIME: &str = "SELECT sys.fn_cdc_map_lsn_to_time(@P1) AS tran_end_time;";
-
-/// The server's current offset from UTC in minutes. `cdc.lsn_time_mapping` holds local times.
-/// <https://learn.microsoft.com/sql/t-sql/functions/datepart-transact-sql>
-/// <https://learn.microsoft.com/sql/t-sql/functions/sysdatetimeoffset-transact-sql>
-pub const SERVER_UTC_OFFSET: &str =
-    "SELECT DATEPART(TZOFFSET, SYSDATETIMEOFFSET()) AS server_utc_offset_minutes;";
-
 /// One round trip for "how far has capture got, and which LSN does the window end map to".
 ///
 /// `@P1` is the window end in UTC, sent as `datetimeoffset` (tiberius binds
@@ -98,16 +72,6 @@ JOIN sys.index_columns AS ic ON ic.object_id = i.object_id AND ic.index_id = i.i
 JOIN sys.columns AS c ON c.object_id = ic.object_id AND c.column_id = ic.column_id
 WHERE ct.source_object_id = OBJECT_ID(@P1)
 ORDER BY ct.capture_instance, ic.key_ordinal;";
-
-/// Whether the current database allows SNAPSHOT isolation (1 = on), for a consistent
-/// full-load read.
-/// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-databases-transact-sql>
-pub const SNAPSHOT_ISOLATION_STATE: &str =
-    "SELECT snapshot_isolation_state FROM sys.databases WHERE database_id = DB_ID();";
-
-/// Whether the watermark table exists: `@P1` is its quoted two-part name; NULL when absent.
-/// <https://learn.microsoft.com/sql/t-sql/functions/object-id-transact-sql>
-pub const WATERMARK_TABLE_EXISTS: &str = "SELECT OBJECT_ID(@P1, N'U') AS object_id;";
 
 /// Template: number of net-change rows in `[@P1, @P2]` with row filter `@P3`
 /// (`N'all'` / `N'all with merge'`). `{function}` is filled by [`count_net_changes`].
@@ -334,15 +298,8 @@ mod tests {
     fn constants_use_the_documented_parameters() {
         let cases: &[(&str, usize)] = &[
             (GET_MAX_LSN, 0),
-            (GET_MIN_LSN, 1),
-            (INCREMENT_LSN, 1),
-            (MAP_TIME_TO_LSN, 1),
-            (MAP_LSN_TO_TIME, 1),
-            (SERVER_UTC_OFFSET, 0),
             (CAPTURE_PROGRESS, 1),
             (CAPTURE_INSTANCES, 1),
-            (SNAPSHOT_ISOLATION_STATE, 0),
-            (WATERMARK_TABLE_EXISTS, 1),
             (COUNT_NET_CHANGES, 3),
             (NET_CHANGES, 3),
             (SCAN_FIRST, 1),

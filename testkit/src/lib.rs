@@ -7,9 +7,13 @@
 //! - [`tds`]: a TDS-speaking fake SQL Server, so the real tiberius path runs in CI.
 //! - [`azurite`]: a real Azurite blob service on a free loopback port.
 //! - [`proxy`]: a fault-injecting HTTP proxy in front of Azurite.
+//! - [`live`]: the live suite's own single-function queries to a real SQL Server.
+//! - [`rows`]: the customers-shaped row generator of the benchmarks.
 
 pub mod azurite;
 pub mod faults;
+pub mod live;
 pub mod model;
 pub mod proxy;
+pub mod rows;
 pub mod tds;

@@ -24,7 +24,8 @@ use cdc_copy_testkit::model::CdcModel;
 
 use super::azurite::{unique_container, Azurite};
 
-pub const COLUMNS: [&str; 5] = ["customer_id", "first_name", "last_name", "email", "city"];
+/// The customers shape of the testkit's bench generator; the values differ (see [`customer`]).
+pub use cdc_copy_testkit::rows::COLUMNS;
 
 pub fn customers() -> TableRef {
     TableRef::parse("dbo.customers").unwrap()
@@ -34,7 +35,9 @@ pub fn start_time() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0).unwrap()
 }
 
-/// A customers row, with awkward text now and then (quotes, commas, newlines, Unicode, "").
+/// A customers row ([`COLUMNS`]), with awkward text now and then (quotes, commas, newlines,
+/// Unicode, ""): the oracle's test data, unlike the realistic sizes of
+/// `cdc_copy_testkit::rows::customer`.
 pub fn customer(id: i64, version: u64) -> Vec<Value> {
     let city = match (id as u64 + version) % 5 {
         0 => Value::Null,
@@ -384,7 +387,7 @@ pub type Rows = BTreeMap<String, Vec<Option<String>>>;
 pub fn apply_full_part(rows: &mut Rows, name: &str, bytes: &[u8]) -> Vec<String> {
     let mut problems = Vec::new();
     let records = parse_csv(bytes);
-    if records.first() != Some(&header(&COLUMNS)) {
+    if records.first() != Some(&header(COLUMNS)) {
         problems.push(format!("{name}: header {:?}", records.first()));
         return problems;
     }
@@ -426,7 +429,7 @@ pub fn apply_incremental(
         Some("__$operation".to_string()),
         Some("__$update_mask".to_string()),
     ];
-    want.extend(header(&COLUMNS));
+    want.extend(header(COLUMNS));
     if records.first() != Some(&want) {
         problems.push(format!("{name}: header {:?}", records.first()));
         return problems;
@@ -493,7 +496,7 @@ pub fn diff(replayed: &Rows, expected: &Rows) -> (Vec<String>, Vec<String>, Vec<
 
 /// One field as the encoder renders it, `None` for NULL.
 pub fn render(value: &Value) -> Option<String> {
-    if value.is_null() {
+    if matches!(value, Value::Null) {
         return None;
     }
     let mut out = Vec::new();

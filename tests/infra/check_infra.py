@@ -259,7 +259,7 @@ def bicep_files(repo: Path) -> list[Path]:
 
 
 def find_shared(repo: Path) -> Path | None:
-    """shared/ sits beside the repository (CI, /work/main) or above a worktree."""
+    """shared/ sits beside the repository (CI, the main checkout) or above a worktree."""
     for base in [repo, *repo.parents]:
         candidate = base / "shared"
         if (candidate / "schemas").is_dir():

@@ -46,7 +46,7 @@ impl CdcSession for ModelSession {
         wanted: Option<&str>,
     ) -> Result<CaptureInstance, CdcError> {
         self.model.round_trip();
-        let result = {
+        {
             let state = self.model.lock();
             let missing = || CdcError::NoCaptureInstance {
                 table: table.clone(),
@@ -68,13 +68,12 @@ impl CdcSession for ModelSession {
                 }),
                 _ => Err(missing()),
             }
-        };
-        result
+        }
     }
 
     async fn capture_progress(&mut self, at: DateTime<Utc>) -> Result<CaptureProgress, CdcError> {
         self.model.round_trip();
-        let result = {
+        {
             let state = self.model.lock();
             let offset = state.offset_minutes;
             let max_lsn = state.max_lsn();
@@ -91,14 +90,12 @@ impl CdcSession for ModelSession {
                 lsn_at: state.map_time_to_lsn(at_local),
                 server_utc_offset_minutes: offset,
             })
-        };
-        result
+        }
     }
 
     async fn max_lsn(&mut self) -> Result<Lsn, CdcError> {
         self.model.round_trip();
-        let result = Ok(self.model.lock().max_lsn());
-        result
+        Ok(self.model.lock().max_lsn())
     }
 
     async fn count_net_changes(
@@ -109,12 +106,10 @@ impl CdcSession for ModelSession {
     ) -> Result<u64, CdcError> {
         let (from, to) = (range.from(), range.to());
         self.model.round_trip();
-        let result = self
-            .model
+        self.model
             .lock()
             .net_plan_for(ci, from, to, filter, false)
-            .map(|plan| plan.count);
-        result
+            .map(|plan| plan.count)
     }
 
     async fn net_changes(
@@ -196,20 +191,18 @@ impl CdcSession for ModelSession {
 
     async fn read_watermark(&mut self, table: &TableRef) -> Result<Option<Watermark>, CdcError> {
         self.model.round_trip();
-        let result = self.with_watermarks(|w| Ok(w.get(table).cloned()));
-        result
+        self.with_watermarks(|w| Ok(w.get(table).cloned()))
     }
 
     async fn insert_watermark(&mut self, row: &Watermark) -> Result<bool, CdcError> {
         self.model.round_trip();
-        let result = self.with_watermarks(|w| {
+        self.with_watermarks(|w| {
             if w.contains_key(&row.table) {
                 return Ok(false);
             }
             w.insert(row.table.clone(), row.clone());
             Ok(true)
-        });
-        result
+        })
     }
 
     async fn update_watermark(
@@ -218,14 +211,13 @@ impl CdcSession for ModelSession {
         row: &Watermark,
     ) -> Result<bool, CdcError> {
         self.model.round_trip();
-        let result = self.with_watermarks(|w| match w.get_mut(&row.table) {
+        self.with_watermarks(|w| match w.get_mut(&row.table) {
             Some(current) if current.version == expected_version => {
                 *current = row.clone();
                 Ok(true)
             }
             _ => Ok(false),
-        });
-        result
+        })
     }
 }
 

@@ -1,7 +1,8 @@
-//! Each test names the documented rule it checks. Sources:
-//! - WWCD: /work/shared/seeds/work-with-change-data.txt (Microsoft, "Work with Change Data")
-//! - INTRO: /work/shared/seeds/cdc-intro-sql2008.txt
-//! - REF: /work/shared/reference/sqlserver-cdc.md (the project's fact sheet)
+//! Each test names the documented rule it checks (docs/model.md lists them all). Sources:
+//! - WWCD: Microsoft, "Work with Change Data"
+//!   <https://learn.microsoft.com/sql/relational-databases/track-changes/work-with-change-data-sql-server>
+//! - REF: the rule as docs/model.md states it (the project's reading of SQL Server behaviour
+//!   that the Microsoft pages describe less directly; the live suite checks it on a real server)
 
 use cdc_copy::cdc::VecSink;
 use std::time::Instant;
