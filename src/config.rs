@@ -142,6 +142,11 @@ pub const DEFAULT_CONTAINER: &str = "raw";
 pub const DEFAULT_PATH_TEMPLATE: &str =
     "{schema}/{table}/incremental/{yyyy}/{MM}/{dd}/{yyyyMMddHHmmssfff}.csv";
 pub const DEFAULT_WATERMARK_TABLE: &str = "cdc_copy.watermark";
+/// The log filter when `RUST_LOG` is unset or invalid: our INFO lines, and only warnings from
+/// the Azure SDK, whose HTTP pipeline logs every failed response at INFO (`<== Failed
+/// response …`), noise beside our own error line in `handler check` and the other commands.
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,azure_core=warn,azure_identity=warn,azure_storage_blob=warn,typespec_client_core=warn";
 
 /// Every environment variable this crate reads, in the order `docs/settings.md` lists them.
 pub const SETTINGS: &[SettingDoc] = &[
@@ -267,7 +272,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     },
     SettingDoc {
         name: RUST_LOG,
-        default: Some("info"),
+        default: Some(DEFAULT_LOG_FILTER),
         description: "Log filter (tracing-subscriber EnvFilter syntax), e.g. `info,cdc_copy=debug`.",
         secret: false,
     },

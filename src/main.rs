@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use cdc_copy::cli;
-use cdc_copy::config::{Settings, CDC_LOG_FORMAT, RUST_LOG};
+use cdc_copy::config::{Settings, CDC_LOG_FORMAT, DEFAULT_LOG_FILTER, RUST_LOG};
 use cdc_copy::host::{Jobs, NotConfigured};
 use tracing_subscriber::EnvFilter;
 
@@ -57,14 +57,15 @@ fn main() -> ExitCode {
     runtime.block_on(cli::run(command, make_jobs))
 }
 
-/// `RUST_LOG` filter (default `info`), text or JSON lines (`CDC_LOG_FORMAT=json`).
+/// `RUST_LOG` filter (default [`DEFAULT_LOG_FILTER`]), text or JSON lines
+/// (`CDC_LOG_FORMAT=json`).
 fn init_tracing(stdout: bool) {
     let (filter, bad_filter) = match std::env::var(RUST_LOG) {
         Ok(spec) if !spec.trim().is_empty() => match EnvFilter::try_new(&spec) {
             Ok(filter) => (filter, None),
-            Err(e) => (EnvFilter::new("info"), Some(e.to_string())),
+            Err(e) => (EnvFilter::new(DEFAULT_LOG_FILTER), Some(e.to_string())),
         },
-        _ => (EnvFilter::new("info"), None),
+        _ => (EnvFilter::new(DEFAULT_LOG_FILTER), None),
     };
     let format = std::env::var(CDC_LOG_FORMAT).unwrap_or_default();
     let json = format.trim().eq_ignore_ascii_case("json");
@@ -87,7 +88,7 @@ fn init_tracing(stdout: bool) {
         eprintln!("handler: logging not initialised: {e}");
     }
     if let Some(e) = bad_filter {
-        tracing::warn!(error = %e, "{RUST_LOG} is invalid; using info");
+        tracing::warn!(error = %e, "{RUST_LOG} is invalid; using {DEFAULT_LOG_FILTER}");
     }
     if !json && !format.trim().is_empty() && !format.trim().eq_ignore_ascii_case("text") {
         tracing::warn!(value = %format, "{CDC_LOG_FORMAT} is neither text nor json; using text");
