@@ -27,6 +27,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cdc_copy::cdc::RowSinkError;
 use cdc_copy::cdc::{CdcSource, Lsn, RowFilter, RowSink, TableRef, Value};
 use cdc_copy::config::Settings;
 use cdc_copy::host::{FullLoadRequest, Outcome, TimerTrigger};
@@ -34,7 +35,6 @@ use cdc_copy::jobs::{self, Context};
 use cdc_copy::sink::blob::BlobTarget;
 use cdc_copy::sink::csv;
 use cdc_copy::sink::rows::CsvBlobSink;
-use cdc_copy::sink::SinkError;
 use cdc_copy_testkit::model::{CdcModel, Method};
 use chrono::{TimeZone, Utc};
 use serde_json::json;
@@ -310,11 +310,11 @@ struct CountingSink(u64);
 
 #[async_trait::async_trait]
 impl RowSink for CountingSink {
-    async fn columns(&mut self, _names: &[String]) -> Result<(), SinkError> {
+    async fn columns(&mut self, _names: &[String]) -> Result<(), RowSinkError> {
         Ok(())
     }
 
-    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
+    async fn row(&mut self, row: &[Value]) -> Result<(), RowSinkError> {
         black_box(row);
         self.0 += 1;
         Ok(())

@@ -11,10 +11,13 @@
 //! handler can start (and answer the host's readiness probe) before anything is reachable.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
+use url::Url;
+
 use crate::cdc::{validate_identifier, RowFilter, TableRef};
-use crate::sink::naming::{validate_container_name, PathTemplate};
+use crate::naming::{validate_container_name, PathTemplate, DEFAULT_INCREMENTAL_TEMPLATE};
 
 /// A value that must never be printed. `Debug` and `Display` show `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
@@ -42,34 +45,168 @@ impl std::fmt::Display for Secret {
     }
 }
 
-/// How to reach SQL Server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SqlSettings {
-    /// `CDC_SQL_CONNECTION_STRING`: an ADO.NET-style connection string (SQL login).
-    ConnectionString(Secret),
-    /// `CDC_SQL_SERVER` + `CDC_SQL_DATABASE`: Entra ID token from azure_identity (managed
-    /// identity in Azure, developer credentials locally); `AZURE_CLIENT_ID` picks a
-    /// user-assigned identity.
+/// How to reach SQL Server, decided once from the settings: what tiberius dials, with the
+/// encryption already allowed (plaintext only when `CDC_ALLOW_PLAINTEXT_SQL` said so).
+#[derive(Clone)]
+pub enum SqlTarget {
+    /// `CDC_SQL_CONNECTION_STRING`: a SQL login.
+    Login(SqlLogin),
+    /// `CDC_SQL_SERVER` + `CDC_SQL_DATABASE`: an Entra ID token from [`crate::identity`];
+    /// `AZURE_CLIENT_ID` picks a user-assigned identity.
     Entra {
-        server: String,
+        host: String,
         port: u16,
         database: String,
         client_id: Option<String>,
     },
 }
 
-/// How to reach Blob Storage.
+impl std::fmt::Debug for SqlTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SqlTarget::Login(login) => login.fmt(f),
+            SqlTarget::Entra {
+                host,
+                port,
+                database,
+                client_id,
+            } => f
+                .debug_struct("Entra")
+                .field("host", host)
+                .field("port", port)
+                .field("database", database)
+                .field("client_id", client_id)
+                .finish(),
+        }
+    }
+}
+
+impl SqlTarget {
+    /// A SQL login from an ADO.NET connection string, checked as `CDC_SQL_CONNECTION_STRING`
+    /// is (the live suite and the TDS tests build theirs this way).
+    pub fn from_connection_string(
+        connection_string: &Secret,
+        allow_plaintext: bool,
+    ) -> Result<SqlTarget, ConfigError> {
+        parse_sql_login(connection_string.expose(), allow_plaintext).map(SqlTarget::Login)
+    }
+
+    /// The setting to fix when this target cannot be used.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            SqlTarget::Login(_) => CDC_SQL_CONNECTION_STRING,
+            SqlTarget::Entra { .. } => CDC_SQL_SERVER,
+        }
+    }
+}
+
+/// A SQL login as tiberius parsed it from the connection string: tiberius's reading is the
+/// only one (its parser's pieces are private to it, so the parsed `Config` is what is kept).
+/// `Debug` shows the address and database, never the password.
+#[derive(Clone)]
+pub struct SqlLogin {
+    config: tiberius::Config,
+    database: String,
+    plaintext: bool,
+}
+
+impl SqlLogin {
+    /// What tiberius dials (the password is inside).
+    pub fn config(&self) -> &tiberius::Config {
+        &self.config
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// `Encrypt=DANGER_PLAINTEXT`, allowed by `CDC_ALLOW_PLAINTEXT_SQL`.
+    pub fn plaintext(&self) -> bool {
+        self.plaintext
+    }
+}
+
+impl std::fmt::Debug for SqlLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlLogin")
+            .field("addr", &self.config.get_addr())
+            .field("database", &self.database)
+            .field("plaintext", &self.plaintext)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A Blob Storage account: its blob endpoint (no trailing `/`, no query) and how requests are
+/// authorised.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageSettings {
-    /// `CDC_STORAGE_CONNECTION_STRING`: account-key connection string or
-    /// `UseDevelopmentStorage=true` (Azurite).
-    ConnectionString(Secret),
-    /// `CDC_STORAGE_ACCOUNT_URL` (e.g. `https://acct.blob.core.windows.net`): Entra ID.
-    /// Stored without a trailing `/`.
-    AccountUrl {
-        url: String,
+pub struct StorageAccount {
+    pub endpoint: Url,
+    pub auth: StorageAuth,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageAuth {
+    /// `CDC_STORAGE_CONNECTION_STRING`: Shared Key signing with the account key (Azurite's
+    /// well-known one for `UseDevelopmentStorage=true`).
+    SharedKey { account: String, key: AccountKey },
+    /// `CDC_STORAGE_ACCOUNT_URL`: Entra ID tokens from [`crate::identity`].
+    Entra { client_id: Option<String> },
+}
+
+impl StorageAccount {
+    /// Parses `CDC_STORAGE_CONNECTION_STRING` (tests use it for their own strings).
+    pub fn from_connection_string(text: &str) -> Result<StorageAccount, ConfigError> {
+        parse_storage_connection_string(text)
+    }
+
+    /// Parses `CDC_STORAGE_ACCOUNT_URL`.
+    pub fn from_account_url(
+        url: &str,
         client_id: Option<String>,
-    },
+    ) -> Result<StorageAccount, ConfigError> {
+        Ok(StorageAccount {
+            endpoint: parse_account_url(url)?,
+            auth: StorageAuth::Entra { client_id },
+        })
+    }
+
+    /// The setting this account came from, to name when it does not work.
+    pub fn setting(&self) -> &'static str {
+        match self.auth {
+            StorageAuth::SharedKey { .. } => CDC_STORAGE_CONNECTION_STRING,
+            StorageAuth::Entra { .. } => CDC_STORAGE_ACCOUNT_URL,
+        }
+    }
+}
+
+/// A storage account key, decoded from its base64. `Debug` shows `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccountKey(Arc<[u8]>);
+
+impl AccountKey {
+    /// The key's bytes, for the Shared Key signer only.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Decodes an `AccountKey`; the error never repeats it.
+    pub fn from_base64(text: &str) -> Result<AccountKey, &'static str> {
+        use base64::Engine as _;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| "AccountKey is not valid base64")?;
+        if key.is_empty() {
+            return Err("AccountKey is empty");
+        }
+        Ok(AccountKey(key.into()))
+    }
+}
+
+impl std::fmt::Debug for AccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// A table to copy: `schema.table`, optionally `=capture_instance`.
@@ -82,9 +219,9 @@ pub struct TableSpec {
 /// All settings the handler reads.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub sql: SqlSettings,
+    pub sql: SqlTarget,
     pub tables: Vec<TableSpec>,
-    pub storage: StorageSettings,
+    pub storage: StorageAccount,
     pub container: String,
     pub path_template: PathTemplate,
     pub capture_wait: Duration,
@@ -110,6 +247,9 @@ pub struct SettingDoc {
     /// The default when unset, as text; `None` when there is none (required, or optional
     /// without a default).
     pub default: Option<&'static str>,
+    /// For whole-number settings, the inclusive range the parser accepts (and the docs
+    /// state); the parser reads the default from `default`.
+    pub range: Option<(u64, u64)>,
     pub description: &'static str,
     /// Never printed, logged or echoed in an error.
     pub secret: bool,
@@ -139,8 +279,6 @@ pub const RUST_LOG: &str = "RUST_LOG";
 pub const CDC_LOG_FORMAT: &str = "CDC_LOG_FORMAT";
 
 pub const DEFAULT_CONTAINER: &str = "raw";
-pub const DEFAULT_PATH_TEMPLATE: &str =
-    "{schema}/{table}/incremental/{yyyy}/{MM}/{dd}/{yyyyMMddHHmmssfff}.csv";
 pub const DEFAULT_WATERMARK_TABLE: &str = "cdc_copy.watermark";
 /// The log filter when `RUST_LOG` is unset or invalid: our INFO lines, and only warnings from
 /// the Azure SDK, whose HTTP pipeline logs every failed response at INFO (`<== Failed
@@ -153,132 +291,154 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: CDC_SQL_CONNECTION_STRING,
         default: None,
+        range: None,
         description: "SQL login: ADO.NET connection string, e.g. `Server=tcp:host,1433;Database=db;User ID=u;Password=p;Encrypt=true;TrustServerCertificate=false`. Must name a Database. Set this OR CDC_SQL_SERVER + CDC_SQL_DATABASE, not both.",
         secret: true,
     },
     SettingDoc {
         name: CDC_ALLOW_PLAINTEXT_SQL,
         default: Some("false"),
+        range: None,
         description: "`true` lets CDC_SQL_CONNECTION_STRING use `Encrypt=DANGER_PLAINTEXT` (no TLS at all). For test doubles only; never set it in production.",
         secret: false,
     },
     SettingDoc {
         name: CDC_SQL_SERVER,
         default: None,
+        range: None,
         description: "Entra ID (managed identity) login: server as `host`, `host,port` or `tcp:host,port` (port 1433 when omitted), e.g. `tcp:myserver.database.windows.net,1433`. Needs CDC_SQL_DATABASE.",
         secret: false,
     },
     SettingDoc {
         name: CDC_SQL_DATABASE,
         default: None,
+        range: None,
         description: "Entra ID login: the database whose CDC is copied (with CDC_SQL_SERVER).",
         secret: false,
     },
     SettingDoc {
         name: AZURE_CLIENT_ID,
         default: None,
+        range: None,
         description: "Client id (GUID) of the user-assigned managed identity used for Entra ID logins to SQL (CDC_SQL_SERVER) and Storage (CDC_STORAGE_ACCOUNT_URL). Unset: system-assigned identity / developer credentials.",
         secret: false,
     },
     SettingDoc {
         name: CDC_TABLES,
         default: None,
+        range: None,
         description: "Required. Comma-separated tables to copy, `schema.table` or `schema.table=capture_instance` (when a table has two capture instances), e.g. `dbo.customers,dbo.orders=dbo_orders_v2`.",
         secret: false,
     },
     SettingDoc {
         name: CDC_STORAGE_CONNECTION_STRING,
         default: None,
+        range: None,
         description: "Storage by account key: a connection string with AccountName and AccountKey, or `UseDevelopmentStorage=true` (Azurite). Set this OR CDC_STORAGE_ACCOUNT_URL.",
         secret: true,
     },
     SettingDoc {
         name: CDC_STORAGE_ACCOUNT_URL,
         default: None,
+        range: None,
         description: "Storage by Entra ID: the blob endpoint, e.g. `https://myaccount.blob.core.windows.net` (https; no query string, so no SAS token).",
         secret: false,
     },
     SettingDoc {
         name: CDC_CONTAINER,
         default: Some(DEFAULT_CONTAINER),
+        range: None,
         description: "Blob container the CSV files land in (3–63 lowercase letters, digits and single hyphens).",
         secret: false,
     },
     SettingDoc {
         name: CDC_PATH_TEMPLATE,
-        default: Some(DEFAULT_PATH_TEMPLATE),
+        default: Some(DEFAULT_INCREMENTAL_TEMPLATE),
+        range: None,
         description: "Blob path of an incremental file, from the trigger time (UTC). The full load is written under `{schema}/{table}/full/{yyyyMMddHHmmssfff}/part-NNNNN.csv`.",
         secret: false,
     },
     SettingDoc {
         name: CDC_CAPTURE_WAIT_SECONDS,
         default: Some("120"),
-        description: "How long (0–1800 s) a run waits for the CDC capture job to pass the trigger time before copying what is captured (a late change lands in the next window).",
+        range: Some((0, 1800)),
+        description: "How long (seconds) a run waits for the CDC capture job to pass the trigger time before copying what is captured (a late change lands in the next window).",
         secret: false,
     },
     SettingDoc {
         name: CDC_CAPTURE_POLL_SECONDS,
         default: Some("5"),
-        description: "How often (1–60 s) the capture progress is polled while waiting.",
+        range: Some((1, 60)),
+        description: "How often (seconds) the capture progress is polled while waiting.",
         secret: false,
     },
     SettingDoc {
         name: CDC_WATERMARK_TABLE,
         default: Some(DEFAULT_WATERMARK_TABLE),
+        range: None,
         description: "`schema.table` of the watermark table in the source database (created by the setup script).",
         secret: false,
     },
     SettingDoc {
         name: CDC_ROW_FILTER,
         default: Some("all"),
+        range: None,
         description: "Row filter of `cdc.fn_cdc_get_net_changes_*`: `all` (operations 1, 2, 4) or `all with merge` (1 and 5).",
         secret: false,
     },
     SettingDoc {
         name: CDC_TABLE_CONCURRENCY,
         default: Some("4"),
-        description: "How many tables (1–64) are copied at the same time.",
+        range: Some((1, 64)),
+        description: "How many tables are copied at the same time.",
         secret: false,
     },
     SettingDoc {
         name: CDC_BLOCK_SIZE_MIB,
         default: Some("4"),
-        description: "Size in MiB (1–100) of each staged blob block; memory use is about this times the table concurrency.",
+        range: Some((1, 100)),
+        description: "Size in MiB of each staged blob block; memory use is about this times the table concurrency.",
         secret: false,
     },
     SettingDoc {
         name: CDC_FULL_LOAD_PART_ROWS,
         default: Some("1000000"),
-        description: "Rows (1–100000000) per full-load part blob.",
+        range: Some((1, 100000000)),
+        description: "Rows per full-load part blob.",
         secret: false,
     },
     SettingDoc {
         name: CDC_FULL_LOAD_HTTP_BUDGET_SECONDS,
         default: Some("180"),
-        description: "How long (1–200 s) an HTTP FullLoad call works before answering 202 and leaving the rest to the next call; kept under the ~230 s HTTP front-end limit.",
+        range: Some((1, 200)),
+        description: "How long (seconds) an HTTP FullLoad call works before answering 202 and leaving the rest to the next call; kept under the ~230 s HTTP front-end limit.",
         secret: false,
     },
     SettingDoc {
         name: INCREMENTAL_COPY_SCHEDULE,
         default: None,
+        range: None,
         description: "Six-field NCRONTAB schedule of IncrementalCopy (`{second} {minute} {hour} {day} {month} {day-of-week}`), e.g. `0 */15 * * * *`. Read by the Functions host (function.json `%INCREMENTAL_COPY_SCHEDULE%`); required there, checked for shape here.",
         secret: false,
     },
     SettingDoc {
         name: FUNCTIONS_CUSTOMHANDLER_PORT,
         default: None,
+        range: None,
         description: "Set by the Functions host: the loopback port `handler serve` listens on (`--port` overrides it).",
         secret: false,
     },
     SettingDoc {
         name: RUST_LOG,
         default: Some(DEFAULT_LOG_FILTER),
+        range: None,
         description: "Log filter (tracing-subscriber EnvFilter syntax), e.g. `info,cdc_copy=debug`.",
         secret: false,
     },
     SettingDoc {
         name: CDC_LOG_FORMAT,
         default: Some("text"),
+        range: None,
         description: "`text` or `json` (one JSON object per line on stdout).",
         secret: false,
     },
@@ -436,19 +596,19 @@ impl<'a> Parser<'a> {
                 .map(|()| v.to_string())
                 .map_err(|e| e.to_string())
         });
-        let path_template = self.text(CDC_PATH_TEMPLATE, DEFAULT_PATH_TEMPLATE, |v| {
+        let path_template = self.text(CDC_PATH_TEMPLATE, DEFAULT_INCREMENTAL_TEMPLATE, |v| {
             v.parse::<PathTemplate>().map_err(|e| e.to_string())
         });
-        let capture_wait = self.number(CDC_CAPTURE_WAIT_SECONDS, 120, 0, 1800);
-        let capture_poll = self.number(CDC_CAPTURE_POLL_SECONDS, 5, 1, 60);
+        let capture_wait = self.number(CDC_CAPTURE_WAIT_SECONDS);
+        let capture_poll = self.number(CDC_CAPTURE_POLL_SECONDS);
         let watermark_table = self.text(CDC_WATERMARK_TABLE, DEFAULT_WATERMARK_TABLE, |v| {
             TableRef::parse(v).map_err(|e| e.to_string())
         });
         let row_filter = self.text(CDC_ROW_FILTER, "all", parse_row_filter);
-        let table_concurrency = self.number(CDC_TABLE_CONCURRENCY, 4, 1, 64);
-        let block_size_mib = self.number(CDC_BLOCK_SIZE_MIB, 4, 1, 100);
-        let full_load_part_rows = self.number(CDC_FULL_LOAD_PART_ROWS, 1_000_000, 1, 100_000_000);
-        let budget = self.number(CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, 180, 1, 200);
+        let table_concurrency = self.number(CDC_TABLE_CONCURRENCY);
+        let block_size_mib = self.number(CDC_BLOCK_SIZE_MIB);
+        let full_load_part_rows = self.number(CDC_FULL_LOAD_PART_ROWS);
+        let budget = self.number(CDC_FULL_LOAD_HTTP_BUDGET_SECONDS);
         let schedule = match self.get(INCREMENTAL_COPY_SCHEDULE) {
             None => Some(None),
             Some(v) => {
@@ -488,8 +648,9 @@ impl<'a> Parser<'a> {
         self.record(r)
     }
 
-    /// A whole number with a default and an inclusive range.
-    fn number(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> Option<u64> {
+    /// A whole number, with the default and inclusive range its [`SETTINGS`] entry gives.
+    fn number(&mut self, name: &'static str) -> Option<u64> {
+        let (default, min, max) = number_doc(name);
         let r = match self.get(name) {
             None => Ok(default),
             Some(v) => match v.parse::<u64>() {
@@ -504,7 +665,7 @@ impl<'a> Parser<'a> {
         self.record(r)
     }
 
-    fn sql(&mut self, client_id: Option<String>) -> Option<SqlSettings> {
+    fn sql(&mut self, client_id: Option<String>) -> Option<SqlTarget> {
         let conn = self.get(CDC_SQL_CONNECTION_STRING);
         let server = self.get(CDC_SQL_SERVER);
         let database = self.get(CDC_SQL_DATABASE);
@@ -530,14 +691,13 @@ impl<'a> Parser<'a> {
                 second: CDC_SQL_DATABASE,
             }),
             (Some(conn), None, None) => {
-                validate_sql_connection_string(conn, allow_plaintext.unwrap_or(false))
-                    .map(|()| SqlSettings::ConnectionString(Secret::new(conn)))
+                parse_sql_login(conn, allow_plaintext.unwrap_or(false)).map(SqlTarget::Login)
             }
             (None, Some(server), Some(database)) => {
-                parse_sql_server(server).and_then(|(server, port)| {
+                parse_sql_server(server).and_then(|(host, port)| {
                     validate_database_name(database)?;
-                    Ok(SqlSettings::Entra {
-                        server,
+                    Ok(SqlTarget::Entra {
+                        host,
                         port,
                         database: database.to_string(),
                         client_id,
@@ -560,7 +720,7 @@ impl<'a> Parser<'a> {
         self.record(r)
     }
 
-    fn storage(&mut self, client_id: Option<String>) -> Option<StorageSettings> {
+    fn storage(&mut self, client_id: Option<String>) -> Option<StorageAccount> {
         let conn = self.get(CDC_STORAGE_CONNECTION_STRING);
         let url = self.get(CDC_STORAGE_ACCOUNT_URL);
         let r = match (conn, url) {
@@ -568,12 +728,8 @@ impl<'a> Parser<'a> {
                 first: CDC_STORAGE_CONNECTION_STRING,
                 second: CDC_STORAGE_ACCOUNT_URL,
             }),
-            (Some(conn), None) => validate_storage_connection_string(conn)
-                .map(|()| StorageSettings::ConnectionString(Secret::new(conn))),
-            (None, Some(url)) => parse_account_url(url).map(|url| StorageSettings::AccountUrl {
-                url,
-                client_id,
-            }),
+            (Some(conn), None) => parse_storage_connection_string(conn),
+            (None, Some(url)) => StorageAccount::from_account_url(url, client_id),
             (None, None) => Err(ConfigError::Missing {
                 name: CDC_STORAGE_CONNECTION_STRING,
                 what: "set CDC_STORAGE_CONNECTION_STRING (account key or UseDevelopmentStorage=true) or CDC_STORAGE_ACCOUNT_URL (Entra ID)",
@@ -581,6 +737,22 @@ impl<'a> Parser<'a> {
         };
         self.record(r)
     }
+}
+
+/// Default and range of a whole-number setting, from its [`SETTINGS`] entry.
+fn number_doc(name: &str) -> (u64, u64, u64) {
+    let doc = SETTINGS
+        .iter()
+        .find(|d| d.name == name)
+        .unwrap_or_else(|| panic!("{name} is not in SETTINGS"));
+    let (min, max) = doc
+        .range
+        .unwrap_or_else(|| panic!("{name} has no range in SETTINGS"));
+    let default = doc
+        .default
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("{name}'s default in SETTINGS is not a number"));
+    (default, min, max)
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -726,29 +898,29 @@ fn pairs(conn: &str) -> HashMap<String, String> {
         .collect()
 }
 
-/// Checks the connection string the way tiberius will read it, without connecting. The
-/// driver's error text is passed on with every value of the string masked, since a parse
-/// error may quote the part it could not read (which might be the password).
-fn validate_sql_connection_string(conn: &str, allow_plaintext: bool) -> Result<(), ConfigError> {
-    if let Err(e) = tiberius::Config::from_ado_string(conn) {
-        return Err(invalid(
+/// Reads the connection string the way tiberius does (its parse is the one kept), without
+/// connecting. The driver's error text is passed on with every value of the string masked,
+/// since a parse error may quote the part it could not read (which might be the password).
+fn parse_sql_login(conn: &str, allow_plaintext: bool) -> Result<SqlLogin, ConfigError> {
+    let config = tiberius::Config::from_ado_string(conn).map_err(|e| {
+        invalid(
             CDC_SQL_CONNECTION_STRING,
             format!(
                 "the connection string does not parse: {}",
                 mask_values(&e.to_string(), conn)
             ),
-        ));
-    }
+        )
+    })?;
     let keys = pairs(conn);
-    if !["database", "initial catalog"]
+    let Some(database) = ["database", "initial catalog"]
         .iter()
-        .any(|k| keys.get(*k).is_some_and(|v| !v.is_empty()))
-    {
+        .find_map(|k| keys.get(*k).filter(|v| !v.is_empty()))
+    else {
         return Err(invalid(
             CDC_SQL_CONNECTION_STRING,
             "the connection string names no Database= (or Initial Catalog=): CDC is per database",
         ));
-    }
+    };
     let plaintext = keys
         .get("encrypt")
         .is_some_and(|v| v.eq_ignore_ascii_case("DANGER_PLAINTEXT"));
@@ -758,7 +930,11 @@ fn validate_sql_connection_string(conn: &str, allow_plaintext: bool) -> Result<(
             "Encrypt=DANGER_PLAINTEXT sends everything (the password too) unencrypted; use Encrypt=true (CDC_ALLOW_PLAINTEXT_SQL=true exists for test doubles only)",
         ));
     }
-    Ok(())
+    Ok(SqlLogin {
+        config,
+        database: database.clone(),
+        plaintext,
+    })
 }
 
 /// Replaces in `message` every value of `source` (the text after `=` in each `;`-separated
@@ -779,48 +955,128 @@ fn mask_values(message: &str, source: &str) -> String {
     out
 }
 
-fn validate_storage_connection_string(conn: &str) -> Result<(), ConfigError> {
-    let keys = pairs(conn);
-    let dev = keys
-        .get("usedevelopmentstorage")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let has = |k: &str| keys.get(k).is_some_and(|v| !v.is_empty());
-    if dev || (has("accountname") && has("accountkey")) {
-        return Ok(());
+/// Azurite's well-known development account (public, documented by Microsoft).
+pub const DEV_ACCOUNT: &str = "devstoreaccount1";
+/// The well-known key of [`DEV_ACCOUNT`]; not a secret.
+pub const DEV_ACCOUNT_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const DEV_BLOB_PORT: u16 = 10000;
+
+/// Parses an account-key or development-storage connection string. Recognised keys
+/// (case-insensitive): `UseDevelopmentStorage`, `DevelopmentStorageProxyUri`,
+/// `DefaultEndpointsProtocol`, `AccountName`, `AccountKey`, `EndpointSuffix`, `BlobEndpoint`;
+/// others (`QueueEndpoint`, …) are ignored. With `UseDevelopmentStorage=true` the account is
+/// Azurite's `devstoreaccount1` and the endpoint `http://127.0.0.1:10000/devstoreaccount1`,
+/// unless `BlobEndpoint` is given or `DevelopmentStorageProxyUri` names another host (its port,
+/// when present, replaces 10000 so tests can use a free port). The whole string is secret:
+/// errors name the missing or bad part, never a value.
+fn parse_storage_connection_string(text: &str) -> Result<StorageAccount, ConfigError> {
+    let bad = |reason: &str| invalid(CDC_STORAGE_CONNECTION_STRING, reason.to_string());
+    let mut parts: HashMap<String, String> = HashMap::new();
+    for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| bad("every part must be Key=Value"))?;
+        parts.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
     }
-    Err(invalid(
-        CDC_STORAGE_CONNECTION_STRING,
-        "expected AccountName=…;AccountKey=… (optionally BlobEndpoint=…, EndpointSuffix=…) or UseDevelopmentStorage=true",
-    ))
+    let get = |k: &str| parts.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let endpoint = |url: &str, what: &str| {
+        blob_endpoint(url).map_err(|reason| bad(&format!("{what} {reason}")))
+    };
+
+    if get("usedevelopmentstorage").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        let endpoint = match (get("blobendpoint"), get("developmentstorageproxyuri")) {
+            (Some(ep), _) => endpoint(ep, "BlobEndpoint")?,
+            (None, Some(proxy)) => {
+                let proxy = Url::parse(proxy)
+                    .map_err(|_| bad("DevelopmentStorageProxyUri is not a URL"))?;
+                let host = proxy
+                    .host_str()
+                    .ok_or_else(|| bad("DevelopmentStorageProxyUri has no host"))?;
+                let port = proxy.port().unwrap_or(DEV_BLOB_PORT);
+                let url = format!("{}://{host}:{port}/{DEV_ACCOUNT}", proxy.scheme());
+                endpoint(&url, "DevelopmentStorageProxyUri")?
+            }
+            (None, None) => endpoint(
+                &format!("http://127.0.0.1:{DEV_BLOB_PORT}/{DEV_ACCOUNT}"),
+                "",
+            )?,
+        };
+        let key = AccountKey::from_base64(DEV_ACCOUNT_KEY).map_err(bad)?;
+        return Ok(StorageAccount {
+            endpoint,
+            auth: StorageAuth::SharedKey {
+                account: DEV_ACCOUNT.to_string(),
+                key,
+            },
+        });
+    }
+
+    let account = get("accountname").ok_or_else(|| {
+        bad("AccountName is missing: expected AccountName=…;AccountKey=… (optionally BlobEndpoint=…, EndpointSuffix=…) or UseDevelopmentStorage=true")
+    })?;
+    let key = match get("accountkey") {
+        Some(key) => AccountKey::from_base64(key).map_err(bad)?,
+        None if get("sharedaccesssignature").is_some() => {
+            return Err(bad(
+                "SharedAccessSignature is not supported; use an AccountKey connection string or CDC_STORAGE_ACCOUNT_URL (Entra ID)",
+            ))
+        }
+        None => return Err(bad("AccountKey is missing")),
+    };
+    let endpoint = match get("blobendpoint") {
+        Some(ep) => endpoint(ep, "BlobEndpoint")?,
+        None => {
+            let protocol = get("defaultendpointsprotocol").unwrap_or("https");
+            if !matches!(protocol, "http" | "https") {
+                return Err(bad("DefaultEndpointsProtocol must be http or https"));
+            }
+            let suffix = get("endpointsuffix").unwrap_or("core.windows.net");
+            endpoint(
+                &format!("{protocol}://{account}.blob.{suffix}"),
+                "AccountName/EndpointSuffix",
+            )?
+        }
+    };
+    Ok(StorageAccount {
+        endpoint,
+        auth: StorageAuth::SharedKey {
+            account: account.to_string(),
+            key,
+        },
+    })
+}
+
+/// An http(s) blob endpoint without query or fragment, trailing `/`s dropped (the blob client
+/// appends path segments, and an empty last segment would put `//` into every blob path).
+/// The reason never quotes the URL: a query string would most likely be a SAS token.
+fn blob_endpoint(text: &str) -> Result<Url, &'static str> {
+    let mut url = Url::parse(text.trim()).map_err(|_| "is not a URL")?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err("must be an http(s) URL");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not carry a query string (SAS tokens are not supported)");
+    }
+    if url.host_str().is_none_or(str::is_empty) || !url.username().is_empty() {
+        return Err("must be a blob endpoint such as https://myaccount.blob.core.windows.net");
+    }
+    let trimmed = url.path().trim_end_matches('/').to_string();
+    url.set_path(&trimmed);
+    Ok(url)
 }
 
 /// An https blob endpoint (http only for loopback, i.e. Azurite), no query, no trailing `/`.
-fn parse_account_url(v: &str) -> Result<String, ConfigError> {
+fn parse_account_url(v: &str) -> Result<Url, ConfigError> {
     let bad = |reason: &str| invalid(CDC_STORAGE_ACCOUNT_URL, reason.to_string());
-    let url = url::Url::parse(v)
-        .map_err(|_| bad("is not a URL; expected e.g. https://myaccount.blob.core.windows.net"))?;
-    if url.query().is_some() || url.fragment().is_some() {
-        // Not echoed: a query string here is most likely a SAS token.
-        return Err(bad(
-            "must not carry a query string (no SAS tokens; access is by Entra ID)",
-        ));
-    }
+    let url = blob_endpoint(v).map_err(bad)?;
     let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        _ => {
-            return Err(bad(
-                "must be https (http is accepted only for 127.0.0.1/localhost, e.g. Azurite)",
-            ))
-        }
-    }
-    if url.host_str().is_none_or(str::is_empty) || !url.username().is_empty() {
+    if url.scheme() != "https" && !loopback {
         return Err(bad(
-            "must be a blob endpoint such as https://myaccount.blob.core.windows.net",
+            "must be https (http is accepted only for 127.0.0.1/localhost, e.g. Azurite)",
         ));
     }
-    Ok(v.trim_end_matches('/').to_string())
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -865,7 +1121,10 @@ mod tests {
     fn defaults() {
         let s = ok(&[]);
         assert_eq!(s.container, "raw");
-        assert_eq!(s.path_template, DEFAULT_PATH_TEMPLATE.parse().unwrap());
+        assert_eq!(
+            s.path_template,
+            DEFAULT_INCREMENTAL_TEMPLATE.parse().unwrap()
+        );
         assert_eq!(s.capture_wait, Duration::from_secs(120));
         assert_eq!(s.capture_poll, Duration::from_secs(5));
         assert_eq!(
@@ -885,8 +1144,12 @@ mod tests {
                 capture_instance: None
             }]
         );
-        assert!(matches!(s.storage, StorageSettings::ConnectionString(_)));
-        assert!(matches!(s.sql, SqlSettings::ConnectionString(_)));
+        assert_eq!(
+            s.storage.endpoint.as_str(),
+            "http://127.0.0.1:10000/devstoreaccount1"
+        );
+        assert!(matches!(s.storage.auth, StorageAuth::SharedKey { .. }));
+        assert!(matches!(&s.sql, SqlTarget::Login(l) if l.database() == "shop" && !l.plaintext()));
     }
 
     /// Every documented default is the one the parser applies (blank counts as unset).
@@ -946,7 +1209,7 @@ mod tests {
             }),
             (CDC_STORAGE_CONNECTION_STRING,
              "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net",
-             |s| matches!(s.storage, StorageSettings::ConnectionString(_))),
+             |s| s.storage.endpoint.as_str() == "https://acct.blob.core.windows.net/"),
             (CDC_ALLOW_PLAINTEXT_SQL, "false", |_| true),
         ];
         for (name, value, check) in cases {
@@ -1040,11 +1303,22 @@ mod tests {
             ])
             .sql
         };
-        let want = |server: &str, port| SqlSettings::Entra {
-            server: server.into(),
-            port,
-            database: "shop".into(),
-            client_id: Some("0d6a9d1e-5a7e-4c1c-9d59-8a0e8d3c6f21".into()),
+        let entra = |server: &str| match entra(server) {
+            SqlTarget::Entra {
+                host,
+                port,
+                database,
+                client_id,
+            } => (host, port, database, client_id),
+            other => panic!("{other:?}"),
+        };
+        let want = |host: &str, port| {
+            (
+                host.to_string(),
+                port,
+                "shop".to_string(),
+                Some("0d6a9d1e-5a7e-4c1c-9d59-8a0e8d3c6f21".to_string()),
+            )
         };
         assert_eq!(
             entra("tcp:srv.database.windows.net,1433"),
@@ -1097,18 +1371,22 @@ mod tests {
         };
         assert_eq!(
             url("https://acct.blob.core.windows.net/"),
-            StorageSettings::AccountUrl {
-                url: "https://acct.blob.core.windows.net".into(),
-                client_id: None
+            StorageAccount {
+                endpoint: Url::parse("https://acct.blob.core.windows.net").unwrap(),
+                auth: StorageAuth::Entra { client_id: None }
             }
         );
-        assert!(matches!(
-            url("http://127.0.0.1:10000/devstoreaccount1"),
-            StorageSettings::AccountUrl { .. }
-        ));
+        assert_eq!(
+            url("http://127.0.0.1:10000/devstoreaccount1//")
+                .endpoint
+                .as_str(),
+            "http://127.0.0.1:10000/devstoreaccount1"
+        );
         for bad in [
             "acct.blob.core.windows.net",
             "http://acct.blob.core.windows.net",
+            "ftp://acct.blob.core.windows.net",
+            "https://user@acct.blob.core.windows.net",
             "https://acct.blob.core.windows.net/?sv=2024&sig=SECRETSIG",
         ] {
             let e = err(&[
@@ -1162,10 +1440,7 @@ mod tests {
         ]);
         let debug = format!("{s:?} {s:#?} {:?} {:?}", s.sql, s.storage);
         assert!(!debug.contains(PASSWORD) && !debug.contains(KEY), "{debug}");
-        if let SqlSettings::ConnectionString(secret) = &s.sql {
-            assert_eq!(secret.to_string(), "<redacted>");
-            assert!(secret.expose().contains(PASSWORD));
-        }
+        assert_eq!(Secret::new(PASSWORD).to_string(), "<redacted>");
 
         let broken = [
             format!("Server=tcp:localhost,1433;Database=shop;User ID=sa;Password={PASSWORD};Encrypt=DANGER_PLAINTEXT"),
@@ -1187,6 +1462,150 @@ mod tests {
             Some(&format!("AccountKey={KEY}")),
         )]);
         assert!(!format!("{e} {e:?}").contains(KEY), "{e}");
+    }
+
+    fn endpoint_and_account(cs: &str) -> Result<(String, String), ConfigError> {
+        let account = StorageAccount::from_connection_string(cs)?;
+        match account.auth {
+            StorageAuth::SharedKey { account: name, .. } => {
+                Ok((account.endpoint.to_string(), name))
+            }
+            StorageAuth::Entra { .. } => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn storage_connection_strings() {
+        let key = "c2VjcmV0LWtleQ==";
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                "UseDevelopmentStorage=true".into(),
+                "http://127.0.0.1:10000/devstoreaccount1",
+                DEV_ACCOUNT,
+            ),
+            (
+                "UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://azurite:12345".into(),
+                "http://azurite:12345/devstoreaccount1",
+                DEV_ACCOUNT,
+            ),
+            (
+                "UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://azurite".into(),
+                "http://azurite:10000/devstoreaccount1",
+                DEV_ACCOUNT,
+            ),
+            (
+                "usedevelopmentstorage=TRUE;BlobEndpoint=http://127.0.0.1:4242/devstoreaccount1/"
+                    .into(),
+                "http://127.0.0.1:4242/devstoreaccount1",
+                DEV_ACCOUNT,
+            ),
+            (
+                "UseDevelopmentStorage=true;BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1//"
+                    .into(),
+                "http://127.0.0.1:10000/devstoreaccount1",
+                DEV_ACCOUNT,
+            ),
+            (
+                format!("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key};EndpointSuffix=core.windows.net"),
+                "https://acct.blob.core.windows.net/",
+                "acct",
+            ),
+            (
+                format!("AccountName=acct;AccountKey={key};EndpointSuffix=core.chinacloudapi.cn;"),
+                "https://acct.blob.core.chinacloudapi.cn/",
+                "acct",
+            ),
+            (
+                format!("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};BlobEndpoint=http://127.0.0.1:5555/devstoreaccount1;"),
+                "http://127.0.0.1:5555/devstoreaccount1",
+                "devstoreaccount1",
+            ),
+            (
+                format!(" BlobEndpoint = https://x.example/ ; AccountName = a ; AccountKey = {key} "),
+                "https://x.example/",
+                "a",
+            ),
+        ];
+        for (cs, want_endpoint, want_account) in cases {
+            let (endpoint, account) = endpoint_and_account(&cs).unwrap();
+            assert_eq!(endpoint, want_endpoint, "{cs}");
+            assert_eq!(account, want_account, "{cs}");
+        }
+    }
+
+    #[test]
+    fn bad_storage_connection_strings_name_the_part_not_the_value() {
+        let secret = "c2VjcmV0LWtleQ";
+        let cases = [
+            (format!("AccountKey={secret}=="), "AccountName is missing"),
+            ("AccountName=a".to_string(), "AccountKey is missing"),
+            (format!("AccountName=a;AccountKey=*{secret}*"), "base64"),
+            (
+                format!("AccountName=a;SharedAccessSignature=sig{secret}"),
+                "SharedAccessSignature",
+            ),
+            (format!("AccountName=a;AccountKey{secret}"), "Key=Value"),
+            (
+                format!("AccountName=a;AccountKey={secret}==;BlobEndpoint=ftp://x"),
+                "http",
+            ),
+            (
+                format!("AccountName=a;AccountKey={secret}==;BlobEndpoint=https://x/?sig={secret}"),
+                "query string",
+            ),
+            (
+                format!("AccountName=a;AccountKey={secret}==;DefaultEndpointsProtocol=ftp"),
+                "DefaultEndpointsProtocol",
+            ),
+        ];
+        for (cs, want) in cases {
+            let e = StorageAccount::from_connection_string(&cs).unwrap_err();
+            let text = format!("{e} {e:?}");
+            assert_eq!(e.setting(), CDC_STORAGE_CONNECTION_STRING, "{cs}: {text}");
+            assert!(text.contains(want), "{cs}: {text}");
+            assert!(!text.contains(secret), "{cs}: {text}");
+        }
+    }
+
+    #[test]
+    fn storage_account_debug_hides_the_key() {
+        let account = StorageAccount::from_connection_string(&format!(
+            "AccountName=acct;AccountKey={DEV_ACCOUNT_KEY}"
+        ))
+        .unwrap();
+        let debug = format!("{account:?}");
+        assert!(
+            !debug.contains(DEV_ACCOUNT_KEY) && debug.contains("<redacted>"),
+            "{debug}"
+        );
+        assert_eq!(account.setting(), CDC_STORAGE_CONNECTION_STRING);
+    }
+
+    /// Whole-number settings: the parser takes default and range from [`SETTINGS`], and
+    /// `docs/settings.md` and the README state the same (`| `default` | min–max.`).
+    #[test]
+    fn number_ranges_are_the_documented_ones() {
+        let numbers: Vec<_> = SETTINGS.iter().filter(|d| d.range.is_some()).collect();
+        assert_eq!(numbers.len(), 6);
+        for doc in numbers {
+            let (default, min, max) = number_doc(doc.name);
+            assert!((min..=max).contains(&default), "{}", doc.name);
+            for (value, accepted) in [(min, true), (max, true), (max + 1, false)] {
+                let r = Settings::from_map(&with(&[(doc.name, Some(&value.to_string()))]));
+                assert_eq!(r.is_ok(), accepted, "{}={value}: {r:?}", doc.name);
+            }
+            if min > 0 {
+                let r = Settings::from_map(&with(&[(doc.name, Some(&(min - 1).to_string()))]));
+                assert!(r.is_err(), "{}={}", doc.name, min - 1);
+            }
+            let row = format!("| `{}` | `{default}` | {min}–{max}.", doc.name);
+            for (page, text) in [
+                ("docs/settings.md", include_str!("../docs/settings.md")),
+                ("README.md", include_str!("../README.md")),
+            ] {
+                assert!(text.contains(&row), "{page} lacks {row:?}");
+            }
+        }
     }
 
     #[test]

@@ -10,19 +10,34 @@ use std::sync::Arc;
 use cdc_copy::cli;
 use cdc_copy::config::{Settings, CDC_LOG_FORMAT, DEFAULT_LOG_FILTER, RUST_LOG};
 use cdc_copy::host::{Jobs, NotConfigured};
+use cdc_copy::jobs::Runner;
+use cdc_copy::sink::blob::BlobTarget;
+use cdc_copy::sqlserver::SqlServerSource;
 use tracing_subscriber::EnvFilter;
 
-/// The jobs behind the two functions. Cheap and offline: `serve` calls it before it answers
-/// the host's readiness probe, so invalid settings become a per-invocation failure (with the
-/// setting named) rather than a handler that never starts.
+/// The jobs behind the two functions: SQL Server and Blob Storage from the settings. Cheap and
+/// offline: `serve` calls it before it answers the host's readiness probe, so invalid settings
+/// become a per-invocation failure (with the setting named) rather than a handler that never
+/// starts.
 fn make_jobs() -> Arc<dyn Jobs> {
-    match Settings::from_env() {
-        Ok(settings) => match cdc_copy::jobs::Runner::new(settings) {
-            Ok(runner) => Arc::new(runner),
-            Err(e) => Arc::new(NotConfigured::new(format!("settings are invalid: {e}"))),
-        },
-        Err(_) => Arc::new(NotConfigured::from_env()),
-    }
+    let settings = match Settings::from_env() {
+        Ok(settings) => Arc::new(settings),
+        Err(_) => return Arc::new(NotConfigured::from_env()),
+    };
+    let invalid = |setting: &str, e: &dyn std::fmt::Display| -> Arc<dyn Jobs> {
+        Arc::new(NotConfigured::new(format!(
+            "settings are invalid: {setting}: {e}"
+        )))
+    };
+    let blobs = match BlobTarget::new(&settings.storage, &settings.container) {
+        Ok(blobs) => blobs,
+        Err(e) => return invalid(settings.storage.setting(), &e),
+    };
+    let source = match SqlServerSource::new(&settings.sql, settings.watermark_table.clone()) {
+        Ok(source) => source,
+        Err(e) => return invalid(settings.sql.setting(), &e),
+    };
+    Arc::new(Runner::new(settings, Arc::new(source), blobs))
 }
 
 fn main() -> ExitCode {

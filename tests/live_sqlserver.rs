@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use cdc_copy::cdc::VecSink;
 use cdc_copy::cdc::{CdcSession, Lsn, RowFilter, TableRef, Value, Watermark};
-use cdc_copy::config::{Secret, Settings};
+use cdc_copy::config::{Secret, Settings, SqlTarget};
 use cdc_copy::host::{FullLoadRequest, JobReport, Jobs, Outcome, TimerTrigger};
 use cdc_copy::jobs::Runner;
 use cdc_copy::sink::blob::BlobTarget;
@@ -689,7 +689,9 @@ async fn live_full_load_and_incremental_copy() {
     let container = unique_container("live");
     let settings = settings(&db.connection_string, &storage, &container);
     let blobs = BlobTarget::new(&settings.storage, &container).expect("blob target");
-    let runner = Runner::new(settings).expect("Runner::new");
+    let source = SqlServerSource::new(&settings.sql, settings.watermark_table.clone())
+        .expect("SqlServerSource::new");
+    let runner = Runner::new(Arc::new(settings), Arc::new(source), blobs.clone());
 
     // `handler check` before any load: everything reachable, the watermark missing.
     let checks = runner.check().await;
@@ -849,11 +851,11 @@ async fn live_full_load_and_incremental_copy() {
     assert!(after_t1.version > after_load.version);
 
     // Our LSN arithmetic agrees with the server's on real LSNs.
-    let source = SqlServerSource::from_connection_string(
-        &Secret::new(db.connection_string.clone()),
-        TableRef::parse(WATERMARK_TABLE).unwrap(),
-    )
-    .expect("source");
+    let target =
+        SqlTarget::from_connection_string(&Secret::new(db.connection_string.clone()), false)
+            .expect("SQL target");
+    let source =
+        SqlServerSource::new(&target, TableRef::parse(WATERMARK_TABLE).unwrap()).expect("source");
     let mut session = source.connect().await.expect("session");
     let server_max = max_lsn(&mut sql).await.expect("max LSN");
     for lsn in [first_max_lsn, baseline, from, to, server_max]

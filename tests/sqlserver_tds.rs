@@ -7,13 +7,13 @@
 use cdc_copy_testkit::tds;
 
 use async_trait::async_trait;
+use cdc_copy::cdc::RowSinkError;
 use cdc_copy::cdc::VecSink;
 use cdc_copy::cdc::{
     CaptureInstance, CdcError, CdcSession, CdcSource, FullLoadProgress, Lsn, PendingWindow,
     RowFilter, RowSink, TableRef, Value, Watermark,
 };
-use cdc_copy::config::Secret;
-use cdc_copy::sink::SinkError;
+use cdc_copy::config::{Secret, SqlTarget};
 use cdc_copy::sqlserver::{sql, SqlServerSource};
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use tds::{col, Cell, FakeServer, LoginReply, ParamValue, Reply, SqlType};
@@ -1093,8 +1093,8 @@ async fn gateway_redirect_is_followed() {
 
 #[tokio::test]
 async fn ado_connection_string_with_the_test_switch() {
-    // The switch only exists for tests like this one; see connection.rs.
-    std::env::set_var("CDC_ALLOW_PLAINTEXT_SQL", "1");
+    // The fake speaks no TLS: the plaintext permission (CDC_ALLOW_PLAINTEXT_SQL) exists for
+    // test doubles like it, and is decided with the rest of the settings.
     let server = FakeServer::start().await;
     server.on(
         sql::GET_MAX_LSN,
@@ -1103,11 +1103,12 @@ async fn ado_connection_string_with_the_test_switch() {
             vec![vec![lsn_cell(9)]],
         ),
     );
-    let source = SqlServerSource::from_connection_string(
-        &Secret::new(server.connection_string()),
-        watermark_table(),
-    )
-    .unwrap();
+    let connection_string = Secret::new(server.connection_string());
+    let refused = SqlTarget::from_connection_string(&connection_string, false).unwrap_err();
+    assert_eq!(refused.setting(), "CDC_SQL_CONNECTION_STRING");
+    assert!(!refused.to_string().contains("s3cret-pw"), "{refused}");
+    let target = SqlTarget::from_connection_string(&connection_string, true).unwrap();
+    let source = SqlServerSource::new(&target, watermark_table()).unwrap();
     let debug = format!("{source:?}");
     assert!(!debug.contains("s3cret-pw"), "{debug}");
     let mut session = source.session().await.unwrap();
@@ -1159,10 +1160,10 @@ struct OrderSink {
 
 #[async_trait]
 impl RowSink for OrderSink {
-    async fn columns(&mut self, _: &[String]) -> Result<(), SinkError> {
+    async fn columns(&mut self, _: &[String]) -> Result<(), RowSinkError> {
         Ok(())
     }
-    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
+    async fn row(&mut self, row: &[Value]) -> Result<(), RowSinkError> {
         let Value::Int(id) = row[3] else {
             panic!("customer_id is {:?}", row[3]);
         };

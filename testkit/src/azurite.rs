@@ -16,7 +16,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cdc_copy::config::{Secret, StorageSettings};
+use cdc_copy::config::StorageAccount;
 use cdc_copy::sink::blob::{BlobTarget, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
 
 /// The Azurite release the tests are written against.
@@ -54,8 +54,9 @@ impl Azurite {
         format!("http://127.0.0.1:{}/{DEV_ACCOUNT}", self.blob_port)
     }
 
-    pub fn settings(&self) -> StorageSettings {
-        StorageSettings::ConnectionString(Secret::new(self.connection_string.clone()))
+    pub fn settings(&self) -> StorageAccount {
+        StorageAccount::from_connection_string(&self.connection_string)
+            .expect("valid Azurite connection string")
     }
 
     /// A target for `container` (not created yet; call `ensure_container`).
