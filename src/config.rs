@@ -50,7 +50,7 @@ impl std::fmt::Display for Secret {
 #[derive(Clone)]
 pub enum SqlTarget {
     /// `CDC_SQL_CONNECTION_STRING`: a SQL login.
-    Login(SqlLogin),
+    Login(Box<SqlLogin>),
     /// `CDC_SQL_SERVER` + `CDC_SQL_DATABASE`: an Entra ID token from [`crate::identity`];
     /// `AZURE_CLIENT_ID` picks a user-assigned identity.
     Entra {
@@ -88,7 +88,8 @@ impl SqlTarget {
         connection_string: &Secret,
         allow_plaintext: bool,
     ) -> Result<SqlTarget, ConfigError> {
-        parse_sql_login(connection_string.expose(), allow_plaintext).map(SqlTarget::Login)
+        parse_sql_login(connection_string.expose(), allow_plaintext)
+            .map(|login| SqlTarget::Login(Box::new(login)))
     }
 
     /// The setting to fix when this target cannot be used.
@@ -691,7 +692,8 @@ impl<'a> Parser<'a> {
                 second: CDC_SQL_DATABASE,
             }),
             (Some(conn), None, None) => {
-                parse_sql_login(conn, allow_plaintext.unwrap_or(false)).map(SqlTarget::Login)
+                parse_sql_login(conn, allow_plaintext.unwrap_or(false))
+                    .map(|login| SqlTarget::Login(Box::new(login)))
             }
             (None, Some(server), Some(database)) => {
                 parse_sql_server(server).and_then(|(host, port)| {

@@ -29,7 +29,7 @@ pub enum SinkError {
         operation: &'static str,
         target: String,
         reason: String,
-        source: Option<azure_core::Error>,
+        source: Option<Box<azure_core::Error>>,
     },
     #[error(
         "blob storage request {operation} on {target}: could not get an Entra ID token: {}",
@@ -38,7 +38,7 @@ pub enum SinkError {
     Credential {
         operation: &'static str,
         target: String,
-        source: azure_core::Error,
+        source: Box<azure_core::Error>,
     },
     /// Anything else the SDK refused (building or reading a request).
     #[error(
@@ -48,7 +48,7 @@ pub enum SinkError {
     Sdk {
         operation: &'static str,
         target: String,
-        source: azure_core::Error,
+        source: Box<azure_core::Error>,
     },
     #[error("blob storage configuration: {0}")]
     Config(String),
@@ -136,17 +136,17 @@ pub(crate) fn map_err(operation: &'static str, target: &str, e: azure_core::Erro
             operation,
             target,
             reason: chain(&e),
-            source: Some(e),
+            source: Some(Box::new(e)),
         },
         ErrorKind::Credential => SinkError::Credential {
             operation,
             target,
-            source: e,
+            source: Box::new(e),
         },
         _ => SinkError::Sdk {
             operation,
             target,
-            source: e,
+            source: Box::new(e),
         },
     }
 }
