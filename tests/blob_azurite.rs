@@ -287,7 +287,7 @@ async fn dropped_connections_are_transient_after_bounded_retries() {
     };
     assert!(err.is_transient(), "{err:?}");
     assert_eq!(proxy.put_blocks().len(), 4, "{:?}", proxy.log());
-    assert!(!format!("{err:?}").contains(cdc_copy::sink::blob::DEV_ACCOUNT_KEY));
+    assert!(!format!("{err:?}").contains(cdc_copy::config::DEV_ACCOUNT_KEY));
 }
 
 /// A server that never answers: each try is cut off by `try_timeout` and counts as transient.

@@ -22,12 +22,12 @@ use md5::{Digest as _, Md5};
 use super::errors::{map_err, CONTAINER_ALREADY_EXISTS, CONTAINER_NOT_FOUND};
 use super::retry::RetryPolicy;
 use super::sharedkey::{SharedKey, SharedKeyPolicy};
+// The writer's items keep their old paths (`sink::blob::BlobWriter`), which the jobs name.
 pub use super::writer::{
     block_id, BlobSummary, BlobWriter, CONTENT_TYPE, MAX_BLOCKS, MAX_BLOCK_SIZE,
 };
 use super::SinkError;
 use crate::config::{StorageAccount, StorageAuth};
-pub use crate::config::{DEV_ACCOUNT, DEV_ACCOUNT_KEY};
 use crate::naming::validate_container_name;
 
 /// The `x-ms-version` every request sends. 2025-11-05 is served by Azure Storage and accepted
@@ -86,7 +86,11 @@ impl BlobTarget {
             }
             StorageAuth::Entra { client_id } => Some(
                 crate::identity::credential(client_id.as_deref()).map_err(|e| {
-                    SinkError::Config(format!("Entra ID credential for blob storage: {e}"))
+                    SinkError::Credential {
+                        operation: "create credential",
+                        target: container.to_string(),
+                        source: Box::new(e),
+                    }
                 })?,
             ),
         };
@@ -94,8 +98,13 @@ impl BlobTarget {
             client_options,
             version: API_VERSION.to_string(),
         };
-        let client = BlobContainerClient::new(url, credential, Some(options))
-            .map_err(|e| SinkError::Config(format!("blob container client: {e}")))?;
+        let client = BlobContainerClient::new(url, credential, Some(options)).map_err(|e| {
+            SinkError::Sdk {
+                operation: "create client",
+                target: container.to_string(),
+                source: Box::new(e),
+            }
+        })?;
         Ok(BlobTarget {
             container: Arc::new(client),
             container_name: container.to_string(),
@@ -311,6 +320,7 @@ fn not_found_is_none<T>(result: Result<T, SinkError>) -> Result<Option<T>, SinkE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEV_ACCOUNT_KEY;
 
     #[test]
     fn container_url_has_no_double_slash() {

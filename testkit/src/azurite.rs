@@ -16,8 +16,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cdc_copy::config::StorageAccount;
-use cdc_copy::sink::blob::{BlobTarget, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+use cdc_copy::config::{StorageAccount, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+use cdc_copy::sink::blob::BlobTarget;
 
 /// The Azurite release the tests are written against.
 pub const AZURITE_VERSION: &str = "3.37.0";

@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-use cdc_copy::sink::blob::DEV_ACCOUNT;
+use cdc_copy::config::DEV_ACCOUNT;
 
 /// What to do to a matching request.
 #[derive(Debug, Clone, PartialEq, Eq)]
