@@ -27,6 +27,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cdc_copy::cdc::RowSinkError;
 use cdc_copy::cdc::{CdcSource, Lsn, LsnRange, RowFilter, RowSink, TableRef, Value};
 use cdc_copy::config::Settings;
 use cdc_copy::host::{FullLoadRequest, TimerTrigger};
@@ -35,7 +36,6 @@ use cdc_copy::report::{Report, Status};
 use cdc_copy::sink::blob::BlobTarget;
 use cdc_copy::sink::csv;
 use cdc_copy::sink::rows::CsvBlobSink;
-use cdc_copy::sink::SinkError;
 use cdc_copy_testkit::faults::{Faults, Method};
 use cdc_copy_testkit::model::CdcModel;
 use cdc_copy_testkit::rows::{column_names, customer, fill_batch};
@@ -207,11 +207,11 @@ struct CountingSink(u64);
 
 #[async_trait::async_trait]
 impl RowSink for CountingSink {
-    async fn columns(&mut self, _names: &[String]) -> Result<(), SinkError> {
+    async fn columns(&mut self, _names: &[String]) -> Result<(), RowSinkError> {
         Ok(())
     }
 
-    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
+    async fn row(&mut self, row: &[Value]) -> Result<(), RowSinkError> {
         black_box(row);
         self.0 += 1;
         Ok(())

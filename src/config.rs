@@ -7,14 +7,25 @@
 //! wrapped in [`Secret`], and messages about them describe the problem, not the text.
 //!
 //! Parsing is pure ([`Settings::from_map`]); [`Settings::from_env`] only gathers the variables.
-//! Nothing here touches the network: a connection string is checked for shape only, so the
-//! handler can start (and answer the host's readiness probe) before anything is reachable.
+//! Each setting is understood here and only here: the storage and SQL settings become typed
+//! values ([`StorageAccount`], [`SqlTarget`]) that the blob client and the SQL source take as
+//! they are, so no other module re-reads a connection string or the environment. Nothing here
+//! touches the network, so the handler can start (and answer the host's readiness probe)
+//! before anything is reachable.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::cdc::{validate_identifier, RowFilter, TableRef};
-use crate::sink::naming::{validate_container_name, PathTemplate};
+use crate::naming::{validate_container_name, PathTemplate, DEFAULT_INCREMENTAL_TEMPLATE};
+
+mod sql;
+mod storage;
+
+use sql::{parse_sql_login, parse_sql_server, validate_database_name};
+pub use sql::{SqlLogin, SqlTarget};
+use storage::parse_storage_connection_string;
+pub use storage::{AccountKey, StorageAccount, StorageAuth, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
 
 /// A value that must never be printed. `Debug` and `Display` show `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
@@ -42,36 +53,6 @@ impl std::fmt::Display for Secret {
     }
 }
 
-/// How to reach SQL Server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SqlSettings {
-    /// `CDC_SQL_CONNECTION_STRING`: an ADO.NET-style connection string (SQL login).
-    ConnectionString(Secret),
-    /// `CDC_SQL_SERVER` + `CDC_SQL_DATABASE`: Entra ID token from azure_identity (managed
-    /// identity in Azure, developer credentials locally); `AZURE_CLIENT_ID` picks a
-    /// user-assigned identity.
-    Entra {
-        server: String,
-        port: u16,
-        database: String,
-        client_id: Option<String>,
-    },
-}
-
-/// How to reach Blob Storage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageSettings {
-    /// `CDC_STORAGE_CONNECTION_STRING`: account-key connection string or
-    /// `UseDevelopmentStorage=true` (Azurite).
-    ConnectionString(Secret),
-    /// `CDC_STORAGE_ACCOUNT_URL` (e.g. `https://acct.blob.core.windows.net`): Entra ID.
-    /// Stored without a trailing `/`.
-    AccountUrl {
-        url: String,
-        client_id: Option<String>,
-    },
-}
-
 /// A table to copy: `schema.table`, optionally `=capture_instance`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSpec {
@@ -82,9 +63,9 @@ pub struct TableSpec {
 /// All settings the handler reads.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub sql: SqlSettings,
+    pub sql: SqlTarget,
     pub tables: Vec<TableSpec>,
-    pub storage: StorageSettings,
+    pub storage: StorageAccount,
     pub container: String,
     pub path_template: PathTemplate,
     pub capture_wait: Duration,
@@ -110,6 +91,9 @@ pub struct SettingDoc {
     /// The default when unset, as text; `None` when there is none (required, or optional
     /// without a default).
     pub default: Option<&'static str>,
+    /// For whole-number settings, the inclusive range the parser accepts (and the docs
+    /// state); the parser reads the default from `default`.
+    pub range: Option<(u64, u64)>,
     pub description: &'static str,
     /// Never printed, logged or echoed in an error.
     pub secret: bool,
@@ -139,141 +123,166 @@ pub const RUST_LOG: &str = "RUST_LOG";
 pub const CDC_LOG_FORMAT: &str = "CDC_LOG_FORMAT";
 
 pub const DEFAULT_CONTAINER: &str = "raw";
-pub const DEFAULT_PATH_TEMPLATE: &str =
-    "{schema}/{table}/incremental/{yyyy}/{MM}/{dd}/{yyyyMMddHHmmssfff}.csv";
 pub const DEFAULT_WATERMARK_TABLE: &str = "cdc_copy.watermark";
+/// The log filter when `RUST_LOG` is unset or invalid: our INFO lines, and only warnings from
+/// the Azure SDK, whose HTTP pipeline logs every failed response at INFO (`<== Failed
+/// response …`), noise beside our own error line in `handler check` and the other commands.
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,azure_core=warn,azure_identity=warn,azure_storage_blob=warn,typespec_client_core=warn";
 
 /// Every environment variable this crate reads, in the order `docs/settings.md` lists them.
 pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: CDC_SQL_CONNECTION_STRING,
         default: None,
+        range: None,
         description: "SQL login: ADO.NET connection string, e.g. `Server=tcp:host,1433;Database=db;User ID=u;Password=p;Encrypt=true;TrustServerCertificate=false`. Must name a Database. Set this OR CDC_SQL_SERVER + CDC_SQL_DATABASE, not both.",
         secret: true,
     },
     SettingDoc {
         name: CDC_ALLOW_PLAINTEXT_SQL,
         default: Some("false"),
+        range: None,
         description: "`true` lets CDC_SQL_CONNECTION_STRING use `Encrypt=DANGER_PLAINTEXT` (no TLS at all). For test doubles only; never set it in production.",
         secret: false,
     },
     SettingDoc {
         name: CDC_SQL_SERVER,
         default: None,
+        range: None,
         description: "Entra ID (managed identity) login: server as `host`, `host,port` or `tcp:host,port` (port 1433 when omitted), e.g. `tcp:myserver.database.windows.net,1433`. Needs CDC_SQL_DATABASE.",
         secret: false,
     },
     SettingDoc {
         name: CDC_SQL_DATABASE,
         default: None,
+        range: None,
         description: "Entra ID login: the database whose CDC is copied (with CDC_SQL_SERVER).",
         secret: false,
     },
     SettingDoc {
         name: AZURE_CLIENT_ID,
         default: None,
+        range: None,
         description: "Client id (GUID) of the user-assigned managed identity used for Entra ID logins to SQL (CDC_SQL_SERVER) and Storage (CDC_STORAGE_ACCOUNT_URL). Unset: system-assigned identity / developer credentials.",
         secret: false,
     },
     SettingDoc {
         name: CDC_TABLES,
         default: None,
+        range: None,
         description: "Required. Comma-separated tables to copy, `schema.table` or `schema.table=capture_instance` (when a table has two capture instances), e.g. `dbo.customers,dbo.orders=dbo_orders_v2`.",
         secret: false,
     },
     SettingDoc {
         name: CDC_STORAGE_CONNECTION_STRING,
         default: None,
+        range: None,
         description: "Storage by account key: a connection string with AccountName and AccountKey, or `UseDevelopmentStorage=true` (Azurite). Set this OR CDC_STORAGE_ACCOUNT_URL.",
         secret: true,
     },
     SettingDoc {
         name: CDC_STORAGE_ACCOUNT_URL,
         default: None,
+        range: None,
         description: "Storage by Entra ID: the blob endpoint, e.g. `https://myaccount.blob.core.windows.net` (https; no query string, so no SAS token).",
         secret: false,
     },
     SettingDoc {
         name: CDC_CONTAINER,
         default: Some(DEFAULT_CONTAINER),
+        range: None,
         description: "Blob container the CSV files land in (3–63 lowercase letters, digits and single hyphens).",
         secret: false,
     },
     SettingDoc {
         name: CDC_PATH_TEMPLATE,
-        default: Some(DEFAULT_PATH_TEMPLATE),
+        default: Some(DEFAULT_INCREMENTAL_TEMPLATE),
+        range: None,
         description: "Blob path of an incremental file, from the trigger time (UTC). The full load is written under `{schema}/{table}/full/{yyyyMMddHHmmssfff}/part-NNNNN.csv`.",
         secret: false,
     },
     SettingDoc {
         name: CDC_CAPTURE_WAIT_SECONDS,
         default: Some("120"),
-        description: "How long (0–1800 s) a run waits for the CDC capture job to pass the trigger time before copying what is captured (a late change lands in the next window).",
+        range: Some((0, 1800)),
+        description: "How long (seconds) a run waits for the CDC capture job to pass the trigger time before copying what is captured (a late change lands in the next window).",
         secret: false,
     },
     SettingDoc {
         name: CDC_CAPTURE_POLL_SECONDS,
         default: Some("5"),
-        description: "How often (1–60 s) the capture progress is polled while waiting.",
+        range: Some((1, 60)),
+        description: "How often (seconds) the capture progress is polled while waiting.",
         secret: false,
     },
     SettingDoc {
         name: CDC_WATERMARK_TABLE,
         default: Some(DEFAULT_WATERMARK_TABLE),
+        range: None,
         description: "`schema.table` of the watermark table in the source database (created by the setup script).",
         secret: false,
     },
     SettingDoc {
         name: CDC_ROW_FILTER,
         default: Some("all"),
+        range: None,
         description: "Row filter of `cdc.fn_cdc_get_net_changes_*`: `all` (operations 1, 2, 4) or `all with merge` (1 and 5).",
         secret: false,
     },
     SettingDoc {
         name: CDC_TABLE_CONCURRENCY,
         default: Some("4"),
-        description: "How many tables (1–64) are copied at the same time.",
+        range: Some((1, 64)),
+        description: "How many tables are copied at the same time.",
         secret: false,
     },
     SettingDoc {
         name: CDC_BLOCK_SIZE_MIB,
         default: Some("4"),
-        description: "Size in MiB (1–100) of each staged blob block; memory use is about this times the table concurrency.",
+        range: Some((1, 100)),
+        description: "Size in MiB of each staged blob block; memory use is about this times the table concurrency.",
         secret: false,
     },
     SettingDoc {
         name: CDC_FULL_LOAD_PART_ROWS,
         default: Some("1000000"),
-        description: "Rows (1–100000000) per full-load part blob.",
+        range: Some((1, 100000000)),
+        description: "Rows per full-load part blob.",
         secret: false,
     },
     SettingDoc {
         name: CDC_FULL_LOAD_HTTP_BUDGET_SECONDS,
         default: Some("180"),
-        description: "How long (1–200 s) an HTTP FullLoad call works before answering 202 and leaving the rest to the next call; kept under the ~230 s HTTP front-end limit.",
+        range: Some((1, 200)),
+        description: "How long (seconds) an HTTP FullLoad call works before answering 202 and leaving the rest to the next call; kept under the ~230 s HTTP front-end limit.",
         secret: false,
     },
     SettingDoc {
         name: INCREMENTAL_COPY_SCHEDULE,
         default: None,
+        range: None,
         description: "Six-field NCRONTAB schedule of IncrementalCopy (`{second} {minute} {hour} {day} {month} {day-of-week}`), e.g. `0 */15 * * * *`. Read by the Functions host (function.json `%INCREMENTAL_COPY_SCHEDULE%`); required there, checked for shape here.",
         secret: false,
     },
     SettingDoc {
         name: FUNCTIONS_CUSTOMHANDLER_PORT,
         default: None,
+        range: None,
         description: "Set by the Functions host: the loopback port `handler serve` listens on (`--port` overrides it).",
         secret: false,
     },
     SettingDoc {
         name: RUST_LOG,
-        default: Some("info"),
+        default: Some(DEFAULT_LOG_FILTER),
+        range: None,
         description: "Log filter (tracing-subscriber EnvFilter syntax), e.g. `info,cdc_copy=debug`.",
         secret: false,
     },
     SettingDoc {
         name: CDC_LOG_FORMAT,
         default: Some("text"),
+        range: None,
         description: "`text` or `json` (one JSON object per line on stdout).",
         secret: false,
     },
@@ -431,19 +440,19 @@ impl<'a> Parser<'a> {
                 .map(|()| v.to_string())
                 .map_err(|e| e.to_string())
         });
-        let path_template = self.text(CDC_PATH_TEMPLATE, DEFAULT_PATH_TEMPLATE, |v| {
+        let path_template = self.text(CDC_PATH_TEMPLATE, DEFAULT_INCREMENTAL_TEMPLATE, |v| {
             v.parse::<PathTemplate>().map_err(|e| e.to_string())
         });
-        let capture_wait = self.number(CDC_CAPTURE_WAIT_SECONDS, 120, 0, 1800);
-        let capture_poll = self.number(CDC_CAPTURE_POLL_SECONDS, 5, 1, 60);
+        let capture_wait = self.number(CDC_CAPTURE_WAIT_SECONDS);
+        let capture_poll = self.number(CDC_CAPTURE_POLL_SECONDS);
         let watermark_table = self.text(CDC_WATERMARK_TABLE, DEFAULT_WATERMARK_TABLE, |v| {
             TableRef::parse(v).map_err(|e| e.to_string())
         });
         let row_filter = self.text(CDC_ROW_FILTER, "all", parse_row_filter);
-        let table_concurrency = self.number(CDC_TABLE_CONCURRENCY, 4, 1, 64);
-        let block_size_mib = self.number(CDC_BLOCK_SIZE_MIB, 4, 1, 100);
-        let full_load_part_rows = self.number(CDC_FULL_LOAD_PART_ROWS, 1_000_000, 1, 100_000_000);
-        let budget = self.number(CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, 180, 1, 200);
+        let table_concurrency = self.number(CDC_TABLE_CONCURRENCY);
+        let block_size_mib = self.number(CDC_BLOCK_SIZE_MIB);
+        let full_load_part_rows = self.number(CDC_FULL_LOAD_PART_ROWS);
+        let budget = self.number(CDC_FULL_LOAD_HTTP_BUDGET_SECONDS);
         let schedule = match self.get(INCREMENTAL_COPY_SCHEDULE) {
             None => Some(None),
             Some(v) => {
@@ -483,8 +492,9 @@ impl<'a> Parser<'a> {
         self.record(r)
     }
 
-    /// A whole number with a default and an inclusive range.
-    fn number(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> Option<u64> {
+    /// A whole number, with the default and inclusive range its [`SETTINGS`] entry gives.
+    fn number(&mut self, name: &'static str) -> Option<u64> {
+        let (default, min, max) = number_doc(name);
         let r = match self.get(name) {
             None => Ok(default),
             Some(v) => match v.parse::<u64>() {
@@ -499,7 +509,7 @@ impl<'a> Parser<'a> {
         self.record(r)
     }
 
-    fn sql(&mut self, client_id: Option<String>) -> Option<SqlSettings> {
+    fn sql(&mut self, client_id: Option<String>) -> Option<SqlTarget> {
         let conn = self.get(CDC_SQL_CONNECTION_STRING);
         let server = self.get(CDC_SQL_SERVER);
         let database = self.get(CDC_SQL_DATABASE);
@@ -525,14 +535,14 @@ impl<'a> Parser<'a> {
                 second: CDC_SQL_DATABASE,
             }),
             (Some(conn), None, None) => {
-                validate_sql_connection_string(conn, allow_plaintext.unwrap_or(false))
-                    .map(|()| SqlSettings::ConnectionString(Secret::new(conn)))
+                parse_sql_login(conn, allow_plaintext.unwrap_or(false))
+                    .map(|login| SqlTarget::Login(Box::new(login)))
             }
             (None, Some(server), Some(database)) => {
-                parse_sql_server(server).and_then(|(server, port)| {
+                parse_sql_server(server).and_then(|(host, port)| {
                     validate_database_name(database)?;
-                    Ok(SqlSettings::Entra {
-                        server,
+                    Ok(SqlTarget::Entra {
+                        host,
                         port,
                         database: database.to_string(),
                         client_id,
@@ -555,7 +565,7 @@ impl<'a> Parser<'a> {
         self.record(r)
     }
 
-    fn storage(&mut self, client_id: Option<String>) -> Option<StorageSettings> {
+    fn storage(&mut self, client_id: Option<String>) -> Option<StorageAccount> {
         let conn = self.get(CDC_STORAGE_CONNECTION_STRING);
         let url = self.get(CDC_STORAGE_ACCOUNT_URL);
         let r = match (conn, url) {
@@ -563,12 +573,8 @@ impl<'a> Parser<'a> {
                 first: CDC_STORAGE_CONNECTION_STRING,
                 second: CDC_STORAGE_ACCOUNT_URL,
             }),
-            (Some(conn), None) => validate_storage_connection_string(conn)
-                .map(|()| StorageSettings::ConnectionString(Secret::new(conn))),
-            (None, Some(url)) => parse_account_url(url).map(|url| StorageSettings::AccountUrl {
-                url,
-                client_id,
-            }),
+            (Some(conn), None) => parse_storage_connection_string(conn),
+            (None, Some(url)) => StorageAccount::from_account_url(url, client_id),
             (None, None) => Err(ConfigError::Missing {
                 name: CDC_STORAGE_CONNECTION_STRING,
                 what: "set CDC_STORAGE_CONNECTION_STRING (account key or UseDevelopmentStorage=true) or CDC_STORAGE_ACCOUNT_URL (Entra ID)",
@@ -576,6 +582,22 @@ impl<'a> Parser<'a> {
         };
         self.record(r)
     }
+}
+
+/// Default and range of a whole-number setting, from its [`SETTINGS`] entry.
+fn number_doc(name: &str) -> (u64, u64, u64) {
+    let doc = SETTINGS
+        .iter()
+        .find(|d| d.name == name)
+        .unwrap_or_else(|| panic!("{name} is not in SETTINGS"));
+    let (min, max) = doc
+        .range
+        .unwrap_or_else(|| panic!("{name} has no range in SETTINGS"));
+    let default = doc
+        .default
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("{name}'s default in SETTINGS is not a number"));
+    (default, min, max)
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -671,153 +693,6 @@ fn validate_schedule(v: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `host`, `host,port` or `tcp:host,port`.
-fn parse_sql_server(v: &str) -> Result<(String, u16), ConfigError> {
-    let bad = |reason: &str| invalid(CDC_SQL_SERVER, format!("{} {reason}", shown(v)));
-    let rest = match v.get(..4) {
-        Some(prefix) if prefix.eq_ignore_ascii_case("tcp:") => &v[4..],
-        _ => v,
-    };
-    let (host, port) = match rest.split_once(',') {
-        Some((host, port)) => {
-            let port = port
-                .trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("has a port that is not 1-65535"))?;
-            (host.trim(), port)
-        }
-        None => (rest.trim(), 1433),
-    };
-    if host.is_empty()
-        || !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    {
-        return Err(bad(
-            "is not host, host,port or tcp:host,port (e.g. tcp:myserver.database.windows.net,1433)",
-        ));
-    }
-    Ok((host.to_string(), port))
-}
-
-fn validate_database_name(v: &str) -> Result<(), ConfigError> {
-    if v.chars().count() > 128 || v.chars().any(|c| c.is_control() || matches!(c, ';' | ']')) {
-        return Err(invalid(
-            CDC_SQL_DATABASE,
-            format!("{} is not a database name", shown(v)),
-        ));
-    }
-    Ok(())
-}
-
-/// `key=value;…` pairs with lower-cased keys, values untouched. Only used to look up keys
-/// whose values are never secret (quoting in passwords may confuse it; it is not a parser).
-fn pairs(conn: &str) -> HashMap<String, String> {
-    conn.split(';')
-        .filter_map(|part| part.split_once('='))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect()
-}
-
-/// Checks the connection string the way tiberius will read it, without connecting. The
-/// driver's error text is passed on with every value of the string masked, since a parse
-/// error may quote the part it could not read (which might be the password).
-fn validate_sql_connection_string(conn: &str, allow_plaintext: bool) -> Result<(), ConfigError> {
-    if let Err(e) = tiberius::Config::from_ado_string(conn) {
-        return Err(invalid(
-            CDC_SQL_CONNECTION_STRING,
-            format!(
-                "the connection string does not parse: {}",
-                mask_values(&e.to_string(), conn)
-            ),
-        ));
-    }
-    let keys = pairs(conn);
-    if !["database", "initial catalog"]
-        .iter()
-        .any(|k| keys.get(*k).is_some_and(|v| !v.is_empty()))
-    {
-        return Err(invalid(
-            CDC_SQL_CONNECTION_STRING,
-            "the connection string names no Database= (or Initial Catalog=): CDC is per database",
-        ));
-    }
-    let plaintext = keys
-        .get("encrypt")
-        .is_some_and(|v| v.eq_ignore_ascii_case("DANGER_PLAINTEXT"));
-    if plaintext && !allow_plaintext {
-        return Err(invalid(
-            CDC_SQL_CONNECTION_STRING,
-            "Encrypt=DANGER_PLAINTEXT sends everything (the password too) unencrypted; use Encrypt=true (CDC_ALLOW_PLAINTEXT_SQL=true exists for test doubles only)",
-        ));
-    }
-    Ok(())
-}
-
-/// Replaces in `message` every value of `source` (the text after `=` in each `;`-separated
-/// part, or a whole part without `=`) of three characters or more. Keywords are kept, so the
-/// driver's message still says which key is wrong.
-fn mask_values(message: &str, source: &str) -> String {
-    let mut values: Vec<&str> = source
-        .split(';')
-        .map(|part| part.split_once('=').map_or(part, |(_, v)| v).trim())
-        .filter(|v| v.len() >= 3)
-        .collect();
-    // Longest first, so a value containing a shorter one is masked whole.
-    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    let mut out = message.to_string();
-    for value in values {
-        out = out.replace(value, "<redacted>");
-    }
-    out
-}
-
-fn validate_storage_connection_string(conn: &str) -> Result<(), ConfigError> {
-    let keys = pairs(conn);
-    let dev = keys
-        .get("usedevelopmentstorage")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let has = |k: &str| keys.get(k).is_some_and(|v| !v.is_empty());
-    if dev || (has("accountname") && has("accountkey")) {
-        return Ok(());
-    }
-    Err(invalid(
-        CDC_STORAGE_CONNECTION_STRING,
-        "expected AccountName=…;AccountKey=… (optionally BlobEndpoint=…, EndpointSuffix=…) or UseDevelopmentStorage=true",
-    ))
-}
-
-/// An https blob endpoint (http only for loopback, i.e. Azurite), no query, no trailing `/`.
-fn parse_account_url(v: &str) -> Result<String, ConfigError> {
-    let bad = |reason: &str| invalid(CDC_STORAGE_ACCOUNT_URL, reason.to_string());
-    let url = url::Url::parse(v)
-        .map_err(|_| bad("is not a URL; expected e.g. https://myaccount.blob.core.windows.net"))?;
-    if url.query().is_some() || url.fragment().is_some() {
-        // Not echoed: a query string here is most likely a SAS token.
-        return Err(bad(
-            "must not carry a query string (no SAS tokens; access is by Entra ID)",
-        ));
-    }
-    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        _ => {
-            return Err(bad(
-                "must be https (http is accepted only for 127.0.0.1/localhost, e.g. Azurite)",
-            ))
-        }
-    }
-    if url.host_str().is_none_or(str::is_empty) || !url.username().is_empty() {
-        return Err(bad(
-            "must be a blob endpoint such as https://myaccount.blob.core.windows.net",
-        ));
-    }
-    Ok(v.trim_end_matches('/').to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,7 +735,10 @@ mod tests {
     fn defaults() {
         let s = ok(&[]);
         assert_eq!(s.container, "raw");
-        assert_eq!(s.path_template, DEFAULT_PATH_TEMPLATE.parse().unwrap());
+        assert_eq!(
+            s.path_template,
+            DEFAULT_INCREMENTAL_TEMPLATE.parse().unwrap()
+        );
         assert_eq!(s.capture_wait, Duration::from_secs(120));
         assert_eq!(s.capture_poll, Duration::from_secs(5));
         assert_eq!(
@@ -880,8 +758,12 @@ mod tests {
                 capture_instance: None
             }]
         );
-        assert!(matches!(s.storage, StorageSettings::ConnectionString(_)));
-        assert!(matches!(s.sql, SqlSettings::ConnectionString(_)));
+        assert_eq!(
+            s.storage.endpoint.as_str(),
+            "http://127.0.0.1:10000/devstoreaccount1"
+        );
+        assert!(matches!(s.storage.auth, StorageAuth::SharedKey { .. }));
+        assert!(matches!(&s.sql, SqlTarget::Login(l) if l.database() == "shop" && !l.plaintext()));
     }
 
     /// Every documented default is the one the parser applies (blank counts as unset).
@@ -941,7 +823,7 @@ mod tests {
             }),
             (CDC_STORAGE_CONNECTION_STRING,
              "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net",
-             |s| matches!(s.storage, StorageSettings::ConnectionString(_))),
+             |s| s.storage.endpoint.as_str() == "https://acct.blob.core.windows.net/"),
             (CDC_ALLOW_PLAINTEXT_SQL, "false", |_| true),
         ];
         for (name, value, check) in cases {
@@ -1035,11 +917,22 @@ mod tests {
             ])
             .sql
         };
-        let want = |server: &str, port| SqlSettings::Entra {
-            server: server.into(),
-            port,
-            database: "shop".into(),
-            client_id: Some("0d6a9d1e-5a7e-4c1c-9d59-8a0e8d3c6f21".into()),
+        let entra = |server: &str| match entra(server) {
+            SqlTarget::Entra {
+                host,
+                port,
+                database,
+                client_id,
+            } => (host, port, database, client_id),
+            other => panic!("{other:?}"),
+        };
+        let want = |host: &str, port| {
+            (
+                host.to_string(),
+                port,
+                "shop".to_string(),
+                Some("0d6a9d1e-5a7e-4c1c-9d59-8a0e8d3c6f21".to_string()),
+            )
         };
         assert_eq!(
             entra("tcp:srv.database.windows.net,1433"),
@@ -1092,18 +985,22 @@ mod tests {
         };
         assert_eq!(
             url("https://acct.blob.core.windows.net/"),
-            StorageSettings::AccountUrl {
-                url: "https://acct.blob.core.windows.net".into(),
-                client_id: None
+            StorageAccount {
+                endpoint: url::Url::parse("https://acct.blob.core.windows.net").unwrap(),
+                auth: StorageAuth::Entra { client_id: None }
             }
         );
-        assert!(matches!(
-            url("http://127.0.0.1:10000/devstoreaccount1"),
-            StorageSettings::AccountUrl { .. }
-        ));
+        assert_eq!(
+            url("http://127.0.0.1:10000/devstoreaccount1//")
+                .endpoint
+                .as_str(),
+            "http://127.0.0.1:10000/devstoreaccount1"
+        );
         for bad in [
             "acct.blob.core.windows.net",
             "http://acct.blob.core.windows.net",
+            "ftp://acct.blob.core.windows.net",
+            "https://user@acct.blob.core.windows.net",
             "https://acct.blob.core.windows.net/?sv=2024&sig=SECRETSIG",
         ] {
             let e = err(&[
@@ -1157,10 +1054,7 @@ mod tests {
         ]);
         let debug = format!("{s:?} {s:#?} {:?} {:?}", s.sql, s.storage);
         assert!(!debug.contains(PASSWORD) && !debug.contains(KEY), "{debug}");
-        if let SqlSettings::ConnectionString(secret) = &s.sql {
-            assert_eq!(secret.to_string(), "<redacted>");
-            assert!(secret.expose().contains(PASSWORD));
-        }
+        assert_eq!(Secret::new(PASSWORD).to_string(), "<redacted>");
 
         let broken = [
             format!("Server=tcp:localhost,1433;Database=shop;User ID=sa;Password={PASSWORD};Encrypt=DANGER_PLAINTEXT"),
@@ -1184,13 +1078,31 @@ mod tests {
         assert!(!format!("{e} {e:?}").contains(KEY), "{e}");
     }
 
+    /// Whole-number settings: the parser takes default and range from [`SETTINGS`], and
+    /// `docs/settings.md` and the README state the same (`| `default` | min–max.`).
     #[test]
-    fn mask_values_keeps_keywords() {
-        let source = "Server=tcp:h,1433;Password=s3cr3t;junk";
-        assert_eq!(
-            mask_values("Server value faulty near s3cr3t and junk", source),
-            "Server value faulty near <redacted> and <redacted>"
-        );
+    fn number_ranges_are_the_documented_ones() {
+        let numbers: Vec<_> = SETTINGS.iter().filter(|d| d.range.is_some()).collect();
+        assert_eq!(numbers.len(), 6);
+        for doc in numbers {
+            let (default, min, max) = number_doc(doc.name);
+            assert!((min..=max).contains(&default), "{}", doc.name);
+            for (value, accepted) in [(min, true), (max, true), (max + 1, false)] {
+                let r = Settings::from_map(&with(&[(doc.name, Some(&value.to_string()))]));
+                assert_eq!(r.is_ok(), accepted, "{}={value}: {r:?}", doc.name);
+            }
+            if min > 0 {
+                let r = Settings::from_map(&with(&[(doc.name, Some(&(min - 1).to_string()))]));
+                assert!(r.is_err(), "{}={}", doc.name, min - 1);
+            }
+            let row = format!("| `{}` | `{default}` | {min}–{max}.", doc.name);
+            for (page, text) in [
+                ("docs/settings.md", include_str!("../docs/settings.md")),
+                ("README.md", include_str!("../README.md")),
+            ] {
+                assert!(text.contains(&row), "{page} lacks {row:?}");
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! - [`cdc`]: LSNs, values, and the [`cdc::CdcSession`] seam the jobs read through;
 //!   [`sqlserver`] implements it with tiberius and holds every T-SQL statement.
 //! - [`window`]: pure window arithmetic from trigger times and watermarks.
-//! - [`sink`]: blob naming and CSV encoding (pure) and block upload (I/O).
+//! - [`naming`]: blob names from path templates and trigger times (pure; read by `config`
+//!   to check the template and the container name, and by `sink` and `jobs` to name blobs).
+//! - [`sink`]: CSV encoding (pure) and block upload (I/O).
+//! - [`identity`]: the Entra ID credential SQL and Storage share.
 //! - [`jobs`]: full load and incremental copy: source → CSV → blob → watermark.
 //! - [`report`]: what a job did, per table, typed; `host` renders it.
 
@@ -15,7 +18,9 @@ pub mod cdc;
 pub mod cli;
 pub mod config;
 pub mod host;
+pub mod identity;
 pub mod jobs;
+pub mod naming;
 pub mod report;
 pub mod sink;
 pub mod sqlserver;

@@ -8,21 +8,36 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use cdc_copy::cli;
-use cdc_copy::config::{Settings, CDC_LOG_FORMAT, RUST_LOG};
+use cdc_copy::config::{Settings, CDC_LOG_FORMAT, DEFAULT_LOG_FILTER, RUST_LOG};
 use cdc_copy::host::{Jobs, NotConfigured};
+use cdc_copy::jobs::Runner;
+use cdc_copy::sink::blob::BlobTarget;
+use cdc_copy::sqlserver::SqlServerSource;
 use tracing_subscriber::EnvFilter;
 
-/// The jobs behind the two functions. Cheap and offline: `serve` calls it before it answers
-/// the host's readiness probe, so invalid settings become a per-invocation failure (with the
-/// setting named) rather than a handler that never starts.
+/// The jobs behind the two functions: SQL Server and Blob Storage from the settings. Cheap and
+/// offline: `serve` calls it before it answers the host's readiness probe, so invalid settings
+/// become a per-invocation failure (with the setting named) rather than a handler that never
+/// starts.
 fn make_jobs() -> Arc<dyn Jobs> {
-    match Settings::from_env() {
-        Ok(settings) => match cdc_copy::jobs::Runner::new(settings) {
-            Ok(runner) => Arc::new(runner),
-            Err(e) => Arc::new(NotConfigured::new(format!("settings are invalid: {e}"))),
-        },
-        Err(_) => Arc::new(NotConfigured::from_env()),
-    }
+    let settings = match Settings::from_env() {
+        Ok(settings) => Arc::new(settings),
+        Err(_) => return Arc::new(NotConfigured::from_env()),
+    };
+    let invalid = |setting: &str, e: &dyn std::fmt::Display| -> Arc<dyn Jobs> {
+        Arc::new(NotConfigured::new(format!(
+            "settings are invalid: {setting}: {e}"
+        )))
+    };
+    let blobs = match BlobTarget::new(&settings.storage, &settings.container) {
+        Ok(blobs) => blobs,
+        Err(e) => return invalid(settings.storage.setting(), &e),
+    };
+    let source = match SqlServerSource::new(&settings.sql, settings.watermark_table.clone()) {
+        Ok(source) => source,
+        Err(e) => return invalid(settings.sql.setting(), &e),
+    };
+    Arc::new(Runner::new(settings, Arc::new(source), blobs))
 }
 
 fn main() -> ExitCode {
@@ -42,14 +57,15 @@ fn main() -> ExitCode {
     runtime.block_on(cli::run(command, make_jobs))
 }
 
-/// `RUST_LOG` filter (default `info`), text or JSON lines (`CDC_LOG_FORMAT=json`).
+/// `RUST_LOG` filter (default [`DEFAULT_LOG_FILTER`]), text or JSON lines
+/// (`CDC_LOG_FORMAT=json`).
 fn init_tracing(stdout: bool) {
     let (filter, bad_filter) = match std::env::var(RUST_LOG) {
         Ok(spec) if !spec.trim().is_empty() => match EnvFilter::try_new(&spec) {
             Ok(filter) => (filter, None),
-            Err(e) => (EnvFilter::new("info"), Some(e.to_string())),
+            Err(e) => (EnvFilter::new(DEFAULT_LOG_FILTER), Some(e.to_string())),
         },
-        _ => (EnvFilter::new("info"), None),
+        _ => (EnvFilter::new(DEFAULT_LOG_FILTER), None),
     };
     let format = std::env::var(CDC_LOG_FORMAT).unwrap_or_default();
     let json = format.trim().eq_ignore_ascii_case("json");
@@ -72,7 +88,7 @@ fn init_tracing(stdout: bool) {
         eprintln!("handler: logging not initialised: {e}");
     }
     if let Some(e) = bad_filter {
-        tracing::warn!(error = %e, "{RUST_LOG} is invalid; using info");
+        tracing::warn!(error = %e, "{RUST_LOG} is invalid; using {DEFAULT_LOG_FILTER}");
     }
     if !json && !format.trim().is_empty() && !format.trim().eq_ignore_ascii_case("text") {
         tracing::warn!(value = %format, "{CDC_LOG_FORMAT} is neither text nor json; using text");

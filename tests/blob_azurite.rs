@@ -1,14 +1,18 @@
 //! The blob sink against a real Azurite: staging, commit, visibility, metadata, re-runs,
-//! definite and transient failures. Each test uses its own container in one shared Azurite.
+//! definite and transient failures. Each test uses its own container in one shared Azurite;
+//! failures are injected by the fault proxy in front of it, and tries are counted in the
+//! proxy's request log (the retry schedule itself is unit-tested in `sink::retry`).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use cdc_copy::config::{Secret, StorageSettings};
-use cdc_copy::sink::blob::{BlobTarget, RetryPolicy};
+use cdc_copy::config::StorageAccount;
+use cdc_copy::sink::blob::BlobTarget;
+use cdc_copy::sink::retry::RetryPolicy;
 use cdc_copy::sink::SinkError;
-use common::azurite::{connection_string, free_port, unique_container, Azurite};
+use common::azurite::{unique_container, Azurite};
+use common::proxy::{Fault, Proxy, Rule};
 
 /// Deterministic pseudo-random bytes (xorshift), so block boundaries see varied content.
 fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -27,6 +31,24 @@ async fn fresh_target(prefix: &str) -> BlobTarget {
     let target = Azurite::shared().target(&unique_container(prefix));
     target.ensure_container().await.expect("create container");
     target
+}
+
+/// A proxy in front of the shared Azurite and a target for `container` through it.
+async fn proxied(container: &str) -> (Proxy, BlobTarget) {
+    let proxy = Proxy::start(Azurite::shared().blob_port).await;
+    let account = StorageAccount::from_connection_string(&proxy.connection_string()).unwrap();
+    let target = BlobTarget::new(&account, container).unwrap();
+    (proxy, target)
+}
+
+/// Short waits, so exhausting the tries takes milliseconds.
+fn short_retry(max_tries: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_tries,
+        initial_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(30),
+        try_timeout: Duration::from_millis(500),
+    }
 }
 
 fn meta(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -176,139 +198,112 @@ async fn invalid_metadata_is_a_config_error_and_commits_nothing() {
     assert_eq!(target.read("t/x.csv").await.unwrap(), None);
 }
 
+/// A block whose bytes change on the way no longer matches its Content-MD5: the service
+/// refuses it (a definite 400 `Md5Mismatch`) and nothing is committed.
 #[tokio::test]
 async fn a_block_corrupted_in_transit_is_rejected_and_nothing_commits() {
-    let target = fresh_target("md5").await;
+    let container = unique_container("md5");
+    let (proxy, target) = proxied(&container).await;
+    target.ensure_container().await.unwrap();
+    proxy.add(Rule::put_block(Fault::CorruptRequestBody, 1));
     let mut w = target.writer("t/md5.csv", vec![], 1024);
-    w.write(&data(1024, 5)).await.unwrap();
-    w.corrupt_next_block_in_transit();
-    let result = w.write(&data(1024, 6)).await;
+    let result = w.write(&data(2048, 5)).await;
     let err = match result {
         Err(e) => e,
         Ok(()) => w.finish().await.unwrap_err(),
     };
     match &err {
-        SinkError::Http {
-            status, message, ..
-        } => {
+        SinkError::Http { status, code, .. } => {
             assert_eq!(*status, 400, "{err}");
-            assert!(message.starts_with("Md5Mismatch"), "{err}");
+            assert_eq!(code.as_deref(), Some("Md5Mismatch"), "{err}");
         }
         other => panic!("expected HTTP 400 Md5Mismatch, got {other:?}"),
     }
     assert!(!err.is_transient());
+    assert_eq!(proxy.faults_applied(), 1);
     assert_eq!(target.read("t/md5.csv").await.unwrap(), None);
 }
 
 #[tokio::test]
 async fn wrong_account_key_is_a_definite_403_without_the_key() {
-    let azurite = Azurite::shared();
     let wrong_key = "d3Jvbmcta2V5LWZvci10ZXN0cy1vbmx5LXdyb25nLWtleS13cm9uZy1rZXk=";
+    let proxy = Proxy::start(Azurite::shared().blob_port).await;
     let cs = format!(
         "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={wrong_key};\
          BlobEndpoint={}",
-        azurite.blob_endpoint()
+        proxy.blob_endpoint()
     );
-    let target = BlobTarget::new(
-        &StorageSettings::ConnectionString(Secret::new(cs.clone())),
-        &unique_container("wrongkey"),
-    )
-    .unwrap();
-    let start = Instant::now();
+    let account = StorageAccount::from_connection_string(&cs).unwrap();
+    let target = BlobTarget::new(&account, &unique_container("wrongkey")).unwrap();
     let err = target.ensure_container().await.unwrap_err();
-    let elapsed = start.elapsed();
     match &err {
-        SinkError::Http {
-            status, message, ..
-        } => {
+        SinkError::Http { status, code, .. } => {
             assert_eq!(*status, 403, "{err}");
             // Azure answers AuthenticationFailed, Azurite AuthorizationFailure.
-            assert!(message.starts_with("Auth"), "{err}");
+            assert!(
+                matches!(
+                    code.as_deref(),
+                    Some("AuthenticationFailed" | "AuthorizationFailure")
+                ),
+                "{err}"
+            );
         }
         other => panic!("expected HTTP 403, got {other:?}"),
     }
     assert!(!err.is_transient());
-    // Definite: no retries (the retry loop retries transient errors only), so it comes back
-    // well before a retry's backoff would; the bound leaves room for a loaded CI machine.
-    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    // Definite: one try, no retries.
+    assert_eq!(proxy.log().len(), 1, "{:?}", proxy.log());
     for text in [err.to_string(), format!("{err:?}")] {
         assert!(!text.contains(wrong_key), "{text}");
         assert!(!text.contains("d3Jvbmcta2V5"), "{text}");
     }
-    // The other operations map it the same way.
+    // The other operations map it the same way, each with one try.
+    proxy.clear_log();
     let err = target.probe().await.unwrap_err();
     assert!(matches!(err, SinkError::Http { status: 403, .. }), "{err}");
     let err = target.writer("x", vec![], 10).finish().await.unwrap_err();
     assert!(matches!(err, SinkError::Http { status: 403, .. }), "{err}");
+    assert_eq!(proxy.log().len(), 2, "{:?}", proxy.log());
 }
 
+/// Connections that fail are transient and retried until `max_tries` is used up: by the
+/// container operations and by the writer's background Put Block alike.
 #[tokio::test]
-async fn closed_port_is_transient_after_bounded_retries() {
-    let port = free_port();
-    let settings = StorageSettings::ConnectionString(Secret::new(connection_string(port)));
-    let short = RetryPolicy {
-        max_tries: 4,
-        initial_delay: Duration::from_millis(100),
-        max_delay: Duration::from_millis(300),
-        try_timeout: Duration::from_secs(2),
-    };
-    let target = BlobTarget::new(&settings, "raw").unwrap().with_retry(short);
-    let start = Instant::now();
+async fn dropped_connections_are_transient_after_bounded_retries() {
+    let (proxy, target) = proxied("raw").await;
+    let target = target.with_retry(short_retry(4));
+    proxy.add(Rule::any(Fault::Drop, 1000));
     let err = target.ensure_container().await.unwrap_err();
-    let elapsed = start.elapsed();
     assert!(matches!(err, SinkError::Transport { .. }), "{err:?}");
     assert!(err.is_transient());
-    // Waits of at least 0.5 × (100 + 200 + 300) ms prove the retries happened; the cap
-    // proves they stop.
-    assert!(elapsed >= Duration::from_millis(300), "took {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    assert_eq!(proxy.requests("restype=container").len(), 4);
 
-    // The default policy is bounded too (5 tries, at most 0.5 + 1 + 2 + 4 s of waiting).
-    let target = BlobTarget::new(&settings, "raw").unwrap();
-    let start = Instant::now();
+    proxy.clear_log();
     let mut w = target.writer("t/x.csv", vec![], 4);
     let staged = w.write(b"0123456789").await; // stages in the background
     let err = match staged {
         Err(e) => e,
         Ok(()) => w.finish().await.unwrap_err(),
     };
-    let elapsed = start.elapsed();
     assert!(err.is_transient(), "{err:?}");
-    assert!(elapsed >= Duration::from_millis(3750), "took {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(12), "took {elapsed:?}");
-    assert!(!format!("{err:?}").contains(cdc_copy::sink::blob::DEV_ACCOUNT_KEY));
+    assert_eq!(proxy.put_blocks().len(), 4, "{:?}", proxy.log());
+    assert!(!format!("{err:?}").contains(cdc_copy::config::DEV_ACCOUNT_KEY));
 }
 
+/// A server that never answers: each try is cut off by `try_timeout` and counts as transient.
 #[tokio::test]
 async fn a_server_that_never_answers_times_out_as_transient() {
-    // A black hole: accepts connections, reads nothing, answers nothing.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
+    let (proxy, target) = proxied("raw").await;
+    let target = target.with_retry(RetryPolicy {
+        try_timeout: Duration::from_millis(200),
+        ..short_retry(2)
     });
-    let settings = StorageSettings::ConnectionString(Secret::new(connection_string(port)));
-    let policy = RetryPolicy {
-        max_tries: 2,
-        initial_delay: Duration::from_millis(50),
-        max_delay: Duration::from_millis(50),
-        try_timeout: Duration::from_millis(300),
-    };
-    let target = BlobTarget::new(&settings, "raw")
-        .unwrap()
-        .with_retry(policy);
-    let start = Instant::now();
+    proxy.add(Rule::any(Fault::Delay(Duration::from_secs(3600)), 1000));
     let err = target.read("t/x.csv").await.unwrap_err();
-    let elapsed = start.elapsed();
     assert!(matches!(err, SinkError::Transport { .. }), "{err:?}");
     assert!(err.to_string().contains("no answer within"), "{err}");
     assert!(err.is_transient());
-    assert!(elapsed >= Duration::from_millis(600), "took {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
-    hold.abort();
+    assert_eq!(proxy.requests("x.csv").len(), 2, "{:?}", proxy.log());
 }
 
 /// The raw ingest rate of Azurite for the benchmark notes:

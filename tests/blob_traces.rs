@@ -44,9 +44,6 @@ async fn traces_name_blocks_and_never_carry_the_key_or_signature() {
     assert!(text.contains("block=1"), "{text}");
     assert!(text.contains("bytes=8"), "{text}");
     assert!(text.contains("committed block list"), "{text}");
-    assert!(
-        !text.contains(cdc_copy::sink::blob::DEV_ACCOUNT_KEY),
-        "{text}"
-    );
+    assert!(!text.contains(cdc_copy::config::DEV_ACCOUNT_KEY), "{text}");
     assert!(!text.contains("SharedKey devstoreaccount1:"), "{text}");
 }

@@ -5,7 +5,7 @@
 //! connection mid-stream.
 //!
 //! The blob client's retry policy is shortened (`BlobTarget::with_retry`) so outages that
-//! exhaust it take milliseconds.
+//! exhaust it take milliseconds. Tries are counted in the proxy's request log, not timed.
 
 mod common;
 
@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use cdc_copy::config::{Secret, StorageSettings};
+use cdc_copy::config::StorageAccount;
 use cdc_copy::host::TimerTrigger;
 use cdc_copy::jobs::{self, Context};
 use cdc_copy::report::{Report, Status};
-use cdc_copy::sink::blob::{BlobTarget, RetryPolicy};
+use cdc_copy::sink::blob::BlobTarget;
+use cdc_copy::sink::retry::RetryPolicy;
 use cdc_copy_testkit::faults::{Fault as SourceFault, Method};
 use cdc_copy_testkit::model::CdcModel;
 
@@ -102,7 +103,7 @@ impl Rig {
 fn proxied(proxy: &Proxy, container: &str, connection_string: &str) -> BlobTarget {
     let _ = proxy;
     BlobTarget::new(
-        &StorageSettings::ConnectionString(Secret::new(connection_string.to_string())),
+        &StorageAccount::from_connection_string(connection_string).unwrap(),
         container,
     )
     .unwrap()
@@ -126,7 +127,6 @@ async fn an_outage_exhausts_bounded_retries_then_a_retry_completes_the_window() 
     let trigger = rig.changes(12);
     let before = rig.bench.watermark();
     rig.proxy.add(Rule::put_block(Fault::Status(503), 1000));
-    let started = std::time::Instant::now();
     let report = rig.run(trigger, "during the outage").await;
     assert_eq!(report.status, Status::Failed);
     let error = error_of(&report);
@@ -135,23 +135,13 @@ async fn an_outage_exhausts_bounded_retries_then_a_retry_completes_the_window() 
         "{error}"
     );
     assert_eq!(report.return_value()["tables"][0]["transient"], true);
-    assert!(started.elapsed() < Duration::from_secs(10));
 
-    // Bounded: block 0 was tried exactly max_tries times, with backoff and jitter between.
+    // Bounded: block 0 was tried exactly max_tries times (the waits between tries are the
+    // pure schedule unit-tested in `sink::retry`).
     let block0 = rig
         .proxy
         .requests(&format!("blockid={}", "MDAw".repeat(10) + "MDA%3D"));
-    let policy = short_retry();
-    assert_eq!(block0.len() as u32, policy.max_tries, "{block0:?}");
-    for (i, pair) in block0.windows(2).enumerate() {
-        let gap = pair[1].at - pair[0].at;
-        let nominal = policy.backoff(i as u32 + 1);
-        assert!(
-            gap >= nominal.mul_f64(0.5) && gap <= nominal + Duration::from_millis(1000),
-            "wait before try {} was {gap:?}, nominal {nominal:?} (jitter 0.5–1.0)",
-            i + 2
-        );
-    }
+    assert_eq!(block0.len() as u32, short_retry().max_tries, "{block0:?}");
 
     // The watermark did not advance; the planned window is recorded for the next run.
     let wm = rig.bench.watermark();
@@ -208,8 +198,16 @@ async fn slow_answers_are_cut_off_and_retried_idempotently() {
     let report = rig.run(trigger, "slow").await;
     assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     assert_eq!(rig.proxy.requests("comp=blocklist").len(), 2);
-    // Let the late commit land, then check again: still one blob, same bytes.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Let the late commit land (the proxy records its answer), then check again: still one
+    // blob, same bytes.
+    while rig
+        .proxy
+        .requests("comp=blocklist")
+        .iter()
+        .any(|seen| seen.status.is_none())
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     rig.ledger.check(&rig.bench, "after the late commit").await;
     assert_eq!(rig.bench.incremental_blobs().await.len(), 1);
 }

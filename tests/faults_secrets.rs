@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cdc_copy::config::{Secret, StorageSettings};
+use cdc_copy::config::StorageAccount;
 use cdc_copy::report::Status;
 use cdc_copy::sink::blob::BlobTarget;
 use cdc_copy_testkit::model::CdcModel;
@@ -262,9 +262,10 @@ async fn a_blob_auth_failure_logs_no_key() {
     let mut bench = Bench::new(3, CdcModel::new(start_time()), &[]).await;
     assert_eq!(bench.full_load().await.status, Status::Done);
     bench.ctx.blobs = BlobTarget::new(
-        &StorageSettings::ConnectionString(Secret::new(storage_connection_string(
+        &StorageAccount::from_connection_string(&storage_connection_string(
             Azurite::shared().blob_port,
-        ))),
+        ))
+        .unwrap(),
         &bench.ctx.settings.container,
     )
     .unwrap();

@@ -696,7 +696,9 @@ async fn live_full_load_and_incremental_copy() {
     let container = unique_container("live");
     let settings = settings(&db.connection_string, &storage, &container);
     let blobs = BlobTarget::new(&settings.storage, &container).expect("blob target");
-    let runner = Runner::new(settings).expect("Runner::new");
+    let source = SqlServerSource::new(&settings.sql, settings.watermark_table.clone())
+        .expect("SqlServerSource::new");
+    let runner = Runner::new(Arc::new(settings), Arc::new(source), blobs.clone());
 
     // `handler check` before any load: everything reachable, the watermark missing.
     let checks = runner.check().await;

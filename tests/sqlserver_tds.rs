@@ -7,13 +7,13 @@
 use cdc_copy_testkit::tds;
 
 use async_trait::async_trait;
+use cdc_copy::cdc::RowSinkError;
 use cdc_copy::cdc::VecSink;
 use cdc_copy::cdc::{
     CaptureInstance, CdcError, CdcSession, CdcSource, FullLoadProgress, Lsn, LsnRange, RowFilter,
     RowSink, TableRef, TableState, Value, Watermark, Window,
 };
-use cdc_copy::config::Settings;
-use cdc_copy::sink::SinkError;
+use cdc_copy::config::{Secret, SqlTarget};
 use cdc_copy::sqlserver::{sql, SqlServerSource};
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use tds::{col, Cell, FakeServer, LoginReply, ParamValue, Reply, SqlType};
@@ -1077,8 +1077,8 @@ async fn gateway_redirect_is_followed() {
 
 #[tokio::test]
 async fn ado_connection_string_with_the_test_switch() {
-    // The switch only exists for tests like this one; see connection.rs.
-    std::env::set_var("CDC_ALLOW_PLAINTEXT_SQL", "1");
+    // The fake speaks no TLS: the plaintext permission (CDC_ALLOW_PLAINTEXT_SQL) exists for
+    // test doubles like it, and is decided with the rest of the settings.
     let server = FakeServer::start().await;
     server.on(
         sql::GET_MAX_LSN,
@@ -1087,22 +1087,12 @@ async fn ado_connection_string_with_the_test_switch() {
             vec![vec![lsn_cell(9)]],
         ),
     );
-    // Through the settings, as the handler builds its source.
-    let vars: std::collections::HashMap<String, String> = [
-        ("CDC_SQL_CONNECTION_STRING", server.connection_string()),
-        (
-            "CDC_STORAGE_CONNECTION_STRING",
-            "UseDevelopmentStorage=true".to_string(),
-        ),
-        ("CDC_TABLES", "dbo.customers".to_string()),
-        ("CDC_CONTAINER", "cdc".to_string()),
-        ("CDC_ALLOW_PLAINTEXT_SQL", "true".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let settings = Settings::from_map(&vars).unwrap();
-    let source = SqlServerSource::new(&settings).unwrap();
+    let connection_string = Secret::new(server.connection_string());
+    let refused = SqlTarget::from_connection_string(&connection_string, false).unwrap_err();
+    assert_eq!(refused.setting(), "CDC_SQL_CONNECTION_STRING");
+    assert!(!refused.to_string().contains("s3cret-pw"), "{refused}");
+    let target = SqlTarget::from_connection_string(&connection_string, true).unwrap();
+    let source = SqlServerSource::new(&target, watermark_table()).unwrap();
     let debug = format!("{source:?}");
     assert!(!debug.contains("s3cret-pw"), "{debug}");
     let mut session = source.session().await.unwrap();
@@ -1154,10 +1144,10 @@ struct OrderSink {
 
 #[async_trait]
 impl RowSink for OrderSink {
-    async fn columns(&mut self, _: &[String]) -> Result<(), SinkError> {
+    async fn columns(&mut self, _: &[String]) -> Result<(), RowSinkError> {
         Ok(())
     }
-    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
+    async fn row(&mut self, row: &[Value]) -> Result<(), RowSinkError> {
         let Value::Int(id) = row[3] else {
             panic!("customer_id is {:?}", row[3]);
         };

@@ -223,8 +223,40 @@ impl Watermark {
 #[async_trait]
 pub trait RowSink: Send {
     /// The result set's column names, once, before any row.
-    async fn columns(&mut self, names: &[String]) -> Result<(), crate::sink::SinkError>;
-    async fn row(&mut self, row: &[Value]) -> Result<(), crate::sink::SinkError>;
+    async fn columns(&mut self, names: &[String]) -> Result<(), RowSinkError>;
+    async fn row(&mut self, row: &[Value]) -> Result<(), RowSinkError>;
+}
+
+/// A [`RowSink`] refused a row. The source only needs to know whether a retry may help, so the
+/// sink's own error travels boxed (as the source of this one) with that one bit beside it;
+/// `cdc` stays independent of any particular sink.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct RowSinkError {
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+    transient: bool,
+}
+
+impl RowSinkError {
+    pub fn new(
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+        transient: bool,
+    ) -> Self {
+        RowSinkError {
+            source: source.into(),
+            transient,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+
+    /// The sink's own error, when it is a `T`.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.source.downcast_ref::<T>()
+    }
 }
 
 /// Errors from the source. `is_transient` tells retryable failures (network, deadlock,
@@ -270,8 +302,14 @@ pub enum CdcError {
     Config(String),
     #[error("SQL Server returned something unexpected: {0}")]
     Protocol(String),
-    #[error(transparent)]
-    Sink(#[from] crate::sink::SinkError),
+    #[error("{0}")]
+    Sink(#[source] RowSinkError),
+}
+
+impl From<RowSinkError> for CdcError {
+    fn from(e: RowSinkError) -> CdcError {
+        CdcError::Sink(e)
+    }
 }
 
 impl CdcError {
@@ -363,12 +401,12 @@ pub struct VecSink {
 
 #[async_trait]
 impl RowSink for VecSink {
-    async fn columns(&mut self, names: &[String]) -> Result<(), crate::sink::SinkError> {
+    async fn columns(&mut self, names: &[String]) -> Result<(), RowSinkError> {
         self.columns = names.to_vec();
         Ok(())
     }
 
-    async fn row(&mut self, row: &[Value]) -> Result<(), crate::sink::SinkError> {
+    async fn row(&mut self, row: &[Value]) -> Result<(), RowSinkError> {
         self.rows.push(row.to_vec());
         Ok(())
     }

@@ -251,37 +251,11 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(settings: Settings) -> Result<Runner, JobError> {
-        let settings = Arc::new(settings);
-        // Settings::from_map checks the storage settings' shape; the account key's encoding
-        // and the endpoint are checked here, so name the setting the operator must fix.
-        let blobs = BlobTarget::new(&settings.storage, &settings.container).map_err(|e| {
-            let setting = match settings.storage {
-                crate::config::StorageSettings::ConnectionString(_) => {
-                    crate::config::CDC_STORAGE_CONNECTION_STRING
-                }
-                crate::config::StorageSettings::AccountUrl { .. } => {
-                    crate::config::CDC_STORAGE_ACCOUNT_URL
-                }
-            };
-            match e {
-                SinkError::Config(message) => SinkError::Config(format!("{setting}: {message}")),
-                other => other,
-            }
-        })?;
-        let source: Arc<dyn CdcSource> =
-            Arc::new(crate::sqlserver::SqlServerSource::new(&settings)?);
-        Ok(Runner {
+    /// From ready parts (`main` builds them from the settings).
+    pub fn new(settings: Arc<Settings>, source: Arc<dyn CdcSource>, blobs: BlobTarget) -> Runner {
+        Runner {
             context: Context::new(settings, source, blobs),
-        })
-    }
-
-    pub fn with_context(context: Context) -> Runner {
-        Runner { context }
-    }
-
-    pub fn context(&self) -> &Context {
-        &self.context
+        }
     }
 
     /// Reachability and setup checks for `handler check`: each line names what was checked.

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::blob::{BlobSummary, BlobWriter};
 use super::{csv, SinkError};
-use crate::cdc::{RowSink, Value};
+use crate::cdc::{RowSink, RowSinkError, Value};
 
 /// Called after each block the sink hands to Put Block; an `Err` stops the stream there.
 pub type BlockStaged = Box<dyn FnMut() -> Result<(), SinkError> + Send>;
@@ -60,7 +60,7 @@ impl CsvBlobSink {
 
 #[async_trait]
 impl RowSink for CsvBlobSink {
-    async fn columns(&mut self, names: &[String]) -> Result<(), SinkError> {
+    async fn columns(&mut self, names: &[String]) -> Result<(), RowSinkError> {
         if !self.header_written {
             csv::write_header(self.writer.buffer(), names);
             self.header_written = true;
@@ -68,7 +68,7 @@ impl RowSink for CsvBlobSink {
         Ok(())
     }
 
-    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
+    async fn row(&mut self, row: &[Value]) -> Result<(), RowSinkError> {
         csv::write_row(self.writer.buffer(), row);
         self.rows += 1;
         if self.writer.buffer().len() >= self.block_size {

@@ -21,6 +21,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use url::Url;
 
+use crate::config::AccountKey;
+
 /// The standard headers that take a fixed line each in the string to sign, in order.
 /// `Date` stays empty because we always send `x-ms-date` (which then counts as a canonical
 /// header instead).
@@ -38,11 +40,11 @@ const STANDARD_HEADERS: [&str; 11] = [
     "range",
 ];
 
-/// An account name and its decoded key.
+/// An account name and its decoded key (decoded once, by `config`).
 #[derive(Clone)]
 pub struct SharedKey {
     account: String,
-    key: Arc<Vec<u8>>,
+    key: AccountKey,
 }
 
 impl std::fmt::Debug for SharedKey {
@@ -55,21 +57,11 @@ impl std::fmt::Debug for SharedKey {
 }
 
 impl SharedKey {
-    /// `key_base64` is the `AccountKey` of a connection string. The error never repeats it.
-    pub fn new(account: &str, key_base64: &str) -> Result<SharedKey, String> {
-        if account.is_empty() {
-            return Err("AccountName is empty".to_string());
-        }
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(key_base64.trim())
-            .map_err(|_| "AccountKey is not valid base64".to_string())?;
-        if key.is_empty() {
-            return Err("AccountKey is empty".to_string());
-        }
-        Ok(SharedKey {
+    pub fn new(account: &str, key: AccountKey) -> SharedKey {
+        SharedKey {
             account: account.to_string(),
-            key: Arc::new(key),
-        })
+            key,
+        }
     }
 
     pub fn account(&self) -> &str {
@@ -78,8 +70,8 @@ impl SharedKey {
 
     /// Base64 HMAC-SHA256 of `string_to_sign` with the account key.
     pub fn sign(&self, string_to_sign: &str) -> String {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.expose())
+            .expect("HMAC accepts keys of any length");
         mac.update(string_to_sign.as_bytes());
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     }
@@ -335,7 +327,7 @@ mod tests {
     #[test]
     fn signature_is_hmac_sha256_of_the_decoded_key() {
         // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
-        let key = SharedKey::new("a", "SmVmZQ==").unwrap();
+        let key = SharedKey::new("a", AccountKey::from_base64("SmVmZQ==").unwrap());
         assert_eq!(
             key.sign("what do ya want for nothing?"),
             "W9zBRr9gdU5qBCQmCJV1x1oAPwidJzmDnexYuWTsOEM="
@@ -344,14 +336,13 @@ mod tests {
 
     #[test]
     fn key_never_printed_and_bad_key_not_echoed() {
-        let key = SharedKey::new("acct", "c2VjcmV0LWtleQ==").unwrap();
+        let key = SharedKey::new("acct", AccountKey::from_base64("c2VjcmV0LWtleQ==").unwrap());
         let dbg = format!("{key:?} {:?}", SharedKeyPolicy::new(key.clone()));
         assert!(!dbg.contains("c2VjcmV0LWtleQ"), "{dbg}");
         assert!(dbg.contains("<redacted>"));
-        let err = SharedKey::new("acct", "not*base64!").unwrap_err();
+        let err = AccountKey::from_base64("not*base64!").unwrap_err();
         assert!(!err.contains("not*base64"), "{err}");
-        assert!(SharedKey::new("", "c2VjcmV0").is_err());
-        assert!(SharedKey::new("acct", "").is_err());
+        assert!(AccountKey::from_base64("").is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use crate::cdc::{CdcError, CdcSession, CdcSource, TableRef};
-use crate::config::{Secret, Settings, SqlSettings};
+use crate::config::{Secret, SqlTarget};
 
 use super::session::SqlServerSession;
 
@@ -25,10 +25,6 @@ pub type SqlClient = Client<Compat<TcpStream>>;
 
 /// Scope of an Entra ID token for Azure SQL.
 pub const SQL_TOKEN_SCOPE: &str = "https://database.windows.net/.default";
-
-/// Setting that allows `Encrypt=DANGER_PLAINTEXT` (no TLS at all). Only the TDS test double
-/// needs it; production must never set it: the login would cross the network in the clear.
-pub const ALLOW_PLAINTEXT_ENV: &str = "CDC_ALLOW_PLAINTEXT_SQL";
 
 /// Give up on a TCP connect or a login after this long (transient error).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,17 +85,15 @@ pub fn sql_error(number: u32, server_message: &str) -> CdcError {
 
 /// Where to connect and how to authenticate.
 enum Target {
-    /// Everything from an ADO.NET connection string (SQL login).
-    Ado(Secret),
-    /// Entra ID token for `server`/`database`.
+    /// A ready-made tiberius configuration: a SQL login as `config` parsed it, or the tests'.
+    Config(Config),
+    /// Entra ID token for `host`/`database`.
     Entra {
-        server: String,
+        host: String,
         port: u16,
         database: String,
         tokens: TokenCache,
     },
-    /// A ready-made tiberius configuration (tests).
-    Config(Config),
 }
 
 /// Implements [`CdcSource`] for SQL Server / Azure SQL.
@@ -111,10 +105,7 @@ pub struct SqlServerSource {
 impl std::fmt::Debug for SqlServerSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let target = match &self.target {
-            Target::Ado(_) => "connection string <redacted>".to_string(),
-            Target::Entra {
-                server, database, ..
-            } => format!("Entra ID to {server}/{database}"),
+            Target::Entra { host, database, .. } => format!("Entra ID to {host}/{database}"),
             Target::Config(config) => format!("config for {}", config.get_addr()),
         };
         f.debug_struct("SqlServerSource")
@@ -125,29 +116,29 @@ impl std::fmt::Debug for SqlServerSource {
 }
 
 impl SqlServerSource {
-    /// From the settings. No network I/O: credentials are created, tokens are fetched on
-    /// the first connect.
-    pub fn new(settings: &Settings) -> Result<SqlServerSource, CdcError> {
-        let target = match &settings.sql {
-            SqlSettings::ConnectionString(secret) => {
-                check_connection_string(secret.expose())?;
-                Target::Ado(secret.clone())
-            }
-            SqlSettings::Entra {
-                server,
+    /// From the settings' target. No network I/O: credentials are created, tokens are fetched
+    /// on the first connect.
+    pub fn new(target: &SqlTarget, watermark_table: TableRef) -> Result<SqlServerSource, CdcError> {
+        let target = match target {
+            SqlTarget::Login(login) => Target::Config(login.config().clone()),
+            SqlTarget::Entra {
+                host,
                 port,
                 database,
                 client_id,
             } => Target::Entra {
-                server: server.clone(),
+                host: host.clone(),
                 port: *port,
                 database: database.clone(),
-                tokens: TokenCache::new(credential(client_id.as_deref())?),
+                tokens: TokenCache::new(
+                    crate::identity::credential(client_id.as_deref())
+                        .map_err(|e| CdcError::Config(format!("Entra ID credential: {e}")))?,
+                ),
             },
         };
         Ok(SqlServerSource {
             target,
-            watermark_table: settings.watermark_table.clone(),
+            watermark_table,
         })
     }
 
@@ -167,20 +158,14 @@ impl SqlServerSource {
 
     async fn config(&self) -> Result<Config, CdcError> {
         match &self.target {
-            Target::Ado(secret) => Config::from_ado_string(secret.expose()).map_err(|_| {
-                // The parser's message may quote the string, password included.
-                CdcError::Config(
-                    "CDC_SQL_CONNECTION_STRING is not a valid ADO.NET connection string".into(),
-                )
-            }),
             Target::Entra {
-                server,
+                host,
                 port,
                 database,
                 tokens,
             } => {
                 let mut config = Config::new();
-                config.host(server);
+                config.host(host);
                 config.port(*port);
                 config.database(database);
                 config.encryption(EncryptionLevel::Required);
@@ -226,45 +211,6 @@ impl SqlServerSource {
 impl CdcSource for SqlServerSource {
     async fn session(&self) -> Result<Box<dyn CdcSession>, CdcError> {
         Ok(Box::new(self.connect().await?))
-    }
-}
-
-/// Refuses `Encrypt=DANGER_PLAINTEXT` unless [`ALLOW_PLAINTEXT_ENV`] is set (tests only).
-fn check_connection_string(text: &str) -> Result<(), CdcError> {
-    let plaintext = text.split(';').any(|pair| {
-        pair.split_once('=').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("encrypt")
-                && v.trim().eq_ignore_ascii_case("danger_plaintext")
-        })
-    });
-    let allowed = std::env::var(ALLOW_PLAINTEXT_ENV)
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
-        .unwrap_or(false);
-    if plaintext && !allowed {
-        return Err(CdcError::Config(format!(
-            "the SQL connection string asks for Encrypt=DANGER_PLAINTEXT, which sends the \
-             login unencrypted; it is accepted only by tests ({ALLOW_PLAINTEXT_ENV}=1). Use \
-             Encrypt=true (or strict)"
-        )));
-    }
-    Ok(())
-}
-
-/// Managed identity inside Azure (`IDENTITY_ENDPOINT` is set by App Service / Functions) or
-/// when a client id names a user-assigned identity; developer credentials (Azure CLI, azd)
-/// elsewhere.
-fn credential(client_id: Option<&str>) -> Result<Arc<dyn TokenCredential>, CdcError> {
-    let in_azure = std::env::var_os("IDENTITY_ENDPOINT").is_some();
-    let failed = |e: azure_core::Error| CdcError::Config(format!("Entra ID credential: {e}"));
-    if in_azure || client_id.is_some() {
-        let options = azure_identity::ManagedIdentityCredentialOptions {
-            user_assigned_id: client_id
-                .map(|id| azure_identity::UserAssignedId::ClientId(id.to_string())),
-            ..Default::default()
-        };
-        Ok(azure_identity::ManagedIdentityCredential::new(Some(options)).map_err(failed)?)
-    } else {
-        Ok(azure_identity::DeveloperToolsCredential::new(None).map_err(failed)?)
     }
 }
 
@@ -390,22 +336,6 @@ mod tests {
             for want in expected {
                 assert_eq!(cache.token().await.unwrap(), want);
             }
-        }
-    }
-
-    #[test]
-    fn plaintext_is_refused_without_the_test_switch() {
-        // The switch is process-wide; this test only checks strings that never ask for it,
-        // plus the refusal when it is absent from this process (tests that need plaintext
-        // build their Config directly).
-        assert!(check_connection_string("Server=tcp:x,1433;Encrypt=true;Password=p").is_ok());
-        if std::env::var_os(ALLOW_PLAINTEXT_ENV).is_none() {
-            let err = check_connection_string(
-                "Server=tcp:x,1433;User Id=sa;Password=hunter2;Encrypt = Danger_Plaintext",
-            )
-            .unwrap_err();
-            assert!(!err.is_transient());
-            assert!(!err.to_string().contains("hunter2"));
         }
     }
 }

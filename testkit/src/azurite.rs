@@ -16,8 +16,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cdc_copy::config::{Secret, StorageSettings};
-use cdc_copy::sink::blob::{BlobTarget, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+use cdc_copy::config::{StorageAccount, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+use cdc_copy::sink::blob::BlobTarget;
 
 /// The Azurite release the tests are written against.
 pub const AZURITE_VERSION: &str = "3.37.0";
@@ -54,8 +54,9 @@ impl Azurite {
         format!("http://127.0.0.1:{}/{DEV_ACCOUNT}", self.blob_port)
     }
 
-    pub fn settings(&self) -> StorageSettings {
-        StorageSettings::ConnectionString(Secret::new(self.connection_string.clone()))
+    pub fn settings(&self) -> StorageAccount {
+        StorageAccount::from_connection_string(&self.connection_string)
+            .expect("valid Azurite connection string")
     }
 
     /// A target for `container` (not created yet; call `ensure_container`).

@@ -18,9 +18,8 @@ use chrono::{DateTime, Utc};
 
 use cdc_copy::cdc::{
     CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, Lsn, LsnRange, RowFilter,
-    RowSink, TableRef, Value, Watermark,
+    RowSink, RowSinkError, TableRef, Value, Watermark,
 };
-use cdc_copy::sink::SinkError;
 
 /// A round trip of the seam (opening a session counts as one: the login).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -225,16 +224,16 @@ impl<'a> StreamSink<'a> {
 
 #[async_trait]
 impl RowSink for StreamSink<'_> {
-    async fn columns(&mut self, names: &[String]) -> Result<(), SinkError> {
+    async fn columns(&mut self, names: &[String]) -> Result<(), RowSinkError> {
         self.inner.columns(names).await
     }
 
-    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
+    async fn row(&mut self, row: &[Value]) -> Result<(), RowSinkError> {
         if let Some(left) = self.left.as_mut() {
             if *left == 0 {
                 self.broke = true;
                 self.faults.lock().injected += 1;
-                return Err(SinkError::Other("the connection broke".into()));
+                return Err(RowSinkError::new("the connection broke", true));
             }
             *left -= 1;
         }

@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-use cdc_copy::sink::blob::DEV_ACCOUNT;
+use cdc_copy::config::DEV_ACCOUNT;
 
 /// What to do to a matching request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,8 +153,13 @@ impl Proxy {
                     let upstream = upstream.clone();
                     let client = client.clone();
                     tokio::spawn(async move {
+                        // Each request runs on its own task, so a client that gives up (a
+                        // try cut off by its timeout) does not cancel it: like a real network,
+                        // the late request still reaches the service, and its answer is logged.
                         let service = service_fn(move |req| {
-                            handle(req, state.clone(), upstream.clone(), client.clone())
+                            let request =
+                                handle(req, state.clone(), upstream.clone(), client.clone());
+                            async move { tokio::spawn(request).await.map_err(std::io::Error::other)? }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)

@@ -246,7 +246,7 @@ impl FakeServer {
         config
     }
 
-    /// An ADO.NET connection string for this server (needs `CDC_ALLOW_PLAINTEXT_SQL=1`).
+    /// An ADO.NET connection string for this server (plaintext: allow it, as `CDC_ALLOW_PLAINTEXT_SQL=true` does).
     pub fn connection_string(&self) -> String {
         format!(
             "Server=tcp:127.0.0.1,{};Database=cdcdb;User Id=copier;Password=s3cret-pw;\

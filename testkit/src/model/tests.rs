@@ -11,12 +11,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
 use super::*;
+use cdc_copy::cdc::RowSinkError;
 use cdc_copy::cdc::{CdcSession, CdcSource, LsnRange, RowSink, TableState};
 
 fn range(from: Lsn, to: Lsn) -> LsnRange {
     LsnRange::new(from, to).expect("a non-empty range")
 }
-use cdc_copy::sink::SinkError;
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap()
@@ -62,10 +62,10 @@ struct CountingSink {
 
 #[async_trait]
 impl RowSink for CountingSink {
-    async fn columns(&mut self, _names: &[String]) -> Result<(), SinkError> {
+    async fn columns(&mut self, _names: &[String]) -> Result<(), RowSinkError> {
         Ok(())
     }
-    async fn row(&mut self, row: &[Value]) -> Result<(), SinkError> {
+    async fn row(&mut self, row: &[Value]) -> Result<(), RowSinkError> {
         if let Some(Value::Binary(lsn)) = row.first() {
             assert!(*lsn >= self.last_lsn, "rows ordered by __$start_lsn");
             self.last_lsn.clone_from(lsn);

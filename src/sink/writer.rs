@@ -1,0 +1,377 @@
+//! Streaming one blob as blocks. The shape follows from the guarantees:
+//! - A blob is visible only when complete: rows are staged as uncommitted blocks (Put Block)
+//!   and made visible by one Put Block List at [`BlobWriter::finish`]. A crash before that
+//!   leaves nothing visible; the service drops uncommitted blocks after a week.
+//! - Re-running a window writes the same bytes under the same name: block IDs are the base64
+//!   of a fixed-width block index, so a re-run stages the same IDs and the commit replaces the
+//!   blob whole.
+//! - Memory stays flat: the writer holds at most the block being filled plus one block in
+//!   flight; block N uploads on the runtime while the encoder fills block N+1.
+//! - Each block carries a `Content-MD5`, so the service rejects a block corrupted on the way,
+//!   and the commit records the whole blob's MD5, so readers can tell a corrupted download.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use azure_core::http::RequestContent;
+use azure_storage_blob::models::{
+    BlockBlobClientCommitBlockListOptions, BlockBlobClientStageBlockOptions,
+    BlockBlobClientStageBlockResultHeaders, BlockLookupList,
+};
+use azure_storage_blob::BlockBlobClient;
+use bytes::Bytes;
+use md5::{Digest as _, Md5};
+use tokio::task::JoinHandle;
+
+use super::errors::map_err;
+use super::retry::RetryPolicy;
+use super::SinkError;
+
+/// The service's limit of blocks per blob.
+pub const MAX_BLOCKS: u32 = 50_000;
+/// The service's largest block (4000 MiB); larger `block_size` values are clamped.
+pub const MAX_BLOCK_SIZE: usize = 4000 * 1024 * 1024;
+
+/// Room reserved past `block_size` in the block being filled. An encoder appends whole rows,
+/// so the buffer runs past `block_size` by up to one row before it is split; without this
+/// headroom that row would make the `Vec` double its capacity and copy the whole block, once
+/// per block. Rows longer than this still work (the `Vec` grows as usual).
+const ROW_HEADROOM: usize = 64 * 1024;
+
+/// The content type of committed blobs.
+pub const CONTENT_TYPE: &str = "text/csv";
+
+/// What [`BlobWriter::finish`] committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobSummary {
+    pub name: String,
+    pub bytes: u64,
+    pub blocks: u32,
+}
+
+/// Metadata names must be C# identifiers (letters, digits, `_`, not starting with a digit) and
+/// values printable ASCII (they travel as HTTP headers).
+pub(crate) fn validate_metadata(metadata: &[(String, String)]) -> Result<(), SinkError> {
+    for (k, v) in metadata {
+        let mut chars = k.chars();
+        let ident = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident {
+            return Err(SinkError::Config(format!(
+                "blob metadata name {k:?} is not a C# identifier"
+            )));
+        }
+        if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(SinkError::Config(format!(
+                "blob metadata {k:?} has a value that is not printable ASCII"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The block ID of block `index`: the same for the same index on every run.
+pub fn block_id(index: u32) -> Vec<u8> {
+    format!("{index:032}").into_bytes()
+}
+
+/// Streams one blob as blocks. Write with [`write`](Self::write), or fill
+/// [`buffer`](Self::buffer) directly and call [`flush_full_blocks`](Self::flush_full_blocks);
+/// nothing is visible until [`finish`](Self::finish). Dropping the writer without finishing
+/// aborts the block in flight and commits nothing.
+pub struct BlobWriter {
+    client: Arc<BlockBlobClient>,
+    name: String,
+    target: String,
+    metadata: Vec<(String, String)>,
+    block_size: usize,
+    retry: RetryPolicy,
+    /// The block being filled (may run past `block_size` by what one caller write added).
+    buf: Vec<u8>,
+    /// The previous block's Put Block, running on the runtime.
+    in_flight: Option<JoinHandle<Result<(), SinkError>>>,
+    /// Blocks handed to Put Block so far (staged or in flight).
+    blocks: u32,
+    staged_bytes: u64,
+    /// MD5 of every byte staged, committed as the blob's `Content-MD5` so that readers (and
+    /// [`BlobTarget::read`]) can tell a corrupted download.
+    content_md5: Md5,
+    /// Commit with `If-None-Match: *`: fail with 409 instead of replacing an existing blob.
+    create_only: bool,
+}
+
+impl std::fmt::Debug for BlobWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWriter")
+            .field("blob", &self.target)
+            .field("block_size", &self.block_size)
+            .field("blocks", &self.blocks)
+            .field("bytes", &self.bytes_written())
+            .finish()
+    }
+}
+
+impl BlobWriter {
+    pub(crate) fn new(
+        client: BlockBlobClient,
+        name: &str,
+        target: String,
+        metadata: Vec<(String, String)>,
+        block_size: usize,
+        retry: RetryPolicy,
+    ) -> BlobWriter {
+        BlobWriter {
+            client: Arc::new(client),
+            name: name.to_string(),
+            target,
+            metadata,
+            block_size: block_size.clamp(1, MAX_BLOCK_SIZE),
+            retry,
+            buf: Vec::new(),
+            in_flight: None,
+            blocks: 0,
+            staged_bytes: 0,
+            content_md5: Md5::new(),
+            create_only: false,
+        }
+    }
+
+    /// Appends `bytes`, staging a block each time `block_size` is reached.
+    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), SinkError> {
+        while !bytes.is_empty() {
+            let room = self.block_size.saturating_sub(self.buf.len()).max(1);
+            let take = room.min(bytes.len());
+            if self.buf.capacity() == 0 {
+                self.buf.reserve_exact(self.block_size + ROW_HEADROOM);
+            }
+            self.buf.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            self.flush_full_blocks().await?;
+        }
+        Ok(())
+    }
+
+    /// The pending block, for an encoder to write into; call
+    /// [`flush_full_blocks`](Self::flush_full_blocks) after each row or so.
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.block_size + ROW_HEADROOM);
+        }
+        &mut self.buf
+    }
+
+    /// Stages every full block in the buffer. Waits for the previous block first, so at most
+    /// one block is in flight while the next one fills.
+    pub async fn flush_full_blocks(&mut self) -> Result<(), SinkError> {
+        while self.buf.len() >= self.block_size {
+            // Wait before splitting, so the previous block is gone before the next buffer is
+            // allocated: at most two blocks are ever held.
+            self.wait_in_flight().await?;
+            let rest = self.buf.split_off(self.block_size);
+            let mut next = Vec::with_capacity((self.block_size + ROW_HEADROOM).max(rest.len()));
+            next.extend_from_slice(&rest);
+            drop(rest);
+            let block = std::mem::replace(&mut self.buf, next);
+            self.stage(Bytes::from(block)).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the commit create-only (`If-None-Match: *`): if the blob exists already, `finish`
+    /// fails with [`SinkError::is_already_exists`] and the existing blob stays untouched.
+    /// Used where two writers must not both win (full-load parts).
+    pub fn create_only(&mut self) {
+        self.create_only = true;
+    }
+
+    /// Sets (or replaces) a metadata entry before the commit, for what is known only at the
+    /// end, such as the row count.
+    pub fn set_metadata(&mut self, key: &str, value: String) {
+        match self.metadata.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.metadata.push((key.to_string(), value)),
+        }
+    }
+
+    /// Blocks handed to Put Block so far (staged or in flight).
+    pub fn blocks(&self) -> u32 {
+        self.blocks
+    }
+
+    /// Bytes accepted so far (staged, in flight and buffered).
+    pub fn bytes_written(&self) -> u64 {
+        self.staged_bytes + self.buf.len() as u64
+    }
+
+    /// Stages what is left, waits for every block, then commits the block list with the
+    /// metadata and content type `text/csv`. Only now does the blob become visible (or replace
+    /// the previous version whole). An empty blob commits an empty block list.
+    pub async fn finish(mut self) -> Result<BlobSummary, SinkError> {
+        validate_metadata(&self.metadata)?;
+        if !self.buf.is_empty() {
+            let block = Bytes::from(std::mem::take(&mut self.buf));
+            self.stage(block).await?;
+        }
+        self.wait_in_flight().await?;
+
+        let ids: Vec<Vec<u8>> = (0..self.blocks).map(block_id).collect();
+        let metadata: HashMap<String, String> = self.metadata.iter().cloned().collect();
+        let content_md5 = std::mem::take(&mut self.content_md5).finalize().to_vec();
+        let target = self.target.clone();
+        let client = self.client.clone();
+        let create_only = self.create_only;
+        self.retry
+            .run("put block list", &target, || {
+                let list = BlockLookupList {
+                    latest: Some(ids.clone()),
+                    ..Default::default()
+                };
+                let options = BlockBlobClientCommitBlockListOptions {
+                    blob_content_type: Some(CONTENT_TYPE.to_string()),
+                    blob_content_md5: Some(content_md5.clone()),
+                    metadata: Some(metadata.clone()),
+                    if_none_match: create_only.then(|| azure_core::http::Etag::from("*")),
+                    ..Default::default()
+                };
+                let client = client.clone();
+                let target = target.clone();
+                async move {
+                    let content: RequestContent<BlockLookupList, _> = list
+                        .try_into()
+                        .map_err(|e| map_err("put block list", &target, e))?;
+                    client
+                        .commit_block_list(content, Some(options))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| map_err("put block list", &target, e))
+                }
+            })
+            .await?;
+        tracing::debug!(
+            blob = %self.target,
+            blocks = self.blocks,
+            bytes = self.staged_bytes,
+            "committed block list"
+        );
+        Ok(BlobSummary {
+            name: self.name.clone(),
+            bytes: self.staged_bytes,
+            blocks: self.blocks,
+        })
+    }
+
+    async fn wait_in_flight(&mut self) -> Result<(), SinkError> {
+        if let Some(handle) = self.in_flight.take() {
+            handle.await.map_err(|e| {
+                SinkError::Other(format!("staging a block of {} failed: {e}", self.target))
+            })??;
+        }
+        Ok(())
+    }
+
+    /// Waits for the block in flight, then starts staging `block` in the background.
+    async fn stage(&mut self, block: Bytes) -> Result<(), SinkError> {
+        self.wait_in_flight().await?;
+        // Checked per block (a handful of keys) so a bad name fails before the upload.
+        validate_metadata(&self.metadata)?;
+        if self.blocks >= MAX_BLOCKS {
+            return Err(SinkError::Config(format!(
+                "blob {} would need more than {MAX_BLOCKS} blocks of {} bytes; raise the block size",
+                self.target, self.block_size
+            )));
+        }
+        let index = self.blocks;
+        self.blocks += 1;
+        self.staged_bytes += block.len() as u64;
+        self.content_md5.update(&block);
+        let client = self.client.clone();
+        let retry = self.retry.clone();
+        let target = self.target.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            stage_block(&client, &retry, &target, index, block).await
+        }));
+        Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if let Some(handle) = self.in_flight.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// Put Block with a `Content-MD5`, retried. Also checks the MD5 the service echoes, when it
+/// echoes one.
+async fn stage_block(
+    client: &BlockBlobClient,
+    retry: &RetryPolicy,
+    target: &str,
+    index: u32,
+    block: Bytes,
+) -> Result<(), SinkError> {
+    let md5 = Md5::digest(&block).to_vec();
+    let id = block_id(index);
+    let len = block.len() as u64;
+    retry
+        .run("put block", target, || async {
+            let options = BlockBlobClientStageBlockOptions {
+                transactional_content_md5: Some(md5.clone()),
+                ..Default::default()
+            };
+            let rsp = client
+                .stage_block(&id, len, block.clone().into(), Some(options))
+                .await
+                .map_err(|e| map_err("put block", target, e))?;
+            if let Ok(Some(echoed)) = rsp.content_md5() {
+                if echoed != md5 {
+                    // The service checked our Content-MD5 (a mismatch is a 400), so the
+                    // answer was altered on the way back: transient, stage the block again.
+                    return Err(SinkError::transport(
+                        "put block",
+                        target,
+                        format!(
+                            "block {index}: the service acknowledged a different MD5 (reply corrupted on the way)"
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    tracing::debug!(blob = %target, block = index, bytes = len, "staged block");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_names_and_values() {
+        let m = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let cases = [
+            (m("table", "dbo.customers"), true),
+            (m("from_lsn", "0x0000002A000000100003"), true),
+            (m("_x1", ""), true),
+            (m("from-lsn", "x"), false),
+            (m("1st", "x"), false),
+            (m("", "x"), false),
+            (m("t", "é"), false),
+            (m("t", "a\nb"), false),
+        ];
+        for (metadata, ok) in cases {
+            assert_eq!(validate_metadata(&metadata).is_ok(), ok, "{metadata:?}");
+        }
+    }
+
+    #[test]
+    fn block_ids_fixed_width_and_stable() {
+        assert_eq!(block_id(0), b"00000000000000000000000000000000".to_vec());
+        assert_eq!(block_id(49_999).len(), 32);
+        assert_eq!(block_id(7), block_id(7));
+    }
+}
