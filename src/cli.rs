@@ -179,6 +179,7 @@ async fn serve(port: Option<u16>, make_jobs: fn() -> Arc<dyn Jobs>) -> ExitCode 
             return ExitCode::from(2);
         }
     };
+    let shutdown = shutdown_signal();
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -191,34 +192,49 @@ async fn serve(port: Option<u16>, make_jobs: fn() -> Arc<dyn Jobs>) -> ExitCode 
     for e in Settings::check_env() {
         tracing::warn!(setting = e.setting(), error = %e, "invalid setting: invocations will fail until it is fixed");
     }
-    host::run(listener, jobs, shutdown_signal()).await;
+    host::run(listener, jobs, shutdown).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-/// Ctrl-C, or SIGTERM (what the host and container runtimes send).
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Ctrl-C, or SIGTERM (what the host and container runtimes send). The handlers are
+/// installed when this is called, before the listener is bound, so a signal that arrives
+/// right after the first readiness answer is not missed.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (interrupt, terminate) = signals;
+            tokio::select! {
+                () = recv(interrupt) => {}
+                () = recv(terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        tracing::info!("shutdown signal received; finishing invocations in flight");
     }
-    tracing::info!("shutdown signal received; finishing invocations in flight");
+}
+
+/// The next delivery of `signal`; never, when it could not be installed.
+#[cfg(unix)]
+async fn recv(signal: Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(mut signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// Prints the report as the host would log it; success when every table is done.

@@ -603,3 +603,96 @@ async fn one_failing_table_does_not_stop_the_others() {
     assert_eq!(bench.blobs("dbo/customers/full/").await.len(), 1);
     bench.assert_consistent("customers loaded").await;
 }
+
+/// A watermark at the current end of the change stream, its last window ending `ago` before
+/// the model's clock: the next window holds no change, so a run does no blob I/O at all and
+/// the test can own the clock.
+fn loaded_at_the_end(bench: &Bench, ago: Duration) -> cdc_copy::cdc::Watermark {
+    let now = bench.model.now();
+    let row = cdc_copy::cdc::Watermark {
+        table: bench.table.clone(),
+        capture_instance: "dbo_customers".into(),
+        last_lsn: bench.model.max_lsn(),
+        last_window_end: now - ago,
+        state: cdc_copy::cdc::TableState::Ready,
+        rows_copied: 0,
+        bytes_copied: 0,
+        version: 1,
+        updated_at: now,
+    };
+    bench.model.set_watermark(row.clone());
+    row
+}
+
+/// The run waits for the capture process, polling every `CDC_CAPTURE_POLL_SECONDS`, and goes
+/// on as soon as capture has passed the trigger time. Paused time: the polls are counted, and
+/// the model's clock moves with the test's.
+#[tokio::test(start_paused = true)]
+async fn the_run_waits_for_capture_then_goes_on() {
+    let model = CdcModel::new(start_time()).with_capture_lag(Duration::seconds(12));
+    let bench = Bench::new(
+        2,
+        model,
+        &[
+            ("CDC_CAPTURE_WAIT_SECONDS", "60"),
+            ("CDC_CAPTURE_POLL_SECONDS", "5"),
+        ],
+    )
+    .await;
+    bench.model.advance(Duration::minutes(1));
+    loaded_at_the_end(&bench, Duration::minutes(15));
+    let trigger = bench.model.now();
+    // The server's clock runs with the test's: one model second per second of tokio time.
+    let clock = bench.model.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            clock.advance(Duration::seconds(1));
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let report = bench.incremental(trigger).await;
+    let waited = started.elapsed();
+    ticker.abort();
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    let polls = bench.faults.calls()[&Method::CaptureProgress];
+    // Capture passes the trigger 12 s after it (the lag); polls at 0, 5, 10 and 15 s.
+    assert_eq!(polls, 4, "{:?}", report.logs());
+    assert_eq!(waited, std::time::Duration::from_secs(15));
+    assert_eq!(report.return_value()["tables"][0]["captureLagMs"], 0);
+    assert_eq!(bench.watermark().last_window_end, trigger);
+}
+
+/// Capture stopped (SQL Server Agent down): the run polls for exactly
+/// `CDC_CAPTURE_WAIT_SECONDS`, then copies what is captured and reports the lag.
+#[tokio::test(start_paused = true)]
+async fn a_stopped_capture_is_waited_for_within_the_bound() {
+    let bench = Bench::new(
+        2,
+        CdcModel::new(start_time()),
+        &[
+            ("CDC_CAPTURE_WAIT_SECONDS", "30"),
+            ("CDC_CAPTURE_POLL_SECONDS", "5"),
+        ],
+    )
+    .await;
+    bench.model.advance(Duration::minutes(1));
+    loaded_at_the_end(&bench, Duration::minutes(15));
+    bench.model.pause_capture();
+    bench.model.advance(Duration::minutes(2));
+    let trigger = bench.model.now();
+    let started = tokio::time::Instant::now();
+    let report = bench.incremental(trigger).await;
+    assert_eq!(started.elapsed(), std::time::Duration::from_secs(30));
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    // Polls at 0, 5, …, 30 s.
+    assert_eq!(bench.faults.calls()[&Method::CaptureProgress], 7);
+    let lag = report.return_value()["tables"][0]["captureLagMs"]
+        .as_i64()
+        .expect("a lag");
+    assert!(
+        lag >= 120_000,
+        "capture is at least two minutes behind: {lag} ms"
+    );
+    assert_eq!(bench.watermark().last_window_end, trigger);
+}

@@ -46,8 +46,13 @@ fn line(r: &TableResult) -> String {
             return done_line(r);
         }
     };
+    let committed = if r.blobs.is_empty() {
+        String::new()
+    } else {
+        format!(" (committed before it stopped: {})", r.blobs.join(", "))
+    };
     format!(
-        "{}: {label}: {}",
+        "{}: {label}: {}{committed}",
         r.table,
         r.error.as_deref().unwrap_or(r.note)
     )
@@ -131,12 +136,16 @@ mod tests {
         blocked.error = Some("cleaned up".into());
         let mut failed = result(Status::Failed);
         failed.error = Some("timeout".into());
+        failed.blobs = vec!["pending.csv".into()];
         let mut refused = result(Status::Conflict);
         refused.error = Some("already loaded".into());
         let cases = [
             (copied, "dbo.t: copied: 2 rows, 90 bytes, LSN 0x00000000000000000001..=0x00000000000000000009, a.csv, 1.500s"),
             (blocked, "dbo.t: BLOCKED (needs a person; not retried): cleaned up"),
-            (failed, "dbo.t: FAILED: timeout"),
+            (
+                failed,
+                "dbo.t: FAILED: timeout (committed before it stopped: pending.csv)",
+            ),
             (refused, "dbo.t: REFUSED: already loaded"),
         ];
         for (r, want) in cases {

@@ -12,7 +12,7 @@
 use chrono::Utc;
 use tokio::time::{Duration, Instant};
 
-use super::{for_each_table, save, superseded, Context, JobError, FORMAT_VERSION};
+use super::{finish, for_each_table, save, superseded, Context, JobError, FORMAT_VERSION};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
@@ -32,8 +32,16 @@ fn encode_key(key: Option<&[Value]>) -> String {
         .unwrap_or_default()
 }
 
-/// The (rows, last key, bytes) of a part another run committed, from its metadata.
-async fn adopt_part(ctx: &Context, name: &str) -> Result<(u64, Option<Vec<Value>>, u64), JobError> {
+/// A committed part: what the checkpoint after it records.
+struct Part {
+    rows: u64,
+    /// The key of its last row; `None` for an empty part.
+    last_key: Option<Vec<Value>>,
+    bytes: u64,
+}
+
+/// A part another run committed, from its metadata.
+async fn adopt_part(ctx: &Context, name: &str) -> Result<Part, JobError> {
     let corrupt = |what: &str| {
         SinkError::Other(format!("full-load part {name} exists but its {what} metadata is unreadable; delete the load folder and run FullLoad with \"reset\": true"))
     };
@@ -58,7 +66,11 @@ async fn adopt_part(ctx: &Context, name: &str) -> Result<(u64, Option<Vec<Value>
                 .ok_or_else(|| corrupt("last_key"))?,
         ),
     };
-    Ok((rows, key, info.size))
+    Ok(Part {
+        rows,
+        last_key: key,
+        bytes: info.size,
+    })
 }
 
 /// Starts (or resumes) a full load of each requested table, working until `budget` is spent.
@@ -74,7 +86,9 @@ pub async fn run(ctx: &Context, request: &FullLoadRequest, budget: Duration) -> 
     };
     let deadline = Instant::now() + budget;
     for_each_table(tables, ctx.settings.table_concurrency, |table| async move {
-        load_table(ctx, &table, request.reset, deadline).await
+        let mut result = TableResult::new(&table, Status::InProgress, IN_PROGRESS);
+        let outcome = load_table(ctx, &table, request.reset, deadline, &mut result).await;
+        finish(result, outcome)
     })
     .await
 }
@@ -84,7 +98,8 @@ async fn load_table(
     table: &TableRef,
     reset: bool,
     deadline: Instant,
-) -> Result<TableResult, JobError> {
+    result: &mut TableResult,
+) -> Result<(), JobError> {
     let spec = ctx.spec(table)?;
     let mut session = ctx.source.session().await?;
     let ci = session
@@ -101,13 +116,13 @@ async fn load_table(
         existing => match start(ctx, session.as_mut(), &ci, existing).await? {
             Some(wm) => wm,
             None => {
-                let result = TableResult::new(table, Status::Superseded, SUPERSEDED);
-                return Ok(superseded(result, SUPERSEDED));
+                superseded(result, SUPERSEDED);
+                return Ok(());
             }
         },
     };
-    let (result, _) = continue_load(ctx, session.as_mut(), &ci, wm, deadline).await?;
-    Ok(result)
+    continue_load(ctx, session.as_mut(), &ci, wm, deadline, result).await?;
+    Ok(())
 }
 
 /// Records a new load (replacing `existing`, a reset): the baseline is read before the scan,
@@ -151,45 +166,46 @@ async fn start(
 }
 
 /// Writes parts from the checkpoint in `wm` (a load in progress) until the table is done
-/// (status `Done`, the watermark `Ready` at the baseline) or `deadline` passes (checked
-/// between parts; at least one part per call: `InProgress`). Returns the result and the
-/// watermark it left.
+/// (`result` becomes `Done`, the watermark `Ready` at the baseline) or `deadline` passes
+/// (checked between parts; at least one part per call). Returns the watermark it left.
 pub async fn continue_load(
     ctx: &Context,
     session: &mut dyn CdcSession,
     ci: &CaptureInstance,
     mut wm: Watermark,
     deadline: Instant,
-) -> Result<(TableResult, Watermark), JobError> {
+    result: &mut TableResult,
+) -> Result<Watermark, JobError> {
     ctx.ensure_container().await?;
     let part_rows = ctx.settings.full_load_part_rows.max(1);
-    let mut result = TableResult::new(&ci.table, Status::InProgress, IN_PROGRESS);
     while let TableState::Loading(progress) = wm.state.clone() {
         let name = naming::full_load_part_name(&ci.table, &progress.load_id, progress.parts_done);
-        let (rows, last_key, bytes, written) =
-            write_part(ctx, session, ci, &progress, &name, part_rows).await?;
-        let done = rows < part_rows;
+        let part = write_part(ctx, session, ci, &progress, &name, part_rows).await?;
+        let done = part.rows < part_rows;
         let state = if done {
             TableState::Ready
         } else {
             TableState::Loading(FullLoadProgress {
                 parts_done: progress.parts_done + 1,
-                last_key,
-                rows_done: progress.rows_done + rows,
+                last_key: part.last_key,
+                rows_done: progress.rows_done + part.rows,
                 ..progress.clone()
             })
         };
         let next = Watermark {
-            rows_copied: wm.rows_copied + rows,
-            bytes_copied: wm.bytes_copied + bytes,
+            rows_copied: wm.rows_copied + part.rows,
+            bytes_copied: wm.bytes_copied + part.bytes,
             ..wm.next(state, ctx.now())
         };
         let Some(next) = save(session, &wm, next).await? else {
-            return Ok((superseded(result, SUPERSEDED), wm));
+            superseded(result, SUPERSEDED);
+            return Ok(wm);
         };
         wm = next;
-        result.rows = progress.rows_done + rows;
-        result.bytes += bytes;
+        // An empty last part (rows a multiple of the part size) writes no blob.
+        let written = part.rows > 0 || progress.parts_done == 0;
+        result.rows = progress.rows_done + part.rows;
+        result.bytes += part.bytes;
         result.parts = Some(progress.parts_done + u32::from(written));
         result.baseline_lsn = Some(progress.baseline_lsn);
         if written {
@@ -203,7 +219,7 @@ pub async fn continue_load(
             break;
         }
     }
-    Ok((result, wm))
+    Ok(wm)
 }
 
 const IN_PROGRESS: &str =
@@ -211,7 +227,7 @@ const IN_PROGRESS: &str =
 
 /// Scans the next part into its blob, committed create-only: of two invocations continuing
 /// the same load, one part version wins and the other adopts it, so the checkpoint always
-/// matches the committed part. Returns (rows, last key, bytes, whether a blob was written).
+/// matches the committed part.
 async fn write_part(
     ctx: &Context,
     session: &mut dyn CdcSession,
@@ -219,7 +235,7 @@ async fn write_part(
     progress: &FullLoadProgress,
     name: &str,
     part_rows: u64,
-) -> Result<(u64, Option<Vec<Value>>, u64, bool), JobError> {
+) -> Result<Part, JobError> {
     let metadata = vec![
         ("table".to_string(), ci.table.to_string()),
         ("capture_instance".to_string(), ci.name.clone()),
@@ -239,16 +255,24 @@ async fn write_part(
     // A table whose row count is a multiple of the part size would end with an empty part;
     // skip it unless it is the only one (an empty table still gets its header).
     if rows == 0 && progress.parts_done > 0 {
-        return Ok((0, None, 0, false));
+        return Ok(Part {
+            rows: 0,
+            last_key: None,
+            bytes: 0,
+        });
     }
     sink.set_metadata("row_count", rows.to_string());
     sink.set_metadata("last_key", encode_key(last_key.as_deref()));
     match sink.finish().await {
-        Ok(summary) => Ok((rows, last_key, summary.bytes, true)),
+        Ok(summary) => Ok(Part {
+            rows,
+            last_key,
+            bytes: summary.bytes,
+        }),
         Err(e) if e.is_already_exists() => {
-            let (rows, last_key, bytes) = adopt_part(ctx, name).await?;
-            tracing::info!(table = %ci.table, blob = %name, rows, "part already committed by another run; adopted");
-            Ok((rows, last_key, bytes, true))
+            let part = adopt_part(ctx, name).await?;
+            tracing::info!(table = %ci.table, blob = %name, rows = part.rows, "part already committed by another run; adopted");
+            Ok(part)
         }
         Err(e) => Err(e.into()),
     }

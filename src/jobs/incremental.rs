@@ -15,12 +15,12 @@
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::{for_each_table, save, superseded, Context, JobError, FORMAT_VERSION};
+use super::{for_each_table, save, superseded, timer_table, Context, JobError, FORMAT_VERSION};
 use crate::cdc::{
     CaptureInstance, CaptureProgress, CdcError, CdcSession, Lsn, TableState, Watermark, Window,
 };
 use crate::host::TimerTrigger;
-use crate::report::{Report, Status, TableResult};
+use crate::report::{Report, TableResult};
 use crate::sink::SinkError;
 use crate::window::{self, Plan};
 
@@ -35,20 +35,21 @@ pub async fn run(ctx: &Context, trigger: &TimerTrigger) -> Report {
         .map(|s| s.table.clone())
         .collect();
     for_each_table(tables, ctx.settings.table_concurrency, |table| async move {
-        super::timer_table(ctx, &table, trigger.trigger_time).await
+        timer_table(ctx, &table, trigger.trigger_time).await
     })
     .await
 }
 
 /// One table from a loaded watermark: finish a recorded window, then copy
-/// `(last window end, trigger_time]`.
+/// `(last window end, trigger_time]`. What it commits is added to `result` as it goes.
 pub async fn copy_table(
     ctx: &Context,
     session: &mut dyn CdcSession,
     ci: &CaptureInstance,
     mut wm: Watermark,
     trigger_time: DateTime<Utc>,
-) -> Result<TableResult, JobError> {
+    result: &mut TableResult,
+) -> Result<(), JobError> {
     if wm.capture_instance != ci.name {
         return Err(JobError::CaptureInstanceChanged {
             table: ci.table.clone(),
@@ -56,19 +57,18 @@ pub async fn copy_table(
             current: ci.name.clone(),
         });
     }
-    let mut result = TableResult::new(&ci.table, Status::Done, "up to date");
     if let TableState::Pending(window) = wm.state.clone() {
         let rows = count(ctx, session, ci, &window).await?;
-        let Some(next) = commit_window(ctx, session, ci, &wm, &window, rows, &mut result).await?
-        else {
-            return Ok(superseded(result, SUPERSEDED));
+        let Some(next) = commit_window(ctx, session, ci, &wm, &window, rows, result).await? else {
+            superseded(result, SUPERSEDED);
+            return Ok(());
         };
         wm = next;
         result.note = "finished pending window";
     }
 
-    let window = match plan(ctx, session, ci, &wm, trigger_time, &mut result).await? {
-        Plan::UpToDate => return Ok(result),
+    let window = match plan(ctx, session, ci, &wm, trigger_time, result).await? {
+        Plan::UpToDate => return Ok(()),
         Plan::Advance { window_end, to } => {
             return advance(ctx, session, &wm, window_end, to, result).await
         }
@@ -80,16 +80,14 @@ pub async fn copy_table(
     }
     let recorded = wm.next(TableState::Pending(window.clone()), ctx.now());
     let Some(recorded) = save(session, &wm, recorded).await? else {
-        return Ok(superseded(result, SUPERSEDED));
+        superseded(result, SUPERSEDED);
+        return Ok(());
     };
-    if commit_window(ctx, session, ci, &recorded, &window, rows, &mut result)
-        .await?
-        .is_none()
-    {
-        return Ok(superseded(result, SUPERSEDED));
+    match commit_window(ctx, session, ci, &recorded, &window, rows, result).await? {
+        Some(_) => result.note = "copied",
+        None => superseded(result, SUPERSEDED),
     }
-    result.note = "copied";
-    Ok(result)
+    Ok(())
 }
 
 /// Waits (bounded) for the capture process to pass the trigger time, then plans the window
@@ -128,21 +126,22 @@ async fn advance(
     wm: &Watermark,
     window_end: DateTime<Utc>,
     to: Lsn,
-    mut result: TableResult,
-) -> Result<TableResult, JobError> {
+    result: &mut TableResult,
+) -> Result<(), JobError> {
     let next = Watermark {
         last_lsn: to,
         last_window_end: window_end,
         ..wm.next(TableState::Ready, ctx.now())
     };
     if save(session, wm, next).await?.is_none() {
-        return Ok(superseded(result, SUPERSEDED));
+        superseded(result, SUPERSEDED);
+        return Ok(());
     }
     result.window_end = Some(window_end);
     if result.blobs.is_empty() {
         result.note = "no changes";
     }
-    Ok(result)
+    Ok(())
 }
 
 /// The net changes in the window, after checking they have not been cleaned up.

@@ -141,7 +141,18 @@ pub async fn timer_table(
     ctx: &Context,
     table: &TableRef,
     trigger_time: DateTime<Utc>,
-) -> Result<TableResult, JobError> {
+) -> TableResult {
+    let mut result = TableResult::new(table, Status::Done, "up to date");
+    let outcome = timer_steps(ctx, table, trigger_time, &mut result).await;
+    finish(result, outcome)
+}
+
+async fn timer_steps(
+    ctx: &Context,
+    table: &TableRef,
+    trigger_time: DateTime<Utc>,
+    result: &mut TableResult,
+) -> Result<(), JobError> {
     let spec = ctx.spec(table)?;
     let mut session = ctx.source.session().await?;
     let ci = session
@@ -155,14 +166,30 @@ pub async fn timer_table(
         })?;
     if let TableState::Loading(_) = wm.state {
         let deadline = Instant::now() + TIMER_LOAD_BUDGET;
-        let (result, loaded) =
-            full_load::continue_load(ctx, session.as_mut(), &ci, wm, deadline).await?;
-        if result.status != Status::Done {
-            return Ok(result);
+        let mut load = TableResult::new(table, Status::InProgress, "full load in progress");
+        let loaded =
+            full_load::continue_load(ctx, session.as_mut(), &ci, wm, deadline, &mut load).await;
+        match loaded {
+            Ok(loaded) if load.status == Status::Done => wm = loaded,
+            other => {
+                *result = load;
+                return other.map(|_| ());
+            }
         }
-        wm = loaded;
     }
-    incremental::copy_table(ctx, session.as_mut(), &ci, wm, trigger_time).await
+    incremental::copy_table(ctx, session.as_mut(), &ci, wm, trigger_time, result).await
+}
+
+/// A table's result once its job ended: what it did, and why it stopped if it failed (a job
+/// that committed a window and then failed still reports the window).
+pub(crate) fn finish(mut result: TableResult, outcome: Result<(), JobError>) -> TableResult {
+    if let Err(error) = outcome {
+        result.status = error.status();
+        result.note = "not completed";
+        result.transient = Some(error.is_transient());
+        result.error = Some(error.to_string());
+    }
+    result
 }
 
 /// Replaces the watermark row `current` by `next` if no other invocation moved it since it
@@ -178,33 +205,12 @@ pub(crate) async fn save(
         .then_some(next))
 }
 
-/// `result` (what this invocation did so far) once another invocation moved the watermark
-/// first: this one stops there.
-pub(crate) fn superseded(mut result: TableResult, note: &'static str) -> TableResult {
+/// Marks `result` (what this invocation did so far) superseded: another invocation moved the
+/// watermark first, and this one stops there.
+pub(crate) fn superseded(result: &mut TableResult, note: &'static str) {
     tracing::warn!(table = %result.table, note, "another invocation moved the watermark first; stopping");
     result.status = Status::Superseded;
     result.note = note;
-    result
-}
-
-/// Runs one table's job, turning its error into a result, timing it and logging it.
-async fn table_result(
-    table: &TableRef,
-    job: impl Future<Output = Result<TableResult, JobError>>,
-) -> TableResult {
-    let started = Instant::now();
-    let mut result = match job.await {
-        Ok(result) => result,
-        Err(error) => {
-            let mut result = TableResult::new(table, error.status(), "not completed");
-            result.transient = Some(error.is_transient());
-            result.error = Some(error.to_string());
-            result
-        }
-    };
-    result.duration_ms = started.elapsed().as_millis() as u64;
-    log(&result);
-    result
 }
 
 fn log(r: &TableResult) {
@@ -224,8 +230,8 @@ fn log(r: &TableResult) {
     }
 }
 
-/// Runs `job` for every table, at most `concurrency` at once; the report's status is the
-/// worst table's.
+/// Runs `job` for every table, at most `concurrency` at once, timing and logging each; the
+/// report's status is the worst table's.
 pub(crate) async fn for_each_table<F, Fut>(
     tables: Vec<TableRef>,
     concurrency: usize,
@@ -233,11 +239,17 @@ pub(crate) async fn for_each_table<F, Fut>(
 ) -> Report
 where
     F: Fn(TableRef) -> Fut,
-    Fut: Future<Output = Result<TableResult, JobError>>,
+    Fut: Future<Output = TableResult>,
 {
     let job = &job;
     let results = futures::stream::iter(tables)
-        .map(|table| async move { table_result(&table, job(table.clone())).await })
+        .map(|table| async move {
+            let started = Instant::now();
+            let mut result = job(table).await;
+            result.duration_ms = started.elapsed().as_millis() as u64;
+            log(&result);
+            result
+        })
         .buffered(concurrency.max(1))
         .collect()
         .await;

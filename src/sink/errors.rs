@@ -69,6 +69,9 @@ pub const BLOB_ALREADY_EXISTS: &str = "BlobAlreadyExists";
 pub const CONDITION_NOT_MET: &str = "ConditionNotMet";
 pub const CONTAINER_ALREADY_EXISTS: &str = "ContainerAlreadyExists";
 pub const CONTAINER_NOT_FOUND: &str = "ContainerNotFound";
+/// A block or blob whose bytes did not match the Content-MD5 sent with them: corrupted on the
+/// way, so sending the same bytes again can succeed.
+pub const MD5_MISMATCH: &str = "Md5Mismatch";
 
 impl SinkError {
     /// The service's error code, for an HTTP failure that carried one.
@@ -85,10 +88,14 @@ impl SinkError {
         matches!(self.code(), Some(BLOB_ALREADY_EXISTS | CONDITION_NOT_MET))
     }
 
-    /// 408, 429, 500, 502, 503, 504 and transport failures are worth a retry; the rest are not.
+    /// 408, 429, 500, 502, 503, 504, an MD5 mismatch (corrupted in transit) and transport
+    /// failures are worth a retry; the rest are not.
     pub fn is_transient(&self) -> bool {
         match self {
-            SinkError::Http { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
+            SinkError::Http { status, code, .. } => {
+                matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+                    || code.as_deref() == Some(MD5_MISMATCH)
+            }
             SinkError::Transport { .. } => true,
             _ => false,
         }
@@ -216,6 +223,8 @@ mod tests {
             (http(503, Some("ServerBusy")), false, true),
             (http(429, None), false, true),
             (http(403, Some("AuthenticationFailed")), false, false),
+            (http(400, Some(MD5_MISMATCH)), false, true),
+            (http(400, Some("InvalidBlockList")), false, false),
             (
                 SinkError::transport("t", "c/b", "reset".into()),
                 false,
