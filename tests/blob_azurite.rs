@@ -199,29 +199,34 @@ async fn invalid_metadata_is_a_config_error_and_commits_nothing() {
 }
 
 /// A block whose bytes change on the way no longer matches its Content-MD5: the service
-/// refuses it (a definite 400 `Md5Mismatch`) and nothing is committed.
+/// refuses it (400 `Md5Mismatch`), nothing corrupted is ever staged, and the writer sends the
+/// same bytes again (a corruption in transit is transient), so the blob commits intact.
 #[tokio::test]
-async fn a_block_corrupted_in_transit_is_rejected_and_nothing_commits() {
+async fn a_block_corrupted_in_transit_is_refused_then_sent_again() {
     let container = unique_container("md5");
     let (proxy, target) = proxied(&container).await;
     target.ensure_container().await.unwrap();
     proxy.add(Rule::put_block(Fault::CorruptRequestBody, 1));
+    let bytes = data(2048, 5);
     let mut w = target.writer("t/md5.csv", vec![], 1024);
-    let result = w.write(&data(2048, 5)).await;
-    let err = match result {
-        Err(e) => e,
-        Ok(()) => w.finish().await.unwrap_err(),
-    };
-    match &err {
-        SinkError::Http { status, code, .. } => {
-            assert_eq!(*status, 400, "{err}");
-            assert_eq!(code.as_deref(), Some("Md5Mismatch"), "{err}");
-        }
-        other => panic!("expected HTTP 400 Md5Mismatch, got {other:?}"),
-    }
-    assert!(!err.is_transient());
+    w.write(&bytes).await.unwrap();
+    w.finish().await.unwrap();
     assert_eq!(proxy.faults_applied(), 1);
-    assert_eq!(target.read("t/md5.csv").await.unwrap(), None);
+    let refused: Vec<_> = proxy
+        .put_blocks()
+        .into_iter()
+        .filter(|s| s.status == Some(400))
+        .collect();
+    assert_eq!(refused.len(), 1, "the corrupted block was refused");
+    assert_eq!(
+        proxy.put_blocks().len(),
+        3,
+        "two blocks, one of them sent twice"
+    );
+    assert_eq!(
+        target.read("t/md5.csv").await.unwrap().as_deref(),
+        Some(&bytes[..])
+    );
 }
 
 #[tokio::test]

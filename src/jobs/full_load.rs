@@ -100,11 +100,7 @@ async fn load_table(
     deadline: Instant,
     result: &mut TableResult,
 ) -> Result<(), JobError> {
-    let spec = ctx.spec(table)?;
-    let mut session = ctx.source.session().await?;
-    let ci = session
-        .capture_instance(table, spec.capture_instance.as_deref())
-        .await?;
+    let (mut session, ci) = ctx.open(table).await?;
     let wm = match session.read_watermark(table).await? {
         Some(wm) if !reset && matches!(wm.state, TableState::Loading(_)) => wm,
         Some(wm) if !reset => {

@@ -18,7 +18,9 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::cdc::{CdcError, CdcSession, CdcSource, TableRef, TableState, Watermark};
+use crate::cdc::{
+    CaptureInstance, CdcError, CdcSession, CdcSource, TableRef, TableState, Watermark,
+};
 use crate::config::{Settings, TableSpec};
 use crate::host::{FullLoadRequest, Jobs, TimerTrigger};
 use crate::report::{Report, Status, TableResult};
@@ -121,6 +123,19 @@ impl Context {
         crate::sink::rows::CsvBlobSink::new(writer, self.settings.block_size)
     }
 
+    /// A session for `table`, and the table's capture instance (the pinned one, if any).
+    pub(crate) async fn open(
+        &self,
+        table: &TableRef,
+    ) -> Result<(Box<dyn CdcSession>, CaptureInstance), JobError> {
+        let spec = self.spec(table)?;
+        let mut session = self.source.session().await?;
+        let ci = session
+            .capture_instance(table, spec.capture_instance.as_deref())
+            .await?;
+        Ok((session, ci))
+    }
+
     /// The configured spec of `table` (its capture instance, if pinned).
     pub fn spec(&self, table: &TableRef) -> Result<&TableSpec, JobError> {
         self.settings
@@ -153,11 +168,7 @@ async fn timer_steps(
     trigger_time: DateTime<Utc>,
     result: &mut TableResult,
 ) -> Result<(), JobError> {
-    let spec = ctx.spec(table)?;
-    let mut session = ctx.source.session().await?;
-    let ci = session
-        .capture_instance(table, spec.capture_instance.as_deref())
-        .await?;
+    let (mut session, ci) = ctx.open(table).await?;
     let mut wm = session
         .read_watermark(table)
         .await?

@@ -7,16 +7,12 @@ use super::blob::{BlobSummary, BlobWriter};
 use super::{csv, SinkError};
 use crate::cdc::{RowSink, RowSinkError, Value};
 
-/// Called after each block the sink hands to Put Block; an `Err` stops the stream there.
-pub type BlockStaged = Box<dyn FnMut() -> Result<(), SinkError> + Send>;
-
 /// CSV rows into one block blob. Nothing is visible until [`CsvBlobSink::finish`].
 pub struct CsvBlobSink {
     writer: BlobWriter,
     block_size: usize,
     rows: u64,
     header_written: bool,
-    on_block_staged: Option<BlockStaged>,
 }
 
 impl CsvBlobSink {
@@ -26,14 +22,7 @@ impl CsvBlobSink {
             block_size,
             rows: 0,
             header_written: false,
-            on_block_staged: None,
         }
-    }
-
-    /// A seam for fault tests: `f` runs after every block staged while rows stream (not for
-    /// the last block, which `finish` stages), so a test can stop the job between blocks.
-    pub fn on_block_staged(&mut self, f: BlockStaged) {
-        self.on_block_staged = Some(f);
     }
 
     pub fn rows(&self) -> u64 {
@@ -72,13 +61,7 @@ impl RowSink for CsvBlobSink {
         csv::write_row(self.writer.buffer(), row);
         self.rows += 1;
         if self.writer.buffer().len() >= self.block_size {
-            let before = self.writer.blocks();
             self.writer.flush_full_blocks().await?;
-            if self.writer.blocks() > before {
-                if let Some(f) = self.on_block_staged.as_mut() {
-                    f()?;
-                }
-            }
         }
         Ok(())
     }

@@ -195,11 +195,6 @@ impl BlobWriter {
         }
     }
 
-    /// Blocks handed to Put Block so far (staged or in flight).
-    pub fn blocks(&self) -> u32 {
-        self.blocks
-    }
-
     /// Bytes accepted so far (staged, in flight and buffered).
     pub fn bytes_written(&self) -> u64 {
         self.staged_bytes + self.buf.len() as u64
