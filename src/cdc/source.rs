@@ -294,14 +294,23 @@ pub enum CdcError {
         message: String,
         transient: bool,
     },
-    #[error("connection to SQL Server failed: {0}")]
-    Connection(String),
+    /// The connection failed or dropped (transient): what was being done, and the driver's
+    /// or the operating system's error when there is one.
+    #[error("connection to SQL Server failed: {message}{}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Connection {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The SQL Server settings cannot work (refused plaintext, bad connection string, TLS
     /// configuration, no credential): definite, fix the settings.
     #[error("SQL Server settings: {0}")]
     Config(String),
     #[error("SQL Server returned something unexpected: {0}")]
     Protocol(String),
+    /// Anything else the driver refused (a definite failure).
+    #[error("SQL Server driver error: {0}")]
+    Driver(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{0}")]
     Sink(#[source] RowSinkError),
 }
@@ -313,10 +322,29 @@ impl From<RowSinkError> for CdcError {
 }
 
 impl CdcError {
+    /// A connection failure described by `message` alone.
+    pub fn connection(message: impl Into<String>) -> CdcError {
+        CdcError::Connection {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A connection failure while doing `message`, caused by `source`.
+    pub fn connection_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> CdcError {
+        CdcError::Connection {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         match self {
             CdcError::Sql { transient, .. } => *transient,
-            CdcError::Connection(_) => true,
+            CdcError::Connection { .. } => true,
             CdcError::Sink(e) => e.is_transient(),
             _ => false,
         }

@@ -2,10 +2,12 @@
 //! host.
 //!
 //! Each table is processed on its own CDC session, concurrently up to
-//! `CDC_TABLE_CONCURRENCY`; one table's failure is reported and fails the invocation without
-//! stopping the others. Ordering inside a table is what carries the guarantees: record the
-//! pending window, commit the blob, then advance the watermark — each step conditional on the
-//! watermark version read, so overlapping invocations cannot both advance it.
+//! `CDC_TABLE_CONCURRENCY`, and ends in a [`TableResult`] whatever happened: one table's
+//! failure is reported without stopping the others, and says whether a retry may fix it
+//! ([`JobError::status`]); `host` decides from that what the invocation answers. Ordering
+//! inside a table is what carries the guarantees: record the pending window, commit the
+//! blob, then advance the watermark — each step conditional on the watermark version read,
+//! so overlapping invocations cannot both advance it.
 
 pub mod full_load;
 pub mod incremental;
@@ -176,17 +178,15 @@ async fn timer_steps(
             table: table.clone(),
         })?;
     if let TableState::Loading(_) = wm.state {
+        result.status = Status::InProgress;
+        result.note = "full load in progress";
         let deadline = Instant::now() + TIMER_LOAD_BUDGET;
-        let mut load = TableResult::new(table, Status::InProgress, "full load in progress");
-        let loaded =
-            full_load::continue_load(ctx, session.as_mut(), &ci, wm, deadline, &mut load).await;
-        match loaded {
-            Ok(loaded) if load.status == Status::Done => wm = loaded,
-            other => {
-                *result = load;
-                return other.map(|_| ());
-            }
+        wm = full_load::continue_load(ctx, session.as_mut(), &ci, wm, deadline, result).await?;
+        if result.status != Status::Done {
+            return Ok(());
         }
+        // Loaded: the table's first window follows, and is what this run reports.
+        *result = TableResult::new(table, Status::Done, "up to date");
     }
     incremental::copy_table(ctx, session.as_mut(), &ci, wm, trigger_time, result).await
 }

@@ -46,15 +46,15 @@ pub fn map_error(error: tiberius::error::Error) -> CdcError {
     use tiberius::error::Error as E;
     match error {
         E::Server(token) => sql_error(token.code(), token.message()),
-        E::Io { kind, message } => CdcError::Connection(format!("{kind:?}: {message}")),
+        E::Io { kind, message } => CdcError::connection(format!("{kind:?}: {message}")),
         E::Tls(message) => CdcError::Config(format!(
             "TLS handshake with SQL Server failed ({message}); check Encrypt, \
              TrustServerCertificate and the server certificate"
         )),
-        E::Routing { host, port } => CdcError::Connection(format!(
+        E::Routing { host, port } => CdcError::connection(format!(
             "SQL Server kept redirecting (last to {host}:{port})"
         )),
-        other => CdcError::Protocol(other.to_string()),
+        other => CdcError::Driver(Box::new(other)),
     }
 }
 
@@ -184,10 +184,10 @@ impl SqlServerSource {
             let addr = config.get_addr();
             let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
                 .await
-                .map_err(|_| CdcError::Connection(format!("connecting to {addr} timed out")))?
-                .map_err(|e| CdcError::Connection(format!("connecting to {addr}: {e}")))?;
+                .map_err(|_| CdcError::connection(format!("connecting to {addr} timed out")))?
+                .map_err(|e| CdcError::connection_from(format!("connecting to {addr}"), e))?;
             tcp.set_nodelay(true)
-                .map_err(|e| CdcError::Connection(format!("setting TCP_NODELAY: {e}")))?;
+                .map_err(|e| CdcError::connection_from("setting TCP_NODELAY", e))?;
             match Client::connect(config.clone(), tcp.compat_write()).await {
                 Ok(client) => {
                     tracing::debug!(%addr, "connected to SQL Server");
@@ -201,7 +201,7 @@ impl SqlServerSource {
                 Err(e) => return Err(map_error(e)),
             }
         }
-        Err(CdcError::Connection(format!(
+        Err(CdcError::connection(format!(
             "SQL Server redirected more than {MAX_REDIRECTS} times"
         )))
     }
@@ -244,7 +244,7 @@ impl TokenCache {
             .get_token(&[SQL_TOKEN_SCOPE], None)
             .await
             // Credential errors describe the failing source, never the token.
-            .map_err(|e| CdcError::Connection(format!("getting an Entra ID token for SQL: {e}")))?;
+            .map_err(|e| CdcError::connection_from("getting an Entra ID token for SQL", e))?;
         let token = access.token.secret().to_string();
         *cached = Some((
             Secret::new(token.clone()),

@@ -169,7 +169,7 @@ impl Faults {
 
 fn dropped(when: String) -> CdcError {
     tracing::info!(%when, "injected connection failure");
-    CdcError::Connection(format!("injected failure: connection dropped {when}"))
+    CdcError::connection(format!("injected failure: connection dropped {when}"))
 }
 
 fn lost_reply(method: Method) -> CdcError {
@@ -405,7 +405,7 @@ mod tests {
             .net_changes(&ci, range, RowFilter::All, &mut sink)
             .await
             .unwrap_err();
-        assert!(matches!(e, CdcError::Connection(_)), "{e}");
+        assert!(matches!(e, CdcError::Connection { .. }), "{e}");
         assert!(
             e.to_string().contains("during NetChanges after 5 rows"),
             "{e}"
