@@ -200,8 +200,9 @@ pub async fn continue_load(
         wm = next;
         // An empty last part (rows a multiple of the part size) writes no blob.
         let written = part.rows > 0 || progress.parts_done == 0;
-        result.rows = progress.rows_done + part.rows;
-        result.bytes += part.bytes;
+        // The load's totals so far (a load starts its row at zero).
+        result.rows = wm.rows_copied;
+        result.bytes = wm.bytes_copied;
         result.parts = Some(progress.parts_done + u32::from(written));
         result.baseline_lsn = Some(progress.baseline_lsn);
         if written {
