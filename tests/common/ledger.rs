@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use cdc_copy::cdc::{Lsn, TableState};
+use cdc_copy::sink::errors::CONTAINER_NOT_FOUND;
 
 use super::cdc::{apply_full_part, apply_incremental, diff, parse_csv, Bench, Rows};
 
@@ -66,7 +67,11 @@ impl Ledger {
     /// Checks everything committed so far; panics with `context` on the first violation.
     pub async fn check(&mut self, bench: &Bench, context: &str) {
         self.figures.checks += 1;
-        let listing = bench.ctx.blobs.list_etags("").await.unwrap();
+        // No container yet (a run that failed before its first blob): nothing committed.
+        let listing = match bench.ctx.blobs.list_etags("").await {
+            Err(e) if e.code() == Some(CONTAINER_NOT_FOUND) => Vec::new(),
+            other => other.unwrap(),
+        };
         let listed: HashMap<&str, &str> = listing
             .iter()
             .map(|(n, e)| (n.as_str(), e.as_str()))
