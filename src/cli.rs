@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 use crate::cdc::TableRef;
 use crate::config::{Settings, FUNCTIONS_CUSTOMHANDLER_PORT};
-use crate::host::{self, render, FullLoadRequest, Jobs, TimerTrigger};
+use crate::host::{self, FullLoadRequest, Jobs, TimerTrigger};
 use crate::report::{Report, Status};
 
 /// Azure Functions custom handler copying SQL Server CDC changes to Blob Storage as CSV.
@@ -155,7 +155,7 @@ pub async fn run(command: Command, make_jobs: fn() -> Arc<dyn Jobs>) -> ExitCode
             let jobs = make_jobs();
             let mut report = jobs.full_load(request.clone()).await;
             while report.status == Status::InProgress {
-                for line in render::logs(&report) {
+                for line in report.logs() {
                     eprintln!("{line}");
                 }
                 let resume = FullLoadRequest {
@@ -239,7 +239,7 @@ async fn recv(signal: Option<tokio::signal::unix::Signal>) {
 
 /// Prints the report as the host would log it; success when every table is done.
 fn print_report(report: &Report) -> ExitCode {
-    for line in render::logs(report) {
+    for line in report.logs() {
         println!("{line}");
     }
     match serde_json::to_string_pretty(report) {

@@ -797,6 +797,54 @@ async fn watermark_rows_round_trip() {
     );
 }
 
+/// The table's CHECK constraints allow a row with both a pending window and a full load, or a
+/// pending window that ends at or below `last_lsn`; the product never writes either, and reads
+/// them as a protocol error instead of guessing which state holds.
+#[tokio::test]
+async fn impossible_watermark_rows_are_refused() {
+    let server = FakeServer::start().await;
+    let read = sql::read_watermark(&watermark_table()).unwrap();
+    let plain = sample_watermark();
+    let mut both = watermark_cells(&Watermark {
+        state: TableState::Pending(Window {
+            range: range(lsn(201), lsn(300)),
+            start: plain.last_window_end,
+            end: plain.last_window_end + chrono::Duration::minutes(15),
+            blob: "dbo/customers/incremental/x.csv".into(),
+        }),
+        ..plain.clone()
+    });
+    let loading = watermark_cells(&Watermark {
+        state: TableState::Loading(FullLoadProgress {
+            load_id: "20240501120000000".into(),
+            baseline_lsn: lsn(190),
+            parts_done: 2,
+            last_key: None,
+            rows_done: 10,
+        }),
+        ..plain.clone()
+    });
+    // Columns 8 to 12 are the full-load ones (sql::WATERMARK_COLUMNS order).
+    both[8..13].clone_from_slice(&loading[8..13]);
+    let mut empty_window = watermark_cells(&plain);
+    empty_window[5] = Cell::Bytes(lsn(200).0.to_vec()); // pending_to_lsn = last_lsn
+    empty_window[6] = Cell::DateTime(plain.last_window_end.naive_utc());
+    empty_window[7] = Cell::Text("dbo/customers/incremental/y.csv".into());
+    let mut session = session(&server).await;
+    for (cells, want) in [
+        (both, "both a pending window and a full load"),
+        (empty_window, "the pending window is empty"),
+    ] {
+        server.on(&read, Reply::rows(watermark_columns(), vec![cells]));
+        let err = session
+            .read_watermark(&table("dbo", "customers"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CdcError::Protocol(_)), "{err:?}");
+        assert!(err.to_string().contains(want), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn watermark_insert_and_conditional_update() {
     let server = FakeServer::start().await;

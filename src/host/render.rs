@@ -12,27 +12,17 @@ use warp::http::StatusCode;
 
 use crate::report::{Report, Status, TableResult};
 
-/// The `Logs` lines of a report: one per table, or the reason the job could not run.
-pub fn logs(report: &Report) -> Vec<String> {
-    let mut lines: Vec<String> = report.tables.iter().map(line).collect();
-    lines.extend(report.error.iter().cloned());
-    lines
-}
-
-/// `ReturnValue`: the report as JSON.
-pub fn return_value(report: &Report) -> serde_json::Value {
-    serde_json::to_value(report).unwrap_or_default()
-}
-
 impl Report {
-    /// [`logs`] of this report.
+    /// The `Logs` lines: one per table, or the reason the job could not run.
     pub fn logs(&self) -> Vec<String> {
-        logs(self)
+        let mut lines: Vec<String> = self.tables.iter().map(line).collect();
+        lines.extend(self.error.iter().cloned());
+        lines
     }
 
-    /// [`return_value`] of this report.
+    /// `ReturnValue`: the report as JSON.
     pub fn return_value(&self) -> serde_json::Value {
-        return_value(self)
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 
@@ -152,7 +142,7 @@ mod tests {
             assert_eq!(line(&r), want);
         }
         let report = Report::failed("IncrementalCopy cannot run: bad settings");
-        assert_eq!(logs(&report), ["IncrementalCopy cannot run: bad settings"]);
+        assert_eq!(report.logs(), ["IncrementalCopy cannot run: bad settings"]);
     }
 
     #[test]

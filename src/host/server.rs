@@ -191,8 +191,8 @@ async fn incremental_copy(jobs: Arc<dyn Jobs>, bytes: &[u8]) -> Response {
     invocation_response(
         render::timer_status(report.status),
         json!({}),
-        render::logs(&report),
-        render::return_value(&report),
+        report.logs(),
+        report.return_value(),
     )
 }
 
@@ -222,15 +222,16 @@ async fn full_load(jobs: Arc<dyn Jobs>, bytes: &[u8]) -> Response {
     let report = run_job("FullLoad", async move { jobs.full_load(request).await }).await;
     log_outcome(&report);
     let (caller_status, handler_status) = render::full_load_status(report.status);
-    let logs = render::logs(&report);
-    let mut body = render::return_value(&report);
+    let logs = report.logs();
+    let return_value = report.return_value();
+    let mut body = return_value.clone();
     body["logs"] = json!(logs);
     let res = http_output(caller_status, &body);
     invocation_response(
         handler_status,
         json!({ HTTP_OUTPUT_BINDING: res }),
         logs,
-        render::return_value(&report),
+        return_value,
     )
 }
 
@@ -251,7 +252,7 @@ async fn run_job(name: &'static str, job: impl Future<Output = Report> + Send + 
 
 fn log_outcome(report: &Report) {
     if report.status == Status::Failed {
-        tracing::error!(status = ?report.status, logs = ?render::logs(report), "job finished");
+        tracing::error!(status = ?report.status, logs = ?report.logs(), "job finished");
     } else {
         tracing::info!(status = ?report.status, "job finished");
     }
