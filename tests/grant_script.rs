@@ -289,3 +289,18 @@ fn quotename_stripping_and_variable_scan() {
         " SELECT 1; \nSELECT 2;"
     );
 }
+
+#[test]
+fn permission_errors_point_at_the_grant_script() {
+    for number in [229, 230, 297, 300] {
+        let message = cdc_copy::sqlserver::connection::sql_error(number, "denied.").to_string();
+        assert!(
+            message.contains("sql/grant-managed-identity.sql") && message.contains("CDC_TABLES"),
+            "Msg {number}: {message}"
+        );
+        assert!(
+            !message.contains("cdc schema"),
+            "the schema-wide grant is gone: {message}"
+        );
+    }
+}

@@ -297,7 +297,7 @@ impl TestDatabase {
             name,
             server,
         };
-        // As compose.yaml's mssql-setup does: lets the full load read a snapshot.
+        // As compose.yaml's mssql-setup does (the copier itself reads without a snapshot).
         batch(
             &mut master,
             &format!(
