@@ -192,7 +192,9 @@ fn the_grant_script_grants_nothing_schema_wide_and_no_broad_roles() {
     let adds: Vec<&str> = code.match_indices("ADD MEMBER").map(|_| "").collect();
     assert_eq!(adds.len(), 1, "one place adds role members");
     let add_at = code.find("ADD MEMBER").unwrap();
-    let cursor_at = code[..add_at].rfind("CURSOR").expect("inside a cursor loop");
+    let cursor_at = code[..add_at]
+        .rfind("CURSOR")
+        .expect("inside a cursor loop");
     assert!(
         code[cursor_at..add_at].contains("FROM @INSTANCES"),
         "roles come from the configured instances"
@@ -230,10 +232,7 @@ fn the_grant_script_splices_names_only_through_quotename() {
         );
         checked += 1;
     }
-    assert!(
-        checked >= 10,
-        "found only {checked} dynamic statements"
-    );
+    assert!(checked >= 10, "found only {checked} dynamic statements");
     // Dynamic SQL runs only through sp_executesql with the checked @sql.
     for line in code.lines().filter(|l| l.contains("EXEC")) {
         assert_eq!(line.trim(), "EXEC sys.sp_executesql @sql;", "{line}");

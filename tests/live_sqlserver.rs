@@ -21,6 +21,8 @@
 //! test writes to its own container.
 
 mod common;
+#[path = "live_sqlserver/least_privilege.rs"]
+mod least_privilege;
 use cdc_copy_testkit::live::LiveSql;
 use cdc_copy_testkit::tds;
 
