@@ -91,7 +91,7 @@ IF LEFT(LTRIM(@tables_setting), 2) = @unreplaced OR LTRIM(@tables_setting) = N''
     THROW 50000, N'grant: set CDC_TABLES to the copier''s CDC_TABLES setting, e.g. dbo.customers,dbo.orders.', 1;
 IF LEFT(LTRIM(@watermark_setting), 2) = @unreplaced OR LTRIM(@watermark_setting) = N''
     THROW 50000, N'grant: set CDC_WATERMARK_TABLE to the copier''s CDC_WATERMARK_TABLE setting (default cdc_copy.watermark).', 1;
-IF OBJECT_ID(N'cdc.change_tables', N'U') IS NULL
+IF OBJECT_ID(N'cdc.change_tables') IS NULL
     THROW 50000, N'grant: CDC is not enabled in this database; run sql/setup.sql first.', 1;
 IF EXISTS (SELECT 1 FROM sys.database_principals
            WHERE name = @principal AND type NOT IN ('S', 'U', 'G', 'E', 'X'))
@@ -173,8 +173,6 @@ BEGIN
     THROW 50000, @msg, 1;
 END;
 
-BEGIN TRANSACTION;
-
 -- 1. The database user. FROM EXTERNAL PROVIDER exists where Entra authentication does; a SQL
 --    login's user must exist already (see the top of this file).
 IF DATABASE_PRINCIPAL_ID(@principal) IS NULL
@@ -184,6 +182,9 @@ BEGIN
     EXEC sys.sp_executesql @sql;
 END;
 DECLARE @principal_id int = DATABASE_PRINCIPAL_ID(@principal);
+
+-- Steps 2-7 happen together or not at all.
+BEGIN TRANSACTION;
 
 -- 2. Remove what is broader than steps 3-7 grant (what earlier versions of this script gave):
 --    schema-wide SELECT on cdc, schema-wide rights on the watermark's schema, table-wide SELECT
@@ -258,6 +259,12 @@ BEGIN
           JOIN cdc.change_tables AS ct ON ct.object_id = cc.object_id
           JOIN @instances AS i ON i.capture_instance = ct.capture_instance
           WHERE i.object_id = @object_id) AS cols;
+    IF @columns IS NULL
+    BEGIN
+        SET @msg = N'grant: cdc.captured_columns lists no column for ' + QUOTENAME(OBJECT_SCHEMA_NAME(@object_id)) + N'.'
+                 + QUOTENAME(OBJECT_NAME(@object_id)) + N'; is its capture instance intact?';
+        THROW 50000, @msg, 1;
+    END;
     SET @sql = N'GRANT SELECT ON OBJECT::' + QUOTENAME(OBJECT_SCHEMA_NAME(@object_id)) + N'.'
              + QUOTENAME(OBJECT_NAME(@object_id)) + N' (' + @columns + N') TO ' + @grantee + N';';
     PRINT @sql;
