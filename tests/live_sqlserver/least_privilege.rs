@@ -43,21 +43,12 @@ struct TestLogin {
 
 impl TestLogin {
     async fn create(conn: &str) -> TestLogin {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let stamp = format!(
-            "{}_{}_{n}",
-            std::process::id(),
-            Utc::now().timestamp_millis()
-        );
-        let mut master = Config::from_ado_string(conn)
-            .unwrap_or_else(|_| panic!("{ENV} is not a valid ADO.NET connection string"));
-        master.database("master");
+        let stamp = unique_stamp();
         let login = TestLogin {
             name: format!("cdc_copy_lp_{stamp}"),
             // No `;`, quotes or braces: it goes into a connection string unquoted.
             password: format!("Lp-{stamp}-aA1!"),
-            master,
+            master: master_of(conn),
         };
         batch(
             &mut connect(&login.master).await,
@@ -82,72 +73,36 @@ impl Drop for TestLogin {
             eprintln!("{KEEP_ENV}: keeping login {}", self.name);
             return;
         }
-        let master = self.master.clone();
-        let name = self.name.clone();
-        let sql = format!(
-            "DECLARE @kill nvarchar(max) = N''; \
-             SELECT @kill += N'KILL ' + CONVERT(nvarchar(10), session_id) + N';' \
-             FROM sys.dm_exec_sessions WHERE login_name = N'{name}'; \
-             EXEC (@kill); \
-             IF SUSER_ID(N'{name}') IS NOT NULL DROP LOGIN [{name}];"
+        let name = &self.name;
+        clean_up(
+            &format!("clean-up of test login {name}"),
+            self.master.clone(),
+            vec![format!(
+                "DECLARE @kill nvarchar(max) = N''; \
+                 SELECT @kill += N'KILL ' + CONVERT(nvarchar(10), session_id) + N';' \
+                 FROM sys.dm_exec_sessions WHERE login_name = N'{name}'; \
+                 EXEC (@kill); \
+                 IF SUSER_ID(N'{name}') IS NOT NULL DROP LOGIN [{name}];"
+            )],
         );
-        // As in the database guard: a runtime of its own, never a panic here.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async move {
-                let tcp = TcpStream::connect(master.get_addr())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut client = Client::connect(master, tcp.compat_write())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let done = client
-                    .simple_query(sql)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_results()
-                    .await;
-                done.map(|_| ()).map_err(|e| e.to_string())
-            })
-        });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop test login {}: {e}", self.name),
-            Err(_) => eprintln!("dropping test login {} panicked", self.name),
-        }
     }
 }
 
 /// `conn` with its credentials replaced by a SQL login's.
 fn with_login(conn: &str, user: &str, password: &str) -> String {
-    const CREDENTIALS: [&str; 7] = [
-        "user id",
-        "uid",
-        "user",
-        "password",
-        "pwd",
-        "integrated security",
-        "authentication",
-    ];
-    let mut kept: Vec<String> = ado_pairs(conn)
-        .into_iter()
-        .filter(|pair| {
-            let key = pair
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            !CREDENTIALS.contains(&key.as_str())
-        })
-        .map(str::to_string)
-        .collect();
-    kept.push(format!("User Id={user}"));
-    kept.push(format!("Password={password}"));
-    kept.join(";")
+    replace_pairs(
+        conn,
+        &[
+            "user id",
+            "uid",
+            "user",
+            "password",
+            "pwd",
+            "integrated security",
+            "authentication",
+        ],
+        &[format!("User Id={user}"), format!("Password={password}")],
+    )
 }
 
 /// The grant script with its sqlcmd variables set, as `sqlcmd -v` would.
@@ -264,21 +219,13 @@ async fn live_product_runs_as_a_least_privileged_login() {
     );
 
     // --- The whole product as that login.
-    let (_azurite, storage) = match std::env::var(STORAGE_ENV) {
-        Ok(storage) if !storage.trim().is_empty() => (None, storage),
-        _ => {
-            let azurite = Azurite::start();
-            let storage = azurite.connection_string.clone();
-            (Some(azurite), storage)
-        }
-    };
-    let container = unique_container("live-lp");
+    let (_azurite, storage) = live_storage();
     let login_conn = login.connection_string(&db.connection_string);
-    let settings = least_privilege_settings(&login_conn, &storage, &container);
-    let blobs = BlobTarget::new(&settings.storage, &container).expect("blob target");
-    let source = SqlServerSource::new(&settings.sql, settings.watermark_table.clone())
-        .expect("SqlServerSource::new");
-    let runner = Runner::new(Arc::new(settings), Arc::new(source), blobs.clone());
+    let (runner, blobs) = production_runner(least_privilege_settings(
+        &login_conn,
+        &storage,
+        &unique_container("live-lp"),
+    ));
 
     let failing: Vec<String> = runner
         .check()
