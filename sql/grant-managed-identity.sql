@@ -35,7 +35,9 @@
   | cdc.change_tables, cdc.captured_columns     | SELECT on these two tables only (step 5)              |
   | sys.tables, sys.columns, sys.types,         | metadata visibility: rows of the configured tables    |
   | sys.indexes, sys.index_columns, OBJECT_ID   | are visible through the column SELECT (step 3);       |
-  | sys.schemas                                 | sys.schemas and built-in types are visible to public  |
+  | sys.schemas                                 | sys.schemas and built-in types are visible to public; |
+  |                                             | alias types of captured columns: VIEW DEFINITION on   |
+  |                                             | the type (step 3)                                     |
   | the source table (full load, in key order)  | SELECT on its captured columns only (step 3)          |
   | the watermark table (CDC_WATERMARK_TABLE)   | SELECT, INSERT, UPDATE on that table only (step 6)    |
   | sys.dm_cdc_log_scan_sessions (optional)     | VIEW DATABASE PERFORMANCE STATE (SQL Server 2022+,    |
@@ -273,6 +275,30 @@ BEGIN
 END;
 CLOSE tables;
 DEALLOCATE tables;
+-- A captured column of an alias (user-defined) type: its row in sys.types is a securable of
+-- its own, visible only with a permission on the type. VIEW DEFINITION shows the metadata and
+-- nothing else.
+DECLARE @type_schema sysname;
+DECLARE types CURSOR LOCAL FAST_FORWARD FOR
+    SELECT DISTINCT SCHEMA_NAME(t.schema_id), t.name
+    FROM @instances AS i
+    JOIN cdc.change_tables AS ct ON ct.capture_instance = i.capture_instance
+    JOIN cdc.captured_columns AS cc ON cc.object_id = ct.object_id
+    JOIN sys.columns AS c ON c.object_id = i.object_id AND c.name = cc.column_name
+    JOIN sys.types AS t ON t.user_type_id = c.user_type_id
+    WHERE t.is_user_defined = 1;
+OPEN types;
+FETCH NEXT FROM types INTO @type_schema, @name;
+WHILE @@FETCH_STATUS = 0
+BEGIN
+    SET @sql = N'GRANT VIEW DEFINITION ON TYPE::' + QUOTENAME(@type_schema) + N'.' + QUOTENAME(@name)
+             + N' TO ' + @grantee + N';';
+    PRINT @sql;
+    EXEC sys.sp_executesql @sql;
+    FETCH NEXT FROM types INTO @type_schema, @name;
+END;
+CLOSE types;
+DEALLOCATE types;
 
 -- 4. Each configured capture instance: its gating role (if sp_cdc_enable_table was given a
 --    @role_name; note that @role_name = 'null', a STRING, creates a role literally named null)
