@@ -172,6 +172,14 @@ async fn live_product_runs_as_a_least_privileged_login() {
     run_setup_sql(&mut sql).await;
     batch(&mut sql, MORE_TABLES).await;
     wait_for_first_capture(&mut sql, &db.name).await;
+    // Every capture instance has its start LSN (the capture job has recognised it).
+    wait_until_captured(
+        &mut sql,
+        &db.name,
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM cdc.change_tables WHERE start_lsn IS NULL) \
+         THEN 0 ELSE 1 END AS n;",
+    )
+    .await;
 
     // What earlier versions of the grant script gave: the cdc schema, every gating role.
     let user = &login.name;
@@ -216,6 +224,19 @@ async fn live_product_runs_as_a_least_privileged_login() {
         .await,
         0,
         "no schema-wide permission is left"
+    );
+    assert_eq!(
+        count(
+            &mut sql,
+            &format!(
+                "SELECT COUNT(*) AS n FROM sys.database_permissions \
+                 WHERE grantee_principal_id = DATABASE_PRINCIPAL_ID(N'{user}') AND class = 1 \
+                   AND major_id = OBJECT_ID(N'dbo.customers') AND minor_id = 0;"
+            )
+        )
+        .await,
+        0,
+        "the table-wide SELECT is replaced by the captured columns"
     );
 
     // --- The whole product as that login.
