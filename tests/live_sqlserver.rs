@@ -981,7 +981,11 @@ async fn live_session_against_sql_server() {
         "{missing:?}"
     );
 
-    let baseline = session.max_lsn().await.unwrap();
+    let baseline = session
+        .max_lsn()
+        .await
+        .unwrap()
+        .expect("the capture job has run (wait_for_capture above)");
 
     // Changes: 1 and 2 inserted (2 also updated), 3 inserted and deleted again.
     batch(

@@ -55,6 +55,7 @@ fn customers_ci() -> CaptureInstance {
         name: "dbo_customers".into(),
         supports_net_changes: true,
         min_lsn: lsn(100),
+        start_lsn: Some(lsn(100)),
         key_columns: vec!["customer_id".into()],
     }
 }
@@ -68,6 +69,19 @@ fn param_values(request: &tds::Request) -> Vec<ParamValue> {
 }
 
 fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&str, &str)]) -> Reply {
+    let started: Vec<_> = instances
+        .iter()
+        .map(|(name, net, min)| (*name, *net, *min, Some(*min)))
+        .collect();
+    capture_instances_reply_started(&started, keys)
+}
+
+/// As [`capture_instances_reply`], with each instance's `start_lsn` (`None`: NULL, not yet
+/// recognised by the capture process).
+fn capture_instances_reply_started(
+    instances: &[(&str, bool, u128, Option<u128>)],
+    keys: &[(&str, &str)],
+) -> Reply {
     let created = NaiveDate::from_ymd_opt(2024, 1, 1)
         .unwrap()
         .and_hms_opt(0, 0, 0)
@@ -81,11 +95,12 @@ fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&str, &str
                 col("supports_net_changes", SqlType::Bit),
                 col("index_name", SqlType::NVarChar(128)),
                 col("min_lsn", SqlType::Binary(10)),
+                col("start_lsn", SqlType::Binary(10)),
                 col("create_date", SqlType::DateTime),
             ],
             rows: instances
                 .iter()
-                .map(|(name, net, min)| {
+                .map(|(name, net, min, start)| {
                     vec![
                         Cell::Text(name.to_string()),
                         Cell::Text("dbo".into()),
@@ -93,6 +108,7 @@ fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&str, &str
                         Cell::Bit(*net),
                         Cell::Null,
                         lsn_cell(*min),
+                        start.map_or(Cell::Null, lsn_cell),
                         Cell::DateTime(created),
                     ]
                 })
@@ -125,7 +141,7 @@ async fn max_lsn_logs_in_and_sends_the_const_statement() {
     );
     let mut session = session(&server).await;
     assert_eq!(
-        session.max_lsn().await.unwrap().to_string(),
+        session.max_lsn().await.unwrap().unwrap().to_string(),
         "0x0000002A000001F00003"
     );
     let logins = server.logins();
@@ -168,6 +184,7 @@ async fn capture_instance_picks_the_newest_or_the_wanted_one() {
             name: "dbo_customers_v2".into(),
             supports_net_changes: true,
             min_lsn: lsn(500),
+            start_lsn: Some(lsn(500)),
             key_columns: vec!["region".into(), "customer_id".into()],
         }
     );
@@ -576,7 +593,7 @@ async fn msg_313_becomes_a_clear_error() {
             vec![vec![lsn_cell(7)]],
         ),
     );
-    assert_eq!(session.max_lsn().await.unwrap(), lsn(7));
+    assert_eq!(session.max_lsn().await.unwrap(), Some(lsn(7)));
 }
 
 #[tokio::test]
@@ -1116,7 +1133,7 @@ async fn gateway_redirect_is_followed() {
         port: target.port(),
     });
     let mut session = source(&gateway).session().await.unwrap();
-    assert_eq!(session.max_lsn().await.unwrap(), lsn(5));
+    assert_eq!(session.max_lsn().await.unwrap(), Some(lsn(5)));
     assert_eq!(gateway.logins().len(), 1);
     assert_eq!(target.logins().len(), 1);
     assert!(gateway.requests().is_empty());
@@ -1144,7 +1161,7 @@ async fn ado_connection_string_with_the_test_switch() {
     let debug = format!("{source:?}");
     assert!(!debug.contains("s3cret-pw"), "{debug}");
     let mut session = source.session().await.unwrap();
-    assert_eq!(session.max_lsn().await.unwrap(), lsn(9));
+    assert_eq!(session.max_lsn().await.unwrap(), Some(lsn(9)));
     assert_eq!(server.logins()[0].database, "cdcdb");
 }
 
@@ -1250,5 +1267,43 @@ async fn many_rows_stream_through_in_order() {
     println!(
         "{ROWS} rows in {elapsed:?} ({:.0} rows/s, fake included)",
         ROWS as f64 / elapsed.as_secs_f64()
+    );
+}
+
+/// Issue 9, item 3: right after `sys.sp_cdc_enable_table` SQL Server answers a NULL
+/// `start_lsn` (and `fn_cdc_get_min_lsn` 0x00…, `fn_cdc_get_max_lsn()` NULL); the session
+/// reports them as such, so the jobs can refuse the instance instead of baselining at zero.
+#[tokio::test]
+async fn a_capture_instance_not_yet_recognised_reads_as_null_start_lsn() {
+    let server = FakeServer::start().await;
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_instances_reply_started(
+            &[("dbo_customers", true, 0, None)],
+            &[("dbo_customers", "customer_id")],
+        ),
+    );
+    server.on(
+        sql::GET_MAX_LSN,
+        Reply::rows(
+            vec![col("max_lsn", SqlType::Binary(10))],
+            vec![vec![Cell::Null]],
+        ),
+    );
+    let mut session = session(&server).await;
+    let ci = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap();
+    assert_eq!(ci.start_lsn, None);
+    assert_eq!(ci.min_lsn, Lsn::ZERO);
+    assert_eq!(
+        session.max_lsn().await.unwrap(),
+        None,
+        "NULL is not an error here"
+    );
+    assert!(
+        sql::CAPTURE_INSTANCES.contains("ct.start_lsn"),
+        "the statement reads it"
     );
 }

@@ -94,8 +94,14 @@ pub struct CaptureInstance {
     /// `cdc.fn_cdc_get_net_changes_<name>` once quoted.
     pub name: String,
     pub supports_net_changes: bool,
-    /// `sys.fn_cdc_get_min_lsn(name)`, read in the same round trip.
+    /// `sys.fn_cdc_get_min_lsn(name)`, read in the same round trip (0x00… while `start_lsn`
+    /// is `None`, or when the login may not read the instance).
     pub min_lsn: Lsn,
+    /// `cdc.change_tables.start_lsn`: `None` ("the low endpoint has not been established")
+    /// until the capture process has recognised the instance after `sys.sp_cdc_enable_table`.
+    /// Nothing can be copied from an instance without one (see
+    /// [`CdcError::CaptureNotStarted`]).
+    pub start_lsn: Option<Lsn>,
     /// The source table's key columns in key order (the primary key or `index_name`).
     pub key_columns: Vec<String>,
 }
@@ -286,6 +292,22 @@ pub enum CdcError {
         table: TableRef,
         capture_instance: String,
     },
+    /// CDC is enabled but its capture process has not run far enough to give an LSN to start
+    /// from (right after `sys.sp_cdc_enable_table`). Transient: the capture job fixes it by
+    /// itself within seconds to minutes, if it runs at all.
+    #[error(
+        "CDC capture has not started for {table} yet ({evidence}), so there is no LSN to copy \
+         from. The capture process sets it: on SQL Server and Managed Instance the SQL Server \
+         Agent job cdc.{database}_capture (check that SQL Server Agent is running), on Azure SQL \
+         Database the CDC scheduler, which runs every 20 seconds. Retry in a minute or so"
+    )]
+    CaptureNotStarted {
+        table: TableRef,
+        /// What was read: the capture instance's NULL start LSN, or a NULL max LSN.
+        evidence: String,
+        /// The database, for the capture job's name.
+        database: String,
+    },
     #[error("the watermark table {0} does not exist: run sql/setup.sql (see README, \"The watermark table\")")]
     NoWatermarkTable(String),
     #[error("SQL Server error {number}: {message}")]
@@ -344,7 +366,7 @@ impl CdcError {
     pub fn is_transient(&self) -> bool {
         match self {
             CdcError::Sql { transient, .. } => *transient,
-            CdcError::Connection { .. } => true,
+            CdcError::Connection { .. } | CdcError::CaptureNotStarted { .. } => true,
             CdcError::Sink(e) => e.is_transient(),
             _ => false,
         }
@@ -373,8 +395,9 @@ pub trait CdcSession: Send {
     /// server's zone by the implementation), in one round trip.
     async fn capture_progress(&mut self, at: DateTime<Utc>) -> Result<CaptureProgress, CdcError>;
 
-    /// `sys.fn_cdc_get_max_lsn()` alone: the full load's baseline.
-    async fn max_lsn(&mut self) -> Result<Lsn, CdcError>;
+    /// `sys.fn_cdc_get_max_lsn()` alone: the full load's baseline. `None` (SQL NULL) until
+    /// the capture process has written its first `cdc.lsn_time_mapping` row.
+    async fn max_lsn(&mut self) -> Result<Option<Lsn>, CdcError>;
 
     /// Number of net-change rows in `range`.
     async fn count_net_changes(

@@ -126,6 +126,10 @@ impl Context {
     }
 
     /// A session for `table`, and the table's capture instance (the pinned one, if any).
+    /// An instance the capture process has not recognised yet (NULL start LSN, right after
+    /// `sys.sp_cdc_enable_table`) is refused with a transient error: its `min_lsn` reads
+    /// 0x00… and the max LSN may be below where its changes will start, so any baseline
+    /// taken now would later look like cleaned-up changes.
     pub(crate) async fn open(
         &self,
         table: &TableRef,
@@ -135,7 +139,27 @@ impl Context {
         let ci = session
             .capture_instance(table, spec.capture_instance.as_deref())
             .await?;
+        if ci.start_lsn.is_none() {
+            return Err(self
+                .capture_not_started(
+                    &ci.table,
+                    format!(
+                        "capture instance {} has no start_lsn in cdc.change_tables",
+                        ci.name
+                    ),
+                )
+                .into());
+        }
         Ok((session, ci))
+    }
+
+    /// The error for a capture process that has not given `table` an LSN to start from.
+    pub(crate) fn capture_not_started(&self, table: &TableRef, evidence: String) -> CdcError {
+        CdcError::CaptureNotStarted {
+            table: table.clone(),
+            evidence,
+            database: self.settings.sql.database().to_string(),
+        }
     }
 
     /// The configured spec of `table` (its capture instance, if pinned).

@@ -438,6 +438,7 @@ impl CdcSession for SqlServerSession {
         Ok(CaptureInstance {
             table: source,
             min_lsn: lsn_column(chosen, "min_lsn")?.unwrap_or(Lsn::ZERO),
+            start_lsn: lsn_column(chosen, "start_lsn")?,
             name,
             supports_net_changes: true,
             key_columns,
@@ -458,13 +459,9 @@ impl CdcSession for SqlServerSession {
         })
     }
 
-    async fn max_lsn(&mut self) -> Result<Lsn, CdcError> {
+    async fn max_lsn(&mut self) -> Result<Option<Lsn>, CdcError> {
         let row = self.single_row(sql::GET_MAX_LSN, &[]).await?;
-        lsn_column(&row, "max_lsn")?.ok_or_else(|| {
-            CdcError::Protocol(
-                "sys.fn_cdc_get_max_lsn() is NULL: is CDC enabled on the database?".into(),
-            )
-        })
+        lsn_column(&row, "max_lsn")
     }
 
     async fn count_net_changes(

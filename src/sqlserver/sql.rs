@@ -49,7 +49,9 @@ SELECT @max_lsn AS max_lsn,
 /// (`index_name`, or the primary key when it is NULL) in key order.
 ///
 /// Result set 1: `capture_instance, schema_name, table_name, supports_net_changes, index_name,
-/// min_lsn, create_date`. Result set 2: `capture_instance, column_name` ordered by
+/// min_lsn, start_lsn, create_date`. `start_lsn` is NULL ("the low endpoint has not been
+/// established") until the capture process has recognised the instance, and `min_lsn` is then
+/// 0x00…; the jobs refuse such an instance with a transient error. Result set 2: `capture_instance, column_name` ordered by
 /// `capture_instance, key_ordinal`.
 /// <https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-change-tables-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql>
@@ -57,7 +59,7 @@ SELECT @max_lsn AS max_lsn,
 pub const CAPTURE_INSTANCES: &str = "\
 SELECT ct.capture_instance, s.name AS schema_name, t.name AS table_name,
        ct.supports_net_changes, ct.index_name,
-       sys.fn_cdc_get_min_lsn(ct.capture_instance) AS min_lsn, ct.create_date
+       sys.fn_cdc_get_min_lsn(ct.capture_instance) AS min_lsn, ct.start_lsn, ct.create_date
 FROM cdc.change_tables AS ct
 JOIN sys.tables AS t ON t.object_id = ct.source_object_id
 JOIN sys.schemas AS s ON s.schema_id = t.schema_id
