@@ -697,7 +697,8 @@ async fn live_full_load_and_incremental_copy() {
     let settings = settings(&db.connection_string, &storage, &container);
     let blobs = BlobTarget::new(&settings.storage, &container).expect("blob target");
     let source = SqlServerSource::new(&settings.sql, settings.watermark_table.clone())
-        .expect("SqlServerSource::new");
+        .expect("SqlServerSource::new")
+        .with_command_timeout(settings.sql_command_timeout);
     let runner = Runner::new(Arc::new(settings), Arc::new(source), blobs.clone());
 
     // `handler check` before any load: everything reachable, the watermark missing.

@@ -282,7 +282,7 @@ pub enum CdcError {
         requested: Lsn,
         minimum: Lsn,
     },
-    #[error("table {table} has no CDC capture instance{}: enable it with sys.sp_cdc_enable_table", .wanted.as_ref().map(|w| format!(" named {w}")).unwrap_or_default())]
+    #[error("table {table} has no CDC capture instance{} that this login can see: enable it with sys.sp_cdc_enable_table, or grant the login SELECT on the table (OBJECT_ID and cdc.change_tables show only what the login may see)", .wanted.as_ref().map(|w| format!(" named {w}")).unwrap_or_default())]
     NoCaptureInstance {
         table: TableRef,
         wanted: Option<String>,
@@ -307,6 +307,22 @@ pub enum CdcError {
         evidence: String,
         /// The database, for the capture job's name.
         database: String,
+    },
+    /// `sys.fn_cdc_get_min_lsn` answered 0x00… for an instance that has (or had) a start LSN:
+    /// the function's way of saying the instance is gone or the caller may not read it.
+    #[error("sys.fn_cdc_get_min_lsn('{capture_instance}') returned 0x00…: capture instance {capture_instance} of {table} no longer exists, or the login lacks permission to read its change data (it needs SELECT on every captured column of {table}, and membership in the instance's gating role if one was set; see docs/sql.md)")]
+    ChangeDataNotReadable {
+        table: TableRef,
+        capture_instance: String,
+    },
+    /// One round trip of a statement got no answer within `CDC_SQL_COMMAND_TIMEOUT_SECONDS`
+    /// (tiberius drops the connection). Transient: the usual causes — blocking by another
+    /// transaction, throttling, a database resuming or failing over — pass, and nothing moved.
+    #[error("SQL Server did not answer the {statement} within {timeout:?} (CDC_SQL_COMMAND_TIMEOUT_SECONDS); the connection was dropped and the run will be retried. If the statement was blocked, look for a long transaction holding locks; if it is simply slower than that (a very busy window, a very large table), raise CDC_SQL_COMMAND_TIMEOUT_SECONDS")]
+    CommandTimeout {
+        /// The statement's short name, e.g. "net changes of dbo_customers".
+        statement: String,
+        timeout: std::time::Duration,
     },
     #[error("the watermark table {0} does not exist: run sql/setup.sql (see README, \"The watermark table\")")]
     NoWatermarkTable(String),
@@ -366,7 +382,9 @@ impl CdcError {
     pub fn is_transient(&self) -> bool {
         match self {
             CdcError::Sql { transient, .. } => *transient,
-            CdcError::Connection { .. } | CdcError::CaptureNotStarted { .. } => true,
+            CdcError::Connection { .. }
+            | CdcError::CaptureNotStarted { .. }
+            | CdcError::CommandTimeout { .. } => true,
             CdcError::Sink(e) => e.is_transient(),
             _ => false,
         }
