@@ -1308,3 +1308,155 @@ async fn a_capture_instance_not_yet_recognised_reads_as_null_start_lsn() {
         "the statement reads it"
     );
 }
+
+/// Issue 9, item 6: the CDC functions refuse a range with Msg 208 (their own pages) or 313
+/// ("Work with change data"); either way the session re-reads `sys.fn_cdc_get_min_lsn`, so a
+/// cleanup that ran after the instance was looked up (min LSN 100 then, 300 now) gets the full
+/// cleanup message with the fresh minimum, and 0x00… says the login may lack permission.
+#[tokio::test]
+async fn a_refused_range_is_explained_from_a_fresh_min_lsn() {
+    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    // (server error, fresh min LSN, what the run reports)
+    let cases: &[(u32, Option<u128>, &str)] = &[
+        (208, Some(300), "cleaned up"),
+        (313, Some(300), "cleaned up"),
+        (208, Some(120), "validity interval"),
+        (313, Some(120), "validity interval"),
+        (208, Some(0), "lacks permission"),
+        (313, Some(0), "lacks permission"),
+        (208, None, "validity interval"),
+    ];
+    for (number, fresh, says) in cases {
+        let server = FakeServer::start().await;
+        server.on(
+            &statement,
+            Reply::error(*number, "Invalid object name / insufficient arguments."),
+        );
+        if let Some(fresh) = fresh {
+            server.on(
+                sql::GET_MIN_LSN,
+                Reply::rows(
+                    vec![col("min_lsn", SqlType::Binary(10))],
+                    vec![vec![lsn_cell(*fresh)]],
+                ),
+            );
+        }
+        let mut session = session(&server).await;
+        let err = session
+            .net_changes(
+                &customers_ci(),
+                range(lsn(150), lsn(400)),
+                RowFilter::All,
+                &mut VecSink::default(),
+            )
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(says), "{number}, {fresh:?}: {text}");
+        assert!(!err.is_transient(), "{number}, {fresh:?}");
+        if *says == "cleaned up" {
+            assert!(
+                matches!(&err, CdcError::LsnNotAvailable { requested, minimum, .. }
+                    if *requested == lsn(150) && *minimum == lsn(300)),
+                "{err:?}"
+            );
+        }
+        let requests = server.requests();
+        assert_eq!(requests.len(), 2, "the statement, then the re-read");
+        assert_eq!(requests[1].sql, sql::GET_MIN_LSN);
+        assert_eq!(
+            param_values(&requests[1]),
+            vec![ParamValue::Text("dbo_customers".into())]
+        );
+        assert_eq!(param_types(&requests[1]), vec!["nvarchar"]);
+    }
+}
+
+/// Issue 9, item 6: with NOCOUNT on at the server (`user options` 512) SQL Server sends no
+/// row count; the watermark writes set NOCOUNT OFF in their own batch, so "1 row updated" still
+/// arrives. Without it (the statement as it was) the update reads 0 rows: superseded forever.
+#[tokio::test]
+async fn watermark_writes_read_their_row_count_with_nocount_on_at_the_server() {
+    let server = FakeServer::start().await;
+    server.set_nocount_default(true);
+    let update = sql::update_watermark(&watermark_table()).unwrap();
+    let insert = sql::insert_watermark(&watermark_table()).unwrap();
+    let without_set = update.trim_start_matches("SET NOCOUNT OFF;\n").to_string();
+    for statement in [&update, &insert, &without_set] {
+        server.on(statement, Reply::RowCount(1));
+    }
+    let mut session = session(&server).await;
+    let row = sample_watermark();
+    assert!(session
+        .update_watermark(row.version - 1, &row)
+        .await
+        .unwrap());
+    assert!(session.insert_watermark(&row).await.unwrap());
+
+    // The rule the fake follows, on the statement without its SET: no count at all.
+    assert_ne!(without_set, update);
+    let mut client = tiberius::Client::connect(
+        server.config(),
+        tokio_util::compat::TokioAsyncWriteCompatExt::compat_write(
+            tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+                .await
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        client
+            .execute(without_set.as_str(), &[])
+            .await
+            .unwrap()
+            .total(),
+        0
+    );
+    assert_eq!(
+        client.execute(update.as_str(), &[]).await.unwrap().total(),
+        1
+    );
+}
+
+/// Issue 9, item 5: a statement the server never answers ends after the command timeout
+/// (here 200 ms; tiberius's own timer, so this test waits for it) with an error naming the
+/// statement and the setting, transient.
+#[tokio::test]
+async fn a_stalled_statement_names_itself_and_the_setting() {
+    let server = FakeServer::start().await;
+    let timeout =
+        cdc_copy::config::CommandTimeout::new(std::time::Duration::from_millis(200)).unwrap();
+    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    server.on(&statement, Reply::Stall);
+    server.on(
+        &sql::update_watermark(&watermark_table()).unwrap(),
+        Reply::Stall,
+    );
+    let source = source(&server).with_command_timeout(timeout);
+
+    let mut session = source.session().await.unwrap();
+    let err = session
+        .net_changes(
+            &customers_ci(),
+            range(lsn(150), lsn(400)),
+            RowFilter::All,
+            &mut VecSink::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CdcError::CommandTimeout { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("net changes of dbo_customers"), "{text}");
+    assert!(text.contains("CDC_SQL_COMMAND_TIMEOUT_SECONDS"), "{text}");
+    assert!(text.contains("200ms"), "{text}");
+    assert!(err.is_transient());
+
+    let mut session = source.session().await.unwrap();
+    let row = sample_watermark();
+    let err = session
+        .update_watermark(row.version - 1, &row)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("watermark update"), "{err}");
+}
