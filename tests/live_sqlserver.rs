@@ -21,6 +21,8 @@
 //! test writes to its own container.
 
 mod common;
+#[path = "live_sqlserver/first_run.rs"]
+mod first_run;
 use cdc_copy_testkit::live::LiveSql;
 use cdc_copy_testkit::tds;
 
