@@ -1307,6 +1307,24 @@ async fn a_capture_instance_not_yet_recognised_reads_as_null_start_lsn() {
         sql::CAPTURE_INSTANCES.contains("ct.start_lsn"),
         "the statement reads it"
     );
+
+    // A start LSN but min LSN 0x00…: fn_cdc_get_min_lsn's way of saying "not for you".
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_instances_reply_started(
+            &[("dbo_customers", true, 0, Some(100))],
+            &[("dbo_customers", "customer_id")],
+        ),
+    );
+    let err = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CdcError::ChangeDataNotReadable { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("lacks permission"), "{err}");
 }
 
 /// Issue 9, item 6: the CDC functions refuse a range with Msg 208 (their own pages) or 313

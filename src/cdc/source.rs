@@ -480,3 +480,72 @@ impl RowSink for VecSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customers() -> TableRef {
+        TableRef::parse("dbo.customers").unwrap()
+    }
+
+    /// The errors of issue 9: which side of the retry line each is on, and the words an
+    /// operator needs in it.
+    #[test]
+    fn first_run_timeout_and_permission_errors_say_what_happened() {
+        let cases: Vec<(CdcError, bool, Vec<&str>)> = vec![
+            (
+                CdcError::CaptureNotStarted {
+                    table: customers(),
+                    evidence: "capture instance dbo_customers has no start_lsn".into(),
+                    database: "shop".into(),
+                },
+                true,
+                vec![
+                    "dbo.customers",
+                    "no start_lsn",
+                    "SQL Server Agent job cdc.shop_capture",
+                    "Azure SQL Database",
+                    "every 20 seconds",
+                    "Retry in a minute",
+                ],
+            ),
+            (
+                CdcError::CommandTimeout {
+                    statement: "keyset page of dbo.customers".into(),
+                    timeout: std::time::Duration::from_secs(300),
+                },
+                true,
+                vec![
+                    "keyset page of dbo.customers",
+                    "300s",
+                    "CDC_SQL_COMMAND_TIMEOUT_SECONDS",
+                ],
+            ),
+            (
+                CdcError::ChangeDataNotReadable {
+                    table: customers(),
+                    capture_instance: "dbo_customers".into(),
+                },
+                false,
+                vec!["0x00", "no longer exists", "or the login lacks permission"],
+            ),
+            (
+                CdcError::NoCaptureInstance {
+                    table: customers(),
+                    wanted: None,
+                },
+                false,
+                vec!["sys.sp_cdc_enable_table", "this login can see", "SELECT"],
+            ),
+        ];
+        for (error, transient, words) in cases {
+            assert_eq!(error.is_transient(), transient, "{error}");
+            let text = error.to_string();
+            for word in words {
+                assert!(text.contains(word), "{word:?} missing from {text}");
+            }
+            assert!(!text.contains("cleaned up"), "{text}");
+        }
+    }
+}
