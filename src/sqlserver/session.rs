@@ -598,12 +598,12 @@ impl CdcSession for SqlServerSession {
             )
             .await;
         let (sent, _) = match streamed {
-            Err(CdcError::Sql { number, .. })
-                if matches!(number, CDC_BAD_RANGE | INVALID_OBJECT_NAME) =>
-            {
-                let refused = streamed.expect_err("matched an error");
-                return Err(self.explain_refused_range(ci, from, refused).await);
-            }
+            Err(
+                refused @ CdcError::Sql {
+                    number: CDC_BAD_RANGE | INVALID_OBJECT_NAME,
+                    ..
+                },
+            ) => return Err(self.explain_refused_range(ci, from, refused).await),
             other => other?,
         };
         tracing::debug!(capture_instance = %ci.name, %from, %to, rows = sent, "streamed net changes");
