@@ -665,6 +665,19 @@ async fn read_blob(blobs: &BlobTarget, name: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// The storage connection string: `CDC_COPY_TEST_STORAGE`, or a fresh Azurite (kept running
+/// while the returned handle lives).
+fn live_storage() -> (Option<Azurite>, String) {
+    match std::env::var(STORAGE_ENV) {
+        Ok(storage) if !storage.trim().is_empty() => (None, storage),
+        _ => {
+            let azurite = Azurite::start();
+            let storage = azurite.connection_string.clone();
+            (Some(azurite), storage)
+        }
+    }
+}
+
 fn assert_all_ok(what: &str, checks: &[(String, Result<(), String>)]) {
     assert!(!checks.is_empty(), "{what}: checked nothing");
     let failed: Vec<_> = checks.iter().filter(|(_, r)| r.is_err()).collect();
@@ -687,14 +700,7 @@ async fn live_full_load_and_incremental_copy() {
     let first_max_lsn = wait_for_first_capture(&mut sql, &db.name).await;
 
     // --- Storage: a real Azurite, our own container (the product must create it).
-    let (_azurite, storage) = match std::env::var(STORAGE_ENV) {
-        Ok(storage) if !storage.trim().is_empty() => (None, storage),
-        _ => {
-            let azurite = Azurite::start();
-            let storage = azurite.connection_string.clone();
-            (Some(azurite), storage)
-        }
-    };
+    let (_azurite, storage) = live_storage();
     let container = unique_container("live");
     let settings = settings(&db.connection_string, &storage, &container);
     let blobs = BlobTarget::new(&settings.storage, &container).expect("blob target");

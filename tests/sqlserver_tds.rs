@@ -1327,6 +1327,19 @@ async fn a_capture_instance_not_yet_recognised_reads_as_null_start_lsn() {
     assert!(err.to_string().contains("lacks permission"), "{err}");
 }
 
+/// The error of reading `customers_ci()`'s net changes over `[150, 400]`.
+async fn refused_net_changes(session: &mut dyn CdcSession) -> CdcError {
+    session
+        .net_changes(
+            &customers_ci(),
+            range(lsn(150), lsn(400)),
+            RowFilter::All,
+            &mut VecSink::default(),
+        )
+        .await
+        .unwrap_err()
+}
+
 /// Issue 9, item 6: the CDC functions refuse a range with Msg 208 (their own pages) or 313
 /// ("Work with change data"); either way the session re-reads `sys.fn_cdc_get_min_lsn`, so a
 /// cleanup that ran after the instance was looked up (min LSN 100 then, 300 now) gets the full
@@ -1359,16 +1372,7 @@ async fn a_refused_range_is_explained_from_a_fresh_min_lsn() {
                 ),
             );
         }
-        let mut session = session(&server).await;
-        let err = session
-            .net_changes(
-                &customers_ci(),
-                range(lsn(150), lsn(400)),
-                RowFilter::All,
-                &mut VecSink::default(),
-            )
-            .await
-            .unwrap_err();
+        let err = refused_net_changes(session(&server).await.as_mut()).await;
         let text = err.to_string();
         assert!(text.contains(says), "{number}, {fresh:?}: {text}");
         assert!(!err.is_transient(), "{number}, {fresh:?}");
@@ -1453,16 +1457,7 @@ async fn a_stalled_statement_names_itself_and_the_setting() {
     );
     let source = source(&server).with_command_timeout(timeout);
 
-    let mut session = source.session().await.unwrap();
-    let err = session
-        .net_changes(
-            &customers_ci(),
-            range(lsn(150), lsn(400)),
-            RowFilter::All,
-            &mut VecSink::default(),
-        )
-        .await
-        .unwrap_err();
+    let err = refused_net_changes(source.session().await.unwrap().as_mut()).await;
     assert!(matches!(err, CdcError::CommandTimeout { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("net changes of dbo_customers"), "{text}");

@@ -23,14 +23,7 @@ impl Product {
         let mut sql = db.connect().await;
         batch(&mut sql, CREATE_CUSTOMERS).await;
         run_setup_sql(&mut sql).await;
-        let (azurite, storage) = match std::env::var(STORAGE_ENV) {
-            Ok(storage) if !storage.trim().is_empty() => (None, storage),
-            _ => {
-                let azurite = Azurite::start();
-                let storage = azurite.connection_string.clone();
-                (Some(azurite), storage)
-            }
-        };
+        let (azurite, storage) = live_storage();
         let container = unique_container("live-first");
         let mut vars: HashMap<String, String> = [
             ("CDC_SQL_CONNECTION_STRING", db.connection_string.as_str()),
