@@ -6,8 +6,9 @@
 //! LSN range), and a second only to explain a failure: a range the CDC functions refuse is
 //! checked against a fresh `sys.fn_cdc_get_min_lsn`, so a cleanup that raced the run gets the
 //! cleanup message. Every statement has a short name ("net changes of dbo_customers") that a
-//! command timeout's error carries together with the setting that bounds it. Row results are pushed into the [`RowSink`] as they are decoded, one row at a
-//! time, so memory does not grow with the window or the table.
+//! command timeout's error carries together with the setting that bounds it. Row results are
+//! pushed into the [`RowSink`] as they are decoded, one row at a time, so memory does not grow
+//! with the window or the table.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use futures::TryStreamExt;

@@ -56,10 +56,13 @@ SELECT @max_lsn AS max_lsn,
 /// (`index_name`, or the primary key when it is NULL) in key order.
 ///
 /// Result set 1: `capture_instance, schema_name, table_name, supports_net_changes, index_name,
-/// min_lsn, start_lsn, create_date`. `start_lsn` is NULL ("the low endpoint has not been
-/// established") until the capture process has recognised the instance, and `min_lsn` is then
-/// 0x00…; the jobs refuse such an instance with a transient error. Result set 2: `capture_instance, column_name` ordered by
+/// min_lsn, start_lsn, create_date`.
+/// Result set 2: `capture_instance, column_name` ordered by
 /// `capture_instance, key_ordinal`.
+///
+/// `start_lsn` is NULL ("the low endpoint has not been established") until the capture process
+/// has recognised the instance, and `min_lsn` is then 0x00…; the jobs refuse such an instance
+/// with a transient error.
 /// <https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-change-tables-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-index-columns-transact-sql>
