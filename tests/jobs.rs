@@ -700,7 +700,8 @@ async fn a_stopped_capture_is_waited_for_within_the_bound() {
 
 /// Issue 9, item 3: a FullLoad right after `sys.sp_cdc_enable_table`, before the capture job
 /// has recognised the instance (NULL start LSN, NULL max LSN), is refused with a transient
-/// error naming the capture job, and writes no watermark; once the capture job has run the
+/// error naming the capture job, and writes no watermark (IncrementalCopy answers the same);
+/// once the capture job has run the
 /// load and the first incremental run succeed — never the cleanup message — and the replay
 /// oracle finds no change lost.
 #[tokio::test]
@@ -731,6 +732,14 @@ async fn a_full_load_before_the_capture_job_has_run_is_retried_not_misbaselined(
         bench.model.watermark(&bench.table),
         None,
         "no watermark row"
+    );
+    // IncrementalCopy says the same (before anything else about the table).
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.status, Status::Failed, "{:?}", report.logs());
+    assert!(
+        report.logs()[0].contains("SQL Server Agent job cdc.db_capture"),
+        "{:?}",
+        report.logs()
     );
 
     // Changes keep coming while the capture job catches up; then it runs.
