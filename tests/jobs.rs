@@ -733,6 +733,24 @@ async fn a_full_load_before_the_capture_job_has_run_is_retried_not_misbaselined(
         None,
         "no watermark row"
     );
+    // `handler check` says so too.
+    let runner = cdc_copy::jobs::Runner::new(
+        bench.ctx.settings.clone(),
+        bench.ctx.source.clone(),
+        bench.ctx.blobs.clone(),
+    );
+    let checks = runner.check().await;
+    let capture = checks
+        .iter()
+        .find(|(what, _)| what == "CDC capture instance of dbo.customers")
+        .expect("a capture-instance check");
+    assert!(
+        capture
+            .1
+            .as_ref()
+            .is_err_and(|e| e.contains("cdc.db_capture")),
+        "{checks:?}"
+    );
     // IncrementalCopy says the same (before anything else about the table).
     let report = bench.incremental(bench.model.now()).await;
     assert_eq!(report.status, Status::Failed, "{:?}", report.logs());

@@ -216,19 +216,27 @@ async fn agent_diagnostics(client: &mut Sql, database: &str) -> String {
     }
 }
 
-/// Waits until the capture job has written its first LSN mapping: before that
-/// `sys.fn_cdc_get_max_lsn()` is NULL and nothing CDC-related can be planned.
+/// Waits until the capture job has written its first LSN mapping and recognised every capture
+/// instance: before that `sys.fn_cdc_get_max_lsn()` or `cdc.change_tables.start_lsn` is NULL
+/// and the product refuses to copy (transient "capture has not started").
 async fn wait_for_first_capture(client: &mut Sql, database: &str) -> Lsn {
     let deadline = tokio::time::Instant::now() + CAPTURE_TIMEOUT;
     loop {
-        if let Some(lsn) = max_lsn(client).await {
+        let unrecognised = rows(
+            client,
+            "SELECT COUNT(*) AS n FROM cdc.change_tables WHERE start_lsn IS NULL;",
+        )
+        .await[0]
+            .get::<i32, _>("n")
+            .unwrap_or(0);
+        if let Some(lsn) = max_lsn(client).await.filter(|_| unrecognised == 0) {
             return lsn;
         }
         if tokio::time::Instant::now() >= deadline {
             let why = agent_diagnostics(client, database).await;
             panic!(
-                "sys.fn_cdc_get_max_lsn() in {database} stayed NULL for {CAPTURE_TIMEOUT:?}: the CDC \
-                 capture job never ran. Is SQL Server Agent running? (Docker: \
+                "sys.fn_cdc_get_max_lsn() or a start_lsn in {database} stayed NULL for \
+                 {CAPTURE_TIMEOUT:?}: the CDC capture job never ran. Is SQL Server Agent running? (Docker: \
                  MSSQL_AGENT_ENABLED=true, as in compose.yaml.) {why}"
             );
         }

@@ -63,28 +63,6 @@ impl Product {
             .await
     }
 
-    /// Waits for the capture job to recognise `dbo_customers` (its start LSN set).
-    async fn wait_for_start_lsn(&mut self) {
-        let deadline = tokio::time::Instant::now() + CAPTURE_TIMEOUT;
-        loop {
-            let started = rows(
-                &mut self.sql,
-                "SELECT start_lsn FROM cdc.change_tables WHERE capture_instance = N'dbo_customers';",
-            )
-            .await[0]
-                .get::<&[u8], _>("start_lsn")
-                .is_some();
-            if started && max_lsn(&mut self.sql).await.is_some() {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let why = agent_diagnostics(&mut self.sql, &self.db.name).await;
-                panic!("cdc.change_tables.start_lsn stayed NULL for {CAPTURE_TIMEOUT:?}: {why}");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
     /// Commits one change after the load, waits until it is captured, and copies it.
     async fn copy_one_change(&mut self, city: &str) -> Report {
         batch(
@@ -129,7 +107,7 @@ async fn live_full_load_right_after_enable_is_retried_not_misbaselined() {
             None,
             "no watermark while capture has not started"
         );
-        product.wait_for_start_lsn().await;
+        wait_for_first_capture(&mut product.sql, &product.db.name).await;
         let report = product.full_load().await;
         assert_eq!(report.status, Status::Done, "{report:#?}");
     }
@@ -190,7 +168,6 @@ async fn live_watermark_advances_with_nocount_on_at_the_server() {
     };
     let mut product = Product::start(&conn, &[]).await;
     wait_for_first_capture(&mut product.sql, &product.db.name).await;
-    product.wait_for_start_lsn().await;
     let mut master = connect(&product.db.server).await;
     let previous = rows(
         &mut master,
@@ -247,7 +224,6 @@ async fn live_a_blocked_statement_times_out_naming_itself() {
     };
     let mut product = Product::start(&conn, &[("CDC_SQL_COMMAND_TIMEOUT_SECONDS", "1")]).await;
     wait_for_first_capture(&mut product.sql, &product.db.name).await;
-    product.wait_for_start_lsn().await;
     // Another session holds an exclusive table lock in an open transaction.
     let mut blocker = product.db.connect().await;
     batch(
