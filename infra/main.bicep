@@ -100,6 +100,11 @@ param cdcFullLoadPartRows int = 1000000
 @description('Seconds an HTTP FullLoad works before answering 202 (the front end cuts at ~230 s): CDC_FULL_LOAD_HTTP_BUDGET_SECONDS.')
 param cdcFullLoadHttpBudgetSeconds int = 180
 
+@minValue(1)
+@maxValue(1500)
+@description('Seconds one SQL Server round trip may wait for the next reply before the statement fails (stays inside the 30-minute function timeout): CDC_SQL_COMMAND_TIMEOUT_SECONDS.')
+param cdcSqlCommandTimeoutSeconds int = 300
+
 // ---- SQL ---------------------------------------------------------------------------------------
 
 @description('true: create an Azure SQL server + database (Entra-only). false: use existingSqlServerFqdn.')
@@ -256,6 +261,7 @@ module functionApp './app/function.bicep' = {
       CDC_BLOCK_SIZE_MIB: string(cdcBlockSizeMib)
       CDC_FULL_LOAD_PART_ROWS: string(cdcFullLoadPartRows)
       CDC_FULL_LOAD_HTTP_BUDGET_SECONDS: string(cdcFullLoadHttpBudgetSeconds)
+      CDC_SQL_COMMAND_TIMEOUT_SECONDS: string(cdcSqlCommandTimeoutSeconds)
     }
   }
   // The host must be able to read its storage and the package as soon as it starts.

@@ -78,10 +78,53 @@ pub struct Settings {
     /// How long an HTTP-triggered FullLoad works before answering 202 and leaving the rest
     /// to the next invocation.
     pub full_load_http_budget: Duration,
+    /// `CDC_SQL_COMMAND_TIMEOUT_SECONDS`: applied to every SQL Server connection.
+    pub sql_command_timeout: CommandTimeout,
     /// `INCREMENTAL_COPY_SCHEDULE`, the six-field NCRONTAB expression the timer trigger reads
     /// (`%INCREMENTAL_COPY_SCHEDULE%` in function.json). `None` when unset: the handler itself
     /// can run without it (the Functions host cannot). Validated for shape only.
     pub schedule: Option<String>,
+}
+
+/// How long one SQL Server round trip may take before the statement fails (tiberius's
+/// `Config::command_timeout`: the wait for the next part of a reply, reset by every token the
+/// server sends, so a long result that keeps streaming never trips it). Never zero and never
+/// beyond [`CommandTimeout::MAX`], so a stalled statement always ends before the function
+/// timeout does and the run can say which statement stalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandTimeout(Duration);
+
+impl CommandTimeout {
+    /// 25 minutes: under the 30-minute `functionTimeout` of host.json.
+    pub const MAX: Duration = Duration::from_secs(1500);
+    /// `CDC_SQL_COMMAND_TIMEOUT_SECONDS`'s default: see its [`SETTINGS`] entry for why.
+    pub const DEFAULT: CommandTimeout = CommandTimeout(Duration::from_secs(300));
+
+    /// `None` for zero or more than [`CommandTimeout::MAX`].
+    pub fn new(timeout: Duration) -> Option<CommandTimeout> {
+        (!timeout.is_zero() && timeout <= Self::MAX).then_some(CommandTimeout(timeout))
+    }
+
+    pub fn duration(&self) -> Duration {
+        self.0
+    }
+}
+
+impl Default for CommandTimeout {
+    fn default() -> CommandTimeout {
+        CommandTimeout::DEFAULT
+    }
+}
+
+impl std::fmt::Display for CommandTimeout {
+    /// `300 s`, or `0.2 s` below a second (the tests' short timeouts).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.subsec_nanos() == 0 {
+            write!(f, "{} s", self.0.as_secs())
+        } else {
+            write!(f, "{} s", self.0.as_secs_f64())
+        }
+    }
 }
 
 /// One documented environment variable.
@@ -103,6 +146,7 @@ pub const CDC_SQL_CONNECTION_STRING: &str = "CDC_SQL_CONNECTION_STRING";
 pub const CDC_ALLOW_PLAINTEXT_SQL: &str = "CDC_ALLOW_PLAINTEXT_SQL";
 pub const CDC_SQL_SERVER: &str = "CDC_SQL_SERVER";
 pub const CDC_SQL_DATABASE: &str = "CDC_SQL_DATABASE";
+pub const CDC_SQL_COMMAND_TIMEOUT_SECONDS: &str = "CDC_SQL_COMMAND_TIMEOUT_SECONDS";
 pub const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
 pub const CDC_TABLES: &str = "CDC_TABLES";
 pub const CDC_STORAGE_CONNECTION_STRING: &str = "CDC_STORAGE_CONNECTION_STRING";
@@ -158,6 +202,13 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: None,
         range: None,
         description: "Entra ID login: the database whose CDC is copied (with CDC_SQL_SERVER).",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_SQL_COMMAND_TIMEOUT_SECONDS,
+        default: Some("300"),
+        range: Some((1, 1500)),
+        description: "How long (seconds) one SQL Server round trip may wait for the server's next reply before the statement fails with an error naming it (tiberius would cut off at 30 s). Long enough for the net-changes function over a busy window, or a keyset page of a large table, to produce its first row; short enough that a stalled statement ends well inside the 30-minute function timeout (after up to `CDC_CAPTURE_WAIT_SECONDS` of waiting, or the 20 minutes a timer run spends on a full load), so the run reports it and the host's retry gets a fresh invocation.",
         secret: false,
     },
     SettingDoc {
@@ -453,6 +504,17 @@ impl<'a> Parser<'a> {
         let block_size_mib = self.number(CDC_BLOCK_SIZE_MIB);
         let full_load_part_rows = self.number(CDC_FULL_LOAD_PART_ROWS);
         let budget = self.number(CDC_FULL_LOAD_HTTP_BUDGET_SECONDS);
+        let command_timeout = self
+            .number(CDC_SQL_COMMAND_TIMEOUT_SECONDS)
+            .and_then(|secs| {
+                let r = CommandTimeout::new(Duration::from_secs(secs)).ok_or_else(|| {
+                    invalid(
+                        CDC_SQL_COMMAND_TIMEOUT_SECONDS,
+                        format!("{secs} is not a usable timeout"),
+                    )
+                });
+                self.record(r)
+            });
         let schedule = match self.get(INCREMENTAL_COPY_SCHEDULE) {
             None => Some(None),
             Some(v) => {
@@ -476,6 +538,7 @@ impl<'a> Parser<'a> {
             block_size: (block_size_mib? * 1024 * 1024) as usize,
             full_load_part_rows: full_load_part_rows?,
             full_load_http_budget: Duration::from_secs(budget?),
+            sql_command_timeout: command_timeout?,
             schedule: schedule?,
         })
     }
@@ -750,6 +813,7 @@ mod tests {
         assert_eq!(s.block_size, 4 * 1024 * 1024);
         assert_eq!(s.full_load_part_rows, 1_000_000);
         assert_eq!(s.full_load_http_budget, Duration::from_secs(180));
+        assert_eq!(s.sql_command_timeout.duration(), Duration::from_secs(300));
         assert_eq!(s.schedule, None);
         assert_eq!(
             s.tables,
@@ -1083,7 +1147,7 @@ mod tests {
     #[test]
     fn number_ranges_are_the_documented_ones() {
         let numbers: Vec<_> = SETTINGS.iter().filter(|d| d.range.is_some()).collect();
-        assert_eq!(numbers.len(), 6);
+        assert_eq!(numbers.len(), 7);
         for doc in numbers {
             let (default, min, max) = number_doc(doc.name);
             assert!((min..=max).contains(&default), "{}", doc.name);
@@ -1103,6 +1167,49 @@ mod tests {
                 assert!(text.contains(&row), "{page} lacks {row:?}");
             }
         }
+    }
+
+    #[test]
+    fn command_timeout_is_bounded_and_named_when_wrong() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("1", Some(1)),
+            ("45", Some(45)),
+            ("1500", Some(1500)),
+            ("0", None),
+            ("1501", None),
+            ("-5", None),
+            ("30s", None),
+            ("2.5", None),
+        ];
+        for (text, want) in cases {
+            let r = Settings::from_map(&with(&[(CDC_SQL_COMMAND_TIMEOUT_SECONDS, Some(text))]));
+            match (r, want) {
+                (Ok(s), Some(secs)) => {
+                    assert_eq!(s.sql_command_timeout.duration(), Duration::from_secs(*secs))
+                }
+                (Err(e), None) => {
+                    assert_eq!(e.setting(), CDC_SQL_COMMAND_TIMEOUT_SECONDS, "{text}");
+                    assert!(
+                        e.to_string().contains(CDC_SQL_COMMAND_TIMEOUT_SECONDS),
+                        "{e}"
+                    );
+                }
+                (r, want) => panic!("{text}: {r:?}, wanted {want:?}"),
+            }
+        }
+        assert_eq!(CommandTimeout::new(Duration::ZERO), None);
+        assert_eq!(
+            CommandTimeout::new(CommandTimeout::MAX + Duration::from_millis(1)),
+            None
+        );
+        let short = CommandTimeout::new(Duration::from_millis(200)).unwrap();
+        assert_eq!(short.to_string(), "0.2 s");
+        assert_eq!(CommandTimeout::DEFAULT.to_string(), "300 s");
+        assert_eq!(
+            CommandTimeout::DEFAULT.duration().as_secs(),
+            number_doc(CDC_SQL_COMMAND_TIMEOUT_SECONDS).0,
+            "the const and the documented default agree"
+        );
     }
 
     #[test]

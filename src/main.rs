@@ -34,7 +34,7 @@ fn make_jobs() -> Arc<dyn Jobs> {
         Err(e) => return invalid(settings.storage.setting(), &e),
     };
     let source = match SqlServerSource::new(&settings.sql, settings.watermark_table.clone()) {
-        Ok(source) => source,
+        Ok(source) => source.with_command_timeout(settings.sql_command_timeout),
         Err(e) => return invalid(settings.sql.setting(), &e),
     };
     Arc::new(Runner::new(settings, Arc::new(source), blobs))

@@ -14,6 +14,7 @@ use cdc_copy_testkit::faults::{Fault, Method};
 use cdc_copy_testkit::model::CdcModel;
 
 use common::cdc::{customer, random_dml, start_time, Bench, WatermarkExt};
+use common::ledger::Ledger;
 
 /// Guarantees 1, 3 and 4: full load, then 40 windows of random DML; after every run the blobs
 /// replay to the source as of the watermark; empty windows write no blob.
@@ -695,4 +696,97 @@ async fn a_stopped_capture_is_waited_for_within_the_bound() {
         "capture is at least two minutes behind: {lag} ms"
     );
     assert_eq!(bench.watermark().last_window_end, trigger);
+}
+
+/// Issue 9, item 3: a FullLoad right after `sys.sp_cdc_enable_table`, before the capture job
+/// has recognised the instance (NULL start LSN, NULL max LSN), is refused with a transient
+/// error naming the capture job, and writes no watermark (IncrementalCopy answers the same);
+/// once the capture job has run the
+/// load and the first incremental run succeed — never the cleanup message — and the replay
+/// oracle finds no change lost.
+#[tokio::test]
+async fn a_full_load_before_the_capture_job_has_run_is_retried_not_misbaselined() {
+    let model = CdcModel::new(start_time()).with_capture_lag(Duration::seconds(30));
+    let bench = Bench::new(5, model, &[]).await;
+    assert_eq!(bench.model.start_lsn("dbo_customers"), None);
+    let report = bench.full_load().await;
+    assert_eq!(
+        report.status,
+        Status::Failed,
+        "transient: {:?}",
+        report.logs()
+    );
+    let line = &report.logs()[0];
+    for needle in [
+        "capture",
+        "SQL Server Agent job cdc.db_capture",
+        "Azure SQL Database",
+        "20 seconds",
+        "Retry",
+    ] {
+        assert!(line.contains(needle), "{needle:?} missing from {line}");
+    }
+    assert!(!line.contains("cleaned up"), "{line}");
+    assert_eq!(report.return_value()["tables"][0]["transient"], true);
+    assert_eq!(
+        bench.model.watermark(&bench.table),
+        None,
+        "no watermark row"
+    );
+    // `handler check` says so too.
+    let runner = cdc_copy::jobs::Runner::new(
+        bench.ctx.settings.clone(),
+        bench.ctx.source.clone(),
+        bench.ctx.blobs.clone(),
+    );
+    let checks = runner.check().await;
+    let capture = checks
+        .iter()
+        .find(|(what, _)| what == "CDC capture instance of dbo.customers")
+        .expect("a capture-instance check");
+    assert!(
+        capture
+            .1
+            .as_ref()
+            .is_err_and(|e| e.contains("cdc.db_capture")),
+        "{checks:?}"
+    );
+    // IncrementalCopy says the same (before anything else about the table).
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.status, Status::Failed, "{:?}", report.logs());
+    assert!(
+        report.logs()[0].contains("SQL Server Agent job cdc.db_capture"),
+        "{:?}",
+        report.logs()
+    );
+
+    // Changes keep coming while the capture job catches up; then it runs.
+    bench.model.insert(&bench.table, customer(50, 1)).unwrap();
+    bench.model.advance(Duration::seconds(40));
+    assert!(bench.model.start_lsn("dbo_customers").is_some());
+    let mut ledger = Ledger::new();
+    let report = bench.full_load().await;
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    ledger.check(&bench, "after the full load").await;
+
+    bench.model.insert(&bench.table, customer(100, 1)).unwrap();
+    bench
+        .model
+        .update(&bench.table, &[Value::Int(1)], customer(1, 2))
+        .unwrap();
+    bench.model.advance(Duration::minutes(15));
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    assert!(
+        !report.logs()[0].contains("cleaned up"),
+        "{:?}",
+        report.logs()
+    );
+    assert_eq!(report.return_value()["tables"][0]["rows"], 2);
+    ledger
+        .check(&bench, "after the first incremental run")
+        .await;
+    assert_eq!(ledger.figures.lost, 0);
+    assert_eq!(ledger.figures.duplicated, 0);
+    assert_eq!(bench.replay().await.len(), 7);
 }

@@ -21,6 +21,8 @@
 //! test writes to its own container.
 
 mod common;
+#[path = "live_sqlserver/first_run.rs"]
+mod first_run;
 #[path = "live_sqlserver/least_privilege.rs"]
 mod least_privilege;
 use cdc_copy_testkit::live::LiveSql;
@@ -224,19 +226,27 @@ async fn agent_diagnostics(client: &mut Sql, database: &str) -> String {
     }
 }
 
-/// Waits until the capture job has written its first LSN mapping: before that
-/// `sys.fn_cdc_get_max_lsn()` is NULL and nothing CDC-related can be planned.
+/// Waits until the capture job has written its first LSN mapping and recognised every capture
+/// instance: before that `sys.fn_cdc_get_max_lsn()` or `cdc.change_tables.start_lsn` is NULL
+/// and the product refuses to copy (transient "capture has not started").
 async fn wait_for_first_capture(client: &mut Sql, database: &str) -> Lsn {
     let deadline = tokio::time::Instant::now() + CAPTURE_TIMEOUT;
     loop {
-        if let Some(lsn) = max_lsn(client).await {
+        let unrecognised = rows(
+            client,
+            "SELECT COUNT(*) AS n FROM cdc.change_tables WHERE start_lsn IS NULL;",
+        )
+        .await[0]
+            .get::<i32, _>("n")
+            .unwrap_or(0);
+        if let Some(lsn) = max_lsn(client).await.filter(|_| unrecognised == 0) {
             return lsn;
         }
         if tokio::time::Instant::now() >= deadline {
             let why = agent_diagnostics(client, database).await;
             panic!(
-                "sys.fn_cdc_get_max_lsn() in {database} stayed NULL for {CAPTURE_TIMEOUT:?}: the CDC \
-                 capture job never ran. Is SQL Server Agent running? (Docker: \
+                "sys.fn_cdc_get_max_lsn() or a start_lsn in {database} stayed NULL for \
+                 {CAPTURE_TIMEOUT:?}: the CDC capture job never ran. Is SQL Server Agent running? (Docker: \
                  MSSQL_AGENT_ENABLED=true, as in compose.yaml.) {why}"
             );
         }
@@ -431,7 +441,8 @@ fn live_storage() -> (Option<Azurite>, String) {
 fn production_runner(settings: Settings) -> (Runner, BlobTarget) {
     let blobs = BlobTarget::new(&settings.storage, &settings.container).expect("blob target");
     let source = SqlServerSource::new(&settings.sql, settings.watermark_table.clone())
-        .expect("SqlServerSource::new");
+        .expect("SqlServerSource::new")
+        .with_command_timeout(settings.sql_command_timeout);
     let runner = Runner::new(Arc::new(settings), Arc::new(source), blobs.clone());
     (runner, blobs)
 }
@@ -1022,7 +1033,11 @@ async fn live_session_against_sql_server() {
         "{missing:?}"
     );
 
-    let baseline = session.max_lsn().await.unwrap();
+    let baseline = session
+        .max_lsn()
+        .await
+        .unwrap()
+        .expect("the capture job has run (wait_for_capture above)");
 
     // Changes: 1 and 2 inserted (2 also updated), 3 inserted and deleted again.
     batch(

@@ -55,6 +55,7 @@ fn customers_ci() -> CaptureInstance {
         name: "dbo_customers".into(),
         supports_net_changes: true,
         min_lsn: lsn(100),
+        start_lsn: Some(lsn(100)),
         key_columns: vec!["customer_id".into()],
     }
 }
@@ -68,6 +69,19 @@ fn param_values(request: &tds::Request) -> Vec<ParamValue> {
 }
 
 fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&str, &str)]) -> Reply {
+    let started: Vec<_> = instances
+        .iter()
+        .map(|(name, net, min)| (*name, *net, *min, Some(*min)))
+        .collect();
+    capture_instances_reply_started(&started, keys)
+}
+
+/// As [`capture_instances_reply`], with each instance's `start_lsn` (`None`: NULL, not yet
+/// recognised by the capture process).
+fn capture_instances_reply_started(
+    instances: &[(&str, bool, u128, Option<u128>)],
+    keys: &[(&str, &str)],
+) -> Reply {
     let created = NaiveDate::from_ymd_opt(2024, 1, 1)
         .unwrap()
         .and_hms_opt(0, 0, 0)
@@ -81,11 +95,12 @@ fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&str, &str
                 col("supports_net_changes", SqlType::Bit),
                 col("index_name", SqlType::NVarChar(128)),
                 col("min_lsn", SqlType::Binary(10)),
+                col("start_lsn", SqlType::Binary(10)),
                 col("create_date", SqlType::DateTime),
             ],
             rows: instances
                 .iter()
-                .map(|(name, net, min)| {
+                .map(|(name, net, min, start)| {
                     vec![
                         Cell::Text(name.to_string()),
                         Cell::Text("dbo".into()),
@@ -93,6 +108,7 @@ fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&str, &str
                         Cell::Bit(*net),
                         Cell::Null,
                         lsn_cell(*min),
+                        start.map_or(Cell::Null, lsn_cell),
                         Cell::DateTime(created),
                     ]
                 })
@@ -125,7 +141,7 @@ async fn max_lsn_logs_in_and_sends_the_const_statement() {
     );
     let mut session = session(&server).await;
     assert_eq!(
-        session.max_lsn().await.unwrap().to_string(),
+        session.max_lsn().await.unwrap().unwrap().to_string(),
         "0x0000002A000001F00003"
     );
     let logins = server.logins();
@@ -168,6 +184,7 @@ async fn capture_instance_picks_the_newest_or_the_wanted_one() {
             name: "dbo_customers_v2".into(),
             supports_net_changes: true,
             min_lsn: lsn(500),
+            start_lsn: Some(lsn(500)),
             key_columns: vec!["region".into(), "customer_id".into()],
         }
     );
@@ -576,7 +593,7 @@ async fn msg_313_becomes_a_clear_error() {
             vec![vec![lsn_cell(7)]],
         ),
     );
-    assert_eq!(session.max_lsn().await.unwrap(), lsn(7));
+    assert_eq!(session.max_lsn().await.unwrap(), Some(lsn(7)));
 }
 
 #[tokio::test]
@@ -1052,9 +1069,10 @@ async fn login_failures_are_typed_and_never_show_the_password() {
     let server = FakeServer::start().await;
     for (number, transient, message) in [
         (18456, false, "Login failed for user 'copier'."),
+        // Transient on Azure SQL Database's list: a database moving between nodes says it.
         (
             4060,
-            false,
+            true,
             "Cannot open database \"cdcdb\" requested by the login. The login failed.",
         ),
         (
@@ -1116,7 +1134,7 @@ async fn gateway_redirect_is_followed() {
         port: target.port(),
     });
     let mut session = source(&gateway).session().await.unwrap();
-    assert_eq!(session.max_lsn().await.unwrap(), lsn(5));
+    assert_eq!(session.max_lsn().await.unwrap(), Some(lsn(5)));
     assert_eq!(gateway.logins().len(), 1);
     assert_eq!(target.logins().len(), 1);
     assert!(gateway.requests().is_empty());
@@ -1144,7 +1162,7 @@ async fn ado_connection_string_with_the_test_switch() {
     let debug = format!("{source:?}");
     assert!(!debug.contains("s3cret-pw"), "{debug}");
     let mut session = source.session().await.unwrap();
-    assert_eq!(session.max_lsn().await.unwrap(), lsn(9));
+    assert_eq!(session.max_lsn().await.unwrap(), Some(lsn(9)));
     assert_eq!(server.logins()[0].database, "cdcdb");
 }
 
@@ -1251,4 +1269,207 @@ async fn many_rows_stream_through_in_order() {
         "{ROWS} rows in {elapsed:?} ({:.0} rows/s, fake included)",
         ROWS as f64 / elapsed.as_secs_f64()
     );
+}
+
+/// Issue 9, item 3: right after `sys.sp_cdc_enable_table` SQL Server answers a NULL
+/// `start_lsn` (and `fn_cdc_get_min_lsn` 0x00…, `fn_cdc_get_max_lsn()` NULL); the session
+/// reports them as such, so the jobs can refuse the instance instead of baselining at zero.
+#[tokio::test]
+async fn a_capture_instance_not_yet_recognised_reads_as_null_start_lsn() {
+    let server = FakeServer::start().await;
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_instances_reply_started(
+            &[("dbo_customers", true, 0, None)],
+            &[("dbo_customers", "customer_id")],
+        ),
+    );
+    server.on(
+        sql::GET_MAX_LSN,
+        Reply::rows(
+            vec![col("max_lsn", SqlType::Binary(10))],
+            vec![vec![Cell::Null]],
+        ),
+    );
+    let mut session = session(&server).await;
+    let ci = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap();
+    assert_eq!(ci.start_lsn, None);
+    assert_eq!(ci.min_lsn, Lsn::ZERO);
+    assert_eq!(
+        session.max_lsn().await.unwrap(),
+        None,
+        "NULL is not an error here"
+    );
+    assert!(
+        sql::CAPTURE_INSTANCES.contains("ct.start_lsn"),
+        "the statement reads it"
+    );
+
+    // A start LSN but min LSN 0x00…: fn_cdc_get_min_lsn's way of saying "not for you".
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_instances_reply_started(
+            &[("dbo_customers", true, 0, Some(100))],
+            &[("dbo_customers", "customer_id")],
+        ),
+    );
+    let err = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CdcError::ChangeDataNotReadable { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("lacks permission"), "{err}");
+}
+
+/// The error of reading `customers_ci()`'s net changes over `[150, 400]`.
+async fn refused_net_changes(session: &mut dyn CdcSession) -> CdcError {
+    session
+        .net_changes(
+            &customers_ci(),
+            range(lsn(150), lsn(400)),
+            RowFilter::All,
+            &mut VecSink::default(),
+        )
+        .await
+        .unwrap_err()
+}
+
+/// Issue 9, item 6: the CDC functions refuse a range with Msg 208 (their own pages) or 313
+/// ("Work with change data"); either way the session re-reads `sys.fn_cdc_get_min_lsn`, so a
+/// cleanup that ran after the instance was looked up (min LSN 100 then, 300 now) gets the full
+/// cleanup message with the fresh minimum, and 0x00… says the login may lack permission.
+#[tokio::test]
+async fn a_refused_range_is_explained_from_a_fresh_min_lsn() {
+    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    // (server error, fresh min LSN, what the run reports)
+    let cases: &[(u32, Option<u128>, &str)] = &[
+        (208, Some(300), "cleaned up"),
+        (313, Some(300), "cleaned up"),
+        (208, Some(120), "validity interval"),
+        (313, Some(120), "validity interval"),
+        (208, Some(0), "lacks permission"),
+        (313, Some(0), "lacks permission"),
+        (208, None, "validity interval"),
+    ];
+    for (number, fresh, says) in cases {
+        let server = FakeServer::start().await;
+        server.on(
+            &statement,
+            Reply::error(*number, "Invalid object name / insufficient arguments."),
+        );
+        if let Some(fresh) = fresh {
+            server.on(
+                sql::GET_MIN_LSN,
+                Reply::rows(
+                    vec![col("min_lsn", SqlType::Binary(10))],
+                    vec![vec![lsn_cell(*fresh)]],
+                ),
+            );
+        }
+        let err = refused_net_changes(session(&server).await.as_mut()).await;
+        let text = err.to_string();
+        assert!(text.contains(says), "{number}, {fresh:?}: {text}");
+        assert!(!err.is_transient(), "{number}, {fresh:?}");
+        if *says == "cleaned up" {
+            assert!(
+                matches!(&err, CdcError::LsnNotAvailable { requested, minimum, .. }
+                    if *requested == lsn(150) && *minimum == lsn(300)),
+                "{err:?}"
+            );
+        }
+        let requests = server.requests();
+        assert_eq!(requests.len(), 2, "the statement, then the re-read");
+        assert_eq!(requests[1].sql, sql::GET_MIN_LSN);
+        assert_eq!(
+            param_values(&requests[1]),
+            vec![ParamValue::Text("dbo_customers".into())]
+        );
+        assert_eq!(param_types(&requests[1]), vec!["nvarchar"]);
+    }
+}
+
+/// Issue 9, item 6: with NOCOUNT on at the server (`user options` 512) SQL Server sends no
+/// row count; the watermark writes set NOCOUNT OFF in their own batch, so "1 row updated" still
+/// arrives. Without it (the statement as it was) the update reads 0 rows: superseded forever.
+#[tokio::test]
+async fn watermark_writes_read_their_row_count_with_nocount_on_at_the_server() {
+    let server = FakeServer::start().await;
+    server.set_nocount_default(true);
+    let update = sql::update_watermark(&watermark_table()).unwrap();
+    let insert = sql::insert_watermark(&watermark_table()).unwrap();
+    let without_set = update.trim_start_matches("SET NOCOUNT OFF;\n").to_string();
+    for statement in [&update, &insert, &without_set] {
+        server.on(statement, Reply::RowCount(1));
+    }
+    let mut session = session(&server).await;
+    let row = sample_watermark();
+    assert!(session
+        .update_watermark(row.version - 1, &row)
+        .await
+        .unwrap());
+    assert!(session.insert_watermark(&row).await.unwrap());
+
+    // The rule the fake follows, on the statement without its SET: no count at all.
+    assert_ne!(without_set, update);
+    let mut client = tiberius::Client::connect(
+        server.config(),
+        tokio_util::compat::TokioAsyncWriteCompatExt::compat_write(
+            tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+                .await
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        client
+            .execute(without_set.as_str(), &[])
+            .await
+            .unwrap()
+            .total(),
+        0
+    );
+    assert_eq!(
+        client.execute(update.as_str(), &[]).await.unwrap().total(),
+        1
+    );
+}
+
+/// Issue 9, item 5: a statement the server never answers ends after the command timeout
+/// (here 200 ms; tiberius's own timer, so this test waits for it) with an error naming the
+/// statement and the setting, transient.
+#[tokio::test]
+async fn a_stalled_statement_names_itself_and_the_setting() {
+    let server = FakeServer::start().await;
+    let timeout =
+        cdc_copy::config::CommandTimeout::new(std::time::Duration::from_millis(200)).unwrap();
+    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    server.on(&statement, Reply::Stall);
+    server.on(
+        &sql::update_watermark(&watermark_table()).unwrap(),
+        Reply::Stall,
+    );
+    let source = source(&server).with_command_timeout(timeout);
+
+    let err = refused_net_changes(source.session().await.unwrap().as_mut()).await;
+    assert!(matches!(err, CdcError::CommandTimeout { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("net changes of dbo_customers"), "{text}");
+    assert!(text.contains("CDC_SQL_COMMAND_TIMEOUT_SECONDS"), "{text}");
+    assert!(text.contains("200ms"), "{text}");
+    assert!(err.is_transient());
+
+    let mut session = source.session().await.unwrap();
+    let row = sample_watermark();
+    let err = session
+        .update_watermark(row.version - 1, &row)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("watermark update"), "{err}");
 }

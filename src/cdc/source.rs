@@ -94,8 +94,14 @@ pub struct CaptureInstance {
     /// `cdc.fn_cdc_get_net_changes_<name>` once quoted.
     pub name: String,
     pub supports_net_changes: bool,
-    /// `sys.fn_cdc_get_min_lsn(name)`, read in the same round trip.
+    /// `sys.fn_cdc_get_min_lsn(name)`, read in the same round trip (0x00… while `start_lsn`
+    /// is `None`, or when the login may not read the instance).
     pub min_lsn: Lsn,
+    /// `cdc.change_tables.start_lsn`: `None` ("the low endpoint has not been established")
+    /// until the capture process has recognised the instance after `sys.sp_cdc_enable_table`.
+    /// Nothing can be copied from an instance without one (see
+    /// [`CdcError::CaptureNotStarted`]).
+    pub start_lsn: Option<Lsn>,
     /// The source table's key columns in key order (the primary key or `index_name`).
     pub key_columns: Vec<String>,
 }
@@ -276,7 +282,7 @@ pub enum CdcError {
         requested: Lsn,
         minimum: Lsn,
     },
-    #[error("table {table} has no CDC capture instance{}: enable it with sys.sp_cdc_enable_table", .wanted.as_ref().map(|w| format!(" named {w}")).unwrap_or_default())]
+    #[error("table {table} has no CDC capture instance{} that this login can see: enable it with sys.sp_cdc_enable_table, or grant the login SELECT on the table (OBJECT_ID and cdc.change_tables show only what the login may see)", .wanted.as_ref().map(|w| format!(" named {w}")).unwrap_or_default())]
     NoCaptureInstance {
         table: TableRef,
         wanted: Option<String>,
@@ -285,6 +291,38 @@ pub enum CdcError {
     NoNetChanges {
         table: TableRef,
         capture_instance: String,
+    },
+    /// CDC is enabled but its capture process has not run far enough to give an LSN to start
+    /// from (right after `sys.sp_cdc_enable_table`). Transient: the capture job fixes it by
+    /// itself within seconds to minutes, if it runs at all.
+    #[error(
+        "CDC capture has not started for {table} yet ({evidence}), so there is no LSN to copy \
+         from. The capture process sets it: on SQL Server and Managed Instance the SQL Server \
+         Agent job cdc.{database}_capture (check that SQL Server Agent is running), on Azure SQL \
+         Database the CDC scheduler, which runs every 20 seconds. Retry in a minute or so"
+    )]
+    CaptureNotStarted {
+        table: TableRef,
+        /// What was read: the capture instance's NULL start LSN, or a NULL max LSN.
+        evidence: String,
+        /// The database, for the capture job's name.
+        database: String,
+    },
+    /// `sys.fn_cdc_get_min_lsn` answered 0x00… for an instance that has (or had) a start LSN:
+    /// the function's way of saying the instance is gone or the caller may not read it.
+    #[error("sys.fn_cdc_get_min_lsn('{capture_instance}') returned 0x00…: capture instance {capture_instance} of {table} no longer exists, or the login lacks permission to read its change data (it needs SELECT on every captured column of {table}, and membership in the instance's gating role if one was set; see docs/sql.md)")]
+    ChangeDataNotReadable {
+        table: TableRef,
+        capture_instance: String,
+    },
+    /// One round trip of a statement got no answer within `CDC_SQL_COMMAND_TIMEOUT_SECONDS`
+    /// (tiberius drops the connection). Transient: the usual causes — blocking by another
+    /// transaction, throttling, a database resuming or failing over — pass, and nothing moved.
+    #[error("SQL Server did not answer the {statement} within {timeout:?} (CDC_SQL_COMMAND_TIMEOUT_SECONDS); the connection was dropped and the run will be retried. If the statement was blocked, look for a long transaction holding locks; if it is simply slower than that (a very busy window, a very large table), raise CDC_SQL_COMMAND_TIMEOUT_SECONDS")]
+    CommandTimeout {
+        /// The statement's short name, e.g. "net changes of dbo_customers".
+        statement: String,
+        timeout: std::time::Duration,
     },
     #[error("the watermark table {0} does not exist: run sql/setup.sql (see README, \"The watermark table\")")]
     NoWatermarkTable(String),
@@ -344,7 +382,9 @@ impl CdcError {
     pub fn is_transient(&self) -> bool {
         match self {
             CdcError::Sql { transient, .. } => *transient,
-            CdcError::Connection { .. } => true,
+            CdcError::Connection { .. }
+            | CdcError::CaptureNotStarted { .. }
+            | CdcError::CommandTimeout { .. } => true,
             CdcError::Sink(e) => e.is_transient(),
             _ => false,
         }
@@ -373,8 +413,9 @@ pub trait CdcSession: Send {
     /// server's zone by the implementation), in one round trip.
     async fn capture_progress(&mut self, at: DateTime<Utc>) -> Result<CaptureProgress, CdcError>;
 
-    /// `sys.fn_cdc_get_max_lsn()` alone: the full load's baseline.
-    async fn max_lsn(&mut self) -> Result<Lsn, CdcError>;
+    /// `sys.fn_cdc_get_max_lsn()` alone: the full load's baseline. `None` (SQL NULL) until
+    /// the capture process has written its first `cdc.lsn_time_mapping` row.
+    async fn max_lsn(&mut self) -> Result<Option<Lsn>, CdcError>;
 
     /// Number of net-change rows in `range`.
     async fn count_net_changes(
@@ -437,5 +478,74 @@ impl RowSink for VecSink {
     async fn row(&mut self, row: &[Value]) -> Result<(), RowSinkError> {
         self.rows.push(row.to_vec());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customers() -> TableRef {
+        TableRef::parse("dbo.customers").unwrap()
+    }
+
+    /// The errors of issue 9: which side of the retry line each is on, and the words an
+    /// operator needs in it.
+    #[test]
+    fn first_run_timeout_and_permission_errors_say_what_happened() {
+        let cases: Vec<(CdcError, bool, Vec<&str>)> = vec![
+            (
+                CdcError::CaptureNotStarted {
+                    table: customers(),
+                    evidence: "capture instance dbo_customers has no start_lsn".into(),
+                    database: "shop".into(),
+                },
+                true,
+                vec![
+                    "dbo.customers",
+                    "no start_lsn",
+                    "SQL Server Agent job cdc.shop_capture",
+                    "Azure SQL Database",
+                    "every 20 seconds",
+                    "Retry in a minute",
+                ],
+            ),
+            (
+                CdcError::CommandTimeout {
+                    statement: "keyset page of dbo.customers".into(),
+                    timeout: std::time::Duration::from_secs(300),
+                },
+                true,
+                vec![
+                    "keyset page of dbo.customers",
+                    "300s",
+                    "CDC_SQL_COMMAND_TIMEOUT_SECONDS",
+                ],
+            ),
+            (
+                CdcError::ChangeDataNotReadable {
+                    table: customers(),
+                    capture_instance: "dbo_customers".into(),
+                },
+                false,
+                vec!["0x00", "no longer exists", "or the login lacks permission"],
+            ),
+            (
+                CdcError::NoCaptureInstance {
+                    table: customers(),
+                    wanted: None,
+                },
+                false,
+                vec!["sys.sp_cdc_enable_table", "this login can see", "SELECT"],
+            ),
+        ];
+        for (error, transient, words) in cases {
+            assert_eq!(error.is_transient(), transient, "{error}");
+            let text = error.to_string();
+            for word in words {
+                assert!(text.contains(word), "{word:?} missing from {text}");
+            }
+            assert!(!text.contains("cleaned up"), "{text}");
+        }
     }
 }

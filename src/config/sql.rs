@@ -57,6 +57,14 @@ impl SqlTarget {
             .map(|login| SqlTarget::Login(Box::new(login)))
     }
 
+    /// The database whose CDC is copied.
+    pub fn database(&self) -> &str {
+        match self {
+            SqlTarget::Login(login) => login.database(),
+            SqlTarget::Entra { database, .. } => database,
+        }
+    }
+
     /// The setting to fix when this target cannot be used.
     pub fn setting(&self) -> &'static str {
         match self {

@@ -129,7 +129,9 @@ async fn start(
     ci: &CaptureInstance,
     existing: Option<Watermark>,
 ) -> Result<Option<Watermark>, JobError> {
-    let max_lsn = session.max_lsn().await?;
+    let max_lsn = session.max_lsn().await?.ok_or_else(|| {
+        ctx.capture_not_started(&ci.table, "sys.fn_cdc_get_max_lsn() is NULL".to_string())
+    })?;
     let baseline = crate::window::baseline(max_lsn, ci.min_lsn);
     let now = ctx.now();
     let fresh = Watermark {

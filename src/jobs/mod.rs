@@ -126,6 +126,10 @@ impl Context {
     }
 
     /// A session for `table`, and the table's capture instance (the pinned one, if any).
+    /// An instance the capture process has not recognised yet (NULL start LSN, right after
+    /// `sys.sp_cdc_enable_table`) is refused with a transient error: its `min_lsn` reads
+    /// 0x00… and the max LSN may be below where its changes will start, so any baseline
+    /// taken now would later look like cleaned-up changes.
     pub(crate) async fn open(
         &self,
         table: &TableRef,
@@ -135,7 +139,30 @@ impl Context {
         let ci = session
             .capture_instance(table, spec.capture_instance.as_deref())
             .await?;
+        if ci.start_lsn.is_none() {
+            return Err(self.not_recognised(&ci).into());
+        }
         Ok((session, ci))
+    }
+
+    /// The error for an instance the capture process has not recognised yet.
+    fn not_recognised(&self, ci: &CaptureInstance) -> CdcError {
+        self.capture_not_started(
+            &ci.table,
+            format!(
+                "capture instance {} has no start_lsn in cdc.change_tables",
+                ci.name
+            ),
+        )
+    }
+
+    /// The error for a capture process that has not given `table` an LSN to start from.
+    pub(crate) fn capture_not_started(&self, table: &TableRef, evidence: String) -> CdcError {
+        CdcError::CaptureNotStarted {
+            table: table.clone(),
+            evidence,
+            database: self.settings.sql.database().to_string(),
+        }
     }
 
     /// The configured spec of `table` (its capture instance, if pinned).
@@ -294,11 +321,16 @@ impl Runner {
             Ok(mut session) => {
                 results.push(("SQL Server connection".to_string(), Ok(())));
                 for spec in &self.context.settings.tables {
-                    let ci = session
+                    let ci = match session
                         .capture_instance(&spec.table, spec.capture_instance.as_deref())
                         .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string());
+                    {
+                        Ok(ci) if ci.start_lsn.is_none() => {
+                            Err(self.context.not_recognised(&ci).to_string())
+                        }
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    };
                     results.push((format!("CDC capture instance of {}", spec.table), ci));
                     let wm = match session.read_watermark(&spec.table).await {
                         Ok(Some(_)) => Ok(()),

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use crate::cdc::{CdcError, CdcSession, CdcSource, TableRef};
-use crate::config::{Secret, SqlTarget};
+use crate::config::{CommandTimeout, Secret, SqlTarget};
 
 use super::session::SqlServerSession;
 
@@ -34,11 +34,14 @@ const TOKEN_REFRESH_MARGIN_SECS: i64 = 300;
 const MAX_REDIRECTS: usize = 2;
 
 /// Server error numbers a retry may fix: deadlock victim, lock timeout, Azure SQL throttling
-/// and reconfiguration, transport errors reported by the server.
+/// and reconfiguration, transport errors reported by the server. 615 ("could not find database
+/// ID"), 926 ("database cannot be opened", marked suspect by recovery) and 4060 ("cannot open
+/// database requested by the login") are on Azure SQL Database's list of transient errors: a
+/// database moving between nodes answers them for a few seconds.
 /// <https://learn.microsoft.com/azure/azure-sql/database/troubleshoot-common-errors-issues>
 pub const TRANSIENT_ERRORS: &[u32] = &[
-    20, 64, 233, 1205, 1222, 4221, 10053, 10054, 10060, 10928, 10929, 18401, 40143, 40197, 40501,
-    40540, 40613, 42108, 42109, 49918, 49919, 49920,
+    20, 64, 233, 615, 926, 1205, 1222, 4060, 4221, 10053, 10054, 10060, 10928, 10929, 18401, 40143,
+    40197, 40501, 40540, 40613, 42108, 42109, 49918, 49919, 49920,
 ];
 
 /// Maps a tiberius error (connection or statement) to a [`CdcError`].
@@ -67,7 +70,12 @@ pub fn sql_error(number: u32, server_message: &str) -> CdcError {
         ),
         4060 => format!(
             "{server_message} The database in the connection settings does not exist or \
-             the login may not open it."
+             the login may not open it (on Azure SQL Database this is also answered for a few \
+             seconds while the database moves or resumes, so it is retried)."
+        ),
+        615 | 926 => format!(
+            "{server_message} The database is not available right now (Azure SQL Database \
+             reports this while it moves the database or recovers it); retried."
         ),
         229 | 230 | 297 | 300 => format!(
             "{server_message} The copier's login lacks a permission: run \
@@ -102,6 +110,7 @@ enum Target {
 pub struct SqlServerSource {
     target: Target,
     watermark_table: TableRef,
+    command_timeout: CommandTimeout,
 }
 
 impl std::fmt::Debug for SqlServerSource {
@@ -113,6 +122,7 @@ impl std::fmt::Debug for SqlServerSource {
         f.debug_struct("SqlServerSource")
             .field("target", &target)
             .field("watermark_table", &self.watermark_table)
+            .field("command_timeout", &self.command_timeout)
             .finish()
     }
 }
@@ -141,47 +151,54 @@ impl SqlServerSource {
         Ok(SqlServerSource {
             target,
             watermark_table,
+            command_timeout: CommandTimeout::DEFAULT,
         })
     }
 
-    /// From a tiberius configuration built by the caller (the TDS test double).
+    /// From a tiberius configuration built by the caller (the TDS test double). Its own
+    /// command timeout is replaced by this source's, as for every other connection.
     pub fn from_config(config: Config, watermark_table: TableRef) -> SqlServerSource {
         SqlServerSource {
             target: Target::Config(config),
             watermark_table,
+            command_timeout: CommandTimeout::DEFAULT,
         }
+    }
+
+    /// Bounds every round trip of every connection by `timeout`
+    /// (`CDC_SQL_COMMAND_TIMEOUT_SECONDS`; [`CommandTimeout::DEFAULT`] otherwise).
+    pub fn with_command_timeout(mut self, timeout: CommandTimeout) -> SqlServerSource {
+        self.command_timeout = timeout;
+        self
     }
 
     /// Opens one connection and its session.
     async fn connect(&self) -> Result<SqlServerSession, CdcError> {
         let client = self.client().await?;
-        Ok(SqlServerSession::new(client, self.watermark_table.clone()))
+        Ok(SqlServerSession::new(
+            client,
+            self.watermark_table.clone(),
+            self.command_timeout,
+        ))
     }
 
+    /// What tiberius dials: the target's configuration with this source's time bounds.
     async fn config(&self) -> Result<Config, CdcError> {
-        match &self.target {
+        let mut config = match &self.target {
             Target::Entra {
                 host,
                 port,
                 database,
                 tokens,
-            } => {
-                let mut config = Config::new();
-                config.host(host);
-                config.port(*port);
-                config.database(database);
-                config.encryption(EncryptionLevel::Required);
-                config.application_name("cdc-copy");
-                config.authentication(AuthMethod::aad_token(tokens.token().await?));
-                Ok(config)
-            }
-            Target::Config(config) => Ok(config.clone()),
-        }
+            } => entra_config(host, *port, database, tokens.token().await?),
+            Target::Config(config) => config.clone(),
+        };
+        bound(&mut config, self.command_timeout);
+        Ok(config)
     }
 
     async fn client(&self) -> Result<SqlClient, CdcError> {
         let mut config = self.config().await?;
-        config.handshake_timeout(Some(CONNECT_TIMEOUT));
         for _ in 0..=MAX_REDIRECTS {
             let addr = config.get_addr();
             let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
@@ -207,6 +224,25 @@ impl SqlServerSource {
             "SQL Server redirected more than {MAX_REDIRECTS} times"
         )))
     }
+}
+
+/// An Entra ID connection to `host`/`database` with `token`, encrypted.
+fn entra_config(host: &str, port: u16, database: &str, token: String) -> Config {
+    let mut config = Config::new();
+    config.host(host);
+    config.port(port);
+    config.database(database);
+    config.encryption(EncryptionLevel::Required);
+    config.application_name("cdc-copy");
+    config.authentication(AuthMethod::aad_token(token));
+    config
+}
+
+/// The time bounds every connection gets, whatever built its configuration: the handshake,
+/// and each round trip of a statement (tiberius's 30 s default replaced by the setting).
+fn bound(config: &mut Config, command_timeout: CommandTimeout) {
+    config.handshake_timeout(Some(CONNECT_TIMEOUT));
+    config.command_timeout(Some(command_timeout.duration()));
 }
 
 #[async_trait]
@@ -263,24 +299,76 @@ mod tests {
 
     #[test]
     fn server_errors_are_classified() {
-        let cases: &[(u32, bool)] = &[
-            (18456, false),
-            (4060, false),
-            (229, false),
-            (313, false),
-            (208, false),
-            (1205, true),
-            (40501, true),
-            (40613, true),
-            (49918, true),
-            (49919, true),
-            (49920, true),
+        // (number, transient, words the message must carry besides the server's)
+        let cases: &[(u32, bool, &str)] = &[
+            (18456, false, "user name and password"),
+            (229, false, "lacks a permission"),
+            (313, false, ""),
+            (208, false, ""),
+            (1205, true, ""),
+            (40501, true, ""),
+            (40613, true, ""),
+            (49918, true, ""),
+            (49919, true, ""),
+            (49920, true, ""),
+            // Azure SQL Database's documented transient codes (issue 9).
+            (4060, true, "does not exist or the login may not open it"),
+            (615, true, "not available right now"),
+            (926, true, "not available right now"),
         ];
-        for (number, transient) in cases {
+        for (number, transient, words) in cases {
             let error = sql_error(*number, "msg");
             assert_eq!(error.is_transient(), *transient, "{number}");
-            assert!(error.to_string().contains(&number.to_string()));
+            let text = error.to_string();
+            assert!(text.contains(&number.to_string()), "{text}");
+            assert!(text.contains("msg"), "the server's message is kept: {text}");
+            assert!(text.contains(words), "{number}: {text}");
         }
+    }
+
+    #[tokio::test]
+    async fn every_connection_carries_the_command_timeout() {
+        let timeout = CommandTimeout::new(Duration::from_secs(42)).unwrap();
+        let watermark = TableRef::parse("cdc_copy.watermark").unwrap();
+        // A SQL login (as config parsed it) and the tests' configurations.
+        let login = crate::config::SqlTarget::from_connection_string(
+            &Secret::new("Server=tcp:h,1433;Database=db;User ID=u;Password=p;Encrypt=true"),
+            false,
+        )
+        .unwrap();
+        let entra = SqlServerSource {
+            target: Target::Entra {
+                host: "h.database.windows.net".into(),
+                port: 1433,
+                database: "db".into(),
+                tokens: TokenCache::new(Arc::new(CountingCredential {
+                    issued: Default::default(),
+                    lifetime_secs: 3600,
+                })),
+            },
+            watermark_table: watermark.clone(),
+            command_timeout: CommandTimeout::DEFAULT,
+        };
+        let sources = [
+            SqlServerSource::new(&login, watermark.clone()).unwrap(),
+            entra,
+            SqlServerSource::from_config(Config::new(), watermark.clone()),
+        ];
+        for source in sources {
+            let default = source.config().await.unwrap();
+            assert_eq!(
+                default.get_command_timeout(),
+                Some(CommandTimeout::DEFAULT.duration()),
+                "never tiberius's 30 s"
+            );
+            let set = source.with_command_timeout(timeout).config().await.unwrap();
+            assert_eq!(set.get_command_timeout(), Some(Duration::from_secs(42)));
+        }
+        assert_eq!(
+            Config::new().get_command_timeout(),
+            Some(Duration::from_secs(30)),
+            "tiberius's default, which the setting replaces"
+        );
     }
 
     #[test]

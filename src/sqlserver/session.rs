@@ -3,8 +3,12 @@
 //! The zero-change incremental run costs five round trips (capture instance, watermark,
 //! capture progress, count, watermark update); each method here sends exactly one request
 //! from [`super::sql`] (or none, when the answer is known without asking, such as an empty
-//! LSN range). Row results are pushed into the [`RowSink`] as they are decoded, one row at a
-//! time, so memory does not grow with the window or the table.
+//! LSN range), and a second only to explain a failure: a range the CDC functions refuse is
+//! checked against a fresh `sys.fn_cdc_get_min_lsn`, so a cleanup that raced the run gets the
+//! cleanup message. Every statement has a short name ("net changes of dbo_customers") that a
+//! command timeout's error carries together with the setting that bounds it. Row results are
+//! pushed into the [`RowSink`] as they are decoded, one row at a time, so memory does not grow
+//! with the window or the table.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use futures::TryStreamExt;
@@ -20,30 +24,47 @@ use crate::cdc::{
 use super::connection::{map_error, SqlClient};
 use super::decode::{lsn_param, opt_lsn_param, to_param, to_value};
 use super::sql;
+use crate::config::CommandTimeout;
 
 /// Primary-key / unique-index violations: another run inserted the watermark row first.
 const DUPLICATE_KEY_ERRORS: [u32; 2] = [2627, 2601];
-/// "Invalid object name": the watermark table is missing.
+/// "Invalid object name": the watermark table is missing. The per-function pages of the CDC
+/// table-valued functions also give 208 for a range they refuse.
 const INVALID_OBJECT_NAME: u32 = 208;
 /// What the CDC table-valued functions raise for an LSN range outside the validity interval
-/// (the message, "An insufficient number of arguments were supplied…", is misleading).
+/// according to "Work with change data" (the message, "An insufficient number of arguments
+/// were supplied…", is misleading). The per-function pages say 208 instead: both are handled.
 const CDC_BAD_RANGE: u32 = 313;
 
 /// One connection's CDC reads and watermark updates.
 pub struct SqlServerSession {
     client: SqlClient,
     watermark_table: TableRef,
+    /// The connection's bound per round trip, named in a timeout's error.
+    command_timeout: CommandTimeout,
 }
 
-/// What a failing statement was doing, to turn a bare server number into a useful error.
+/// What a failing statement was doing, to turn a bare server number (or a timeout) into a
+/// useful error. Each carries the statement's short name for messages.
 enum Context<'a> {
-    Plain,
-    Watermark,
+    Plain(String),
+    Watermark(&'static str),
     NetChanges {
         ci: &'a CaptureInstance,
         from: Lsn,
         to: Lsn,
     },
+}
+
+impl Context<'_> {
+    /// The statement's short name, e.g. "keyset page of dbo.customers".
+    fn statement(&self) -> String {
+        match self {
+            Context::Plain(name) => name.clone(),
+            Context::Watermark(name) => name.to_string(),
+            Context::NetChanges { ci, .. } => format!("net changes of {}", ci.name),
+        }
+    }
 }
 
 fn name_error(what: &str, error: NameError) -> CdcError {
@@ -80,33 +101,52 @@ fn to_i64(n: u64) -> i64 {
 }
 
 impl SqlServerSession {
-    pub fn new(client: SqlClient, watermark_table: TableRef) -> SqlServerSession {
+    pub fn new(
+        client: SqlClient,
+        watermark_table: TableRef,
+        command_timeout: CommandTimeout,
+    ) -> SqlServerSession {
         SqlServerSession {
             client,
             watermark_table,
+            command_timeout,
         }
     }
 
     fn error(&self, error: tiberius::error::Error, context: Context<'_>) -> CdcError {
-        classify(&self.watermark_table, error, context)
+        classify(&self.watermark_table, self.command_timeout, error, context)
     }
 }
 
 fn classify(
     watermark_table: &TableRef,
+    command_timeout: CommandTimeout,
     error: tiberius::error::Error,
     context: Context<'_>,
 ) -> CdcError {
+    // tiberius's command timeout: a round trip got no answer in time.
+    if let tiberius::error::Error::Io {
+        kind: std::io::ErrorKind::TimedOut,
+        ..
+    } = &error
+    {
+        return CdcError::CommandTimeout {
+            statement: context.statement(),
+            timeout: command_timeout.duration(),
+        };
+    }
     let mapped = map_error(error);
     let number = match &mapped {
         CdcError::Sql { number, .. } => *number,
         _ => return mapped,
     };
     match (context, number) {
-        (Context::Watermark, INVALID_OBJECT_NAME) => {
+        (Context::Watermark(_), INVALID_OBJECT_NAME) => {
             CdcError::NoWatermarkTable(watermark_table.to_string())
         }
-        (Context::NetChanges { ci, from, .. }, CDC_BAD_RANGE) if from < ci.min_lsn => {
+        (Context::NetChanges { ci, from, .. }, CDC_BAD_RANGE | INVALID_OBJECT_NAME)
+            if from < ci.min_lsn =>
+        {
             CdcError::LsnNotAvailable {
                 table: ci.table.clone(),
                 capture_instance: ci.name.clone(),
@@ -114,17 +154,19 @@ fn classify(
                 minimum: ci.min_lsn,
             }
         }
-        (Context::NetChanges { ci, from, to }, CDC_BAD_RANGE) => CdcError::Sql {
-            number,
-            message: format!(
-                "the LSN range [{from}, {to}] is outside the validity interval of capture \
-                     instance {} (SQL Server reports this as Msg 313, \"insufficient number of \
-                     arguments\"): the changes were cleaned up or the range is beyond \
-                     sys.fn_cdc_get_max_lsn()",
-                ci.name
-            ),
-            transient: false,
-        },
+        (Context::NetChanges { ci, from, to }, CDC_BAD_RANGE | INVALID_OBJECT_NAME) => {
+            CdcError::Sql {
+                number,
+                message: format!(
+                    "the LSN range [{from}, {to}] is outside the validity interval of capture \
+                     instance {} (SQL Server reports this as Msg 313, \"insufficient number \
+                     of arguments\", or Msg 208): the changes were cleaned up, the range is \
+                     beyond sys.fn_cdc_get_max_lsn(), or the instance was disabled",
+                    ci.name
+                ),
+                transient: false,
+            }
+        }
         _ => mapped,
     }
 }
@@ -164,10 +206,11 @@ impl SqlServerSession {
 
     async fn single_row(
         &mut self,
+        name: &str,
         statement: &str,
         params: &[ColumnData<'static>],
     ) -> Result<Row, CdcError> {
-        self.first_row(statement, params, Context::Plain)
+        self.first_row(statement, params, Context::Plain(name.to_string()))
             .await?
             .ok_or_else(|| CdcError::Protocol(format!("no row returned by: {statement}")))
     }
@@ -195,10 +238,10 @@ impl SqlServerSession {
         sink: &mut dyn RowSink,
         context: Context<'_>,
     ) -> Result<(u64, Option<Vec<Value>>), CdcError> {
-        let watermark_table = &self.watermark_table;
+        let (watermark_table, timeout) = (&self.watermark_table, self.command_timeout);
         let mut stream = match self.client.query(statement, &params_ref(params)).await {
             Ok(stream) => stream,
-            Err(e) => return Err(classify(watermark_table, e, context)),
+            Err(e) => return Err(classify(watermark_table, timeout, e, context)),
         };
         let mut types: Vec<ColumnType> = Vec::new();
         let mut key_index: Vec<usize> = Vec::new();
@@ -209,7 +252,7 @@ impl SqlServerSession {
                 Ok(Some(item)) => item,
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(classify(watermark_table, e, context));
+                    return Err(classify(watermark_table, timeout, e, context));
                 }
             };
             match item {
@@ -261,6 +304,47 @@ impl SqlServerSession {
             _ => None,
         };
         Ok((sent, last_key))
+    }
+}
+
+impl SqlServerSession {
+    /// A CDC function refused `[from, …]` (Msg 313 or 208). The min LSN read with the
+    /// capture instance may be stale — a cleanup may have run since — so it is read again:
+    /// below the fresh minimum the changes are gone and the run says so in full; 0x00… means
+    /// the instance is gone or the login may not read it; otherwise `refused` stands.
+    async fn explain_refused_range(
+        &mut self,
+        ci: &CaptureInstance,
+        from: Lsn,
+        refused: CdcError,
+    ) -> CdcError {
+        let name = format!("min LSN of {}", ci.name);
+        let fresh = match self
+            .single_row(&name, sql::GET_MIN_LSN, &[text(&ci.name)])
+            .await
+            .and_then(|row| lsn_column(&row, "min_lsn"))
+        {
+            Ok(fresh) => fresh.unwrap_or(Lsn::ZERO),
+            Err(e) => {
+                tracing::warn!(capture_instance = %ci.name, error = %e, "could not re-read the min LSN");
+                return refused;
+            }
+        };
+        if fresh == Lsn::ZERO {
+            return CdcError::ChangeDataNotReadable {
+                table: ci.table.clone(),
+                capture_instance: ci.name.clone(),
+            };
+        }
+        if from < fresh {
+            return CdcError::LsnNotAvailable {
+                table: ci.table.clone(),
+                capture_instance: ci.name.clone(),
+                requested: from,
+                minimum: fresh,
+            };
+        }
+        refused
     }
 }
 
@@ -393,7 +477,7 @@ impl CdcSession for SqlServerSession {
             .results(
                 sql::CAPTURE_INSTANCES,
                 &[text(&table.quoted())],
-                Context::Plain,
+                Context::Plain(format!("capture instances of {table}")),
             )
             .await?
             .into_iter();
@@ -435,9 +519,19 @@ impl CdcSession for SqlServerSession {
                 column::<&str>(chosen, "index_name")?
             )));
         }
+        let min_lsn = lsn_column(chosen, "min_lsn")?.unwrap_or(Lsn::ZERO);
+        let start_lsn = lsn_column(chosen, "start_lsn")?;
+        if start_lsn.is_some() && min_lsn == Lsn::ZERO {
+            // The instance has a validity interval, but the function will not show it to us.
+            return Err(CdcError::ChangeDataNotReadable {
+                table: source,
+                capture_instance: name,
+            });
+        }
         Ok(CaptureInstance {
             table: source,
-            min_lsn: lsn_column(chosen, "min_lsn")?.unwrap_or(Lsn::ZERO),
+            min_lsn,
+            start_lsn,
             name,
             supports_net_changes: true,
             key_columns,
@@ -447,7 +541,11 @@ impl CdcSession for SqlServerSession {
     async fn capture_progress(&mut self, at: DateTime<Utc>) -> Result<CaptureProgress, CdcError> {
         let at: DateTime<FixedOffset> = at.fixed_offset();
         let row = self
-            .single_row(sql::CAPTURE_PROGRESS, &[owned_param(&at)])
+            .single_row(
+                "capture progress",
+                sql::CAPTURE_PROGRESS,
+                &[owned_param(&at)],
+            )
             .await?;
         Ok(CaptureProgress {
             max_lsn: lsn_column(&row, "max_lsn")?.unwrap_or(Lsn::ZERO),
@@ -458,13 +556,9 @@ impl CdcSession for SqlServerSession {
         })
     }
 
-    async fn max_lsn(&mut self) -> Result<Lsn, CdcError> {
-        let row = self.single_row(sql::GET_MAX_LSN, &[]).await?;
-        lsn_column(&row, "max_lsn")?.ok_or_else(|| {
-            CdcError::Protocol(
-                "sys.fn_cdc_get_max_lsn() is NULL: is CDC enabled on the database?".into(),
-            )
-        })
+    async fn max_lsn(&mut self) -> Result<Option<Lsn>, CdcError> {
+        let row = self.single_row("max LSN", sql::GET_MAX_LSN, &[]).await?;
+        lsn_column(&row, "max_lsn")
     }
 
     async fn count_net_changes(
@@ -495,7 +589,7 @@ impl CdcSession for SqlServerSession {
         let statement = sql::net_changes(&ci.name, &ci.key_columns)
             .map_err(|e| name_error("capture instance", e))?;
         let params = [lsn_param(&from), lsn_param(&to), text(filter.as_sql())];
-        let (sent, _) = self
+        let streamed = self
             .stream_rows(
                 &statement,
                 &params,
@@ -503,7 +597,16 @@ impl CdcSession for SqlServerSession {
                 sink,
                 Context::NetChanges { ci, from, to },
             )
-            .await?;
+            .await;
+        let (sent, _) = match streamed {
+            Err(
+                refused @ CdcError::Sql {
+                    number: CDC_BAD_RANGE | INVALID_OBJECT_NAME,
+                    ..
+                },
+            ) => return Err(self.explain_refused_range(ci, from, refused).await),
+            other => other?,
+        };
         tracing::debug!(capture_instance = %ci.name, %from, %to, rows = sent, "streamed net changes");
         Ok(sent)
     }
@@ -535,7 +638,7 @@ impl CdcSession for SqlServerSession {
             &params,
             Some(&key_columns),
             sink,
-            Context::Plain,
+            Context::Plain(format!("keyset page of {}", ci.table)),
         )
         .await
     }
@@ -547,7 +650,7 @@ impl CdcSession for SqlServerSession {
             .first_row(
                 &statement,
                 &[text(&table.schema), text(&table.table)],
-                Context::Watermark,
+                Context::Watermark("watermark read"),
             )
             .await?;
         row.as_ref().map(watermark_from_row).transpose()
@@ -560,7 +663,7 @@ impl CdcSession for SqlServerSession {
         match self.execute(&statement, &params).await {
             Ok(count) => Ok(count == 1),
             Err(e) if e.code().is_some_and(|c| DUPLICATE_KEY_ERRORS.contains(&c)) => Ok(false),
-            Err(e) => Err(self.error(e, Context::Watermark)),
+            Err(e) => Err(self.error(e, Context::Watermark("watermark insert"))),
         }
     }
 
@@ -575,7 +678,7 @@ impl CdcSession for SqlServerSession {
         params.push(ColumnData::I64(Some(expected_version)));
         match self.execute(&statement, &params).await {
             Ok(count) => Ok(count == 1),
-            Err(e) => Err(self.error(e, Context::Watermark)),
+            Err(e) => Err(self.error(e, Context::Watermark("watermark update"))),
         }
     }
 }

@@ -17,6 +17,13 @@ use crate::cdc::{quote_identifier, validate_identifier, NameError, TableRef};
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-max-lsn-transact-sql>
 pub const GET_MAX_LSN: &str = "SELECT sys.fn_cdc_get_max_lsn() AS max_lsn;";
 
+/// Low end of capture instance `@P1`'s validity interval, read again when a CDC function
+/// refuses a range (Msg 313 or 208), so a cleanup that ran since the instance was looked up
+/// gets the cleanup message with the fresh minimum. 0x00… when the instance does not exist or
+/// the caller may not read its change data.
+/// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql>
+pub const GET_MIN_LSN: &str = "SELECT sys.fn_cdc_get_min_lsn(@P1) AS min_lsn;";
+
 /// One round trip for "how far has capture got, and which LSN does the window end map to".
 ///
 /// `@P1` is the window end in UTC, sent as `datetimeoffset` (tiberius binds
@@ -49,15 +56,20 @@ SELECT @max_lsn AS max_lsn,
 /// (`index_name`, or the primary key when it is NULL) in key order.
 ///
 /// Result set 1: `capture_instance, schema_name, table_name, supports_net_changes, index_name,
-/// min_lsn, create_date`. Result set 2: `capture_instance, column_name` ordered by
+/// min_lsn, start_lsn, create_date`.
+/// Result set 2: `capture_instance, column_name` ordered by
 /// `capture_instance, key_ordinal`.
+///
+/// `start_lsn` is NULL ("the low endpoint has not been established") until the capture process
+/// has recognised the instance, and `min_lsn` is then 0x00…; the jobs refuse such an instance
+/// with a transient error.
 /// <https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-change-tables-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-index-columns-transact-sql>
 pub const CAPTURE_INSTANCES: &str = "\
 SELECT ct.capture_instance, s.name AS schema_name, t.name AS table_name,
        ct.supports_net_changes, ct.index_name,
-       sys.fn_cdc_get_min_lsn(ct.capture_instance) AS min_lsn, ct.create_date
+       sys.fn_cdc_get_min_lsn(ct.capture_instance) AS min_lsn, ct.start_lsn, ct.create_date
 FROM cdc.change_tables AS ct
 JOIN sys.tables AS t ON t.object_id = ct.source_object_id
 JOIN sys.schemas AS s ON s.schema_id = t.schema_id
@@ -130,9 +142,18 @@ FROM {watermark} WHERE schema_name = @P1 AND table_name = @P2;";
 /// [`WATERMARK_COLUMNS`] order). Row count 1 = inserted, 0 = another run was first; a
 /// concurrent insert that slips past the check fails with a primary-key violation (2627),
 /// which the session also reads as "another run was first". Filled by [`insert_watermark`].
+///
+/// Both watermark writes begin with `SET NOCOUNT OFF;`: the row count travels in the DONE
+/// token only while NOCOUNT is off ("When SET NOCOUNT is ON, the count is not returned"), and
+/// a server's `user options` (bit 512) or the login's defaults can turn it on for every
+/// session — a 0 read for "updated" would make every run think it was superseded, forever.
+/// The SET is in force from execution for the rest of the batch.
+/// <https://learn.microsoft.com/sql/t-sql/statements/set-nocount-transact-sql>
+/// <https://learn.microsoft.com/sql/database-engine/configure-windows/configure-the-user-options-server-configuration-option>
 /// <https://learn.microsoft.com/sql/t-sql/statements/insert-transact-sql>
 /// <https://learn.microsoft.com/sql/t-sql/queries/hints-transact-sql-table>
 pub const INSERT_WATERMARK: &str = "\
+SET NOCOUNT OFF;
 INSERT INTO {watermark} (schema_name, table_name, capture_instance, last_lsn, last_window_end,
        pending_to_lsn, pending_window_end, pending_blob, full_load_id, full_load_baseline_lsn,
        full_load_parts, full_load_last_key, full_load_rows, rows_copied, bytes_copied, version,
@@ -143,9 +164,12 @@ WHERE NOT EXISTS (SELECT 1 FROM {watermark} WITH (UPDLOCK, HOLDLOCK)
 
 /// Template: replace a watermark row if its version is still `@P18` (optimistic concurrency;
 /// `@P1…@P17` in [`WATERMARK_COLUMNS`] order, `@P16` being the new version). Row count 1 =
-/// updated, 0 = another run moved it. Filled by [`update_watermark`].
+/// updated, 0 = another run moved it (`SET NOCOUNT OFF` as in [`INSERT_WATERMARK`]). Filled
+/// by [`update_watermark`].
+/// <https://learn.microsoft.com/sql/t-sql/statements/set-nocount-transact-sql>
 /// <https://learn.microsoft.com/sql/t-sql/queries/update-transact-sql>
 pub const UPDATE_WATERMARK: &str = "\
+SET NOCOUNT OFF;
 UPDATE {watermark} SET capture_instance = @P3, last_lsn = @P4, last_window_end = @P5,
        pending_to_lsn = @P6, pending_window_end = @P7, pending_blob = @P8, full_load_id = @P9,
        full_load_baseline_lsn = @P10, full_load_parts = @P11, full_load_last_key = @P12,
@@ -298,6 +322,7 @@ mod tests {
     fn constants_use_the_documented_parameters() {
         let cases: &[(&str, usize)] = &[
             (GET_MAX_LSN, 0),
+            (GET_MIN_LSN, 1),
             (CAPTURE_PROGRESS, 1),
             (CAPTURE_INSTANCES, 1),
             (COUNT_NET_CHANGES, 3),
@@ -399,10 +424,10 @@ mod tests {
         assert!(read
             .contains("FROM [cdc_copy].[watermark] WHERE schema_name = @P1 AND table_name = @P2;"));
         let insert = insert_watermark(&wm).unwrap();
-        assert!(insert.starts_with("INSERT INTO [cdc_copy].[watermark] ("));
+        assert!(insert.starts_with("SET NOCOUNT OFF;\nINSERT INTO [cdc_copy].[watermark] ("));
         assert!(insert.contains("SELECT 1 FROM [cdc_copy].[watermark] WITH (UPDLOCK, HOLDLOCK)"));
         let update = update_watermark(&wm).unwrap();
-        assert!(update.starts_with("UPDATE [cdc_copy].[watermark] SET"));
+        assert!(update.starts_with("SET NOCOUNT OFF;\nUPDATE [cdc_copy].[watermark] SET"));
         assert!(update.ends_with("AND version = @P18;"));
         for sql in [&read, &insert, &update] {
             assert!(!sql.contains('{'), "unfilled placeholder in {sql}");

@@ -281,7 +281,7 @@ impl CdcSession for FaultySession {
         self.faults.call(Method::CaptureProgress, call).await
     }
 
-    async fn max_lsn(&mut self) -> Result<Lsn, CdcError> {
+    async fn max_lsn(&mut self) -> Result<Option<Lsn>, CdcError> {
         let call = self.inner.max_lsn();
         self.faults.call(Method::MaxLsn, call).await
     }
@@ -396,7 +396,7 @@ mod tests {
                 "{e}"
             );
         }
-        assert_eq!(s.max_lsn().await.unwrap(), m.max_lsn());
+        assert_eq!(s.max_lsn().await.unwrap(), Some(m.max_lsn()));
 
         let range = LsnRange::new(ci.min_lsn, m.max_lsn()).unwrap();
         faults.arm(Method::NetChanges, Fault::MidStream(5));

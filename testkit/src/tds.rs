@@ -95,6 +95,9 @@ pub enum Reply {
     RowCount(u64),
     /// An ERROR token (severity 16) followed by DONE with the error bit.
     Error { number: u32, message: String },
+    /// No answer at all: the server is stuck on the statement (blocked, or slow to produce
+    /// its first row). The connection stays open; the client's command timeout must end it.
+    Stall,
 }
 
 impl Reply {
@@ -197,6 +200,9 @@ struct State {
     requests: Vec<Request>,
     logins: Vec<Login>,
     login_reply: Option<LoginReply>,
+    /// The server's `user options` include NOCOUNT (512): DONE tokens carry no row count
+    /// unless the batch itself runs `SET NOCOUNT OFF`.
+    nocount: bool,
 }
 
 /// A running fake server; stops when dropped.
@@ -271,6 +277,13 @@ impl FakeServer {
             .unwrap()
             .script
             .push((Match::Prefix(prefix.to_string()), reply));
+    }
+
+    /// `EXEC sp_configure 'user options', 512`: NOCOUNT is on for every session, so DONE
+    /// tokens carry no row count (DONE_COUNT bit off) unless the statement's batch sets
+    /// `SET NOCOUNT OFF` ("When SET NOCOUNT is ON, the count is not returned").
+    pub fn set_nocount_default(&self, on: bool) {
+        self.state.lock().unwrap().nocount = on;
     }
 
     pub fn set_login_reply(&self, reply: LoginReply) {
@@ -366,10 +379,16 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
                     params: Vec::new(),
                     rpc: false,
                 };
-                answer(&state, request, false)
+                match answer(&state, request, false) {
+                    Some(reply) => reply,
+                    None => continue,
+                }
             }
             PKT_RPC => match parse_rpc(&payload) {
-                Ok(request) => answer(&state, request, true),
+                Ok(request) => match answer(&state, request, true) {
+                    Some(reply) => reply,
+                    None => continue,
+                },
                 Err(e) => {
                     let mut out = Vec::new();
                     error_token(&mut out, 50001, &format!("tds fake: bad RPC: {e}"));
@@ -393,8 +412,9 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
     Ok(())
 }
 
-fn answer(state: &Arc<Mutex<State>>, request: Request, rpc: bool) -> Vec<u8> {
-    let reply = {
+/// The encoded answer to `request`, or `None` when the script says to stall.
+fn answer(state: &Arc<Mutex<State>>, request: Request, rpc: bool) -> Option<Vec<u8>> {
+    let (reply, nocount) = {
         let mut st = state.lock().unwrap();
         let reply = st
             .script
@@ -403,15 +423,19 @@ fn answer(state: &Arc<Mutex<State>>, request: Request, rpc: bool) -> Vec<u8> {
             .find(|(m, _)| m.matches(&request.sql))
             .map(|(_, r)| r.clone());
         st.requests.push(request.clone());
-        reply
+        (reply, st.nocount)
     };
+    let counted = !nocount || request.sql.to_ascii_uppercase().contains("SET NOCOUNT OFF");
     let reply = reply.unwrap_or_else(|| {
         Reply::error(
             50000,
             &format!("tds fake: no script for statement: {}", request.sql),
         )
     });
-    encode_reply(&reply, rpc)
+    match reply {
+        Reply::Stall => None,
+        reply => Some(encode_reply(&reply, rpc, counted)),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -862,10 +886,12 @@ fn error_token_class(out: &mut Vec<u8>, number: u32, message: &str, class: u8) {
     out.extend_from_slice(&body);
 }
 
-/// How a statement ends inside `sp_executesql` (DONEINPROC) or a batch (DONE).
-fn encode_reply(reply: &Reply, rpc: bool) -> Vec<u8> {
+/// How a statement ends inside `sp_executesql` (DONEINPROC) or a batch (DONE); `counted`
+/// false (NOCOUNT on) leaves the DONE_COUNT bit off, as SQL Server does.
+fn encode_reply(reply: &Reply, rpc: bool, counted: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let (inner, outer) = if rpc { (0xFF, 0xFE) } else { (0xFD, 0xFD) };
+    let count = if counted { DONE_COUNT } else { 0 };
     match reply {
         Reply::Results(sets) => {
             for set in sets {
@@ -876,17 +902,12 @@ fn encode_reply(reply: &Reply, rpc: bool) -> Vec<u8> {
                         encode_cell(&mut out, column.ty, cell);
                     }
                 }
-                done(
-                    &mut out,
-                    inner,
-                    DONE_COUNT | DONE_MORE,
-                    set.rows.len() as u64,
-                );
+                done(&mut out, inner, count | DONE_MORE, set.rows.len() as u64);
             }
             finish(&mut out, rpc, outer, 0);
         }
         Reply::RowCount(n) => {
-            done(&mut out, inner, DONE_COUNT | DONE_MORE, *n);
+            done(&mut out, inner, count | DONE_MORE, *n);
             finish(&mut out, rpc, outer, 0);
         }
         Reply::Error { number, message } => {
@@ -894,6 +915,7 @@ fn encode_reply(reply: &Reply, rpc: bool) -> Vec<u8> {
             done(&mut out, inner, DONE_ERROR | DONE_MORE, 0);
             finish(&mut out, rpc, outer, DONE_ERROR);
         }
+        Reply::Stall => unreachable!("a stalled statement is not answered"),
     }
     out
 }

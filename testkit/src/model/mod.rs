@@ -370,12 +370,27 @@ impl CdcModel {
         self.lock().max_lsn()
     }
 
-    /// `sys.fn_cdc_get_min_lsn(ci)`: zero for an unknown instance, as SQL Server returns.
+    /// `sys.fn_cdc_get_min_lsn(ci)`: zero for an unknown instance, or one the capture
+    /// process has not recognised yet, as SQL Server returns.
     pub fn min_lsn(&self, capture_instance: &str) -> Lsn {
         self.lock()
             .instance(capture_instance)
-            .map(|i| i.min_lsn)
+            .map(Instance::reported_min_lsn)
             .unwrap_or(Lsn::ZERO)
+    }
+
+    /// `cdc.change_tables.start_lsn` of `ci`: `None` until the capture process has run
+    /// after `sys.sp_cdc_enable_table` (or for an unknown instance).
+    pub fn start_lsn(&self, capture_instance: &str) -> Option<Lsn> {
+        self.lock()
+            .instance(capture_instance)
+            .and_then(|i| i.start_lsn)
+    }
+
+    /// `sys.fn_cdc_get_max_lsn()` as SQL Server returns it: NULL (`None`) until the capture
+    /// process has written its first `cdc.lsn_time_mapping` row.
+    pub fn max_lsn_or_null(&self) -> Option<Lsn> {
+        self.lock().mapping.last().map(|m| m.start_lsn)
     }
 
     /// `sys.fn_cdc_map_time_to_lsn('largest less than or equal', local)`.
@@ -732,7 +747,18 @@ struct Instance {
     name: String,
     table: TableRef,
     supports_net_changes: bool,
+    /// The low end of the validity interval once established (raised by cleanup).
     min_lsn: Lsn,
+    /// `cdc.change_tables.start_lsn`: `None` until the capture process has run past the
+    /// `sp_cdc_enable_table` that created the instance (docs/model.md).
+    start_lsn: Option<Lsn>,
+}
+
+impl Instance {
+    /// `sys.fn_cdc_get_min_lsn(name)`: 0x00… while the low endpoint is not established.
+    fn reported_min_lsn(&self) -> Lsn {
+        self.start_lsn.map_or(Lsn::ZERO, |_| self.min_lsn)
+    }
 }
 
 /// A committed transaction the capture process has not reached yet.
@@ -826,6 +852,13 @@ impl State {
                 dummy: false,
             });
             captured += 1;
+        }
+        // The capture process recognises an instance once it has read past its creation.
+        let max = self.max_lsn();
+        for inst in &mut self.instances {
+            if inst.start_lsn.is_none() && inst.min_lsn <= max {
+                inst.start_lsn = Some(inst.min_lsn);
+            }
         }
         if captured > 0 {
             debug!(captured, max_lsn = %self.max_lsn(), "model: capture process ran");
@@ -940,6 +973,7 @@ impl State {
             table: table.clone(),
             supports_net_changes,
             min_lsn: start,
+            start_lsn: None,
         });
         self.push_pending(start);
         self.auto_capture();
@@ -1238,7 +1272,7 @@ impl State {
                 capture_instance: inst.name.clone(),
             });
         }
-        if from < inst.min_lsn || to > self.max_lsn() || from > to {
+        if inst.start_lsn.is_none() || from < inst.min_lsn || to > self.max_lsn() || from > to {
             return Err(msg_313());
         }
         let t = &self.tables[&inst.table];

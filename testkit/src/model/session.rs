@@ -63,7 +63,8 @@ impl CdcSession for ModelSession {
                     table: table.clone(),
                     name: i.name.clone(),
                     supports_net_changes: i.supports_net_changes,
-                    min_lsn: i.min_lsn,
+                    min_lsn: i.reported_min_lsn(),
+                    start_lsn: i.start_lsn,
                     key_columns: t.key_columns.clone(),
                 }),
                 _ => Err(missing()),
@@ -93,9 +94,9 @@ impl CdcSession for ModelSession {
         }
     }
 
-    async fn max_lsn(&mut self) -> Result<Lsn, CdcError> {
+    async fn max_lsn(&mut self) -> Result<Option<Lsn>, CdcError> {
         self.model.round_trip();
-        Ok(self.model.lock().max_lsn())
+        Ok(self.model.max_lsn_or_null())
     }
 
     async fn count_net_changes(

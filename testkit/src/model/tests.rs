@@ -795,7 +795,7 @@ async fn time_per_call_lets_pollers_see_capture_progress() {
     let lsn = m.insert(&customers(), row(1, "a")).unwrap();
     let mut s = session(&m).await; // +5 s
     let mut polls = 0;
-    while s.max_lsn().await.unwrap() < lsn {
+    while s.max_lsn().await.unwrap().is_none_or(|max| max < lsn) {
         polls += 1;
         assert!(polls < 10);
     }
@@ -1068,4 +1068,53 @@ mod properties {
             check(ops, bounds, true)?;
         }
     }
+}
+
+#[tokio::test]
+async fn start_lsn_is_null_until_the_capture_process_has_run() {
+    // cdc.change_tables: start_lsn "NULL = the low endpoint has not been established";
+    // sys.fn_cdc_get_min_lsn returns 0x00… when the low endpoint is unknown, and
+    // sys.fn_cdc_get_max_lsn() is NULL before the capture process wrote any mapping row.
+    let m = CdcModel::new(t0()).with_capture_lag(Duration::seconds(30));
+    m.create_table(customers(), cols(&["id", "name"]), cols(&["id"]))
+        .unwrap();
+    let enabled = m.enable_cdc(&customers(), "dbo_customers", true).unwrap();
+    m.insert(&customers(), row(1, "a")).unwrap();
+    m.advance(Duration::seconds(5));
+    let first = ci(&m).await;
+    assert_eq!(
+        first.start_lsn, None,
+        "not recognised by the capture process yet"
+    );
+    assert_eq!(first.min_lsn, Lsn::ZERO);
+    assert_eq!(m.start_lsn("dbo_customers"), None);
+    assert_eq!(m.min_lsn("dbo_customers"), Lsn::ZERO);
+    assert_eq!(session(&m).await.max_lsn().await.unwrap(), None, "NULL");
+    assert_313(net(&m, enabled, enabled, RowFilter::All).await);
+
+    // The capture job runs (commit time + lag): the interval starts at the instance's start.
+    m.advance(Duration::seconds(30));
+    let recognised = ci(&m).await;
+    assert_eq!(recognised.start_lsn, Some(enabled));
+    assert_eq!(recognised.min_lsn, enabled);
+    let max = session(&m).await.max_lsn().await.unwrap();
+    assert!(max.is_some_and(|max| max > enabled), "{max:?}");
+    assert_eq!(
+        net(&m, enabled, max.unwrap(), RowFilter::All)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A second instance created later is unestablished on its own until capture runs again.
+    m.pause_capture();
+    m.enable_cdc(&customers(), "dbo_customers_v2", true)
+        .unwrap();
+    assert_eq!(m.start_lsn("dbo_customers_v2"), None);
+    assert_eq!(m.min_lsn("dbo_customers_v2"), Lsn::ZERO);
+    assert_eq!(m.start_lsn("dbo_customers"), Some(enabled));
+    m.advance(Duration::minutes(1));
+    m.resume_capture();
+    assert!(m.start_lsn("dbo_customers_v2").is_some());
 }
