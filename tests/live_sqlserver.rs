@@ -969,7 +969,7 @@ async fn live_session_against_sql_server() {
 
     let ci = session.capture_instance(&customers, None).await.unwrap();
     assert_eq!(ci.name, "dbo_customers");
-    assert_eq!(ci.key_columns, vec!["customer_id".to_string()]);
+    assert_eq!(ci.key_names(), vec!["customer_id".to_string()]);
     assert!(ci.supports_net_changes);
     assert_eq!(server.min_lsn(&ci.name).await.unwrap(), ci.min_lsn);
     let missing = session

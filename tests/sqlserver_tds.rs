@@ -9,6 +9,7 @@ use cdc_copy_testkit::tds;
 use async_trait::async_trait;
 use cdc_copy::cdc::RowSinkError;
 use cdc_copy::cdc::VecSink;
+use cdc_copy::cdc::{Collation, KeyColumn, KeyType};
 use cdc_copy::cdc::{
     CaptureInstance, CdcError, CdcSession, CdcSource, FullLoadProgress, Lsn, LsnRange, RowFilter,
     RowSink, TableRef, TableState, Value, Watermark, Window,
@@ -55,8 +56,13 @@ fn customers_ci() -> CaptureInstance {
         name: "dbo_customers".into(),
         supports_net_changes: true,
         min_lsn: lsn(100),
-        key_columns: vec!["customer_id".into()],
+        key_columns: vec![KeyColumn::new("customer_id", KeyType::Int)],
+        columns: vec!["customer_id".into(), "name".into()],
     }
+}
+
+fn net_changes_sql(ci: &CaptureInstance) -> String {
+    sql::net_changes(&ci.name, &ci.key_columns, &ci.columns).unwrap()
 }
 
 fn param_types(request: &tds::Request) -> Vec<&str> {
@@ -67,11 +73,61 @@ fn param_values(request: &tds::Request) -> Vec<ParamValue> {
     request.params.iter().map(|p| p.value.clone()).collect()
 }
 
-fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&str, &str)]) -> Reply {
+/// One row of `CAPTURE_INSTANCES` result set 2.
+#[derive(Clone)]
+struct KeyRow {
+    ci: &'static str,
+    column: &'static str,
+    system_type: Option<&'static str>,
+    type_name: &'static str,
+    max_length: i64,
+    precision: i64,
+    scale: i64,
+    collation: Option<&'static str>,
+    nullable: bool,
+}
+
+/// A NOT NULL `int` key column.
+fn int_key(ci: &'static str, column: &'static str) -> KeyRow {
+    KeyRow {
+        ci,
+        column,
+        system_type: Some("int"),
+        type_name: "int",
+        max_length: 4,
+        precision: 10,
+        scale: 0,
+        collation: None,
+        nullable: false,
+    }
+}
+
+/// `CAPTURE_INSTANCES` with `int` keys; each instance captures its key columns and `name`.
+fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&'static str, &'static str)]) -> Reply {
+    let keys: Vec<KeyRow> = keys.iter().map(|(ci, c)| int_key(ci, c)).collect();
+    let mut captured: Vec<(String, String, bool)> = Vec::new();
+    for (ci, ..) in instances {
+        for key in keys.iter().filter(|k| k.ci == *ci) {
+            captured.push((ci.to_string(), key.column.to_string(), false));
+        }
+        captured.push((ci.to_string(), "name".into(), false));
+    }
+    capture_reply(instances, None, &keys, &captured)
+}
+
+/// The three result sets of `CAPTURE_INSTANCES`: instances (with `index_name`), key columns,
+/// captured columns `(instance, column, is_computed)` in `column_ordinal` order.
+fn capture_reply(
+    instances: &[(&str, bool, u128)],
+    index_name: Option<&str>,
+    keys: &[KeyRow],
+    captured: &[(String, String, bool)],
+) -> Reply {
     let created = NaiveDate::from_ymd_opt(2024, 1, 1)
         .unwrap()
         .and_hms_opt(0, 0, 0)
         .unwrap();
+    let opt_text = |v: Option<&str>| v.map_or(Cell::Null, |v| Cell::Text(v.into()));
     Reply::Results(vec![
         tds::ResultSet {
             columns: vec![
@@ -91,7 +147,7 @@ fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&str, &str
                         Cell::Text("dbo".into()),
                         Cell::Text("customers".into()),
                         Cell::Bit(*net),
-                        Cell::Null,
+                        opt_text(index_name),
                         lsn_cell(*min),
                         Cell::DateTime(created),
                     ]
@@ -102,11 +158,48 @@ fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&str, &str
             columns: vec![
                 col("capture_instance", SqlType::NVarChar(128)),
                 col("column_name", SqlType::NVarChar(128)),
+                col("system_type_name", SqlType::NVarChar(128)),
+                col("type_name", SqlType::NVarChar(128)),
+                col("max_length", SqlType::SmallInt),
+                col("precision", SqlType::TinyInt),
+                col("scale", SqlType::TinyInt),
+                col("collation_name", SqlType::NVarChar(128)),
+                col("is_nullable", SqlType::Bit),
             ],
             rows: keys
                 .iter()
-                .map(|(ci, column)| {
-                    vec![Cell::Text(ci.to_string()), Cell::Text(column.to_string())]
+                .map(|k| {
+                    vec![
+                        Cell::Text(k.ci.into()),
+                        Cell::Text(k.column.into()),
+                        opt_text(k.system_type),
+                        Cell::Text(k.type_name.into()),
+                        Cell::Int(k.max_length),
+                        Cell::Int(k.precision),
+                        Cell::Int(k.scale),
+                        opt_text(k.collation),
+                        Cell::Bit(k.nullable),
+                    ]
+                })
+                .collect(),
+        },
+        tds::ResultSet {
+            columns: vec![
+                col("capture_instance", SqlType::NVarChar(128)),
+                col("column_name", SqlType::NVarChar(128)),
+                col("column_ordinal", SqlType::Int),
+                col("is_computed", SqlType::Bit),
+            ],
+            rows: captured
+                .iter()
+                .zip(1..)
+                .map(|((ci, column, computed), ordinal)| {
+                    vec![
+                        Cell::Text(ci.clone()),
+                        Cell::Text(column.clone()),
+                        Cell::Int(ordinal),
+                        Cell::Bit(*computed),
+                    ]
                 })
                 .collect(),
         },
@@ -168,7 +261,11 @@ async fn capture_instance_picks_the_newest_or_the_wanted_one() {
             name: "dbo_customers_v2".into(),
             supports_net_changes: true,
             min_lsn: lsn(500),
-            key_columns: vec!["region".into(), "customer_id".into()],
+            key_columns: vec![
+                KeyColumn::new("region", KeyType::Int),
+                KeyColumn::new("customer_id", KeyType::Int)
+            ],
+            columns: vec!["region".into(), "customer_id".into(), "name".into()],
         }
     );
     let wanted = session
@@ -177,7 +274,8 @@ async fn capture_instance_picks_the_newest_or_the_wanted_one() {
         .unwrap();
     assert_eq!(wanted.name, "dbo_customers");
     assert_eq!(wanted.min_lsn, lsn(100));
-    assert_eq!(wanted.key_columns, vec!["customer_id".to_string()]);
+    assert_eq!(wanted.key_names(), vec!["customer_id".to_string()]);
+    assert_eq!(wanted.columns, vec!["customer_id", "name"]);
 
     let requests = server.requests();
     assert_eq!(requests.len(), 2, "one round trip each");
@@ -207,7 +305,7 @@ async fn unknown_capture_instance_is_refused_and_no_net_changes_are_read() {
         Reply::error(50000, "must not be called"),
     );
     server.on_prefix(
-        "SELECT * FROM cdc.",
+        "SELECT [__$start_lsn]",
         Reply::error(50000, "must not be called"),
     );
     let mut session = session(&server).await;
@@ -405,7 +503,15 @@ fn all_types_columns() -> Vec<tds::Column> {
 #[tokio::test]
 async fn net_changes_stream_every_type_and_null() {
     let server = FakeServer::start().await;
-    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    let all_types = CaptureInstance {
+        columns: all_types_columns()
+            .into_iter()
+            .skip(3)
+            .map(|c| c.name)
+            .collect(),
+        ..customers_ci()
+    };
+    let statement = net_changes_sql(&all_types);
     let created = NaiveDate::from_ymd_opt(2024, 5, 1)
         .unwrap()
         .and_hms_milli_opt(10, 11, 12, 340)
@@ -455,7 +561,7 @@ async fn net_changes_stream_every_type_and_null() {
     let mut sink = VecSink::default();
     let sent = session
         .net_changes(
-            &customers_ci(),
+            &all_types,
             range(lsn(101), lsn(200)),
             RowFilter::All,
             &mut sink,
@@ -506,7 +612,11 @@ async fn net_changes_stream_every_type_and_null() {
     let request = &server.requests()[0];
     assert_eq!(
         request.sql,
-        "SELECT * FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3) ORDER BY [__$start_lsn], [customer_id];"
+        "SELECT [__$start_lsn], [__$operation], [__$update_mask], [customer_id], [first_name], \
+         [city], [notes], [visits], [active], [balance], [price], [score], [created], [modified], \
+         [seen], [row_guid], [birthday], [opens_at] \
+         FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3) \
+         ORDER BY [__$start_lsn], [customer_id];"
     );
     assert_eq!(
         param_types(request),
@@ -517,7 +627,7 @@ async fn net_changes_stream_every_type_and_null() {
 #[tokio::test]
 async fn msg_313_becomes_a_clear_error() {
     let server = FakeServer::start().await;
-    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    let statement = net_changes_sql(&customers_ci());
     server.on(
         &statement,
         Reply::error(
@@ -603,20 +713,49 @@ async fn deadlock_and_throttling_are_transient_permission_is_not() {
     }
 }
 
+fn ci_as() -> Collation {
+    Collation::parse("SQL_Latin1_General_CP1_CI_AS").unwrap()
+}
+
+/// The scan selects the captured columns by name and casts every keyset parameter to its key
+/// column's declared type and collation; the parameters go as the TDS types tiberius binds.
 #[tokio::test]
 async fn scan_pages_by_key_and_returns_the_last_key() {
     let server = FakeServer::start().await;
     let ci = CaptureInstance {
-        key_columns: vec!["region".into(), "customer_id".into()],
+        key_columns: vec![
+            KeyColumn::new(
+                "region",
+                KeyType::VarChar {
+                    length: 10,
+                    collation: ci_as(),
+                },
+            ),
+            KeyColumn::new("created", KeyType::DateTime),
+            KeyColumn::new("customer_id", KeyType::Int),
+        ],
+        columns: vec![
+            "customer_id".into(),
+            "region".into(),
+            "created".into(),
+            "email".into(),
+        ],
         ..customers_ci()
     };
-    let first = sql::scan(&ci.table, &ci.key_columns, false).unwrap();
-    let next = sql::scan(&ci.table, &ci.key_columns, true).unwrap();
+    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false).unwrap();
+    let next = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true).unwrap();
     let columns = vec![
         col("customer_id", SqlType::Int),
-        col("region", SqlType::NVarChar(10)),
+        col("region", SqlType::VarChar(10)),
+        col("created", SqlType::DateTime),
         col("email", SqlType::VarChar(100)),
     ];
+    let at = |ms: u32| {
+        NaiveDate::from_ymd_opt(2024, 1, 1)
+            .unwrap()
+            .and_hms_milli_opt(0, 0, 0, ms)
+            .unwrap()
+    };
     server.on(
         &first,
         Reply::rows(
@@ -624,10 +763,16 @@ async fn scan_pages_by_key_and_returns_the_last_key() {
             vec![
                 vec![
                     Cell::Int(1),
-                    Cell::Text("eu".into()),
+                    Cell::Text("co-op".into()),
+                    Cell::DateTime(at(3)),
                     Cell::Text("a@x".into()),
                 ],
-                vec![Cell::Int(3), Cell::Text("eu".into()), Cell::Null],
+                vec![
+                    Cell::Int(3),
+                    Cell::Text("eu".into()),
+                    Cell::DateTime(at(7)),
+                    Cell::Null,
+                ],
             ],
         ),
     );
@@ -636,33 +781,66 @@ async fn scan_pages_by_key_and_returns_the_last_key() {
     let mut sink = VecSink::default();
     let (rows, last) = session.scan(&ci, None, 2, &mut sink).await.unwrap();
     assert_eq!(rows, 2);
-    assert_eq!(last, Some(vec![Value::Text("eu".into()), Value::Int(3)]));
+    let last_key = last.clone().unwrap();
+    assert_eq!(last_key[0], Value::Text("eu".into()));
+    assert_eq!(last_key[2], Value::Int(3));
     let (rows, last) = session
         .scan(&ci, last.as_deref(), 2, &mut sink)
         .await
         .unwrap();
     assert_eq!((rows, last), (0, None));
-    assert_eq!(sink.columns, vec!["customer_id", "region", "email"]);
+    assert_eq!(sink.columns, vec!["customer_id", "region", "created", "email"]);
 
     let requests = server.requests();
     assert_eq!(
         requests[0].sql,
-        "SELECT TOP (@P1) * FROM [dbo].[customers] ORDER BY [region], [customer_id];"
+        "SELECT TOP (@P1) [customer_id], [region], [created], [email] FROM [dbo].[customers] \
+         ORDER BY [region], [created], [customer_id];"
     );
     assert_eq!(param_values(&requests[0]), vec![ParamValue::Int(2)]);
     assert_eq!(param_types(&requests[0]), vec!["intn(8)"]);
+    let region = "CAST(@P2 COLLATE SQL_Latin1_General_CP1_CI_AS AS varchar(10))";
+    let created = "CAST(@P3 AS datetime)";
     assert_eq!(
         requests[1].sql,
-        "SELECT TOP (@P1) * FROM [dbo].[customers] WHERE ([region] > @P2) OR ([region] = @P2 AND [customer_id] > @P3) ORDER BY [region], [customer_id];"
+        format!(
+            "SELECT TOP (@P1) [customer_id], [region], [created], [email] FROM [dbo].[customers] \
+             WHERE [region] >= {region} AND ([region] > {region} OR ([region] = {region} AND \
+             ([created] > {created} OR ([created] = {created} AND [customer_id] > CAST(@P4 AS int))))) \
+             ORDER BY [region], [created], [customer_id];"
+        )
     );
     assert_eq!(
-        param_values(&requests[1]),
-        vec![
-            ParamValue::Int(2),
-            ParamValue::Text("eu".into()),
-            ParamValue::Int(3)
-        ]
+        param_types(&requests[1]),
+        vec!["intn(8)", "nvarchar", "datetime2", "intn(8)"]
     );
+    let ParamValue::DateTime(sent) = &param_values(&requests[1])[2] else {
+        panic!("created goes as a date and time");
+    };
+    // The datetime read back (tick 2 = .00666… s) goes as datetime2(7): CAST(… AS datetime)
+    // on the server rounds it back to the same tick.
+    assert_eq!(
+        cdc_copy_testkit::model::to_sql_datetime(*sent),
+        cdc_copy_testkit::model::to_sql_datetime(at(7))
+    );
+    assert_eq!(
+        param_values(&requests[1])[..2],
+        [ParamValue::Int(2), ParamValue::Text("eu".into())]
+    );
+}
+
+/// A resume key that no longer fits the key's type is refused before anything is sent.
+#[tokio::test]
+async fn a_resume_key_of_the_wrong_type_is_refused() {
+    let server = FakeServer::start().await;
+    let mut session = session(&server).await;
+    let mut sink = VecSink::default();
+    let err = session
+        .scan(&customers_ci(), Some(&[Value::Text("7".into())]), 10, &mut sink)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("customer_id"), "{err}");
+    assert!(server.requests().is_empty());
 }
 
 fn sample_watermark() -> Watermark {
@@ -1210,7 +1388,7 @@ impl RowSink for OrderSink {
 async fn many_rows_stream_through_in_order() {
     const ROWS: i64 = 100_000;
     let server = FakeServer::start().await;
-    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    let statement = net_changes_sql(&customers_ci());
     let columns = vec![
         col("__$start_lsn", SqlType::Binary(10)),
         col("__$operation", SqlType::Int),
