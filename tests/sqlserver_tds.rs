@@ -4,6 +4,15 @@
 //! builders of `sqlserver::sql`), the parameters (names, TDS types, values), and how the
 //! answered rows decode into the seam's structs and `Value`s — NULLs and every type included.
 
+mod common;
+
+use std::sync::Arc;
+
+use cdc_copy::host::FullLoadRequest;
+use cdc_copy::jobs::{self, Context};
+use cdc_copy::report::Status;
+use cdc_copy::sink::blob::BlobTarget;
+use cdc_copy_testkit::model::collation::Rules;
 use cdc_copy_testkit::tds;
 
 use async_trait::async_trait;
@@ -1429,4 +1438,406 @@ async fn many_rows_stream_through_in_order() {
         "{ROWS} rows in {elapsed:?} ({:.0} rows/s, fake included)",
         ROWS as f64 / elapsed.as_secs_f64()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys and columns as the catalog declares them (issue 9, items 1, 2 and 4).
+
+fn varchar_key(ci: &'static str, column: &'static str, length: i64) -> KeyRow {
+    KeyRow {
+        system_type: Some("varchar"),
+        type_name: "varchar",
+        max_length: length,
+        precision: 0,
+        scale: 0,
+        collation: Some("SQL_Latin1_General_CP1_CI_AS"),
+        ..int_key(ci, column)
+    }
+}
+
+fn captured(ci: &str, columns: &[(&str, bool)]) -> Vec<(String, String, bool)> {
+    columns
+        .iter()
+        .map(|(c, computed)| (ci.to_string(), c.to_string(), *computed))
+        .collect()
+}
+
+/// Result set 2 carries each key column's declared type: alias types come back resolved to
+/// their base system type, lengths in bytes (nvarchar: two per character).
+#[tokio::test]
+async fn capture_instance_reads_declared_key_types_and_captured_columns() {
+    let server = FakeServer::start().await;
+    let keys = vec![
+        KeyRow {
+            type_name: "region_code",
+            ..varchar_key("dbo_customers", "region", 20)
+        },
+        KeyRow {
+            system_type: Some("nvarchar"),
+            type_name: "sysname",
+            max_length: 256,
+            collation: Some("Latin1_General_100_CI_AS_SC"),
+            ..varchar_key("dbo_customers", "owner", 0)
+        },
+        KeyRow {
+            system_type: Some("datetime2"),
+            type_name: "datetime2",
+            max_length: 8,
+            precision: 27,
+            scale: 7,
+            ..int_key("dbo_customers", "created")
+        },
+        KeyRow {
+            system_type: Some("decimal"),
+            type_name: "decimal",
+            max_length: 9,
+            precision: 18,
+            scale: 2,
+            ..int_key("dbo_customers", "amount")
+        },
+    ];
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_reply(
+            &[("dbo_customers", true, 100)],
+            Some("ux_customers"),
+            &keys,
+            &captured(
+                "dbo_customers",
+                &[
+                    ("region", false),
+                    ("owner", false),
+                    ("created", false),
+                    ("amount", false),
+                    ("total", true),
+                    ("name", false),
+                ],
+            ),
+        ),
+    );
+    let mut session = session(&server).await;
+    let ci = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        ci.key_columns,
+        vec![
+            KeyColumn::new(
+                "region",
+                KeyType::VarChar {
+                    length: 20,
+                    collation: ci_as()
+                }
+            ),
+            KeyColumn::new(
+                "owner",
+                KeyType::NVarChar {
+                    length: 128,
+                    collation: Collation::parse("Latin1_General_100_CI_AS_SC").unwrap()
+                }
+            ),
+            KeyColumn::new("created", KeyType::DateTime2 { scale: 7 }),
+            KeyColumn::new(
+                "amount",
+                KeyType::Decimal {
+                    precision: 18,
+                    scale: 2
+                }
+            ),
+        ]
+    );
+    assert_eq!(
+        ci.columns,
+        vec!["region", "owner", "created", "amount", "name"],
+        "the computed column is left out"
+    );
+}
+
+/// Item 2: a unique index with nullable columns is refused up front, naming the columns, the
+/// index and the remedy; an unsupported key type is refused naming the column and the type.
+#[tokio::test]
+async fn nullable_or_unsupported_key_columns_are_refused_by_name() {
+    let server = FakeServer::start().await;
+    let mut session = session(&server).await;
+    let nullable = vec![
+        KeyRow {
+            nullable: true,
+            ..varchar_key("dbo_customers", "email", 100)
+        },
+        int_key("dbo_customers", "tenant"),
+        KeyRow {
+            nullable: true,
+            ..int_key("dbo_customers", "branch")
+        },
+    ];
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_reply(
+            &[("dbo_customers", true, 100)],
+            Some("ux_customers_email"),
+            &nullable,
+            &captured("dbo_customers", &[("email", false)]),
+        ),
+    );
+    let err = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap_err();
+    match &err {
+        CdcError::NullableKey {
+            index, columns, ..
+        } => {
+            assert_eq!(index, "ux_customers_email");
+            assert_eq!(columns, &vec!["email".to_string(), "branch".to_string()]);
+        }
+        other => panic!("expected NullableKey, got {other:?}"),
+    }
+    assert!(!err.is_transient());
+    let message = err.to_string();
+    for part in ["ux_customers_email", "email, branch", "NOT NULL", "primary key", "dbo.customers"] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+
+    for (system, type_name) in [
+        (Some("sql_variant"), "sql_variant"),
+        (None, "hierarchyid"),
+    ] {
+        let keys = vec![KeyRow {
+            system_type: system,
+            type_name,
+            ..int_key("dbo_customers", "node")
+        }];
+        server.on(
+            sql::CAPTURE_INSTANCES,
+            capture_reply(&[("dbo_customers", true, 100)], None, &keys, &[]),
+        );
+        let err = session
+            .capture_instance(&table("dbo", "customers"), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CdcError::UnsupportedKey { column, type_name: t, .. } if column == "node" && t == type_name),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(type_name), "{err}");
+    }
+}
+
+/// Item 4: the full load and the net changes select the same captured columns in the same
+/// order (the net changes after the CDC columns), computed columns in neither.
+#[tokio::test]
+async fn scan_and_net_changes_select_the_same_captured_columns() {
+    let server = FakeServer::start().await;
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_reply(
+            &[("dbo_customers", true, 100)],
+            None,
+            &[int_key("dbo_customers", "customer_id")],
+            &captured(
+                "dbo_customers",
+                &[("customer_id", false), ("total", true), ("name", false)],
+            ),
+        ),
+    );
+    server.on_prefix("SELECT TOP (@P1)", Reply::rows(vec![], vec![]));
+    server.on_prefix("SELECT [__$start_lsn]", Reply::rows(vec![], vec![]));
+    let mut session = session(&server).await;
+    let ci = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap();
+    let mut sink = VecSink::default();
+    session.scan(&ci, None, 10, &mut sink).await.unwrap();
+    session
+        .net_changes(&ci, range(lsn(101), lsn(200)), RowFilter::All, &mut sink)
+        .await
+        .unwrap();
+    let requests = server.requests();
+    assert_eq!(
+        requests[1].sql,
+        "SELECT TOP (@P1) [customer_id], [name] FROM [dbo].[customers] ORDER BY [customer_id];"
+    );
+    assert_eq!(
+        requests[2].sql,
+        "SELECT [__$start_lsn], [__$operation], [__$update_mask], [customer_id], [name] \
+         FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3) \
+         ORDER BY [__$start_lsn], [customer_id];"
+    );
+}
+
+// A full load over TDS against a fake that evaluates the keyset predicate the way SQL Server
+// does, so a page boundary lands where the server would put it.
+
+
+/// Scripts a one-table full load: capture instance, no watermark yet, max LSN, watermark
+/// writes; the scan is answered by `page` from the request.
+fn script_full_load(
+    server: &FakeServer,
+    key: KeyRow,
+    page: impl Fn(&tds::Request) -> Reply + Send + Sync + 'static,
+) {
+    let ci = key.ci;
+    let column = key.column;
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_reply(
+            &[(ci, true, 100)],
+            None,
+            &[key],
+            &captured(ci, &[(column, false), ("n", false)]),
+        ),
+    );
+    let wm = watermark_table();
+    server.on(
+        &sql::read_watermark(&wm).unwrap(),
+        Reply::rows(watermark_columns(), vec![]),
+    );
+    server.on(
+        sql::GET_MAX_LSN,
+        Reply::rows(vec![col("max_lsn", SqlType::Binary(10))], vec![vec![lsn_cell(500)]]),
+    );
+    server.on(&sql::insert_watermark(&wm).unwrap(), Reply::RowCount(1));
+    server.on(&sql::update_watermark(&wm).unwrap(), Reply::RowCount(1));
+    server.on_fn("SELECT TOP (@P1)", page);
+}
+
+/// Runs FullLoad over the fake into Azurite with two rows per part; the key column of every
+/// row written, in blob order.
+async fn full_load_keys(server: &FakeServer) -> Vec<String> {
+    let azurite = common::azurite::Azurite::shared();
+    let container = common::azurite::unique_container("keyset");
+    let settings = Arc::new(common::cdc::settings(
+        azurite,
+        &container,
+        &[("CDC_FULL_LOAD_PART_ROWS", "2")],
+    ));
+    let blobs = BlobTarget::new(&settings.storage, &settings.container).unwrap();
+    let ctx = Context::new(settings, Arc::new(source(server)), blobs);
+    let report = jobs::full_load::run(
+        &ctx,
+        &FullLoadRequest::default_all(),
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    let mut names = ctx.blobs.list("dbo/customers/").await.unwrap();
+    names.sort();
+    let mut keys = Vec::new();
+    for name in names {
+        let bytes = ctx.blobs.read(&name).await.unwrap().expect("listed blob");
+        let records = common::cdc::parse_csv(&bytes);
+        keys.extend(records.into_iter().skip(1).map(|r| r[0].clone().unwrap()));
+    }
+    keys
+}
+
+fn limit_of(request: &tds::Request) -> usize {
+    match request.params[0].value {
+        ParamValue::Int(n) => n as usize,
+        ref other => panic!("@P1 is {other:?}"),
+    }
+}
+
+/// Item 1, varchar keys: the table is in the index's order (non-Unicode rules of
+/// SQL_Latin1_General_CP1_CI_AS, hyphen and apostrophe significant). The fake compares the
+/// way data-type precedence makes the server compare: a parameter cast to the column's type
+/// and collation compares as varchar; an nvarchar parameter converts the column, which is
+/// then compared with Unicode rules (hyphen and apostrophe ignored). Parts end at 'co-op'
+/// and 'oat': every row must land exactly once.
+#[tokio::test]
+async fn varchar_keys_with_hyphens_page_in_index_order() {
+    let mut table = vec!["a", "co-op", "coat", "cob", "o'neil", "oat", "oats", "z"];
+    table.sort_by(|a, b| Rules::SqlNonUnicode.compare(a, b));
+    assert_eq!(table[1..4], ["co-op", "coat", "cob"], "the index order");
+    let server = FakeServer::start().await;
+    let rows = table.clone();
+    script_full_load(&server, varchar_key("dbo_customers", "code", 20), move |request| {
+        let after = match request.params.get(1).map(|p| &p.value) {
+            None => None,
+            Some(ParamValue::Text(key)) => Some(key.clone()),
+            Some(other) => panic!("@P2 is {other:?}"),
+        };
+        let rules = if request
+            .sql
+            .contains("CAST(@P2 COLLATE SQL_Latin1_General_CP1_CI_AS AS varchar(20))")
+        {
+            Rules::SqlNonUnicode
+        } else {
+            Rules::UnicodeWordSort
+        };
+        let page = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, code)| {
+                after
+                    .as_deref()
+                    .is_none_or(|a| rules.compare(code, a) == std::cmp::Ordering::Greater)
+            })
+            .take(limit_of(request))
+            .map(|(i, code)| vec![Cell::Text(code.to_string()), Cell::Int(i as i64)])
+            .collect();
+        Reply::rows(
+            vec![col("code", SqlType::VarChar(20)), col("n", SqlType::Int)],
+            page,
+        )
+    });
+    assert_eq!(full_load_keys(&server).await, table);
+}
+
+/// Item 1, datetime keys: values in 1/300 s ticks (.000, .003, .007, …), parts ending at odd
+/// ticks. A parameter cast to datetime rounds to the column's tick; a datetime2(7) parameter
+/// makes the server compare the column converted to datetime2, exactly (compatibility level
+/// 130 and later), so the boundary row read back as .0033333 is still "after" itself.
+#[tokio::test]
+async fn datetime_keys_page_without_rereading_the_boundary_row() {
+    let base = NaiveDate::from_ymd_opt(2024, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    let tick_time = move |tick: i64| base + chrono::Duration::nanoseconds(tick * 1_000_000_000 / 300);
+    let server = FakeServer::start().await;
+    let key = KeyRow {
+        system_type: Some("datetime"),
+        type_name: "datetime",
+        max_length: 8,
+        precision: 23,
+        scale: 3,
+        ..int_key("dbo_customers", "at")
+    };
+    script_full_load(&server, key, move |request| {
+        // Both sides in units of 1/(300·10⁹) s, so the exact datetime2 comparison is integral.
+        let after = request.params.get(1).map(|p| match &p.value {
+            ParamValue::DateTime(t) => {
+                let ns = (*t - base).num_nanoseconds().unwrap() as i128;
+                if request.sql.contains("CAST(@P2 AS datetime)") {
+                    ((ns * 300 + 500_000_000) / 1_000_000_000) * 1_000_000_000
+                } else {
+                    ns * 300
+                }
+            }
+            other => panic!("@P2 is {other:?}"),
+        });
+        let page = (0..7i64)
+            .filter(|tick| after.is_none_or(|a| i128::from(*tick) * 1_000_000_000 > a))
+            .take(limit_of(request))
+            .map(|tick| vec![Cell::DateTime(tick_time(tick)), Cell::Int(tick)])
+            .collect();
+        Reply::rows(
+            vec![col("at", SqlType::DateTime), col("n", SqlType::Int)],
+            page,
+        )
+    });
+    let expected: Vec<String> = (0..7)
+        .map(|tick| {
+            common::cdc::render(&Value::DateTime(
+                cdc_copy_testkit::model::to_sql_datetime(tick_time(tick)),
+            ))
+            .unwrap()
+        })
+        .collect();
+    let got = full_load_keys(&server).await;
+    assert_eq!(got.len(), 7, "every row exactly once: {got:?}");
+    assert_eq!(got, expected);
 }

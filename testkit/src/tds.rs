@@ -1077,7 +1077,8 @@ fn encode_cell(out: &mut Vec<u8>, ty: SqlType, cell: &Cell) {
             let days = (v.date() - NaiveDate::from_ymd_opt(1900, 1, 1).unwrap()).num_days() as i32;
             let nanos = v.time().num_seconds_from_midnight() as u64 * 1_000_000_000
                 + v.time().nanosecond() as u64;
-            let ticks = (nanos * 3 / 10_000_000) as u32;
+            // datetime holds 1/300 s ticks; SQL Server rounds to the nearest (.000, .003, .007).
+            let ticks = ((nanos * 300 + 500_000_000) / 1_000_000_000) as u32;
             out.push(8);
             out.extend_from_slice(&days.to_le_bytes());
             out.extend_from_slice(&ticks.to_le_bytes());

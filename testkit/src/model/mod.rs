@@ -19,6 +19,8 @@ mod key;
 mod session;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod typed_tests;
 
 pub use key::{cmp_keys, cmp_values, Key};
 pub use session::ModelSession;
