@@ -1641,7 +1641,13 @@ async fn scan_and_net_changes_select_the_same_captured_columns() {
             ),
         ),
     );
-    server.on_prefix("SELECT TOP (@P1)", Reply::rows(vec![], vec![]));
+    server.on_prefix(
+        "SELECT TOP (@P1)",
+        Reply::rows(
+            vec![col("customer_id", SqlType::Int), col("name", SqlType::NVarChar(50))],
+            vec![],
+        ),
+    );
     server.on_prefix("SELECT [__$start_lsn]", Reply::rows(vec![], vec![]));
     let mut session = session(&server).await;
     let ci = session
