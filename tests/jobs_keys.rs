@@ -28,7 +28,9 @@ async fn a_nullable_unique_index_is_refused_by_both_jobs() {
             KeyIndex::unique("ux_customers_email", &["email"]),
         )
         .unwrap();
-    model.enable_cdc(&customers(), "dbo_customers", true).unwrap();
+    model
+        .enable_cdc(&customers(), "dbo_customers", true)
+        .unwrap();
     model
         .insert(&customers(), vec![Value::Int(1), Value::Text("a".into())])
         .unwrap();
@@ -43,7 +45,11 @@ async fn a_nullable_unique_index_is_refused_by_both_jobs() {
             assert!(log.contains(part), "{job}: {part:?} missing from {log}");
         }
     }
-    assert!(bench.blobs("dbo/customers/").await.is_empty(), "nothing written");
+    bench.ctx.ensure_container().await.unwrap();
+    assert!(
+        bench.blobs("dbo/customers/").await.is_empty(),
+        "nothing written"
+    );
 }
 
 /// Item 4: a column left out of `@captured_column_list` and a computed column. The full-load
@@ -96,7 +102,11 @@ async fn full_load_and_incremental_files_have_the_same_columns() {
 
     let full = bench.blobs("dbo/customers/full").await;
     let incremental = bench.incremental_blobs().await;
-    assert_eq!((full.len(), incremental.len()), (1, 1), "{full:?} {incremental:?}");
+    assert_eq!(
+        (full.len(), incremental.len()),
+        (1, 1),
+        "{full:?} {incremental:?}"
+    );
     let full = parse_csv(&bench.read(&full[0]).await);
     let incremental = parse_csv(&bench.read(&incremental[0]).await);
     let names = |header: &[Option<String>]| -> Vec<String> {
@@ -114,7 +124,10 @@ async fn full_load_and_incremental_files_have_the_same_columns() {
         incremental[0]
     );
     // The values line up under the same header: row 1 as loaded, then as updated.
-    assert_eq!(full[1], vec![Some("1".into()), Some("a".into()), Some("Oslo".into())]);
+    assert_eq!(
+        full[1],
+        vec![Some("1".into()), Some("a".into()), Some("Oslo".into())]
+    );
     let updated = incremental
         .iter()
         .skip(1)

@@ -21,7 +21,8 @@
 //! test writes to its own container.
 
 mod common;
-#[path = "live_sqlserver/keys.rs"] mod keys;
+#[path = "live_sqlserver/keys.rs"]
+mod keys;
 use cdc_copy_testkit::live::LiveSql;
 use cdc_copy_testkit::tds;
 

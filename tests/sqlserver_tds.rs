@@ -18,11 +18,11 @@ use cdc_copy_testkit::tds;
 use async_trait::async_trait;
 use cdc_copy::cdc::RowSinkError;
 use cdc_copy::cdc::VecSink;
-use cdc_copy::cdc::{Collation, KeyColumn, KeyType};
 use cdc_copy::cdc::{
     CaptureInstance, CdcError, CdcSession, CdcSource, FullLoadProgress, Lsn, LsnRange, RowFilter,
     RowSink, TableRef, TableState, Value, Watermark, Window,
 };
+use cdc_copy::cdc::{Collation, KeyColumn, KeyType};
 use cdc_copy::config::{Secret, SqlTarget};
 use cdc_copy::sqlserver::{sql, SqlServerSource};
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
@@ -112,7 +112,10 @@ fn int_key(ci: &'static str, column: &'static str) -> KeyRow {
 }
 
 /// `CAPTURE_INSTANCES` with `int` keys; each instance captures its key columns and `name`.
-fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&'static str, &'static str)]) -> Reply {
+fn capture_instances_reply(
+    instances: &[(&str, bool, u128)],
+    keys: &[(&'static str, &'static str)],
+) -> Reply {
     let keys: Vec<KeyRow> = keys.iter().map(|(ci, c)| int_key(ci, c)).collect();
     let mut captured: Vec<(String, String, bool)> = Vec::new();
     for (ci, ..) in instances {
@@ -798,7 +801,10 @@ async fn scan_pages_by_key_and_returns_the_last_key() {
         .await
         .unwrap();
     assert_eq!((rows, last), (0, None));
-    assert_eq!(sink.columns, vec!["customer_id", "region", "created", "email"]);
+    assert_eq!(
+        sink.columns,
+        vec!["customer_id", "region", "created", "email"]
+    );
 
     let requests = server.requests();
     assert_eq!(
@@ -845,7 +851,12 @@ async fn a_resume_key_of_the_wrong_type_is_refused() {
     let mut session = session(&server).await;
     let mut sink = VecSink::default();
     let err = session
-        .scan(&customers_ci(), Some(&[Value::Text("7".into())]), 10, &mut sink)
+        .scan(
+            &customers_ci(),
+            Some(&[Value::Text("7".into())]),
+            10,
+            &mut sink,
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("customer_id"), "{err}");
@@ -1585,9 +1596,7 @@ async fn nullable_or_unsupported_key_columns_are_refused_by_name() {
         .await
         .unwrap_err();
     match &err {
-        CdcError::NullableKey {
-            index, columns, ..
-        } => {
+        CdcError::NullableKey { index, columns, .. } => {
             assert_eq!(index, "ux_customers_email");
             assert_eq!(columns, &vec!["email".to_string(), "branch".to_string()]);
         }
@@ -1595,14 +1604,17 @@ async fn nullable_or_unsupported_key_columns_are_refused_by_name() {
     }
     assert!(!err.is_transient());
     let message = err.to_string();
-    for part in ["ux_customers_email", "email, branch", "NOT NULL", "primary key", "dbo.customers"] {
+    for part in [
+        "ux_customers_email",
+        "email, branch",
+        "NOT NULL",
+        "primary key",
+        "dbo.customers",
+    ] {
         assert!(message.contains(part), "{part:?} missing from: {message}");
     }
 
-    for (system, type_name) in [
-        (Some("sql_variant"), "sql_variant"),
-        (None, "hierarchyid"),
-    ] {
+    for (system, type_name) in [(Some("sql_variant"), "sql_variant"), (None, "hierarchyid")] {
         let keys = vec![KeyRow {
             system_type: system,
             type_name,
@@ -1644,7 +1656,10 @@ async fn scan_and_net_changes_select_the_same_captured_columns() {
     server.on_prefix(
         "SELECT TOP (@P1)",
         Reply::rows(
-            vec![col("customer_id", SqlType::Int), col("name", SqlType::NVarChar(50))],
+            vec![
+                col("customer_id", SqlType::Int),
+                col("name", SqlType::NVarChar(50)),
+            ],
             vec![],
         ),
     );
@@ -1676,7 +1691,6 @@ async fn scan_and_net_changes_select_the_same_captured_columns() {
 // A full load over TDS against a fake that evaluates the keyset predicate the way SQL Server
 // does, so a page boundary lands where the server would put it.
 
-
 /// Scripts a one-table full load: capture instance, no watermark yet, max LSN, watermark
 /// writes; the scan is answered by `page` from the request.
 fn script_full_load(
@@ -1702,7 +1716,10 @@ fn script_full_load(
     );
     server.on(
         sql::GET_MAX_LSN,
-        Reply::rows(vec![col("max_lsn", SqlType::Binary(10))], vec![vec![lsn_cell(500)]]),
+        Reply::rows(
+            vec![col("max_lsn", SqlType::Binary(10))],
+            vec![vec![lsn_cell(500)]],
+        ),
     );
     server.on(&sql::insert_watermark(&wm).unwrap(), Reply::RowCount(1));
     server.on(&sql::update_watermark(&wm).unwrap(), Reply::RowCount(1));
@@ -1759,36 +1776,40 @@ async fn varchar_keys_with_hyphens_page_in_index_order() {
     assert_eq!(table[1..4], ["co-op", "coat", "cob"], "the index order");
     let server = FakeServer::start().await;
     let rows = table.clone();
-    script_full_load(&server, varchar_key("dbo_customers", "code", 20), move |request| {
-        let after = match request.params.get(1).map(|p| &p.value) {
-            None => None,
-            Some(ParamValue::Text(key)) => Some(key.clone()),
-            Some(other) => panic!("@P2 is {other:?}"),
-        };
-        let rules = if request
-            .sql
-            .contains("CAST(@P2 COLLATE SQL_Latin1_General_CP1_CI_AS AS varchar(20))")
-        {
-            Rules::SqlNonUnicode
-        } else {
-            Rules::UnicodeWordSort
-        };
-        let page = rows
-            .iter()
-            .enumerate()
-            .filter(|(_, code)| {
-                after
-                    .as_deref()
-                    .is_none_or(|a| rules.compare(code, a) == std::cmp::Ordering::Greater)
-            })
-            .take(limit_of(request))
-            .map(|(i, code)| vec![Cell::Text(code.to_string()), Cell::Int(i as i64)])
-            .collect();
-        Reply::rows(
-            vec![col("code", SqlType::VarChar(20)), col("n", SqlType::Int)],
-            page,
-        )
-    });
+    script_full_load(
+        &server,
+        varchar_key("dbo_customers", "code", 20),
+        move |request| {
+            let after = match request.params.get(1).map(|p| &p.value) {
+                None => None,
+                Some(ParamValue::Text(key)) => Some(key.clone()),
+                Some(other) => panic!("@P2 is {other:?}"),
+            };
+            let rules = if request
+                .sql
+                .contains("CAST(@P2 COLLATE SQL_Latin1_General_CP1_CI_AS AS varchar(20))")
+            {
+                Rules::SqlNonUnicode
+            } else {
+                Rules::UnicodeWordSort
+            };
+            let page = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, code)| {
+                    after
+                        .as_deref()
+                        .is_none_or(|a| rules.compare(code, a) == std::cmp::Ordering::Greater)
+                })
+                .take(limit_of(request))
+                .map(|(i, code)| vec![Cell::Text(code.to_string()), Cell::Int(i as i64)])
+                .collect();
+            Reply::rows(
+                vec![col("code", SqlType::VarChar(20)), col("n", SqlType::Int)],
+                page,
+            )
+        },
+    );
     assert_eq!(full_load_keys(&server).await, table);
 }
 
@@ -1802,7 +1823,8 @@ async fn datetime_keys_page_without_rereading_the_boundary_row() {
         .unwrap()
         .and_hms_opt(0, 0, 0)
         .unwrap();
-    let tick_time = move |tick: i64| base + chrono::Duration::nanoseconds(tick * 1_000_000_000 / 300);
+    let tick_time =
+        move |tick: i64| base + chrono::Duration::nanoseconds(tick * 1_000_000_000 / 300);
     let server = FakeServer::start().await;
     let key = KeyRow {
         system_type: Some("datetime"),
@@ -1837,9 +1859,9 @@ async fn datetime_keys_page_without_rereading_the_boundary_row() {
     });
     let expected: Vec<String> = (0..7)
         .map(|tick| {
-            common::cdc::render(&Value::DateTime(
-                cdc_copy_testkit::model::to_sql_datetime(tick_time(tick)),
-            ))
+            common::cdc::render(&Value::DateTime(cdc_copy_testkit::model::to_sql_datetime(
+                tick_time(tick),
+            )))
             .unwrap()
         })
         .collect();

@@ -291,8 +291,14 @@ pub enum ColumnsError {
     NoKey,
     /// The unique index has nullable columns: their NULL-key rows never come out of net changes.
     NullableKey(Vec<String>),
-    UnsupportedKey { column: String, type_name: String },
-    KeyCollation { column: String, collation: String },
+    UnsupportedKey {
+        column: String,
+        type_name: String,
+    },
+    KeyCollation {
+        column: String,
+        collation: String,
+    },
 }
 
 /// Catalog rows (key columns in key order, captured columns in `column_ordinal` order) to a

@@ -74,9 +74,10 @@ pub fn to_param(value: &Value, ty: &KeyType) -> Result<ColumnData<'static>, Stri
         (Value::Decimal { unscaled, scale }, K::Decimal { .. } | K::Money | K::SmallMoney) => {
             ColumnData::Numeric(Some(Numeric::new_with_scale(*unscaled, *scale)))
         }
-        (Value::Text(s), K::Char { .. } | K::VarChar { .. } | K::NChar { .. } | K::NVarChar { .. }) => {
-            ColumnData::String(Some(Cow::Owned(s.clone())))
-        }
+        (
+            Value::Text(s),
+            K::Char { .. } | K::VarChar { .. } | K::NChar { .. } | K::NVarChar { .. },
+        ) => ColumnData::String(Some(Cow::Owned(s.clone()))),
         (Value::Binary(b), K::Binary { .. } | K::VarBinary { .. } | K::RowVersion) => {
             ColumnData::Binary(Some(Cow::Owned(b.clone())))
         }

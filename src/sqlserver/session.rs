@@ -469,9 +469,8 @@ impl CdcSession for SqlServerSession {
                 capture_instance: name,
             });
         }
-        let of_instance = |r: &&Row| {
-            column::<&str>(r, "capture_instance").ok().flatten() == Some(name.as_str())
-        };
+        let of_instance =
+            |r: &&Row| column::<&str>(r, "capture_instance").ok().flatten() == Some(name.as_str());
         let key_rows = keys
             .iter()
             .filter(of_instance)

@@ -283,7 +283,12 @@ fn after_predicate(key_columns: &[KeyColumn]) -> String {
     let terms: Vec<(String, String)> = key_columns
         .iter()
         .enumerate()
-        .map(|(i, k)| (quote_identifier(&k.name), k.ty.cast(&format!("@P{}", i + 2))))
+        .map(|(i, k)| {
+            (
+                quote_identifier(&k.name),
+                k.ty.cast(&format!("@P{}", i + 2)),
+            )
+        })
         .collect();
     // expr(i) = ki > ci OR (ki = ci AND expr(i + 1)), the last one just kn > cn.
     let mut expr = String::new();
@@ -424,14 +429,26 @@ mod tests {
             assert!(net_changes("dbo_t", &id, &bad_cols).is_err(), "{bad:?}");
             assert!(scan(&t("dbo", bad), &id, &cols, true).is_err(), "{bad:?}");
             assert!(scan(&t(bad, "t"), &id, &cols, false).is_err(), "{bad:?}");
-            assert!(scan(&t("dbo", "t"), &bad_key, &cols, true).is_err(), "{bad:?}");
-            assert!(scan(&t("dbo", "t"), &id, &bad_cols, true).is_err(), "{bad:?}");
+            assert!(
+                scan(&t("dbo", "t"), &bad_key, &cols, true).is_err(),
+                "{bad:?}"
+            );
+            assert!(
+                scan(&t("dbo", "t"), &id, &bad_cols, true).is_err(),
+                "{bad:?}"
+            );
             assert!(read_watermark(&t(bad, "w")).is_err(), "{bad:?}");
             assert!(insert_watermark(&t("cdc_copy", bad)).is_err(), "{bad:?}");
             assert!(update_watermark(&t(bad, bad)).is_err(), "{bad:?}");
         }
-        assert!(net_changes("dbo_t", &[], &cols_id()).is_err(), "a key is required");
-        assert!(net_changes("dbo_t", &keys(&["id"]), &[]).is_err(), "columns are required");
+        assert!(
+            net_changes("dbo_t", &[], &cols_id()).is_err(),
+            "a key is required"
+        );
+        assert!(
+            net_changes("dbo_t", &keys(&["id"]), &[]).is_err(),
+            "columns are required"
+        );
         assert!(scan(&t("dbo", "t"), &keys(&["id"]), &[], false).is_err());
     }
 

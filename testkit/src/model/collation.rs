@@ -94,9 +94,21 @@ mod tests {
             ("re-enter", "reenter", Less, Less, Less),
         ];
         for (a, b, varchar, nvarchar, code_point) in cases {
-            assert_eq!(Rules::SqlNonUnicode.compare(a, b), *varchar, "{a} vs {b} varchar");
-            assert_eq!(Rules::UnicodeWordSort.compare(a, b), *nvarchar, "{a} vs {b} nvarchar");
-            assert_eq!(Rules::CodePoint.compare(a, b), *code_point, "{a} vs {b} bin");
+            assert_eq!(
+                Rules::SqlNonUnicode.compare(a, b),
+                *varchar,
+                "{a} vs {b} varchar"
+            );
+            assert_eq!(
+                Rules::UnicodeWordSort.compare(a, b),
+                *nvarchar,
+                "{a} vs {b} nvarchar"
+            );
+            assert_eq!(
+                Rules::CodePoint.compare(a, b),
+                *code_point,
+                "{a} vs {b} bin"
+            );
             assert_eq!(Rules::SqlNonUnicode.compare(b, a), varchar.reverse());
             assert_eq!(Rules::UnicodeWordSort.compare(b, a), nvarchar.reverse());
         }
@@ -107,11 +119,41 @@ mod tests {
         let sql = || Collation::parse(SQL_LATIN1_CI_AS).unwrap();
         let bin = || Collation::parse("Latin1_General_100_BIN2").unwrap();
         let cases = [
-            (KeyType::VarChar { length: 9, collation: sql() }, Rules::SqlNonUnicode),
-            (KeyType::Char { length: 9, collation: sql() }, Rules::SqlNonUnicode),
-            (KeyType::NVarChar { length: 9, collation: sql() }, Rules::UnicodeWordSort),
-            (KeyType::NChar { length: 9, collation: sql() }, Rules::UnicodeWordSort),
-            (KeyType::VarChar { length: 9, collation: bin() }, Rules::CodePoint),
+            (
+                KeyType::VarChar {
+                    length: 9,
+                    collation: sql(),
+                },
+                Rules::SqlNonUnicode,
+            ),
+            (
+                KeyType::Char {
+                    length: 9,
+                    collation: sql(),
+                },
+                Rules::SqlNonUnicode,
+            ),
+            (
+                KeyType::NVarChar {
+                    length: 9,
+                    collation: sql(),
+                },
+                Rules::UnicodeWordSort,
+            ),
+            (
+                KeyType::NChar {
+                    length: 9,
+                    collation: sql(),
+                },
+                Rules::UnicodeWordSort,
+            ),
+            (
+                KeyType::VarChar {
+                    length: 9,
+                    collation: bin(),
+                },
+                Rules::CodePoint,
+            ),
             (KeyType::Int, Rules::CodePoint),
         ];
         for (ty, rules) in cases {

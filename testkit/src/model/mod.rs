@@ -399,12 +399,8 @@ impl CdcModel {
         supports_net_changes: bool,
         columns: &[&str],
     ) -> Result<Lsn, ModelError> {
-        self.lock().enable_cdc(
-            table,
-            capture_instance,
-            supports_net_changes,
-            Some(columns),
-        )
+        self.lock()
+            .enable_cdc(table, capture_instance, supports_net_changes, Some(columns))
     }
 
     /// `sys.sp_cdc_disable_table` for one instance: its change rows are gone.
@@ -1545,7 +1541,11 @@ impl State {
         let count = ones.len() as u64 + generated - superseded.len() as u64;
         let selected: Vec<String> = match columns {
             Some(names) => names.to_vec(),
-            None => inst.captured.iter().map(|&i| t.columns[i].clone()).collect(),
+            None => inst
+                .captured
+                .iter()
+                .map(|&i| t.columns[i].clone())
+                .collect(),
         };
         let columns = ["__$start_lsn", "__$operation", "__$update_mask"]
             .into_iter()

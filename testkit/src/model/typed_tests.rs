@@ -45,7 +45,10 @@ async fn scan_all(m: &CdcModel, page: u64) -> Vec<Value> {
     let mut out = Vec::new();
     loop {
         let mut sink = VecSink::default();
-        let (n, last) = s.scan(&ci, after.as_deref(), page, &mut sink).await.unwrap();
+        let (n, last) = s
+            .scan(&ci, after.as_deref(), page, &mut sink)
+            .await
+            .unwrap();
         out.extend(sink.rows.into_iter().map(|r| r[0].clone()));
         if n < page {
             return out;
@@ -95,8 +98,15 @@ async fn keys_order_by_declared_type_and_collation() {
             m.insert(&t(), vec![text("COAT"), Value::Int(9)]),
             Err(ModelError::DuplicateKey { .. })
         ));
-        let ci = session(&m).await.capture_instance(&t(), None).await.unwrap();
-        assert_eq!(ci.key_columns, vec![cdc_copy::cdc::KeyColumn::new("code", ty)]);
+        let ci = session(&m)
+            .await
+            .capture_instance(&t(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            ci.key_columns,
+            vec![cdc_copy::cdc::KeyColumn::new("code", ty)]
+        );
     }
 }
 
