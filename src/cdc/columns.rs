@@ -361,8 +361,18 @@ mod tests {
     #[test]
     fn catalog_types_decode_to_key_types() {
         let c = Some("SQL_Latin1_General_CP1_CI_AS");
+        /// (system type, max_length, precision, scale, collation, decoded, as SQL)
+        type Case = (
+            &'static str,
+            i16,
+            u8,
+            u8,
+            Option<&'static str>,
+            KeyType,
+            &'static str,
+        );
         #[rustfmt::skip]
-        let cases: &[(&str, i16, u8, u8, Option<&str>, KeyType, &str)] = &[
+        let cases: &[Case] = &[
             ("tinyint", 1, 3, 0, None, KeyType::TinyInt, "tinyint"),
             ("smallint", 2, 5, 0, None, KeyType::SmallInt, "smallint"),
             ("int", 4, 10, 0, None, KeyType::Int, "int"),
@@ -398,7 +408,15 @@ mod tests {
 
     #[test]
     fn types_that_cannot_page_are_refused_by_name() {
-        let cases: &[(Option<&str>, &str, i16, Option<&str>, KeyTypeError)] = &[
+        /// (system type, declared type, max_length, collation, refusal)
+        type Case = (
+            Option<&'static str>,
+            &'static str,
+            i16,
+            Option<&'static str>,
+            KeyTypeError,
+        );
+        let cases: &[Case] = &[
             (
                 Some("sql_variant"),
                 "sql_variant",
