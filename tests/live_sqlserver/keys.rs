@@ -7,6 +7,15 @@
 
 use super::*;
 
+/// A fresh database, or `None` (after the skip line) without a live server.
+async fn live_database() -> Option<TestDatabase> {
+    let Some(conn) = live_connection_string() else {
+        println!("skipped: {ENV} not set");
+        return None;
+    };
+    Some(TestDatabase::create(&conn).await)
+}
+
 /// The product over `db`: a runner and its blob target (and the Azurite it started, if any).
 async fn product(db: &TestDatabase) -> (Runner, BlobTarget, Option<Azurite>) {
     let (azurite, storage) = match std::env::var(STORAGE_ENV) {
@@ -55,15 +64,19 @@ async fn full_load(runner: &Runner) -> Report {
         .await
 }
 
-/// The first column of every row of every full-load part, in part order.
-async fn loaded_keys(blobs: &BlobTarget) -> Vec<String> {
+/// Column `column` of every row of every full-load part, in part order.
+async fn loaded_column(blobs: &BlobTarget, column: usize) -> Vec<String> {
     let mut parts = blobs.list("dbo/customers/full/").await.expect("list");
     parts.sort();
     assert!(parts.len() > 1, "the case needs part boundaries: {parts:?}");
     let mut keys = Vec::new();
     for part in parts {
         let csv = parse_csv(&read_blob(blobs, &part).await);
-        keys.extend(csv.rows.into_iter().map(|r| r[0].clone().expect("key")));
+        keys.extend(
+            csv.rows
+                .into_iter()
+                .map(|r| r[column].clone().expect("not NULL")),
+        );
     }
     keys
 }
@@ -81,11 +94,9 @@ async fn strings(sql: &mut Sql, query: &str) -> Vec<String> {
 /// column's type and collation every row lands exactly once, in the server's order.
 #[tokio::test]
 async fn live_varchar_keys_with_hyphens_cross_part_boundaries() {
-    let Some(conn) = live_connection_string() else {
-        println!("skipped: {ENV} not set");
+    let Some(db) = live_database().await else {
         return;
     };
-    let db = TestDatabase::create(&conn).await;
     let mut sql = source_table(
         &db,
         "CREATE TABLE dbo.customers (
@@ -104,7 +115,7 @@ async fn live_varchar_keys_with_hyphens_cross_part_boundaries() {
     let report = full_load(&runner).await;
     assert_eq!(report.status, Status::Done, "{report:#?}");
     assert_eq!(
-        loaded_keys(&blobs).await,
+        loaded_column(&blobs, 0).await,
         expected,
         "every row exactly once"
     );
@@ -114,11 +125,9 @@ async fn live_varchar_keys_with_hyphens_cross_part_boundaries() {
 /// and re-sent as datetime2(7) would compare above its own row and read it again.
 #[tokio::test]
 async fn live_datetime_key_crosses_part_boundaries() {
-    let Some(conn) = live_connection_string() else {
-        println!("skipped: {ENV} not set");
+    let Some(db) = live_database().await else {
         return;
     };
-    let db = TestDatabase::create(&conn).await;
     let mut sql = source_table(
         &db,
         "CREATE TABLE dbo.customers (at datetime NOT NULL PRIMARY KEY, n int NOT NULL);
@@ -133,13 +142,7 @@ async fn live_datetime_key_crosses_part_boundaries() {
     let (runner, blobs, _azurite) = product(&db).await;
     let report = full_load(&runner).await;
     assert_eq!(report.status, Status::Done, "{report:#?}");
-    let mut parts = blobs.list("dbo/customers/full/").await.expect("list");
-    parts.sort();
-    let mut ns = Vec::new();
-    for part in parts {
-        let csv = parse_csv(&read_blob(&blobs, &part).await);
-        ns.extend(csv.rows.into_iter().map(|r| r[1].clone().expect("n")));
-    }
+    let ns = loaded_column(&blobs, 1).await;
     let expected: Vec<String> = (0..8).map(|n| n.to_string()).collect();
     assert_eq!(ns, expected, "every row exactly once, in key order");
     let count = rows(&mut sql, "SELECT COUNT(*) AS n FROM dbo.customers;").await[0]
@@ -152,11 +155,9 @@ async fn live_datetime_key_crosses_part_boundaries() {
 /// the instance, naming the column, the index and the remedy, and write nothing.
 #[tokio::test]
 async fn live_nullable_unique_index_is_refused() {
-    let Some(conn) = live_connection_string() else {
-        println!("skipped: {ENV} not set");
+    let Some(db) = live_database().await else {
         return;
     };
-    let db = TestDatabase::create(&conn).await;
     let _sql = source_table(
         &db,
         "CREATE TABLE dbo.customers (
@@ -188,11 +189,9 @@ async fn live_nullable_unique_index_is_refused() {
 /// incremental blob both carry `customer_id, name, city` (the blob after the CDC columns).
 #[tokio::test]
 async fn live_uncaptured_and_computed_columns_give_the_same_files() {
-    let Some(conn) = live_connection_string() else {
-        println!("skipped: {ENV} not set");
+    let Some(db) = live_database().await else {
         return;
     };
-    let db = TestDatabase::create(&conn).await;
     let mut sql = source_table(
         &db,
         "CREATE TABLE dbo.customers (
