@@ -548,7 +548,7 @@ impl CdcSession for SqlServerSession {
     ) -> Result<u64, CdcError> {
         let (from, to) = (range.from(), range.to());
         let statement = sql::net_changes(&ci.name, &ci.key_columns, &ci.columns)
-            .map_err(|e| name_error("capture instance", e))?;
+            .map_err(|e| name_error("capture instance or its columns", e))?;
         let params = [lsn_param(&from), lsn_param(&to), text(filter.as_sql())];
         let (sent, _) = self
             .stream_rows(
@@ -581,7 +581,7 @@ impl CdcSession for SqlServerSession {
             }
         }
         let statement = sql::scan(&ci.table, &ci.key_columns, &ci.columns, after.is_some())
-            .map_err(|e| name_error("source table", e))?;
+            .map_err(|e| name_error("source table or its columns", e))?;
         let mut params = vec![ColumnData::I64(Some(to_i64(limit)))];
         for (value, key) in after.unwrap_or_default().iter().zip(&ci.key_columns) {
             params.push(to_param(value, &key.ty).map_err(|e| {
