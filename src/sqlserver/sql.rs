@@ -52,7 +52,9 @@ SELECT @max_lsn AS max_lsn,
 /// Result set 1: `capture_instance, schema_name, table_name, supports_net_changes, index_name,
 /// min_lsn, create_date`. Result set 2: `capture_instance, column_name, system_type_name
 /// (the base system type: alias types resolved through sys.columns.system_type_id; NULL for
-/// CLR types), type_name (the declared type's own name), max_length (bytes), precision,
+/// CLR types, whose system_type_id names no system type), type_name (the declared type's own
+/// name, for messages; outer-joined so that an alias type the login may not see never drops a
+/// key column from the result), max_length (bytes), precision,
 /// scale, collation_name, is_nullable`, ordered by `capture_instance, key_ordinal`. Result
 /// set 3: `capture_instance, column_name, column_ordinal, is_computed`, ordered by
 /// `capture_instance, column_ordinal`.
@@ -72,7 +74,7 @@ JOIN sys.schemas AS s ON s.schema_id = t.schema_id
 WHERE ct.source_object_id = OBJECT_ID(@P1)
 ORDER BY ct.create_date DESC;
 SELECT ct.capture_instance, c.name AS column_name,
-       st.name AS system_type_name, ut.name AS type_name,
+       st.name AS system_type_name, COALESCE(ut.name, st.name, N'?') AS type_name,
        c.max_length, c.precision, c.scale, c.collation_name, c.is_nullable
 FROM cdc.change_tables AS ct
 JOIN sys.indexes AS i ON i.object_id = ct.source_object_id
@@ -80,8 +82,9 @@ JOIN sys.indexes AS i ON i.object_id = ct.source_object_id
 JOIN sys.index_columns AS ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id
      AND ic.key_ordinal > 0
 JOIN sys.columns AS c ON c.object_id = ic.object_id AND c.column_id = ic.column_id
-JOIN sys.types AS ut ON ut.user_type_id = c.user_type_id
-LEFT JOIN sys.types AS st ON st.user_type_id = c.system_type_id AND ut.is_assembly_type = 0
+LEFT JOIN sys.types AS ut ON ut.user_type_id = c.user_type_id
+LEFT JOIN sys.types AS st ON st.user_type_id = c.system_type_id AND st.is_user_defined = 0
+     AND st.is_assembly_type = 0
 WHERE ct.source_object_id = OBJECT_ID(@P1)
 ORDER BY ct.capture_instance, ic.key_ordinal;
 SELECT ct.capture_instance, cc.column_name, cc.column_ordinal, cc.is_computed

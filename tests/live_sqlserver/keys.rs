@@ -17,21 +17,10 @@ async fn live_database() -> Option<TestDatabase> {
 }
 
 /// The product over `db`: a runner and its blob target (and the Azurite it started, if any).
-async fn product(db: &TestDatabase) -> (Runner, BlobTarget, Option<Azurite>) {
-    let (azurite, storage) = match std::env::var(STORAGE_ENV) {
-        Ok(storage) if !storage.trim().is_empty() => (None, storage),
-        _ => {
-            let azurite = Azurite::start();
-            let storage = azurite.connection_string.clone();
-            (Some(azurite), storage)
-        }
-    };
+fn product(db: &TestDatabase) -> (Runner, BlobTarget, Option<Azurite>) {
+    let (azurite, storage) = live_storage();
     let container = unique_container("live-keys");
-    let settings = settings(&db.connection_string, &storage, &container);
-    let blobs = BlobTarget::new(&settings.storage, &container).expect("blob target");
-    let source = SqlServerSource::new(&settings.sql, settings.watermark_table.clone())
-        .expect("SqlServerSource::new");
-    let runner = Runner::new(Arc::new(settings), Arc::new(source), blobs.clone());
+    let (runner, blobs) = production_runner(settings(&db.connection_string, &storage, &container));
     (runner, blobs, azurite)
 }
 
@@ -111,7 +100,7 @@ async fn live_varchar_keys_with_hyphens_cross_part_boundaries() {
     let expected = strings(&mut sql, "SELECT code FROM dbo.customers ORDER BY code;").await;
     assert_eq!(expected[2], "co-op", "parts of 3 end at the hyphenated key");
     assert_eq!(expected[5], "o'neil", "and at the apostrophe");
-    let (runner, blobs, _azurite) = product(&db).await;
+    let (runner, blobs, _azurite) = product(&db);
     let report = full_load(&runner).await;
     assert_eq!(report.status, Status::Done, "{report:#?}");
     assert_eq!(
@@ -139,7 +128,7 @@ async fn live_datetime_key_crosses_part_boundaries() {
         "",
     )
     .await;
-    let (runner, blobs, _azurite) = product(&db).await;
+    let (runner, blobs, _azurite) = product(&db);
     let report = full_load(&runner).await;
     assert_eq!(report.status, Status::Done, "{report:#?}");
     let ns = loaded_column(&blobs, 1).await;
@@ -168,7 +157,7 @@ async fn live_nullable_unique_index_is_refused() {
         ", @index_name = N'ux_customers_email'",
     )
     .await;
-    let (runner, blobs, _azurite) = product(&db).await;
+    let (runner, blobs, _azurite) = product(&db);
     let load = full_load(&runner).await;
     let copy = runner.incremental_copy(trigger(Utc::now())).await;
     for (job, report) in [("FullLoad", load), ("IncrementalCopy", copy)] {
@@ -205,7 +194,7 @@ async fn live_uncaptured_and_computed_columns_give_the_same_files() {
         ", @captured_column_list = N'customer_id, name, total, city'",
     )
     .await;
-    let (runner, blobs, _azurite) = product(&db).await;
+    let (runner, blobs, _azurite) = product(&db);
     let report = full_load(&runner).await;
     assert_eq!(report.status, Status::Done, "{report:#?}");
     let loaded_at = watermark_row(&mut sql)
