@@ -23,6 +23,8 @@
 mod common;
 #[path = "live_sqlserver/first_run.rs"]
 mod first_run;
+#[path = "live_sqlserver/keys.rs"]
+mod keys;
 #[path = "live_sqlserver/least_privilege.rs"]
 mod least_privilege;
 use cdc_copy_testkit::live::LiveSql;
@@ -1021,7 +1023,7 @@ async fn live_session_against_sql_server() {
 
     let ci = session.capture_instance(&customers, None).await.unwrap();
     assert_eq!(ci.name, "dbo_customers");
-    assert_eq!(ci.key_columns, vec!["customer_id".to_string()]);
+    assert_eq!(ci.key_names(), vec!["customer_id".to_string()]);
     assert!(ci.supports_net_changes);
     assert_eq!(server.min_lsn(&ci.name).await.unwrap(), ci.min_lsn);
     let missing = session

@@ -4,6 +4,15 @@
 //! builders of `sqlserver::sql`), the parameters (names, TDS types, values), and how the
 //! answered rows decode into the seam's structs and `Value`s — NULLs and every type included.
 
+mod common;
+
+use std::sync::Arc;
+
+use cdc_copy::host::FullLoadRequest;
+use cdc_copy::jobs::{self, Context};
+use cdc_copy::report::Status;
+use cdc_copy::sink::blob::BlobTarget;
+use cdc_copy_testkit::model::collation::Rules;
 use cdc_copy_testkit::tds;
 
 use async_trait::async_trait;
@@ -13,6 +22,7 @@ use cdc_copy::cdc::{
     CaptureInstance, CdcError, CdcSession, CdcSource, FullLoadProgress, Lsn, LsnRange, RowFilter,
     RowSink, TableRef, TableState, Value, Watermark, Window,
 };
+use cdc_copy::cdc::{Collation, KeyColumn, KeyType};
 use cdc_copy::config::{Secret, SqlTarget};
 use cdc_copy::sqlserver::{sql, SqlServerSource};
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
@@ -56,8 +66,13 @@ fn customers_ci() -> CaptureInstance {
         supports_net_changes: true,
         min_lsn: lsn(100),
         start_lsn: Some(lsn(100)),
-        key_columns: vec!["customer_id".into()],
+        key_columns: vec![KeyColumn::new("customer_id", KeyType::Int)],
+        columns: vec!["customer_id".into(), "name".into()],
     }
+}
+
+fn net_changes_sql(ci: &CaptureInstance) -> String {
+    sql::net_changes(&ci.name, &ci.key_columns, &ci.columns).unwrap()
 }
 
 fn param_types(request: &tds::Request) -> Vec<&str> {
@@ -68,24 +83,91 @@ fn param_values(request: &tds::Request) -> Vec<ParamValue> {
     request.params.iter().map(|p| p.value.clone()).collect()
 }
 
-fn capture_instances_reply(instances: &[(&str, bool, u128)], keys: &[(&str, &str)]) -> Reply {
-    let started: Vec<_> = instances
+/// One row of `CAPTURE_INSTANCES` result set 2.
+#[derive(Clone)]
+struct KeyRow {
+    ci: &'static str,
+    column: &'static str,
+    system_type: Option<&'static str>,
+    type_name: &'static str,
+    max_length: i64,
+    precision: i64,
+    scale: i64,
+    collation: Option<&'static str>,
+    nullable: bool,
+}
+
+/// A NOT NULL `int` key column.
+fn int_key(ci: &'static str, column: &'static str) -> KeyRow {
+    KeyRow {
+        ci,
+        column,
+        system_type: Some("int"),
+        type_name: "int",
+        max_length: 4,
+        precision: 10,
+        scale: 0,
+        collation: None,
+        nullable: false,
+    }
+}
+
+/// Each instance with `start_lsn` = its min LSN (recognised by the capture process).
+fn started<'a>(instances: &[(&'a str, bool, u128)]) -> Vec<(&'a str, bool, u128, Option<u128>)> {
+    instances
         .iter()
         .map(|(name, net, min)| (*name, *net, *min, Some(*min)))
-        .collect();
-    capture_instances_reply_started(&started, keys)
+        .collect()
+}
+
+/// `CAPTURE_INSTANCES` with `int` keys; each instance captures its key columns and `name`.
+fn capture_instances_reply(
+    instances: &[(&str, bool, u128)],
+    keys: &[(&'static str, &'static str)],
+) -> Reply {
+    capture_instances_reply_started(&started(instances), keys)
 }
 
 /// As [`capture_instances_reply`], with each instance's `start_lsn` (`None`: NULL, not yet
 /// recognised by the capture process).
 fn capture_instances_reply_started(
     instances: &[(&str, bool, u128, Option<u128>)],
-    keys: &[(&str, &str)],
+    keys: &[(&'static str, &'static str)],
+) -> Reply {
+    let keys: Vec<KeyRow> = keys.iter().map(|(ci, c)| int_key(ci, c)).collect();
+    let mut captured: Vec<(String, String, bool)> = Vec::new();
+    for (ci, ..) in instances {
+        for key in keys.iter().filter(|k| k.ci == *ci) {
+            captured.push((ci.to_string(), key.column.to_string(), false));
+        }
+        captured.push((ci.to_string(), "name".into(), false));
+    }
+    capture_reply_started(instances, None, &keys, &captured)
+}
+
+/// The three result sets of `CAPTURE_INSTANCES`: instances (with `index_name`), key columns,
+/// captured columns `(instance, column, is_computed)` in `column_ordinal` order.
+fn capture_reply(
+    instances: &[(&str, bool, u128)],
+    index_name: Option<&str>,
+    keys: &[KeyRow],
+    captured: &[(String, String, bool)],
+) -> Reply {
+    capture_reply_started(&started(instances), index_name, keys, captured)
+}
+
+/// As [`capture_reply`], with each instance's `start_lsn`.
+fn capture_reply_started(
+    instances: &[(&str, bool, u128, Option<u128>)],
+    index_name: Option<&str>,
+    keys: &[KeyRow],
+    captured: &[(String, String, bool)],
 ) -> Reply {
     let created = NaiveDate::from_ymd_opt(2024, 1, 1)
         .unwrap()
         .and_hms_opt(0, 0, 0)
         .unwrap();
+    let opt_text = |v: Option<&str>| v.map_or(Cell::Null, |v| Cell::Text(v.into()));
     Reply::Results(vec![
         tds::ResultSet {
             columns: vec![
@@ -106,7 +188,7 @@ fn capture_instances_reply_started(
                         Cell::Text("dbo".into()),
                         Cell::Text("customers".into()),
                         Cell::Bit(*net),
-                        Cell::Null,
+                        opt_text(index_name),
                         lsn_cell(*min),
                         start.map_or(Cell::Null, lsn_cell),
                         Cell::DateTime(created),
@@ -118,11 +200,48 @@ fn capture_instances_reply_started(
             columns: vec![
                 col("capture_instance", SqlType::NVarChar(128)),
                 col("column_name", SqlType::NVarChar(128)),
+                col("system_type_name", SqlType::NVarChar(128)),
+                col("type_name", SqlType::NVarChar(128)),
+                col("max_length", SqlType::SmallInt),
+                col("precision", SqlType::TinyInt),
+                col("scale", SqlType::TinyInt),
+                col("collation_name", SqlType::NVarChar(128)),
+                col("is_nullable", SqlType::Bit),
             ],
             rows: keys
                 .iter()
-                .map(|(ci, column)| {
-                    vec![Cell::Text(ci.to_string()), Cell::Text(column.to_string())]
+                .map(|k| {
+                    vec![
+                        Cell::Text(k.ci.into()),
+                        Cell::Text(k.column.into()),
+                        opt_text(k.system_type),
+                        Cell::Text(k.type_name.into()),
+                        Cell::Int(k.max_length),
+                        Cell::Int(k.precision),
+                        Cell::Int(k.scale),
+                        opt_text(k.collation),
+                        Cell::Bit(k.nullable),
+                    ]
+                })
+                .collect(),
+        },
+        tds::ResultSet {
+            columns: vec![
+                col("capture_instance", SqlType::NVarChar(128)),
+                col("column_name", SqlType::NVarChar(128)),
+                col("column_ordinal", SqlType::Int),
+                col("is_computed", SqlType::Bit),
+            ],
+            rows: captured
+                .iter()
+                .zip(1..)
+                .map(|((ci, column, computed), ordinal)| {
+                    vec![
+                        Cell::Text(ci.clone()),
+                        Cell::Text(column.clone()),
+                        Cell::Int(ordinal),
+                        Cell::Bit(*computed),
+                    ]
                 })
                 .collect(),
         },
@@ -185,7 +304,11 @@ async fn capture_instance_picks_the_newest_or_the_wanted_one() {
             supports_net_changes: true,
             min_lsn: lsn(500),
             start_lsn: Some(lsn(500)),
-            key_columns: vec!["region".into(), "customer_id".into()],
+            key_columns: vec![
+                KeyColumn::new("region", KeyType::Int),
+                KeyColumn::new("customer_id", KeyType::Int)
+            ],
+            columns: vec!["region".into(), "customer_id".into(), "name".into()],
         }
     );
     let wanted = session
@@ -194,7 +317,8 @@ async fn capture_instance_picks_the_newest_or_the_wanted_one() {
         .unwrap();
     assert_eq!(wanted.name, "dbo_customers");
     assert_eq!(wanted.min_lsn, lsn(100));
-    assert_eq!(wanted.key_columns, vec!["customer_id".to_string()]);
+    assert_eq!(wanted.key_names(), vec!["customer_id".to_string()]);
+    assert_eq!(wanted.columns, vec!["customer_id", "name"]);
 
     let requests = server.requests();
     assert_eq!(requests.len(), 2, "one round trip each");
@@ -224,7 +348,7 @@ async fn unknown_capture_instance_is_refused_and_no_net_changes_are_read() {
         Reply::error(50000, "must not be called"),
     );
     server.on_prefix(
-        "SELECT * FROM cdc.",
+        "SELECT [__$start_lsn]",
         Reply::error(50000, "must not be called"),
     );
     let mut session = session(&server).await;
@@ -422,7 +546,15 @@ fn all_types_columns() -> Vec<tds::Column> {
 #[tokio::test]
 async fn net_changes_stream_every_type_and_null() {
     let server = FakeServer::start().await;
-    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    let all_types = CaptureInstance {
+        columns: all_types_columns()
+            .into_iter()
+            .skip(3)
+            .map(|c| c.name)
+            .collect(),
+        ..customers_ci()
+    };
+    let statement = net_changes_sql(&all_types);
     let created = NaiveDate::from_ymd_opt(2024, 5, 1)
         .unwrap()
         .and_hms_milli_opt(10, 11, 12, 340)
@@ -472,7 +604,7 @@ async fn net_changes_stream_every_type_and_null() {
     let mut sink = VecSink::default();
     let sent = session
         .net_changes(
-            &customers_ci(),
+            &all_types,
             range(lsn(101), lsn(200)),
             RowFilter::All,
             &mut sink,
@@ -523,7 +655,11 @@ async fn net_changes_stream_every_type_and_null() {
     let request = &server.requests()[0];
     assert_eq!(
         request.sql,
-        "SELECT * FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3) ORDER BY [__$start_lsn], [customer_id];"
+        "SELECT [__$start_lsn], [__$operation], [__$update_mask], [customer_id], [first_name], \
+         [city], [notes], [visits], [active], [balance], [price], [score], [created], [modified], \
+         [seen], [row_guid], [birthday], [opens_at] \
+         FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3) \
+         ORDER BY [__$start_lsn], [customer_id];"
     );
     assert_eq!(
         param_types(request),
@@ -534,7 +670,7 @@ async fn net_changes_stream_every_type_and_null() {
 #[tokio::test]
 async fn msg_313_becomes_a_clear_error() {
     let server = FakeServer::start().await;
-    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    let statement = net_changes_sql(&customers_ci());
     server.on(
         &statement,
         Reply::error(
@@ -620,20 +756,49 @@ async fn deadlock_and_throttling_are_transient_permission_is_not() {
     }
 }
 
+fn ci_as() -> Collation {
+    Collation::parse("SQL_Latin1_General_CP1_CI_AS").unwrap()
+}
+
+/// The scan selects the captured columns by name and casts every keyset parameter to its key
+/// column's declared type and collation; the parameters go as the TDS types tiberius binds.
 #[tokio::test]
 async fn scan_pages_by_key_and_returns_the_last_key() {
     let server = FakeServer::start().await;
     let ci = CaptureInstance {
-        key_columns: vec!["region".into(), "customer_id".into()],
+        key_columns: vec![
+            KeyColumn::new(
+                "region",
+                KeyType::VarChar {
+                    length: 10,
+                    collation: ci_as(),
+                },
+            ),
+            KeyColumn::new("created", KeyType::DateTime),
+            KeyColumn::new("customer_id", KeyType::Int),
+        ],
+        columns: vec![
+            "customer_id".into(),
+            "region".into(),
+            "created".into(),
+            "email".into(),
+        ],
         ..customers_ci()
     };
-    let first = sql::scan(&ci.table, &ci.key_columns, false).unwrap();
-    let next = sql::scan(&ci.table, &ci.key_columns, true).unwrap();
+    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false).unwrap();
+    let next = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true).unwrap();
     let columns = vec![
         col("customer_id", SqlType::Int),
-        col("region", SqlType::NVarChar(10)),
+        col("region", SqlType::VarChar(10)),
+        col("created", SqlType::DateTime),
         col("email", SqlType::VarChar(100)),
     ];
+    let at = |ms: u32| {
+        NaiveDate::from_ymd_opt(2024, 1, 1)
+            .unwrap()
+            .and_hms_milli_opt(0, 0, 0, ms)
+            .unwrap()
+    };
     server.on(
         &first,
         Reply::rows(
@@ -641,10 +806,16 @@ async fn scan_pages_by_key_and_returns_the_last_key() {
             vec![
                 vec![
                     Cell::Int(1),
-                    Cell::Text("eu".into()),
+                    Cell::Text("co-op".into()),
+                    Cell::DateTime(at(3)),
                     Cell::Text("a@x".into()),
                 ],
-                vec![Cell::Int(3), Cell::Text("eu".into()), Cell::Null],
+                vec![
+                    Cell::Int(3),
+                    Cell::Text("eu".into()),
+                    Cell::DateTime(at(7)),
+                    Cell::Null,
+                ],
             ],
         ),
     );
@@ -653,33 +824,74 @@ async fn scan_pages_by_key_and_returns_the_last_key() {
     let mut sink = VecSink::default();
     let (rows, last) = session.scan(&ci, None, 2, &mut sink).await.unwrap();
     assert_eq!(rows, 2);
-    assert_eq!(last, Some(vec![Value::Text("eu".into()), Value::Int(3)]));
+    let last_key = last.clone().unwrap();
+    assert_eq!(last_key[0], Value::Text("eu".into()));
+    assert_eq!(last_key[2], Value::Int(3));
     let (rows, last) = session
         .scan(&ci, last.as_deref(), 2, &mut sink)
         .await
         .unwrap();
     assert_eq!((rows, last), (0, None));
-    assert_eq!(sink.columns, vec!["customer_id", "region", "email"]);
+    assert_eq!(
+        sink.columns,
+        vec!["customer_id", "region", "created", "email"]
+    );
 
     let requests = server.requests();
     assert_eq!(
         requests[0].sql,
-        "SELECT TOP (@P1) * FROM [dbo].[customers] ORDER BY [region], [customer_id];"
+        "SELECT TOP (@P1) [customer_id], [region], [created], [email] FROM [dbo].[customers] \
+         ORDER BY [region], [created], [customer_id];"
     );
     assert_eq!(param_values(&requests[0]), vec![ParamValue::Int(2)]);
     assert_eq!(param_types(&requests[0]), vec!["intn(8)"]);
+    let region = "CAST(@P2 COLLATE SQL_Latin1_General_CP1_CI_AS AS varchar(10))";
+    let created = "CAST(@P3 AS datetime)";
     assert_eq!(
         requests[1].sql,
-        "SELECT TOP (@P1) * FROM [dbo].[customers] WHERE ([region] > @P2) OR ([region] = @P2 AND [customer_id] > @P3) ORDER BY [region], [customer_id];"
+        format!(
+            "SELECT TOP (@P1) [customer_id], [region], [created], [email] FROM [dbo].[customers] \
+             WHERE [region] >= {region} AND ([region] > {region} OR ([region] = {region} AND \
+             ([created] > {created} OR ([created] = {created} AND [customer_id] > CAST(@P4 AS int))))) \
+             ORDER BY [region], [created], [customer_id];"
+        )
     );
     assert_eq!(
-        param_values(&requests[1]),
-        vec![
-            ParamValue::Int(2),
-            ParamValue::Text("eu".into()),
-            ParamValue::Int(3)
-        ]
+        param_types(&requests[1]),
+        vec!["intn(8)", "nvarchar", "datetime2", "intn(8)"]
     );
+    let ParamValue::DateTime(sent) = &param_values(&requests[1])[2] else {
+        panic!("created goes as a date and time");
+    };
+    // The datetime read back (tick 2 = .00666… s) goes as datetime2(7): CAST(… AS datetime)
+    // on the server rounds it back to the same tick.
+    assert_eq!(
+        cdc_copy_testkit::model::to_sql_datetime(*sent),
+        cdc_copy_testkit::model::to_sql_datetime(at(7))
+    );
+    assert_eq!(
+        param_values(&requests[1])[..2],
+        [ParamValue::Int(2), ParamValue::Text("eu".into())]
+    );
+}
+
+/// A resume key that no longer fits the key's type is refused before anything is sent.
+#[tokio::test]
+async fn a_resume_key_of_the_wrong_type_is_refused() {
+    let server = FakeServer::start().await;
+    let mut session = session(&server).await;
+    let mut sink = VecSink::default();
+    let err = session
+        .scan(
+            &customers_ci(),
+            Some(&[Value::Text("7".into())]),
+            10,
+            &mut sink,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("customer_id"), "{err}");
+    assert!(server.requests().is_empty());
 }
 
 fn sample_watermark() -> Watermark {
@@ -1228,7 +1440,7 @@ impl RowSink for OrderSink {
 async fn many_rows_stream_through_in_order() {
     const ROWS: i64 = 100_000;
     let server = FakeServer::start().await;
-    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    let statement = net_changes_sql(&customers_ci());
     let columns = vec![
         col("__$start_lsn", SqlType::Binary(10)),
         col("__$operation", SqlType::Int),
@@ -1346,7 +1558,7 @@ async fn refused_net_changes(session: &mut dyn CdcSession) -> CdcError {
 /// cleanup message with the fresh minimum, and 0x00… says the login may lack permission.
 #[tokio::test]
 async fn a_refused_range_is_explained_from_a_fresh_min_lsn() {
-    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    let statement = net_changes_sql(&customers_ci());
     // (server error, fresh min LSN, what the run reports)
     let cases: &[(u32, Option<u128>, &str)] = &[
         (208, Some(300), "cleaned up"),
@@ -1449,7 +1661,7 @@ async fn a_stalled_statement_names_itself_and_the_setting() {
     let server = FakeServer::start().await;
     let timeout =
         cdc_copy::config::CommandTimeout::new(std::time::Duration::from_millis(200)).unwrap();
-    let statement = sql::net_changes("dbo_customers", &["customer_id".to_string()]).unwrap();
+    let statement = net_changes_sql(&customers_ci());
     server.on(&statement, Reply::Stall);
     server.on(
         &sql::update_watermark(&watermark_table()).unwrap(),
@@ -1472,4 +1684,423 @@ async fn a_stalled_statement_names_itself_and_the_setting() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("watermark update"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys and columns as the catalog declares them (issue 9, items 1, 2 and 4).
+
+fn varchar_key(ci: &'static str, column: &'static str, length: i64) -> KeyRow {
+    KeyRow {
+        system_type: Some("varchar"),
+        type_name: "varchar",
+        max_length: length,
+        precision: 0,
+        scale: 0,
+        collation: Some("SQL_Latin1_General_CP1_CI_AS"),
+        ..int_key(ci, column)
+    }
+}
+
+fn captured(ci: &str, columns: &[(&str, bool)]) -> Vec<(String, String, bool)> {
+    columns
+        .iter()
+        .map(|(c, computed)| (ci.to_string(), c.to_string(), *computed))
+        .collect()
+}
+
+/// Result set 2 carries each key column's declared type: alias types come back resolved to
+/// their base system type, lengths in bytes (nvarchar: two per character).
+#[tokio::test]
+async fn capture_instance_reads_declared_key_types_and_captured_columns() {
+    let server = FakeServer::start().await;
+    let keys = vec![
+        KeyRow {
+            type_name: "region_code",
+            ..varchar_key("dbo_customers", "region", 20)
+        },
+        KeyRow {
+            system_type: Some("nvarchar"),
+            type_name: "sysname",
+            max_length: 256,
+            collation: Some("Latin1_General_100_CI_AS_SC"),
+            ..varchar_key("dbo_customers", "owner", 0)
+        },
+        KeyRow {
+            system_type: Some("datetime2"),
+            type_name: "datetime2",
+            max_length: 8,
+            precision: 27,
+            scale: 7,
+            ..int_key("dbo_customers", "created")
+        },
+        KeyRow {
+            system_type: Some("decimal"),
+            type_name: "decimal",
+            max_length: 9,
+            precision: 18,
+            scale: 2,
+            ..int_key("dbo_customers", "amount")
+        },
+    ];
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_reply(
+            &[("dbo_customers", true, 100)],
+            Some("ux_customers"),
+            &keys,
+            &captured(
+                "dbo_customers",
+                &[
+                    ("region", false),
+                    ("owner", false),
+                    ("created", false),
+                    ("amount", false),
+                    ("total", true),
+                    ("name", false),
+                ],
+            ),
+        ),
+    );
+    let mut session = session(&server).await;
+    let ci = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        ci.key_columns,
+        vec![
+            KeyColumn::new(
+                "region",
+                KeyType::VarChar {
+                    length: 20,
+                    collation: ci_as()
+                }
+            ),
+            KeyColumn::new(
+                "owner",
+                KeyType::NVarChar {
+                    length: 128,
+                    collation: Collation::parse("Latin1_General_100_CI_AS_SC").unwrap()
+                }
+            ),
+            KeyColumn::new("created", KeyType::DateTime2 { scale: 7 }),
+            KeyColumn::new(
+                "amount",
+                KeyType::Decimal {
+                    precision: 18,
+                    scale: 2
+                }
+            ),
+        ]
+    );
+    assert_eq!(
+        ci.columns,
+        vec!["region", "owner", "created", "amount", "name"],
+        "the computed column is left out"
+    );
+}
+
+/// Item 2: a unique index with nullable columns is refused up front, naming the columns, the
+/// index and the remedy; an unsupported key type is refused naming the column and the type.
+#[tokio::test]
+async fn nullable_or_unsupported_key_columns_are_refused_by_name() {
+    let server = FakeServer::start().await;
+    let mut session = session(&server).await;
+    let nullable = vec![
+        KeyRow {
+            nullable: true,
+            ..varchar_key("dbo_customers", "email", 100)
+        },
+        int_key("dbo_customers", "tenant"),
+        KeyRow {
+            nullable: true,
+            ..int_key("dbo_customers", "branch")
+        },
+    ];
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_reply(
+            &[("dbo_customers", true, 100)],
+            Some("ux_customers_email"),
+            &nullable,
+            &captured("dbo_customers", &[("email", false)]),
+        ),
+    );
+    let err = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap_err();
+    match &err {
+        CdcError::NullableKey { index, columns, .. } => {
+            assert_eq!(index, "ux_customers_email");
+            assert_eq!(columns, &vec!["email".to_string(), "branch".to_string()]);
+        }
+        other => panic!("expected NullableKey, got {other:?}"),
+    }
+    assert!(!err.is_transient());
+    let message = err.to_string();
+    for part in [
+        "ux_customers_email",
+        "email, branch",
+        "NOT NULL",
+        "primary key",
+        "dbo.customers",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+
+    for (system, type_name) in [(Some("sql_variant"), "sql_variant"), (None, "hierarchyid")] {
+        let keys = vec![KeyRow {
+            system_type: system,
+            type_name,
+            ..int_key("dbo_customers", "node")
+        }];
+        server.on(
+            sql::CAPTURE_INSTANCES,
+            capture_reply(&[("dbo_customers", true, 100)], None, &keys, &[]),
+        );
+        let err = session
+            .capture_instance(&table("dbo", "customers"), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CdcError::UnsupportedKey { column, type_name: t, .. } if column == "node" && t == type_name),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(type_name), "{err}");
+    }
+}
+
+/// Item 4: the full load and the net changes select the same captured columns in the same
+/// order (the net changes after the CDC columns), computed columns in neither.
+#[tokio::test]
+async fn scan_and_net_changes_select_the_same_captured_columns() {
+    let server = FakeServer::start().await;
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_reply(
+            &[("dbo_customers", true, 100)],
+            None,
+            &[int_key("dbo_customers", "customer_id")],
+            &captured(
+                "dbo_customers",
+                &[("customer_id", false), ("total", true), ("name", false)],
+            ),
+        ),
+    );
+    server.on_prefix(
+        "SELECT TOP (@P1)",
+        Reply::rows(
+            vec![
+                col("customer_id", SqlType::Int),
+                col("name", SqlType::NVarChar(50)),
+            ],
+            vec![],
+        ),
+    );
+    server.on_prefix("SELECT [__$start_lsn]", Reply::rows(vec![], vec![]));
+    let mut session = session(&server).await;
+    let ci = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap();
+    let mut sink = VecSink::default();
+    session.scan(&ci, None, 10, &mut sink).await.unwrap();
+    session
+        .net_changes(&ci, range(lsn(101), lsn(200)), RowFilter::All, &mut sink)
+        .await
+        .unwrap();
+    let requests = server.requests();
+    assert_eq!(
+        requests[1].sql,
+        "SELECT TOP (@P1) [customer_id], [name] FROM [dbo].[customers] ORDER BY [customer_id];"
+    );
+    assert_eq!(
+        requests[2].sql,
+        "SELECT [__$start_lsn], [__$operation], [__$update_mask], [customer_id], [name] \
+         FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3) \
+         ORDER BY [__$start_lsn], [customer_id];"
+    );
+}
+
+// A full load over TDS against a fake that evaluates the keyset predicate the way SQL Server
+// does, so a page boundary lands where the server would put it.
+
+/// Scripts a one-table full load: capture instance, no watermark yet, max LSN, watermark
+/// writes; the scan is answered by `page` from the request.
+fn script_full_load(
+    server: &FakeServer,
+    key: KeyRow,
+    page: impl Fn(&tds::Request) -> Reply + Send + Sync + 'static,
+) {
+    let ci = key.ci;
+    let column = key.column;
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_reply(
+            &[(ci, true, 100)],
+            None,
+            &[key],
+            &captured(ci, &[(column, false), ("n", false)]),
+        ),
+    );
+    let wm = watermark_table();
+    server.on(
+        &sql::read_watermark(&wm).unwrap(),
+        Reply::rows(watermark_columns(), vec![]),
+    );
+    server.on(
+        sql::GET_MAX_LSN,
+        Reply::rows(
+            vec![col("max_lsn", SqlType::Binary(10))],
+            vec![vec![lsn_cell(500)]],
+        ),
+    );
+    server.on(&sql::insert_watermark(&wm).unwrap(), Reply::RowCount(1));
+    server.on(&sql::update_watermark(&wm).unwrap(), Reply::RowCount(1));
+    server.on_fn("SELECT TOP (@P1)", page);
+}
+
+/// Runs FullLoad over the fake into Azurite with two rows per part; the key column of every
+/// row written, in blob order.
+async fn full_load_keys(server: &FakeServer) -> Vec<String> {
+    let azurite = common::azurite::Azurite::shared();
+    let container = common::azurite::unique_container("keyset");
+    let settings = Arc::new(common::cdc::settings(
+        azurite,
+        &container,
+        &[("CDC_FULL_LOAD_PART_ROWS", "2")],
+    ));
+    let blobs = BlobTarget::new(&settings.storage, &settings.container).unwrap();
+    let ctx = Context::new(settings, Arc::new(source(server)), blobs);
+    let report = jobs::full_load::run(
+        &ctx,
+        &FullLoadRequest::default_all(),
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    let mut names = ctx.blobs.list("dbo/customers/").await.unwrap();
+    names.sort();
+    let mut keys = Vec::new();
+    for name in names {
+        let bytes = ctx.blobs.read(&name).await.unwrap().expect("listed blob");
+        let records = common::cdc::parse_csv(&bytes);
+        keys.extend(records.into_iter().skip(1).map(|r| r[0].clone().unwrap()));
+    }
+    keys
+}
+
+fn limit_of(request: &tds::Request) -> usize {
+    match request.params[0].value {
+        ParamValue::Int(n) => n as usize,
+        ref other => panic!("@P1 is {other:?}"),
+    }
+}
+
+/// Item 1, varchar keys: the table is in the index's order (non-Unicode rules of
+/// SQL_Latin1_General_CP1_CI_AS, hyphen and apostrophe significant). The fake compares the
+/// way data-type precedence makes the server compare: a parameter cast to the column's type
+/// and collation compares as varchar; an nvarchar parameter converts the column, which is
+/// then compared with Unicode rules (hyphen and apostrophe ignored). Parts end at 'co-op'
+/// and 'oat': every row must land exactly once.
+#[tokio::test]
+async fn varchar_keys_with_hyphens_page_in_index_order() {
+    let mut table = vec!["a", "co-op", "coat", "cob", "o'neil", "oat", "oats", "z"];
+    table.sort_by(|a, b| Rules::SqlNonUnicode.compare(a, b));
+    assert_eq!(table[1..4], ["co-op", "coat", "cob"], "the index order");
+    let server = FakeServer::start().await;
+    let rows = table.clone();
+    script_full_load(
+        &server,
+        varchar_key("dbo_customers", "code", 20),
+        move |request| {
+            let after = match request.params.get(1).map(|p| &p.value) {
+                None => None,
+                Some(ParamValue::Text(key)) => Some(key.clone()),
+                Some(other) => panic!("@P2 is {other:?}"),
+            };
+            let rules = if request
+                .sql
+                .contains("CAST(@P2 COLLATE SQL_Latin1_General_CP1_CI_AS AS varchar(20))")
+            {
+                Rules::SqlNonUnicode
+            } else {
+                Rules::UnicodeWordSort
+            };
+            let page = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, code)| {
+                    after
+                        .as_deref()
+                        .is_none_or(|a| rules.compare(code, a) == std::cmp::Ordering::Greater)
+                })
+                .take(limit_of(request))
+                .map(|(i, code)| vec![Cell::Text(code.to_string()), Cell::Int(i as i64)])
+                .collect();
+            Reply::rows(
+                vec![col("code", SqlType::VarChar(20)), col("n", SqlType::Int)],
+                page,
+            )
+        },
+    );
+    assert_eq!(full_load_keys(&server).await, table);
+}
+
+/// Item 1, datetime keys: values in 1/300 s ticks (.000, .003, .007, …), parts ending at odd
+/// ticks. A parameter cast to datetime rounds to the column's tick; a datetime2(7) parameter
+/// makes the server compare the column converted to datetime2, exactly (compatibility level
+/// 130 and later), so the boundary row read back as .0033333 is still "after" itself.
+#[tokio::test]
+async fn datetime_keys_page_without_rereading_the_boundary_row() {
+    let base = NaiveDate::from_ymd_opt(2024, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    let tick_time =
+        move |tick: i64| base + chrono::Duration::nanoseconds(tick * 1_000_000_000 / 300);
+    let server = FakeServer::start().await;
+    let key = KeyRow {
+        system_type: Some("datetime"),
+        type_name: "datetime",
+        max_length: 8,
+        precision: 23,
+        scale: 3,
+        ..int_key("dbo_customers", "at")
+    };
+    script_full_load(&server, key, move |request| {
+        // Both sides in units of 1/(300·10⁹) s, so the exact datetime2 comparison is integral.
+        let after = request.params.get(1).map(|p| match &p.value {
+            ParamValue::DateTime(t) => {
+                let ns = (*t - base).num_nanoseconds().unwrap() as i128;
+                if request.sql.contains("CAST(@P2 AS datetime)") {
+                    ((ns * 300 + 500_000_000) / 1_000_000_000) * 1_000_000_000
+                } else {
+                    ns * 300
+                }
+            }
+            other => panic!("@P2 is {other:?}"),
+        });
+        let page = (0..7i64)
+            .filter(|tick| after.is_none_or(|a| i128::from(*tick) * 1_000_000_000 > a))
+            .take(limit_of(request))
+            .map(|tick| vec![Cell::DateTime(tick_time(tick)), Cell::Int(tick)])
+            .collect();
+        Reply::rows(
+            vec![col("at", SqlType::DateTime), col("n", SqlType::Int)],
+            page,
+        )
+    });
+    let expected: Vec<String> = (0..7)
+        .map(|tick| {
+            common::cdc::render(&Value::DateTime(cdc_copy_testkit::model::to_sql_datetime(
+                tick_time(tick),
+            )))
+            .unwrap()
+        })
+        .collect();
+    let got = full_load_keys(&server).await;
+    assert_eq!(got.len(), 7, "every row exactly once: {got:?}");
+    assert_eq!(got, expected);
 }

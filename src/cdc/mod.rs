@@ -5,10 +5,12 @@
 //! That seam is what lets the orchestration be tested against documented CDC semantics in CI,
 //! where no SQL Server can run.
 
+pub mod columns;
 pub mod lsn;
 pub mod source;
 pub mod value;
 
+pub use columns::{Collation, KeyColumn, KeyType};
 pub use lsn::{Lsn, LsnParseError, LsnRange};
 pub use source::*;
 pub use value::Value;

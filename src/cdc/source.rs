@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Lsn, LsnRange, Value};
+use super::{KeyColumn, Lsn, LsnRange, Value};
 
 /// A source table, `schema.table`. Names are validated (see [`TableRef::parse`]) but are
 /// still always passed to SQL Server quoted or as parameters, never spliced raw.
@@ -102,8 +102,20 @@ pub struct CaptureInstance {
     /// Nothing can be copied from an instance without one (see
     /// [`CdcError::CaptureNotStarted`]).
     pub start_lsn: Option<Lsn>,
-    /// The source table's key columns in key order (the primary key or `index_name`).
-    pub key_columns: Vec<String>,
+    /// The source table's key columns in key order (the primary key or `index_name`), with
+    /// their declared types.
+    pub key_columns: Vec<KeyColumn>,
+    /// The captured columns the copier writes (`cdc.captured_columns` in `column_ordinal`
+    /// order, computed columns left out): the full load selects exactly these, and the net
+    /// changes select them after the CDC columns, so both files have the same columns.
+    pub columns: Vec<String>,
+}
+
+impl CaptureInstance {
+    /// The key columns' names in key order.
+    pub fn key_names(&self) -> Vec<String> {
+        self.key_columns.iter().map(|k| k.name.clone()).collect()
+    }
 }
 
 /// How far the capture process has got, and what a window end maps to.
@@ -323,6 +335,29 @@ pub enum CdcError {
         /// The statement's short name, e.g. "net changes of dbo_customers".
         statement: String,
         timeout: std::time::Duration,
+    },
+    #[error(
+        "capture instance {capture_instance} of {table} is keyed by unique index {index}, whose \
+         column(s) {} allow NULL: net changes never return rows whose key is NULL, so their \
+         changes would be lost. Re-enable CDC with @index_name naming a unique index on NOT NULL \
+         columns, or on the primary key",
+        .columns.join(", ")
+    )]
+    NullableKey {
+        table: TableRef,
+        capture_instance: String,
+        index: String,
+        columns: Vec<String>,
+    },
+    #[error(
+        "key column {column} of {table} has type {type_name}, which the copier cannot page by \
+         (supported: the numeric, character, binary, date/time and uniqueidentifier types); \
+         enable CDC with @index_name naming a unique index on columns of those types"
+    )]
+    UnsupportedKey {
+        table: TableRef,
+        column: String,
+        type_name: String,
     },
     #[error("the watermark table {0} does not exist: run sql/setup.sql (see README, \"The watermark table\")")]
     NoWatermarkTable(String),

@@ -15,7 +15,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime};
 use tiberius::numeric::Numeric;
 use tiberius::{ColumnData, ColumnType, FromSql, ToSql};
 
-use crate::cdc::{Lsn, Value};
+use crate::cdc::{KeyType, Lsn, Value};
 
 /// Converts one cell. `column_type` is the column's declared type (only money needs it).
 pub fn to_value(data: ColumnData<'static>, column_type: ColumnType) -> Result<Value, String> {
@@ -58,27 +58,38 @@ pub fn to_value(data: ColumnData<'static>, column_type: ColumnType) -> Result<Va
     })
 }
 
-/// A [`Value`] as a query parameter (the keyset of a full-load scan). Integers go as
-/// `bigint`, text as `nvarchar`: SQL Server converts them to the column's type for the
-/// comparison.
-pub fn to_param(value: &Value) -> ColumnData<'static> {
-    match value {
-        Value::Null => ColumnData::String(None),
-        Value::Bit(b) => ColumnData::Bit(Some(*b)),
-        Value::Int(i) => ColumnData::I64(Some(*i)),
-        Value::Real(f) => ColumnData::F32(Some(*f)),
-        Value::Float(f) => ColumnData::F64(Some(*f)),
-        Value::Decimal { unscaled, scale } => {
+/// A key value as a keyset parameter for a key column of type `ty`. The statement casts it
+/// to the declared type ([`KeyType::cast`]), so the wire type only has to carry the value
+/// exactly: integers as `bigint`, text as `nvarchar` (tiberius binds strings that way),
+/// times as `datetime2(7)`, which holds every `datetime`/`smalldatetime` value exactly. A
+/// value that does not fit the column's type (a resume key saved before the table changed)
+/// is refused.
+pub fn to_param(value: &Value, ty: &KeyType) -> Result<ColumnData<'static>, String> {
+    use KeyType as K;
+    Ok(match (value, ty) {
+        (Value::Int(i), K::TinyInt | K::SmallInt | K::Int | K::BigInt) => ColumnData::I64(Some(*i)),
+        (Value::Bit(b), K::Bit) => ColumnData::Bit(Some(*b)),
+        (Value::Real(f), K::Real) => ColumnData::F32(Some(*f)),
+        (Value::Float(f), K::Float) => ColumnData::F64(Some(*f)),
+        (Value::Decimal { unscaled, scale }, K::Decimal { .. } | K::Money | K::SmallMoney) => {
             ColumnData::Numeric(Some(Numeric::new_with_scale(*unscaled, *scale)))
         }
-        Value::Text(s) => ColumnData::String(Some(Cow::Owned(s.clone()))),
-        Value::Binary(b) => ColumnData::Binary(Some(Cow::Owned(b.clone()))),
-        Value::Date(d) => owned(d.to_sql()),
-        Value::Time(t) => owned(t.to_sql()),
-        Value::DateTime(dt) => owned(dt.to_sql()),
-        Value::DateTimeOffset(dt) => owned(dt.to_sql()),
-        Value::Guid(g) => ColumnData::Guid(Some(*g)),
-    }
+        (
+            Value::Text(s),
+            K::Char { .. } | K::VarChar { .. } | K::NChar { .. } | K::NVarChar { .. },
+        ) => ColumnData::String(Some(Cow::Owned(s.clone()))),
+        (Value::Binary(b), K::Binary { .. } | K::VarBinary { .. } | K::RowVersion) => {
+            ColumnData::Binary(Some(Cow::Owned(b.clone())))
+        }
+        (Value::Date(d), K::Date) => owned(d.to_sql()),
+        (Value::Time(t), K::Time { .. }) => owned(t.to_sql()),
+        (Value::DateTime(dt), K::DateTime | K::DateTime2 { .. } | K::SmallDateTime) => {
+            owned(dt.to_sql())
+        }
+        (Value::DateTimeOffset(dt), K::DateTimeOffset { .. }) => owned(dt.to_sql()),
+        (Value::Guid(g), K::UniqueIdentifier) => ColumnData::Guid(Some(*g)),
+        (value, ty) => return Err(format!("value {value:?} does not fit the key type {ty}")),
+    })
 }
 
 /// Date and time parameters hold no borrowed data; this just restates the lifetime.
@@ -244,26 +255,62 @@ mod tests {
 
     #[test]
     fn params_round_trip_through_values() {
+        use crate::cdc::Collation;
         let date = NaiveDate::from_ymd_opt(2001, 1, 1).unwrap();
-        let values = [
-            Value::Int(42),
-            Value::Text("O'Brien".into()),
-            Value::Binary(vec![1, 2]),
-            Value::Decimal {
-                unscaled: 314,
-                scale: 2,
-            },
-            Value::Bit(false),
-            Value::Date(date),
-            Value::DateTime(date.and_hms_opt(1, 2, 3).unwrap()),
-            Value::Guid(uuid::Uuid::nil()),
+        let ci_as = Collation::parse("SQL_Latin1_General_CP1_CI_AS").unwrap();
+        let cases = [
+            (Value::Int(42), KeyType::TinyInt),
+            (Value::Int(i64::MIN), KeyType::BigInt),
+            (
+                Value::Text("O'Brien".into()),
+                KeyType::VarChar {
+                    length: 20,
+                    collation: ci_as,
+                },
+            ),
+            (Value::Binary(vec![1, 2]), KeyType::VarBinary { length: 8 }),
+            (Value::Binary(vec![0; 8]), KeyType::RowVersion),
+            (
+                Value::Decimal {
+                    unscaled: 314,
+                    scale: 2,
+                },
+                KeyType::Decimal {
+                    precision: 9,
+                    scale: 2,
+                },
+            ),
+            (
+                Value::Decimal {
+                    unscaled: 12_345,
+                    scale: 4,
+                },
+                KeyType::Money,
+            ),
+            (Value::Bit(false), KeyType::Bit),
+            (Value::Date(date), KeyType::Date),
+            (
+                Value::DateTime(date.and_hms_milli_opt(1, 2, 3, 7).unwrap()),
+                KeyType::DateTime,
+            ),
+            (Value::Guid(uuid::Uuid::nil()), KeyType::UniqueIdentifier),
         ];
-        for value in values {
-            let ty = match value {
+        for (value, ty) in cases {
+            let column_type = match value {
                 Value::Decimal { .. } => ColumnType::Decimaln,
                 _ => ColumnType::Null,
             };
-            assert_eq!(to_value(to_param(&value), ty).unwrap(), value);
+            let param = to_param(&value, &ty).unwrap();
+            assert_eq!(to_value(param, column_type).unwrap(), value, "{ty}");
+        }
+        let mismatches = [
+            (Value::Text("1".into()), KeyType::Int),
+            (Value::Int(1), KeyType::VarBinary { length: 4 }),
+            (Value::Null, KeyType::Int),
+            (Value::Float(1.0), KeyType::Real),
+        ];
+        for (value, ty) in mismatches {
+            assert!(to_param(&value, &ty).is_err(), "{value:?} as {ty}");
         }
         assert_eq!(
             lsn_param(&Lsn::MAX),

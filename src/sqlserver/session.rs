@@ -16,6 +16,7 @@ use tiberius::{ColumnData, ColumnType, QueryItem, Row, ToSql};
 
 use async_trait::async_trait;
 
+use crate::cdc::columns::{self, CapturedColumnRow, ColumnsError, KeyColumnRow};
 use crate::cdc::{
     CaptureInstance, CaptureProgress, CdcError, CdcSession, FullLoadProgress, Lsn, LsnRange,
     NameError, RowFilter, RowSink, TableRef, TableState, Value, Watermark, Window,
@@ -90,6 +91,49 @@ fn lsn_column(row: &Row, name: &str) -> Result<Option<Lsn>, CdcError> {
             Lsn::from_bytes(bytes).map_err(|e| CdcError::Protocol(format!("column {name}: {e}")))
         })
         .transpose()
+}
+
+/// One row of `CAPTURE_INSTANCES` result set 2, as the catalog gave it.
+fn key_column_row(row: &Row) -> Result<KeyColumnRow, CdcError> {
+    Ok(KeyColumnRow {
+        column_name: required::<&str>(row, "column_name")?.to_string(),
+        system_type: column::<&str>(row, "system_type_name")?.map(str::to_string),
+        type_name: required::<&str>(row, "type_name")?.to_string(),
+        max_length: required(row, "max_length")?,
+        precision: required(row, "precision")?,
+        scale: required(row, "scale")?,
+        collation_name: column::<&str>(row, "collation_name")?.map(str::to_string),
+        is_nullable: required(row, "is_nullable")?,
+    })
+}
+
+/// A refused column description, with the table, instance and index it belongs to.
+fn columns_error(
+    error: ColumnsError,
+    table: &TableRef,
+    capture_instance: &str,
+    index: Option<&str>,
+) -> CdcError {
+    match error {
+        ColumnsError::NoKey => CdcError::Protocol(format!(
+            "capture instance {capture_instance} has no key columns (index {index:?})"
+        )),
+        ColumnsError::NullableKey(columns) => CdcError::NullableKey {
+            table: table.clone(),
+            capture_instance: capture_instance.to_string(),
+            index: index.unwrap_or("(primary key)").to_string(),
+            columns,
+        },
+        ColumnsError::UnsupportedKey { column, type_name } => CdcError::UnsupportedKey {
+            table: table.clone(),
+            column,
+            type_name,
+        },
+        ColumnsError::KeyCollation { column, collation } => CdcError::Protocol(format!(
+            "key column {column} of {table} reports collation {collation:?}, which is not a \
+             collation name"
+        )),
+    }
 }
 
 fn utc(naive: NaiveDateTime) -> DateTime<Utc> {
@@ -483,6 +527,7 @@ impl CdcSession for SqlServerSession {
             .into_iter();
         let instances = sets.next().unwrap_or_default();
         let keys = sets.next().unwrap_or_default();
+        let captured = sets.next().unwrap_or_default();
         let missing = || CdcError::NoCaptureInstance {
             table: table.clone(),
             wanted: wanted.map(str::to_string),
@@ -508,17 +553,26 @@ impl CdcSession for SqlServerSession {
                 capture_instance: name,
             });
         }
-        let key_columns: Vec<String> = keys
+        let of_instance =
+            |r: &&Row| column::<&str>(r, "capture_instance").ok().flatten() == Some(name.as_str());
+        let key_rows = keys
             .iter()
-            .filter(|r| column::<&str>(r, "capture_instance").ok().flatten() == Some(name.as_str()))
-            .map(|r| required::<&str>(r, "column_name").map(str::to_string))
-            .collect::<Result<_, _>>()?;
-        if key_columns.is_empty() {
-            return Err(CdcError::Protocol(format!(
-                "capture instance {name} has no key columns (index {:?})",
-                column::<&str>(chosen, "index_name")?
-            )));
-        }
+            .filter(of_instance)
+            .map(key_column_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let captured_rows = captured
+            .iter()
+            .filter(of_instance)
+            .map(|r| {
+                Ok(CapturedColumnRow {
+                    column_name: required::<&str>(r, "column_name")?.to_string(),
+                    is_computed: required::<bool>(r, "is_computed")?,
+                })
+            })
+            .collect::<Result<Vec<_>, CdcError>>()?;
+        let index = column::<&str>(chosen, "index_name")?.map(str::to_string);
+        let described = columns::describe(&key_rows, &captured_rows)
+            .map_err(|e| columns_error(e, &source, &name, index.as_deref()))?;
         let min_lsn = lsn_column(chosen, "min_lsn")?.unwrap_or(Lsn::ZERO);
         let start_lsn = lsn_column(chosen, "start_lsn")?;
         if start_lsn.is_some() && min_lsn == Lsn::ZERO {
@@ -534,7 +588,8 @@ impl CdcSession for SqlServerSession {
             start_lsn,
             name,
             supports_net_changes: true,
-            key_columns,
+            key_columns: described.key,
+            columns: described.captured,
         })
     }
 
@@ -586,8 +641,8 @@ impl CdcSession for SqlServerSession {
         sink: &mut dyn RowSink,
     ) -> Result<u64, CdcError> {
         let (from, to) = (range.from(), range.to());
-        let statement = sql::net_changes(&ci.name, &ci.key_columns)
-            .map_err(|e| name_error("capture instance", e))?;
+        let statement = sql::net_changes(&ci.name, &ci.key_columns, &ci.columns)
+            .map_err(|e| name_error("capture instance or its columns", e))?;
         let params = [lsn_param(&from), lsn_param(&to), text(filter.as_sql())];
         let streamed = self
             .stream_rows(
@@ -628,11 +683,18 @@ impl CdcSession for SqlServerSession {
                 )));
             }
         }
-        let statement = sql::scan(&ci.table, &ci.key_columns, after.is_some())
-            .map_err(|e| name_error("source table", e))?;
+        let statement = sql::scan(&ci.table, &ci.key_columns, &ci.columns, after.is_some())
+            .map_err(|e| name_error("source table or its columns", e))?;
         let mut params = vec![ColumnData::I64(Some(to_i64(limit)))];
-        params.extend(after.unwrap_or_default().iter().map(to_param));
-        let key_columns = ci.key_columns.clone();
+        for (value, key) in after.unwrap_or_default().iter().zip(&ci.key_columns) {
+            params.push(to_param(value, &key.ty).map_err(|e| {
+                CdcError::Protocol(format!(
+                    "resume key of {}: column {}: {e}",
+                    ci.table, key.name
+                ))
+            })?);
+        }
+        let key_columns = ci.key_names();
         self.stream_rows(
             &statement,
             &params,

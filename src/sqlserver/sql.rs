@@ -11,7 +11,7 @@
 //! name used by the net-changes builders is additionally one that SQL Server itself returned
 //! from `cdc.change_tables` (see [`CAPTURE_INSTANCES`]), never raw configuration.
 
-use crate::cdc::{quote_identifier, validate_identifier, NameError, TableRef};
+use crate::cdc::{quote_identifier, validate_identifier, KeyColumn, NameError, TableRef};
 
 /// Highest LSN the capture process has written for the database.
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-max-lsn-transact-sql>
@@ -52,20 +52,29 @@ SELECT @max_lsn AS max_lsn,
        @tz AS server_utc_offset_minutes;";
 
 /// The capture instances of table `@P1` (its quoted two-part name, resolved by `OBJECT_ID`),
-/// newest first, and in a second result set the key columns of each instance's unique index
-/// (`index_name`, or the primary key when it is NULL) in key order.
+/// newest first; in a second result set the key columns of each instance's unique index
+/// (`index_name`, or the primary key when it is NULL) in key order, with their declared types;
+/// in a third the captured columns of each instance in `column_ordinal` order.
 ///
 /// Result set 1: `capture_instance, schema_name, table_name, supports_net_changes, index_name,
-/// min_lsn, start_lsn, create_date`.
-/// Result set 2: `capture_instance, column_name` ordered by
-/// `capture_instance, key_ordinal`.
+/// min_lsn, start_lsn, create_date`. Result set 2: `capture_instance, column_name, system_type_name
+/// (the base system type: alias types resolved through sys.columns.system_type_id; NULL for
+/// CLR types, whose system_type_id names no system type), type_name (the declared type's own
+/// name, for messages; outer-joined so that an alias type the login may not see never drops a
+/// key column from the result), max_length (bytes), precision,
+/// scale, collation_name, is_nullable`, ordered by `capture_instance, key_ordinal`. Result
+/// set 3: `capture_instance, column_name, column_ordinal, is_computed`, ordered by
+/// `capture_instance, column_ordinal`.
 ///
 /// `start_lsn` is NULL ("the low endpoint has not been established") until the capture process
 /// has recognised the instance, and `min_lsn` is then 0x00…; the jobs refuse such an instance
 /// with a transient error.
 /// <https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-change-tables-transact-sql>
+/// <https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-captured-columns-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-index-columns-transact-sql>
+/// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-columns-transact-sql>
+/// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-types-transact-sql>
 pub const CAPTURE_INSTANCES: &str = "\
 SELECT ct.capture_instance, s.name AS schema_name, t.name AS table_name,
        ct.supports_net_changes, ct.index_name,
@@ -75,15 +84,25 @@ JOIN sys.tables AS t ON t.object_id = ct.source_object_id
 JOIN sys.schemas AS s ON s.schema_id = t.schema_id
 WHERE ct.source_object_id = OBJECT_ID(@P1)
 ORDER BY ct.create_date DESC;
-SELECT ct.capture_instance, c.name AS column_name
+SELECT ct.capture_instance, c.name AS column_name,
+       st.name AS system_type_name, COALESCE(ut.name, st.name, N'?') AS type_name,
+       c.max_length, c.precision, c.scale, c.collation_name, c.is_nullable
 FROM cdc.change_tables AS ct
 JOIN sys.indexes AS i ON i.object_id = ct.source_object_id
      AND (i.name = ct.index_name OR (ct.index_name IS NULL AND i.is_primary_key = 1))
 JOIN sys.index_columns AS ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id
      AND ic.key_ordinal > 0
 JOIN sys.columns AS c ON c.object_id = ic.object_id AND c.column_id = ic.column_id
+LEFT JOIN sys.types AS ut ON ut.user_type_id = c.user_type_id
+LEFT JOIN sys.types AS st ON st.user_type_id = c.system_type_id AND st.is_user_defined = 0
+     AND st.is_assembly_type = 0
 WHERE ct.source_object_id = OBJECT_ID(@P1)
-ORDER BY ct.capture_instance, ic.key_ordinal;";
+ORDER BY ct.capture_instance, ic.key_ordinal;
+SELECT ct.capture_instance, cc.column_name, cc.column_ordinal, cc.is_computed
+FROM cdc.change_tables AS ct
+JOIN cdc.captured_columns AS cc ON cc.object_id = ct.object_id
+WHERE ct.source_object_id = OBJECT_ID(@P1)
+ORDER BY ct.capture_instance, cc.column_ordinal;";
 
 /// Template: number of net-change rows in `[@P1, @P2]` with row filter `@P3`
 /// (`N'all'` / `N'all with merge'`). `{function}` is filled by [`count_net_changes`].
@@ -92,21 +111,30 @@ pub const COUNT_NET_CHANGES: &str =
     "SELECT COUNT_BIG(*) AS change_count FROM cdc.{function}(@P1, @P2, @P3);";
 
 /// Template: the net changes in `[@P1, @P2]` with row filter `@P3`, ordered by commit LSN
-/// then key. Filled by [`net_changes`].
+/// then key: the CDC columns, then `{columns}` (the captured columns the full load also
+/// selects, in the same order). Filled by [`net_changes`].
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/cdc-fn-cdc-get-net-changes-capture-instance-transact-sql>
-pub const NET_CHANGES: &str =
-    "SELECT * FROM cdc.{function}(@P1, @P2, @P3) ORDER BY [__$start_lsn], {key_order};";
+pub const NET_CHANGES: &str = "SELECT [__$start_lsn], [__$operation], [__$update_mask], {columns} \
+FROM cdc.{function}(@P1, @P2, @P3) ORDER BY [__$start_lsn], {key_order};";
 
-/// Template: the first `@P1` rows of a table in key order (full load, first part).
+/// Template: the first `@P1` rows of a table in key order (full load, first part), the
+/// captured columns only. Filled by [`scan`].
+/// <https://learn.microsoft.com/sql/t-sql/queries/top-transact-sql>
+pub const SCAN_FIRST: &str = "SELECT TOP (@P1) {columns} FROM {table} ORDER BY {key_order};";
+
+/// Template: the next `@P1` rows after key `(@P2, @P3, …)`. T-SQL has no row comparison, so
+/// `(k1, k2, k3) > (c1, c2, c3)` is written in the form that gives the optimizer a leading
+/// seek range, `k1 >= c1 AND (k1 > c1 OR (k1 = c1 AND (k2 > c2 OR (k2 = c2 AND k3 > c3))))`,
+/// and each `c` is its parameter cast to the key column's declared type and collation
+/// ([`KeyType::cast`](crate::cdc::KeyType::cast)), so no comparison converts the column: the pages follow the index
+/// order exactly (data-type precedence would otherwise convert a `varchar` column to the
+/// `nvarchar` parameter and compare it with Unicode rules, or a `datetime` to `datetime2`).
 /// Filled by [`scan`].
 /// <https://learn.microsoft.com/sql/t-sql/queries/top-transact-sql>
-pub const SCAN_FIRST: &str = "SELECT TOP (@P1) * FROM {table} ORDER BY {key_order};";
-
-/// Template: the next `@P1` rows after key `(@P2, @P3, …)` (keyset pagination: the tuple
-/// comparison `(k1, k2) > (@P2, @P3)` expanded, since T-SQL has no row comparison).
-/// Filled by [`scan`].
-/// <https://learn.microsoft.com/sql/t-sql/queries/top-transact-sql>
-pub const SCAN_AFTER: &str = "SELECT TOP (@P1) * FROM {table} WHERE {after} ORDER BY {key_order};";
+/// <https://learn.microsoft.com/sql/t-sql/data-types/data-type-precedence-transact-sql>
+/// <https://learn.microsoft.com/sql/t-sql/functions/cast-and-convert-transact-sql>
+pub const SCAN_AFTER: &str =
+    "SELECT TOP (@P1) {columns} FROM {table} WHERE {after} ORDER BY {key_order};";
 
 /// The watermark table's columns in the order every watermark statement uses.
 pub const WATERMARK_COLUMNS: [&str; 17] = [
@@ -193,16 +221,22 @@ pub fn net_changes_function(capture_instance: &str) -> Result<String, NameError>
     )))
 }
 
-fn key_order(key_columns: &[String]) -> Result<String, NameError> {
-    if key_columns.is_empty() {
+/// `[a], [b], …` after validating every name; at least one is required.
+fn column_list<S: AsRef<str>>(columns: &[S]) -> Result<String, NameError> {
+    if columns.is_empty() {
         return Err(NameError::Length(String::new()));
     }
-    let mut quoted = Vec::with_capacity(key_columns.len());
-    for column in key_columns {
-        validate_identifier(column)?;
-        quoted.push(quote_identifier(column));
+    let mut quoted = Vec::with_capacity(columns.len());
+    for column in columns {
+        validate_identifier(column.as_ref())?;
+        quoted.push(quote_identifier(column.as_ref()));
     }
     Ok(quoted.join(", "))
+}
+
+fn key_order(key_columns: &[KeyColumn]) -> Result<String, NameError> {
+    let names: Vec<&str> = key_columns.iter().map(|k| k.name.as_str()).collect();
+    column_list(&names)
 }
 
 fn validate_table(table: &TableRef) -> Result<String, NameError> {
@@ -219,13 +253,22 @@ pub fn count_net_changes(capture_instance: &str) -> Result<String, NameError> {
     ))
 }
 
-/// [`NET_CHANGES`] for a capture instance read from `cdc.change_tables`, ordered by its key.
-pub fn net_changes(capture_instance: &str, key_columns: &[String]) -> Result<String, NameError> {
+/// [`NET_CHANGES`] for a capture instance read from `cdc.change_tables`, selecting `columns`
+/// after the CDC columns, ordered by its key.
+pub fn net_changes(
+    capture_instance: &str,
+    key_columns: &[KeyColumn],
+    columns: &[String],
+) -> Result<String, NameError> {
     let function = net_changes_function(capture_instance)?;
     let order = key_order(key_columns)?;
     Ok(fill(
         NET_CHANGES,
-        &[("{function}", &function), ("{key_order}", &order)],
+        &[
+            ("{function}", &function),
+            ("{columns}", &column_list(columns)?),
+            ("{key_order}", &order),
+        ],
     ))
 }
 
@@ -233,36 +276,61 @@ pub fn net_changes(capture_instance: &str, key_columns: &[String]) -> Result<Str
 /// values of the last row read are `@P2…` in `key_columns` order.
 pub fn scan(
     table: &TableRef,
-    key_columns: &[String],
+    key_columns: &[KeyColumn],
+    columns: &[String],
     after_key: bool,
 ) -> Result<String, NameError> {
     let table = validate_table(table)?;
     let order = key_order(key_columns)?;
+    let columns = column_list(columns)?;
     if !after_key {
         return Ok(fill(
             SCAN_FIRST,
-            &[("{table}", &table), ("{key_order}", &order)],
+            &[
+                ("{columns}", &columns),
+                ("{table}", &table),
+                ("{key_order}", &order),
+            ],
         ));
     }
-    // (k1, k2, k3) > (a, b, c)  ⇔  k1 > a OR (k1 = a AND k2 > b) OR (k1 = a AND k2 = b AND k3 > c)
-    let quoted: Vec<String> = key_columns.iter().map(|c| quote_identifier(c)).collect();
-    let disjuncts: Vec<String> = (0..quoted.len())
-        .map(|i| {
-            let mut terms: Vec<String> = (0..i)
-                .map(|j| format!("{} = @P{}", quoted[j], j + 2))
-                .collect();
-            terms.push(format!("{} > @P{}", quoted[i], i + 2));
-            format!("({})", terms.join(" AND "))
-        })
-        .collect();
     Ok(fill(
         SCAN_AFTER,
         &[
+            ("{columns}", &columns),
             ("{table}", &table),
-            ("{after}", &disjuncts.join(" OR ")),
+            ("{after}", &after_predicate(key_columns)),
             ("{key_order}", &order),
         ],
     ))
+}
+
+/// `(k1, …, kn) > (@P2, …)` in the seekable form of [`SCAN_AFTER`], names already validated.
+fn after_predicate(key_columns: &[KeyColumn]) -> String {
+    let terms: Vec<(String, String)> = key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            (
+                quote_identifier(&k.name),
+                k.ty.cast(&format!("@P{}", i + 2)),
+            )
+        })
+        .collect();
+    // expr(i) = ki > ci OR (ki = ci AND expr(i + 1)), the last one just kn > cn.
+    let mut expr = String::new();
+    for (i, (column, value)) in terms.iter().enumerate().rev() {
+        expr = if expr.is_empty() {
+            format!("{column} > {value}")
+        } else if i + 2 == terms.len() {
+            format!("{column} > {value} OR ({column} = {value} AND {expr})")
+        } else {
+            format!("{column} > {value} OR ({column} = {value} AND ({expr}))")
+        };
+    }
+    match terms.first() {
+        Some((column, value)) if terms.len() > 1 => format!("{column} >= {value} AND ({expr})"),
+        _ => expr,
+    }
 }
 
 /// [`READ_WATERMARK`] for the configured watermark table.
@@ -292,6 +360,7 @@ pub fn update_watermark(watermark_table: &TableRef) -> Result<String, NameError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cdc::KeyType;
 
     fn t(schema: &str, table: &str) -> TableRef {
         TableRef {
@@ -300,8 +369,20 @@ mod tests {
         }
     }
 
-    fn keys(names: &[&str]) -> Vec<String> {
+    fn names(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Integer key columns named `names`.
+    fn keys(names: &[&str]) -> Vec<KeyColumn> {
+        names
+            .iter()
+            .map(|n| KeyColumn::new(*n, KeyType::BigInt))
+            .collect()
+    }
+
+    fn cols_id() -> Vec<String> {
+        names(&["id"])
     }
 
     /// Highest `@Pn` a statement mentions (0 if none).
@@ -344,12 +425,12 @@ mod tests {
             "SELECT COUNT_BIG(*) AS change_count FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3);"
         );
         assert_eq!(
-            net_changes("dbo_customers", &keys(&["customer_id"])).unwrap(),
-            "SELECT * FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3) ORDER BY [__$start_lsn], [customer_id];"
+            net_changes("dbo_customers", &keys(&["customer_id"]), &names(&["customer_id", "name"])).unwrap(),
+            "SELECT [__$start_lsn], [__$operation], [__$update_mask], [customer_id], [name] FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3) ORDER BY [__$start_lsn], [customer_id];"
         );
         assert_eq!(
-            net_changes("sales_order_lines", &keys(&["order_id", "line_no"])).unwrap(),
-            "SELECT * FROM cdc.[fn_cdc_get_net_changes_sales_order_lines](@P1, @P2, @P3) ORDER BY [__$start_lsn], [order_id], [line_no];"
+            net_changes("sales_order_lines", &keys(&["order_id", "line_no"]), &names(&["order_id", "line_no", "qty"])).unwrap(),
+            "SELECT [__$start_lsn], [__$operation], [__$update_mask], [order_id], [line_no], [qty] FROM cdc.[fn_cdc_get_net_changes_sales_order_lines](@P1, @P2, @P3) ORDER BY [__$start_lsn], [order_id], [line_no];"
         );
     }
 
@@ -365,55 +446,135 @@ mod tests {
             "x\u{0}",
         ];
         for bad in attempts {
+            let id = keys(&["id"]);
+            let cols = names(&["id"]);
+            let bad_key = keys(&[bad]);
+            let bad_cols = names(&["id", bad]);
             assert!(count_net_changes(bad).is_err(), "{bad:?}");
-            assert!(net_changes(bad, &keys(&["id"])).is_err(), "{bad:?}");
-            assert!(net_changes("dbo_t", &[bad.to_string()]).is_err(), "{bad:?}");
+            assert!(net_changes(bad, &id, &cols).is_err(), "{bad:?}");
+            assert!(net_changes("dbo_t", &bad_key, &cols).is_err(), "{bad:?}");
+            assert!(net_changes("dbo_t", &id, &bad_cols).is_err(), "{bad:?}");
+            assert!(scan(&t("dbo", bad), &id, &cols, true).is_err(), "{bad:?}");
+            assert!(scan(&t(bad, "t"), &id, &cols, false).is_err(), "{bad:?}");
             assert!(
-                scan(&t("dbo", bad), &keys(&["id"]), true).is_err(),
+                scan(&t("dbo", "t"), &bad_key, &cols, true).is_err(),
                 "{bad:?}"
             );
             assert!(
-                scan(&t(bad, "t"), &keys(&["id"]), false).is_err(),
-                "{bad:?}"
-            );
-            assert!(
-                scan(&t("dbo", "t"), &[bad.to_string()], true).is_err(),
+                scan(&t("dbo", "t"), &id, &bad_cols, true).is_err(),
                 "{bad:?}"
             );
             assert!(read_watermark(&t(bad, "w")).is_err(), "{bad:?}");
             assert!(insert_watermark(&t("cdc_copy", bad)).is_err(), "{bad:?}");
             assert!(update_watermark(&t(bad, bad)).is_err(), "{bad:?}");
         }
-        assert!(net_changes("dbo_t", &[]).is_err(), "a key is required");
+        assert!(
+            net_changes("dbo_t", &[], &cols_id()).is_err(),
+            "a key is required"
+        );
+        assert!(
+            net_changes("dbo_t", &keys(&["id"]), &[]).is_err(),
+            "columns are required"
+        );
+        assert!(scan(&t("dbo", "t"), &keys(&["id"]), &[], false).is_err());
     }
 
     #[test]
-    fn scan_expands_the_tuple_comparison() {
+    fn scan_selects_the_captured_columns_and_seeks_past_the_key() {
         let table = t("dbo", "customers");
+        let cols = names(&["a", "b", "c", "name"]);
         let cases: &[(&[&str], bool, &str)] = &[
             (
-                &["customer_id"],
+                &["a"],
                 false,
-                "SELECT TOP (@P1) * FROM [dbo].[customers] ORDER BY [customer_id];",
+                "SELECT TOP (@P1) [a], [b], [c], [name] FROM [dbo].[customers] ORDER BY [a];",
             ),
             (
-                &["customer_id"],
+                &["a"],
                 true,
-                "SELECT TOP (@P1) * FROM [dbo].[customers] WHERE ([customer_id] > @P2) ORDER BY [customer_id];",
+                "SELECT TOP (@P1) [a], [b], [c], [name] FROM [dbo].[customers] WHERE [a] > CAST(@P2 AS bigint) ORDER BY [a];",
             ),
             (
-                &["k1", "k2"],
+                &["a", "b"],
                 true,
-                "SELECT TOP (@P1) * FROM [dbo].[customers] WHERE ([k1] > @P2) OR ([k1] = @P2 AND [k2] > @P3) ORDER BY [k1], [k2];",
+                "SELECT TOP (@P1) [a], [b], [c], [name] FROM [dbo].[customers] WHERE [a] >= CAST(@P2 AS bigint) AND ([a] > CAST(@P2 AS bigint) OR ([a] = CAST(@P2 AS bigint) AND [b] > CAST(@P3 AS bigint))) ORDER BY [a], [b];",
             ),
             (
                 &["a", "b", "c"],
                 true,
-                "SELECT TOP (@P1) * FROM [dbo].[customers] WHERE ([a] > @P2) OR ([a] = @P2 AND [b] > @P3) OR ([a] = @P2 AND [b] = @P3 AND [c] > @P4) ORDER BY [a], [b], [c];",
+                "SELECT TOP (@P1) [a], [b], [c], [name] FROM [dbo].[customers] WHERE [a] >= CAST(@P2 AS bigint) AND ([a] > CAST(@P2 AS bigint) OR ([a] = CAST(@P2 AS bigint) AND ([b] > CAST(@P3 AS bigint) OR ([b] = CAST(@P3 AS bigint) AND [c] > CAST(@P4 AS bigint))))) ORDER BY [a], [b], [c];",
             ),
         ];
         for (key, after, expected) in cases {
-            assert_eq!(scan(&table, &keys(key), *after).unwrap(), *expected);
+            assert_eq!(scan(&table, &keys(key), &cols, *after).unwrap(), *expected);
+        }
+    }
+
+    /// Every type SQL Server accepts in a primary key or unique index, as a single key and as
+    /// the second column of a composite one: the parameter is cast to the declared type, length,
+    /// precision, scale and collation.
+    #[test]
+    fn every_key_type_is_compared_as_declared() {
+        use crate::cdc::Collation;
+        let ci_as = || Collation::parse("SQL_Latin1_General_CP1_CI_AS").unwrap();
+        let bin2 = || Collation::parse("Latin1_General_100_BIN2").unwrap();
+        #[rustfmt::skip]
+        let cases: Vec<(KeyType, &str)> = vec![
+            (KeyType::TinyInt, "CAST(@P AS tinyint)"),
+            (KeyType::SmallInt, "CAST(@P AS smallint)"),
+            (KeyType::Int, "CAST(@P AS int)"),
+            (KeyType::BigInt, "CAST(@P AS bigint)"),
+            (KeyType::Bit, "CAST(@P AS bit)"),
+            (KeyType::Decimal { precision: 18, scale: 4 }, "CAST(@P AS decimal(18,4))"),
+            (KeyType::Decimal { precision: 38, scale: 0 }, "CAST(@P AS decimal(38,0))"),
+            (KeyType::Money, "CAST(@P AS money)"),
+            (KeyType::SmallMoney, "CAST(@P AS smallmoney)"),
+            (KeyType::Float, "CAST(@P AS float)"),
+            (KeyType::Real, "CAST(@P AS real)"),
+            (KeyType::Char { length: 3, collation: ci_as() }, "CAST(@P COLLATE SQL_Latin1_General_CP1_CI_AS AS char(3))"),
+            (KeyType::VarChar { length: 20, collation: ci_as() }, "CAST(@P COLLATE SQL_Latin1_General_CP1_CI_AS AS varchar(20))"),
+            (KeyType::NChar { length: 8, collation: bin2() }, "CAST(@P COLLATE Latin1_General_100_BIN2 AS nchar(8))"),
+            (KeyType::NVarChar { length: 450, collation: ci_as() }, "CAST(@P COLLATE SQL_Latin1_General_CP1_CI_AS AS nvarchar(450))"),
+            (KeyType::Binary { length: 16 }, "CAST(@P AS binary(16))"),
+            (KeyType::VarBinary { length: 900 }, "CAST(@P AS varbinary(900))"),
+            (KeyType::Date, "CAST(@P AS date)"),
+            (KeyType::Time { scale: 3 }, "CAST(@P AS time(3))"),
+            (KeyType::DateTime, "CAST(@P AS datetime)"),
+            (KeyType::DateTime2 { scale: 7 }, "CAST(@P AS datetime2(7))"),
+            (KeyType::SmallDateTime, "CAST(@P AS smalldatetime)"),
+            (KeyType::DateTimeOffset { scale: 0 }, "CAST(@P AS datetimeoffset(0))"),
+            (KeyType::UniqueIdentifier, "CAST(@P AS uniqueidentifier)"),
+            (KeyType::RowVersion, "CAST(@P AS binary(8))"),
+        ];
+        let table = t("dbo", "t");
+        let cols = names(&["region", "k", "v"]);
+        for (ty, cast) in cases {
+            let single = scan(&table, &[KeyColumn::new("k", ty.clone())], &cols, true).unwrap();
+            let c2 = cast.replace("@P", "@P2");
+            assert_eq!(
+                single,
+                format!("SELECT TOP (@P1) [region], [k], [v] FROM [dbo].[t] WHERE [k] > {c2} ORDER BY [k];"),
+                "{ty}"
+            );
+            let composite = scan(
+                &table,
+                &[
+                    KeyColumn::new("region", KeyType::Int),
+                    KeyColumn::new("k", ty.clone()),
+                ],
+                &cols,
+                true,
+            )
+            .unwrap();
+            let r = "CAST(@P2 AS int)";
+            let c3 = cast.replace("@P", "@P3");
+            assert_eq!(
+                composite,
+                format!(
+                    "SELECT TOP (@P1) [region], [k], [v] FROM [dbo].[t] WHERE [region] >= {r} AND ([region] > {r} OR ([region] = {r} AND [k] > {c3})) ORDER BY [region], [k];"
+                ),
+                "{ty}"
+            );
         }
     }
 

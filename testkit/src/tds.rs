@@ -24,6 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// A column type the fake can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SqlType {
+    TinyInt,
+    SmallInt,
     Int,
     BigInt,
     Bit,
@@ -194,9 +196,19 @@ pub enum LoginReply {
     },
 }
 
+/// A reply computed from the request (its text and parameters), as a server evaluates a query.
+pub type ReplyFn = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
+
+/// A script entry's answer: fixed, or computed per request.
+#[derive(Clone)]
+enum Answer {
+    Fixed(Reply),
+    Computed(ReplyFn),
+}
+
 #[derive(Default)]
 struct State {
-    script: Vec<(Match, Reply)>,
+    script: Vec<(Match, Answer)>,
     requests: Vec<Request>,
     logins: Vec<Login>,
     login_reply: Option<LoginReply>,
@@ -267,7 +279,7 @@ impl FakeServer {
             .lock()
             .unwrap()
             .script
-            .push((Match::Exact(sql.to_string()), reply));
+            .push((Match::Exact(sql.to_string()), Answer::Fixed(reply)));
     }
 
     /// Answers any statement starting with `prefix` with `reply`.
@@ -276,7 +288,16 @@ impl FakeServer {
             .lock()
             .unwrap()
             .script
-            .push((Match::Prefix(prefix.to_string()), reply));
+            .push((Match::Prefix(prefix.to_string()), Answer::Fixed(reply)));
+    }
+
+    /// Answers any statement starting with `prefix` with what `f` computes from the request:
+    /// a test can evaluate a predicate on the parameters the way SQL Server would.
+    pub fn on_fn(&self, prefix: &str, f: impl Fn(&Request) -> Reply + Send + Sync + 'static) {
+        self.state.lock().unwrap().script.push((
+            Match::Prefix(prefix.to_string()),
+            Answer::Computed(Arc::new(f)),
+        ));
     }
 
     /// `EXEC sp_configure 'user options', 512`: NOCOUNT is on for every session, so DONE
@@ -426,6 +447,11 @@ fn answer(state: &Arc<Mutex<State>>, request: Request, rpc: bool) -> Option<Vec<
         (reply, st.nocount)
     };
     let counted = !nocount || request.sql.to_ascii_uppercase().contains("SET NOCOUNT OFF");
+    // Computed outside the lock: the function may take its time.
+    let reply = reply.map(|answer| match answer {
+        Answer::Fixed(reply) => reply,
+        Answer::Computed(f) => f(&request),
+    });
     let reply = reply.unwrap_or_else(|| {
         Reply::error(
             50000,
@@ -946,6 +972,8 @@ fn col_metadata(out: &mut Vec<u8>, columns: &[Column]) {
         out.extend_from_slice(&0u32.to_le_bytes()); // user type
         out.extend_from_slice(&0x0001u16.to_le_bytes()); // flags: nullable
         match column.ty {
+            SqlType::TinyInt => out.extend_from_slice(&[0x26, 1]),
+            SqlType::SmallInt => out.extend_from_slice(&[0x26, 2]),
             SqlType::Int => out.extend_from_slice(&[0x26, 4]),
             SqlType::BigInt => out.extend_from_slice(&[0x26, 8]),
             SqlType::Bit => out.extend_from_slice(&[0x68, 1]),
@@ -1016,6 +1044,11 @@ fn encode_cell(out: &mut Vec<u8>, ty: SqlType, cell: &Cell) {
         return;
     }
     match (ty, cell) {
+        (SqlType::TinyInt, Cell::Int(v)) => out.extend_from_slice(&[1, *v as u8]),
+        (SqlType::SmallInt, Cell::Int(v)) => {
+            out.push(2);
+            out.extend_from_slice(&(*v as i16).to_le_bytes());
+        }
         (SqlType::Int, Cell::Int(v)) => {
             out.push(4);
             out.extend_from_slice(&(*v as i32).to_le_bytes());
@@ -1066,7 +1099,8 @@ fn encode_cell(out: &mut Vec<u8>, ty: SqlType, cell: &Cell) {
             let days = (v.date() - NaiveDate::from_ymd_opt(1900, 1, 1).unwrap()).num_days() as i32;
             let nanos = v.time().num_seconds_from_midnight() as u64 * 1_000_000_000
                 + v.time().nanosecond() as u64;
-            let ticks = (nanos * 3 / 10_000_000) as u32;
+            // datetime holds 1/300 s ticks; SQL Server rounds to the nearest (.000, .003, .007).
+            let ticks = ((nanos * 300 + 500_000_000) / 1_000_000_000) as u32;
             out.push(8);
             out.extend_from_slice(&days.to_le_bytes());
             out.extend_from_slice(&ticks.to_le_bytes());

@@ -179,9 +179,6 @@ impl Bench {
     /// A customers table with `rows` rows, CDC enabled (`dbo_customers`, net changes), and a
     /// job context over it with `extra` settings.
     pub async fn new(rows: i64, model: CdcModel, extra: &[(&str, &str)]) -> Bench {
-        let azurite = Azurite::shared();
-        let container = unique_container("jobs");
-        let settings = Arc::new(settings(azurite, &container, extra));
         let table = customers();
         model
             .create_table(
@@ -194,6 +191,15 @@ impl Bench {
         for id in 0..rows {
             model.insert(&table, customer(id, 0)).unwrap();
         }
+        Bench::over(model, extra).await
+    }
+
+    /// A job context over `model`, whose `dbo.customers` the caller has created and enabled.
+    pub async fn over(model: CdcModel, extra: &[(&str, &str)]) -> Bench {
+        let azurite = Azurite::shared();
+        let container = unique_container("jobs");
+        let settings = Arc::new(settings(azurite, &container, extra));
+        let table = customers();
         model.advance(Duration::seconds(1));
         // No ensure_container here: the jobs must create the container themselves.
         let blobs = BlobTarget::new(&settings.storage, &settings.container).unwrap();

@@ -14,10 +14,13 @@
 //! and never across an `.await`, so a slow sink never blocks writers for long and nothing
 //! clones a whole table or window up front.
 
+pub mod collation;
 mod key;
 mod session;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod typed_tests;
 
 pub use key::{cmp_keys, cmp_values, Key};
 pub use session::ModelSession;
@@ -29,7 +32,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Timelike, Utc};
 use tracing::debug;
 
-use cdc_copy::cdc::{CaptureInstance, CdcError, Lsn, RowFilter, TableRef, Value, Watermark};
+use cdc_copy::cdc::{
+    CaptureInstance, CdcError, KeyType, Lsn, RowFilter, TableRef, Value, Watermark,
+};
+
+use collation::Rules;
 
 /// Rows per lock acquisition when streaming scans and net changes.
 pub const BATCH: usize = 1024;
@@ -81,8 +88,82 @@ pub enum ModelError {
     NotGenerated(TableRef),
     #[error("generated rows appended to {0} must have keys above every key it ever held")]
     GeneratedKeyNotFresh(TableRef),
+    #[error("{table}: cannot define a PRIMARY KEY on nullable column {column:?}")]
+    NullablePrimaryKey { table: TableRef, column: String },
+    #[error("{table}: the captured column list of an instance must include key column {column:?}")]
+    KeyNotCaptured { table: TableRef, column: String },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// One column of a model table, with what the model needs to know about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnDef {
+    pub name: String,
+    /// The declared type where it matters (key columns: order and comparison, the type a
+    /// capture instance reports; `datetime` columns: values stored in 1/300 s ticks). `None`
+    /// for untyped columns, which compare as [`cmp_values`] does.
+    pub ty: Option<KeyType>,
+    pub nullable: bool,
+    /// A computed column: in the table, but NULL in every change row.
+    pub computed: bool,
+}
+
+impl ColumnDef {
+    pub fn new(name: &str, ty: KeyType) -> ColumnDef {
+        ColumnDef {
+            ty: Some(ty),
+            ..ColumnDef::untyped(name)
+        }
+    }
+
+    pub fn untyped(name: &str) -> ColumnDef {
+        ColumnDef {
+            name: name.to_string(),
+            ty: None,
+            nullable: false,
+            computed: false,
+        }
+    }
+
+    pub fn nullable(self) -> ColumnDef {
+        ColumnDef {
+            nullable: true,
+            ..self
+        }
+    }
+
+    pub fn computed(self) -> ColumnDef {
+        ColumnDef {
+            computed: true,
+            ..self
+        }
+    }
+}
+
+/// The unique index a capture instance is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyIndex {
+    /// `None`: the primary key (`@index_name` NULL).
+    pub name: Option<String>,
+    pub columns: Vec<String>,
+}
+
+impl KeyIndex {
+    pub fn primary_key(columns: &[&str]) -> KeyIndex {
+        KeyIndex {
+            name: None,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    /// A unique index (`sp_cdc_enable_table @index_name`); its columns may be nullable.
+    pub fn unique(name: &str, columns: &[&str]) -> KeyIndex {
+        KeyIndex {
+            name: Some(name.to_string()),
+            ..KeyIndex::primary_key(columns)
+        }
+    }
 }
 
 /// One `cdc.lsn_time_mapping` row (captured).
@@ -260,7 +341,19 @@ impl CdcModel {
         columns: Vec<String>,
         key_columns: Vec<String>,
     ) -> Result<(), ModelError> {
-        let new = Table::new(&table, columns, &key_columns, None)?;
+        let new = Table::new(&table, untyped(columns), &primary_key(key_columns), None)?;
+        self.lock().add_table(table, new)
+    }
+
+    /// A table with declared column types, keyed by `index` (the primary key, or a unique
+    /// index whose columns may be nullable, as `sp_cdc_enable_table @index_name` allows).
+    pub fn create_typed_table(
+        &self,
+        table: TableRef,
+        columns: Vec<ColumnDef>,
+        index: KeyIndex,
+    ) -> Result<(), ModelError> {
+        let new = Table::new(&table, columns, &index, None)?;
         self.lock().add_table(table, new)
     }
 
@@ -278,8 +371,8 @@ impl CdcModel {
         let f: RowFn = Arc::new(f);
         let new = Table::new(
             &table,
-            columns,
-            &key_columns,
+            untyped(columns),
+            &primary_key(key_columns),
             Some(Generated { n: rows, f }),
         )?;
         self.lock().add_table(table, new)
@@ -294,7 +387,20 @@ impl CdcModel {
         supports_net_changes: bool,
     ) -> Result<Lsn, ModelError> {
         self.lock()
-            .enable_cdc(table, capture_instance, supports_net_changes)
+            .enable_cdc(table, capture_instance, supports_net_changes, None)
+    }
+
+    /// `sys.sp_cdc_enable_table` with `@captured_column_list`: only `columns` are in the
+    /// change rows (they must include the key columns).
+    pub fn enable_cdc_columns(
+        &self,
+        table: &TableRef,
+        capture_instance: &str,
+        supports_net_changes: bool,
+        columns: &[&str],
+    ) -> Result<Lsn, ModelError> {
+        self.lock()
+            .enable_cdc(table, capture_instance, supports_net_changes, Some(columns))
     }
 
     /// `sys.sp_cdc_disable_table` for one instance: its change rows are gone.
@@ -544,11 +650,23 @@ impl Entry {
     }
 }
 
+fn untyped(columns: Vec<String>) -> Vec<ColumnDef> {
+    columns.iter().map(|c| ColumnDef::untyped(c)).collect()
+}
+
+fn primary_key(columns: Vec<String>) -> KeyIndex {
+    KeyIndex {
+        name: None,
+        columns,
+    }
+}
+
 struct Table {
     name: TableRef,
     columns: Vec<String>,
+    defs: Vec<ColumnDef>,
     key_idx: Vec<usize>,
-    key_columns: Vec<String>,
+    index: KeyIndex,
     rows: BTreeMap<Key, Slot>,
     generated: Option<Generated>,
     row_count: u64,
@@ -563,10 +681,12 @@ struct Table {
 impl Table {
     fn new(
         name: &TableRef,
-        columns: Vec<String>,
-        key_columns: &[String],
+        defs: Vec<ColumnDef>,
+        index: &KeyIndex,
         generated: Option<Generated>,
     ) -> Result<Table, ModelError> {
+        let key_columns = &index.columns;
+        let columns: Vec<String> = defs.iter().map(|d| d.name.clone()).collect();
         if key_columns.is_empty() {
             return Err(ModelError::NoKey {
                 table: name.clone(),
@@ -584,11 +704,20 @@ impl Table {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if index.name.is_none() {
+            if let Some(&i) = key_idx.iter().find(|&&i| defs[i].nullable) {
+                return Err(ModelError::NullablePrimaryKey {
+                    table: name.clone(),
+                    column: columns[i].clone(),
+                });
+            }
+        }
         let mut table = Table {
             name: name.clone(),
             columns,
+            defs,
             key_idx,
-            key_columns: key_columns.to_vec(),
+            index: index.clone(),
             rows: BTreeMap::new(),
             generated: None,
             row_count: 0,
@@ -608,8 +737,59 @@ impl Table {
         Ok(table)
     }
 
+    /// The key of `row` in the form the table orders by (character keys as their collation's
+    /// sort key, see [`collation`]).
     fn key_of(&self, row: &[Value]) -> Key {
-        Key(self.key_idx.iter().map(|&i| row[i].clone()).collect())
+        Key(self
+            .key_idx
+            .iter()
+            .map(|&i| self.sort_value(i, &row[i]))
+            .collect())
+    }
+
+    fn sort_value(&self, column: usize, value: &Value) -> Value {
+        match (&self.defs[column].ty, value) {
+            (Some(ty), Value::Text(s)) => Value::Text(Rules::of(ty).sort_key(s)),
+            _ => value.clone(),
+        }
+    }
+
+    /// A key tuple given in key order (as the product sends it) in the table's order.
+    fn sort_key(&self, key: &[Value]) -> Key {
+        Key(self
+            .key_idx
+            .iter()
+            .zip(key)
+            .map(|(&i, v)| self.sort_value(i, v))
+            .collect())
+    }
+
+    /// What storing `row` keeps: `datetime` columns hold 1/300 s ticks.
+    fn stored(&self, mut row: Vec<Value>) -> Vec<Value> {
+        for (value, def) in row.iter_mut().zip(&self.defs) {
+            if let (Some(KeyType::DateTime), Value::DateTime(t)) = (&def.ty, &*value) {
+                *value = Value::DateTime(to_sql_datetime(*t));
+            }
+        }
+        row
+    }
+
+    /// The key columns as a capture instance reports them: declared types, or for untyped
+    /// columns a type guessed from the first row (`bigint` for an empty table).
+    fn key_columns(&self) -> Vec<cdc_copy::cdc::KeyColumn> {
+        let first = self.scan_batch(None, 1).pop();
+        self.key_idx
+            .iter()
+            .map(|&i| {
+                let def = &self.defs[i];
+                let ty = def.ty.clone().unwrap_or_else(|| {
+                    first
+                        .as_ref()
+                        .map_or(KeyType::BigInt, |row| guess_type(&row[i]))
+                });
+                cdc_copy::cdc::KeyColumn::new(&def.name, ty)
+            })
+            .collect()
     }
 
     fn check_arity(&self, row: &[Value]) -> Result<(), ModelError> {
@@ -631,7 +811,7 @@ impl Table {
                 got: key.len(),
             });
         }
-        Ok(Key(key.to_vec()))
+        Ok(self.sort_key(key))
     }
 
     /// Binary search of the generated sequence: `Ok(i)` if row `i` has `key`, else where it
@@ -749,6 +929,8 @@ struct Instance {
     supports_net_changes: bool,
     /// The low end of the validity interval once established (raised by cleanup).
     min_lsn: Lsn,
+    /// Table column positions of `@captured_column_list`, in column order.
+    captured: Vec<usize>,
     /// `cdc.change_tables.start_lsn`: `None` until the capture process has run past the
     /// `sp_cdc_enable_table` that created the instance (docs/model.md).
     start_lsn: Option<Lsn>,
@@ -957,9 +1139,33 @@ impl State {
         table: &TableRef,
         name: &str,
         supports_net_changes: bool,
+        columns: Option<&[&str]>,
     ) -> Result<Lsn, ModelError> {
-        if !self.tables.contains_key(table) {
-            return Err(ModelError::NoTable(table.clone()));
+        let t = self
+            .tables
+            .get(table)
+            .ok_or_else(|| ModelError::NoTable(table.clone()))?;
+        let captured: Vec<usize> = match columns {
+            None => (0..t.columns.len()).collect(),
+            Some(list) => {
+                for c in list {
+                    if !t.columns.iter().any(|n| n == c) {
+                        return Err(ModelError::NoColumn {
+                            table: table.clone(),
+                            column: c.to_string(),
+                        });
+                    }
+                }
+                (0..t.columns.len())
+                    .filter(|&i| list.contains(&t.columns[i].as_str()))
+                    .collect()
+            }
+        };
+        if let Some(&k) = t.key_idx.iter().find(|k| !captured.contains(k)) {
+            return Err(ModelError::KeyNotCaptured {
+                table: table.clone(),
+                column: t.columns[k].clone(),
+            });
         }
         if self.instance(name).is_some() {
             return Err(ModelError::InstanceExists(name.to_string()));
@@ -973,6 +1179,7 @@ impl State {
             table: table.clone(),
             supports_net_changes,
             min_lsn: start,
+            captured,
             start_lsn: None,
         });
         self.push_pending(start);
@@ -1018,6 +1225,7 @@ impl State {
         match op {
             TxnOp::Insert(_, row) => {
                 t.check_arity(&row)?;
+                let row = t.stored(row);
                 let key = t.key_of(&row);
                 if t.get(&key).is_some() {
                     return Err(ModelError::DuplicateKey {
@@ -1034,6 +1242,7 @@ impl State {
             }
             TxnOp::Update(_, key, row) => {
                 t.check_arity(&row)?;
+                let row = t.stored(row);
                 let key = t.check_key(&key)?;
                 let Some(old) = t.get(&key) else {
                     return Err(ModelError::NoRow {
@@ -1234,7 +1443,7 @@ impl State {
                 },
                 wanted: Some(name.to_string()),
             })?;
-        self.net_plan(inst, from, to, filter, sorted)
+        self.net_plan(inst, None, from, to, filter, sorted)
     }
 
     fn net_plan_for(
@@ -1252,15 +1461,18 @@ impl State {
                 table: ci.table.clone(),
                 wanted: Some(ci.name.clone()),
             })?;
-        self.net_plan(inst, from, to, filter, sorted)
+        self.net_plan(inst, Some(&ci.columns), from, to, filter, sorted)
     }
 
     /// Folds the change rows in `[from, to]` per key (the net-changes rules, see
     /// docs/model.md) into a list of positions to emit. Costs one map entry per changed key
     /// and no row clones; rows are cloned later, batch by batch, by [`State::net_batch`].
+    /// `columns` are the captured columns selected after the CDC columns (`None`: all of the
+    /// instance's, as `SELECT *` would).
     fn net_plan(
         &self,
         inst: &Instance,
+        columns: Option<&[String]>,
         from: Lsn,
         to: Lsn,
         filter: RowFilter,
@@ -1276,6 +1488,21 @@ impl State {
             return Err(msg_313());
         }
         let t = &self.tables[&inst.table];
+        // A change row holds the captured columns only, computed ones as NULL.
+        let change_column = |i: usize| (!t.defs[i].computed).then_some(i);
+        let projection: Vec<Option<usize>> = match columns {
+            None => inst.captured.iter().map(|&i| change_column(i)).collect(),
+            Some(names) => names
+                .iter()
+                .map(|name| {
+                    inst.captured
+                        .iter()
+                        .find(|&&i| t.columns[i] == *name)
+                        .map(|&i| change_column(i))
+                        .ok_or_else(|| invalid_column(name))
+                })
+                .collect::<Result<_, _>>()?,
+        };
         let lo = t.log.partition_point(|e| e.lsn() < from);
         let hi = t.log.partition_point(|e| e.lsn() <= to);
         // Per key: (first operation in the window, position of the last change).
@@ -1284,6 +1511,9 @@ impl State {
         for (idx, entry) in t.log.range(lo..hi).enumerate() {
             let seq = t.log_front_seq + (lo + idx) as u64;
             match entry {
+                // The generated function joins the key back with `key = key`: a key with a
+                // NULL in it never matches itself, so its changes never come out.
+                Entry::Change { key, .. } if key.values().contains(&Value::Null) => {}
                 Entry::Change { op, key, .. } => {
                     net.entry(key)
                         .and_modify(|state| state.1 = seq)
@@ -1343,15 +1573,23 @@ impl State {
         }
         let generated: u64 = gens.iter().map(|g| g.count).sum();
         let count = ones.len() as u64 + generated - superseded.len() as u64;
-        let mut columns = vec![
-            "__$start_lsn".to_string(),
-            "__$operation".to_string(),
-            "__$update_mask".to_string(),
-        ];
-        columns.extend(t.columns.iter().cloned());
+        let selected: Vec<String> = match columns {
+            Some(names) => names.to_vec(),
+            None => inst
+                .captured
+                .iter()
+                .map(|&i| t.columns[i].clone())
+                .collect(),
+        };
+        let columns = ["__$start_lsn", "__$operation", "__$update_mask"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(selected)
+            .collect();
         Ok(NetPlan {
             table: inst.table.clone(),
             columns,
+            projection,
             ones,
             gens,
             superseded,
@@ -1382,14 +1620,14 @@ impl State {
             match (one, gen) {
                 (None, None) => break,
                 (Some((lsn, op, row)), g) if g.is_none_or(|g| lsn < g.lsn) => {
-                    out.push(net_row(lsn, op, row));
+                    out.push(net_row(lsn, op, row, &plan.projection));
                     cur.one += 1;
                 }
                 (_, Some(g)) => {
                     let i = g.start + cur.gen_off;
                     if !plan.superseded.contains(&i) {
                         let f = &t.generated.as_ref().expect("generated entry").f;
-                        out.push(net_row(g.lsn, plan.gen_op, &f(i)));
+                        out.push(net_row(g.lsn, plan.gen_op, &f(i), &plan.projection));
                     }
                     cur.gen_off += 1;
                     if cur.gen_off == g.count {
@@ -1408,6 +1646,8 @@ impl State {
 struct NetPlan {
     table: TableRef,
     columns: Vec<String>,
+    /// Per selected column after the CDC ones: its table position, or `None` for NULL.
+    projection: Vec<Option<usize>>,
     /// (log position of the key's last change, output operation), in output order.
     ones: Vec<(u64, u8)>,
     gens: Vec<GenItem>,
@@ -1437,13 +1677,51 @@ fn output_op(op: u8, filter: RowFilter) -> u8 {
     }
 }
 
-fn net_row(lsn: Lsn, op: u8, row: &[Value]) -> Vec<Value> {
-    let mut out = Vec::with_capacity(row.len() + 3);
+fn net_row(lsn: Lsn, op: u8, row: &[Value], projection: &[Option<usize>]) -> Vec<Value> {
+    let mut out = Vec::with_capacity(projection.len() + 3);
     out.push(Value::Binary(lsn.0.to_vec()));
     out.push(Value::Int(op.into()));
     out.push(Value::Null);
-    out.extend_from_slice(row);
+    out.extend(
+        projection
+            .iter()
+            .map(|p| p.map_or(Value::Null, |i| row[i].clone())),
+    );
     out
+}
+
+/// Msg 207, what SQL Server says when a statement names a column the source does not have.
+pub(crate) fn invalid_column(name: &str) -> CdcError {
+    CdcError::Sql {
+        number: 207,
+        message: format!("Invalid column name '{name}'."),
+        transient: false,
+    }
+}
+
+/// The key type an untyped model column reports, from a value it holds.
+fn guess_type(value: &Value) -> KeyType {
+    let bin2 = || cdc_copy::cdc::Collation::parse("Latin1_General_100_BIN2").expect("valid");
+    match value {
+        Value::Bit(_) => KeyType::Bit,
+        Value::Real(_) => KeyType::Real,
+        Value::Float(_) => KeyType::Float,
+        Value::Decimal { scale, .. } => KeyType::Decimal {
+            precision: 38,
+            scale: *scale,
+        },
+        Value::Text(_) => KeyType::NVarChar {
+            length: 450,
+            collation: bin2(),
+        },
+        Value::Binary(_) => KeyType::VarBinary { length: 900 },
+        Value::Date(_) => KeyType::Date,
+        Value::Time(_) => KeyType::Time { scale: 7 },
+        Value::DateTime(_) => KeyType::DateTime2 { scale: 7 },
+        Value::DateTimeOffset(_) => KeyType::DateTimeOffset { scale: 7 },
+        Value::Guid(_) => KeyType::UniqueIdentifier,
+        Value::Null | Value::Int(_) => KeyType::BigInt,
+    }
 }
 
 /// The error SQL Server raises for an out-of-range, NULL or inverted interval.

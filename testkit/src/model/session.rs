@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 
-use super::{local_to_utc, to_sql_datetime, CdcModel, Key, NetCursor, BATCH};
+use super::{invalid_column, local_to_utc, to_sql_datetime, CdcModel, Key, NetCursor, BATCH};
 use cdc_copy::cdc::{
     CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, Lsn, LsnRange, RowFilter,
     RowSink, TableRef, Value, Watermark,
@@ -58,17 +58,39 @@ impl CdcSession for ModelSession {
                 .rev()
                 .filter(|i| &i.table == table)
                 .find(|i| wanted.is_none_or(|w| w == i.name));
-            match (instance, state.tables.get(table)) {
-                (Some(i), Some(t)) => Ok(CaptureInstance {
+            let (Some(i), Some(t)) = (instance, state.tables.get(table)) else {
+                return Err(missing());
+            };
+            // A unique index may have nullable columns (sp_cdc_enable_table accepts it); the
+            // copier refuses such an instance, as the real session does.
+            let nullable: Vec<String> = t
+                .key_idx
+                .iter()
+                .filter(|&&k| t.defs[k].nullable)
+                .map(|&k| t.columns[k].clone())
+                .collect();
+            if !nullable.is_empty() {
+                return Err(CdcError::NullableKey {
                     table: table.clone(),
-                    name: i.name.clone(),
-                    supports_net_changes: i.supports_net_changes,
-                    min_lsn: i.reported_min_lsn(),
-                    start_lsn: i.start_lsn,
-                    key_columns: t.key_columns.clone(),
-                }),
-                _ => Err(missing()),
+                    capture_instance: i.name.clone(),
+                    index: t.index.name.clone().unwrap_or_default(),
+                    columns: nullable,
+                });
             }
+            Ok(CaptureInstance {
+                table: table.clone(),
+                name: i.name.clone(),
+                supports_net_changes: i.supports_net_changes,
+                min_lsn: i.reported_min_lsn(),
+                start_lsn: i.start_lsn,
+                key_columns: t.key_columns(),
+                columns: i
+                    .captured
+                    .iter()
+                    .filter(|&&c| !t.defs[c].computed)
+                    .map(|&c| t.columns[c].clone())
+                    .collect(),
+            })
         }
     }
 
@@ -151,17 +173,27 @@ impl CdcSession for ModelSession {
             table: ci.table.clone(),
             wanted: Some(ci.name.clone()),
         };
-        let (columns, key_idx) = {
+        // The statement selects `ci.columns`; the model answers with those, as the server would.
+        let (projection, key_idx, mut cursor) = {
             let state = self.model.lock();
             if state.instance(&ci.name).is_none_or(|i| i.table != ci.table) {
                 return Err(missing());
             }
             let t = state.tables.get(&ci.table).ok_or_else(missing)?;
-            let (columns, key_idx) = (t.columns.clone(), t.key_idx.clone());
-            (columns, key_idx)
+            let projection = ci
+                .columns
+                .iter()
+                .map(|name| {
+                    t.columns
+                        .iter()
+                        .position(|c| c == name)
+                        .ok_or_else(|| invalid_column(name))
+                })
+                .collect::<Result<Vec<usize>, CdcError>>()?;
+            let cursor: Option<Key> = after.map(|k| t.sort_key(k));
+            (projection, t.key_idx.clone(), cursor)
         };
-        sink.columns(&columns).await?;
-        let mut cursor: Option<Key> = after.map(Key::from);
+        sink.columns(&ci.columns).await?;
         let mut sent = 0u64;
         let mut last_row: Option<Vec<Value>> = None;
         while sent < limit {
@@ -174,19 +206,21 @@ impl CdcSession for ModelSession {
                 t.scan_batch(cursor.as_ref(), want)
             };
             let short = batch.len() < want;
+            let Some(last) = batch.last().cloned() else {
+                break;
+            };
             for row in batch {
-                sink.row(&row).await?;
+                let selected: Vec<Value> = projection.iter().map(|&i| row[i].clone()).collect();
+                sink.row(&selected).await?;
                 sent += 1;
-                last_row = Some(row);
             }
-            if let Some(row) = &last_row {
-                cursor = Some(Key(key_idx.iter().map(|&i| row[i].clone()).collect()));
-            }
+            cursor = Some(self.model.lock().tables[&ci.table].key_of(&last));
+            last_row = Some(last);
             if short {
                 break;
             }
         }
-        let last_key = cursor.filter(|_| last_row.is_some()).map(|k| k.0);
+        let last_key = last_row.map(|row| key_idx.iter().map(|&i| row[i].clone()).collect());
         Ok((sent, last_key))
     }
 
