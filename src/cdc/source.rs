@@ -50,6 +50,24 @@ pub fn validate_identifier(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Checks a column name SQL Server returned from its catalog (`sys.columns`,
+/// `cdc.captured_columns`). Such a name never comes from configuration and is only ever
+/// spliced quoted ([`quote_identifier`] doubles `]`, as `QUOTENAME` does), so any `sysname`
+/// is accepted — spaces, quotes and brackets included, as legacy tables have them — except an
+/// empty one, one over 128 characters, or one with control characters.
+pub fn validate_catalog_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err(NameError::Length(name.to_string()));
+    }
+    if let Some(ch) = name.chars().find(|c| c.is_control()) {
+        return Err(NameError::Character {
+            name: name.to_string(),
+            ch,
+        });
+    }
+    Ok(())
+}
+
 /// `[name]` with `]` doubled, as `QUOTENAME` does.
 pub fn quote_identifier(name: &str) -> String {
     format!("[{}]", name.replace(']', "]]"))

@@ -6,12 +6,16 @@
 //! Parameters are always `@P1…` (tiberius binds them through `sp_executesql`). Names cannot be
 //! parameters where T-SQL wants an object name (`FROM <table>`, the net-changes function of a
 //! capture instance), so those few statements are templates whose `{placeholders}` are filled
-//! only by the builder functions below, and only with names that passed
-//! [`validate_identifier`] and were then quoted the way `QUOTENAME` does. The capture-instance
-//! name used by the net-changes builders is additionally one that SQL Server itself returned
-//! from `cdc.change_tables` (see [`CAPTURE_INSTANCES`]), never raw configuration.
+//! only by the builder functions below, and only with names quoted the way `QUOTENAME` does.
+//! Table and capture-instance names also pass [`validate_identifier`] (they can come from
+//! configuration); the capture-instance name used by the net-changes builders is in addition
+//! one that SQL Server itself returned from `cdc.change_tables` (see [`CAPTURE_INSTANCES`]).
+//! Column names only ever come from the catalog, so they pass the looser
+//! [`validate_catalog_name`]: a column called `Order Date` is copied, quoted.
 
-use crate::cdc::{quote_identifier, validate_identifier, KeyColumn, NameError, TableRef};
+use crate::cdc::{
+    quote_identifier, validate_catalog_name, validate_identifier, KeyColumn, NameError, TableRef,
+};
 
 /// Highest LSN the capture process has written for the database.
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-max-lsn-transact-sql>
@@ -228,7 +232,7 @@ fn column_list<S: AsRef<str>>(columns: &[S]) -> Result<String, NameError> {
     }
     let mut quoted = Vec::with_capacity(columns.len());
     for column in columns {
-        validate_identifier(column.as_ref())?;
+        validate_catalog_name(column.as_ref())?;
         quoted.push(quote_identifier(column.as_ref()));
     }
     Ok(quoted.join(", "))
@@ -448,22 +452,10 @@ mod tests {
         for bad in attempts {
             let id = keys(&["id"]);
             let cols = names(&["id"]);
-            let bad_key = keys(&[bad]);
-            let bad_cols = names(&["id", bad]);
             assert!(count_net_changes(bad).is_err(), "{bad:?}");
             assert!(net_changes(bad, &id, &cols).is_err(), "{bad:?}");
-            assert!(net_changes("dbo_t", &bad_key, &cols).is_err(), "{bad:?}");
-            assert!(net_changes("dbo_t", &id, &bad_cols).is_err(), "{bad:?}");
             assert!(scan(&t("dbo", bad), &id, &cols, true).is_err(), "{bad:?}");
             assert!(scan(&t(bad, "t"), &id, &cols, false).is_err(), "{bad:?}");
-            assert!(
-                scan(&t("dbo", "t"), &bad_key, &cols, true).is_err(),
-                "{bad:?}"
-            );
-            assert!(
-                scan(&t("dbo", "t"), &id, &bad_cols, true).is_err(),
-                "{bad:?}"
-            );
             assert!(read_watermark(&t(bad, "w")).is_err(), "{bad:?}");
             assert!(insert_watermark(&t("cdc_copy", bad)).is_err(), "{bad:?}");
             assert!(update_watermark(&t(bad, bad)).is_err(), "{bad:?}");
@@ -477,6 +469,51 @@ mod tests {
             "columns are required"
         );
         assert!(scan(&t("dbo", "t"), &keys(&["id"]), &[], false).is_err());
+    }
+
+    /// Column names come from the catalog, never from configuration: whatever SQL Server
+    /// allows is quoted (`]` doubled), so it stays one identifier; only what no catalog holds
+    /// (empty, control characters, over 128 characters) is refused.
+    #[test]
+    fn catalog_column_names_are_quoted_not_refused() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("Order Date", Some("[Order Date]")),
+            ("O'Neil", Some("[O'Neil]")),
+            ("x]; DROP TABLE t;--", Some("[x]]; DROP TABLE t;--]")),
+            ("a.b", Some("[a.b]")),
+            ("", None),
+            ("x\u{0}", None),
+            ("tab\there", None),
+        ];
+        for (name, quoted) in cases {
+            let built = scan(&t("dbo", "t"), &keys(&[name]), &names(&[name]), true);
+            let net = net_changes("dbo_t", &keys(&[name]), &names(&[name]));
+            match quoted {
+                Some(q) => {
+                    let built = built.unwrap();
+                    assert!(
+                        built.contains(&format!("SELECT TOP (@P1) {q} FROM")),
+                        "{built}"
+                    );
+                    assert!(built.ends_with(&format!("ORDER BY {q};")), "{built}");
+                    assert!(net
+                        .unwrap()
+                        .contains(&format!("[__$update_mask], {q} FROM")));
+                }
+                None => {
+                    assert!(built.is_err(), "{name:?}");
+                    assert!(net.is_err(), "{name:?}");
+                }
+            }
+        }
+        let long = "c".repeat(129);
+        assert!(scan(
+            &t("dbo", "t"),
+            &keys(&["id"]),
+            &names(&["id", &long]),
+            false
+        )
+        .is_err());
     }
 
     #[test]
