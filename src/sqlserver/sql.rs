@@ -321,6 +321,24 @@ mod tests {
     }
 
     #[test]
+    fn the_log_scan_signal_cannot_fail_the_progress_read() {
+        // Without VIEW DATABASE STATE the view raises an error; inside TRY it is caught and
+        // the column is NULL. The DMV is read nowhere else, and only its documented columns.
+        let try_block = CAPTURE_PROGRESS
+            .split("BEGIN TRY")
+            .nth(1)
+            .and_then(|rest| rest.split("END TRY").next())
+            .expect("a TRY block");
+        assert!(try_block.contains("FROM sys.dm_cdc_log_scan_sessions"));
+        assert_eq!(CAPTURE_PROGRESS.matches("sys.dm_cdc_log_scan_sessions").count(), 1);
+        assert!(CAPTURE_PROGRESS.contains("BEGIN CATCH\n    SET @drained_since = NULL;\nEND CATCH;"));
+        for column in ["session_id", "start_time", "end_time", "empty_scan_count", "error_count"] {
+            assert!(try_block.contains(column), "{column}");
+        }
+        assert!(CAPTURE_PROGRESS.contains("TODATETIMEOFFSET(@drained_since, @tz) AS drained_since"));
+    }
+
+    #[test]
     fn net_change_statements_quote_the_function_name() {
         assert_eq!(
             net_changes("dbo_customers", &keys(&["customer_id"])).unwrap(),
