@@ -124,22 +124,25 @@ async fn invoke(
     struck
 }
 
-/// One random incremental-copy fault (or none). In a run that copies a window the
-/// watermark updates are: (finish a pending window), record the new window, advance.
+/// One random incremental-copy fault (or none). A run that copies a window streams it into
+/// staged blocks, records it, commits the blob and advances (a pending window found first is
+/// streamed, committed and advanced the same way), so its watermark updates are: (advance
+/// past the pending window), record the new window, advance.
 fn incremental_fault(rng: &mut StdRng) -> Option<Armed> {
     use Fault::*;
     use Method::*;
     let update = |rng: &mut StdRng| rng.random_range(0..2);
     match rng.random_range(0..20) {
+        // The window is streamed (blocks staged, invisible), then recording it fails.
         0 => armed(
             "crash before the window is recorded",
             UpdateWatermark,
             0,
             Before,
         ),
-        // The stream of a recorded window (this run's, or a pending one it finishes) fails
-        // before it starts: recorded, no blob.
-        1 => armed("crash after the window is recorded", NetChanges, 0, Before),
+        // The stream fails before it starts: of a pending window (recorded, no blob), or of
+        // a new one (nothing recorded, nothing staged).
+        1 => armed("crash before the stream", NetChanges, 0, Before),
         2 | 3 => armed(
             "crash between staged blocks",
             NetChanges,
@@ -147,7 +150,7 @@ fn incremental_fault(rng: &mut StdRng) -> Option<Armed> {
             MidStream(rng.random_range(3..=12)),
         ),
         4 => armed(
-            "crash after the last row, before the commit",
+            "crash after the last row, before the window is recorded",
             NetChanges,
             0,
             AfterEffect,
@@ -178,7 +181,7 @@ fn incremental_fault(rng: &mut StdRng) -> Option<Armed> {
         ),
         11 => {
             let method =
-                [Session, ReadWatermark, CaptureProgress, CountNetChanges][rng.random_range(0..4)];
+                [Session, ReadWatermark, CaptureProgress, CaptureInstance][rng.random_range(0..4)];
             armed("connection dropped before a read", method, 0, Before)
         }
         _ => None,

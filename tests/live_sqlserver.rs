@@ -1020,10 +1020,6 @@ async fn live_session_against_sql_server() {
     // Net changes: rows 1 and 2 (insert with final values), nothing for 3.
     let range = LsnRange::new(from, to).expect("changes were made");
     for (filter, op) in [(RowFilter::All, 2), (RowFilter::AllWithMerge, 5)] {
-        assert_eq!(
-            session.count_net_changes(&ci, range, filter).await.unwrap(),
-            2
-        );
         let mut sink = VecSink::default();
         let sent = session
             .net_changes(&ci, range, filter, &mut sink)
