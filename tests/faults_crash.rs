@@ -184,6 +184,13 @@ fn incremental_fault(rng: &mut StdRng) -> Option<Armed> {
                 [Session, ReadWatermark, CaptureProgress, CaptureInstance][rng.random_range(0..4)];
             armed("connection dropped before a read", method, 0, Before)
         }
+        // The record commits and the run stops there: recorded, staged, nothing visible.
+        12 => armed(
+            "crash after the window is recorded, before the commit",
+            UpdateWatermark,
+            0,
+            AfterEffect,
+        ),
         _ => None,
     }
 }
@@ -387,10 +394,11 @@ async fn random_crashes_and_retries_lose_and_duplicate_nothing() {
     assert!(invocations >= runs);
     // Every kind of fault was exercised.
     for kind in [
-        "crash before the window is recorded",
-        "crash after the window is recorded",
+        "crash before the stream",
         "crash between staged blocks",
-        "crash after the last row, before the commit",
+        "crash after the last row, before the window is recorded",
+        "crash before the window is recorded",
+        "crash after the window is recorded, before the commit",
         "crash after the commit, before the advance",
         "crash between staged blocks of a part",
         "crash after a part's last row, before its commit",
