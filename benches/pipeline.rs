@@ -621,8 +621,14 @@ async fn idle_runs(polling_s: i64, visible: bool) -> (f64, f64, f64) {
         let report = jobs::incremental::run(&ctx, &trigger(m.now())).await;
         let secs = started.elapsed().as_secs_f64();
         expect_done("idle run", &report);
-        assert!(report.tables[0].blobs.is_empty(), "an idle run writes no blob");
-        assert!(report.tables[0].warning.is_none(), "an idle capture is healthy");
+        assert!(
+            report.tables[0].blobs.is_empty(),
+            "an idle run writes no blob"
+        );
+        assert!(
+            report.tables[0].warning.is_none(),
+            "an idle capture is healthy"
+        );
         total += secs;
         max = max.max(secs);
         statements += faults

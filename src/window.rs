@@ -21,8 +21,9 @@ pub enum Plan {
     Copy(Window),
 }
 
-/// The run's plan before counting: `Copy` means there are LSNs to look at, not yet that
-/// they hold net changes (the caller counts and turns an empty count into `Advance`).
+/// The run's plan before streaming: `Copy` means there are LSNs to look at, not yet that
+/// they hold net changes (the caller streams them, and advances without a blob when no row
+/// comes).
 ///
 /// The range starts at `increment(last_lsn)` (CDC intervals are closed, so the previous
 /// upper bound must not be read twice) and ends at the largest LSN at or before the trigger
@@ -300,11 +301,36 @@ mod tests {
     #[test]
     fn a_drained_log_scan_after_the_trigger_passes_it() {
         let cases = [
-            ("idle, mapping 4 min old, no scan signal", Some(660), None, false),
-            ("idle, a drained scan began 1 s after", Some(660), Some(901), true),
-            ("a drained scan began exactly at the trigger", Some(660), Some(900), false),
-            ("the last drained scan began before", Some(660), Some(899), false),
-            ("no mapping yet, a drained scan after", None, Some(905), true),
+            (
+                "idle, mapping 4 min old, no scan signal",
+                Some(660),
+                None,
+                false,
+            ),
+            (
+                "idle, a drained scan began 1 s after",
+                Some(660),
+                Some(901),
+                true,
+            ),
+            (
+                "a drained scan began exactly at the trigger",
+                Some(660),
+                Some(900),
+                false,
+            ),
+            (
+                "the last drained scan began before",
+                Some(660),
+                Some(899),
+                false,
+            ),
+            (
+                "no mapping yet, a drained scan after",
+                None,
+                Some(905),
+                true,
+            ),
             ("mapping passed, scan signal unknown", Some(900), None, true),
             ("mapping passed, old scan", Some(930), Some(100), true),
         ];
@@ -322,12 +348,42 @@ mod tests {
         let wait = std::time::Duration::from_secs(120);
         let minutes = |m: i64| Some(chrono::Duration::minutes(m));
         let cases = [
-            ("dummy row 4 min before the trigger: idle", Some(660), None, None),
-            ("dummy row 7 min before: 300 s + 120 s exactly", Some(480), None, None),
-            ("8 min behind, no scan signal: stopped", Some(420), None, minutes(8)),
-            ("an hour behind: stopped", Some(900 - 3600), None, minutes(60)),
-            ("an hour behind but a drained scan after: idle", Some(-2700), Some(910), None),
-            ("an hour behind, last drained scan before: stopped", Some(-2700), Some(100), minutes(60)),
+            (
+                "dummy row 4 min before the trigger: idle",
+                Some(660),
+                None,
+                None,
+            ),
+            (
+                "dummy row 7 min before: 300 s + 120 s exactly",
+                Some(480),
+                None,
+                None,
+            ),
+            (
+                "8 min behind, no scan signal: stopped",
+                Some(420),
+                None,
+                minutes(8),
+            ),
+            (
+                "an hour behind: stopped",
+                Some(900 - 3600),
+                None,
+                minutes(60),
+            ),
+            (
+                "an hour behind but a drained scan after: idle",
+                Some(-2700),
+                Some(910),
+                None,
+            ),
+            (
+                "an hour behind, last drained scan before: stopped",
+                Some(-2700),
+                Some(100),
+                minutes(60),
+            ),
             ("no mapping at all", None, None, None),
             ("capture passed", Some(905), None, None),
         ];

@@ -160,7 +160,11 @@ async fn an_outage_exhausts_bounded_retries_then_a_retry_completes_the_window() 
         .settings
         .path_template
         .render(&rig.bench.table, trigger);
-    assert_eq!(rig.bench.incremental_blobs().await, vec![name], "the same window, same name");
+    assert_eq!(
+        rig.bench.incremental_blobs().await,
+        vec![name],
+        "the same window, same name"
+    );
     assert_eq!(rig.bench.watermark().last_window_end, trigger);
     assert_eq!(rig.ledger.figures.change_rows, 12);
 }
@@ -173,17 +177,25 @@ async fn a_commit_outage_leaves_the_window_recorded_for_the_retry() {
     let mut rig = Rig::new().await;
     let trigger = rig.changes(12);
     let before = rig.bench.watermark();
-    rig.proxy.add(Rule::put_block_list(Fault::Status(503), 1000));
+    rig.proxy
+        .add(Rule::put_block_list(Fault::Status(503), 1000));
     let report = rig.run(trigger, "commit outage").await;
     assert_eq!(report.status, Status::Failed);
-    assert!(error_of(&report).contains("put block list"), "{}", error_of(&report));
+    assert!(
+        error_of(&report).contains("put block list"),
+        "{}",
+        error_of(&report)
+    );
     let wm = rig.bench.watermark();
     assert_eq!(
         (wm.last_lsn, wm.last_window_end),
         (before.last_lsn, before.last_window_end)
     );
     let pending = wm.pending().cloned().expect("recorded before the commit");
-    assert!(rig.bench.incremental_blobs().await.is_empty(), "nothing visible");
+    assert!(
+        rig.bench.incremental_blobs().await.is_empty(),
+        "nothing visible"
+    );
 
     rig.proxy.heal();
     let retry = rig.run(trigger, "the host's retry").await;
@@ -356,13 +368,21 @@ async fn a_sql_connection_dropped_mid_stream_holds_the_window() {
     assert!(rig.proxy.put_blocks().len() >= 2, "blocks were staged");
     assert!(rig.bench.incremental_blobs().await.is_empty());
     // The stream comes before the window is recorded: the watermark holds still, whole.
-    assert_eq!(rig.bench.watermark(), before, "the watermark holds the window's start");
+    assert_eq!(
+        rig.bench.watermark(),
+        before,
+        "the watermark holds the window's start"
+    );
 
     let second = rig.changes(3);
     let report = rig.run(second, "next timer run").await;
     assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     let blobs = rig.bench.incremental_blobs().await;
-    assert_eq!(blobs.len(), 1, "the first window's staged blocks never became a blob");
+    assert_eq!(
+        blobs.len(),
+        1,
+        "the first window's staged blocks never became a blob"
+    );
     let settings = &rig.bench.ctx.settings;
     assert_eq!(
         blobs[0],

@@ -509,7 +509,11 @@ async fn a_dropped_connection_mid_stream_is_retried_by_the_next_run() {
         bench.incremental_blobs().await.is_empty(),
         "nothing half-visible"
     );
-    assert_eq!(bench.watermark(), before, "nothing recorded before the stream ended");
+    assert_eq!(
+        bench.watermark(),
+        before,
+        "nothing recorded before the stream ended"
+    );
     let retry = bench.incremental(trigger).await;
     assert_eq!(retry.status, Status::Done, "{:?}", retry.logs());
     assert_eq!(retry.return_value()["tables"][0]["rows"], 10);
@@ -756,7 +760,11 @@ async fn an_idle_run_goes_on_at_the_first_drained_log_scan_after_the_trigger() {
         let table = &report.return_value()["tables"][0];
         assert_eq!(report.status, Status::Done, "{:?}", report.logs());
         assert_eq!(table["note"], "no changes", "visible {visible}");
-        assert_eq!(waited, std::time::Duration::from_secs(wait_s), "visible {visible}");
+        assert_eq!(
+            waited,
+            std::time::Duration::from_secs(wait_s),
+            "visible {visible}"
+        );
         assert_eq!(table["captureWaitMs"], wait_s * 1000, "visible {visible}");
         assert!(table.get("warning").is_none(), "idle is healthy: {table}");
         let calls = bench.faults.calls();
@@ -790,8 +798,14 @@ async fn a_change_captured_after_a_drained_scan_lands_in_the_next_window() {
     let report = bench.incremental(first).await;
     assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     let table = &report.return_value()["tables"][0];
-    assert_eq!(table["rows"], 0, "not captured when the run looked: {table}");
-    assert_eq!(table["captureWaitMs"], 0, "the drained scan was trusted at once");
+    assert_eq!(
+        table["rows"], 0,
+        "not captured when the run looked: {table}"
+    );
+    assert_eq!(
+        table["captureWaitMs"], 0,
+        "the drained scan was trusted at once"
+    );
     bench.assert_consistent("first window").await;
 
     bench.model.set_time_per_call(None);
@@ -851,7 +865,9 @@ async fn a_stopped_capture_job_warns_and_an_idle_one_does_not() {
         if stopped {
             bench.model.pause_capture();
         }
-        bench.model.advance(Duration::hours(1) + Duration::milliseconds(2500));
+        bench
+            .model
+            .advance(Duration::hours(1) + Duration::milliseconds(2500));
         let trigger = bench.model.now();
         let clock = run_the_clock(&bench.model);
         let report = bench.incremental(trigger).await;
@@ -862,13 +878,28 @@ async fn a_stopped_capture_job_warns_and_an_idle_one_does_not() {
         let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         if stopped {
             let warning = table["warning"].as_str().expect("a warning");
-            for words in ["SQL Server Agent", "cdc.<database>_capture", "CDC scheduler", "paused serverless"] {
+            for words in [
+                "SQL Server Agent",
+                "cdc.<database>_capture",
+                "CDC scheduler",
+                "paused serverless",
+            ] {
                 assert!(warning.contains(words), "{case}: {words}: {warning}");
             }
             assert!(warning.contains("dbo_customers"), "{warning}");
-            assert!(report.logs()[0].contains("WARNING: capture looks stopped"), "{:?}", report.logs());
-            assert!(text.contains("the CDC capture process looks stopped"), "{case}: {text}");
-            assert!(text.contains("capture_lag_s=3"), "{case}: the lag in a field: {text}");
+            assert!(
+                report.logs()[0].contains("WARNING: capture looks stopped"),
+                "{:?}",
+                report.logs()
+            );
+            assert!(
+                text.contains("the CDC capture process looks stopped"),
+                "{case}: {text}"
+            );
+            assert!(
+                text.contains("capture_lag_s=3"),
+                "{case}: the lag in a field: {text}"
+            );
             assert!(text.contains("capture_instance=dbo_customers"), "{text}");
             assert!(table["captureLagMs"].as_i64().unwrap() >= 3_600_000);
         } else {

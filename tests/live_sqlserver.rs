@@ -21,7 +21,8 @@
 //! test writes to its own container.
 
 mod common;
-#[path = "live_sqlserver/idle.rs"] mod idle;
+#[path = "live_sqlserver/idle.rs"]
+mod idle;
 use cdc_copy_testkit::live::LiveSql;
 use cdc_copy_testkit::tds;
 

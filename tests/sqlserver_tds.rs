@@ -362,7 +362,11 @@ async fn net_changes_send_lsns_as_binary_and_the_row_filter_as_text() {
         assert_eq!(rows, 0);
         assert!(sink.rows.is_empty());
         let requests = server.requests();
-        assert_eq!(requests.len(), 1, "one evaluation of the function, no count");
+        assert_eq!(
+            requests.len(),
+            1,
+            "one evaluation of the function, no count"
+        );
         let request = &requests[0];
         assert_eq!(
             request.sql,

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use super::{for_each_table, save, superseded, timer_table, Context, JobError, FORMAT_VERSION};
 use crate::cdc::{
-    CaptureInstance, CaptureProgress, CdcError, CdcSession, Lsn, RowSink, RowSinkError,
-    TableState, Value, Watermark, Window,
+    CaptureInstance, CaptureProgress, CdcError, CdcSession, Lsn, RowSink, RowSinkError, TableState,
+    Value, Watermark, Window,
 };
 use crate::host::TimerTrigger;
 use crate::report::{Report, TableResult};
@@ -115,21 +115,7 @@ async fn plan(
     result.capture_wait_ms = Some(started.elapsed().as_millis().try_into().unwrap_or(u64::MAX));
     result.capture_lag_ms =
         window::capture_lag(&progress, trigger_time).map(|l| l.num_milliseconds());
-    if let Some(lag) = window::stalled_capture_lag(&progress, trigger_time, ctx.settings.capture_wait)
-    {
-        result.warning = Some(stalled_warning(ci, lag));
-        tracing::warn!(
-            table = %ci.table,
-            capture_instance = %ci.name,
-            trigger_time = %trigger_time,
-            max_lsn_time = ?progress.max_lsn_time,
-            capture_lag_s = lag.num_seconds(),
-            allowed_lag_s = (window::IDLE_MAPPING_INTERVAL.num_seconds()
-                + ctx.settings.capture_wait.as_secs() as i64),
-            "the CDC capture process looks stopped: {}",
-            STALLED_REMEDY
-        );
-    }
+    warn_if_stalled(ctx, ci, &progress, trigger_time, result);
     Ok(window::plan(
         wm.last_lsn,
         wm.last_window_end,
@@ -250,14 +236,37 @@ Agent is running and start the capture job (cdc.<database>_capture, sys.sp_cdc_s
 Azure SQL Database the CDC scheduler captures, and a paused serverless database captures \
 nothing. Until capture runs, windows copy nothing and the transaction log keeps growing";
 
-fn stalled_warning(ci: &CaptureInstance, lag: chrono::Duration) -> String {
-    format!(
+/// Says so when the capture job looks stopped: otherwise it would look like "no changes"
+/// on every run while the transaction log grows.
+fn warn_if_stalled(
+    ctx: &Context,
+    ci: &CaptureInstance,
+    progress: &CaptureProgress,
+    trigger_time: DateTime<Utc>,
+    result: &mut TableResult,
+) {
+    let wait = ctx.settings.capture_wait;
+    let Some(lag) = window::stalled_capture_lag(progress, trigger_time, wait) else {
+        return;
+    };
+    let allowed_s = window::IDLE_MAPPING_INTERVAL.num_seconds() + wait.as_secs() as i64;
+    tracing::warn!(
+        table = %ci.table,
+        capture_instance = %ci.name,
+        trigger_time = %trigger_time,
+        max_lsn_time = ?progress.max_lsn_time,
+        capture_lag_s = lag.num_seconds(),
+        allowed_lag_s = allowed_s,
+        "the CDC capture process looks stopped: {STALLED_REMEDY}"
+    );
+    result.warning = Some(format!(
         "capture looks stopped: capture instance {} is {} s behind the trigger time, more than \
-         an idle capture job explains ({} s between mapping rows plus the wait); {STALLED_REMEDY}",
+         an idle capture job explains ({allowed_s} s: a mapping row every {} s plus the wait); \
+         {STALLED_REMEDY}",
         ci.name,
         lag.num_seconds(),
         window::IDLE_MAPPING_INTERVAL.num_seconds(),
-    )
+    ));
 }
 
 /// How long to wait before asking again. When the log scan sessions are readable, the next

@@ -330,9 +330,22 @@ mod tests {
             .and_then(|rest| rest.split("END TRY").next())
             .expect("a TRY block");
         assert!(try_block.contains("FROM sys.dm_cdc_log_scan_sessions"));
-        assert_eq!(CAPTURE_PROGRESS.matches("sys.dm_cdc_log_scan_sessions").count(), 1);
-        assert!(CAPTURE_PROGRESS.contains("BEGIN CATCH\n    SET @drained_since = NULL;\nEND CATCH;"));
-        for column in ["session_id", "start_time", "end_time", "empty_scan_count", "error_count"] {
+        assert_eq!(
+            CAPTURE_PROGRESS
+                .matches("sys.dm_cdc_log_scan_sessions")
+                .count(),
+            1
+        );
+        assert!(
+            CAPTURE_PROGRESS.contains("BEGIN CATCH\n    SET @drained_since = NULL;\nEND CATCH;")
+        );
+        for column in [
+            "session_id",
+            "start_time",
+            "end_time",
+            "empty_scan_count",
+            "error_count",
+        ] {
             assert!(try_block.contains(column), "{column}");
         }
         assert!(CAPTURE_PROGRESS.contains("TODATETIMEOFFSET(@drained_since, @tz) AS drained_since"));

@@ -62,7 +62,11 @@ async fn live_an_idle_run_does_not_wait_for_a_mapping_row() {
     )
     .await;
     let drained: i32 = scans[0].get("n").unwrap_or(0);
-    assert!(drained > 0, "no drained log scan recorded: {}", agent_diagnostics(&mut sql, &db.name).await);
+    assert!(
+        drained > 0,
+        "no drained log scan recorded: {}",
+        agent_diagnostics(&mut sql, &db.name).await
+    );
 
     let at = server_utc_now(&mut sql).await;
     let report = runner.incremental_copy(trigger(at)).await;
@@ -75,7 +79,10 @@ async fn live_an_idle_run_does_not_wait_for_a_mapping_row() {
         "an idle run waited {waited} ms for capture: the folded empty-scan row's start_time \
          does not move on this server, so idle runs fall back to the full wait ({table})"
     );
-    assert!(table.get("warning").is_none(), "a healthy idle capture: {table}");
+    assert!(
+        table.get("warning").is_none(),
+        "a healthy idle capture: {table}"
+    );
 }
 
 /// Item 7: the capture job stopped (`sys.sp_cdc_stop_job`) for longer than an idle capture
@@ -94,13 +101,22 @@ async fn live_a_stopped_capture_job_is_loud() {
     tokio::time::sleep(Duration::from_secs(310)).await;
     let at = server_time_after(&mut sql, stopped_at + chrono::Duration::seconds(305)).await;
     let report = runner.incremental_copy(trigger(at)).await;
-    batch(&mut sql, "EXEC sys.sp_cdc_start_job @job_type = N'capture';").await;
+    batch(
+        &mut sql,
+        "EXEC sys.sp_cdc_start_job @job_type = N'capture';",
+    )
+    .await;
 
     assert_eq!(report.status, Status::Done, "{report:#?}");
     let table = table_summary(&report);
-    let warning = table["warning"].as_str().unwrap_or_else(|| panic!("no warning: {table}"));
+    let warning = table["warning"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no warning: {table}"));
     assert!(warning.contains("SQL Server Agent"), "{warning}");
     assert!(warning.contains("cdc.<database>_capture"), "{warning}");
-    assert!(table["captureLagMs"].as_i64().unwrap_or(0) > 300_000, "{table}");
+    assert!(
+        table["captureLagMs"].as_i64().unwrap_or(0) > 300_000,
+        "{table}"
+    );
     assert!(report.logs()[0].contains("WARNING"), "{:?}", report.logs());
 }

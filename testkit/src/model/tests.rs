@@ -98,7 +98,11 @@ async fn net(m: &CdcModel, from: Lsn, to: Lsn, filter: RowFilter) -> Result<Vec<
     let sent = s
         .net_changes(&ci, range(from, to), filter, &mut sink)
         .await?;
-    assert_eq!(sent, sink.rows.len() as u64, "the rows sent are the rows counted");
+    assert_eq!(
+        sent,
+        sink.rows.len() as u64,
+        "the rows sent are the rows counted"
+    );
     assert_eq!(
         &sink.columns[..3],
         ["__$start_lsn", "__$operation", "__$update_mask"]
@@ -1084,7 +1088,11 @@ async fn an_idle_capture_job_writes_a_mapping_row_only_every_five_minutes() {
     let rows_before = m.lsn_time_mapping().len();
     m.advance(Duration::minutes(15));
     let dummies: Vec<_> = m.lsn_time_mapping()[rows_before..].to_vec();
-    assert_eq!(dummies.len(), 3, "15 idle minutes, one dummy per 5: {dummies:?}");
+    assert_eq!(
+        dummies.len(),
+        3,
+        "15 idle minutes, one dummy per 5: {dummies:?}"
+    );
     assert!(dummies.iter().all(|d| d.dummy));
     for pair in dummies.windows(2) {
         assert!(pair[1].utc - pair[0].utc >= IDLE_DUMMY_INTERVAL);
@@ -1093,7 +1101,10 @@ async fn an_idle_capture_job_writes_a_mapping_row_only_every_five_minutes() {
     let mut s = session(&m).await;
     let p = s.capture_progress(m.now()).await.unwrap();
     let lag = m.now() - p.max_lsn_time.unwrap();
-    assert!(lag < IDLE_DUMMY_INTERVAL && lag >= Duration::zero(), "{lag:?}");
+    assert!(
+        lag < IDLE_DUMMY_INTERVAL && lag >= Duration::zero(),
+        "{lag:?}"
+    );
 }
 
 #[tokio::test]
@@ -1106,14 +1117,20 @@ async fn empty_log_scans_fold_into_one_session_row() {
     // The first scan captures the enabling of the instance, the next three find nothing.
     let sessions = m.log_scan_sessions();
     assert_eq!(sessions.len(), 2, "{sessions:?}");
-    assert_eq!((sessions[0].tran_count, sessions[0].empty_scan_count), (1, 0));
+    assert_eq!(
+        (sessions[0].tran_count, sessions[0].empty_scan_count),
+        (1, 0)
+    );
     assert_eq!(sessions[1].empty_scan_count, 3);
     m.insert(&customers(), row(1, "a")).unwrap();
     m.advance(Duration::seconds(5));
     m.advance(Duration::seconds(10));
     let sessions = m.log_scan_sessions();
     assert_eq!(sessions.len(), 4, "{sessions:?}");
-    assert_eq!((sessions[2].tran_count, sessions[2].empty_scan_count), (1, 0));
+    assert_eq!(
+        (sessions[2].tran_count, sessions[2].empty_scan_count),
+        (1, 0)
+    );
     assert_eq!(sessions[3].empty_scan_count, 2);
     assert_eq!(
         sessions[3].start_time,
