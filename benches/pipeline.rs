@@ -510,7 +510,7 @@ async fn incremental_zero() -> Figures {
 }
 
 /// Idle runs per configuration of the idle scenario.
-const IDLE_RUNS: u32 = 20;
+const IDLE_RUNS: u32 = 40;
 
 /// IncrementalCopy on a database with no changes, against the model configured like an idle
 /// SQL Server: the capture job scans the log every `polling` and writes a dummy mapping row
@@ -518,16 +518,19 @@ const IDLE_RUNS: u32 = 20;
 /// tokio's paused clock, which the model's clock follows: a run's duration is what it would
 /// be on a server (its waits), not this machine's speed. With the log scan sessions readable,
 /// a run goes on at the first drained scan after its trigger; without, it waits the whole
-/// `CDC_CAPTURE_WAIT_SECONDS` (120 s). Triggers every 15 minutes fall at varying points of
-/// the capture job's polling cycle (a 15-minute interval plus 1.3 s per run).
+/// `CDC_CAPTURE_WAIT_SECONDS` (120 s) unless a dummy mapping row comes first. Triggers are
+/// 15 min 47.3 s apart, so that over the runs they fall at every point of the capture job's
+/// polling cycle and of its 5-minute dummy cycle (exactly 15 minutes would lock them to one
+/// phase of the dummy cycle, a resonance of the model's, not of a real server's timing).
 fn incremental_idle() -> Figures {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     let mut notes = Vec::new();
     let mut worst_with_signal = 0.0f64;
     for (polling_s, visible) in [(5, true), (1, true), (5, false)] {
+        // A runtime of its own per configuration: each pauses its clock once.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
         let (mean, max, statements) = runtime.block_on(idle_runs(polling_s, visible));
         if visible && polling_s == 5 {
             worst_with_signal = max;
@@ -614,8 +617,10 @@ async fn idle_runs(polling_s: i64, visible: bool) -> (f64, f64, f64) {
         }
     });
     let (mut total, mut max, mut statements) = (0.0f64, 0.0f64, 0u64);
-    for _ in 0..IDLE_RUNS {
-        tokio::time::sleep(Duration::from_millis(15 * 60 * 1000 + 1300)).await;
+    let first = tokio::time::Instant::now();
+    for run in 1..=IDLE_RUNS {
+        // Fixed trigger times, whatever the runs before took.
+        tokio::time::sleep_until(first + Duration::from_millis(947_300) * run).await;
         faults.reset_calls();
         let started = tokio::time::Instant::now();
         let report = jobs::incremental::run(&ctx, &trigger(m.now())).await;
