@@ -808,7 +808,6 @@ async fn a_change_captured_after_a_drained_scan_lands_in_the_next_window() {
     );
     bench.assert_consistent("first window").await;
 
-    bench.model.set_time_per_call(None);
     bench.model.advance(Duration::minutes(15));
     let report = bench.incremental(bench.model.now()).await;
     assert_eq!(report.status, Status::Done, "{:?}", report.logs());
@@ -908,4 +907,39 @@ async fn a_stopped_capture_job_warns_and_an_idle_one_does_not() {
             assert!(!text.contains("looks stopped"), "{case}: {text}");
         }
     }
+}
+
+/// A window with changes costs one evaluation of the net-changes function (the stream; there
+/// is no count query before it) and six statements: capture instance, watermark, capture
+/// progress, net changes, record, advance.
+#[tokio::test]
+async fn a_copying_run_evaluates_the_net_changes_function_once() {
+    let bench = Bench::new(5, CdcModel::new(start_time()), &[]).await;
+    bench.full_load().await;
+    for id in 100..103 {
+        bench.model.insert(&bench.table, customer(id, 1)).unwrap();
+    }
+    bench.model.advance(Duration::minutes(15));
+    bench.faults.reset_calls();
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(
+        report.return_value()["tables"][0]["rows"],
+        3,
+        "{:?}",
+        report.logs()
+    );
+    let calls = bench.faults.calls();
+    assert_eq!(calls[&Method::NetChanges], 1, "{calls:?}");
+    assert_eq!(
+        calls[&Method::UpdateWatermark],
+        2,
+        "record, then advance: {calls:?}"
+    );
+    let statements: u64 = calls
+        .iter()
+        .filter(|(m, _)| **m != Method::Session)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(statements, 6, "{calls:?}");
+    bench.assert_consistent("one window").await;
 }
