@@ -6,13 +6,14 @@
 //! of invocations (500 by default; docs/guarantees.md has the long modes). Faults are failed
 //! calls at the source seam (`cdc_copy_testkit::faults`), which is where every point between
 //! a job's side effects lies, so the product carries no test hooks:
-//! - a crash at every such point: before and after the window is recorded, between staged
-//!   blocks (blocks of 256 bytes so that windows span several), after the last row before
-//!   the commit, after the commit before the advance;
+//! - a crash at every such point, in the order stream, record, commit, advance: before the
+//!   stream, between staged blocks (blocks of 256 bytes so that windows span several), after
+//!   the last row before the window is recorded, after it is recorded before the commit,
+//!   after the commit before the advance;
 //! - the watermark update lost after it committed or refused before, on the pending-window
 //!   record and on the advance;
 //! - the SQL connection dropped mid-stream, and before the login, the watermark read, the
-//!   capture-progress query or the count;
+//!   capture-progress query or the capture-instance read;
 //! - during the full load: crashes between blocks, after a part, mid-scan, a lost checkpoint
 //!   reply; the load is resumed by FullLoad or by the timer run.
 //!

@@ -14,6 +14,7 @@ use cdc_copy_testkit::faults::{Fault, Method};
 use cdc_copy_testkit::model::CdcModel;
 
 use common::cdc::{customer, random_dml, start_time, Bench, WatermarkExt};
+use common::traces::Captured;
 
 /// Guarantees 1, 3 and 4: full load, then 40 windows of random DML; after every run the blobs
 /// replay to the source as of the watermark; empty windows write no blob.
@@ -819,20 +820,6 @@ async fn a_change_captured_after_a_drained_scan_lands_in_the_next_window() {
     bench.assert_consistent("second window").await;
 }
 
-/// Collects what a subscriber prints on this thread.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A stopped capture job is loud: an hour behind with no drained scan since, the run warns
 /// (a tracing warning with the lag in fields, and `warning` in its ReturnValue entry and log
 /// line) naming SQL Server Agent and the capture job. An idle but healthy capture (a dummy
@@ -874,7 +861,7 @@ async fn a_stopped_capture_job_warns_and_an_idle_one_does_not() {
         let case = format!("visible {visible}, stopped {stopped}");
         assert_eq!(report.status, Status::Done, "{case}: {:?}", report.logs());
         let table = &report.return_value()["tables"][0];
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let text = captured.text();
         if stopped {
             let warning = table["warning"].as_str().expect("a warning");
             for words in [

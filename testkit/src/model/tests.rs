@@ -333,7 +333,7 @@ async fn validity_interval_cleanup_and_msg_313() {
     assert!(max >= c);
     assert_eq!(net(&m, start, max, RowFilter::All).await.unwrap().len(), 2);
 
-    // Out of range or inverted: 313, for the count and for the stream.
+    // Out of range or inverted: 313 from the stream.
     let ci = ci(&m).await;
     let mut s = session(&m).await;
     // (An inverted range such as (b, a) cannot be built: `LsnRange::new` refuses it.)
