@@ -27,6 +27,7 @@ use crate::cdc::{
 };
 use crate::host::TimerTrigger;
 use crate::report::{Report, TableResult};
+use crate::sink::blob::BlockPrefix;
 use crate::sink::rows::CsvBlobSink;
 use crate::window::{self, Plan};
 
@@ -308,7 +309,13 @@ async fn stream_window(
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
     let block_size = ctx.settings.block_size;
-    let mut sink = ctx.csv_sink(ctx.blobs.writer(&window.blob, metadata, block_size));
+    let mut writer = ctx.blobs.writer(&window.blob, metadata, block_size);
+    // Two runs can stream different ranges under one name (the same trigger time, read
+    // from different watermarks) before one of them loses at the record: block IDs of their
+    // own keep the loser's staged blocks out of the winner's block list.
+    let (from, to) = (window.range.from(), window.range.to());
+    writer.block_prefix(BlockPrefix::of(&[&from.0, &to.0]));
+    let mut sink = ctx.csv_sink(writer);
     let mut first_row = ContainerFirst {
         ctx,
         sink: &mut sink,
