@@ -328,7 +328,7 @@ impl BlobWriter {
         let target = self.target.clone();
         let id = block_id_in(&self.block_prefix, index);
         self.in_flight = Some(tokio::spawn(async move {
-            stage_block(&client, &retry, &target, id, block).await
+            stage_block(&client, &retry, &target, (index, id), block).await
         }));
         Ok(())
     }
@@ -348,7 +348,7 @@ async fn stage_block(
     client: &BlockBlobClient,
     retry: &RetryPolicy,
     target: &str,
-    id: Vec<u8>,
+    (index, id): (u32, Vec<u8>),
     block: Bytes,
 ) -> Result<(), SinkError> {
     let md5 = Md5::digest(&block).to_vec();
