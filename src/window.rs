@@ -81,6 +81,31 @@ pub fn capture_has_passed(progress: &CaptureProgress, trigger_time: DateTime<Utc
             .is_some_and(|scan| scan > trigger_time)
 }
 
+/// How long a run waiting for capture pauses before asking again: `poll`
+/// (`CDC_CAPTURE_POLL_SECONDS`), or a second while the capture job is seen scanning (a
+/// drained log scan within [`SCANNING_RECENTLY`] of the trigger time): its next scan is due
+/// within its polling interval (5 s by default), and asking is one cheap statement. A job
+/// whose last drained scan is older is not scanning; asking every second would only add
+/// statements.
+pub fn next_poll(
+    progress: &CaptureProgress,
+    trigger_time: DateTime<Utc>,
+    poll: std::time::Duration,
+) -> std::time::Duration {
+    let scanning = progress
+        .drained_since
+        .is_some_and(|scan| scan >= trigger_time - SCANNING_RECENTLY);
+    if scanning {
+        poll.min(std::time::Duration::from_secs(1))
+    } else {
+        poll
+    }
+}
+
+/// A capture job that scanned this shortly before the trigger time is taken to be running.
+/// Longer than Azure SQL Database's 20 s scheduler interval and SQL Server's usual polling.
+pub const SCANNING_RECENTLY: chrono::Duration = chrono::Duration::seconds(60);
+
 /// How far capture trails the trigger time when that is more than a healthy capture job can
 /// explain (a dummy mapping row every [`IDLE_MAPPING_INTERVAL`] plus the run's `wait`), and
 /// no drained log scan shows it passed: the capture job has stopped (SQL Server Agent down,
@@ -341,6 +366,31 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn polls_are_quick_only_while_the_capture_job_is_seen_scanning() {
+        let five = std::time::Duration::from_secs(5);
+        let one = std::time::Duration::from_secs(1);
+        let cases = [
+            ("view unreadable", None, five),
+            ("scanned 3 s before the trigger", Some(897), one),
+            ("scanned exactly a minute before", Some(840), one),
+            ("last scan an hour before: not scanning", Some(-2700), five),
+        ];
+        for (name, drained, want) in cases {
+            assert_eq!(
+                next_poll(&scanned(Some(600), drained), t(15), five),
+                want,
+                "{name}"
+            );
+        }
+        let half = std::time::Duration::from_millis(500);
+        assert_eq!(
+            next_poll(&scanned(None, Some(899)), t(15), half),
+            half,
+            "never slower"
+        );
     }
 
     #[test]

@@ -859,6 +859,10 @@ async fn a_stopped_capture_job_warns_and_an_idle_one_does_not() {
         let report = bench.incremental(trigger).await;
         clock.abort();
         let case = format!("visible {visible}, stopped {stopped}");
+        if stopped {
+            // Polls at 0, 5, …, 30 s: a job not seen scanning is not asked every second.
+            assert_eq!(bench.faults.calls()[&Method::CaptureProgress], 7, "{case}");
+        }
         assert_eq!(report.status, Status::Done, "{case}: {:?}", report.logs());
         let table = &report.return_value()["tables"][0];
         let text = captured.text();

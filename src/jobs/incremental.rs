@@ -227,7 +227,8 @@ async fn wait_for_capture(
             );
             return Ok(progress);
         }
-        tokio::time::sleep(poll_interval(ctx, &progress).min(deadline - now)).await;
+        let pause = window::next_poll(&progress, trigger_time, ctx.settings.capture_poll);
+        tokio::time::sleep(pause.min(deadline - now)).await;
     }
 }
 
@@ -269,20 +270,6 @@ fn warn_if_stalled(
         window::IDLE_MAPPING_INTERVAL.num_seconds(),
     ));
 }
-
-/// How long to wait before asking again. When the log scan sessions are readable, the next
-/// drained scan is due within the capture job's polling interval (5 s by default), and the
-/// read is one cheap statement: ask every second rather than every `CDC_CAPTURE_POLL_SECONDS`.
-fn poll_interval(ctx: &Context, progress: &CaptureProgress) -> std::time::Duration {
-    let poll = ctx.settings.capture_poll;
-    if progress.drained_since.is_some() {
-        poll.min(DRAINED_SCAN_POLL)
-    } else {
-        poll
-    }
-}
-
-const DRAINED_SCAN_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Streams the window's net changes into its blob's staged blocks, after checking they have
 /// not been cleaned up (guarantee 5: a gap fails loudly, never silently). Nothing is visible
