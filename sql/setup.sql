@@ -85,11 +85,9 @@ BEGIN
     );
 END;
 
-/* 4. Permissions for the copier's database user (uncomment and name it). For Entra ID with a
-      managed identity: CREATE USER [<function-app-name>] FROM EXTERNAL PROVIDER;
-      SELECT on the source table and the cdc schema (the change functions), and read/write on
-      the watermark table. Nothing else is needed. */
--- CREATE USER cdc_copier FOR LOGIN cdc_copier;
--- GRANT SELECT ON OBJECT::dbo.customers TO cdc_copier;
--- GRANT SELECT ON SCHEMA::cdc TO cdc_copier;
--- GRANT SELECT, INSERT, UPDATE ON OBJECT::cdc_copy.watermark TO cdc_copier;
+/* 4. Permissions for the copier's database user: not here. sql/grant-managed-identity.sql
+      grants only what the copier needs for the tables in CDC_TABLES (their captured columns,
+      their capture instances' functions and gating roles, two cdc metadata tables, the
+      watermark table). Not SELECT on the cdc schema: that exposes every change table. For a
+      SQL login, create its user first, then run the grant script with that user:
+        CREATE USER cdc_copier FOR LOGIN cdc_copier; */

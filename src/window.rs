@@ -136,7 +136,7 @@ pub fn capture_lag(
 
 /// The full load's baseline: the max LSN read before the scan, but never below the capture
 /// instance's first LSN minus one, so that `increment(baseline) >= min_lsn` holds for a
-/// capture instance enabled moments before the load (its changes start after the snapshot).
+/// capture instance enabled moments before the load (its changes start after the baseline).
 pub fn baseline(max_lsn: Lsn, min_lsn: Lsn) -> Lsn {
     let floor = min_lsn.decrement().unwrap_or(Lsn::ZERO);
     max_lsn.max(floor)

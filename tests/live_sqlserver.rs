@@ -23,6 +23,8 @@
 mod common;
 #[path = "live_sqlserver/idle.rs"]
 mod idle;
+#[path = "live_sqlserver/least_privilege.rs"]
+mod least_privilege;
 use cdc_copy_testkit::live::LiveSql;
 use cdc_copy_testkit::tds;
 
@@ -110,6 +112,15 @@ fn ado_pairs(conn: &str) -> Vec<&str> {
 
 /// `conn` with its `Database=` / `Initial Catalog=` replaced by `database`.
 fn with_database(conn: &str, database: &str) -> String {
+    replace_pairs(
+        conn,
+        &["database", "initial catalog"],
+        &[format!("Database={database}")],
+    )
+}
+
+/// `conn` without the pairs whose key (case-insensitive) is in `keys`, then `added` appended.
+fn replace_pairs(conn: &str, keys: &[&str], added: &[String]) -> String {
     let mut kept: Vec<&str> = ado_pairs(conn)
         .into_iter()
         .filter(|pair| {
@@ -119,11 +130,10 @@ fn with_database(conn: &str, database: &str) -> String {
                 .unwrap_or("")
                 .trim()
                 .to_ascii_lowercase();
-            key != "database" && key != "initial catalog"
+            !keys.contains(&key.as_str())
         })
         .collect();
-    let database = format!("Database={database}");
-    kept.push(&database);
+    kept.extend(added.iter().map(String::as_str));
     kept.join(";")
 }
 
@@ -270,6 +280,25 @@ async fn run_setup_sql(client: &mut Sql) {
 // The database guard.
 // ---------------------------------------------------------------------------------------------
 
+/// `<pid>_<ms>_<n>`: unique per test process and call, for the names of server objects.
+fn unique_stamp() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_millis(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The server of connection string `conn`, logged in to `master`.
+fn master_of(conn: &str) -> Config {
+    let mut server = Config::from_ado_string(conn)
+        .unwrap_or_else(|_| panic!("{ENV} is not a valid ADO.NET connection string"));
+    server.database("master");
+    server
+}
+
 /// A uniquely named database, dropped (CDC jobs first) when the guard goes out of scope,
 /// whether the test passed or panicked.
 struct TestDatabase {
@@ -282,16 +311,8 @@ struct TestDatabase {
 
 impl TestDatabase {
     async fn create(conn: &str) -> TestDatabase {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "cdc_copy_live_{}_{}_{}",
-            std::process::id(),
-            Utc::now().timestamp_millis(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let mut server = Config::from_ado_string(conn)
-            .unwrap_or_else(|_| panic!("{ENV} is not a valid ADO.NET connection string"));
-        server.database("master");
+        let name = format!("cdc_copy_live_{}", unique_stamp());
+        let server = master_of(conn);
         let mut master = connect(&server).await;
         batch(&mut master, &format!("CREATE DATABASE [{name}];")).await;
         let guard = TestDatabase {
@@ -299,7 +320,7 @@ impl TestDatabase {
             name,
             server,
         };
-        // As compose.yaml's mssql-setup does: lets the full load read a snapshot.
+        // As compose.yaml's mssql-setup does (the copier itself reads without a snapshot).
         batch(
             &mut master,
             &format!(
@@ -329,61 +350,92 @@ impl Drop for TestDatabase {
             eprintln!("{KEEP_ENV}: keeping database {}", self.name);
             return;
         }
-        let server = self.server.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime (maybe while unwinding): do the async clean-up
-        // on a thread of its own with its own runtime, and never panic here.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => return Err(format!("runtime: {e}")),
-            };
-            runtime.block_on(async move {
-                let tcp = TcpStream::connect(server.get_addr())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tcp.set_nodelay(true).ok();
-                let mut master = Client::connect(server, tcp.compat_write())
-                    .await
-                    .map_err(|e| e.to_string())?;
+        let name = &self.name;
+        clean_up(
+            &format!("clean-up of test database {name}"),
+            self.server.clone(),
+            vec![
                 // Removes the capture and cleanup Agent jobs, which DROP DATABASE leaves behind.
-                let disable = format!(
+                format!(
                     "IF EXISTS (SELECT 1 FROM sys.databases WHERE name = N'{name}' AND is_cdc_enabled = 1) \
                      EXEC [{name}].sys.sp_cdc_disable_db;"
-                );
-                if let Err(e) = run(&mut master, &disable).await {
-                    eprintln!("disabling CDC in {name} before the drop: {e}");
-                }
-                run(
-                    &mut master,
-                    &format!(
-                        "ALTER DATABASE [{name}] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; \
-                         DROP DATABASE [{name}];"
-                    ),
-                )
-                .await
-            })
-        });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
-            Err(_) => eprintln!("dropping test database {} panicked", self.name),
-        }
+                ),
+                format!(
+                    "ALTER DATABASE [{name}] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; \
+                     DROP DATABASE [{name}];"
+                ),
+            ],
+        );
+    }
+}
 
-        async fn run(client: &mut Sql, sql: &str) -> Result<(), String> {
-            client
-                .simple_query(sql)
+/// Runs a drop guard's clean-up `batches` on `server`, in order. Drop runs inside the test's
+/// runtime (maybe while unwinding), so the async work happens on a thread with a runtime of its
+/// own, and nothing here panics: a failed batch is reported under `what` and the next one still
+/// runs.
+fn clean_up(what: &str, server: Config, batches: Vec<String>) {
+    let cleanup = std::thread::spawn(move || -> Result<Vec<Result<(), String>>, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("runtime: {e}"))?;
+        runtime.block_on(async move {
+            let tcp = TcpStream::connect(server.get_addr())
                 .await
-                .map_err(|e| e.to_string())?
-                .into_results()
+                .map_err(|e| e.to_string())?;
+            tcp.set_nodelay(true).ok();
+            let mut client = Client::connect(server, tcp.compat_write())
                 .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            let mut results = Vec::new();
+            for sql in &batches {
+                results.push(run(&mut client, sql).await);
+            }
+            Ok(results)
+        })
+    });
+    match cleanup.join() {
+        Ok(Ok(results)) => {
+            for error in results.into_iter().filter_map(Result::err) {
+                eprintln!("{what}: {error}");
+            }
+        }
+        Ok(Err(e)) => eprintln!("{what}: {e}"),
+        Err(_) => eprintln!("{what}: panicked"),
+    }
+
+    async fn run(client: &mut Sql, sql: &str) -> Result<(), String> {
+        let done = client
+            .simple_query(sql)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_results()
+            .await;
+        done.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// Blob Storage for a live test: `CDC_COPY_TEST_STORAGE`, or a fresh Azurite (the guard
+/// returned with it keeps that one running).
+fn live_storage() -> (Option<Azurite>, String) {
+    match std::env::var(STORAGE_ENV) {
+        Ok(storage) if !storage.trim().is_empty() => (None, storage),
+        _ => {
+            let azurite = Azurite::start();
+            let storage = azurite.connection_string.clone();
+            (Some(azurite), storage)
         }
     }
+}
+
+/// The production runner over `settings` (its `SqlServerSource` and `BlobTarget`), and the
+/// blob target to read what it wrote.
+fn production_runner(settings: Settings) -> (Runner, BlobTarget) {
+    let blobs = BlobTarget::new(&settings.storage, &settings.container).expect("blob target");
+    let source = SqlServerSource::new(&settings.sql, settings.watermark_table.clone())
+        .expect("SqlServerSource::new");
+    let runner = Runner::new(Arc::new(settings), Arc::new(source), blobs.clone());
+    (runner, blobs)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -687,20 +739,9 @@ async fn live_full_load_and_incremental_copy() {
     let first_max_lsn = wait_for_first_capture(&mut sql, &db.name).await;
 
     // --- Storage: a real Azurite, our own container (the product must create it).
-    let (_azurite, storage) = match std::env::var(STORAGE_ENV) {
-        Ok(storage) if !storage.trim().is_empty() => (None, storage),
-        _ => {
-            let azurite = Azurite::start();
-            let storage = azurite.connection_string.clone();
-            (Some(azurite), storage)
-        }
-    };
+    let (_azurite, storage) = live_storage();
     let container = unique_container("live");
-    let settings = settings(&db.connection_string, &storage, &container);
-    let blobs = BlobTarget::new(&settings.storage, &container).expect("blob target");
-    let source = SqlServerSource::new(&settings.sql, settings.watermark_table.clone())
-        .expect("SqlServerSource::new");
-    let runner = Runner::new(Arc::new(settings), Arc::new(source), blobs.clone());
+    let (runner, blobs) = production_runner(settings(&db.connection_string, &storage, &container));
 
     // `handler check` before any load: everything reachable, the watermark missing.
     let checks = runner.check().await;

@@ -1,4 +1,4 @@
-//! FullLoad: the snapshot that incremental windows continue from.
+//! FullLoad: the copy of every row that incremental windows continue from.
 //!
 //! The baseline LSN is read before the scan, so every change after it goes to the incremental
 //! side (rows changed during the scan may appear in both; consumers upsert by key). The table

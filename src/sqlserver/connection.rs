@@ -70,9 +70,11 @@ pub fn sql_error(number: u32, server_message: &str) -> CdcError {
              the login may not open it."
         ),
         229 | 230 | 297 | 300 => format!(
-            "{server_message} The copier's login lacks a permission: it needs SELECT on the \
-             source tables and the cdc schema (plus the capture instance's gating role, if \
-             any) and SELECT, INSERT, UPDATE on the watermark table; see docs/sql.md."
+            "{server_message} The copier's login lacks a permission: run \
+             sql/grant-managed-identity.sql for its database user and the CDC_TABLES setting \
+             (SELECT on the captured columns, the capture instance's gating role and \
+             net-changes function, cdc.change_tables, cdc.captured_columns, and SELECT, \
+             INSERT, UPDATE on the watermark table); see docs/sql.md, \"Permissions\"."
         ),
         _ => server_message.to_string(),
     };

@@ -16,22 +16,12 @@ async fn loaded(db: &TestDatabase, wait: u64, poll: u64) -> (Runner, Sql, Option
     batch(&mut sql, CREATE_CUSTOMERS).await;
     run_setup_sql(&mut sql).await;
     wait_for_first_capture(&mut sql, &db.name).await;
-    let (azurite, storage) = match std::env::var(STORAGE_ENV) {
-        Ok(storage) if !storage.trim().is_empty() => (None, storage),
-        _ => {
-            let azurite = Azurite::start();
-            let storage = azurite.connection_string.clone();
-            (Some(azurite), storage)
-        }
-    };
+    let (azurite, storage) = live_storage();
     let container = unique_container("live-idle");
     let mut settings = settings(&db.connection_string, &storage, &container);
     settings.capture_wait = Duration::from_secs(wait);
     settings.capture_poll = Duration::from_secs(poll);
-    let blobs = BlobTarget::new(&settings.storage, &container).expect("blob target");
-    let source = SqlServerSource::new(&settings.sql, settings.watermark_table.clone())
-        .expect("SqlServerSource::new");
-    let runner = Runner::new(Arc::new(settings), Arc::new(source), blobs);
+    let (runner, _blobs) = production_runner(settings);
     let report = runner
         .full_load(FullLoadRequest {
             tables: vec![],

@@ -1,0 +1,305 @@
+//! `sql/grant-managed-identity.sql` against the statements the copier sends.
+//!
+//! Why it exists: the grant script is T-SQL that no test double runs, and a least-privileged
+//! login is exactly where a statement that reads one more object fails (Msg 229) — on the
+//! customer's server, not here. So every `sys.*` / `cdc.*` object and every templated name
+//! (`{table}`, `{watermark}`, `cdc.{function}`) in `src/sqlserver/sql.rs` must be accounted
+//! for in the script, the script must grant nothing schema-wide, and every name it splices
+//! into dynamic SQL must pass through `QUOTENAME`. The live suite's
+//! `least_privilege::live_product_runs_as_a_least_privileged_login` runs the script on SQL
+//! Server; this file keeps it honest offline.
+
+use std::collections::BTreeSet;
+
+const STATEMENTS: &str = include_str!("../src/sqlserver/sql.rs");
+const GRANT_SCRIPT: &str = include_str!("../sql/grant-managed-identity.sql");
+const DEPLOY_DOC: &str = include_str!("../docs/deploy.md");
+
+/// The product part of `sql.rs` (its unit tests quote example names).
+fn product_statements() -> &'static str {
+    STATEMENTS
+        .split("#[cfg(test)]")
+        .next()
+        .expect("sql.rs has text")
+}
+
+/// Every `sys.<name>` / `cdc.<name>` in `text`, brackets dropped, templates kept as written
+/// (`cdc.{function}`).
+fn objects(text: &str) -> BTreeSet<String> {
+    let text = &text.replace("[sys].", "sys.").replace("[cdc].", "cdc.");
+    let mut found = BTreeSet::new();
+    for schema in ["sys.", "cdc."] {
+        for (at, _) in text.match_indices(schema) {
+            let preceded_by_name = text[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            if preceded_by_name {
+                continue; // `ct.capture_instance`, `crate::cdc.` and the like
+            }
+            let name: String = text[at + schema.len()..]
+                .chars()
+                .skip_while(|&c| c == '[')
+                .take_while(|&c| c.is_ascii_alphanumeric() || c == '_' || c == '{' || c == '}')
+                .collect();
+            if !name.is_empty() {
+                found.insert(format!("{schema}{name}"));
+            }
+        }
+    }
+    found
+}
+
+/// `text` with every `QUOTENAME(...)` call (nested parentheses included) removed.
+fn without_quotename(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("QUOTENAME(") {
+        out.push_str(&rest[..at]);
+        let mut depth = 0;
+        let mut end = rest.len();
+        for (i, c) in rest[at..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = at + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The `@variables` an expression mentions.
+fn variables(expression: &str) -> BTreeSet<String> {
+    expression
+        .match_indices('@')
+        .map(|(at, _)| {
+            expression[at..]
+                .chars()
+                .take_while(|&c| c == '@' || c.is_ascii_alphanumeric() || c == '_')
+                .collect::<String>()
+        })
+        .filter(|v| v.len() > 1)
+        .collect()
+}
+
+/// The T-SQL outside `/* … */` and `-- …` comments.
+fn code_of(script: &str) -> String {
+    let mut code = String::new();
+    let mut rest = script;
+    while let Some(at) = rest.find("/*") {
+        code.push_str(&rest[..at]);
+        rest = rest[at..].split_once("*/").map_or("", |(_, after)| after);
+    }
+    code.push_str(rest);
+    code.lines()
+        .map(|line| line.split_once("--").map_or(line, |(before, _)| before))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn object_scanner_finds_the_names_statements_use() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "SELECT sys.fn_cdc_get_max_lsn() AS max_lsn;",
+            &["sys.fn_cdc_get_max_lsn"],
+        ),
+        (
+            "FROM cdc.change_tables AS ct JOIN sys.tables AS t ON ct.source_object_id = t.object_id",
+            &["cdc.change_tables", "sys.tables"],
+        ),
+        (
+            "SELECT * FROM cdc.{function}(@P1) ORDER BY x",
+            &["cdc.{function}"],
+        ),
+        (
+            "FROM [sys].[columns] AS c, cdc.[captured_columns] AS cc",
+            &["cdc.captured_columns", "sys.columns"],
+        ),
+        ("use crate::cdc::TableRef; ct.capture_instance", &[]),
+    ];
+    for (text, want) in cases {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        assert_eq!(objects(text), want, "{text}");
+    }
+}
+
+#[test]
+fn every_object_the_statements_read_is_covered_by_the_grant_script() {
+    let read = objects(product_statements());
+    assert!(
+        read.contains("sys.fn_cdc_get_max_lsn") && read.contains("cdc.change_tables"),
+        "the scanner found the statements: {read:?}"
+    );
+    // A templated name is covered by the grant that the script builds for it.
+    let templated: &[(&str, &str)] = &[
+        (
+            "cdc.{function}",
+            "N'GRANT SELECT ON OBJECT::[cdc].' + QUOTENAME(@net_changes)",
+        ),
+        ("{table}", "N' (' + @columns + N') TO ' + @grantee"),
+        (
+            "{watermark}",
+            "N'GRANT SELECT, INSERT, UPDATE ON OBJECT::' + @watermark",
+        ),
+    ];
+    let code = code_of(GRANT_SCRIPT);
+    for (placeholder, grant) in templated {
+        if product_statements().contains(placeholder) {
+            assert!(
+                code.contains(grant),
+                "{placeholder} is read by a statement but the grant script has no `{grant}`"
+            );
+        }
+    }
+    let missing: Vec<&String> = read
+        .iter()
+        .filter(|o| o.as_str() != "cdc.{function}")
+        .filter(|o| !GRANT_SCRIPT.contains(o.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "statements in src/sqlserver/sql.rs read {missing:?}, which sql/grant-managed-identity.sql \
+         neither grants nor lists (in its table of what covers each object, with the Microsoft page)"
+    );
+}
+
+#[test]
+fn the_grant_script_grants_nothing_schema_wide_and_no_broad_roles() {
+    let code = code_of(GRANT_SCRIPT).to_ascii_uppercase();
+    for line in code.lines().filter(|l| l.contains("GRANT ")) {
+        assert!(
+            !line.contains("SCHEMA::"),
+            "a schema-wide grant covers every change table: {line}"
+        );
+    }
+    for role in ["DB_DATAREADER", "DB_OWNER", "DB_DATAWRITER"] {
+        assert!(
+            !code.contains(&format!("ALTER ROLE {role} ADD MEMBER")),
+            "{role}"
+        );
+    }
+    // Gating roles are joined only for the configured capture instances (@instances).
+    let adds: Vec<&str> = code.match_indices("ADD MEMBER").map(|_| "").collect();
+    assert_eq!(adds.len(), 1, "one place adds role members");
+    let add_at = code.find("ADD MEMBER").unwrap();
+    let cursor_at = code[..add_at]
+        .rfind("CURSOR")
+        .expect("inside a cursor loop");
+    assert!(
+        code[cursor_at..add_at].contains("FROM @INSTANCES"),
+        "roles come from the configured instances"
+    );
+}
+
+#[test]
+fn the_grant_script_splices_names_only_through_quotename() {
+    let code = code_of(GRANT_SCRIPT);
+    // Variables that hold text already quoted (checked where they are built, below).
+    let quoted = ["@sql", "@grantee", "@watermark", "@columns"];
+    for (name, definition) in [
+        ("@grantee", "@grantee nvarchar(258) = QUOTENAME(@principal);"),
+        (
+            "@watermark",
+            "@watermark nvarchar(600) = QUOTENAME(@watermark_schema) + N'.' + QUOTENAME(@watermark_table);",
+        ),
+        (
+            "@columns",
+            "@columns = STRING_AGG(CONVERT(nvarchar(max), QUOTENAME(cols.column_name)), N', ')",
+        ),
+    ] {
+        assert!(code.contains(definition), "{name} is built as `{definition}`");
+    }
+    let mut checked = 0;
+    for statement in code.split("SET @sql =").skip(1) {
+        let expression = statement.split(';').next().unwrap_or_default();
+        let unquoted: Vec<String> = variables(&without_quotename(expression))
+            .into_iter()
+            .filter(|v| !quoted.contains(&v.as_str()))
+            .collect();
+        assert!(
+            unquoted.is_empty(),
+            "dynamic SQL splices {unquoted:?} without QUOTENAME: {expression}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "found only {checked} dynamic statements");
+    // Dynamic SQL runs only through sp_executesql with the checked @sql.
+    for line in code.lines().filter(|l| l.contains("EXEC")) {
+        assert_eq!(line.trim(), "EXEC sys.sp_executesql @sql;", "{line}");
+    }
+}
+
+#[test]
+fn the_grant_script_is_one_batch_whose_inputs_the_deploy_guide_passes() {
+    assert!(
+        !GRANT_SCRIPT
+            .lines()
+            .any(|l| l.trim().eq_ignore_ascii_case("GO")),
+        "one batch: its DECLAREd inputs must reach every step (and the live suite sends it whole)"
+    );
+    let inputs: BTreeSet<String> = GRANT_SCRIPT
+        .match_indices("$(")
+        .map(|(at, _)| {
+            GRANT_SCRIPT[at + 2..]
+                .chars()
+                .take_while(|&c| c != ')')
+                .collect()
+        })
+        .collect();
+    let want: BTreeSet<String> = ["IDENTITY_NAME", "CDC_TABLES", "CDC_WATERMARK_TABLE"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(inputs, want, "sqlcmd variables of the script");
+    for input in &inputs {
+        assert!(
+            DEPLOY_DOC.contains(&format!("{input}=")),
+            "docs/deploy.md runs the script without -v {input}=…"
+        );
+        assert!(
+            GRANT_SCRIPT.contains(&format!("{input}=")),
+            "the script's own usage line passes {input}"
+        );
+    }
+}
+
+#[test]
+fn quotename_stripping_and_variable_scan() {
+    assert_eq!(
+        without_quotename("N'x' + QUOTENAME(OBJECT_NAME(@id)) + N' TO ' + @grantee"),
+        "N'x' +  + N' TO ' + @grantee"
+    );
+    assert_eq!(
+        variables("N'a' + @grantee + N';' + @b_2"),
+        ["@b_2", "@grantee"].into_iter().map(String::from).collect()
+    );
+    assert_eq!(
+        code_of("/* $(X) */ SELECT 1; -- note\nSELECT 2;"),
+        " SELECT 1; \nSELECT 2;"
+    );
+}
+
+#[test]
+fn permission_errors_point_at_the_grant_script() {
+    for number in [229, 230, 297, 300] {
+        let message = cdc_copy::sqlserver::connection::sql_error(number, "denied.").to_string();
+        assert!(
+            message.contains("sql/grant-managed-identity.sql") && message.contains("CDC_TABLES"),
+            "Msg {number}: {message}"
+        );
+        assert!(
+            !message.contains("cdc schema"),
+            "the schema-wide grant is gone: {message}"
+        );
+    }
+}
