@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cdc_copy::cdc::RowSinkError;
-use cdc_copy::cdc::{CdcSource, Lsn, LsnRange, RowFilter, RowSink, TableRef, Value};
+use cdc_copy::cdc::{
+    CdcSource, Lsn, LsnRange, RowFilter, RowSink, TableRef, TableState, Value, Watermark,
+};
 use cdc_copy::config::Settings;
 use cdc_copy::host::{FullLoadRequest, TimerTrigger};
 use cdc_copy::jobs::{self, Context};
@@ -60,6 +62,7 @@ const SCENARIOS: &[&str] = &[
     "incremental-1M",
     "incremental-5M",
     "incremental-zero",
+    "incremental-idle",
 ];
 
 // ----- measurements -------------------------------------------------------------------------
@@ -242,7 +245,7 @@ async fn model_scan_secs(m: &CdcModel, part_rows: u64) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// Seconds the model takes to count and stream the net changes in `(from, to]` into a
+/// Seconds the model takes to stream the net changes in `(from, to]` into a
 /// [`CountingSink`] (the source's share of an incremental window).
 async fn model_net_secs(m: &CdcModel, after: Lsn, to: Lsn, expected: u64) -> f64 {
     let mut session = m.session().await.expect("session");
@@ -252,16 +255,12 @@ async fn model_net_secs(m: &CdcModel, after: Lsn, to: Lsn, expected: u64) -> f64
         .expect("capture instance");
     let range = LsnRange::after(after, to).expect("changes after the baseline");
     let started = Instant::now();
-    let count = session
-        .count_net_changes(&ci, range, RowFilter::All)
-        .await
-        .expect("count");
     let mut sink = CountingSink::default();
-    session
+    let sent = session
         .net_changes(&ci, range, RowFilter::All, &mut sink)
         .await
         .expect("net changes");
-    assert_eq!((count, sink.0), (expected, expected));
+    assert_eq!((sent, sink.0), (expected, expected));
     started.elapsed().as_secs_f64()
 }
 
@@ -440,7 +439,7 @@ async fn incremental(name: &str, changes: u64) -> Figures {
         base_rss_kib: Some(base_rss),
         note: format!(
             "one window ({blobs} blobs in the container incl. the {BASELINE_ROWS}-row baseline); \
-             the model alone counts and streams the window in {model_secs:.2} s"
+             the model alone streams the window in {model_secs:.2} s"
         ),
     }
 }
@@ -510,6 +509,148 @@ async fn incremental_zero() -> Figures {
     }
 }
 
+/// Idle runs per configuration of the idle scenario.
+const IDLE_RUNS: u32 = 40;
+
+/// IncrementalCopy on a database with no changes, against the model configured like an idle
+/// SQL Server: the capture job scans the log every `polling` and writes a dummy mapping row
+/// at most every 5 minutes, so `map_lsn_to_time(get_max_lsn())` trails every trigger. Time is
+/// tokio's paused clock, which the model's clock follows: a run's duration is what it would
+/// be on a server (its waits), not this machine's speed. With the log scan sessions readable,
+/// a run goes on at the first drained scan after its trigger; without, it waits the whole
+/// `CDC_CAPTURE_WAIT_SECONDS` (120 s) unless a dummy mapping row comes first. Triggers are
+/// 15 min 47.3 s apart, so that over the runs they fall at every point of the capture job's
+/// polling cycle and of its 5-minute dummy cycle (exactly 15 minutes would lock them to one
+/// phase of the dummy cycle, a resonance of the model's, not of a real server's timing).
+fn incremental_idle() -> Figures {
+    let mut notes = Vec::new();
+    let mut worst_with_signal = 0.0f64;
+    for (polling_s, visible) in [(5, true), (1, true), (5, false)] {
+        // A runtime of its own per configuration: each pauses its clock once.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let (mean, max, statements) = runtime.block_on(idle_runs(polling_s, visible));
+        if visible && polling_s == 5 {
+            worst_with_signal = max;
+        }
+        notes.push(format!(
+            "polling {polling_s} s, log scan sessions {}: wall per run mean {mean:.2} s, max {max:.2} s, {statements:.1} statements",
+            if visible { "readable" } else { "not readable" },
+        ));
+    }
+    Figures {
+        rows: 0,
+        bytes: 0,
+        secs: worst_with_signal,
+        note: format!(
+            "{IDLE_RUNS} idle runs each (model time = a real run's wall time): {}",
+            notes.join("; ")
+        ),
+        ..Default::default()
+    }
+}
+
+/// `IDLE_RUNS` idle runs: (mean and max run duration in seconds, mean statements per run).
+async fn idle_runs(polling_s: i64, visible: bool) -> (f64, f64, f64) {
+    let start = Utc.with_ymd_and_hms(2026, 1, 5, 9, 0, 0).unwrap();
+    let m = CdcModel::new(start)
+        .like_idle_sql_server(chrono::Duration::seconds(polling_s))
+        .with_log_scan_sessions(visible);
+    m.create_generated_table(
+        table(),
+        column_names(),
+        vec!["customer_id".to_string()],
+        BASELINE_ROWS,
+        customer,
+    )
+    .expect("create table");
+    m.enable_cdc(&table(), "dbo_customers", true)
+        .expect("enable cdc");
+    m.advance(chrono::Duration::minutes(1));
+    // Already loaded: a watermark at the end of the change stream (no Blob Storage needed).
+    m.set_watermark(Watermark {
+        table: table(),
+        capture_instance: "dbo_customers".into(),
+        last_lsn: m.max_lsn(),
+        last_window_end: m.now(),
+        state: TableState::Ready,
+        rows_copied: 0,
+        bytes_copied: 0,
+        version: 1,
+        updated_at: m.now(),
+    });
+    // Azurite's well-known development account on a port nothing listens on: never
+    // contacted, since an idle run does no Blob Storage request.
+    let storage = format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://127.0.0.1:9/devstoreaccount1",
+        cdc_copy::config::DEV_ACCOUNT_KEY
+    );
+    let vars: HashMap<String, String> = [
+        ("CDC_SQL_CONNECTION_STRING", "Server=tcp:localhost,1433;Database=shop;User ID=bench;Password=unused;Encrypt=true;TrustServerCertificate=true".to_string()),
+        ("CDC_TABLES", "dbo.customers".to_string()),
+        ("CDC_STORAGE_CONNECTION_STRING", storage),
+        ("CDC_CONTAINER", "idle".to_string()),
+        ("CDC_CAPTURE_WAIT_SECONDS", "120".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let settings = Settings::from_map(&vars).expect("bench settings are valid");
+    let faults = Faults::new();
+    let clock_model = m.clone();
+    let ctx = Context {
+        blobs: BlobTarget::new(&settings.storage, &settings.container).expect("target"),
+        settings: Arc::new(settings),
+        source: faults.wrap(Arc::new(m.clone())),
+        clock: Arc::new(move || clock_model.now()),
+        container_ready: Arc::default(),
+    };
+    tokio::time::pause();
+    // The server's clock runs with tokio's, in 100 ms steps.
+    let clock = m.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            clock.advance(chrono::Duration::milliseconds(100));
+        }
+    });
+    let (mut total, mut max, mut statements) = (0.0f64, 0.0f64, 0u64);
+    let first = tokio::time::Instant::now();
+    for run in 1..=IDLE_RUNS {
+        // Fixed trigger times, whatever the runs before took.
+        tokio::time::sleep_until(first + Duration::from_millis(947_300) * run).await;
+        faults.reset_calls();
+        let started = tokio::time::Instant::now();
+        let report = jobs::incremental::run(&ctx, &trigger(m.now())).await;
+        let secs = started.elapsed().as_secs_f64();
+        expect_done("idle run", &report);
+        assert!(
+            report.tables[0].blobs.is_empty(),
+            "an idle run writes no blob"
+        );
+        assert!(
+            report.tables[0].warning.is_none(),
+            "an idle capture is healthy"
+        );
+        total += secs;
+        max = max.max(secs);
+        statements += faults
+            .calls()
+            .iter()
+            .filter(|(method, _)| **method != Method::Session)
+            .map(|(_, n)| n)
+            .sum::<u64>();
+    }
+    ticker.abort();
+    (
+        total / f64::from(IDLE_RUNS),
+        max,
+        statements as f64 / f64::from(IDLE_RUNS),
+    )
+}
+
 fn child(name: &str, args: &[String]) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -533,6 +674,7 @@ fn child(name: &str, args: &[String]) {
         "incremental-1M" => runtime.block_on(incremental(name, 1_000_000)),
         "incremental-5M" => runtime.block_on(incremental(name, 5_000_000)),
         "incremental-zero" => runtime.block_on(incremental_zero()),
+        "incremental-idle" => incremental_idle(),
         other => panic!("unknown scenario {other:?}; known: {SCENARIOS:?}"),
     };
     report(name, figures);
@@ -548,7 +690,9 @@ struct Row {
 /// Runs one scenario in a fresh child process, against a fresh Azurite (empty storage, so no
 /// run is slowed by what earlier runs left; csv-only needs none).
 fn run_child(name: &str, extra: &[String]) -> serde_json::Value {
-    let azurite = (name != "csv-only").then(azurite::Azurite::start);
+    // csv-only needs no storage; an idle run does no Blob Storage request.
+    let needs_storage = !matches!(name, "csv-only" | "incremental-idle");
+    let azurite = needs_storage.then(azurite::Azurite::start);
     let conn = azurite
         .as_ref()
         .map(|a| a.connection_string.clone())

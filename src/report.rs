@@ -52,6 +52,13 @@ pub struct TableResult {
     /// How far the capture process trailed the trigger time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capture_lag_ms: Option<i64>,
+    /// How long the run waited for the capture process to pass the trigger time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture_wait_ms: Option<u64>,
+    /// Something a person should look at although the table's run succeeded (a capture
+    /// process that looks stopped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// The full load's baseline LSN.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_lsn: Option<Lsn>,
@@ -100,6 +107,8 @@ impl TableResult {
             range: None,
             window_end: None,
             capture_lag_ms: None,
+            capture_wait_ms: None,
+            warning: None,
             baseline_lsn: None,
             parts: None,
             error: None,

@@ -21,8 +21,9 @@ pub enum Plan {
     Copy(Window),
 }
 
-/// The run's plan before counting: `Copy` means there are LSNs to look at, not yet that
-/// they hold net changes (the caller counts and turns an empty count into `Advance`).
+/// The run's plan before streaming: `Copy` means there are LSNs to look at, not yet that
+/// they hold net changes (the caller streams them, and advances without a blob when no row
+/// comes).
 ///
 /// The range starts at `increment(last_lsn)` (CDC intervals are closed, so the previous
 /// upper bound must not be read twice) and ends at the largest LSN at or before the trigger
@@ -53,12 +54,73 @@ pub fn plan(
     }
 }
 
-/// True once the capture process has written everything committed up to `trigger_time`:
-/// `map_lsn_to_time(get_max_lsn()) >= trigger_time`.
+/// The capture process writes a dummy `lsn_time_mapping` row at most this often when it finds
+/// nothing to capture (`cdc.sp_ins_dummy_lsn_time_mapping`, `@dummy_entry_interval = 300`), so
+/// a healthy idle capture's max LSN time trails the clock by up to this much.
+pub const IDLE_MAPPING_INTERVAL: chrono::Duration = chrono::Duration::seconds(300);
+
+/// True once the capture process has written everything committed up to `trigger_time`.
+///
+/// Either of two facts shows it:
+/// - `map_lsn_to_time(get_max_lsn()) >= trigger_time`: capture has written a commit (or a
+///   dummy mapping row) at or after the trigger time, and it captures in commit order;
+/// - a completed log scan session that found nothing to capture began after the trigger
+///   time (`drained_since`): a transaction committed before the trigger time has its commit
+///   record in the log before that scan began, and the scan found nothing left to capture,
+///   so the transaction was captured already.
+///
+/// `drained_since` unknown (`None`) is not evidence either way: the caller waits as before.
+/// Neither fact being wrong can lose a change, only move it: the window's lower bound is the
+/// watermark LSN, so a change captured late lands in the next window.
 pub fn capture_has_passed(progress: &CaptureProgress, trigger_time: DateTime<Utc>) -> bool {
     progress
         .max_lsn_time
         .is_some_and(|time| time >= trigger_time)
+        || progress
+            .drained_since
+            .is_some_and(|scan| scan > trigger_time)
+}
+
+/// How long a run waiting for capture pauses before asking again: `poll`
+/// (`CDC_CAPTURE_POLL_SECONDS`), or a second while the capture job is seen scanning (a
+/// drained log scan within [`SCANNING_RECENTLY`] of the trigger time): its next scan is due
+/// within its polling interval (5 s by default), and asking is one cheap statement. A job
+/// whose last drained scan is older is not scanning; asking every second would only add
+/// statements.
+pub fn next_poll(
+    progress: &CaptureProgress,
+    trigger_time: DateTime<Utc>,
+    poll: std::time::Duration,
+) -> std::time::Duration {
+    let scanning = progress
+        .drained_since
+        .is_some_and(|scan| scan >= trigger_time - SCANNING_RECENTLY);
+    if scanning {
+        poll.min(std::time::Duration::from_secs(1))
+    } else {
+        poll
+    }
+}
+
+/// A capture job that scanned this shortly before the trigger time is taken to be running.
+/// Longer than Azure SQL Database's 20 s scheduler interval and SQL Server's usual polling.
+pub const SCANNING_RECENTLY: chrono::Duration = chrono::Duration::seconds(60);
+
+/// How far capture trails the trigger time when that is more than a healthy capture job can
+/// explain (a dummy mapping row every [`IDLE_MAPPING_INTERVAL`] plus the run's `wait`), and
+/// no drained log scan shows it passed: the capture job has stopped (SQL Server Agent down,
+/// the job stopped, a paused serverless database). `None` when capture looks healthy or has
+/// no mapping at all yet.
+pub fn stalled_capture_lag(
+    progress: &CaptureProgress,
+    trigger_time: DateTime<Utc>,
+    wait: std::time::Duration,
+) -> Option<chrono::Duration> {
+    if capture_has_passed(progress, trigger_time) {
+        return None;
+    }
+    let allowed = IDLE_MAPPING_INTERVAL + chrono::Duration::from_std(wait).ok()?;
+    capture_lag(progress, trigger_time).filter(|lag| *lag > allowed)
 }
 
 /// How far capture trails the trigger time (zero when it has passed it); `None` when CDC
@@ -99,6 +161,18 @@ mod tests {
             max_lsn_time: max_time.map(t),
             lsn_at: at.map(lsn),
             server_utc_offset_minutes: 0,
+            drained_since: None,
+        }
+    }
+
+    /// Capture progress whose max LSN maps to `max_time` and whose newest drained log scan
+    /// began at `drained` (times in seconds after 10:00).
+    fn scanned(max_time: Option<i64>, drained: Option<i64>) -> CaptureProgress {
+        let at = |s: i64| t(0) + chrono::Duration::seconds(s);
+        CaptureProgress {
+            max_lsn_time: max_time.map(at),
+            drained_since: drained.map(at),
+            ..progress(1, None, None)
         }
     }
 
@@ -211,6 +285,7 @@ mod tests {
                     max_lsn_time: Some(t(16)),
                     lsn_at: Some(Lsn::MAX),
                     server_utc_offset_minutes: 0,
+                    drained_since: None,
                 },
                 want: Plan::Advance {
                     window_end: t(15),
@@ -245,6 +320,130 @@ mod tests {
             Some(chrono::Duration::zero())
         );
         assert_eq!(capture_lag(&progress(1, None, None), t(15)), None);
+    }
+
+    /// The trigger is 10:15:00 (900 s); times are seconds after 10:00.
+    #[test]
+    fn a_drained_log_scan_after_the_trigger_passes_it() {
+        let cases = [
+            (
+                "idle, mapping 4 min old, no scan signal",
+                Some(660),
+                None,
+                false,
+            ),
+            (
+                "idle, a drained scan began 1 s after",
+                Some(660),
+                Some(901),
+                true,
+            ),
+            (
+                "a drained scan began exactly at the trigger",
+                Some(660),
+                Some(900),
+                false,
+            ),
+            (
+                "the last drained scan began before",
+                Some(660),
+                Some(899),
+                false,
+            ),
+            (
+                "no mapping yet, a drained scan after",
+                None,
+                Some(905),
+                true,
+            ),
+            ("mapping passed, scan signal unknown", Some(900), None, true),
+            ("mapping passed, old scan", Some(930), Some(100), true),
+        ];
+        for (name, max_time, drained, want) in cases {
+            assert_eq!(
+                capture_has_passed(&scanned(max_time, drained), t(15)),
+                want,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn polls_are_quick_only_while_the_capture_job_is_seen_scanning() {
+        let five = std::time::Duration::from_secs(5);
+        let one = std::time::Duration::from_secs(1);
+        let cases = [
+            ("view unreadable", None, five),
+            ("scanned 3 s before the trigger", Some(897), one),
+            ("scanned exactly a minute before", Some(840), one),
+            ("last scan an hour before: not scanning", Some(-2700), five),
+        ];
+        for (name, drained, want) in cases {
+            assert_eq!(
+                next_poll(&scanned(Some(600), drained), t(15), five),
+                want,
+                "{name}"
+            );
+        }
+        let half = std::time::Duration::from_millis(500);
+        assert_eq!(
+            next_poll(&scanned(None, Some(899)), t(15), half),
+            half,
+            "never slower"
+        );
+    }
+
+    #[test]
+    fn a_stalled_capture_is_told_from_an_idle_one() {
+        let wait = std::time::Duration::from_secs(120);
+        let minutes = |m: i64| Some(chrono::Duration::minutes(m));
+        let cases = [
+            (
+                "dummy row 4 min before the trigger: idle",
+                Some(660),
+                None,
+                None,
+            ),
+            (
+                "dummy row 7 min before: 300 s + 120 s exactly",
+                Some(480),
+                None,
+                None,
+            ),
+            (
+                "8 min behind, no scan signal: stopped",
+                Some(420),
+                None,
+                minutes(8),
+            ),
+            (
+                "an hour behind: stopped",
+                Some(900 - 3600),
+                None,
+                minutes(60),
+            ),
+            (
+                "an hour behind but a drained scan after: idle",
+                Some(-2700),
+                Some(910),
+                None,
+            ),
+            (
+                "an hour behind, last drained scan before: stopped",
+                Some(-2700),
+                Some(100),
+                minutes(60),
+            ),
+            ("no mapping at all", None, None, None),
+            ("capture passed", Some(905), None, None),
+        ];
+        for (name, max_time, drained, want) in cases {
+            assert_eq!(
+                stalled_capture_lag(&scanned(max_time, drained), t(15), wait),
+                want,
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -345,3 +345,43 @@ async fn ingest_rate() {
         mb as f64 / secs
     );
 }
+
+/// Two writers of one blob name with different content (two runs that planned different
+/// windows for one trigger time): with block IDs of their own, the loser's staged blocks
+/// never end up in the winner's blob. With one set of IDs they would (shown first).
+#[tokio::test]
+async fn writers_of_one_name_with_other_content_do_not_mix_blocks() {
+    use cdc_copy::sink::blob::BlockPrefix;
+    let target = fresh_target("mix").await;
+    let (a, b) = (data(64, 1), data(64, 2));
+    for separate in [false, true] {
+        let name = format!("w/separate-{separate}.csv");
+        let mut winner = target.writer(&name, vec![], 16);
+        let mut loser = target.writer(&name, vec![], 16);
+        if separate {
+            winner.block_prefix(BlockPrefix::of(&[b"winner"]));
+            loser.block_prefix(BlockPrefix::of(&[b"loser"]));
+        }
+        winner.write(&a).await.unwrap();
+        winner.flush_full_blocks().await.unwrap();
+        // The loser stages its blocks after the winner's, before the winner commits, then
+        // stops (it lost the watermark record). Each block waits for the one before it, so
+        // with one more block its first four are surely staged.
+        loser.write(&b).await.unwrap();
+        loser.write(&data(16, 3)).await.unwrap();
+        loser.flush_full_blocks().await.unwrap();
+        drop(loser);
+        winner.finish().await.unwrap();
+        let got = target.read(&name).await;
+        if separate {
+            assert_eq!(got.unwrap().unwrap().to_vec(), a, "the winner's bytes only");
+        } else {
+            // The loser's blocks are in the committed blob: its bytes do not match the
+            // Content-MD5 the winner committed (or, by chance, are not the winner's).
+            match got {
+                Err(e) => assert!(e.to_string().contains("Content-MD5"), "{e}"),
+                Ok(bytes) => assert_ne!(bytes.unwrap().to_vec(), a, "shared IDs mix blocks"),
+            }
+        }
+    }
+}

@@ -5,20 +5,7 @@
 mod common;
 
 use common::azurite::{unique_container, Azurite};
-
-/// Collects everything a TRACE-level subscriber prints, for this thread only.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use common::traces::Captured;
 
 #[tokio::test]
 async fn traces_name_blocks_and_never_carry_the_key_or_signature() {
@@ -39,7 +26,7 @@ async fn traces_name_blocks_and_never_carry_the_key_or_signature() {
     w.finish().await.unwrap();
     let _ = target.read("t/traced.csv").await.unwrap();
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     assert!(text.contains("staged block"), "{text}");
     assert!(text.contains("block=1"), "{text}");
     assert!(text.contains("bytes=8"), "{text}");

@@ -138,18 +138,20 @@ async fn an_outage_exhausts_bounded_retries_then_a_retry_completes_the_window() 
 
     // Bounded: block 0 was tried exactly max_tries times (the waits between tries are the
     // pure schedule unit-tested in `sink::retry`).
-    let block0 = rig
-        .proxy
-        .requests(&format!("blockid={}", "MDAw".repeat(10) + "MDA%3D"));
+    // (A window's block IDs carry a prefix of its LSN range: block 0 is the first staged.)
+    let puts = rig.proxy.put_blocks();
+    let id = |uri: &str| {
+        uri.split("blockid=")
+            .nth(1)
+            .map(|rest| rest.split('&').next().unwrap_or(rest).to_string())
+    };
+    let first = id(&puts[0].uri);
+    let block0: Vec<_> = puts.iter().filter(|s| id(&s.uri) == first).collect();
     assert_eq!(block0.len() as u32, short_retry().max_tries, "{block0:?}");
 
-    // The watermark did not advance; the planned window is recorded for the next run.
-    let wm = rig.bench.watermark();
-    assert_eq!(
-        (wm.last_lsn, wm.last_window_end),
-        (before.last_lsn, before.last_window_end)
-    );
-    let pending = wm.pending().cloned().expect("the window is recorded");
+    // The watermark did not move at all: blocks are staged while the window streams, and the
+    // window is recorded only once it has streamed whole.
+    assert_eq!(rig.bench.watermark(), before);
     assert!(
         rig.bench.incremental_blobs().await.is_empty(),
         "nothing visible"
@@ -158,10 +160,53 @@ async fn an_outage_exhausts_bounded_retries_then_a_retry_completes_the_window() 
     rig.proxy.heal();
     let retry = rig.run(trigger, "the host's retry").await;
     assert_eq!(retry.status, Status::Done, "{:?}", retry.logs());
+    let name = rig
+        .bench
+        .ctx
+        .settings
+        .path_template
+        .render(&rig.bench.table, trigger);
     assert_eq!(
         rig.bench.incremental_blobs().await,
-        vec![pending.blob.clone()]
+        vec![name],
+        "the same window, same name"
     );
+    assert_eq!(rig.bench.watermark().last_window_end, trigger);
+    assert_eq!(rig.ledger.figures.change_rows, 12);
+}
+
+/// Guarantees 1 and 3 at the commit: the window is recorded before its block list is
+/// committed, so an outage of Put Block List leaves the recorded window, nothing visible and
+/// the watermark's LSN where it was; the host's retry commits that window under its name.
+#[tokio::test]
+async fn a_commit_outage_leaves_the_window_recorded_for_the_retry() {
+    let mut rig = Rig::new().await;
+    let trigger = rig.changes(12);
+    let before = rig.bench.watermark();
+    rig.proxy
+        .add(Rule::put_block_list(Fault::Status(503), 1000));
+    let report = rig.run(trigger, "commit outage").await;
+    assert_eq!(report.status, Status::Failed);
+    assert!(
+        error_of(&report).contains("put block list"),
+        "{}",
+        error_of(&report)
+    );
+    let wm = rig.bench.watermark();
+    assert_eq!(
+        (wm.last_lsn, wm.last_window_end),
+        (before.last_lsn, before.last_window_end)
+    );
+    let pending = wm.pending().cloned().expect("recorded before the commit");
+    assert!(
+        rig.bench.incremental_blobs().await.is_empty(),
+        "nothing visible"
+    );
+
+    rig.proxy.heal();
+    let retry = rig.run(trigger, "the host's retry").await;
+    assert_eq!(retry.status, Status::Done, "{:?}", retry.logs());
+    assert_eq!(rig.bench.incremental_blobs().await, vec![pending.blob]);
     assert_eq!(rig.bench.watermark().last_window_end, trigger);
     assert_eq!(rig.ledger.figures.change_rows, 12);
 }
@@ -312,8 +357,9 @@ async fn truncated_and_corrupted_downloads_are_detected() {
 }
 
 /// The SQL connection dropped mid-stream (after several blocks were staged): the invocation
-/// fails as transient, nothing is visible, the watermark holds the pending window, and the
-/// next run completes that window (same name) before its own.
+/// fails as transient, nothing is visible, the watermark is untouched (the window is
+/// recorded only once it has streamed whole), and the next run copies everything from the
+/// watermark on, the staged blocks of the failed attempt never committed.
 #[tokio::test]
 async fn a_sql_connection_dropped_mid_stream_holds_the_window() {
     let mut rig = Rig::new().await;
@@ -327,16 +373,28 @@ async fn a_sql_connection_dropped_mid_stream_holds_the_window() {
     assert_eq!(report.return_value()["tables"][0]["transient"], true);
     assert!(rig.proxy.put_blocks().len() >= 2, "blocks were staged");
     assert!(rig.bench.incremental_blobs().await.is_empty());
-    let wm = rig.bench.watermark();
-    assert_eq!(wm.last_lsn, before.last_lsn);
-    let pending = wm.pending().cloned().expect("the window is held");
+    // The stream comes before the window is recorded: the watermark holds still, whole.
+    assert_eq!(
+        rig.bench.watermark(),
+        before,
+        "the watermark holds the window's start"
+    );
 
     let second = rig.changes(3);
     let report = rig.run(second, "next timer run").await;
     assert_eq!(report.status, Status::Done, "{:?}", report.logs());
     let blobs = rig.bench.incremental_blobs().await;
-    assert_eq!(blobs.len(), 2);
-    assert_eq!(blobs[0], pending.blob);
+    assert_eq!(
+        blobs.len(),
+        1,
+        "the first window's staged blocks never became a blob"
+    );
+    let settings = &rig.bench.ctx.settings;
+    assert_eq!(
+        blobs[0],
+        settings.path_template.render(&rig.bench.table, second),
+        "one window from the watermark to the next trigger"
+    );
     assert_eq!(rig.ledger.figures.change_rows, 15);
 }
 

@@ -6,13 +6,14 @@
 //! of invocations (500 by default; docs/guarantees.md has the long modes). Faults are failed
 //! calls at the source seam (`cdc_copy_testkit::faults`), which is where every point between
 //! a job's side effects lies, so the product carries no test hooks:
-//! - a crash at every such point: before and after the window is recorded, between staged
-//!   blocks (blocks of 256 bytes so that windows span several), after the last row before
-//!   the commit, after the commit before the advance;
+//! - a crash at every such point, in the order stream, record, commit, advance: before the
+//!   stream, between staged blocks (blocks of 256 bytes so that windows span several), after
+//!   the last row before the window is recorded, after it is recorded before the commit,
+//!   after the commit before the advance;
 //! - the watermark update lost after it committed or refused before, on the pending-window
 //!   record and on the advance;
 //! - the SQL connection dropped mid-stream, and before the login, the watermark read, the
-//!   capture-progress query or the count;
+//!   capture-progress query or the capture-instance read;
 //! - during the full load: crashes between blocks, after a part, mid-scan, a lost checkpoint
 //!   reply; the load is resumed by FullLoad or by the timer run.
 //!
@@ -124,22 +125,25 @@ async fn invoke(
     struck
 }
 
-/// One random incremental-copy fault (or none). In a run that copies a window the
-/// watermark updates are: (finish a pending window), record the new window, advance.
+/// One random incremental-copy fault (or none). A run that copies a window streams it into
+/// staged blocks, records it, commits the blob and advances (a pending window found first is
+/// streamed, committed and advanced the same way), so its watermark updates are: (advance
+/// past the pending window), record the new window, advance.
 fn incremental_fault(rng: &mut StdRng) -> Option<Armed> {
     use Fault::*;
     use Method::*;
     let update = |rng: &mut StdRng| rng.random_range(0..2);
     match rng.random_range(0..20) {
+        // The window is streamed (blocks staged, invisible), then recording it fails.
         0 => armed(
             "crash before the window is recorded",
             UpdateWatermark,
             0,
             Before,
         ),
-        // The stream of a recorded window (this run's, or a pending one it finishes) fails
-        // before it starts: recorded, no blob.
-        1 => armed("crash after the window is recorded", NetChanges, 0, Before),
+        // The stream fails before it starts: of a pending window (recorded, no blob), or of
+        // a new one (nothing recorded, nothing staged).
+        1 => armed("crash before the stream", NetChanges, 0, Before),
         2 | 3 => armed(
             "crash between staged blocks",
             NetChanges,
@@ -147,7 +151,7 @@ fn incremental_fault(rng: &mut StdRng) -> Option<Armed> {
             MidStream(rng.random_range(3..=12)),
         ),
         4 => armed(
-            "crash after the last row, before the commit",
+            "crash after the last row, before the window is recorded",
             NetChanges,
             0,
             AfterEffect,
@@ -178,9 +182,16 @@ fn incremental_fault(rng: &mut StdRng) -> Option<Armed> {
         ),
         11 => {
             let method =
-                [Session, ReadWatermark, CaptureProgress, CountNetChanges][rng.random_range(0..4)];
+                [Session, ReadWatermark, CaptureProgress, CaptureInstance][rng.random_range(0..4)];
             armed("connection dropped before a read", method, 0, Before)
         }
+        // The record commits and the run stops there: recorded, staged, nothing visible.
+        12 => armed(
+            "crash after the window is recorded, before the commit",
+            UpdateWatermark,
+            0,
+            AfterEffect,
+        ),
         _ => None,
     }
 }
@@ -384,10 +395,11 @@ async fn random_crashes_and_retries_lose_and_duplicate_nothing() {
     assert!(invocations >= runs);
     // Every kind of fault was exercised.
     for kind in [
-        "crash before the window is recorded",
-        "crash after the window is recorded",
+        "crash before the stream",
         "crash between staged blocks",
-        "crash after the last row, before the commit",
+        "crash after the last row, before the window is recorded",
+        "crash before the window is recorded",
+        "crash after the window is recorded, before the commit",
         "crash after the commit, before the advance",
         "crash between staged blocks of a part",
         "crash after a part's last row, before its commit",

@@ -15,6 +15,7 @@ use cdc_copy_testkit::model::CdcModel;
 
 use common::cdc::{customer, random_dml, start_time, Bench, WatermarkExt};
 use common::ledger::Ledger;
+use common::traces::Captured;
 
 /// Guarantees 1, 3 and 4: full load, then 40 windows of random DML; after every run the blobs
 /// replay to the source as of the watermark; empty windows write no blob.
@@ -112,19 +113,9 @@ async fn blob_name_follows_the_trigger_time() {
 #[tokio::test]
 async fn a_crash_at_every_step_loses_and_duplicates_nothing() {
     // (point, the call that fails, calls of it let through first, how it fails)
+    // The order: stream (staged blocks), record the window, commit the blob, advance.
     let points = [
-        (
-            "before the window is recorded",
-            Method::UpdateWatermark,
-            0,
-            Fault::Before,
-        ),
-        (
-            "after the window is recorded",
-            Method::UpdateWatermark,
-            0,
-            Fault::AfterEffect,
-        ),
+        ("before the stream", Method::NetChanges, 0, Fault::Before),
         (
             "between staged blocks",
             Method::NetChanges,
@@ -132,8 +123,20 @@ async fn a_crash_at_every_step_loses_and_duplicates_nothing() {
             Fault::MidStream(3),
         ),
         (
-            "after the last row, before the commit",
+            "after the last row, before the window is recorded",
             Method::NetChanges,
+            0,
+            Fault::AfterEffect,
+        ),
+        (
+            "after the stream, before the window is recorded",
+            Method::UpdateWatermark,
+            0,
+            Fault::Before,
+        ),
+        (
+            "after the window is recorded, before the commit",
+            Method::UpdateWatermark,
             0,
             Fault::AfterEffect,
         ),
@@ -487,8 +490,9 @@ async fn an_empty_table_loads_as_a_header() {
     );
 }
 
-/// A transient SQL failure mid-stream fails the invocation (the host retries); the watermark
-/// holds the pending window and the retry completes it.
+/// A transient SQL failure mid-stream fails the invocation (the host retries); the stream
+/// comes before the window is recorded, so the watermark is untouched and the retry plans
+/// and completes the same window.
 #[tokio::test]
 async fn a_dropped_connection_mid_stream_is_retried_by_the_next_run() {
     let bench = Bench::new(5, CdcModel::new(start_time()), &[]).await;
@@ -498,6 +502,7 @@ async fn a_dropped_connection_mid_stream_is_retried_by_the_next_run() {
     }
     bench.model.advance(Duration::minutes(15));
     let trigger = bench.model.now();
+    let before = bench.watermark();
     bench.faults.arm(Method::NetChanges, Fault::MidStream(4));
     let report = bench.incremental(trigger).await;
     assert_eq!(report.status, Status::Failed);
@@ -506,9 +511,14 @@ async fn a_dropped_connection_mid_stream_is_retried_by_the_next_run() {
         bench.incremental_blobs().await.is_empty(),
         "nothing half-visible"
     );
-    assert!(bench.watermark().pending().is_some());
+    assert_eq!(
+        bench.watermark(),
+        before,
+        "nothing recorded before the stream ended"
+    );
     let retry = bench.incremental(trigger).await;
     assert_eq!(retry.status, Status::Done, "{:?}", retry.logs());
+    assert_eq!(retry.return_value()["tables"][0]["rows"], 10);
     assert_eq!(bench.incremental_blobs().await.len(), 1);
     bench.assert_consistent("after the retry").await;
 }
@@ -789,4 +799,232 @@ async fn a_full_load_before_the_capture_job_has_run_is_retried_not_misbaselined(
     assert_eq!(ledger.figures.lost, 0);
     assert_eq!(ledger.figures.duplicated, 0);
     assert_eq!(bench.replay().await.len(), 7);
+}
+
+/// A model configured like an idle SQL Server: the capture job scans the log every 5 s and
+/// writes a dummy mapping row at most every 5 minutes; `visible`: whether the login can read
+/// `sys.dm_cdc_log_scan_sessions`.
+fn idle_sql_server(visible: bool) -> CdcModel {
+    CdcModel::new(start_time())
+        .like_idle_sql_server(Duration::seconds(5))
+        .with_log_scan_sessions(visible)
+}
+
+/// Lets the model's clock run with tokio's, one second per second, half a second out of step
+/// with the job's polls so that which of the two runs first at an instant never matters.
+fn run_the_clock(model: &CdcModel) -> tokio::task::JoinHandle<()> {
+    let clock = model.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        loop {
+            clock.advance(Duration::seconds(1));
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// Guarantee 1 at no cost: on an idle database the mapping table shows capture minutes behind
+/// the trigger, yet a drained log scan that began after it proves everything before it is
+/// captured, so the run goes on within seconds; without the view (no permission) it waits
+/// the whole `CDC_CAPTURE_WAIT_SECONDS` as before. Paused time: the wait and the statements
+/// are exact.
+#[tokio::test(start_paused = true)]
+async fn an_idle_run_goes_on_at_the_first_drained_log_scan_after_the_trigger() {
+    // (view readable, wait, CaptureProgress polls)
+    for (visible, wait_s, polls) in [(true, 2, 3), (false, 120, 25)] {
+        let bench = Bench::new(
+            2,
+            idle_sql_server(visible),
+            &[
+                ("CDC_CAPTURE_WAIT_SECONDS", "120"),
+                ("CDC_CAPTURE_POLL_SECONDS", "5"),
+            ],
+        )
+        .await;
+        bench.model.advance(Duration::minutes(1));
+        loaded_at_the_end(&bench, Duration::minutes(15));
+        // Halfway between two scans (at +60 s and +65 s since the model started).
+        bench.model.advance(Duration::milliseconds(2500));
+        let trigger = bench.model.now();
+        bench.faults.reset_calls();
+        let clock = run_the_clock(&bench.model);
+        let started = tokio::time::Instant::now();
+        let report = bench.incremental(trigger).await;
+        let waited = started.elapsed();
+        clock.abort();
+        let table = &report.return_value()["tables"][0];
+        assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+        assert_eq!(table["note"], "no changes", "visible {visible}");
+        assert_eq!(
+            waited,
+            std::time::Duration::from_secs(wait_s),
+            "visible {visible}"
+        );
+        assert_eq!(table["captureWaitMs"], wait_s * 1000, "visible {visible}");
+        assert!(table.get("warning").is_none(), "idle is healthy: {table}");
+        let calls = bench.faults.calls();
+        assert_eq!(calls[&Method::CaptureProgress], polls, "visible {visible}");
+        let statements: u64 = calls
+            .iter()
+            .filter(|(m, _)| **m != Method::Session)
+            .map(|(_, n)| n)
+            .sum();
+        // CaptureInstance, ReadWatermark, the polls, UpdateWatermark: no new LSN to read.
+        assert_eq!(statements, 3 + polls, "visible {visible}: {calls:?}");
+        assert_eq!(bench.watermark().last_window_end, trigger);
+    }
+}
+
+/// Guarantee 1 when the signal is wrong: a change committed a second before the trigger but
+/// captured 20 s late (a capture process slower than its own scans say) is not in this
+/// window, and lands in the next one; the replay oracle finds nothing lost or duplicated.
+#[tokio::test]
+async fn a_change_captured_after_a_drained_scan_lands_in_the_next_window() {
+    let model = idle_sql_server(true).with_capture_lag(Duration::seconds(20));
+    let bench = Bench::new(3, model, &[("CDC_CAPTURE_WAIT_SECONDS", "60")]).await;
+    bench.model.advance(Duration::minutes(1));
+    bench.full_load().await;
+    bench.model.advance(Duration::minutes(1));
+    bench.model.insert(&bench.table, customer(100, 1)).unwrap();
+    bench.model.advance(Duration::seconds(1));
+    let first = bench.model.now();
+    // Two seconds per round trip: the scans after the trigger find nothing due yet.
+    bench.model.set_time_per_call(Some(Duration::seconds(2)));
+    let report = bench.incremental(first).await;
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    let table = &report.return_value()["tables"][0];
+    assert_eq!(
+        table["rows"], 0,
+        "not captured when the run looked: {table}"
+    );
+    assert_eq!(
+        table["captureWaitMs"], 0,
+        "the drained scan was trusted at once"
+    );
+    bench.assert_consistent("first window").await;
+
+    bench.model.advance(Duration::minutes(15));
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    assert_eq!(
+        report.return_value()["tables"][0]["rows"],
+        1,
+        "the late change is in the next window"
+    );
+    bench.assert_consistent("second window").await;
+}
+
+/// A stopped capture job is loud: an hour behind with no drained scan since, the run warns
+/// (a tracing warning with the lag in fields, and `warning` in its ReturnValue entry and log
+/// line) naming SQL Server Agent and the capture job. An idle but healthy capture (a dummy
+/// mapping row every five minutes), even with the view unreadable, does not warn.
+#[tokio::test(start_paused = true)]
+async fn a_stopped_capture_job_warns_and_an_idle_one_does_not() {
+    // (view readable, capture stopped)
+    for (visible, stopped) in [(true, true), (false, true), (false, false), (true, false)] {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let bench = Bench::new(
+            2,
+            idle_sql_server(visible),
+            &[
+                ("CDC_CAPTURE_WAIT_SECONDS", "30"),
+                ("CDC_CAPTURE_POLL_SECONDS", "5"),
+            ],
+        )
+        .await;
+        bench.model.advance(Duration::minutes(1));
+        loaded_at_the_end(&bench, Duration::minutes(15));
+        if stopped {
+            bench.model.pause_capture();
+        }
+        bench
+            .model
+            .advance(Duration::hours(1) + Duration::milliseconds(2500));
+        let trigger = bench.model.now();
+        let clock = run_the_clock(&bench.model);
+        let report = bench.incremental(trigger).await;
+        clock.abort();
+        let case = format!("visible {visible}, stopped {stopped}");
+        if stopped {
+            // Polls at 0, 5, …, 30 s: a job not seen scanning is not asked every second.
+            assert_eq!(bench.faults.calls()[&Method::CaptureProgress], 7, "{case}");
+        }
+        assert_eq!(report.status, Status::Done, "{case}: {:?}", report.logs());
+        let table = &report.return_value()["tables"][0];
+        let text = captured.text();
+        if stopped {
+            let warning = table["warning"].as_str().expect("a warning");
+            for words in [
+                "SQL Server Agent",
+                "cdc.<database>_capture",
+                "CDC scheduler",
+                "paused serverless",
+            ] {
+                assert!(warning.contains(words), "{case}: {words}: {warning}");
+            }
+            assert!(warning.contains("dbo_customers"), "{warning}");
+            assert!(
+                report.logs()[0].contains("WARNING: capture looks stopped"),
+                "{:?}",
+                report.logs()
+            );
+            assert!(
+                text.contains("the CDC capture process looks stopped"),
+                "{case}: {text}"
+            );
+            assert!(
+                text.contains("capture_lag_s=3"),
+                "{case}: the lag in a field: {text}"
+            );
+            assert!(text.contains("capture_instance=dbo_customers"), "{text}");
+            assert!(table["captureLagMs"].as_i64().unwrap() >= 3_600_000);
+        } else {
+            assert!(table.get("warning").is_none(), "{case}: {table}");
+            assert!(!report.logs()[0].contains("WARNING"), "{:?}", report.logs());
+            assert!(!text.contains("looks stopped"), "{case}: {text}");
+        }
+    }
+}
+
+/// A window with changes costs one evaluation of the net-changes function (the stream; there
+/// is no count query before it) and six statements: capture instance, watermark, capture
+/// progress, net changes, record, advance.
+#[tokio::test]
+async fn a_copying_run_evaluates_the_net_changes_function_once() {
+    let bench = Bench::new(5, CdcModel::new(start_time()), &[]).await;
+    bench.full_load().await;
+    for id in 100..103 {
+        bench.model.insert(&bench.table, customer(id, 1)).unwrap();
+    }
+    bench.model.advance(Duration::minutes(15));
+    bench.faults.reset_calls();
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(
+        report.return_value()["tables"][0]["rows"],
+        3,
+        "{:?}",
+        report.logs()
+    );
+    let calls = bench.faults.calls();
+    assert_eq!(calls[&Method::NetChanges], 1, "{calls:?}");
+    assert_eq!(
+        calls[&Method::UpdateWatermark],
+        2,
+        "record, then advance: {calls:?}"
+    );
+    let statements: u64 = calls
+        .iter()
+        .filter(|(m, _)| **m != Method::Session)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(statements, 6, "{calls:?}");
+    bench.assert_consistent("one window").await;
 }

@@ -23,6 +23,8 @@
 mod common;
 #[path = "live_sqlserver/first_run.rs"]
 mod first_run;
+#[path = "live_sqlserver/idle.rs"]
+mod idle;
 #[path = "live_sqlserver/keys.rs"]
 mod keys;
 #[path = "live_sqlserver/least_privilege.rs"]
@@ -1078,10 +1080,6 @@ async fn live_session_against_sql_server() {
     // Net changes: rows 1 and 2 (insert with final values), nothing for 3.
     let range = LsnRange::new(from, to).expect("changes were made");
     for (filter, op) in [(RowFilter::All, 2), (RowFilter::AllWithMerge, 5)] {
-        assert_eq!(
-            session.count_net_changes(&ci, range, filter).await.unwrap(),
-            2
-        );
         let mut sink = VecSink::default();
         let sent = session
             .net_changes(&ci, range, filter, &mut sink)

@@ -385,10 +385,6 @@ async fn unknown_capture_instance_is_refused_and_no_net_changes_are_read() {
     };
     let mut sink = VecSink::default();
     assert!(session
-        .count_net_changes(&hostile, range(lsn(1), lsn(2)), RowFilter::All)
-        .await
-        .is_err());
-    assert!(session
         .net_changes(&hostile, range(lsn(1), lsn(2)), RowFilter::All, &mut sink)
         .await
         .is_err());
@@ -425,8 +421,10 @@ async fn capture_progress_converts_times_and_reads_nulls() {
             col("max_lsn_time", SqlType::DateTimeOffset),
             col("lsn_at", SqlType::Binary(10)),
             col("server_utc_offset_minutes", SqlType::Int),
+            col("drained_since", SqlType::DateTimeOffset),
         ]
     };
+    let local_scan = plus2.with_ymd_and_hms(2024, 5, 1, 14, 0, 3).unwrap();
     server.on(
         sql::CAPTURE_PROGRESS,
         Reply::rows(
@@ -436,6 +434,7 @@ async fn capture_progress_converts_times_and_reads_nulls() {
                 Cell::DateTimeOffset(local_max),
                 lsn_cell(880),
                 Cell::Int(120),
+                Cell::DateTimeOffset(local_scan),
             ]],
         ),
     );
@@ -449,6 +448,11 @@ async fn capture_progress_converts_times_and_reads_nulls() {
     );
     assert_eq!(progress.lsn_at, Some(lsn(880)));
     assert_eq!(progress.server_utc_offset_minutes, 120);
+    assert_eq!(
+        progress.drained_since,
+        Some(Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 3).unwrap()),
+        "the scan's local start time, labelled with the server offset, read back as UTC"
+    );
 
     let request = &server.requests()[0];
     assert_eq!(request.sql, sql::CAPTURE_PROGRESS);
@@ -459,30 +463,31 @@ async fn capture_progress_converts_times_and_reads_nulls() {
         "the window end goes as a UTC datetimeoffset; SQL converts it to server time"
     );
 
-    // No mapping yet: both NULL.
+    // No mapping yet, and the log scan sessions unknown (no permission, empty view): NULL.
     server.on(
         sql::CAPTURE_PROGRESS,
         Reply::rows(
             columns(),
-            vec![vec![lsn_cell(900), Cell::Null, Cell::Null, Cell::Int(0)]],
+            vec![vec![
+                lsn_cell(900),
+                Cell::Null,
+                Cell::Null,
+                Cell::Int(0),
+                Cell::Null,
+            ]],
         ),
     );
     let progress = session.capture_progress(at).await.unwrap();
     assert_eq!(progress.max_lsn_time, None);
     assert_eq!(progress.lsn_at, None);
+    assert_eq!(progress.drained_since, None);
 }
 
 #[tokio::test]
-async fn count_sends_lsns_as_binary_and_the_row_filter_as_text() {
+async fn net_changes_send_lsns_as_binary_and_the_row_filter_as_text() {
     let server = FakeServer::start().await;
-    let statement = sql::count_net_changes("dbo_customers").unwrap();
-    server.on(
-        &statement,
-        Reply::rows(
-            vec![col("change_count", SqlType::BigInt)],
-            vec![vec![Cell::Int(42)]],
-        ),
-    );
+    let statement = net_changes_sql(&customers_ci());
+    server.on(&statement, Reply::rows(net_change_columns(), vec![]));
     let mut session = session(&server).await;
     let ci = customers_ci();
     for (filter, text) in [
@@ -490,18 +495,23 @@ async fn count_sends_lsns_as_binary_and_the_row_filter_as_text() {
         (RowFilter::AllWithMerge, "all with merge"),
     ] {
         server.clear_requests();
-        let count = session
-            .count_net_changes(&ci, range(lsn(101), lsn(200)), filter)
+        let mut sink = VecSink::default();
+        let rows = session
+            .net_changes(&ci, range(lsn(101), lsn(200)), filter, &mut sink)
             .await
             .unwrap();
-        assert_eq!(count, 42);
+        assert_eq!(rows, 0);
+        assert!(sink.rows.is_empty());
         let requests = server.requests();
-        assert_eq!(requests.len(), 1);
+        assert_eq!(
+            requests.len(),
+            1,
+            "one evaluation of the function, no count"
+        );
         let request = &requests[0];
-        assert_eq!(request.sql, statement);
         assert_eq!(
             request.sql,
-            "SELECT COUNT_BIG(*) AS change_count FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3);"
+            "SELECT * FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3) ORDER BY [__$start_lsn], [customer_id];"
         );
         assert_eq!(
             request.declared,
@@ -518,6 +528,15 @@ async fn count_sends_lsns_as_binary_and_the_row_filter_as_text() {
     }
     // An empty range (from > to, Msg 313 on the server) cannot even be built.
     assert!(LsnRange::new(lsn(201), lsn(200)).is_none());
+}
+
+fn net_change_columns() -> Vec<tds::Column> {
+    vec![
+        col("__$start_lsn", SqlType::Binary(10)),
+        col("__$operation", SqlType::Int),
+        col("__$update_mask", SqlType::VarBinary(128)),
+        col("customer_id", SqlType::Int),
+    ]
 }
 
 fn all_types_columns() -> Vec<tds::Column> {
@@ -1213,6 +1232,7 @@ async fn zero_change_run_costs_five_round_trips() {
                 col("max_lsn_time", SqlType::DateTimeOffset),
                 col("lsn_at", SqlType::Binary(10)),
                 col("server_utc_offset_minutes", SqlType::Int),
+                col("drained_since", SqlType::DateTimeOffset),
             ],
             vec![vec![
                 lsn_cell(400),
@@ -1223,16 +1243,12 @@ async fn zero_change_run_costs_five_round_trips() {
                 ),
                 lsn_cell(380),
                 Cell::Int(0),
+                Cell::Null,
             ]],
         ),
     );
-    server.on(
-        &sql::count_net_changes("dbo_customers").unwrap(),
-        Reply::rows(
-            vec![col("change_count", SqlType::BigInt)],
-            vec![vec![Cell::Int(0)]],
-        ),
-    );
+    let net = net_changes_sql(&customers_ci());
+    server.on(&net, Reply::rows(net_change_columns(), vec![]));
     server.on(
         &sql::update_watermark(&watermark_table()).unwrap(),
         Reply::RowCount(1),
@@ -1247,11 +1263,12 @@ async fn zero_change_run_costs_five_round_trips() {
     let progress = session.capture_progress(window_end).await.unwrap();
     let from = mark.last_lsn.increment().unwrap();
     let to = progress.lsn_at.unwrap().min(progress.max_lsn);
-    let count = session
-        .count_net_changes(&ci, range(from, to), RowFilter::All)
+    let mut sink = VecSink::default();
+    let rows = session
+        .net_changes(&ci, range(from, to), RowFilter::All, &mut sink)
         .await
         .unwrap();
-    assert_eq!(count, 0);
+    assert_eq!(rows, 0);
     let advanced = Watermark {
         last_lsn: to,
         last_window_end: window_end,
@@ -1270,7 +1287,7 @@ async fn zero_change_run_costs_five_round_trips() {
             sql::CAPTURE_INSTANCES.to_string(),
             read,
             sql::CAPTURE_PROGRESS.to_string(),
-            sql::count_net_changes("dbo_customers").unwrap(),
+            net,
             sql::update_watermark(&watermark_table()).unwrap(),
         ]
     );

@@ -148,6 +148,11 @@ pub struct CaptureProgress {
     pub lsn_at: Option<Lsn>,
     /// The server's UTC offset in minutes (`DATEPART(TZOFFSET, SYSDATETIMEOFFSET())`).
     pub server_utc_offset_minutes: i32,
+    /// When the newest completed log scan session that found nothing to capture began
+    /// (`sys.dm_cdc_log_scan_sessions`, converted to UTC): the capture process had drained
+    /// the log at that moment. `None` when unknown: no permission on the view, no such
+    /// session since the last restart or failover, or an availability-group secondary.
+    pub drained_since: Option<DateTime<Utc>>,
 }
 
 /// The row filter passed to `cdc.fn_cdc_get_net_changes_<ci>`.
@@ -462,21 +467,13 @@ pub trait CdcSession: Send {
         wanted: Option<&str>,
     ) -> Result<CaptureInstance, CdcError>;
 
-    /// Max LSN, its time, the server offset and the LSN at `at` (UTC, converted to the
-    /// server's zone by the implementation), in one round trip.
+    /// Max LSN, its time, the server offset, the LSN at `at` (UTC, converted to the
+    /// server's zone by the implementation) and the last drained log scan, in one round trip.
     async fn capture_progress(&mut self, at: DateTime<Utc>) -> Result<CaptureProgress, CdcError>;
 
     /// `sys.fn_cdc_get_max_lsn()` alone: the full load's baseline. `None` (SQL NULL) until
     /// the capture process has written its first `cdc.lsn_time_mapping` row.
     async fn max_lsn(&mut self) -> Result<Option<Lsn>, CdcError>;
-
-    /// Number of net-change rows in `range`.
-    async fn count_net_changes(
-        &mut self,
-        ci: &CaptureInstance,
-        range: LsnRange,
-        filter: RowFilter,
-    ) -> Result<u64, CdcError>;
 
     /// Streams the net changes in `range` into `sink`, ordered by `__$start_lsn` then key;
     /// returns the rows sent.

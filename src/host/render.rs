@@ -74,7 +74,12 @@ fn done_line(r: &TableResult) -> String {
         parts.push(format!("capture lag {:.1}s", lag as f64 / 1000.0));
     }
     parts.push(format!("{:.3}s", r.duration_ms as f64 / 1000.0));
-    format!("{}: {}: {}", r.table, r.note, parts.join(", "))
+    let warning = r
+        .warning
+        .as_deref()
+        .map(|w| format!("; WARNING: {w}"))
+        .unwrap_or_default();
+    format!("{}: {}: {}{warning}", r.table, r.note, parts.join(", "))
 }
 
 /// The handler's answer to an `IncrementalCopy` invocation: 500 (the host retries) only
@@ -129,6 +134,10 @@ mod tests {
         failed.blobs = vec!["pending.csv".into()];
         let mut refused = result(Status::Conflict);
         refused.error = Some("already loaded".into());
+        let mut stalled = result(Status::Done);
+        stalled.note = "no changes";
+        stalled.capture_lag_ms = Some(3_600_000);
+        stalled.warning = Some("capture looks stopped".into());
         let cases = [
             (copied, "dbo.t: copied: 2 rows, 90 bytes, LSN 0x00000000000000000001..=0x00000000000000000009, a.csv, 1.500s"),
             (blocked, "dbo.t: BLOCKED (needs a person; not retried): cleaned up"),
@@ -137,6 +146,10 @@ mod tests {
                 "dbo.t: FAILED: timeout (committed before it stopped: pending.csv)",
             ),
             (refused, "dbo.t: REFUSED: already loaded"),
+            (
+                stalled,
+                "dbo.t: no changes: 0 rows, 0 bytes, no blob, capture lag 3600.0s, 0.000s; WARNING: capture looks stopped",
+            ),
         ];
         for (r, want) in cases {
             assert_eq!(line(&r), want);

@@ -4,24 +4,31 @@
 //! The order of side effects is the whole point:
 //! 1. a window an earlier run recorded is finished first, byte for byte;
 //! 2. the new window is planned from the watermark (not from the timer's `Last`);
-//! 3. with changes, the window is recorded in the watermark row before the blob is written,
-//!    so a crash anywhere after leaves enough to redo exactly it;
-//! 4. the blob is committed (visible whole), and only then the watermark advances.
+//! 3. its net changes are streamed into the blob's staged blocks (invisible until committed);
+//!    without a row, nothing is committed and the window end advances without a blob;
+//! 4. with rows, the window is recorded in the watermark row before the blob is committed, so
+//!    a crash anywhere after leaves enough to redo exactly it (same range, name and bytes);
+//! 5. the blob is committed (visible whole), and only then the watermark advances.
 //!
-//! Steps 1 and 4 are the same function, [`commit_window`]: resuming a window and writing a
-//! new one cannot drift apart. Every watermark write is conditional on the version read, so
-//! of two overlapping runs one advances and the other stops, saying so.
+//! The net-changes function is evaluated once per window: streaming is also how a run learns
+//! whether the window has changes, so an idle window costs one query that returns no row.
+//! Resuming a pending window and writing a new one share [`stream_window`] and
+//! [`commit_window`], so they cannot drift apart. Every watermark write is conditional on the
+//! version read, so of two overlapping runs one advances and the other stops, saying so.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::{for_each_table, save, superseded, timer_table, Context, JobError, FORMAT_VERSION};
 use crate::cdc::{
-    CaptureInstance, CaptureProgress, CdcError, CdcSession, Lsn, TableState, Watermark, Window,
+    CaptureInstance, CaptureProgress, CdcError, CdcSession, Lsn, RowSink, RowSinkError, TableState,
+    Value, Watermark, Window,
 };
 use crate::host::TimerTrigger;
 use crate::report::{Report, TableResult};
-use crate::sink::SinkError;
+use crate::sink::blob::BlockPrefix;
+use crate::sink::rows::CsvBlobSink;
 use crate::window::{self, Plan};
 
 const SUPERSEDED: &str = "superseded: another invocation advanced the watermark first";
@@ -58,8 +65,8 @@ pub async fn copy_table(
         });
     }
     if let TableState::Pending(window) = wm.state.clone() {
-        let rows = count(ctx, session, ci, &window).await?;
-        let Some(next) = commit_window(ctx, session, ci, &wm, &window, rows, result).await? else {
+        let staged = stream_window(ctx, session, ci, &window).await?;
+        let Some(next) = commit_window(ctx, session, &wm, &window, staged, result).await? else {
             superseded(result, SUPERSEDED);
             return Ok(());
         };
@@ -74,8 +81,10 @@ pub async fn copy_table(
         }
         Plan::Copy(window) => window,
     };
-    let rows = count(ctx, session, ci, &window).await?;
-    if rows == 0 {
+    let staged = stream_window(ctx, session, ci, &window).await?;
+    if staged.rows() == 0 {
+        // Dropping the sink drops its writer: no block list is ever committed for it.
+        drop(staged);
         return advance(ctx, session, &wm, window.end, window.range.to(), result).await;
     }
     let recorded = wm.next(TableState::Pending(window.clone()), ctx.now());
@@ -83,7 +92,7 @@ pub async fn copy_table(
         superseded(result, SUPERSEDED);
         return Ok(());
     };
-    match commit_window(ctx, session, ci, &recorded, &window, rows, result).await? {
+    match commit_window(ctx, session, &recorded, &window, staged, result).await? {
         Some(_) => result.note = "copied",
         None => superseded(result, SUPERSEDED),
     }
@@ -102,9 +111,12 @@ async fn plan(
     if trigger_time <= wm.last_window_end {
         return Ok(Plan::UpToDate);
     }
+    let started = Instant::now();
     let progress = wait_for_capture(ctx, session, ci, trigger_time).await?;
+    result.capture_wait_ms = Some(started.elapsed().as_millis().try_into().unwrap_or(u64::MAX));
     result.capture_lag_ms =
         window::capture_lag(&progress, trigger_time).map(|l| l.num_milliseconds());
+    warn_if_stalled(ctx, ci, &progress, trigger_time, result);
     Ok(window::plan(
         wm.last_lsn,
         wm.last_window_end,
@@ -139,39 +151,28 @@ async fn advance(
     Ok(())
 }
 
-/// The net changes in the window, after checking they have not been cleaned up (guarantee 5:
-/// a gap fails loudly, never silently).
-async fn count(
-    ctx: &Context,
-    session: &mut dyn CdcSession,
-    ci: &CaptureInstance,
-    window: &Window,
-) -> Result<u64, JobError> {
-    check_available(ci, window.range.from())?;
-    Ok(session
-        .count_net_changes(ci, window.range, ctx.settings.row_filter)
-        .await?)
-}
-
-/// Writes `window` (recorded in `wm`) to its blob, commits it, and advances the watermark
-/// past it; adds what it wrote to `result`. `None` when another invocation moved the
-/// watermark first. The one path every window's changes take to the lake.
+/// Commits `window`'s staged blob (the window is recorded in `wm`) and advances the
+/// watermark past it; adds what it wrote to `result`. `None` when another invocation moved
+/// the watermark first. The one path every window's changes take to the lake.
 async fn commit_window(
     ctx: &Context,
     session: &mut dyn CdcSession,
-    ci: &CaptureInstance,
     wm: &Watermark,
     window: &Window,
-    expected_rows: u64,
+    mut staged: CsvBlobSink,
     result: &mut TableResult,
 ) -> Result<Option<Watermark>, JobError> {
-    let bytes = write_window(ctx, session, ci, window, expected_rows).await?;
-    let advanced = wm.advanced(window, expected_rows, bytes, ctx.now());
+    let rows = staged.rows();
+    staged.set_metadata("row_count", rows.to_string());
+    // A window without rows staged nothing, so the container may not have been needed yet.
+    ctx.ensure_container().await?;
+    let bytes = staged.finish().await?.bytes;
+    let advanced = wm.advanced(window, rows, bytes, ctx.now());
     let Some(next) = save(session, wm, advanced).await? else {
         return Ok(None);
     };
     result.blobs.push(window.blob.clone());
-    result.rows += expected_rows;
+    result.rows += rows;
     result.bytes += bytes;
     result.range = Some(match result.range {
         // A finished pending window and this run's window are adjacent: report both as one.
@@ -226,19 +227,60 @@ async fn wait_for_capture(
             );
             return Ok(progress);
         }
-        tokio::time::sleep(ctx.settings.capture_poll.min(deadline - now)).await;
+        let pause = window::next_poll(&progress, trigger_time, ctx.settings.capture_poll);
+        tokio::time::sleep(pause.min(deadline - now)).await;
     }
 }
 
-/// Streams the window's changes into its blob and commits it, after checking the rows
-/// written equal `expected` (the count read before). Returns the blob's bytes.
-async fn write_window(
+/// What the run says when capture looks stopped.
+const STALLED_REMEDY: &str = "on SQL Server and Azure SQL Managed Instance check that SQL Server \
+Agent is running and start the capture job (cdc.<database>_capture, sys.sp_cdc_start_job); on \
+Azure SQL Database the CDC scheduler captures, and a paused serverless database captures \
+nothing. Until capture runs, windows copy nothing and the transaction log keeps growing";
+
+/// Says so when the capture job looks stopped: otherwise it would look like "no changes"
+/// on every run while the transaction log grows.
+fn warn_if_stalled(
+    ctx: &Context,
+    ci: &CaptureInstance,
+    progress: &CaptureProgress,
+    trigger_time: DateTime<Utc>,
+    result: &mut TableResult,
+) {
+    let wait = ctx.settings.capture_wait;
+    let Some(lag) = window::stalled_capture_lag(progress, trigger_time, wait) else {
+        return;
+    };
+    let allowed_s = window::IDLE_MAPPING_INTERVAL.num_seconds() + wait.as_secs() as i64;
+    tracing::warn!(
+        table = %ci.table,
+        capture_instance = %ci.name,
+        trigger_time = %trigger_time,
+        max_lsn_time = ?progress.max_lsn_time,
+        capture_lag_s = lag.num_seconds(),
+        allowed_lag_s = allowed_s,
+        "the CDC capture process looks stopped: {STALLED_REMEDY}"
+    );
+    result.warning = Some(format!(
+        "capture looks stopped: capture instance {} is {} s behind the trigger time, more than \
+         an idle capture job explains ({allowed_s} s: a mapping row every {} s plus the wait); \
+         {STALLED_REMEDY}",
+        ci.name,
+        lag.num_seconds(),
+        window::IDLE_MAPPING_INTERVAL.num_seconds(),
+    ));
+}
+
+/// Streams the window's net changes into its blob's staged blocks, after checking they have
+/// not been cleaned up (guarantee 5: a gap fails loudly, never silently). Nothing is visible
+/// until [`commit_window`]; the returned sink knows how many rows came.
+async fn stream_window(
     ctx: &Context,
     session: &mut dyn CdcSession,
     ci: &CaptureInstance,
     window: &Window,
-    expected: u64,
-) -> Result<u64, JobError> {
+) -> Result<CsvBlobSink, JobError> {
+    check_available(ci, window.range.from())?;
     let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     let metadata = vec![
         ("table".to_string(), ci.table.to_string()),
@@ -253,20 +295,44 @@ async fn write_window(
         ),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
-    ctx.ensure_container().await?;
     let block_size = ctx.settings.block_size;
-    let mut sink = ctx.csv_sink(ctx.blobs.writer(&window.blob, metadata, block_size));
-    let rows = session
-        .net_changes(ci, window.range, ctx.settings.row_filter, &mut sink)
+    let mut writer = ctx.blobs.writer(&window.blob, metadata, block_size);
+    // Two runs can stream different ranges under one name (the same trigger time, read
+    // from different watermarks) before one of them loses at the record: block IDs of their
+    // own keep the loser's staged blocks out of the winner's block list.
+    let (from, to) = (window.range.from(), window.range.to());
+    writer.block_prefix(BlockPrefix::of(&[&from.0, &to.0]));
+    let mut sink = ctx.csv_sink(writer);
+    let mut first_row = ContainerFirst {
+        ctx,
+        sink: &mut sink,
+        ready: false,
+    };
+    session
+        .net_changes(ci, window.range, ctx.settings.row_filter, &mut first_row)
         .await?;
-    if rows != expected || sink.rows() != expected {
-        return Err(SinkError::RowCountMismatch {
-            blob: window.blob.clone(),
-            written: sink.rows(),
-            expected,
-        }
-        .into());
+    Ok(sink)
+}
+
+/// Makes sure the container exists before the first row reaches the blob sink (a block may
+/// be staged from then on), so a window without rows does no Blob Storage request at all.
+struct ContainerFirst<'a> {
+    ctx: &'a Context,
+    sink: &'a mut CsvBlobSink,
+    ready: bool,
+}
+
+#[async_trait]
+impl RowSink for ContainerFirst<'_> {
+    async fn columns(&mut self, names: &[String]) -> Result<(), RowSinkError> {
+        self.sink.columns(names).await
     }
-    sink.set_metadata("row_count", rows.to_string());
-    Ok(sink.finish().await?.bytes)
+
+    async fn row(&mut self, row: &[Value]) -> Result<(), RowSinkError> {
+        if !self.ready {
+            self.ctx.ensure_container().await?;
+            self.ready = true;
+        }
+        self.sink.row(row).await
+    }
 }

@@ -24,7 +24,8 @@ use super::retry::RetryPolicy;
 use super::sharedkey::{SharedKey, SharedKeyPolicy};
 // The writer's items keep their old paths (`sink::blob::BlobWriter`), which the jobs name.
 pub use super::writer::{
-    block_id, BlobSummary, BlobWriter, CONTENT_TYPE, MAX_BLOCKS, MAX_BLOCK_SIZE,
+    block_id, block_id_in, BlobSummary, BlobWriter, BlockPrefix, CONTENT_TYPE, MAX_BLOCKS,
+    MAX_BLOCK_SIZE,
 };
 use super::SinkError;
 use crate::config::{StorageAccount, StorageAuth};

@@ -52,12 +52,6 @@ pub enum SinkError {
     },
     #[error("blob storage configuration: {0}")]
     Config(String),
-    #[error("wrote {written} rows to {blob} but SQL Server counted {expected}; the blob was not committed")]
-    RowCountMismatch {
-        blob: String,
-        written: u64,
-        expected: u64,
-    },
     #[error("{0}")]
     Other(String),
 }

@@ -3,8 +3,9 @@
 //!   and made visible by one Put Block List at [`BlobWriter::finish`]. A crash before that
 //!   leaves nothing visible; the service drops uncommitted blocks after a week.
 //! - Re-running a window writes the same bytes under the same name: block IDs are the base64
-//!   of a fixed-width block index, so a re-run stages the same IDs and the commit replaces the
-//!   blob whole.
+//!   of a fixed-width block index (behind a prefix of what the content is, for an incremental
+//!   window its LSN range), so a re-run stages the same IDs and the commit replaces the blob
+//!   whole, while a writer of other content under the same name never stages into its IDs.
 //! - Memory stays flat: the writer holds at most the block being filled plus one block in
 //!   flight; block N uploads on the runtime while the encoder fills block N+1.
 //! - Each block carries a `Content-MD5`, so the service rejects a block corrupted on the way,
@@ -74,7 +75,39 @@ pub(crate) fn validate_metadata(metadata: &[(String, String)]) -> Result<(), Sin
 
 /// The block ID of block `index`: the same for the same index on every run.
 pub fn block_id(index: u32) -> Vec<u8> {
-    format!("{index:032}").into_bytes()
+    block_id_in(&BlockPrefix::default(), index)
+}
+
+/// What a writer puts in front of its block indices, so that two writers of one blob name
+/// with different content never stage into each other's uncommitted blocks (the service keeps
+/// one uncommitted block per ID and a block list names IDs, not contents). Writers of the same
+/// content use the same prefix and so the same IDs. 20 characters, so every ID of every
+/// writer has the service's required single length (32).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockPrefix(String);
+
+impl Default for BlockPrefix {
+    fn default() -> BlockPrefix {
+        BlockPrefix("0".repeat(20))
+    }
+}
+
+impl BlockPrefix {
+    /// The prefix for content identified by `parts` (an incremental window's LSN range): 20
+    /// hex digits of their MD5.
+    pub fn of(parts: &[&[u8]]) -> BlockPrefix {
+        let mut md5 = Md5::new();
+        for part in parts {
+            md5.update(part);
+        }
+        let digest = md5.finalize();
+        BlockPrefix(digest[..10].iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+/// The block ID of block `index` under `prefix`: 20 prefix characters and 12 digits.
+pub fn block_id_in(prefix: &BlockPrefix, index: u32) -> Vec<u8> {
+    format!("{}{index:012}", prefix.0).into_bytes()
 }
 
 /// Streams one blob as blocks. Write with [`write`](Self::write), or fill
@@ -100,6 +133,7 @@ pub struct BlobWriter {
     content_md5: Md5,
     /// Commit with `If-None-Match: *`: fail with 409 instead of replacing an existing blob.
     create_only: bool,
+    block_prefix: BlockPrefix,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -135,7 +169,13 @@ impl BlobWriter {
             staged_bytes: 0,
             content_md5: Md5::new(),
             create_only: false,
+            block_prefix: BlockPrefix::default(),
         }
+    }
+
+    /// Stages under `prefix` (see [`BlockPrefix`]); set before the first write.
+    pub fn block_prefix(&mut self, prefix: BlockPrefix) {
+        self.block_prefix = prefix;
     }
 
     /// Appends `bytes`, staging a block each time `block_size` is reached.
@@ -211,7 +251,9 @@ impl BlobWriter {
         }
         self.wait_in_flight().await?;
 
-        let ids: Vec<Vec<u8>> = (0..self.blocks).map(block_id).collect();
+        let ids: Vec<Vec<u8>> = (0..self.blocks)
+            .map(|i| block_id_in(&self.block_prefix, i))
+            .collect();
         let metadata: HashMap<String, String> = self.metadata.iter().cloned().collect();
         let content_md5 = std::mem::take(&mut self.content_md5).finalize().to_vec();
         let target = self.target.clone();
@@ -284,8 +326,9 @@ impl BlobWriter {
         let client = self.client.clone();
         let retry = self.retry.clone();
         let target = self.target.clone();
+        let id = block_id_in(&self.block_prefix, index);
         self.in_flight = Some(tokio::spawn(async move {
-            stage_block(&client, &retry, &target, index, block).await
+            stage_block(&client, &retry, &target, (index, id), block).await
         }));
         Ok(())
     }
@@ -305,11 +348,10 @@ async fn stage_block(
     client: &BlockBlobClient,
     retry: &RetryPolicy,
     target: &str,
-    index: u32,
+    (index, id): (u32, Vec<u8>),
     block: Bytes,
 ) -> Result<(), SinkError> {
     let md5 = Md5::digest(&block).to_vec();
-    let id = block_id(index);
     let len = block.len() as u64;
     retry
         .run("put block", target, || async {
@@ -368,5 +410,20 @@ mod tests {
         assert_eq!(block_id(0), b"00000000000000000000000000000000".to_vec());
         assert_eq!(block_id(49_999).len(), 32);
         assert_eq!(block_id(7), block_id(7));
+        let window = BlockPrefix::of(&[b"from", b"to"]);
+        let id = block_id_in(&window, 7);
+        assert_eq!(id.len(), 32);
+        assert!(
+            id.ends_with(b"000000000007"),
+            "the index in the last 12 digits"
+        );
+        assert_eq!(block_id_in(&window, 49_999).len(), 32);
+        assert_eq!(window, BlockPrefix::of(&[b"from", b"to"]), "stable");
+        assert_ne!(
+            window,
+            BlockPrefix::of(&[b"from", b"to2"]),
+            "another range, other IDs"
+        );
+        assert_ne!(block_id_in(&window, 0), block_id(0));
     }
 }

@@ -1,7 +1,7 @@
 //! [`CdcSession`] over one tiberius connection: one statement, one round trip per method.
 //!
 //! The zero-change incremental run costs five round trips (capture instance, watermark,
-//! capture progress, count, watermark update); each method here sends exactly one request
+//! capture progress, net changes, watermark update); each method here sends exactly one request
 //! from [`super::sql`] (or none, when the answer is known without asking, such as an empty
 //! LSN range), and a second only to explain a failure: a range the CDC functions refuse is
 //! checked against a fresh `sys.fn_cdc_get_min_lsn`, so a cleanup that raced the run gets the
@@ -608,29 +608,14 @@ impl CdcSession for SqlServerSession {
                 .map(|t| t.with_timezone(&Utc)),
             lsn_at: lsn_column(&row, "lsn_at")?,
             server_utc_offset_minutes: required(&row, "server_utc_offset_minutes")?,
+            drained_since: column::<DateTime<FixedOffset>>(&row, "drained_since")?
+                .map(|t| t.with_timezone(&Utc)),
         })
     }
 
     async fn max_lsn(&mut self) -> Result<Option<Lsn>, CdcError> {
         let row = self.single_row("max LSN", sql::GET_MAX_LSN, &[]).await?;
         lsn_column(&row, "max_lsn")
-    }
-
-    async fn count_net_changes(
-        &mut self,
-        ci: &CaptureInstance,
-        range: LsnRange,
-        filter: RowFilter,
-    ) -> Result<u64, CdcError> {
-        let (from, to) = (range.from(), range.to());
-        let statement =
-            sql::count_net_changes(&ci.name).map_err(|e| name_error("capture instance", e))?;
-        let params = [lsn_param(&from), lsn_param(&to), text(filter.as_sql())];
-        let row = self
-            .first_row(&statement, &params, Context::NetChanges { ci, from, to })
-            .await?
-            .ok_or_else(|| CdcError::Protocol("COUNT_BIG returned no row".into()))?;
-        Ok(required::<i64>(&row, "change_count")?.max(0) as u64)
     }
 
     async fn net_changes(

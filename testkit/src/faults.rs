@@ -28,7 +28,6 @@ pub enum Method {
     CaptureInstance,
     CaptureProgress,
     MaxLsn,
-    CountNetChanges,
     NetChanges,
     Scan,
     ReadWatermark,
@@ -286,16 +285,6 @@ impl CdcSession for FaultySession {
         self.faults.call(Method::MaxLsn, call).await
     }
 
-    async fn count_net_changes(
-        &mut self,
-        ci: &CaptureInstance,
-        range: LsnRange,
-        filter: RowFilter,
-    ) -> Result<u64, CdcError> {
-        let call = self.inner.count_net_changes(ci, range, filter);
-        self.faults.call(Method::CountNetChanges, call).await
-    }
-
     async fn net_changes(
         &mut self,
         ci: &CaptureInstance,
@@ -450,6 +439,5 @@ mod tests {
         assert_eq!(calls[&Method::Scan], 1);
         assert_eq!(calls[&Method::InsertWatermark], 1);
         assert_eq!(calls[&Method::UpdateWatermark], 2);
-        assert!(!calls.contains_key(&Method::CountNetChanges));
     }
 }

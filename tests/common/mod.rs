@@ -7,3 +7,4 @@ pub use cdc_copy_testkit::{azurite, proxy};
 
 pub mod cdc;
 pub mod ledger;
+pub mod traces;

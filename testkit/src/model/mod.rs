@@ -48,6 +48,29 @@ const LSN_STRIDE: u128 = 1 << 16;
 /// The first LSN handed out: VLF 0x2A, so LSNs look like SQL Server's.
 const FIRST_LSN: u128 = 0x2A << 48;
 
+/// How often an idle capture job writes a dummy `lsn_time_mapping` row at most.
+pub const IDLE_DUMMY_INTERVAL: Duration = Duration::seconds(300);
+/// `sys.dm_cdc_log_scan_sessions` keeps at most this many sessions (plus the aggregate row).
+pub const MAX_SCAN_SESSIONS: usize = 32;
+
+/// One row of `sys.dm_cdc_log_scan_sessions` (session_id > 0), times in server local time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanSession {
+    pub start_time: NaiveDateTime,
+    pub end_time: NaiveDateTime,
+    /// Transactions captured by the session (0 for a row of empty scans).
+    pub tran_count: usize,
+    /// Consecutive scans that found nothing, folded into this row.
+    pub empty_scan_count: u32,
+}
+
+/// The capture job of [`CdcModel::like_idle_sql_server`].
+struct ScanJob {
+    polling: Duration,
+    last_scan: DateTime<Utc>,
+    sessions: VecDeque<ScanSession>,
+}
+
 /// Produces row `i` of a generated table. Keys must strictly increase with `i`.
 pub type RowFn = Arc<dyn Fn(u64) -> Vec<Value> + Send + Sync>;
 
@@ -250,6 +273,45 @@ impl CdcModel {
         self
     }
 
+    /// Runs the capture process like an idle SQL Server's capture job: a log scan every
+    /// `polling` (`@pollinginterval`, 5 s by default on SQL Server; Azure SQL Database's
+    /// scheduler runs every 20 s) instead of at every change of the clock. Each scan
+    /// captures what is due and is recorded as a log scan session (see
+    /// [`CdcModel::with_log_scan_sessions`]); a scan that finds nothing writes a dummy
+    /// `lsn_time_mapping` row only when the last mapping row is at least
+    /// [`IDLE_DUMMY_INTERVAL`] old (`cdc.sp_ins_dummy_lsn_time_mapping`,
+    /// `@dummy_entry_interval = 300`). Scans start `polling` after now.
+    pub fn like_idle_sql_server(self, polling: Duration) -> CdcModel {
+        {
+            let mut state = self.lock();
+            let last_scan = state.now;
+            state.scans = Some(ScanJob {
+                polling,
+                last_scan,
+                sessions: VecDeque::new(),
+            });
+        }
+        self
+    }
+
+    /// Whether `sys.dm_cdc_log_scan_sessions` answers (default yes). No: the login lacks
+    /// VIEW DATABASE STATE, the instance restarted or failed over since the last scan, or
+    /// this is an availability-group secondary — the view is empty and the signal unknown.
+    pub fn with_log_scan_sessions(self, visible: bool) -> CdcModel {
+        self.lock().scan_sessions_visible = visible;
+        self
+    }
+
+    /// The log scan sessions recorded so far, oldest first (at most [`MAX_SCAN_SESSIONS`]).
+    pub fn log_scan_sessions(&self) -> Vec<ScanSession> {
+        let state = self.lock();
+        state
+            .scans
+            .as_ref()
+            .map(|job| job.sessions.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panicking test thread must not turn every later call into a poison error.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -295,10 +357,14 @@ impl CdcModel {
         self.lock().capture_paused = true;
     }
 
-    /// Restarts it, and runs it once.
+    /// Restarts it, and runs it once (an idle capture job's first scan is due now).
     pub fn resume_capture(&self) {
         let mut state = self.lock();
         state.capture_paused = false;
+        let now = state.now;
+        if let Some(job) = state.scans.as_mut() {
+            job.last_scan = now - job.polling;
+        }
         state.auto_capture();
     }
 
@@ -957,6 +1023,9 @@ struct State {
     capture_paused: bool,
     idle_dummies: bool,
     time_per_call: Option<Duration>,
+    /// `None`: capture runs at every change of the clock; `Some`: every `polling`.
+    scans: Option<ScanJob>,
+    scan_sessions_visible: bool,
     /// The last LSN handed out (commit or dummy).
     last_lsn: u128,
     tables: BTreeMap<TableRef, Table>,
@@ -992,6 +1061,8 @@ impl State {
             capture_paused: false,
             idle_dummies: true,
             time_per_call: None,
+            scans: None,
+            scan_sessions_visible: true,
             last_lsn: FIRST_LSN,
             tables: BTreeMap::new(),
             instances: Vec::new(),
@@ -1014,9 +1085,40 @@ impl State {
     }
 
     fn auto_capture(&mut self) {
-        if !self.capture_paused {
+        if self.capture_paused {
+            return;
+        }
+        if self.scans.is_some() {
+            self.run_due_scans();
+        } else {
             let cutoff = self.now - self.capture_lag;
             self.capture_until(cutoff, self.idle_dummies);
+        }
+    }
+
+    /// The idle capture job's scans due by now, each at its own time.
+    fn run_due_scans(&mut self) {
+        loop {
+            let Some(job) = self.scans.as_ref() else {
+                return;
+            };
+            let at = job.last_scan + job.polling;
+            if at > self.now || job.polling <= Duration::zero() {
+                return;
+            }
+            let cutoff = at - self.capture_lag;
+            let captured = self.capture_until(cutoff, false);
+            let dummy_due = self
+                .mapping
+                .last()
+                .is_some_and(|m| m.utc <= cutoff - IDLE_DUMMY_INTERVAL);
+            if captured == 0 && dummy_due {
+                self.write_dummy(cutoff);
+            }
+            let local = to_sql_datetime(self.to_local(at));
+            let job = self.scans.as_mut().expect("checked");
+            job.last_scan = at;
+            record_scan(&mut job.sessions, local, captured);
         }
     }
 
@@ -1571,8 +1673,6 @@ impl State {
                 }
             });
         }
-        let generated: u64 = gens.iter().map(|g| g.count).sum();
-        let count = ones.len() as u64 + generated - superseded.len() as u64;
         let selected: Vec<String> = match columns {
             Some(names) => names.to_vec(),
             None => inst
@@ -1593,7 +1693,6 @@ impl State {
             ones,
             gens,
             superseded,
-            count,
             gen_op: output_op(2, filter),
         })
     }
@@ -1653,7 +1752,6 @@ struct NetPlan {
     gens: Vec<GenItem>,
     /// Generated rows whose key changed again later in the window (emitted via `ones`).
     superseded: HashSet<u64>,
-    count: u64,
     gen_op: u8,
 }
 
@@ -1732,6 +1830,32 @@ fn msg_313() -> CdcError {
                   function cdc.fn_cdc_get_net_changes_ ..."
             .to_string(),
         transient: false,
+    }
+}
+
+/// One scan in `sys.dm_cdc_log_scan_sessions`: a scan that captured something is a new row;
+/// consecutive empty scans are one row whose `empty_scan_count` grows ("Administer and
+/// monitor change data capture"). The model assumes the folded row's times are the latest
+/// empty scan's ("the last row returned represents the current session"); the live suite
+/// checks that on SQL Server (docs/model.md).
+fn record_scan(sessions: &mut VecDeque<ScanSession>, at: NaiveDateTime, captured: usize) {
+    match sessions.back_mut() {
+        Some(last) if captured == 0 && last.empty_scan_count > 0 => {
+            last.start_time = at;
+            last.end_time = at;
+            last.empty_scan_count += 1;
+        }
+        _ => {
+            sessions.push_back(ScanSession {
+                start_time: at,
+                end_time: at,
+                tran_count: captured,
+                empty_scan_count: u32::from(captured == 0),
+            });
+            if sessions.len() > MAX_SCAN_SESSIONS {
+                sessions.pop_front();
+            }
+        }
     }
 }
 

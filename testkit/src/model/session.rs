@@ -107,11 +107,26 @@ impl CdcSession for ModelSession {
                 .map_lsn_to_time(max_lsn)
                 .map(|local| local_to_utc(local, offset));
             let at_local = to_sql_datetime(at.naive_utc() + Duration::minutes(offset.into()));
+            // The newest completed, error-free session of empty scans, read like the
+            // statement reads `sys.dm_cdc_log_scan_sessions` (local time, current offset).
+            let drained_since = state
+                .scans
+                .as_ref()
+                .filter(|_| state.scan_sessions_visible)
+                .and_then(|job| {
+                    job.sessions
+                        .iter()
+                        .filter(|s| s.empty_scan_count > 0)
+                        .map(|s| s.start_time)
+                        .max()
+                })
+                .map(|local| local_to_utc(local, offset));
             Ok(CaptureProgress {
                 max_lsn,
                 max_lsn_time,
                 lsn_at: state.map_time_to_lsn(at_local),
                 server_utc_offset_minutes: offset,
+                drained_since,
             })
         }
     }
@@ -119,20 +134,6 @@ impl CdcSession for ModelSession {
     async fn max_lsn(&mut self) -> Result<Option<Lsn>, CdcError> {
         self.model.round_trip();
         Ok(self.model.max_lsn_or_null())
-    }
-
-    async fn count_net_changes(
-        &mut self,
-        ci: &CaptureInstance,
-        range: LsnRange,
-        filter: RowFilter,
-    ) -> Result<u64, CdcError> {
-        let (from, to) = (range.from(), range.to());
-        self.model.round_trip();
-        self.model
-            .lock()
-            .net_plan_for(ci, from, to, filter, false)
-            .map(|plan| plan.count)
     }
 
     async fn net_changes(
