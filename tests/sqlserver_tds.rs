@@ -511,7 +511,7 @@ async fn net_changes_send_lsns_as_binary_and_the_row_filter_as_text() {
         let request = &requests[0];
         assert_eq!(
             request.sql,
-            "SELECT * FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3) ORDER BY [__$start_lsn], [customer_id];"
+            "SELECT [__$start_lsn], [__$operation], [__$update_mask], [customer_id], [name] FROM cdc.[fn_cdc_get_net_changes_dbo_customers](@P1, @P2, @P3) ORDER BY [__$start_lsn], [customer_id];"
         );
         assert_eq!(
             request.declared,
