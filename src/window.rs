@@ -115,6 +115,30 @@ impl ScanWatch {
         scanned || capture_has_passed(progress, trigger_time)
     }
 
+    /// [`next_poll`], or a second once the newest row has counted an empty scan since the
+    /// reference: the job is seen scanning even when its row's times do not move, and the
+    /// scan that ends the wait is due within its polling interval. A stopped job's count
+    /// never moves, so it is still asked every `poll`.
+    pub fn next_poll(
+        &self,
+        progress: &CaptureProgress,
+        trigger_time: DateTime<Utc>,
+        poll: std::time::Duration,
+    ) -> std::time::Duration {
+        let counted = match (self.reference, progress.newest_scan) {
+            (Some(first), Some(mark)) => {
+                first.session_id == mark.session_id && mark.empty_scans > first.empty_scans
+            }
+            _ => false,
+        };
+        let pause = next_poll(progress, trigger_time, poll);
+        if counted {
+            pause.min(std::time::Duration::from_secs(1))
+        } else {
+            pause
+        }
+    }
+
     fn scanned_after(&mut self, progress: &CaptureProgress, trigger_time: DateTime<Utc>) -> bool {
         let Some(mark) = progress.newest_scan else {
             return false;
@@ -526,6 +550,40 @@ mod tests {
             for (i, (now, mark, want)) in polls.iter().enumerate() {
                 assert_eq!(
                     watch.passed(&poll(*now, *mark), t(15)),
+                    *want,
+                    "{name}: poll {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_watch_polls_quickly_once_it_has_counted_an_empty_scan() {
+        let five = std::time::Duration::from_secs(5);
+        let one = std::time::Duration::from_secs(1);
+        // (the run's polls: server clock, newest row, the pause after it)
+        let cases: &[(&str, &[(i64, Option<(i32, i32)>, std::time::Duration)])] = &[
+            (
+                "one empty scan counted: the next is due within the job's interval",
+                &[(900, Some((7, 40)), five), (905, Some((7, 41)), one)],
+            ),
+            (
+                "a stopped job's count does not move",
+                &[(900, Some((7, 40)), five), (905, Some((7, 40)), five)],
+            ),
+            (
+                "a new row is a new reference, not a counted scan",
+                &[(900, Some((7, 40)), five), (905, Some((8, 0)), five)],
+            ),
+            ("unknown", &[(900, None, five), (905, None, five)]),
+        ];
+        for (name, polls) in cases {
+            let mut watch = ScanWatch::default();
+            for (i, (now, mark, want)) in polls.iter().enumerate() {
+                let progress = poll(*now, *mark);
+                assert!(!watch.passed(&progress, t(15)), "{name}: poll {i}");
+                assert_eq!(
+                    watch.next_poll(&progress, t(15), five),
                     *want,
                     "{name}: poll {i}"
                 );

@@ -233,7 +233,7 @@ async fn wait_for_capture(
             );
             return Ok((progress, false));
         }
-        let pause = window::next_poll(&progress, trigger_time, ctx.settings.capture_poll);
+        let pause = watch.next_poll(&progress, trigger_time, ctx.settings.capture_poll);
         tokio::time::sleep(pause.min(deadline - now)).await;
     }
 }

@@ -74,14 +74,21 @@ async fn live_an_idle_run_does_not_wait_for_a_mapping_row() {
     let before = newest(rows(&mut sql, NEWEST).await);
     tokio::time::sleep(Duration::from_secs(11)).await;
     let after = newest(rows(&mut sql, NEWEST).await);
-    assert_eq!(before.0, after.0, "idle: no new scan row ({before:?} → {after:?})");
+    assert_eq!(
+        before.0, after.0,
+        "idle: no new scan row ({before:?} → {after:?})"
+    );
     assert!(
         after.1 >= before.1 + 2,
         "the newest row's empty_scan_count grows with each empty scan: {before:?} → {after:?}"
     );
     println!(
         "folded empty-scan row: start_time {} with each empty scan ({before:?} → {after:?})",
-        if after.2 > before.2 { "moves" } else { "stays at the first scan's" }
+        if after.2 > before.2 {
+            "moves"
+        } else {
+            "stays at the first scan's"
+        }
     );
 
     let at = server_utc_now(&mut sql).await;
