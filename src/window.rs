@@ -562,20 +562,20 @@ mod tests {
         let five = std::time::Duration::from_secs(5);
         let one = std::time::Duration::from_secs(1);
         // (the run's polls: server clock, newest row, the pause after it)
-        let cases: &[(&str, &[(i64, Option<(i32, i32)>, std::time::Duration)])] = &[
+        let cases = [
             (
                 "one empty scan counted: the next is due within the job's interval",
-                &[(900, Some((7, 40)), five), (905, Some((7, 41)), one)],
+                vec![(900, Some((7, 40)), five), (905, Some((7, 41)), one)],
             ),
             (
                 "a stopped job's count does not move",
-                &[(900, Some((7, 40)), five), (905, Some((7, 40)), five)],
+                vec![(900, Some((7, 40)), five), (905, Some((7, 40)), five)],
             ),
             (
                 "a new row is a new reference, not a counted scan",
-                &[(900, Some((7, 40)), five), (905, Some((8, 0)), five)],
+                vec![(900, Some((7, 40)), five), (905, Some((8, 0)), five)],
             ),
-            ("unknown", &[(900, None, five), (905, None, five)]),
+            ("unknown", vec![(900, None, five), (905, None, five)]),
         ];
         for (name, polls) in cases {
             let mut watch = ScanWatch::default();
