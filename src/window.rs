@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::cdc::{CaptureProgress, Lsn, LsnRange, Window};
+use crate::cdc::{CaptureProgress, Lsn, LsnRange, ScanMark, Window};
 
 /// What a run should do for one table, given its watermark and the trigger time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +79,85 @@ pub fn capture_has_passed(progress: &CaptureProgress, trigger_time: DateTime<Utc
         || progress
             .drained_since
             .is_some_and(|scan| scan > trigger_time)
+}
+
+/// What a run waiting for capture remembers between its polls, so that an idle capture job
+/// is seen to pass the trigger time even if its folded row of empty scans keeps the first
+/// scan's `start_time` (Microsoft's pages say only that "the empty_scan_count in the last
+/// existing row is incremented"; then `drained_since` stays as old as the idle period).
+///
+/// The rule: the reference is the scan mark of the run's first poll whose `server_now` is at
+/// or after the trigger time T. A later poll whose mark is the same row with
+/// `empty_scans >= reference + 2` shows capture has passed T. Why: the count of a row grows
+/// by one when an empty scan ends, and the capture job's scans run one after another. At
+/// the reference poll the view was read after `server_now >= T` (the batch reads the clock
+/// first) and showed `c`; so scan `c + 1` ended after T, and scan `c + 2` began after scan
+/// `c + 1` ended, i.e. after T, and found nothing to capture: every transaction committed
+/// at or before T has its commit record in the log before that scan began, so it was
+/// captured already (the argument of [`capture_has_passed`]). One increment is not enough:
+/// the scan that ended just after the reference poll may have begun before T.
+///
+/// A different newest session (a scan that captured something adds a row) or a smaller
+/// count (the view was reset by a restart or failover) makes the current mark the
+/// reference: it too was taken after T. An unknown mark (`None`: no permission, empty view,
+/// an errored row) is never evidence; it keeps the reference. Nothing here can lose a
+/// change, only move it: the window's lower bound is the watermark LSN.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanWatch {
+    reference: Option<ScanMark>,
+}
+
+impl ScanWatch {
+    /// Takes one poll's progress; true once capture has passed `trigger_time`, by
+    /// [`capture_has_passed`] or by the scan marks.
+    pub fn passed(&mut self, progress: &CaptureProgress, trigger_time: DateTime<Utc>) -> bool {
+        let scanned = self.scanned_after(progress, trigger_time);
+        scanned || capture_has_passed(progress, trigger_time)
+    }
+
+    /// [`next_poll`], or a second once the newest row has counted an empty scan since the
+    /// reference: the job is seen scanning even when its row's times do not move, and the
+    /// scan that ends the wait is due within its polling interval. A stopped job's count
+    /// never moves, so it is still asked every `poll`.
+    pub fn next_poll(
+        &self,
+        progress: &CaptureProgress,
+        trigger_time: DateTime<Utc>,
+        poll: std::time::Duration,
+    ) -> std::time::Duration {
+        let counted = match (self.reference, progress.newest_scan) {
+            (Some(first), Some(mark)) => {
+                first.session_id == mark.session_id && mark.empty_scans > first.empty_scans
+            }
+            _ => false,
+        };
+        let pause = next_poll(progress, trigger_time, poll);
+        if counted {
+            pause.min(std::time::Duration::from_secs(1))
+        } else {
+            pause
+        }
+    }
+
+    fn scanned_after(&mut self, progress: &CaptureProgress, trigger_time: DateTime<Utc>) -> bool {
+        let Some(mark) = progress.newest_scan else {
+            return false;
+        };
+        if progress.server_now < trigger_time {
+            return false;
+        }
+        match self.reference {
+            Some(first)
+                if first.session_id == mark.session_id && mark.empty_scans >= first.empty_scans =>
+            {
+                i64::from(mark.empty_scans) >= i64::from(first.empty_scans) + 2
+            }
+            _ => {
+                self.reference = Some(mark);
+                false
+            }
+        }
+    }
 }
 
 /// How long a run waiting for capture pauses before asking again: `poll`
@@ -162,6 +241,8 @@ mod tests {
             lsn_at: at.map(lsn),
             server_utc_offset_minutes: 0,
             drained_since: None,
+            newest_scan: None,
+            server_now: t(0),
         }
     }
 
@@ -286,6 +367,8 @@ mod tests {
                     lsn_at: Some(Lsn::MAX),
                     server_utc_offset_minutes: 0,
                     drained_since: None,
+                    newest_scan: None,
+                    server_now: t(16),
                 },
                 want: Plan::Advance {
                     window_end: t(15),
@@ -366,6 +449,162 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// One poll as the watch sees it: the server's clock (seconds after 10:00) and the newest
+    /// scan row `(session_id, empty_scan_count)`; the mapping is 4 min old and the drained
+    /// scan hours old throughout (the folded row keeps its first scan's times).
+    fn poll(now: i64, mark: Option<(i32, i32)>) -> CaptureProgress {
+        CaptureProgress {
+            newest_scan: mark.map(|(session_id, empty_scans)| ScanMark {
+                session_id,
+                empty_scans,
+            }),
+            server_now: t(0) + chrono::Duration::seconds(now),
+            ..scanned(Some(660), Some(-7200))
+        }
+    }
+
+    /// The trigger is 10:15:00 (900 s). Each case is a run's polls in order, with whether
+    /// the run may go on after each.
+    #[test]
+    fn two_more_empty_scans_of_the_same_row_after_the_trigger_pass_it() {
+        type Polls = &'static [(i64, Option<(i32, i32)>, bool)];
+        let cases: &[(&str, Polls)] = &[
+            (
+                "the same row, two more empty scans",
+                &[
+                    (900, Some((7, 40)), false),
+                    (905, Some((7, 41)), false),
+                    (910, Some((7, 42)), true),
+                ],
+            ),
+            (
+                "one more is not enough: that scan may have begun before the trigger",
+                &[
+                    (901, Some((7, 40)), false),
+                    (906, Some((7, 41)), false),
+                    (907, Some((7, 41)), false),
+                ],
+            ),
+            (
+                "two at once between two polls",
+                &[(902, Some((7, 40)), false), (913, Some((7, 42)), true)],
+            ),
+            (
+                "the first poll before the trigger (server clock behind) is no reference",
+                &[
+                    (898, Some((7, 40)), false),
+                    (903, Some((7, 41)), false),
+                    (908, Some((7, 42)), false),
+                    (913, Some((7, 43)), true),
+                ],
+            ),
+            (
+                "a scan that captured something adds a row: the reference moves to it",
+                &[
+                    (900, Some((7, 40)), false),
+                    (905, Some((8, 0)), false),
+                    (910, Some((9, 1)), false),
+                    (915, Some((9, 2)), false),
+                    (920, Some((9, 3)), true),
+                ],
+            ),
+            (
+                "a reset view (smaller count) moves the reference",
+                &[
+                    (900, Some((7, 40)), false),
+                    (905, Some((7, 1)), false),
+                    (910, Some((7, 2)), false),
+                    (915, Some((7, 3)), true),
+                ],
+            ),
+            (
+                "unknown marks are never evidence, and keep the reference",
+                &[
+                    (900, None, false),
+                    (905, Some((7, 40)), false),
+                    (910, None, false),
+                    (915, Some((7, 42)), true),
+                ],
+            ),
+            (
+                "the view unreadable throughout",
+                &[(900, None, false), (905, None, false), (910, None, false)],
+            ),
+            (
+                "a capture job that stopped: the count does not move",
+                &[
+                    (900, Some((7, 40)), false),
+                    (930, Some((7, 40)), false),
+                    (960, Some((7, 40)), false),
+                ],
+            ),
+            (
+                "a row capturing changes (no empty scans) never passes by marks",
+                &[(900, Some((8, 0)), false), (905, Some((8, 0)), false)],
+            ),
+        ];
+        for (name, polls) in cases {
+            let mut watch = ScanWatch::default();
+            for (i, (now, mark, want)) in polls.iter().enumerate() {
+                assert_eq!(
+                    watch.passed(&poll(*now, *mark), t(15)),
+                    *want,
+                    "{name}: poll {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_watch_polls_quickly_once_it_has_counted_an_empty_scan() {
+        let five = std::time::Duration::from_secs(5);
+        let one = std::time::Duration::from_secs(1);
+        // (the run's polls: server clock, newest row, the pause after it)
+        let cases = [
+            (
+                "one empty scan counted: the next is due within the job's interval",
+                vec![(900, Some((7, 40)), five), (905, Some((7, 41)), one)],
+            ),
+            (
+                "a stopped job's count does not move",
+                vec![(900, Some((7, 40)), five), (905, Some((7, 40)), five)],
+            ),
+            (
+                "a new row is a new reference, not a counted scan",
+                vec![(900, Some((7, 40)), five), (905, Some((8, 0)), five)],
+            ),
+            ("unknown", vec![(900, None, five), (905, None, five)]),
+        ];
+        for (name, polls) in cases {
+            let mut watch = ScanWatch::default();
+            for (i, (now, mark, want)) in polls.iter().enumerate() {
+                let progress = poll(*now, *mark);
+                assert!(!watch.passed(&progress, t(15)), "{name}: poll {i}");
+                assert_eq!(
+                    watch.next_poll(&progress, t(15), five),
+                    *want,
+                    "{name}: poll {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_watch_keeps_the_other_signals() {
+        let mut watch = ScanWatch::default();
+        assert!(
+            watch.passed(&scanned(Some(900), None), t(15)),
+            "mapping passed"
+        );
+        let mut watch = ScanWatch::default();
+        assert!(
+            watch.passed(&scanned(Some(660), Some(901)), t(15)),
+            "drained scan after"
+        );
+        let mut watch = ScanWatch::default();
+        assert!(!watch.passed(&scanned(Some(660), Some(899)), t(15)));
     }
 
     #[test]

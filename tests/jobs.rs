@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use cdc_copy::cdc::Value;
 use cdc_copy::report::Status;
 use cdc_copy_testkit::faults::{Fault, Method};
-use cdc_copy_testkit::model::CdcModel;
+use cdc_copy_testkit::model::{CdcModel, FoldedScanTimes};
 
 use common::cdc::{customer, random_dml, start_time, Bench, WatermarkExt};
 use common::ledger::Ledger;
@@ -901,6 +901,131 @@ async fn a_change_captured_after_a_drained_scan_lands_in_the_next_window() {
         table["captureWaitMs"], 0,
         "the drained scan was trusted at once"
     );
+    bench.assert_consistent("first window").await;
+
+    bench.model.advance(Duration::minutes(15));
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    assert_eq!(
+        report.return_value()["tables"][0]["rows"],
+        1,
+        "the late change is in the next window"
+    );
+    bench.assert_consistent("second window").await;
+}
+
+/// The model like an idle SQL Server whose folded row of empty scans keeps its first scan's
+/// times (`FoldedScanTimes::First`, the pessimistic reading of the documentation): the newest
+/// drained scan's `start_time` is as old as the idle period, so only the scan marks can show
+/// that capture passed the trigger.
+fn idle_sql_server_first_times() -> CdcModel {
+    idle_sql_server(true).with_folded_scan_times(FoldedScanTimes::First)
+}
+
+/// Issue 9, item 8, robust to how SQL Server dates a folded row: even if the row of empty
+/// scans keeps its first scan's `start_time`, an idle run goes on once the newest row's
+/// `empty_scan_count` has grown by two since its first poll after the trigger (the second
+/// scan began after the trigger and found nothing), about two capture polling intervals,
+/// instead of the whole `CDC_CAPTURE_WAIT_SECONDS`. The capture job scans every 5 s; the
+/// trigger falls 1.5 s before a scan. Paused time: the wait and the statements are exact.
+#[tokio::test(start_paused = true)]
+async fn an_idle_run_goes_on_after_two_empty_scans_even_if_the_scan_row_keeps_its_first_times() {
+    // (idle for before the trigger, wait, CaptureProgress polls)
+    let cases = [
+        // The first empty scan (+10 s) is within a minute of the trigger: the job is seen
+        // scanning, polls every second (0, 1, …, 7 s); scans 1.5 s and 6.5 s after the
+        // trigger.
+        (Duration::minutes(1), 7, 8),
+        // An hour idle: the row's start_time is an hour old, so the run polls every 5 s
+        // until it has counted one empty scan (polls at 0 and 5 s), then every second (6, 7 s).
+        (Duration::hours(1), 7, 4),
+    ];
+    for (idle, wait_s, polls) in cases {
+        let bench = Bench::new(
+            2,
+            idle_sql_server_first_times(),
+            &[
+                ("CDC_CAPTURE_WAIT_SECONDS", "120"),
+                ("CDC_CAPTURE_POLL_SECONDS", "5"),
+            ],
+        )
+        .await;
+        bench.model.advance(idle);
+        loaded_at_the_end(&bench, Duration::minutes(15));
+        bench.model.advance(Duration::milliseconds(2500));
+        let trigger = bench.model.now();
+        let drained = bench.model.log_scan_sessions();
+        let newest = drained.last().expect("a scan row");
+        assert!(
+            newest.empty_scan_count > 2
+                && newest.start_time < (trigger - Duration::seconds(40)).naive_utc(),
+            "the folded row keeps its first scan's time: {newest:?}"
+        );
+        bench.faults.reset_calls();
+        let clock = run_the_clock(&bench.model);
+        let started = tokio::time::Instant::now();
+        let report = bench.incremental(trigger).await;
+        let waited = started.elapsed();
+        clock.abort();
+        let case = format!("idle {idle}");
+        let table = &report.return_value()["tables"][0];
+        assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+        assert_eq!(table["note"], "no changes", "{case}");
+        assert_eq!(waited, std::time::Duration::from_secs(wait_s), "{case}");
+        assert_eq!(table["captureWaitMs"], wait_s * 1000, "{case}");
+        assert!(table.get("warning").is_none(), "idle is healthy: {table}");
+        let calls = bench.faults.calls();
+        assert_eq!(calls[&Method::CaptureProgress], polls, "{case}");
+        let statements: u64 = calls
+            .iter()
+            .filter(|(m, _)| **m != Method::Session)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(statements, 3 + polls, "{case}: {calls:?}");
+        assert_eq!(bench.watermark().last_window_end, trigger);
+    }
+}
+
+/// Guarantee 1 when the scan marks are wrong: a change committed a second before the trigger
+/// but captured 60 s late (a capture process slower than its own scans say) while the newest
+/// scan row counts two more empty scans after the trigger: the run goes on at the marks,
+/// without the change, and the change lands in the next window; the replay oracle finds
+/// nothing lost or duplicated.
+#[tokio::test]
+async fn a_change_captured_after_two_empty_scans_lands_in_the_next_window() {
+    let model = idle_sql_server_first_times().with_capture_lag(Duration::seconds(60));
+    let bench = Bench::new(
+        3,
+        model,
+        &[
+            ("CDC_CAPTURE_WAIT_SECONDS", "60"),
+            ("CDC_CAPTURE_POLL_SECONDS", "1"),
+        ],
+    )
+    .await;
+    bench.model.advance(Duration::minutes(2));
+    bench.full_load().await;
+    bench.model.advance(Duration::minutes(1));
+    bench.model.insert(&bench.table, customer(100, 1)).unwrap();
+    bench.model.advance(Duration::seconds(1));
+    let first = bench.model.now();
+    // Five seconds per round trip: each poll sees one more empty scan, none captures the
+    // change (due 60 s after its commit).
+    bench.model.set_time_per_call(Some(Duration::seconds(5)));
+    bench.faults.reset_calls();
+    let report = bench.incremental(first).await;
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    let table = &report.return_value()["tables"][0];
+    assert_eq!(
+        table["rows"], 0,
+        "not captured when the run looked: {table}"
+    );
+    assert_eq!(
+        bench.faults.calls()[&Method::CaptureProgress],
+        3,
+        "the reference mark, one more empty scan, two more: {table}"
+    );
+    assert!(table.get("warning").is_none(), "{table}");
     bench.assert_consistent("first window").await;
 
     bench.model.advance(Duration::minutes(15));

@@ -17,12 +17,12 @@ use cdc_copy_testkit::tds;
 
 use async_trait::async_trait;
 use cdc_copy::cdc::RowSinkError;
-use cdc_copy::cdc::VecSink;
 use cdc_copy::cdc::{
     CaptureInstance, CdcError, CdcSession, CdcSource, FullLoadProgress, Lsn, LsnRange, RowFilter,
     RowSink, TableRef, TableState, Value, Watermark, Window,
 };
 use cdc_copy::cdc::{Collation, KeyColumn, KeyType};
+use cdc_copy::cdc::{ScanMark, VecSink};
 use cdc_copy::config::{Secret, SqlTarget};
 use cdc_copy::sqlserver::{sql, SqlServerSource};
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
@@ -422,9 +422,13 @@ async fn capture_progress_converts_times_and_reads_nulls() {
             col("lsn_at", SqlType::Binary(10)),
             col("server_utc_offset_minutes", SqlType::Int),
             col("drained_since", SqlType::DateTimeOffset),
+            col("newest_scan_session_id", SqlType::Int),
+            col("newest_scan_empty_scans", SqlType::Int),
+            col("server_now", SqlType::DateTimeOffset),
         ]
     };
     let local_scan = plus2.with_ymd_and_hms(2024, 5, 1, 14, 0, 3).unwrap();
+    let local_now = plus2.with_ymd_and_hms(2024, 5, 1, 14, 0, 7).unwrap();
     server.on(
         sql::CAPTURE_PROGRESS,
         Reply::rows(
@@ -435,6 +439,9 @@ async fn capture_progress_converts_times_and_reads_nulls() {
                 lsn_cell(880),
                 Cell::Int(120),
                 Cell::DateTimeOffset(local_scan),
+                Cell::Int(17),
+                Cell::Int(42),
+                Cell::DateTimeOffset(local_now),
             ]],
         ),
     );
@@ -452,6 +459,18 @@ async fn capture_progress_converts_times_and_reads_nulls() {
         progress.drained_since,
         Some(Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 3).unwrap()),
         "the scan's local start time, labelled with the server offset, read back as UTC"
+    );
+    assert_eq!(
+        progress.newest_scan,
+        Some(ScanMark {
+            session_id: 17,
+            empty_scans: 42
+        })
+    );
+    assert_eq!(
+        progress.server_now,
+        Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 7).unwrap(),
+        "the server's clock, read back as UTC"
     );
 
     let request = &server.requests()[0];
@@ -474,6 +493,9 @@ async fn capture_progress_converts_times_and_reads_nulls() {
                 Cell::Null,
                 Cell::Int(0),
                 Cell::Null,
+                Cell::Null,
+                Cell::Null,
+                Cell::DateTimeOffset(local_now),
             ]],
         ),
     );
@@ -481,6 +503,27 @@ async fn capture_progress_converts_times_and_reads_nulls() {
     assert_eq!(progress.max_lsn_time, None);
     assert_eq!(progress.lsn_at, None);
     assert_eq!(progress.drained_since, None);
+    assert_eq!(progress.newest_scan, None);
+
+    // The newest row has errors: its count is NULL, so there is no mark.
+    server.on(
+        sql::CAPTURE_PROGRESS,
+        Reply::rows(
+            columns(),
+            vec![vec![
+                lsn_cell(900),
+                Cell::Null,
+                Cell::Null,
+                Cell::Int(0),
+                Cell::Null,
+                Cell::Int(18),
+                Cell::Null,
+                Cell::DateTimeOffset(local_now),
+            ]],
+        ),
+    );
+    let progress = session.capture_progress(at).await.unwrap();
+    assert_eq!(progress.newest_scan, None, "an errored row is no mark");
 }
 
 #[tokio::test]
@@ -1233,6 +1276,9 @@ async fn zero_change_run_costs_five_round_trips() {
                 col("lsn_at", SqlType::Binary(10)),
                 col("server_utc_offset_minutes", SqlType::Int),
                 col("drained_since", SqlType::DateTimeOffset),
+                col("newest_scan_session_id", SqlType::Int),
+                col("newest_scan_empty_scans", SqlType::Int),
+                col("server_now", SqlType::DateTimeOffset),
             ],
             vec![vec![
                 lsn_cell(400),
@@ -1244,6 +1290,13 @@ async fn zero_change_run_costs_five_round_trips() {
                 lsn_cell(380),
                 Cell::Int(0),
                 Cell::Null,
+                Cell::Null,
+                Cell::Null,
+                Cell::DateTimeOffset(
+                    Utc.with_ymd_and_hms(2024, 5, 1, 12, 16, 1)
+                        .unwrap()
+                        .fixed_offset(),
+                ),
             ]],
         ),
     );

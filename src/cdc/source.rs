@@ -153,6 +153,23 @@ pub struct CaptureProgress {
     /// the log at that moment. `None` when unknown: no permission on the view, no such
     /// session since the last restart or failover, or an availability-group secondary.
     pub drained_since: Option<DateTime<Utc>>,
+    /// The newest log scan session row (largest `session_id > 0`) and its
+    /// `empty_scan_count`, taken after [`CaptureProgress::server_now`]; `None` when unknown
+    /// (as `drained_since`) or when that row has errors. Two marks of the same row show how
+    /// many empty scans ended between two polls (`window::ScanWatch`).
+    pub newest_scan: Option<ScanMark>,
+    /// The server's clock when the batch began (`SYSDATETIMEOFFSET()`, in UTC), read before
+    /// the log scan sessions.
+    pub server_now: DateTime<Utc>,
+}
+
+/// One row of `sys.dm_cdc_log_scan_sessions` as seen at one poll: consecutive empty scans
+/// fold into one row whose `empty_scan_count` grows, so the same `session_id` with a larger
+/// count means more empty scans have ended since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanMark {
+    pub session_id: i32,
+    pub empty_scans: i32,
 }
 
 /// The row filter passed to `cdc.fn_cdc_get_net_changes_<ci>`.

@@ -112,11 +112,13 @@ async fn plan(
         return Ok(Plan::UpToDate);
     }
     let started = Instant::now();
-    let progress = wait_for_capture(ctx, session, ci, trigger_time).await?;
+    let (progress, passed) = wait_for_capture(ctx, session, ci, trigger_time).await?;
     result.capture_wait_ms = Some(started.elapsed().as_millis().try_into().unwrap_or(u64::MAX));
     result.capture_lag_ms =
         window::capture_lag(&progress, trigger_time).map(|l| l.num_milliseconds());
-    warn_if_stalled(ctx, ci, &progress, trigger_time, result);
+    if !passed {
+        warn_if_stalled(ctx, ci, &progress, trigger_time, result);
+    }
     Ok(window::plan(
         wm.last_lsn,
         wm.last_window_end,
@@ -201,19 +203,22 @@ fn check_available(ci: &CaptureInstance, from: Lsn) -> Result<(), JobError> {
 }
 
 /// Polls until the capture process has passed `trigger_time` or the wait runs out; either
-/// way returns the last progress read. A lagging capture loses nothing: the LSN bound means
-/// late changes land in the next window.
+/// way returns the last progress read, and whether capture was seen to pass. One
+/// [`window::ScanWatch`] lives across the polls: it remembers the first scan mark taken
+/// after the trigger time. A lagging capture loses nothing: the LSN bound means late
+/// changes land in the next window.
 async fn wait_for_capture(
     ctx: &Context,
     session: &mut dyn CdcSession,
     ci: &CaptureInstance,
     trigger_time: DateTime<Utc>,
-) -> Result<CaptureProgress, JobError> {
+) -> Result<(CaptureProgress, bool), JobError> {
     let deadline = Instant::now() + ctx.settings.capture_wait;
+    let mut watch = window::ScanWatch::default();
     loop {
         let progress = session.capture_progress(trigger_time).await?;
-        if window::capture_has_passed(&progress, trigger_time) {
-            return Ok(progress);
+        if watch.passed(&progress, trigger_time) {
+            return Ok((progress, true));
         }
         let now = Instant::now();
         if now >= deadline {
@@ -222,12 +227,13 @@ async fn wait_for_capture(
                 trigger_time = %trigger_time,
                 max_lsn = %progress.max_lsn,
                 max_lsn_time = ?progress.max_lsn_time,
+                newest_scan = ?progress.newest_scan,
                 waited_s = ctx.settings.capture_wait.as_secs(),
                 "capture has not passed the trigger time; copying what is captured, the rest lands in the next window"
             );
-            return Ok(progress);
+            return Ok((progress, false));
         }
-        let pause = window::next_poll(&progress, trigger_time, ctx.settings.capture_poll);
+        let pause = watch.next_poll(&progress, trigger_time, ctx.settings.capture_poll);
         tokio::time::sleep(pause.min(deadline - now)).await;
     }
 }

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use crate::cdc::columns::{self, CapturedColumnRow, ColumnsError, KeyColumnRow};
 use crate::cdc::{
     CaptureInstance, CaptureProgress, CdcError, CdcSession, FullLoadProgress, Lsn, LsnRange,
-    NameError, RowFilter, RowSink, TableRef, TableState, Value, Watermark, Window,
+    NameError, RowFilter, RowSink, ScanMark, TableRef, TableState, Value, Watermark, Window,
 };
 
 use super::connection::{map_error, SqlClient};
@@ -610,6 +610,17 @@ impl CdcSession for SqlServerSession {
             server_utc_offset_minutes: required(&row, "server_utc_offset_minutes")?,
             drained_since: column::<DateTime<FixedOffset>>(&row, "drained_since")?
                 .map(|t| t.with_timezone(&Utc)),
+            newest_scan: match (
+                column::<i32>(&row, "newest_scan_session_id")?,
+                column::<i32>(&row, "newest_scan_empty_scans")?,
+            ) {
+                (Some(session_id), Some(empty_scans)) => Some(ScanMark {
+                    session_id,
+                    empty_scans,
+                }),
+                _ => None,
+            },
+            server_now: required::<DateTime<FixedOffset>>(&row, "server_now")?.with_timezone(&Utc),
         })
     }
 

@@ -49,9 +49,20 @@ pub const GET_MIN_LSN: &str = "SELECT sys.fn_cdc_get_min_lsn(@P1) AS min_lsn;";
 /// without it, the `BEGIN CATCH` leaves the column NULL ("unknown") instead of failing the
 /// run, as does an empty view (after a restart or failover, or on an availability-group
 /// secondary). NULL means "wait as before", never "passed".
+///
+/// `drained_since` relies on the folded row of consecutive empty scans carrying the latest
+/// scan's `start_time`, which Microsoft's pages do not say ("the empty_scan_count in the last
+/// existing row is incremented"). So the batch also returns the newest session row
+/// (`TOP (1) … ORDER BY session_id DESC`, its `empty_scan_count` NULL when it has errors)
+/// and the server's clock `@now`, read first, before the view: two such marks of the same
+/// row, the first taken at or after the window end, show empty scans that began after it
+/// whatever the row's times do (`window::ScanWatch`). Both reads are inside the TRY.
 /// Columns: `max_lsn binary(10)`, `max_lsn_time datetimeoffset` (NULL when unmapped),
 /// `lsn_at binary(10)` (NULL when no mapping is at or before the time),
-/// `server_utc_offset_minutes int`, `drained_since datetimeoffset` (NULL when unknown).
+/// `server_utc_offset_minutes int`, `drained_since datetimeoffset` (NULL when unknown),
+/// `newest_scan_session_id int`, `newest_scan_empty_scans int` (NULL when unknown),
+/// `server_now datetimeoffset`.
+/// <https://learn.microsoft.com/sql/t-sql/functions/sysdatetimeoffset-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-max-lsn-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-map-lsn-to-time-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-map-time-to-lsn-transact-sql>
@@ -61,22 +72,31 @@ pub const GET_MIN_LSN: &str = "SELECT sys.fn_cdc_get_min_lsn(@P1) AS min_lsn;";
 /// <https://learn.microsoft.com/sql/relational-databases/track-changes/administer-and-monitor-change-data-capture-sql-server>
 /// <https://learn.microsoft.com/sql/t-sql/language-elements/try-catch-transact-sql>
 pub const CAPTURE_PROGRESS: &str = "\
+DECLARE @now datetimeoffset(7) = SYSDATETIMEOFFSET();
 DECLARE @max_lsn binary(10) = sys.fn_cdc_get_max_lsn();
-DECLARE @tz int = DATEPART(TZOFFSET, SYSDATETIMEOFFSET());
+DECLARE @tz int = DATEPART(TZOFFSET, @now);
 DECLARE @drained_since datetime = NULL;
+DECLARE @scan_session int = NULL;
+DECLARE @scan_empty int = NULL;
 BEGIN TRY
     SELECT @drained_since = MAX(start_time) FROM sys.dm_cdc_log_scan_sessions
     WHERE session_id > 0 AND end_time IS NOT NULL AND empty_scan_count > 0 AND error_count = 0;
+    SELECT TOP (1) @scan_session = session_id,
+           @scan_empty = CASE WHEN error_count = 0 THEN empty_scan_count END
+    FROM sys.dm_cdc_log_scan_sessions WHERE session_id > 0 ORDER BY session_id DESC;
 END TRY
 BEGIN CATCH
-    SET @drained_since = NULL;
+    SELECT @drained_since = NULL, @scan_session = NULL, @scan_empty = NULL;
 END CATCH;
 SELECT @max_lsn AS max_lsn,
        TODATETIMEOFFSET(sys.fn_cdc_map_lsn_to_time(@max_lsn), @tz) AS max_lsn_time,
        sys.fn_cdc_map_time_to_lsn(N'largest less than or equal',
            CONVERT(datetime2(7), SWITCHOFFSET(@P1, @tz))) AS lsn_at,
        @tz AS server_utc_offset_minutes,
-       TODATETIMEOFFSET(@drained_since, @tz) AS drained_since;";
+       TODATETIMEOFFSET(@drained_since, @tz) AS drained_since,
+       @scan_session AS newest_scan_session_id,
+       @scan_empty AS newest_scan_empty_scans,
+       @now AS server_now;";
 
 /// The capture instances of table `@P1` (its quoted two-part name, resolved by `OBJECT_ID`),
 /// newest first; in a second result set the key columns of each instance's unique index
@@ -433,22 +453,27 @@ mod tests {
     #[test]
     fn the_log_scan_signal_cannot_fail_the_progress_read() {
         // Without VIEW DATABASE STATE the view raises an error; inside TRY it is caught and
-        // the column is NULL. The DMV is read nowhere else, and only its documented columns.
+        // the columns are NULL. The DMV is read nowhere else, and only its documented columns.
         let try_block = CAPTURE_PROGRESS
             .split("BEGIN TRY")
             .nth(1)
             .and_then(|rest| rest.split("END TRY").next())
             .expect("a TRY block");
-        assert!(try_block.contains("FROM sys.dm_cdc_log_scan_sessions"));
+        assert_eq!(
+            try_block
+                .matches("FROM sys.dm_cdc_log_scan_sessions")
+                .count(),
+            2
+        );
         assert_eq!(
             CAPTURE_PROGRESS
                 .matches("sys.dm_cdc_log_scan_sessions")
                 .count(),
-            1
+            2
         );
-        assert!(
-            CAPTURE_PROGRESS.contains("BEGIN CATCH\n    SET @drained_since = NULL;\nEND CATCH;")
-        );
+        assert!(CAPTURE_PROGRESS.contains(
+            "BEGIN CATCH\n    SELECT @drained_since = NULL, @scan_session = NULL, @scan_empty = NULL;\nEND CATCH;"
+        ));
         for column in [
             "session_id",
             "start_time",
@@ -459,6 +484,29 @@ mod tests {
             assert!(try_block.contains(column), "{column}");
         }
         assert!(CAPTURE_PROGRESS.contains("TODATETIMEOFFSET(@drained_since, @tz) AS drained_since"));
+    }
+
+    /// The scan mark: the newest session row (an errored row gives no count), and the
+    /// server's clock read once, first, before the view, so that every scan the mark counts
+    /// ended after `server_now`; the offset comes from the same reading.
+    #[test]
+    fn the_scan_mark_is_the_newest_row_read_after_the_clock() {
+        let try_block = CAPTURE_PROGRESS
+            .split("BEGIN TRY")
+            .nth(1)
+            .and_then(|rest| rest.split("END TRY").next())
+            .expect("a TRY block");
+        assert!(try_block.contains(
+            "    SELECT TOP (1) @scan_session = session_id,\n           @scan_empty = CASE WHEN error_count = 0 THEN empty_scan_count END\n    FROM sys.dm_cdc_log_scan_sessions WHERE session_id > 0 ORDER BY session_id DESC;"
+        ));
+        assert!(
+            CAPTURE_PROGRESS.starts_with("DECLARE @now datetimeoffset(7) = SYSDATETIMEOFFSET();\n")
+        );
+        assert_eq!(CAPTURE_PROGRESS.matches("SYSDATETIMEOFFSET()").count(), 1);
+        assert!(CAPTURE_PROGRESS.contains("DECLARE @tz int = DATEPART(TZOFFSET, @now);"));
+        assert!(CAPTURE_PROGRESS.ends_with(
+            "       @scan_session AS newest_scan_session_id,\n       @scan_empty AS newest_scan_empty_scans,\n       @now AS server_now;"
+        ));
     }
 
     #[test]

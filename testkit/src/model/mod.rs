@@ -56,12 +56,27 @@ pub const MAX_SCAN_SESSIONS: usize = 32;
 /// One row of `sys.dm_cdc_log_scan_sessions` (session_id > 0), times in server local time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanSession {
+    /// 1, 2, …: a new row takes the next id.
+    pub session_id: i32,
     pub start_time: NaiveDateTime,
     pub end_time: NaiveDateTime,
     /// Transactions captured by the session (0 for a row of empty scans).
     pub tran_count: usize,
     /// Consecutive scans that found nothing, folded into this row.
     pub empty_scan_count: u32,
+}
+
+/// Which times a row of folded empty scans shows. Microsoft says only that consecutive empty
+/// scans do not add rows: "the empty_scan_count in the last existing row is incremented"
+/// (docs/model.md); whether `start_time`/`end_time` move with each scan is not documented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FoldedScanTimes {
+    /// The row carries the latest empty scan's times (the model's default).
+    #[default]
+    Latest,
+    /// The row keeps its first empty scan's times: the pessimistic reading, under which
+    /// `drained_since` stays as old as the idle period.
+    First,
 }
 
 /// The capture job of [`CdcModel::like_idle_sql_server`].
@@ -299,6 +314,12 @@ impl CdcModel {
     /// this is an availability-group secondary — the view is empty and the signal unknown.
     pub fn with_log_scan_sessions(self, visible: bool) -> CdcModel {
         self.lock().scan_sessions_visible = visible;
+        self
+    }
+
+    /// Which times a row of folded empty scans shows (default [`FoldedScanTimes::Latest`]).
+    pub fn with_folded_scan_times(self, times: FoldedScanTimes) -> CdcModel {
+        self.lock().folded_scan_times = times;
         self
     }
 
@@ -1026,6 +1047,7 @@ struct State {
     /// `None`: capture runs at every change of the clock; `Some`: every `polling`.
     scans: Option<ScanJob>,
     scan_sessions_visible: bool,
+    folded_scan_times: FoldedScanTimes,
     /// The last LSN handed out (commit or dummy).
     last_lsn: u128,
     tables: BTreeMap<TableRef, Table>,
@@ -1063,6 +1085,7 @@ impl State {
             time_per_call: None,
             scans: None,
             scan_sessions_visible: true,
+            folded_scan_times: FoldedScanTimes::Latest,
             last_lsn: FIRST_LSN,
             tables: BTreeMap::new(),
             instances: Vec::new(),
@@ -1116,9 +1139,10 @@ impl State {
                 self.write_dummy(cutoff);
             }
             let local = to_sql_datetime(self.to_local(at));
+            let folded = self.folded_scan_times;
             let job = self.scans.as_mut().expect("checked");
             job.last_scan = at;
-            record_scan(&mut job.sessions, local, captured);
+            record_scan(&mut job.sessions, local, captured, folded);
         }
     }
 
@@ -1835,18 +1859,27 @@ fn msg_313() -> CdcError {
 
 /// One scan in `sys.dm_cdc_log_scan_sessions`: a scan that captured something is a new row;
 /// consecutive empty scans are one row whose `empty_scan_count` grows ("Administer and
-/// monitor change data capture"). The model assumes the folded row's times are the latest
-/// empty scan's ("the last row returned represents the current session"); the live suite
-/// checks that on SQL Server (docs/model.md).
-fn record_scan(sessions: &mut VecDeque<ScanSession>, at: NaiveDateTime, captured: usize) {
+/// monitor change data capture"). Which times the folded row shows is `folded`: by default
+/// the latest empty scan's ("the last row returned represents the current session"), or its
+/// first's; the live suite looks at SQL Server (docs/model.md).
+fn record_scan(
+    sessions: &mut VecDeque<ScanSession>,
+    at: NaiveDateTime,
+    captured: usize,
+    folded: FoldedScanTimes,
+) {
     match sessions.back_mut() {
         Some(last) if captured == 0 && last.empty_scan_count > 0 => {
-            last.start_time = at;
-            last.end_time = at;
+            if folded == FoldedScanTimes::Latest {
+                last.start_time = at;
+                last.end_time = at;
+            }
             last.empty_scan_count += 1;
         }
         _ => {
+            let session_id = sessions.back().map_or(1, |last| last.session_id + 1);
             sessions.push_back(ScanSession {
+                session_id,
                 start_time: at,
                 end_time: at,
                 tran_count: captured,

@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::{invalid_column, local_to_utc, to_sql_datetime, CdcModel, Key, NetCursor, BATCH};
 use cdc_copy::cdc::{
     CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, Lsn, LsnRange, RowFilter,
-    RowSink, TableRef, Value, Watermark,
+    RowSink, ScanMark, TableRef, Value, Watermark,
 };
 
 /// One "connection" to the model.
@@ -121,12 +121,24 @@ impl CdcSession for ModelSession {
                         .max()
                 })
                 .map(|local| local_to_utc(local, offset));
+            // The newest row (largest session_id) and its empty scans: the scan mark.
+            let newest_scan = state
+                .scans
+                .as_ref()
+                .filter(|_| state.scan_sessions_visible)
+                .and_then(|job| job.sessions.back())
+                .map(|s| ScanMark {
+                    session_id: s.session_id,
+                    empty_scans: i32::try_from(s.empty_scan_count).unwrap_or(i32::MAX),
+                });
             Ok(CaptureProgress {
                 max_lsn,
                 max_lsn_time,
                 lsn_at: state.map_time_to_lsn(at_local),
                 server_utc_offset_minutes: offset,
                 drained_since,
+                newest_scan,
+                server_now: state.now,
             })
         }
     }

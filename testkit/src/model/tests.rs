@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
 use super::*;
-use cdc_copy::cdc::RowSinkError;
 use cdc_copy::cdc::{CdcSession, CdcSource, LsnRange, RowSink, TableState};
+use cdc_copy::cdc::{RowSinkError, ScanMark};
 
 fn range(from: Lsn, to: Lsn) -> LsnRange {
     LsnRange::new(from, to).expect("a non-empty range")
@@ -1225,4 +1225,54 @@ async fn capture_progress_reports_the_newest_drained_scan_when_visible() {
     m.advance(Duration::minutes(30));
     let p = session(&m).await.capture_progress(m.now()).await.unwrap();
     assert_eq!(p.drained_since, Some(t0() + Duration::seconds(10)));
+}
+
+/// `FoldedScanTimes::First`, the pessimistic reading of "the empty_scan_count in the last
+/// existing row is incremented": the row keeps its first empty scan's times, so
+/// `drained_since` stays put through an idle period while the newest row's count still grows.
+#[tokio::test]
+async fn folded_empty_scans_can_keep_their_first_times() {
+    for (times, drained_s) in [(FoldedScanTimes::Latest, 35), (FoldedScanTimes::First, 10)] {
+        let m = idle_model().with_folded_scan_times(times);
+        m.advance(Duration::seconds(37));
+        let sessions = m.log_scan_sessions();
+        assert_eq!(sessions.len(), 2, "{times:?}: {sessions:?}");
+        assert_eq!(
+            sessions.iter().map(|s| s.session_id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(sessions[1].empty_scan_count, 6, "{times:?}: +10 s … +35 s");
+        let p = session(&m).await.capture_progress(m.now()).await.unwrap();
+        assert_eq!(
+            p.drained_since,
+            Some(t0() + Duration::seconds(drained_s)),
+            "{times:?}"
+        );
+        assert_eq!(
+            p.newest_scan,
+            Some(ScanMark {
+                session_id: 2,
+                empty_scans: 6
+            }),
+            "{times:?}"
+        );
+        assert_eq!(p.server_now, m.now());
+        // A scan that captures something adds row 3; the next empty scan adds row 4.
+        m.insert(&customers(), row(1, "a")).unwrap();
+        m.advance(Duration::seconds(10));
+        let p = session(&m).await.capture_progress(m.now()).await.unwrap();
+        assert_eq!(
+            p.newest_scan,
+            Some(ScanMark {
+                session_id: 4,
+                empty_scans: 1
+            }),
+            "{times:?}: {:?}",
+            m.log_scan_sessions()
+        );
+    }
+    let m = idle_model().with_log_scan_sessions(false);
+    m.advance(Duration::seconds(12));
+    let p = session(&m).await.capture_progress(m.now()).await.unwrap();
+    assert_eq!(p.newest_scan, None, "not visible: unknown");
 }
