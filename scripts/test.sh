@@ -20,6 +20,7 @@ cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
+mkdir -p target
 cargo test --workspace --lib --bins --tests --quiet 2>&1 | tee target/test-output.txt
 echo "== infrastructure checks"
 bash scripts/check-infra.sh
