@@ -843,7 +843,7 @@ async fn an_idle_run_goes_on_at_the_first_drained_log_scan_after_the_trigger() {
         .await;
         bench.model.advance(Duration::minutes(1));
         loaded_at_the_end(&bench, Duration::minutes(15));
-        // Halfway between two scans (at +60 s and +65 s since the model started).
+        // Between two scans, 1.5 s before the next one (`Bench::new` already moved the clock 1 s).
         bench.model.advance(Duration::milliseconds(2500));
         let trigger = bench.model.now();
         bench.faults.reset_calls();
