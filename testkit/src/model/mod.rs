@@ -688,7 +688,7 @@ impl CdcModel {
     ) -> Result<Vec<Vec<Value>>, CdcError> {
         let plan = self
             .lock()
-            .net_plan_by_name(capture_instance, from, to, filter, true)?;
+            .net_plan_by_name(capture_instance, from, to, filter)?;
         let mut cursor = NetCursor::default();
         let mut out = Vec::new();
         loop {
@@ -1558,7 +1558,6 @@ impl State {
         from: Lsn,
         to: Lsn,
         filter: RowFilter,
-        sorted: bool,
     ) -> Result<NetPlan, CdcError> {
         let inst = self
             .instance(name)
@@ -1569,7 +1568,7 @@ impl State {
                 },
                 wanted: Some(name.to_string()),
             })?;
-        self.net_plan(inst, None, from, to, filter, sorted)
+        self.net_plan(inst, None, from, to, filter)
     }
 
     fn net_plan_for(
@@ -1578,7 +1577,6 @@ impl State {
         from: Lsn,
         to: Lsn,
         filter: RowFilter,
-        sorted: bool,
     ) -> Result<NetPlan, CdcError> {
         let inst = self
             .instance(&ci.name)
@@ -1587,7 +1585,7 @@ impl State {
                 table: ci.table.clone(),
                 wanted: Some(ci.name.clone()),
             })?;
-        self.net_plan(inst, Some(&ci.columns), from, to, filter, sorted)
+        self.net_plan(inst, Some(&ci.columns), from, to, filter)
     }
 
     /// Folds the change rows in `[from, to]` per key (the net-changes rules, see
@@ -1602,7 +1600,6 @@ impl State {
         from: Lsn,
         to: Lsn,
         filter: RowFilter,
-        sorted: bool,
     ) -> Result<NetPlan, CdcError> {
         if !inst.supports_net_changes {
             return Err(CdcError::NoNetChanges {
@@ -1681,22 +1678,20 @@ impl State {
             };
             ones.push((last_seq, output_op(net_op, filter)));
         }
-        if sorted {
-            ones.sort_by(|a, b| {
-                let (ea, eb) = (t.entry(a.0), t.entry(b.0));
-                match (ea, eb) {
-                    (
-                        Some(Entry::Change {
-                            lsn: la, key: ka, ..
-                        }),
-                        Some(Entry::Change {
-                            lsn: lb, key: kb, ..
-                        }),
-                    ) => la.cmp(lb).then_with(|| ka.cmp(kb)),
-                    _ => unreachable!("change positions"),
-                }
-            });
-        }
+        ones.sort_by(|a, b| {
+            let (ea, eb) = (t.entry(a.0), t.entry(b.0));
+            match (ea, eb) {
+                (
+                    Some(Entry::Change {
+                        lsn: la, key: ka, ..
+                    }),
+                    Some(Entry::Change {
+                        lsn: lb, key: kb, ..
+                    }),
+                ) => la.cmp(lb).then_with(|| ka.cmp(kb)),
+                _ => unreachable!("change positions"),
+            }
+        });
         let selected: Vec<String> = match columns {
             Some(names) => names.to_vec(),
             None => inst

@@ -157,7 +157,7 @@ impl CdcSession for ModelSession {
     ) -> Result<u64, CdcError> {
         let (from, to) = (range.from(), range.to());
         self.model.round_trip();
-        let plan = self.model.lock().net_plan_for(ci, from, to, filter, true)?;
+        let plan = self.model.lock().net_plan_for(ci, from, to, filter)?;
         sink.columns(&plan.columns).await?;
         let mut cursor = NetCursor::default();
         let mut sent = 0u64;
