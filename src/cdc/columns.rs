@@ -279,6 +279,7 @@ pub struct CapturedColumnRow {
 /// What [`describe`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Columns {
+    /// Empty for a table without a primary key or unique index (read by all changes).
     pub key: Vec<KeyColumn>,
     /// The captured columns the copier writes, in `column_ordinal` order: computed columns are
     /// left out (CDC records them as NULL in every change row, see docs/csv-format.md).
@@ -288,7 +289,6 @@ pub struct Columns {
 /// Why a capture instance's columns cannot be copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ColumnsError {
-    NoKey,
     /// The unique index has nullable columns: their NULL-key rows never come out of net changes.
     NullableKey(Vec<String>),
     UnsupportedKey {
@@ -307,9 +307,6 @@ pub fn describe(
     keys: &[KeyColumnRow],
     captured: &[CapturedColumnRow],
 ) -> Result<Columns, ColumnsError> {
-    if keys.is_empty() {
-        return Err(ColumnsError::NoKey);
-    }
     let nullable: Vec<String> = keys
         .iter()
         .filter(|k| k.is_nullable)
@@ -514,7 +511,6 @@ mod tests {
         );
         assert_eq!(ok.captured, vec!["region", "id", "name"]);
         let cases: Vec<(Vec<KeyColumnRow>, ColumnsError)> = vec![
-            (vec![], ColumnsError::NoKey),
             (
                 vec![
                     key_row("a", "int", true),

@@ -127,6 +127,62 @@ pub struct CaptureInstance {
     /// order, computed columns left out): the full load selects exactly these, and the net
     /// changes select them after the CDC columns, so both files have the same columns.
     pub columns: Vec<String>,
+    /// The DDL `cdc.ddl_history` recorded against this instance (so after it was created),
+    /// oldest first.
+    pub ddl: Vec<DdlEvent>,
+}
+
+/// One row of `cdc.ddl_history`: a schema change of the source table that an existing
+/// capture instance saw but does not follow (new columns are not captured; dropped ones come
+/// back NULL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DdlEvent {
+    /// `ddl_command`, as the server recorded it.
+    pub command: String,
+    pub lsn: Lsn,
+    /// `ddl_time`, the server's local time.
+    pub time: chrono::NaiveDateTime,
+}
+
+/// How a table's changes are read: the net changes (one row per changed key, needs
+/// `supports_net_changes = 1`) or every change (`cdc.fn_cdc_get_all_changes_<ci>`, for tables
+/// without a primary key or unique index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeMode {
+    Net,
+    All,
+}
+
+impl ChangeMode {
+    /// `net` or `all`, as `CDC_TABLES` spells it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ChangeMode::Net => "net",
+            ChangeMode::All => "all",
+        }
+    }
+}
+
+/// The row filter passed to `cdc.fn_cdc_get_all_changes_<ci>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum AllRowFilter {
+    /// `N'all update old'`: an update is two rows, 3 (the values before) then 4 (after).
+    /// The default: without a key, the before-image is the only way to tell which row an
+    /// update changed.
+    #[default]
+    AllUpdateOld,
+    /// `N'all'`: operations 1, 2 and 4 (an update's new values only).
+    All,
+}
+
+impl AllRowFilter {
+    pub fn as_sql(&self) -> &'static str {
+        match self {
+            AllRowFilter::All => "all",
+            AllRowFilter::AllUpdateOld => "all update old",
+        }
+    }
 }
 
 impl CaptureInstance {
@@ -476,13 +532,30 @@ pub trait CdcSource: Send + Sync {
 /// (one statement from `sqlserver::sql`), which is what the zero-change budget counts.
 #[async_trait]
 pub trait CdcSession: Send {
-    /// The capture instance of `table` from `cdc.change_tables` (the one named `wanted`, or
-    /// the most recently created of at most two), with its min LSN and key columns.
+    /// Every capture instance of `table` in `cdc.change_tables` (at most two), oldest first,
+    /// each with its min LSN, key and captured columns and the DDL recorded against it;
+    /// [`CdcError::NoCaptureInstance`] when there is none.
+    async fn capture_instances(
+        &mut self,
+        table: &TableRef,
+    ) -> Result<Vec<CaptureInstance>, CdcError>;
+
+    /// The capture instance of `table` named `wanted`, or the most recently created one.
     async fn capture_instance(
         &mut self,
         table: &TableRef,
         wanted: Option<&str>,
-    ) -> Result<CaptureInstance, CdcError>;
+    ) -> Result<CaptureInstance, CdcError> {
+        let instances = self.capture_instances(table).await?;
+        let found = match wanted {
+            Some(name) => instances.into_iter().find(|i| i.name == name),
+            None => instances.into_iter().last(),
+        };
+        found.ok_or_else(|| CdcError::NoCaptureInstance {
+            table: table.clone(),
+            wanted: wanted.map(str::to_string),
+        })
+    }
 
     /// Max LSN, its time, the server offset, the LSN at `at` (UTC, converted to the
     /// server's zone by the implementation) and the last drained log scan, in one round trip.
@@ -501,6 +574,29 @@ pub trait CdcSession: Send {
         filter: RowFilter,
         sink: &mut dyn RowSink,
     ) -> Result<u64, CdcError>;
+
+    /// Streams every change in `range` into `sink` (`cdc.fn_cdc_get_all_changes_<ci>`),
+    /// ordered by `__$start_lsn`, `__$seqval`, `__$operation`, with `__$seqval` after
+    /// `__$start_lsn`; returns the rows sent.
+    async fn all_changes(
+        &mut self,
+        ci: &CaptureInstance,
+        range: LsnRange,
+        filter: AllRowFilter,
+        sink: &mut dyn RowSink,
+    ) -> Result<u64, CdcError>;
+
+    /// Begins a transaction that holds a shared lock on the whole table until
+    /// [`CdcSession::release_lock`] (writers wait), and streams every row of it into `sink`
+    /// in one statement: the full load of a table without a key, which cannot page.
+    async fn scan_locked(
+        &mut self,
+        ci: &CaptureInstance,
+        sink: &mut dyn RowSink,
+    ) -> Result<u64, CdcError>;
+
+    /// Ends the transaction [`CdcSession::scan_locked`] began, releasing the table lock.
+    async fn release_lock(&mut self) -> Result<(), CdcError>;
 
     /// Streams up to `limit` rows of the table in key order, starting after `after` (a key
     /// tuple in `ci.key_columns` order), into `sink`; returns the rows sent and the key of

@@ -18,8 +18,9 @@ use async_trait::async_trait;
 
 use crate::cdc::columns::{self, CapturedColumnRow, ColumnsError, KeyColumnRow};
 use crate::cdc::{
-    CaptureInstance, CaptureProgress, CdcError, CdcSession, FullLoadProgress, Lsn, LsnRange,
-    NameError, RowFilter, RowSink, ScanMark, TableRef, TableState, Value, Watermark, Window,
+    AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, DdlEvent,
+    FullLoadProgress, Lsn, LsnRange, NameError, RowFilter, RowSink, ScanMark, TableRef, TableState,
+    Value, Watermark, Window,
 };
 
 use super::connection::{map_error, SqlClient};
@@ -55,6 +56,11 @@ enum Context<'a> {
         from: Lsn,
         to: Lsn,
     },
+    AllChanges {
+        ci: &'a CaptureInstance,
+        from: Lsn,
+        to: Lsn,
+    },
 }
 
 impl Context<'_> {
@@ -64,6 +70,7 @@ impl Context<'_> {
             Context::Plain(name) => name.clone(),
             Context::Watermark(name) => name.to_string(),
             Context::NetChanges { ci, .. } => format!("net changes of {}", ci.name),
+            Context::AllChanges { ci, .. } => format!("all changes of {}", ci.name),
         }
     }
 }
@@ -115,9 +122,6 @@ fn columns_error(
     index: Option<&str>,
 ) -> CdcError {
     match error {
-        ColumnsError::NoKey => CdcError::Protocol(format!(
-            "capture instance {capture_instance} has no key columns (index {index:?})"
-        )),
         ColumnsError::NullableKey(columns) => CdcError::NullableKey {
             table: table.clone(),
             capture_instance: capture_instance.to_string(),
@@ -188,29 +192,29 @@ fn classify(
         (Context::Watermark(_), INVALID_OBJECT_NAME) => {
             CdcError::NoWatermarkTable(watermark_table.to_string())
         }
-        (Context::NetChanges { ci, from, .. }, CDC_BAD_RANGE | INVALID_OBJECT_NAME)
-            if from < ci.min_lsn =>
-        {
-            CdcError::LsnNotAvailable {
-                table: ci.table.clone(),
-                capture_instance: ci.name.clone(),
-                requested: from,
-                minimum: ci.min_lsn,
-            }
-        }
-        (Context::NetChanges { ci, from, to }, CDC_BAD_RANGE | INVALID_OBJECT_NAME) => {
-            CdcError::Sql {
-                number,
-                message: format!(
-                    "the LSN range [{from}, {to}] is outside the validity interval of capture \
+        (
+            Context::NetChanges { ci, from, .. } | Context::AllChanges { ci, from, .. },
+            CDC_BAD_RANGE | INVALID_OBJECT_NAME,
+        ) if from < ci.min_lsn => CdcError::LsnNotAvailable {
+            table: ci.table.clone(),
+            capture_instance: ci.name.clone(),
+            requested: from,
+            minimum: ci.min_lsn,
+        },
+        (
+            Context::NetChanges { ci, from, to } | Context::AllChanges { ci, from, to },
+            CDC_BAD_RANGE | INVALID_OBJECT_NAME,
+        ) => CdcError::Sql {
+            number,
+            message: format!(
+                "the LSN range [{from}, {to}] is outside the validity interval of capture \
                      instance {} (SQL Server reports this as Msg 313, \"insufficient number \
                      of arguments\", or Msg 208): the changes were cleaned up, the range is \
                      beyond sys.fn_cdc_get_max_lsn(), or the instance was disabled",
-                    ci.name
-                ),
-                transient: false,
-            }
-        }
+                ci.name
+            ),
+            transient: false,
+        },
         _ => mapped,
     }
 }
@@ -283,7 +287,14 @@ impl SqlServerSession {
         context: Context<'_>,
     ) -> Result<(u64, Option<Vec<Value>>), CdcError> {
         let (watermark_table, timeout) = (&self.watermark_table, self.command_timeout);
-        let mut stream = match self.client.query(statement, &params_ref(params)).await {
+        // Without parameters the statement goes as a SQL batch: a transaction it opens then
+        // stays open after it (`SCAN_LOCKED`), which it would not inside `sp_executesql`.
+        let started = if params.is_empty() {
+            self.client.simple_query(statement).await
+        } else {
+            self.client.query(statement, &params_ref(params)).await
+        };
+        let mut stream = match started {
             Ok(stream) => stream,
             Err(e) => return Err(classify(watermark_table, timeout, e, context)),
         };
@@ -507,13 +518,82 @@ fn watermark_from_row(row: &Row) -> Result<Watermark, CdcError> {
     })
 }
 
+/// One capture instance from its `CAPTURE_INSTANCES` rows (set 1's `row`, and the rows of
+/// sets 2–4 that name it).
+fn describe_instance(
+    row: &Row,
+    keys: &[Row],
+    captured: &[Row],
+    ddl: &[Row],
+) -> Result<CaptureInstance, CdcError> {
+    // From here on the name is one SQL Server returned, not configuration; it is still
+    // checked against the identifier rules before it is ever spliced into a statement.
+    let name = required::<&str>(row, "capture_instance")?.to_string();
+    crate::cdc::validate_identifier(&name).map_err(|e| name_error("capture instance", e))?;
+    let source = TableRef {
+        schema: required::<&str>(row, "schema_name")?.to_string(),
+        table: required::<&str>(row, "table_name")?.to_string(),
+    };
+    let of_instance =
+        |r: &&Row| column::<&str>(r, "capture_instance").ok().flatten() == Some(name.as_str());
+    let key_rows = keys
+        .iter()
+        .filter(of_instance)
+        .map(key_column_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let captured_rows = captured
+        .iter()
+        .filter(of_instance)
+        .map(|r| {
+            Ok(CapturedColumnRow {
+                column_name: required::<&str>(r, "column_name")?.to_string(),
+                is_computed: required::<bool>(r, "is_computed")?,
+            })
+        })
+        .collect::<Result<Vec<_>, CdcError>>()?;
+    let ddl = ddl
+        .iter()
+        .filter(of_instance)
+        .map(|r| {
+            Ok(DdlEvent {
+                command: column::<&str>(r, "ddl_command")?
+                    .unwrap_or_default()
+                    .to_string(),
+                lsn: lsn_column(r, "ddl_lsn")?.unwrap_or(Lsn::ZERO),
+                time: required(r, "ddl_time")?,
+            })
+        })
+        .collect::<Result<Vec<_>, CdcError>>()?;
+    let index = column::<&str>(row, "index_name")?.map(str::to_string);
+    let described = columns::describe(&key_rows, &captured_rows)
+        .map_err(|e| columns_error(e, &source, &name, index.as_deref()))?;
+    let min_lsn = lsn_column(row, "min_lsn")?.unwrap_or(Lsn::ZERO);
+    let start_lsn = lsn_column(row, "start_lsn")?;
+    if start_lsn.is_some() && min_lsn == Lsn::ZERO {
+        // The instance has a validity interval, but the function will not show it to us.
+        return Err(CdcError::ChangeDataNotReadable {
+            table: source,
+            capture_instance: name,
+        });
+    }
+    Ok(CaptureInstance {
+        table: source,
+        min_lsn,
+        start_lsn,
+        name,
+        supports_net_changes: required::<bool>(row, "supports_net_changes")?,
+        key_columns: described.key,
+        columns: described.captured,
+        ddl,
+    })
+}
+
 #[async_trait]
 impl CdcSession for SqlServerSession {
-    async fn capture_instance(
+    async fn capture_instances(
         &mut self,
         table: &TableRef,
-        wanted: Option<&str>,
-    ) -> Result<CaptureInstance, CdcError> {
+    ) -> Result<Vec<CaptureInstance>, CdcError> {
         crate::cdc::validate_identifier(&table.schema)
             .and_then(|_| crate::cdc::validate_identifier(&table.table))
             .map_err(|e| name_error("source table", e))?;
@@ -528,69 +608,21 @@ impl CdcSession for SqlServerSession {
         let instances = sets.next().unwrap_or_default();
         let keys = sets.next().unwrap_or_default();
         let captured = sets.next().unwrap_or_default();
-        let missing = || CdcError::NoCaptureInstance {
-            table: table.clone(),
-            wanted: wanted.map(str::to_string),
-        };
-        let chosen = match wanted {
-            Some(name) => instances
-                .iter()
-                .find(|r| column::<&str>(r, "capture_instance").ok().flatten() == Some(name)),
-            None => instances.first(),
-        }
-        .ok_or_else(missing)?;
-        // From here on the name is one SQL Server returned, not configuration; it is still
-        // checked against the identifier rules before it is ever spliced into a statement.
-        let name = required::<&str>(chosen, "capture_instance")?.to_string();
-        crate::cdc::validate_identifier(&name).map_err(|e| name_error("capture instance", e))?;
-        let source = TableRef {
-            schema: required::<&str>(chosen, "schema_name")?.to_string(),
-            table: required::<&str>(chosen, "table_name")?.to_string(),
-        };
-        if !required::<bool>(chosen, "supports_net_changes")? {
-            return Err(CdcError::NoNetChanges {
-                table: source,
-                capture_instance: name,
+        let ddl = sets.next().unwrap_or_default();
+        if instances.is_empty() {
+            return Err(CdcError::NoCaptureInstance {
+                table: table.clone(),
+                wanted: None,
             });
         }
-        let of_instance =
-            |r: &&Row| column::<&str>(r, "capture_instance").ok().flatten() == Some(name.as_str());
-        let key_rows = keys
+        // The statement lists the newest first; callers get them oldest first.
+        let mut described = instances
             .iter()
-            .filter(of_instance)
-            .map(key_column_row)
+            .rev()
+            .map(|row| describe_instance(row, &keys, &captured, &ddl))
             .collect::<Result<Vec<_>, _>>()?;
-        let captured_rows = captured
-            .iter()
-            .filter(of_instance)
-            .map(|r| {
-                Ok(CapturedColumnRow {
-                    column_name: required::<&str>(r, "column_name")?.to_string(),
-                    is_computed: required::<bool>(r, "is_computed")?,
-                })
-            })
-            .collect::<Result<Vec<_>, CdcError>>()?;
-        let index = column::<&str>(chosen, "index_name")?.map(str::to_string);
-        let described = columns::describe(&key_rows, &captured_rows)
-            .map_err(|e| columns_error(e, &source, &name, index.as_deref()))?;
-        let min_lsn = lsn_column(chosen, "min_lsn")?.unwrap_or(Lsn::ZERO);
-        let start_lsn = lsn_column(chosen, "start_lsn")?;
-        if start_lsn.is_some() && min_lsn == Lsn::ZERO {
-            // The instance has a validity interval, but the function will not show it to us.
-            return Err(CdcError::ChangeDataNotReadable {
-                table: source,
-                capture_instance: name,
-            });
-        }
-        Ok(CaptureInstance {
-            table: source,
-            min_lsn,
-            start_lsn,
-            name,
-            supports_net_changes: true,
-            key_columns: described.key,
-            columns: described.captured,
-        })
+        described.shrink_to_fit();
+        Ok(described)
     }
 
     async fn capture_progress(&mut self, at: DateTime<Utc>) -> Result<CaptureProgress, CdcError> {
@@ -660,6 +692,72 @@ impl CdcSession for SqlServerSession {
         };
         tracing::debug!(capture_instance = %ci.name, %from, %to, rows = sent, "streamed net changes");
         Ok(sent)
+    }
+
+    async fn all_changes(
+        &mut self,
+        ci: &CaptureInstance,
+        range: LsnRange,
+        filter: AllRowFilter,
+        sink: &mut dyn RowSink,
+    ) -> Result<u64, CdcError> {
+        let (from, to) = (range.from(), range.to());
+        let statement = sql::all_changes(&ci.name, &ci.columns)
+            .map_err(|e| name_error("capture instance or its columns", e))?;
+        let params = [lsn_param(&from), lsn_param(&to), text(filter.as_sql())];
+        let streamed = self
+            .stream_rows(
+                &statement,
+                &params,
+                None,
+                sink,
+                Context::AllChanges { ci, from, to },
+            )
+            .await;
+        let (sent, _) = match streamed {
+            Err(
+                refused @ CdcError::Sql {
+                    number: CDC_BAD_RANGE | INVALID_OBJECT_NAME,
+                    ..
+                },
+            ) => return Err(self.explain_refused_range(ci, from, refused).await),
+            other => other?,
+        };
+        tracing::debug!(capture_instance = %ci.name, %from, %to, rows = sent, "streamed all changes");
+        Ok(sent)
+    }
+
+    async fn scan_locked(
+        &mut self,
+        ci: &CaptureInstance,
+        sink: &mut dyn RowSink,
+    ) -> Result<u64, CdcError> {
+        let statement = sql::scan_locked(&ci.table, &ci.columns)
+            .map_err(|e| name_error("source table or its columns", e))?;
+        let (sent, _) = self
+            .stream_rows(
+                &statement,
+                &[],
+                None,
+                sink,
+                Context::Plain(format!("locked scan of {}", ci.table)),
+            )
+            .await?;
+        Ok(sent)
+    }
+
+    async fn release_lock(&mut self) -> Result<(), CdcError> {
+        let outcome = async {
+            self.client
+                .simple_query(sql::RELEASE_LOCK)
+                .await?
+                .into_results()
+                .await
+        }
+        .await;
+        outcome
+            .map(|_| ())
+            .map_err(|e| self.error(e, Context::Plain("end of the locked scan".to_string())))
     }
 
     async fn scan(

@@ -111,7 +111,12 @@ SELECT @max_lsn AS max_lsn,
 /// key column from the result), max_length (bytes), precision,
 /// scale, collation_name, is_nullable`, ordered by `capture_instance, key_ordinal`. Result
 /// set 3: `capture_instance, column_name, column_ordinal, is_computed`, ordered by
-/// `capture_instance, column_ordinal`.
+/// `capture_instance, column_ordinal`. Result set 4: the DDL `cdc.ddl_history` recorded
+/// against each instance ("DDL changes to source tables that are enabled for change data
+/// capture"; a row belongs to the change table `object_id` it was recorded for, so only DDL
+/// after that instance was created): `capture_instance, ddl_command, ddl_lsn, ddl_time`, ordered
+/// by `capture_instance, ddl_lsn`. A login without SELECT on `cdc.ddl_history` gets the same
+/// columns and no row (the `BEGIN CATCH`): the DDL warning is advice, never a reason to stop.
 ///
 /// `start_lsn` is NULL ("the low endpoint has not been established") until the capture process
 /// has recognised the instance, and `min_lsn` is then 0x00…; the jobs refuse such an instance
@@ -122,6 +127,7 @@ SELECT @max_lsn AS max_lsn,
 /// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-index-columns-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-columns-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-types-transact-sql>
+/// <https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-ddl-history-transact-sql>
 pub const CAPTURE_INSTANCES: &str = "\
 SELECT ct.capture_instance, s.name AS schema_name, t.name AS table_name,
        ct.supports_net_changes, ct.index_name,
@@ -149,7 +155,19 @@ SELECT ct.capture_instance, cc.column_name, cc.column_ordinal, cc.is_computed
 FROM cdc.change_tables AS ct
 JOIN cdc.captured_columns AS cc ON cc.object_id = ct.object_id
 WHERE ct.source_object_id = OBJECT_ID(@P1)
-ORDER BY ct.capture_instance, cc.column_ordinal;";
+ORDER BY ct.capture_instance, cc.column_ordinal;
+BEGIN TRY
+    SELECT ct.capture_instance, h.ddl_command, h.ddl_lsn, h.ddl_time
+    FROM cdc.ddl_history AS h
+    JOIN cdc.change_tables AS ct ON ct.object_id = h.object_id
+    WHERE h.source_object_id = OBJECT_ID(@P1)
+    ORDER BY ct.capture_instance, h.ddl_lsn;
+END TRY
+BEGIN CATCH
+    SELECT CAST(NULL AS sysname) AS capture_instance, CAST(NULL AS nvarchar(max)) AS ddl_command,
+           CAST(NULL AS binary(10)) AS ddl_lsn, CAST(NULL AS datetime) AS ddl_time
+    WHERE 1 = 0;
+END CATCH;";
 
 /// Template: the net changes in `[@P1, @P2]` with row filter `@P3`, ordered by commit LSN
 /// then key: the CDC columns, then `{columns}` (the captured columns the full load also
@@ -157,6 +175,38 @@ ORDER BY ct.capture_instance, cc.column_ordinal;";
 /// <https://learn.microsoft.com/sql/relational-databases/system-functions/cdc-fn-cdc-get-net-changes-capture-instance-transact-sql>
 pub const NET_CHANGES: &str = "SELECT [__$start_lsn], [__$operation], [__$update_mask], {columns} \
 FROM cdc.{function}(@P1, @P2, @P3) ORDER BY [__$start_lsn], {key_order};";
+
+/// Template: every change in `[@P1, @P2]` with row filter `@P3` (`all` or `all update old`):
+/// the CDC columns with `__$seqval`, then `{columns}`. The function's own order ("Entries are
+/// always returned sorted, first by the transaction commit LSN of the change, and then by a
+/// value that sequences the change within its transaction") is not guaranteed to survive an
+/// outer query without `ORDER BY`, so it is spelled out; `__$operation` last puts an update's
+/// before-image (3) ahead of its after-image (4), which share `__$seqval`. Filled by
+/// [`all_changes`].
+/// <https://learn.microsoft.com/sql/relational-databases/system-functions/cdc-fn-cdc-get-all-changes-capture-instance-transact-sql>
+/// <https://learn.microsoft.com/sql/relational-databases/track-changes/work-with-change-data-sql-server>
+pub const ALL_CHANGES: &str =
+    "SELECT [__$start_lsn], [__$seqval], [__$operation], [__$update_mask], \
+{columns} FROM cdc.{function}(@P1, @P2, @P3) ORDER BY [__$start_lsn], [__$seqval], [__$operation];";
+
+/// Template: the full load of a table without a key, which cannot page: one batch that opens
+/// a transaction and reads every row under a shared table lock held until
+/// [`RELEASE_LOCK`] (`TABLOCK` takes the lock on the table, `HOLDLOCK` keeps it to the end of
+/// the transaction; the hint makes the read a locking one under READ COMMITTED SNAPSHOT too).
+/// Writers wait while it is held, so the rows read and the baseline LSN taken before the
+/// release describe the same moment: no change can be both in the load and after the
+/// baseline. Sent as a SQL batch (no parameters), so the open transaction outlives the
+/// statement. `XACT_ABORT` rolls the transaction back on any error. Filled by [`scan_locked`].
+/// <https://learn.microsoft.com/sql/t-sql/queries/hints-transact-sql-table>
+/// <https://learn.microsoft.com/sql/t-sql/statements/set-xact-abort-transact-sql>
+/// <https://learn.microsoft.com/sql/t-sql/language-elements/begin-transaction-transact-sql>
+pub const SCAN_LOCKED: &str = "SET XACT_ABORT ON;
+BEGIN TRANSACTION;
+SELECT {columns} FROM {table} WITH (TABLOCK, HOLDLOCK);";
+
+/// Ends the transaction of [`SCAN_LOCKED`], releasing its table lock.
+/// <https://learn.microsoft.com/sql/t-sql/language-elements/commit-transaction-transact-sql>
+pub const RELEASE_LOCK: &str = "IF @@TRANCOUNT > 0 COMMIT TRANSACTION;";
 
 /// Template: the first `@P1` rows of a table in key order (full load, first part), the
 /// captured columns only. Filled by [`scan`].
@@ -260,6 +310,38 @@ pub fn net_changes_function(capture_instance: &str) -> Result<String, NameError>
     Ok(quote_identifier(&format!(
         "fn_cdc_get_net_changes_{capture_instance}"
     )))
+}
+
+/// `cdc.[fn_cdc_get_all_changes_<ci>]`'s bracketed part, after validating `ci`.
+pub fn all_changes_function(capture_instance: &str) -> Result<String, NameError> {
+    validate_identifier(capture_instance)?;
+    Ok(quote_identifier(&format!(
+        "fn_cdc_get_all_changes_{capture_instance}"
+    )))
+}
+
+/// [`ALL_CHANGES`] for a capture instance read from `cdc.change_tables`, selecting `columns`
+/// after the CDC columns.
+pub fn all_changes(capture_instance: &str, columns: &[String]) -> Result<String, NameError> {
+    let function = all_changes_function(capture_instance)?;
+    Ok(fill(
+        ALL_CHANGES,
+        &[
+            ("{function}", &function),
+            ("{columns}", &column_list(columns)?),
+        ],
+    ))
+}
+
+/// [`SCAN_LOCKED`] for `table`, selecting `columns`.
+pub fn scan_locked(table: &TableRef, columns: &[String]) -> Result<String, NameError> {
+    Ok(fill(
+        SCAN_LOCKED,
+        &[
+            ("{columns}", &column_list(columns)?),
+            ("{table}", &validate_table(table)?),
+        ],
+    ))
 }
 
 /// `[a], [b], …` after validating every name; at least one is required.
