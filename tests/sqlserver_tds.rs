@@ -68,6 +68,7 @@ fn customers_ci() -> CaptureInstance {
         start_lsn: Some(lsn(100)),
         key_columns: vec![KeyColumn::new("customer_id", KeyType::Int)],
         columns: vec!["customer_id".into(), "name".into()],
+        ddl: Vec::new(),
     }
 }
 
@@ -309,6 +310,7 @@ async fn capture_instance_picks_the_newest_or_the_wanted_one() {
                 KeyColumn::new("customer_id", KeyType::Int)
             ],
             columns: vec!["region".into(), "customer_id".into(), "name".into()],
+            ddl: Vec::new(),
         }
     );
     let wanted = session

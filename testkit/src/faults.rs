@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use cdc_copy::cdc::{
-    CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, Lsn, LsnRange, RowFilter,
-    RowSink, RowSinkError, TableRef, Value, Watermark,
+    AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, Lsn, LsnRange,
+    RowFilter, RowSink, RowSinkError, TableRef, Value, Watermark,
 };
 
 /// A round trip of the seam (opening a session counts as one: the login).
@@ -29,6 +29,9 @@ pub enum Method {
     CaptureProgress,
     MaxLsn,
     NetChanges,
+    AllChanges,
+    ScanLocked,
+    ReleaseLock,
     Scan,
     ReadWatermark,
     InsertWatermark,
@@ -266,12 +269,11 @@ struct FaultySession {
 
 #[async_trait]
 impl CdcSession for FaultySession {
-    async fn capture_instance(
+    async fn capture_instances(
         &mut self,
         table: &TableRef,
-        wanted: Option<&str>,
-    ) -> Result<CaptureInstance, CdcError> {
-        let call = self.inner.capture_instance(table, wanted);
+    ) -> Result<Vec<CaptureInstance>, CdcError> {
+        let call = self.inner.capture_instances(table);
         self.faults.call(Method::CaptureInstance, call).await
     }
 
@@ -296,6 +298,35 @@ impl CdcSession for FaultySession {
         let mut sink = StreamSink::new(sink, &self.faults, fault);
         let result = self.inner.net_changes(ci, range, filter, &mut sink).await;
         sink.result(Method::NetChanges, fault, result)
+    }
+
+    async fn all_changes(
+        &mut self,
+        ci: &CaptureInstance,
+        range: LsnRange,
+        filter: AllRowFilter,
+        sink: &mut dyn RowSink,
+    ) -> Result<u64, CdcError> {
+        let fault = self.faults.enter(Method::AllChanges)?;
+        let mut sink = StreamSink::new(sink, &self.faults, fault);
+        let result = self.inner.all_changes(ci, range, filter, &mut sink).await;
+        sink.result(Method::AllChanges, fault, result)
+    }
+
+    async fn scan_locked(
+        &mut self,
+        ci: &CaptureInstance,
+        sink: &mut dyn RowSink,
+    ) -> Result<u64, CdcError> {
+        let fault = self.faults.enter(Method::ScanLocked)?;
+        let mut sink = StreamSink::new(sink, &self.faults, fault);
+        let result = self.inner.scan_locked(ci, &mut sink).await;
+        sink.result(Method::ScanLocked, fault, result)
+    }
+
+    async fn release_lock(&mut self) -> Result<(), CdcError> {
+        let call = self.inner.release_lock();
+        self.faults.call(Method::ReleaseLock, call).await
     }
 
     async fn scan(

@@ -9,8 +9,8 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::{invalid_column, local_to_utc, to_sql_datetime, CdcModel, Key, NetCursor, BATCH};
 use cdc_copy::cdc::{
-    CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, Lsn, LsnRange, RowFilter,
-    RowSink, ScanMark, TableRef, Value, Watermark,
+    AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, Lsn, LsnRange,
+    RowFilter, RowSink, ScanMark, TableRef, Value, Watermark,
 };
 
 /// One "connection" to the model.
@@ -40,57 +40,56 @@ impl CdcSource for CdcModel {
 
 #[async_trait]
 impl CdcSession for ModelSession {
-    async fn capture_instance(
+    async fn capture_instances(
         &mut self,
         table: &TableRef,
-        wanted: Option<&str>,
-    ) -> Result<CaptureInstance, CdcError> {
+    ) -> Result<Vec<CaptureInstance>, CdcError> {
         self.model.round_trip();
         {
             let state = self.model.lock();
             let missing = || CdcError::NoCaptureInstance {
                 table: table.clone(),
-                wanted: wanted.map(str::to_string),
+                wanted: None,
             };
-            let instance = state
-                .instances
-                .iter()
-                .rev()
-                .filter(|i| &i.table == table)
-                .find(|i| wanted.is_none_or(|w| w == i.name));
-            let (Some(i), Some(t)) = (instance, state.tables.get(table)) else {
-                return Err(missing());
-            };
-            // A unique index may have nullable columns (sp_cdc_enable_table accepts it); the
-            // copier refuses such an instance, as the real session does.
-            let nullable: Vec<String> = t
-                .key_idx
-                .iter()
-                .filter(|&&k| t.defs[k].nullable)
-                .map(|&k| t.columns[k].clone())
-                .collect();
-            if !nullable.is_empty() {
-                return Err(CdcError::NullableKey {
+            let t = state.tables.get(table).ok_or_else(missing)?;
+            let mut out = Vec::new();
+            for i in state.instances.iter().filter(|i| &i.table == table) {
+                // A unique index may have nullable columns (sp_cdc_enable_table accepts it); the
+                // copier refuses such an instance, as the real session does.
+                let nullable: Vec<String> = t
+                    .key_idx
+                    .iter()
+                    .filter(|&&k| t.defs[k].nullable)
+                    .map(|&k| t.columns[k].clone())
+                    .collect();
+                if !nullable.is_empty() {
+                    return Err(CdcError::NullableKey {
+                        table: table.clone(),
+                        capture_instance: i.name.clone(),
+                        index: t.index.name.clone().unwrap_or_default(),
+                        columns: nullable,
+                    });
+                }
+                out.push(CaptureInstance {
                     table: table.clone(),
-                    capture_instance: i.name.clone(),
-                    index: t.index.name.clone().unwrap_or_default(),
-                    columns: nullable,
+                    name: i.name.clone(),
+                    supports_net_changes: i.supports_net_changes,
+                    min_lsn: i.reported_min_lsn(),
+                    start_lsn: i.start_lsn,
+                    key_columns: t.key_columns(),
+                    columns: i
+                        .captured
+                        .iter()
+                        .filter(|&&c| !t.defs[c].computed)
+                        .map(|&c| t.columns[c].clone())
+                        .collect(),
+                    ddl: Vec::new(),
                 });
             }
-            Ok(CaptureInstance {
-                table: table.clone(),
-                name: i.name.clone(),
-                supports_net_changes: i.supports_net_changes,
-                min_lsn: i.reported_min_lsn(),
-                start_lsn: i.start_lsn,
-                key_columns: t.key_columns(),
-                columns: i
-                    .captured
-                    .iter()
-                    .filter(|&&c| !t.defs[c].computed)
-                    .map(|&c| t.columns[c].clone())
-                    .collect(),
-            })
+            if out.is_empty() {
+                return Err(missing());
+            }
+            Ok(out)
         }
     }
 
@@ -172,6 +171,32 @@ impl CdcSession for ModelSession {
             }
         }
         Ok(sent)
+    }
+
+    async fn all_changes(
+        &mut self,
+        _ci: &CaptureInstance,
+        _range: LsnRange,
+        _filter: AllRowFilter,
+        _sink: &mut dyn RowSink,
+    ) -> Result<u64, CdcError> {
+        Err(CdcError::Protocol(
+            "model: all changes not modelled yet".into(),
+        ))
+    }
+
+    async fn scan_locked(
+        &mut self,
+        _ci: &CaptureInstance,
+        _sink: &mut dyn RowSink,
+    ) -> Result<u64, CdcError> {
+        Err(CdcError::Protocol(
+            "model: locked scan not modelled yet".into(),
+        ))
+    }
+
+    async fn release_lock(&mut self) -> Result<(), CdcError> {
+        Ok(())
     }
 
     async fn scan(
