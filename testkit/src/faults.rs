@@ -53,7 +53,9 @@ pub enum Fault {
     /// After the call took effect (a watermark update committed, rows were streamed): the
     /// reply was lost.
     AfterEffect,
-    /// A streamed result (`NetChanges`, `Scan`) breaks after this many rows reached the sink.
+    /// A streamed result (`NetChanges`, `AllChanges`, `Scan`, `ScanLocked`) breaks after this
+    /// many rows reached the sink. A drop during or after `ScanLocked`, or at `ReleaseLock`,
+    /// also ends the scan's transaction: its table lock is released.
     MidStream(u64),
 }
 
@@ -243,6 +245,16 @@ impl RowSink for StreamSink<'_> {
     }
 }
 
+/// A dropped connection ends its transaction, so the table lock a `scan_locked` took is gone
+/// whatever the caller does next: the inner session is told so (outside the fault plan, and
+/// not counted). Against the tiberius source this sends `sql::RELEASE_LOCK` on the still open
+/// connection, which a scripted TDS fake must expect.
+async fn end_transaction(inner: &mut dyn CdcSession) {
+    if let Err(e) = inner.release_lock().await {
+        tracing::debug!(error = %e, "releasing the lock after an injected drop failed");
+    }
+}
+
 struct FaultySource {
     inner: Arc<dyn CdcSource>,
     faults: Faults,
@@ -321,12 +333,21 @@ impl CdcSession for FaultySession {
         let fault = self.faults.enter(Method::ScanLocked)?;
         let mut sink = StreamSink::new(sink, &self.faults, fault);
         let result = self.inner.scan_locked(ci, &mut sink).await;
-        sink.result(Method::ScanLocked, fault, result)
+        let dropped = sink.broke || (fault == Some(Fault::AfterEffect) && result.is_ok());
+        let result = sink.result(Method::ScanLocked, fault, result);
+        if dropped {
+            end_transaction(self.inner.as_mut()).await;
+        }
+        result
     }
 
     async fn release_lock(&mut self) -> Result<(), CdcError> {
         let call = self.inner.release_lock();
-        self.faults.call(Method::ReleaseLock, call).await
+        let result = self.faults.call(Method::ReleaseLock, call).await;
+        if result.is_err() {
+            end_transaction(self.inner.as_mut()).await;
+        }
+        result
     }
 
     async fn scan(

@@ -14,9 +14,14 @@
 //! and never across an `.await`, so a slow sink never blocks writers for long and nothing
 //! clones a whole table or window up front.
 
+mod all_changes;
 pub mod collation;
 mod key;
 mod session;
+#[cfg(test)]
+mod all_changes_tests;
+#[cfg(test)]
+mod ddl_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -25,7 +30,7 @@ mod typed_tests;
 pub use key::{cmp_keys, cmp_values, Key};
 pub use session::ModelSession;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -33,7 +38,7 @@ use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Timelike, Utc};
 use tracing::debug;
 
 use cdc_copy::cdc::{
-    CaptureInstance, CdcError, KeyType, Lsn, RowFilter, TableRef, Value, Watermark,
+    AllRowFilter, CaptureInstance, CdcError, DdlEvent, KeyType, Lsn, RowFilter, TableRef, Value, Watermark,
 };
 
 use collation::Rules;
@@ -130,6 +135,24 @@ pub enum ModelError {
     NullablePrimaryKey { table: TableRef, column: String },
     #[error("{table}: the captured column list of an instance must include key column {column:?}")]
     KeyNotCaptured { table: TableRef, column: String },
+    #[error("no row of {table} equals {row:?}")]
+    NoMatchingRow { table: TableRef, row: Vec<Value> },
+    #[error("{table} has a column {column:?} already")]
+    ColumnExists { table: TableRef, column: String },
+    /// `sys.sp_cdc_enable_table`: "If supports_net_changes is set to 1, index_name must be
+    /// specified, or the source table must have a defined primary key."
+    #[error(
+        "{table} has no primary key or unique index: sys.sp_cdc_enable_table refuses \
+         @supports_net_changes = 1 for it (enable it with @supports_net_changes = 0)"
+    )]
+    NetChangesNeedKey { table: TableRef },
+    /// A session's [`CdcSession::scan_locked`](cdc_copy::cdc::CdcSession::scan_locked) holds
+    /// a shared table lock: a real writer would wait for it.
+    #[error(
+        "{table} is locked by a session's scan_locked (WITH (TABLOCK, HOLDLOCK)): a real \
+         writer waits; apply the write after release_lock or after the session is dropped"
+    )]
+    Blocked { table: TableRef },
     #[error("{0}")]
     Invalid(String),
 }
@@ -195,6 +218,15 @@ impl KeyIndex {
         }
     }
 
+    /// No primary key and no unique index: a heap. The model keys its rows by a hidden row
+    /// id (like a heap RID: never exposed), so duplicate rows are allowed.
+    pub fn none() -> KeyIndex {
+        KeyIndex {
+            name: None,
+            columns: Vec::new(),
+        }
+    }
+
     /// A unique index (`sp_cdc_enable_table @index_name`); its columns may be nullable.
     pub fn unique(name: &str, columns: &[&str]) -> KeyIndex {
         KeyIndex {
@@ -226,6 +258,21 @@ enum TxnOp {
     Insert(TableRef, Vec<Value>),
     Update(TableRef, Vec<Value>, Vec<Value>),
     Delete(TableRef, Vec<Value>),
+    /// Update of one row equal to the first row (`UPDATE TOP (1) … WHERE <every column equal>`).
+    UpdateRow(TableRef, Vec<Value>, Vec<Value>),
+    DeleteRow(TableRef, Vec<Value>),
+}
+
+impl TxnOp {
+    fn table(&self) -> &TableRef {
+        match self {
+            TxnOp::Insert(t, ..)
+            | TxnOp::Update(t, ..)
+            | TxnOp::Delete(t, ..)
+            | TxnOp::UpdateRow(t, ..)
+            | TxnOp::DeleteRow(t, ..) => t,
+        }
+    }
 }
 
 impl Txn {
@@ -244,6 +291,25 @@ impl Txn {
 
     pub fn delete(&mut self, table: &TableRef, key: &[Value]) -> &mut Txn {
         self.ops.push(TxnOp::Delete(table.clone(), key.to_vec()));
+        self
+    }
+
+    /// Replaces ONE row equal to `old_row` by `new_row` (`UPDATE TOP (1) … WHERE` every column
+    /// equals `old_row`): how a table without a key is updated. Fails if no row is equal.
+    pub fn update_row(
+        &mut self,
+        table: &TableRef,
+        old_row: Vec<Value>,
+        new_row: Vec<Value>,
+    ) -> &mut Txn {
+        self.ops
+            .push(TxnOp::UpdateRow(table.clone(), old_row, new_row));
+        self
+    }
+
+    /// Deletes ONE row equal to `row` (`DELETE TOP (1) … WHERE` every column equals `row`).
+    pub fn delete_row(&mut self, table: &TableRef, row: Vec<Value>) -> &mut Txn {
+        self.ops.push(TxnOp::DeleteRow(table.clone(), row));
         self
     }
 
@@ -428,12 +494,23 @@ impl CdcModel {
         columns: Vec<String>,
         key_columns: Vec<String>,
     ) -> Result<(), ModelError> {
+        if key_columns.is_empty() {
+            return Err(ModelError::NoKey { table });
+        }
         let new = Table::new(&table, untyped(columns), &primary_key(key_columns), None)?;
         self.lock().add_table(table, new)
     }
 
+    /// A table without a primary key or unique index (a heap): rows are kept in insertion
+    /// order under a hidden row id, duplicates allowed. Only `@supports_net_changes = 0` can
+    /// capture it. The same as `create_typed_table(table, columns, KeyIndex::none())`.
+    pub fn create_heap(&self, table: TableRef, columns: Vec<ColumnDef>) -> Result<(), ModelError> {
+        self.create_typed_table(table, columns, KeyIndex::none())
+    }
+
     /// A table with declared column types, keyed by `index` (the primary key, or a unique
-    /// index whose columns may be nullable, as `sp_cdc_enable_table @index_name` allows).
+    /// index whose columns may be nullable, as `sp_cdc_enable_table @index_name` allows, or
+    /// [`KeyIndex::none`] for a heap).
     pub fn create_typed_table(
         &self,
         table: TableRef,
@@ -455,6 +532,9 @@ impl CdcModel {
         rows: u64,
         f: impl Fn(u64) -> Vec<Value> + Send + Sync + 'static,
     ) -> Result<(), ModelError> {
+        if key_columns.is_empty() {
+            return Err(ModelError::NoKey { table });
+        }
         let f: RowFn = Arc::new(f);
         let new = Table::new(
             &table,
@@ -500,13 +580,70 @@ impl CdcModel {
             .ok_or_else(|| ModelError::NoInstance(capture_instance.to_string()))?;
         let removed = state.instances.remove(pos);
         let table = removed.table.clone();
-        if !state.instances.iter().any(|i| i.table == table) {
-            if let Some(t) = state.tables.get_mut(&table) {
-                t.log_front_seq += t.log.len() as u64;
-                t.log.clear();
+        // The change rows only the removed instance still covered go with it; the other
+        // instance (if any) keeps its own from its start on.
+        let keep_from = state
+            .instances
+            .iter()
+            .filter(|i| i.table == table)
+            .map(|i| i.min_lsn)
+            .min()
+            .unwrap_or(Lsn::MAX);
+        if let Some(t) = state.tables.get_mut(&table) {
+            while t.log.front().is_some_and(|e| e.lsn() < keep_from) {
+                t.log.pop_front();
+                t.log_front_seq += 1;
             }
         }
         Ok(())
+    }
+
+    /// `ALTER TABLE … ADD <column> NULL`: existing rows read NULL there, rows written from now
+    /// on have the new arity. A logged transaction with its own LSN, recorded in
+    /// `cdc.ddl_history` for every capture instance of the table; those instances keep their
+    /// captured columns (the new column is not in their change rows), an instance enabled
+    /// afterwards captures it. Returns the DDL's LSN.
+    pub fn add_column(&self, table: &TableRef, column: ColumnDef) -> Result<Lsn, ModelError> {
+        let mut state = self.lock();
+        state.check_unlocked(table)?;
+        let t = state.table_mut(table)?;
+        if t.columns.contains(&column.name) {
+            return Err(ModelError::ColumnExists {
+                table: table.clone(),
+                column: column.name,
+            });
+        }
+        if !column.nullable {
+            return Err(ModelError::Invalid(format!(
+                "{table}: the model adds nullable columns only (ALTER TABLE ADD {:?} NULL); a \
+                 NOT NULL column needs a default, which is not modelled",
+                column.name
+            )));
+        }
+        let command = format!(
+            "ALTER TABLE {} ADD {} {} NULL",
+            table.quoted(),
+            cdc_copy::cdc::quote_identifier(&column.name),
+            column.ty.as_ref().map_or("sql_variant".to_string(), ToString::to_string)
+        );
+        t.columns.push(column.name.clone());
+        t.defs.push(column);
+        for slot in t.rows.values_mut() {
+            if let Slot::Row(row) = slot {
+                row.push(Value::Null);
+            }
+        }
+        Ok(state.log_ddl(table, command))
+    }
+
+    /// Any other DDL on `table` (`command` is what `cdc.ddl_history.ddl_command` shows): no
+    /// schema change in the model, but a logged transaction recorded for every capture
+    /// instance of the table, like [`CdcModel::add_column`]. Returns its LSN.
+    pub fn ddl(&self, table: &TableRef, command: &str) -> Result<Lsn, ModelError> {
+        let mut state = self.lock();
+        state.check_unlocked(table)?;
+        state.table_mut(table)?;
+        Ok(state.log_ddl(table, command.to_string()))
     }
 
     // ----- DML ------------------------------------------------------------------------------
@@ -539,6 +676,25 @@ impl CdcModel {
     pub fn delete(&self, table: &TableRef, key: &[Value]) -> Result<Lsn, ModelError> {
         let mut txn = self.begin();
         txn.delete(table, key);
+        txn.commit()
+    }
+
+    /// One-statement update of ONE row equal to `old_row` (see [`Txn::update_row`]).
+    pub fn update_row(
+        &self,
+        table: &TableRef,
+        old_row: Vec<Value>,
+        new_row: Vec<Value>,
+    ) -> Result<Lsn, ModelError> {
+        let mut txn = self.begin();
+        txn.update_row(table, old_row, new_row);
+        txn.commit()
+    }
+
+    /// One-statement delete of ONE row equal to `row` (see [`Txn::delete_row`]).
+    pub fn delete_row(&self, table: &TableRef, row: Vec<Value>) -> Result<Lsn, ModelError> {
+        let mut txn = self.begin();
+        txn.delete_row(table, row);
         txn.commit()
     }
 
@@ -642,9 +798,9 @@ impl CdcModel {
 
     // ----- oracles ------------------------------------------------------------------------
 
-    /// Every change row of `table` logged with an LSN above `after`, captured or not, in
-    /// (LSN, sequence) order: op 1 delete (the row as deleted), 2 insert, 4 update (new row).
-    /// Key updates appear as 1 then 2.
+    /// Every change row of `table` logged with an LSN above `after` (while it had a capture
+    /// instance), in (LSN, sequence) order: op 1 delete (the row as deleted), 2 insert, 4
+    /// update (new row). Key updates appear as 1 then 2.
     pub fn changes_since(&self, table: &TableRef, after: Lsn) -> Vec<(Lsn, u8, Vec<Value>)> {
         let state = self.lock();
         let Some(t) = state.tables.get(table) else {
@@ -656,15 +812,14 @@ impl CdcModel {
             match entry {
                 Entry::Change { lsn, op, row, .. } => out.push((*lsn, *op, row.clone())),
                 Entry::Generated { lsn, start, count } => {
-                    let f = &t.generated.as_ref().expect("generated entry").f;
-                    out.extend((*start..start + count).map(|i| (*lsn, 2, f(i))));
+                    out.extend((*start..start + count).map(|i| (*lsn, 2, t.gen_row(i))));
                 }
             }
         }
         out
     }
 
-    /// The table's current rows in key order.
+    /// The table's current rows in key order (a table without a key: insertion order).
     pub fn table_rows(&self, table: &TableRef) -> Vec<Vec<Value>> {
         let state = self.lock();
         state
@@ -690,14 +845,37 @@ impl CdcModel {
             .lock()
             .net_plan_by_name(capture_instance, from, to, filter)?;
         let mut cursor = NetCursor::default();
-        let mut out = Vec::new();
-        loop {
-            let batch = self.lock().net_batch(&plan, &mut cursor, BATCH)?;
-            if batch.is_empty() {
-                return Ok(out);
-            }
-            out.extend(batch);
+        collect_batches(|| self.lock().net_batch(&plan, &mut cursor, BATCH))
+    }
+
+    /// The rows `cdc.fn_cdc_get_all_changes_<ci>` would stream, collected (for oracles; same
+    /// code path as [`ModelSession`]'s `all_changes`).
+    pub fn all_rows(
+        &self,
+        capture_instance: &str,
+        from: Lsn,
+        to: Lsn,
+        filter: AllRowFilter,
+    ) -> Result<Vec<Vec<Value>>, CdcError> {
+        let plan = self
+            .lock()
+            .all_plan_by_name(capture_instance, from, to, filter)?;
+        let mut cursor = plan.cursor();
+        collect_batches(|| self.lock().all_batch(&plan, &mut cursor, BATCH))
+    }
+}
+
+/// Every row of batches from `next` until an empty one.
+fn collect_batches(
+    mut next: impl FnMut() -> Result<Vec<Vec<Value>>, CdcError>,
+) -> Result<Vec<Vec<Value>>, CdcError> {
+    let mut out = Vec::new();
+    loop {
+        let batch = next()?;
+        if batch.is_empty() {
+            return Ok(out);
         }
+        out.extend(batch);
     }
 }
 
@@ -721,9 +899,13 @@ enum Slot {
 enum Entry {
     Change {
         lsn: Lsn,
+        /// The change's position in its transaction (`__$seqval`, see [`all_changes`]).
+        seq: u64,
         op: u8,
         key: Key,
         row: Vec<Value>,
+        /// An update's row before it (the `all update old` before-image, op 3).
+        before: Option<Vec<Value>>,
     },
     /// Inserts of generated rows `start..start + count`, one transaction.
     Generated { lsn: Lsn, start: u64, count: u64 },
@@ -752,7 +934,10 @@ struct Table {
     name: TableRef,
     columns: Vec<String>,
     defs: Vec<ColumnDef>,
+    /// Empty for a heap, whose rows are keyed by a hidden row id instead.
     key_idx: Vec<usize>,
+    /// The next hidden row id of a heap (never reused, never exposed).
+    next_rid: i64,
     index: KeyIndex,
     rows: BTreeMap<Key, Slot>,
     generated: Option<Generated>,
@@ -774,7 +959,7 @@ impl Table {
     ) -> Result<Table, ModelError> {
         let key_columns = &index.columns;
         let columns: Vec<String> = defs.iter().map(|d| d.name.clone()).collect();
-        if key_columns.is_empty() {
+        if key_columns.is_empty() && (generated.is_some() || index.name.is_some()) {
             return Err(ModelError::NoKey {
                 table: name.clone(),
             });
@@ -804,6 +989,7 @@ impl Table {
             columns,
             defs,
             key_idx,
+            next_rid: 1,
             index: index.clone(),
             rows: BTreeMap::new(),
             generated: None,
@@ -822,6 +1008,47 @@ impl Table {
             table.generated = Some(g);
         }
         Ok(table)
+    }
+
+    fn is_heap(&self) -> bool {
+        self.key_idx.is_empty()
+    }
+
+    /// Row `i` of the generated sequence, NULL in columns added after it was defined.
+    fn gen_row(&self, i: u64) -> Vec<Value> {
+        let mut row = (self.generated.as_ref().expect("a generated table").f)(i);
+        row.resize(self.columns.len(), Value::Null);
+        row
+    }
+
+    /// The key a new row is stored under: its key columns, or for a heap a fresh row id.
+    fn new_key(&mut self, row: &[Value]) -> Key {
+        if self.is_heap() {
+            let rid = self.next_rid;
+            self.next_rid += 1;
+            Key(vec![Value::Int(rid)])
+        } else {
+            self.key_of(row)
+        }
+    }
+
+    /// The key of one current row equal to `row` (a heap: the first in row id order).
+    fn find_row(&self, row: &[Value]) -> Result<Key, ModelError> {
+        let found = if self.is_heap() {
+            self.rows.iter().find_map(|(k, slot)| match slot {
+                Slot::Row(r) if r.as_slice() == row => Some(k.clone()),
+                _ => None,
+            })
+        } else {
+            let key = self.key_of(row);
+            self.get(&key)
+                .is_some_and(|r| r.as_slice() == row)
+                .then_some(key)
+        };
+        found.ok_or_else(|| ModelError::NoMatchingRow {
+            table: self.name.clone(),
+            row: row.to_vec(),
+        })
     }
 
     /// The key of `row` in the form the table orders by (character keys as their collation's
@@ -926,7 +1153,8 @@ impl Table {
             Some(Slot::Tombstone) => None,
             None => {
                 let i = self.gen_find(key).ok()?;
-                Some((self.generated.as_ref()?.f)(i))
+                self.generated.as_ref()?;
+                Some(self.gen_row(i))
             }
         }
     }
@@ -948,9 +1176,18 @@ impl Table {
         self.set_slot(key.clone(), slot)
     }
 
-    /// Up to `limit` current rows after `after`, in key order: the generated sequence merged
-    /// with the overlay (overlay wins on equal keys; tombstones hide generated rows).
+    /// Up to `limit` current rows after `after`, in key order (see [`Table::scan_keyed`]).
     fn scan_batch(&self, after: Option<&Key>, limit: usize) -> Vec<Vec<Value>> {
+        self.scan_keyed(after, limit)
+            .into_iter()
+            .map(|(_, row)| row)
+            .collect()
+    }
+
+    /// Up to `limit` current rows after `after` with their keys, in key order (a heap: row id
+    /// order): the generated sequence merged with the overlay (overlay wins on equal keys;
+    /// tombstones hide generated rows).
+    fn scan_keyed(&self, after: Option<&Key>, limit: usize) -> Vec<(Key, Vec<Value>)> {
         let mut out = Vec::new();
         let lower = match after {
             Some(k) => Bound::Excluded(k.clone()),
@@ -966,7 +1203,7 @@ impl Table {
         let mut prev_gen: Option<Key> = None;
         while out.len() < limit {
             if gen_cur.is_none() && gi < n {
-                let row = (self.generated.as_ref().expect("n > 0").f)(gi);
+                let row = self.gen_row(gi);
                 let key = self.key_of(&row);
                 if let Some(prev) = &prev_gen {
                     assert!(
@@ -991,14 +1228,14 @@ impl Table {
             }
             let take_overlay = order != std::cmp::Ordering::Greater;
             if take_overlay {
-                let (_, slot) = overlay.next().expect("peeked");
+                let (key, slot) = overlay.next().expect("peeked");
                 if let Slot::Row(row) = slot {
-                    out.push(row.clone());
+                    out.push((key.clone(), row.clone()));
                 }
             } else {
-                let (_, row) = gen_cur.take().expect("checked");
+                let (key, row) = gen_cur.take().expect("checked");
                 gi += 1;
-                out.push(row);
+                out.push((key, row));
             }
         }
         out
@@ -1021,6 +1258,8 @@ struct Instance {
     /// `cdc.change_tables.start_lsn`: `None` until the capture process has run past the
     /// `sp_cdc_enable_table` that created the instance (docs/model.md).
     start_lsn: Option<Lsn>,
+    /// Its `cdc.ddl_history` rows, oldest first (shown once captured).
+    ddl: Vec<DdlEvent>,
 }
 
 impl Instance {
@@ -1058,6 +1297,19 @@ struct State {
     mapping_monotonic: bool,
     pending: VecDeque<Pending>,
     watermarks: Option<BTreeMap<TableRef, Watermark>>,
+    /// Tables a session's `scan_locked` holds a shared lock on, with the sessions holding it.
+    locks: BTreeMap<TableRef, BTreeSet<u64>>,
+    /// The id of the next session opened.
+    next_session: u64,
+}
+
+/// A change row a transaction produced, logged at its commit.
+struct Logged {
+    table: TableRef,
+    op: u8,
+    key: Key,
+    row: Vec<Value>,
+    before: Option<Vec<Value>>,
 }
 
 /// Undo record for a failed transaction.
@@ -1093,6 +1345,8 @@ impl State {
             mapping_monotonic: true,
             pending: VecDeque::new(),
             watermarks: Some(BTreeMap::new()),
+            locks: BTreeMap::new(),
+            next_session: 1,
         }
     }
 
@@ -1287,6 +1541,11 @@ impl State {
                     .collect()
             }
         };
+        if supports_net_changes && t.is_heap() {
+            return Err(ModelError::NetChangesNeedKey {
+                table: table.clone(),
+            });
+        }
         if let Some(&k) = t.key_idx.iter().find(|k| !captured.contains(k)) {
             return Err(ModelError::KeyNotCaptured {
                 table: table.clone(),
@@ -1307,6 +1566,7 @@ impl State {
             min_lsn: start,
             captured,
             start_lsn: None,
+            ddl: Vec::new(),
         });
         self.push_pending(start);
         self.auto_capture();
@@ -1316,6 +1576,38 @@ impl State {
 
     fn captured(&self, table: &TableRef) -> bool {
         self.instances.iter().any(|i| &i.table == table)
+    }
+
+    /// Writers wait for a `scan_locked` session's shared table lock; the model refuses.
+    fn check_unlocked(&self, table: &TableRef) -> Result<(), ModelError> {
+        match self.locks.get(table) {
+            Some(holders) if !holders.is_empty() => Err(ModelError::Blocked {
+                table: table.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Logs one DDL transaction on `table` and records it in `cdc.ddl_history` for every
+    /// capture instance of the table. Returns its LSN.
+    fn log_ddl(&mut self, table: &TableRef, command: String) -> Lsn {
+        let lsn = self.next_commit_lsn();
+        let time = to_sql_datetime(self.to_local(self.now));
+        let mut any = false;
+        for inst in self.instances.iter_mut().filter(|i| &i.table == table) {
+            any = true;
+            inst.ddl.push(DdlEvent {
+                command: command.clone(),
+                lsn,
+                time,
+            });
+        }
+        if any {
+            self.push_pending(lsn);
+        }
+        debug!(table = %table, %lsn, command, "model: DDL");
+        self.auto_capture();
+        lsn
     }
 
     fn table_mut(&mut self, name: &TableRef) -> Result<&mut Table, ModelError> {
@@ -1329,11 +1621,9 @@ impl State {
         &mut self,
         op: TxnOp,
         undo: &mut Vec<Undo>,
-        logged: &mut Vec<(TableRef, u8, Key, Vec<Value>)>,
+        logged: &mut Vec<Logged>,
     ) -> Result<(), ModelError> {
-        let name = match &op {
-            TxnOp::Insert(t, ..) | TxnOp::Update(t, ..) | TxnOp::Delete(t, ..) => t.clone(),
-        };
+        let name = op.table().clone();
         let t = self.table_mut(&name)?;
         undo.push(Undo::Meta {
             table: name.clone(),
@@ -1348,78 +1638,93 @@ impl State {
                 prev,
             });
         };
-        match op {
+        let log = |op: u8, key: Key, row: Vec<Value>, before: Option<Vec<Value>>| Logged {
+            table: name.clone(),
+            op,
+            key,
+            row,
+            before,
+        };
+        let no_row = |key: Key| ModelError::NoRow {
+            table: name.clone(),
+            key: key.0,
+        };
+        // Which row an update or delete changes, and the new row of an update.
+        let (key, new_row) = match op {
             TxnOp::Insert(_, row) => {
                 t.check_arity(&row)?;
                 let row = t.stored(row);
-                let key = t.key_of(&row);
-                if t.get(&key).is_some() {
-                    return Err(ModelError::DuplicateKey {
-                        table: name,
-                        key: key.0,
-                    });
-                }
+                let key = if t.is_heap() {
+                    t.new_key(&row)
+                } else {
+                    let key = t.key_of(&row);
+                    if t.get(&key).is_some() {
+                        return Err(ModelError::DuplicateKey {
+                            table: name,
+                            key: key.0,
+                        });
+                    }
+                    key
+                };
                 set(t, key.clone(), Some(Slot::Row(row.clone())), undo);
                 t.row_count += 1;
                 if t.max_key.as_ref().is_none_or(|m| *m < key) {
                     t.max_key = Some(key.clone());
                 }
-                logged.push((name, 2, key, row));
+                logged.push(log(2, key, row, None));
+                return Ok(());
             }
-            TxnOp::Update(_, key, row) => {
-                t.check_arity(&row)?;
-                let row = t.stored(row);
-                let key = t.check_key(&key)?;
-                let Some(old) = t.get(&key) else {
-                    return Err(ModelError::NoRow {
-                        table: name,
-                        key: key.0,
-                    });
-                };
-                let new_key = t.key_of(&row);
-                if new_key == key {
-                    set(t, key.clone(), Some(Slot::Row(row.clone())), undo);
-                    logged.push((name, 4, key, row));
-                } else {
-                    // An update of the key itself is captured as delete + insert.
-                    if t.get(&new_key).is_some() {
-                        return Err(ModelError::DuplicateKey {
-                            table: name,
-                            key: new_key.0,
-                        });
-                    }
-                    let prev = t.remove(&key);
-                    undo.push(Undo::Slot {
-                        table: name.clone(),
-                        key: key.clone(),
-                        prev,
-                    });
-                    set(t, new_key.clone(), Some(Slot::Row(row.clone())), undo);
-                    if t.max_key.as_ref().is_none_or(|m| *m < new_key) {
-                        t.max_key = Some(new_key.clone());
-                    }
-                    logged.push((name.clone(), 1, key, old));
-                    logged.push((name, 2, new_key, row));
-                }
-            }
-            TxnOp::Delete(_, key) => {
-                let key = t.check_key(&key)?;
-                let Some(old) = t.get(&key) else {
-                    return Err(ModelError::NoRow {
-                        table: name,
-                        key: key.0,
-                    });
-                };
-                let prev = t.remove(&key);
-                undo.push(Undo::Slot {
-                    table: name.clone(),
-                    key: key.clone(),
-                    prev,
-                });
-                t.row_count -= 1;
-                logged.push((name, 1, key, old));
-            }
+            TxnOp::Update(_, key, row) => (t.check_key(&key)?, Some(row)),
+            TxnOp::Delete(_, key) => (t.check_key(&key)?, None),
+            TxnOp::UpdateRow(_, old, row) => (t.find_row(&t.stored(old))?, Some(row)),
+            TxnOp::DeleteRow(_, old) => (t.find_row(&t.stored(old))?, None),
+        };
+        let Some(old) = t.get(&key) else {
+            return Err(no_row(key));
+        };
+        let Some(row) = new_row else {
+            let prev = t.remove(&key);
+            undo.push(Undo::Slot {
+                table: name.clone(),
+                key: key.clone(),
+                prev,
+            });
+            t.row_count -= 1;
+            logged.push(log(1, key, old, None));
+            return Ok(());
+        };
+        t.check_arity(&row)?;
+        let row = t.stored(row);
+        // A heap row keeps its row id, whatever its values.
+        let new_key = if t.is_heap() {
+            key.clone()
+        } else {
+            t.key_of(&row)
+        };
+        if new_key == key {
+            set(t, key.clone(), Some(Slot::Row(row.clone())), undo);
+            logged.push(log(4, key, row, Some(old)));
+            return Ok(());
         }
+        // An update of the key itself is captured as delete + insert.
+        if t.get(&new_key).is_some() {
+            return Err(ModelError::DuplicateKey {
+                table: name,
+                key: new_key.0,
+            });
+        }
+        let prev = t.remove(&key);
+        undo.push(Undo::Slot {
+            table: name.clone(),
+            key: key.clone(),
+            prev,
+        });
+        set(t, new_key.clone(), Some(Slot::Row(row.clone())), undo);
+        if t.max_key.as_ref().is_none_or(|m| *m < new_key) {
+            t.max_key = Some(new_key.clone());
+        }
+        logged.push(log(1, key, old, None));
+        logged.push(log(2, new_key, row, None));
         Ok(())
     }
 
@@ -1446,6 +1751,9 @@ impl State {
     }
 
     fn commit(&mut self, ops: Vec<TxnOp>) -> Result<Lsn, ModelError> {
+        for op in &ops {
+            self.check_unlocked(op.table())?;
+        }
         let mut undo = Vec::new();
         let mut logged = Vec::new();
         for op in ops {
@@ -1457,11 +1765,18 @@ impl State {
         let lsn = self.next_commit_lsn();
         let mut any = false;
         let changes = logged.len();
-        for (table, op, key, row) in logged {
-            if self.captured(&table) {
+        for (seq, change) in (0u64..).zip(logged) {
+            if self.captured(&change.table) {
                 any = true;
-                let t = self.tables.get_mut(&table).expect("applied");
-                t.log.push_back(Entry::Change { lsn, op, key, row });
+                let t = self.tables.get_mut(&change.table).expect("applied");
+                t.log.push_back(Entry::Change {
+                    lsn,
+                    seq,
+                    op: change.op,
+                    key: change.key,
+                    row: change.row,
+                    before: change.before,
+                });
             }
         }
         if any {
@@ -1478,6 +1793,7 @@ impl State {
         count: u64,
         rows_per_txn: u64,
     ) -> Result<Option<Lsn>, ModelError> {
+        self.check_unlocked(name)?;
         let captured = self.captured(name);
         let t = self.table_mut(name)?;
         let Some(g) = &t.generated else {
@@ -1486,14 +1802,14 @@ impl State {
         if count == 0 {
             return Ok(None);
         }
-        let (start, f) = (g.n, g.f.clone());
-        let first = f(start);
+        let start = g.n;
+        let first = t.gen_row(start);
         t.check_arity(&first)?;
         let first_key = t.key_of(&first);
         if t.max_key.as_ref().is_some_and(|m| *m >= first_key) {
             return Err(ModelError::GeneratedKeyNotFresh(name.clone()));
         }
-        let last_key = t.key_of(&f(start + count - 1));
+        let last_key = t.key_of(&t.gen_row(start + count - 1));
         t.max_key = Some(last_key);
         t.row_count += count;
         t.generated.as_mut().expect("checked").n += count;
@@ -1552,6 +1868,20 @@ impl State {
         lwm
     }
 
+    /// The instance named `name` (of `table`, when given), or the error a read of a missing
+    /// one gives.
+    fn instance_for(&self, table: Option<&TableRef>, name: &str) -> Result<&Instance, CdcError> {
+        self.instance(name)
+            .filter(|i| table.is_none_or(|t| &i.table == t))
+            .ok_or_else(|| CdcError::NoCaptureInstance {
+                table: table.cloned().unwrap_or(TableRef {
+                    schema: String::new(),
+                    table: String::new(),
+                }),
+                wanted: Some(name.to_string()),
+            })
+    }
+
     fn net_plan_by_name(
         &self,
         name: &str,
@@ -1559,16 +1889,7 @@ impl State {
         to: Lsn,
         filter: RowFilter,
     ) -> Result<NetPlan, CdcError> {
-        let inst = self
-            .instance(name)
-            .ok_or_else(|| CdcError::NoCaptureInstance {
-                table: TableRef {
-                    schema: String::new(),
-                    table: String::new(),
-                },
-                wanted: Some(name.to_string()),
-            })?;
-        self.net_plan(inst, None, from, to, filter)
+        self.net_plan(self.instance_for(None, name)?, None, from, to, filter)
     }
 
     fn net_plan_for(
@@ -1578,14 +1899,62 @@ impl State {
         to: Lsn,
         filter: RowFilter,
     ) -> Result<NetPlan, CdcError> {
-        let inst = self
-            .instance(&ci.name)
-            .filter(|i| i.table == ci.table)
-            .ok_or_else(|| CdcError::NoCaptureInstance {
-                table: ci.table.clone(),
-                wanted: Some(ci.name.clone()),
-            })?;
+        let inst = self.instance_for(Some(&ci.table), &ci.name)?;
         self.net_plan(inst, Some(&ci.columns), from, to, filter)
+    }
+
+    /// What a CDC function says of `[from, to]` for `inst`: an instance the capture process
+    /// has not recognised, a range below its validity interval or above the max LSN, or an
+    /// inverted one is Msg 313.
+    fn check_range(&self, inst: &Instance, from: Lsn, to: Lsn, function: &str) -> Result<(), CdcError> {
+        if inst.start_lsn.is_none() || from < inst.min_lsn || to > self.max_lsn() || from > to {
+            return Err(msg_313(function));
+        }
+        Ok(())
+    }
+
+    /// Per selected column after the CDC ones: its table position, or `None` for NULL (a
+    /// change row holds the captured columns only, computed ones as NULL). `columns`: the
+    /// captured columns selected (`None`: all of the instance's, as `SELECT *` would).
+    fn change_projection(
+        &self,
+        inst: &Instance,
+        columns: Option<&[String]>,
+    ) -> Result<Vec<Option<usize>>, CdcError> {
+        let t = &self.tables[&inst.table];
+        let change_column = |i: usize| (!t.defs[i].computed).then_some(i);
+        match columns {
+            None => Ok(inst.captured.iter().map(|&i| change_column(i)).collect()),
+            Some(names) => names
+                .iter()
+                .map(|name| {
+                    inst.captured
+                        .iter()
+                        .find(|&&i| t.columns[i] == *name)
+                        .map(|&i| change_column(i))
+                        .ok_or_else(|| invalid_column(name))
+                })
+                .collect(),
+        }
+    }
+
+    /// The result set's columns: the CDC ones, then the selected captured columns.
+    fn change_columns(
+        &self,
+        inst: &Instance,
+        cdc: &[&str],
+        columns: Option<&[String]>,
+    ) -> Vec<String> {
+        let t = &self.tables[&inst.table];
+        let selected: Vec<String> = match columns {
+            Some(names) => names.to_vec(),
+            None => inst
+                .captured
+                .iter()
+                .map(|&i| t.columns[i].clone())
+                .collect(),
+        };
+        cdc.iter().map(|c| c.to_string()).chain(selected).collect()
     }
 
     /// Folds the change rows in `[from, to]` per key (the net-changes rules, see
@@ -1601,31 +1970,17 @@ impl State {
         to: Lsn,
         filter: RowFilter,
     ) -> Result<NetPlan, CdcError> {
+        // "If 1, the functions that are needed to query for net changes are also generated"
+        // (sys.sp_cdc_enable_table): without, the function does not exist.
         if !inst.supports_net_changes {
-            return Err(CdcError::NoNetChanges {
-                table: inst.table.clone(),
-                capture_instance: inst.name.clone(),
-            });
+            return Err(invalid_object(&format!(
+                "cdc.fn_cdc_get_net_changes_{}",
+                inst.name
+            )));
         }
-        if inst.start_lsn.is_none() || from < inst.min_lsn || to > self.max_lsn() || from > to {
-            return Err(msg_313());
-        }
+        self.check_range(inst, from, to, NET_CHANGES)?;
         let t = &self.tables[&inst.table];
-        // A change row holds the captured columns only, computed ones as NULL.
-        let change_column = |i: usize| (!t.defs[i].computed).then_some(i);
-        let projection: Vec<Option<usize>> = match columns {
-            None => inst.captured.iter().map(|&i| change_column(i)).collect(),
-            Some(names) => names
-                .iter()
-                .map(|name| {
-                    inst.captured
-                        .iter()
-                        .find(|&&i| t.columns[i] == *name)
-                        .map(|&i| change_column(i))
-                        .ok_or_else(|| invalid_column(name))
-                })
-                .collect::<Result<_, _>>()?,
-        };
+        let projection = self.change_projection(inst, columns)?;
         let lo = t.log.partition_point(|e| e.lsn() < from);
         let hi = t.log.partition_point(|e| e.lsn() <= to);
         // Per key: (first operation in the window, position of the last change).
@@ -1692,19 +2047,8 @@ impl State {
                 _ => unreachable!("change positions"),
             }
         });
-        let selected: Vec<String> = match columns {
-            Some(names) => names.to_vec(),
-            None => inst
-                .captured
-                .iter()
-                .map(|&i| t.columns[i].clone())
-                .collect(),
-        };
-        let columns = ["__$start_lsn", "__$operation", "__$update_mask"]
-            .into_iter()
-            .map(str::to_string)
-            .chain(selected)
-            .collect();
+        let columns =
+            self.change_columns(inst, &["__$start_lsn", "__$operation", "__$update_mask"], columns);
         Ok(NetPlan {
             table: inst.table.clone(),
             columns,
@@ -1723,14 +2067,17 @@ impl State {
         cur: &mut NetCursor,
         max: usize,
     ) -> Result<Vec<Vec<Value>>, CdcError> {
-        let t = self.tables.get(&plan.table).ok_or_else(msg_313)?;
+        let t = self
+            .tables
+            .get(&plan.table)
+            .ok_or_else(|| msg_313(NET_CHANGES))?;
         let mut out = Vec::new();
         while out.len() < max {
             let one = match plan.ones.get(cur.one) {
                 Some(&(seq, op)) => match t.entry(seq) {
                     Some(Entry::Change { lsn, row, .. }) => Some((*lsn, op, row)),
                     // Cleanup deleted rows this read still had to return.
-                    _ => return Err(msg_313()),
+                    _ => return Err(msg_313(NET_CHANGES)),
                 },
                 None => None,
             };
@@ -1744,8 +2091,7 @@ impl State {
                 (_, Some(g)) => {
                     let i = g.start + cur.gen_off;
                     if !plan.superseded.contains(&i) {
-                        let f = &t.generated.as_ref().expect("generated entry").f;
-                        out.push(net_row(g.lsn, plan.gen_op, &f(i), &plan.projection));
+                        out.push(net_row(g.lsn, plan.gen_op, &t.gen_row(i), &plan.projection));
                     }
                     cur.gen_off += 1;
                     if cur.gen_off == g.count {
@@ -1799,12 +2145,28 @@ fn net_row(lsn: Lsn, op: u8, row: &[Value], projection: &[Option<usize>]) -> Vec
     out.push(Value::Binary(lsn.0.to_vec()));
     out.push(Value::Int(op.into()));
     out.push(Value::Null);
-    out.extend(
-        projection
-            .iter()
-            .map(|p| p.map_or(Value::Null, |i| row[i].clone())),
-    );
+    out.extend(project(row, projection));
     out
+}
+
+/// The selected columns of a change row (NULL where `projection` says so).
+fn project<'a>(
+    row: &'a [Value],
+    projection: &'a [Option<usize>],
+) -> impl Iterator<Item = Value> + 'a {
+    projection
+        .iter()
+        .map(|p| p.and_then(|i| row.get(i).cloned()).unwrap_or(Value::Null))
+}
+
+/// Msg 208, what SQL Server says when a statement names an object that does not exist (the
+/// net changes function of an instance enabled without `@supports_net_changes = 1`).
+pub(crate) fn invalid_object(name: &str) -> CdcError {
+    CdcError::Sql {
+        number: 208,
+        message: format!("Invalid object name '{name}'."),
+        transient: false,
+    }
 }
 
 /// Msg 207, what SQL Server says when a statement names a column the source does not have.
@@ -1841,13 +2203,18 @@ fn guess_type(value: &Value) -> KeyType {
     }
 }
 
-/// The error SQL Server raises for an out-of-range, NULL or inverted interval.
-fn msg_313() -> CdcError {
+const NET_CHANGES: &str = "cdc.fn_cdc_get_net_changes_";
+const ALL_CHANGES: &str = "cdc.fn_cdc_get_all_changes_";
+
+/// The error SQL Server raises for an out-of-range, NULL or inverted interval; `function`
+/// is the function's name up to the capture instance.
+fn msg_313(function: &str) -> CdcError {
     CdcError::Sql {
         number: 313,
-        message: "An insufficient number of arguments were supplied for the procedure or \
-                  function cdc.fn_cdc_get_net_changes_ ..."
-            .to_string(),
+        message: format!(
+            "An insufficient number of arguments were supplied for the procedure or function \
+             {function} ..."
+        ),
         transient: false,
     }
 }

@@ -7,15 +7,76 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 
-use super::{invalid_column, local_to_utc, to_sql_datetime, CdcModel, Key, NetCursor, BATCH};
+use super::{invalid_column, local_to_utc, to_sql_datetime, CdcModel, Key, NetCursor, State, BATCH};
 use cdc_copy::cdc::{
     AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, Lsn, LsnRange,
     RowFilter, RowSink, ScanMark, TableRef, Value, Watermark,
 };
 
-/// One "connection" to the model.
+/// One "connection" to the model. Dropping it ends its transaction, as closing a
+/// connection does: a lock its [`CdcSession::scan_locked`] took is released.
 pub struct ModelSession {
     model: CdcModel,
+    /// Names the session in the table locks it holds.
+    id: u64,
+}
+
+impl Drop for ModelSession {
+    fn drop(&mut self) {
+        self.model.lock().release_locks(self.id);
+    }
+}
+
+impl State {
+    fn release_locks(&mut self, session: u64) {
+        self.locks.retain(|_, holders| {
+            holders.remove(&session);
+            !holders.is_empty()
+        });
+    }
+
+    /// Table positions of `ci.columns` (the statement selects them; the model answers with
+    /// those, as the server would), or the error a missing instance or column gives.
+    fn table_projection(&self, ci: &CaptureInstance) -> Result<Vec<usize>, CdcError> {
+        let missing = || CdcError::NoCaptureInstance {
+            table: ci.table.clone(),
+            wanted: Some(ci.name.clone()),
+        };
+        if self.instance(&ci.name).is_none_or(|i| i.table != ci.table) {
+            return Err(missing());
+        }
+        let t = self.tables.get(&ci.table).ok_or_else(missing)?;
+        ci.columns
+            .iter()
+            .map(|name| {
+                t.columns
+                    .iter()
+                    .position(|c| c == name)
+                    .ok_or_else(|| invalid_column(name))
+            })
+            .collect()
+    }
+}
+
+/// Streams batches from `next` into `sink` after its `columns`, until an empty batch; the
+/// model's lock is taken inside `next`, never across an `.await`.
+async fn stream(
+    sink: &mut dyn RowSink,
+    columns: &[String],
+    mut next: impl FnMut() -> Result<Vec<Vec<Value>>, CdcError> + Send,
+) -> Result<u64, CdcError> {
+    sink.columns(columns).await?;
+    let mut sent = 0u64;
+    loop {
+        let batch = next()?;
+        if batch.is_empty() {
+            return Ok(sent);
+        }
+        for row in &batch {
+            sink.row(row).await?;
+            sent += 1;
+        }
+    }
 }
 
 impl CdcModel {
@@ -32,8 +93,14 @@ impl CdcModel {
 impl CdcSource for CdcModel {
     async fn session(&self) -> Result<Box<dyn CdcSession>, CdcError> {
         self.round_trip();
+        let id = {
+            let mut state = self.lock();
+            state.next_session += 1;
+            state.next_session - 1
+        };
         Ok(Box::new(ModelSession {
             model: self.clone(),
+            id,
         }))
     }
 }
@@ -52,6 +119,7 @@ impl CdcSession for ModelSession {
                 wanted: None,
             };
             let t = state.tables.get(table).ok_or_else(missing)?;
+            let max_lsn = state.max_lsn();
             let mut out = Vec::new();
             for i in state.instances.iter().filter(|i| &i.table == table) {
                 // A unique index may have nullable columns (sp_cdc_enable_table accepts it); the
@@ -83,7 +151,8 @@ impl CdcSession for ModelSession {
                         .filter(|&&c| !t.defs[c].computed)
                         .map(|&c| t.columns[c].clone())
                         .collect(),
-                    ddl: Vec::new(),
+                    // The capture process writes `cdc.ddl_history` as it reads the DDL.
+                    ddl: i.ddl.iter().filter(|d| d.lsn <= max_lsn).cloned().collect(),
                 });
             }
             if out.is_empty() {
@@ -157,45 +226,77 @@ impl CdcSession for ModelSession {
         let (from, to) = (range.from(), range.to());
         self.model.round_trip();
         let plan = self.model.lock().net_plan_for(ci, from, to, filter)?;
-        sink.columns(&plan.columns).await?;
         let mut cursor = NetCursor::default();
-        let mut sent = 0u64;
-        loop {
-            let batch = self.model.lock().net_batch(&plan, &mut cursor, BATCH)?;
-            if batch.is_empty() {
-                break;
-            }
-            for row in &batch {
-                sink.row(row).await?;
-                sent += 1;
-            }
-        }
-        Ok(sent)
+        let model = &self.model;
+        stream(sink, &plan.columns, || {
+            model.lock().net_batch(&plan, &mut cursor, BATCH)
+        })
+        .await
     }
 
     async fn all_changes(
         &mut self,
-        _ci: &CaptureInstance,
-        _range: LsnRange,
-        _filter: AllRowFilter,
-        _sink: &mut dyn RowSink,
+        ci: &CaptureInstance,
+        range: LsnRange,
+        filter: AllRowFilter,
+        sink: &mut dyn RowSink,
     ) -> Result<u64, CdcError> {
-        Err(CdcError::Protocol(
-            "model: all changes not modelled yet".into(),
-        ))
+        self.model.round_trip();
+        let plan = self
+            .model
+            .lock()
+            .all_plan_for(ci, range.from(), range.to(), filter)?;
+        let mut cursor = plan.cursor();
+        let model = &self.model;
+        stream(sink, &plan.columns, || {
+            model.lock().all_batch(&plan, &mut cursor, BATCH)
+        })
+        .await
     }
 
+    /// `SELECT … WITH (TABLOCK, HOLDLOCK)` in a transaction: the shared table lock is taken
+    /// before the first row and held until [`CdcSession::release_lock`] (or the session is
+    /// dropped); writers are refused meanwhile ([`super::ModelError::Blocked`]), readers are
+    /// not. Rows come in key order, a heap's in row id order.
     async fn scan_locked(
         &mut self,
-        _ci: &CaptureInstance,
-        _sink: &mut dyn RowSink,
+        ci: &CaptureInstance,
+        sink: &mut dyn RowSink,
     ) -> Result<u64, CdcError> {
-        Err(CdcError::Protocol(
-            "model: locked scan not modelled yet".into(),
-        ))
+        self.model.round_trip();
+        let projection = {
+            let mut state = self.model.lock();
+            let projection = state.table_projection(ci)?;
+            state
+                .locks
+                .entry(ci.table.clone())
+                .or_default()
+                .insert(self.id);
+            projection
+        };
+        let model = &self.model;
+        let mut cursor: Option<Key> = None;
+        stream(sink, &ci.columns, || {
+            let state = model.lock();
+            let Some(t) = state.tables.get(&ci.table) else {
+                return Ok(Vec::new());
+            };
+            let batch = t.scan_keyed(cursor.as_ref(), BATCH);
+            if let Some((last, _)) = batch.last() {
+                cursor = Some(last.clone());
+            }
+            Ok(batch
+                .into_iter()
+                .map(|(_, row)| projection.iter().map(|&i| row[i].clone()).collect())
+                .collect())
+        })
+        .await
     }
 
+    /// `IF @@TRANCOUNT > 0 COMMIT TRANSACTION;`: a no-op without a lock.
     async fn release_lock(&mut self) -> Result<(), CdcError> {
+        self.model.round_trip();
+        self.model.lock().release_locks(self.id);
         Ok(())
     }
 
@@ -211,23 +312,10 @@ impl CdcSession for ModelSession {
             table: ci.table.clone(),
             wanted: Some(ci.name.clone()),
         };
-        // The statement selects `ci.columns`; the model answers with those, as the server would.
         let (projection, key_idx, mut cursor) = {
             let state = self.model.lock();
-            if state.instance(&ci.name).is_none_or(|i| i.table != ci.table) {
-                return Err(missing());
-            }
-            let t = state.tables.get(&ci.table).ok_or_else(missing)?;
-            let projection = ci
-                .columns
-                .iter()
-                .map(|name| {
-                    t.columns
-                        .iter()
-                        .position(|c| c == name)
-                        .ok_or_else(|| invalid_column(name))
-                })
-                .collect::<Result<Vec<usize>, CdcError>>()?;
+            let projection = state.table_projection(ci)?;
+            let t = &state.tables[&ci.table];
             let cursor: Option<Key> = after.map(|k| t.sort_key(k));
             (projection, t.key_idx.clone(), cursor)
         };

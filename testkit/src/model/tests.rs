@@ -14,32 +14,32 @@ use super::*;
 use cdc_copy::cdc::{CdcSession, CdcSource, LsnRange, RowSink, TableState};
 use cdc_copy::cdc::{RowSinkError, ScanMark};
 
-fn range(from: Lsn, to: Lsn) -> LsnRange {
+pub(super) fn range(from: Lsn, to: Lsn) -> LsnRange {
     LsnRange::new(from, to).expect("a non-empty range")
 }
 
-fn t0() -> DateTime<Utc> {
+pub(super) fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap()
 }
 
-fn customers() -> TableRef {
+pub(super) fn customers() -> TableRef {
     TableRef::parse("dbo.customers").unwrap()
 }
 
-fn cols(names: &[&str]) -> Vec<String> {
+pub(super) fn cols(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-fn row(id: i64, name: &str) -> Vec<Value> {
+pub(super) fn row(id: i64, name: &str) -> Vec<Value> {
     vec![Value::Int(id), Value::Text(name.to_string())]
 }
 
-fn key(id: i64) -> Vec<Value> {
+pub(super) fn key(id: i64) -> Vec<Value> {
     vec![Value::Int(id)]
 }
 
 /// `dbo.customers(id PK, name)` with net changes enabled as `dbo_customers`.
-fn model() -> CdcModel {
+pub(super) fn model() -> CdcModel {
     model_in(0)
 }
 
@@ -75,7 +75,7 @@ impl RowSink for CountingSink {
     }
 }
 
-async fn session(m: &CdcModel) -> Box<dyn CdcSession> {
+pub(super) async fn session(m: &CdcModel) -> Box<dyn CdcSession> {
     m.session().await.unwrap()
 }
 
@@ -750,16 +750,34 @@ async fn capture_instance_lookup() {
         s.capture_instance(&other, None).await,
         Err(CdcError::NoCaptureInstance { wanted: None, .. })
     ));
+    // Every instance, oldest first, each with its own settings.
+    let all = s.capture_instances(&t).await.unwrap();
+    let names: Vec<_> = all.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["dbo_customers", "dbo_customers_v2"]);
+    assert_eq!(
+        all.iter().map(|c| c.supports_net_changes).collect::<Vec<_>>(),
+        [true, false]
+    );
     // WWCD: the net changes function "is generated when the parameter @supports_net_changes
-    // is set to 1 when the source table is enabled."
+    // is set to 1 when the source table is enabled." Without it the function does not exist:
+    // Msg 208 (the session no longer refuses the instance itself).
     let v2 = s.capture_instance(&t, None).await.unwrap();
     let max = m.max_lsn();
     let mut sink = VecSink::default();
-    assert!(matches!(
-        s.net_changes(&v2, range(v2.min_lsn, max), RowFilter::All, &mut sink)
-            .await,
-        Err(CdcError::NoNetChanges { .. })
-    ));
+    match s
+        .net_changes(&v2, range(v2.min_lsn, max), RowFilter::All, &mut sink)
+        .await
+    {
+        Err(CdcError::Sql {
+            number: 208,
+            message,
+            ..
+        }) => assert!(
+            message.contains("cdc.fn_cdc_get_net_changes_dbo_customers_v2"),
+            "{message}"
+        ),
+        other => panic!("expected Msg 208, got {other:?}"),
+    }
     m.disable_cdc("dbo_customers_v2").unwrap();
     assert_eq!(
         s.capture_instance(&t, None).await.unwrap().name,
