@@ -107,7 +107,12 @@ impl State {
         let gone = || msg_313(ALL_CHANGES);
         let t = self.tables.get(&plan.table).ok_or_else(gone)?;
         let mut out = Vec::new();
-        let emit = |out: &mut Vec<Vec<Value>>, lsn: Lsn, seq: u64, op: u8, mask: Vec<u8>, row: &[Value]| {
+        let emit = |out: &mut Vec<Vec<Value>>,
+                    lsn: Lsn,
+                    seq: u64,
+                    op: u8,
+                    mask: Vec<u8>,
+                    row: &[Value]| {
             let mut r = Vec::with_capacity(plan.projection.len() + 4);
             r.push(Value::Binary(lsn.0.to_vec()));
             r.push(Value::Binary(seqval(lsn, seq).0.to_vec()));

@@ -7,9 +7,7 @@
 
 use std::sync::Arc;
 
-use cdc_copy::cdc::{
-    AllRowFilter, CdcError, Lsn, RowFilter, TableRef, Value, VecSink,
-};
+use cdc_copy::cdc::{AllRowFilter, CdcError, Lsn, RowFilter, TableRef, Value, VecSink};
 use rand::{Rng, SeedableRng};
 
 use super::all_changes::{seqval, update_mask};
@@ -56,7 +54,14 @@ async fn all(m: &CdcModel, ci: &str, from: Lsn, to: Lsn, filter: AllRowFilter) -
         assert_eq!(sent, sink.rows.len() as u64);
         assert_eq!(
             sink.columns,
-            cols(&["__$start_lsn", "__$seqval", "__$operation", "__$update_mask", "id", "name"])
+            cols(&[
+                "__$start_lsn",
+                "__$seqval",
+                "__$operation",
+                "__$update_mask",
+                "id",
+                "name"
+            ])
         );
         assert_eq!(sink.rows, oracle, "session and oracle agree");
     }
@@ -87,11 +92,26 @@ async fn all_changes_returns_every_change_in_commit_then_seqval_order() {
     let cases = [
         (
             AllRowFilter::AllUpdateOld,
-            vec![(first, 2), (first, 2), (first, 3), (first, 4), (first, 1), (second, 1), (second, 2)],
+            vec![
+                (first, 2),
+                (first, 2),
+                (first, 3),
+                (first, 4),
+                (first, 1),
+                (second, 1),
+                (second, 2),
+            ],
         ),
         (
             AllRowFilter::All,
-            vec![(first, 2), (first, 2), (first, 4), (first, 1), (second, 1), (second, 2)],
+            vec![
+                (first, 2),
+                (first, 2),
+                (first, 4),
+                (first, 1),
+                (second, 1),
+                (second, 2),
+            ],
         ),
     ];
     for (filter, expected) in cases {
@@ -108,10 +128,16 @@ async fn all_changes_returns_every_change_in_commit_then_seqval_order() {
         }
         // ALL: __$start_lsn is the "Commit LSN associated with the change […] Changes
         // committed in the same transaction share the same commit LSN value."
-        assert!(rows.iter().all(|r| r.1 < r.0), "seqvals sort below their commit");
+        assert!(
+            rows.iter().all(|r| r.1 < r.0),
+            "seqvals sort below their commit"
+        );
         let values: Vec<_> = rows.iter().map(|r| (r.2, r.4.clone())).collect();
         assert!(values.contains(&(4, row(1, "a2"))));
-        assert!(values.contains(&(1, row(2, "b"))), "a delete carries the deleted row");
+        assert!(
+            values.contains(&(1, row(2, "b"))),
+            "a delete carries the deleted row"
+        );
         assert_eq!(
             values.contains(&(3, row(1, "a"))),
             filter == AllRowFilter::AllUpdateOld
@@ -128,7 +154,12 @@ async fn both_bounds_are_inclusive_and_windows_split_cleanly() {
     let c = m.update(&t, &key(1), row(1, "c")).unwrap();
     // ALL: "Only rows […] with a value in __$start_lsn greater than or equal to from_lsn and
     // less than or equal to to_lsn are included in the result set."
-    let cases = [((a, a), vec![a]), ((a, b), vec![a, b]), ((b, c), vec![b, c, c]), ((c, c), vec![c, c])];
+    let cases = [
+        ((a, a), vec![a]),
+        ((a, b), vec![a, b]),
+        ((b, c), vec![b, c, c]),
+        ((c, c), vec![c, c]),
+    ];
     for ((from, to), expected) in cases {
         let rows = all(&m, "dbo_customers", from, to, AllRowFilter::AllUpdateOld).await;
         let lsns: Vec<Lsn> = rows.iter().map(|r| r.0).collect();
@@ -144,7 +175,14 @@ async fn the_update_mask_marks_every_column_on_insert_and_delete_and_the_changed
     m.update(&t, &key(1), row(1, "b")).unwrap();
     m.update(&t, &key(1), row(1, "b")).unwrap();
     m.delete(&t, &key(1)).unwrap();
-    let rows = all(&m, "dbo_customers", m.min_lsn("dbo_customers"), m.max_lsn(), AllRowFilter::AllUpdateOld).await;
+    let rows = all(
+        &m,
+        "dbo_customers",
+        m.min_lsn("dbo_customers"),
+        m.max_lsn(),
+        AllRowFilter::AllUpdateOld,
+    )
+    .await;
     // ALL: "This value has all defined bits set to 1 when __$operation = 1 or 2. When
     // __$operation = 3 or 4, only those bits corresponding to columns that changed are set
     // to 1." Ordinal 1 (id) is the lowest bit, 2 (name) the next.
@@ -173,7 +211,11 @@ fn update_mask_and_seqval_layout_table() {
         (17, &[16], &[0x01, 0x00, 0x00]),
     ];
     for (n, set, bytes) in cases {
-        assert_eq!(update_mask(n, |k| set.contains(&k)), bytes, "{n} columns, {set:?}");
+        assert_eq!(
+            update_mask(n, |k| set.contains(&k)),
+            bytes,
+            "{n} columns, {set:?}"
+        );
     }
     let commit = Lsn::from_u128(0x2A_0003_0000);
     assert!(seqval(commit, 0) < seqval(commit, 1));
@@ -193,11 +235,22 @@ async fn all_changes_refuses_what_net_changes_refuses() {
     let above = Lsn::from_u128(max.to_u128() + 1);
     // WWCD: "Null endpoints or endpoints that lie outside the validity interval for a
     // capture instance will force an error to be returned by a change data capture TVF."
-    for (case, from, to) in [("below min", first, max), ("above max", min, above), ("inverted", max, min)] {
+    for (case, from, to) in [
+        ("below min", first, max),
+        ("above max", min, above),
+        ("inverted", max, min),
+    ] {
         for filter in [AllRowFilter::All, AllRowFilter::AllUpdateOld] {
             match m.all_rows("dbo_customers", from, to, filter) {
-                Err(CdcError::Sql { number: 313, message, transient: false }) => {
-                    assert!(message.contains("cdc.fn_cdc_get_all_changes_"), "{case}: {message}")
+                Err(CdcError::Sql {
+                    number: 313,
+                    message,
+                    transient: false,
+                }) => {
+                    assert!(
+                        message.contains("cdc.fn_cdc_get_all_changes_"),
+                        "{case}: {message}"
+                    )
                 }
                 other => panic!("{case}: expected Msg 313, got {other:?}"),
             }
@@ -213,7 +266,8 @@ async fn all_changes_refuses_what_net_changes_refuses() {
     ci.name = "dbo_gone".into();
     let mut sink = VecSink::default();
     assert!(matches!(
-        s.all_changes(&ci, range(min, max), AllRowFilter::All, &mut sink).await,
+        s.all_changes(&ci, range(min, max), AllRowFilter::All, &mut sink)
+            .await,
         Err(CdcError::NoCaptureInstance { .. })
     ));
 }
@@ -229,7 +283,14 @@ async fn generated_inserts_are_op_2_rows_with_increasing_seqval() {
     m.enable_cdc(&t, "dbo_customers", true).unwrap();
     m.generated_inserts(&t, 5, 3).unwrap();
     m.update(&t, &key(3), row(3, "changed")).unwrap();
-    let rows = all(&m, "dbo_customers", m.min_lsn("dbo_customers"), m.max_lsn(), AllRowFilter::AllUpdateOld).await;
+    let rows = all(
+        &m,
+        "dbo_customers",
+        m.min_lsn("dbo_customers"),
+        m.max_lsn(),
+        AllRowFilter::AllUpdateOld,
+    )
+    .await;
     let got: Vec<(i64, Vec<Value>)> = rows.iter().map(|r| (r.2, r.4.clone())).collect();
     let mut expected: Vec<(i64, Vec<Value>)> = (2..7).map(|i| (2, row(i, "g"))).collect();
     expected.push((3, row(3, "g")));
@@ -254,8 +315,11 @@ fn arow(who: &str, n: i64) -> Vec<Value> {
 
 fn heap_model() -> CdcModel {
     let m = CdcModel::new(t0());
-    m.create_heap(audit(), vec![ColumnDef::untyped("who"), ColumnDef::untyped("n")])
-        .unwrap();
+    m.create_heap(
+        audit(),
+        vec![ColumnDef::untyped("who"), ColumnDef::untyped("n")],
+    )
+    .unwrap();
     m
 }
 
@@ -283,7 +347,10 @@ async fn a_table_without_a_key_takes_duplicates_and_only_an_instance_without_net
         m.delete_row(&t, arow("zzz", 0)),
         Err(ModelError::NoMatchingRow { .. })
     ));
-    assert!(matches!(m.delete(&t, &[]), Err(ModelError::NoRow { .. } | ModelError::KeyArity { .. })));
+    assert!(matches!(
+        m.delete(&t, &[]),
+        Err(ModelError::NoRow { .. } | ModelError::KeyArity { .. })
+    ));
 
     let mut s = session(&m).await;
     let ci = s.capture_instance(&t, None).await.unwrap();
@@ -292,16 +359,36 @@ async fn a_table_without_a_key_takes_duplicates_and_only_an_instance_without_net
     assert_eq!(ci.columns, cols(&["who", "n"]));
     // ENABLE: "If 0, only the support functions to query for all changes are generated."
     let mut sink = VecSink::default();
-    match s.net_changes(&ci, range(ci.min_lsn, m.max_lsn()), RowFilter::All, &mut sink).await {
-        Err(CdcError::Sql { number: 208, message, .. }) => {
-            assert_eq!(message, "Invalid object name 'cdc.fn_cdc_get_net_changes_dbo_audit_log'.")
+    match s
+        .net_changes(
+            &ci,
+            range(ci.min_lsn, m.max_lsn()),
+            RowFilter::All,
+            &mut sink,
+        )
+        .await
+    {
+        Err(CdcError::Sql {
+            number: 208,
+            message,
+            ..
+        }) => {
+            assert_eq!(
+                message,
+                "Invalid object name 'cdc.fn_cdc_get_net_changes_dbo_audit_log'."
+            )
         }
         other => panic!("expected Msg 208, got {other:?}"),
     }
     let mut sink = VecSink::default();
-    s.all_changes(&ci, range(ci.min_lsn, m.max_lsn()), AllRowFilter::AllUpdateOld, &mut sink)
-        .await
-        .unwrap();
+    s.all_changes(
+        &ci,
+        range(ci.min_lsn, m.max_lsn()),
+        AllRowFilter::AllUpdateOld,
+        &mut sink,
+    )
+    .await
+    .unwrap();
     let got: Vec<(i64, Vec<Value>)> = decode(sink.rows).into_iter().map(|r| (r.2, r.4)).collect();
     assert_eq!(
         got,
@@ -322,7 +409,10 @@ fn replay(mut rows: Vec<Vec<Value>>, changes: &[AllRow]) -> Vec<Vec<Value>> {
     for (_, _, op, _, values) in changes {
         match op {
             1 | 3 => {
-                let i = rows.iter().position(|r| r == values).expect("a row to take away");
+                let i = rows
+                    .iter()
+                    .position(|r| r == values)
+                    .expect("a row to take away");
                 rows.remove(i);
             }
             2 | 4 => rows.push(values.clone()),
@@ -355,7 +445,11 @@ fn replaying_all_changes_of_random_keyless_dml_gives_the_table_as_a_multiset() {
                 let fresh = arow(["a", "b"][rng.random_range(0..2)], rng.random_range(0..2));
                 match (rng.random_range(0..3), current.is_empty()) {
                     (0, _) | (_, true) => txn.insert(&t, fresh),
-                    (1, false) => txn.update_row(&t, current[rng.random_range(0..current.len())].clone(), fresh),
+                    (1, false) => txn.update_row(
+                        &t,
+                        current[rng.random_range(0..current.len())].clone(),
+                        fresh,
+                    ),
                     _ => txn.delete_row(&t, current[rng.random_range(0..current.len())].clone()),
                 };
             }
@@ -368,12 +462,17 @@ fn replaying_all_changes_of_random_keyless_dml_gives_the_table_as_a_multiset() {
         }
         // Window by window, from the table as it was at each cut.
         for w in 1..cuts.len() {
-            let Some(from) = cuts[w - 1].increment() else { continue };
+            let Some(from) = cuts[w - 1].increment() else {
+                continue;
+            };
             if from > cuts[w] {
                 assert_eq!(windows[w - 1], windows[w]);
                 continue;
             }
-            let changes = decode(m.all_rows("dbo_audit_log", from, cuts[w], AllRowFilter::AllUpdateOld).unwrap());
+            let changes = decode(
+                m.all_rows("dbo_audit_log", from, cuts[w], AllRowFilter::AllUpdateOld)
+                    .unwrap(),
+            );
             assert_eq!(
                 sorted(replay(windows[w - 1].clone(), &changes)),
                 sorted(windows[w].clone()),
@@ -400,11 +499,19 @@ async fn a_locked_scan_streams_every_row_and_holds_writers_until_released() {
     let mut sink = VecSink::default();
     assert_eq!(s.scan_locked(&ci, &mut sink).await.unwrap(), 4);
     assert_eq!(sink.columns, cols(&["who", "n"]));
-    assert_eq!(sink.rows, [arow("z", 1), arow("a", 2), arow("z", 1), arow("b", 3)], "row id order");
+    assert_eq!(
+        sink.rows,
+        [arow("z", 1), arow("a", 2), arow("z", 1), arow("b", 3)],
+        "row id order"
+    );
 
     // HINTS: TABLOCK takes the lock at table level; HOLDLOCK (SERIALIZABLE) holds the shared
     // lock until the transaction completes, so every writer waits for it.
-    let before = (m.row_count(&t), m.changes_since(&t, Lsn::ZERO).len(), m.max_lsn());
+    let before = (
+        m.row_count(&t),
+        m.changes_since(&t, Lsn::ZERO).len(),
+        m.max_lsn(),
+    );
     let writes: Vec<(&str, Result<Lsn, ModelError>)> = vec![
         ("insert", m.insert(&t, arow("c", 4))),
         ("update_row", m.update_row(&t, arow("a", 2), arow("a", 3))),
@@ -414,29 +521,58 @@ async fn a_locked_scan_streams_every_row_and_holds_writers_until_released() {
             txn.insert(&t, arow("d", 5));
             txn.commit()
         }),
-        ("add_column", m.add_column(&t, ColumnDef::untyped("x").nullable())),
-        ("ddl", m.ddl(&t, "ALTER TABLE dbo.audit_log ALTER COLUMN n bigint")),
+        (
+            "add_column",
+            m.add_column(&t, ColumnDef::untyped("x").nullable()),
+        ),
+        (
+            "ddl",
+            m.ddl(&t, "ALTER TABLE dbo.audit_log ALTER COLUMN n bigint"),
+        ),
     ];
     for (case, result) in writes {
-        assert!(matches!(result, Err(ModelError::Blocked { .. })), "{case}: {result:?}");
+        assert!(
+            matches!(result, Err(ModelError::Blocked { .. })),
+            "{case}: {result:?}"
+        );
     }
-    assert_eq!(before, (m.row_count(&t), m.changes_since(&t, Lsn::ZERO).len(), m.max_lsn()));
+    assert_eq!(
+        before,
+        (
+            m.row_count(&t),
+            m.changes_since(&t, Lsn::ZERO).len(),
+            m.max_lsn()
+        )
+    );
     // Readers are not blocked: another session scans and reads changes meanwhile.
     let mut other = session(&m).await;
     let mut sink = VecSink::default();
-    assert_eq!(other.scan_locked(&ci, &mut sink).await.unwrap(), 4, "shared locks are compatible");
+    assert_eq!(
+        other.scan_locked(&ci, &mut sink).await.unwrap(),
+        4,
+        "shared locks are compatible"
+    );
     other.release_lock().await.unwrap();
-    assert!(matches!(m.insert(&t, arow("c", 4)), Err(ModelError::Blocked { .. })), "still held by s");
+    assert!(
+        matches!(m.insert(&t, arow("c", 4)), Err(ModelError::Blocked { .. })),
+        "still held by s"
+    );
     let mut sink = VecSink::default();
     other
-        .all_changes(&ci, range(ci.min_lsn, m.max_lsn()), AllRowFilter::All, &mut sink)
+        .all_changes(
+            &ci,
+            range(ci.min_lsn, m.max_lsn()),
+            AllRowFilter::All,
+            &mut sink,
+        )
         .await
         .unwrap();
     assert_eq!(sink.rows.len(), 4);
     other.capture_progress(m.now()).await.unwrap();
     // Another table is not locked.
     let c = customers();
-    m.create_table(c.clone(), cols(&["id", "name"]), cols(&["id"])).unwrap();
+    m.create_table(c.clone(), cols(&["id", "name"]), cols(&["id"]))
+        .unwrap();
     m.insert(&c, row(1, "free")).unwrap();
 
     s.release_lock().await.unwrap();
@@ -456,12 +592,17 @@ async fn a_locked_scan_of_a_keyed_table_comes_in_key_order_projected_to_the_inst
     for id in [3, 1, 2] {
         m.insert(&t, row(id, "x")).unwrap();
     }
-    m.add_column(&t, ColumnDef::untyped("email").nullable()).unwrap();
+    m.add_column(&t, ColumnDef::untyped("email").nullable())
+        .unwrap();
     let mut s = session(&m).await;
     let ci = s.capture_instance(&t, None).await.unwrap();
     let mut sink = VecSink::default();
     s.scan_locked(&ci, &mut sink).await.unwrap();
-    assert_eq!(sink.columns, cols(&["id", "name"]), "the instance's columns");
+    assert_eq!(
+        sink.columns,
+        cols(&["id", "name"]),
+        "the instance's columns"
+    );
     assert_eq!(sink.rows, [row(1, "x"), row(2, "x"), row(3, "x")]);
     let mut missing = ci.clone();
     missing.name = "nope".into();
@@ -487,24 +628,41 @@ async fn faults_break_all_changes_and_the_locked_scan_mid_stream_and_end_the_loc
 
     faults.arm(Method::AllChanges, Fault::MidStream(4));
     let mut sink = VecSink::default();
-    let e = s.all_changes(&ci, whole, AllRowFilter::All, &mut sink).await.unwrap_err();
-    assert!(e.is_transient() && e.to_string().contains("during AllChanges after 4 rows"), "{e}");
+    let e = s
+        .all_changes(&ci, whole, AllRowFilter::All, &mut sink)
+        .await
+        .unwrap_err();
+    assert!(
+        e.is_transient() && e.to_string().contains("during AllChanges after 4 rows"),
+        "{e}"
+    );
     assert_eq!(sink.rows.len(), 4);
     let mut sink = VecSink::default();
-    assert_eq!(s.all_changes(&ci, whole, AllRowFilter::All, &mut sink).await.unwrap(), 10);
+    assert_eq!(
+        s.all_changes(&ci, whole, AllRowFilter::All, &mut sink)
+            .await
+            .unwrap(),
+        10
+    );
 
     // A drop in the middle of the locked scan ends its transaction: writers go on.
     faults.arm(Method::ScanLocked, Fault::MidStream(3));
     let mut sink = VecSink::default();
     let e = s.scan_locked(&ci, &mut sink).await.unwrap_err();
-    assert!(e.to_string().contains("during ScanLocked after 3 rows"), "{e}");
+    assert!(
+        e.to_string().contains("during ScanLocked after 3 rows"),
+        "{e}"
+    );
     assert_eq!(sink.rows.len(), 3);
     m.insert(&t, arow("after drop", 0)).unwrap();
 
     // A drop before the COMMIT reaches the server: it rolls back, and the lock is gone too.
     let mut sink = VecSink::default();
     assert_eq!(s.scan_locked(&ci, &mut sink).await.unwrap(), 11);
-    assert!(matches!(m.insert(&t, arow("x", 0)), Err(ModelError::Blocked { .. })));
+    assert!(matches!(
+        m.insert(&t, arow("x", 0)),
+        Err(ModelError::Blocked { .. })
+    ));
     faults.arm(Method::ReleaseLock, Fault::Before);
     assert!(s.release_lock().await.is_err());
     m.insert(&t, arow("x", 0)).unwrap();

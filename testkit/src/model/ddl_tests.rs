@@ -14,6 +14,19 @@ fn email() -> ColumnDef {
     ColumnDef::untyped("email").nullable()
 }
 
+/// `r` as it reads after the ADD COLUMN: NULL in the new column.
+fn with_null(mut r: Vec<Value>) -> Vec<Value> {
+    r.push(Value::Null);
+    r
+}
+
+/// A refusal case: what was tried, what it gave, and the error expected.
+type Refusal = (
+    &'static str,
+    Result<Lsn, ModelError>,
+    fn(&ModelError) -> bool,
+);
+
 fn row3(id: i64, name: &str, email: &str) -> Vec<Value> {
     let mut r = row(id, name);
     r.push(Value::Text(email.to_string()));
@@ -54,7 +67,7 @@ async fn a_second_instance_after_add_column_has_its_own_start_and_columns() {
     m.insert(&t, row3(3, "after", "c@x")).unwrap();
     assert!(v2_start > ddl);
     // Existing rows read NULL in the new column.
-    assert_eq!(m.table_rows(&t)[0], vec![row(1, "before"), vec![Value::Null]].concat());
+    assert_eq!(m.table_rows(&t)[0], with_null(row(1, "before")));
 
     let mut s = session(&m).await;
     let both = s.capture_instances(&t).await.unwrap();
@@ -113,7 +126,12 @@ async fn ddl_history_is_recorded_for_every_instance_once_captured_in_local_time(
     m.set_capture_lag(Duration::seconds(30));
     let at = m.now();
     let lsn = m.add_column(&t, email()).unwrap();
-    let other = m.ddl(&t, "ALTER TABLE dbo.customers ALTER COLUMN name nvarchar(200)").unwrap();
+    let other = m
+        .ddl(
+            &t,
+            "ALTER TABLE dbo.customers ALTER COLUMN name nvarchar(200)",
+        )
+        .unwrap();
     let mut s = session(&m).await;
     // ACDC: DDL log entries "are processed by the capture process, which then posts the
     // associated DDL events to the cdc.ddl_history table": nothing before the capture.
@@ -161,7 +179,11 @@ async fn disabling_the_old_instance_after_a_switch_leaves_the_new_one_untouched(
     // ACDC: "When the transition is effected, the obsolete capture instance can be removed."
     m.disable_cdc("dbo_customers").unwrap();
     assert_eq!(all_values(&m, "dbo_customers_v2"), before);
-    assert_eq!(m.changes_since(&t, Lsn::ZERO).len(), 1, "the old rows are gone");
+    assert_eq!(
+        m.changes_since(&t, Lsn::ZERO).len(),
+        1,
+        "the old rows are gone"
+    );
     let mut s = m.session().await.unwrap();
     let left = s.capture_instances(&t).await.unwrap();
     assert_eq!(left.len(), 1);
@@ -177,19 +199,25 @@ fn add_column_refusals_table() {
     let m = model();
     let t = customers();
     let missing = TableRef::parse("dbo.nope").unwrap();
-    let cases: Vec<(&str, Result<Lsn, ModelError>, fn(&ModelError) -> bool)> = vec![
-        ("existing column", m.add_column(&t, ColumnDef::untyped("name").nullable()), |e| {
-            matches!(e, ModelError::ColumnExists { .. })
-        }),
-        ("NOT NULL without default", m.add_column(&t, ColumnDef::untyped("x")), |e| {
-            matches!(e, ModelError::Invalid(_))
-        }),
+    let cases: Vec<Refusal> = vec![
+        (
+            "existing column",
+            m.add_column(&t, ColumnDef::untyped("name").nullable()),
+            |e| matches!(e, ModelError::ColumnExists { .. }),
+        ),
+        (
+            "NOT NULL without default",
+            m.add_column(&t, ColumnDef::untyped("x")),
+            |e| matches!(e, ModelError::Invalid(_)),
+        ),
         ("missing table", m.add_column(&missing, email()), |e| {
             matches!(e, ModelError::NoTable(_))
         }),
-        ("ddl on a missing table", m.ddl(&missing, "ALTER TABLE x"), |e| {
-            matches!(e, ModelError::NoTable(_))
-        }),
+        (
+            "ddl on a missing table",
+            m.ddl(&missing, "ALTER TABLE x"),
+            |e| matches!(e, ModelError::NoTable(_)),
+        ),
     ];
     for (case, result, expected) in cases {
         let e = result.expect_err(case);
@@ -214,7 +242,7 @@ async fn generated_rows_read_null_in_an_added_column() {
     m.capture();
     let rows = m.table_rows(&t);
     assert_eq!(rows.len(), 5);
-    assert_eq!(rows[0], vec![row(0, "g"), vec![Value::Null]].concat());
+    assert_eq!(rows[0], with_null(row(0, "g")));
     assert_eq!(rows[4], row3(4, "g", "e"));
     // The old instance sees the generated inserts with its own two columns.
     let old = all_values(&m, "dbo_customers");
@@ -223,5 +251,5 @@ async fn generated_rows_read_null_in_an_added_column() {
     let ci = s.capture_instance(&t, None).await.unwrap();
     let mut sink = cdc_copy::cdc::VecSink::default();
     s.scan(&ci, None, 10, &mut sink).await.unwrap();
-    assert_eq!(sink.rows[3], vec![row(3, "g"), vec![Value::Null]].concat());
+    assert_eq!(sink.rows[3], with_null(row(3, "g")));
 }

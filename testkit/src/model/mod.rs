@@ -15,13 +15,13 @@
 //! clones a whole table or window up front.
 
 mod all_changes;
-pub mod collation;
-mod key;
-mod session;
 #[cfg(test)]
 mod all_changes_tests;
+pub mod collation;
 #[cfg(test)]
 mod ddl_tests;
+mod key;
+mod session;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -38,7 +38,8 @@ use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Timelike, Utc};
 use tracing::debug;
 
 use cdc_copy::cdc::{
-    AllRowFilter, CaptureInstance, CdcError, DdlEvent, KeyType, Lsn, RowFilter, TableRef, Value, Watermark,
+    AllRowFilter, CaptureInstance, CdcError, DdlEvent, KeyType, Lsn, RowFilter, TableRef, Value,
+    Watermark,
 };
 
 use collation::Rules;
@@ -624,7 +625,10 @@ impl CdcModel {
             "ALTER TABLE {} ADD {} {} NULL",
             table.quoted(),
             cdc_copy::cdc::quote_identifier(&column.name),
-            column.ty.as_ref().map_or("sql_variant".to_string(), ToString::to_string)
+            column
+                .ty
+                .as_ref()
+                .map_or("sql_variant".to_string(), ToString::to_string)
         );
         t.columns.push(column.name.clone());
         t.defs.push(column);
@@ -1906,7 +1910,13 @@ impl State {
     /// What a CDC function says of `[from, to]` for `inst`: an instance the capture process
     /// has not recognised, a range below its validity interval or above the max LSN, or an
     /// inverted one is Msg 313.
-    fn check_range(&self, inst: &Instance, from: Lsn, to: Lsn, function: &str) -> Result<(), CdcError> {
+    fn check_range(
+        &self,
+        inst: &Instance,
+        from: Lsn,
+        to: Lsn,
+        function: &str,
+    ) -> Result<(), CdcError> {
         if inst.start_lsn.is_none() || from < inst.min_lsn || to > self.max_lsn() || from > to {
             return Err(msg_313(function));
         }
@@ -2047,8 +2057,11 @@ impl State {
                 _ => unreachable!("change positions"),
             }
         });
-        let columns =
-            self.change_columns(inst, &["__$start_lsn", "__$operation", "__$update_mask"], columns);
+        let columns = self.change_columns(
+            inst,
+            &["__$start_lsn", "__$operation", "__$update_mask"],
+            columns,
+        );
         Ok(NetPlan {
             table: inst.table.clone(),
             columns,

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 
-use super::{invalid_column, local_to_utc, to_sql_datetime, CdcModel, Key, NetCursor, State, BATCH};
+use super::{
+    invalid_column, local_to_utc, to_sql_datetime, CdcModel, Key, NetCursor, State, BATCH,
+};
 use cdc_copy::cdc::{
     AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, Lsn, LsnRange,
     RowFilter, RowSink, ScanMark, TableRef, Value, Watermark,

@@ -755,7 +755,9 @@ async fn capture_instance_lookup() {
     let names: Vec<_> = all.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["dbo_customers", "dbo_customers_v2"]);
     assert_eq!(
-        all.iter().map(|c| c.supports_net_changes).collect::<Vec<_>>(),
+        all.iter()
+            .map(|c| c.supports_net_changes)
+            .collect::<Vec<_>>(),
         [true, false]
     );
     // WWCD: the net changes function "is generated when the parameter @supports_net_changes
