@@ -68,6 +68,19 @@ async fn all(m: &CdcModel, ci: &str, from: Lsn, to: Lsn, filter: AllRowFilter) -
     decode(oracle)
 }
 
+/// `dbo_customers`' whole validity interval, `all update old`.
+async fn whole(m: &CdcModel) -> Vec<AllRow> {
+    let ci = "dbo_customers";
+    all(
+        m,
+        ci,
+        m.min_lsn(ci),
+        m.max_lsn(),
+        AllRowFilter::AllUpdateOld,
+    )
+    .await
+}
+
 fn ops(rows: &[AllRow]) -> Vec<(Lsn, i64)> {
     rows.iter().map(|r| (r.0, r.2)).collect()
 }
@@ -175,14 +188,7 @@ async fn the_update_mask_marks_every_column_on_insert_and_delete_and_the_changed
     m.update(&t, &key(1), row(1, "b")).unwrap();
     m.update(&t, &key(1), row(1, "b")).unwrap();
     m.delete(&t, &key(1)).unwrap();
-    let rows = all(
-        &m,
-        "dbo_customers",
-        m.min_lsn("dbo_customers"),
-        m.max_lsn(),
-        AllRowFilter::AllUpdateOld,
-    )
-    .await;
+    let rows = whole(&m).await;
     // ALL: "This value has all defined bits set to 1 when __$operation = 1 or 2. When
     // __$operation = 3 or 4, only those bits corresponding to columns that changed are set
     // to 1." Ordinal 1 (id) is the lowest bit, 2 (name) the next.
@@ -283,14 +289,7 @@ async fn generated_inserts_are_op_2_rows_with_increasing_seqval() {
     m.enable_cdc(&t, "dbo_customers", true).unwrap();
     m.generated_inserts(&t, 5, 3).unwrap();
     m.update(&t, &key(3), row(3, "changed")).unwrap();
-    let rows = all(
-        &m,
-        "dbo_customers",
-        m.min_lsn("dbo_customers"),
-        m.max_lsn(),
-        AllRowFilter::AllUpdateOld,
-    )
-    .await;
+    let rows = whole(&m).await;
     let got: Vec<(i64, Vec<Value>)> = rows.iter().map(|r| (r.2, r.4.clone())).collect();
     let mut expected: Vec<(i64, Vec<Value>)> = (2..7).map(|i| (2, row(i, "g"))).collect();
     expected.push((3, row(3, "g")));
@@ -340,11 +339,11 @@ async fn a_table_without_a_key_takes_duplicates_and_only_an_instance_without_net
     // Rows in insertion order, duplicates kept.
     assert_eq!(m.table_rows(&t), [arow("b", 1), arow("a", 1), arow("b", 1)]);
     // One row of two equal ones changes (UPDATE TOP (1) … WHERE every column equal).
-    m.update_row(&t, arow("b", 1), arow("b", 2)).unwrap();
-    m.delete_row(&t, arow("b", 1)).unwrap();
+    m.update_row(&t, &arow("b", 1), arow("b", 2)).unwrap();
+    m.delete_row(&t, &arow("b", 1)).unwrap();
     assert_eq!(m.table_rows(&t), [arow("b", 2), arow("a", 1)]);
     assert!(matches!(
-        m.delete_row(&t, arow("zzz", 0)),
+        m.delete_row(&t, &arow("zzz", 0)),
         Err(ModelError::NoMatchingRow { .. })
     ));
     assert!(matches!(
@@ -445,12 +444,10 @@ fn replaying_all_changes_of_random_keyless_dml_gives_the_table_as_a_multiset() {
                 let fresh = arow(["a", "b"][rng.random_range(0..2)], rng.random_range(0..2));
                 match (rng.random_range(0..3), current.is_empty()) {
                     (0, _) | (_, true) => txn.insert(&t, fresh),
-                    (1, false) => txn.update_row(
-                        &t,
-                        current[rng.random_range(0..current.len())].clone(),
-                        fresh,
-                    ),
-                    _ => txn.delete_row(&t, current[rng.random_range(0..current.len())].clone()),
+                    (1, false) => {
+                        txn.update_row(&t, &current[rng.random_range(0..current.len())], fresh)
+                    }
+                    _ => txn.delete_row(&t, &current[rng.random_range(0..current.len())]),
                 };
             }
             // A row changed twice in one transaction may be gone by its second change.
@@ -514,8 +511,8 @@ async fn a_locked_scan_streams_every_row_and_holds_writers_until_released() {
     );
     let writes: Vec<(&str, Result<Lsn, ModelError>)> = vec![
         ("insert", m.insert(&t, arow("c", 4))),
-        ("update_row", m.update_row(&t, arow("a", 2), arow("a", 3))),
-        ("delete_row", m.delete_row(&t, arow("z", 1))),
+        ("update_row", m.update_row(&t, &arow("a", 2), arow("a", 3))),
+        ("delete_row", m.delete_row(&t, &arow("z", 1))),
         ("txn", {
             let mut txn = m.begin();
             txn.insert(&t, arow("d", 5));

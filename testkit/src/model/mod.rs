@@ -300,17 +300,17 @@ impl Txn {
     pub fn update_row(
         &mut self,
         table: &TableRef,
-        old_row: Vec<Value>,
+        old_row: &[Value],
         new_row: Vec<Value>,
     ) -> &mut Txn {
         self.ops
-            .push(TxnOp::UpdateRow(table.clone(), old_row, new_row));
+            .push(TxnOp::UpdateRow(table.clone(), old_row.to_vec(), new_row));
         self
     }
 
     /// Deletes ONE row equal to `row` (`DELETE TOP (1) … WHERE` every column equals `row`).
-    pub fn delete_row(&mut self, table: &TableRef, row: Vec<Value>) -> &mut Txn {
-        self.ops.push(TxnOp::DeleteRow(table.clone(), row));
+    pub fn delete_row(&mut self, table: &TableRef, row: &[Value]) -> &mut Txn {
+        self.ops.push(TxnOp::DeleteRow(table.clone(), row.to_vec()));
         self
     }
 
@@ -687,7 +687,7 @@ impl CdcModel {
     pub fn update_row(
         &self,
         table: &TableRef,
-        old_row: Vec<Value>,
+        old_row: &[Value],
         new_row: Vec<Value>,
     ) -> Result<Lsn, ModelError> {
         let mut txn = self.begin();
@@ -696,7 +696,7 @@ impl CdcModel {
     }
 
     /// One-statement delete of ONE row equal to `row` (see [`Txn::delete_row`]).
-    pub fn delete_row(&self, table: &TableRef, row: Vec<Value>) -> Result<Lsn, ModelError> {
+    pub fn delete_row(&self, table: &TableRef, row: &[Value]) -> Result<Lsn, ModelError> {
         let mut txn = self.begin();
         txn.delete_row(table, row);
         txn.commit()
