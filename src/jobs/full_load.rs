@@ -105,6 +105,8 @@ async fn load_table(
     let (mut session, capture) = ctx.open(table).await?;
     capture.warn_about_ddl(result);
     let ci = capture.target();
+    result.capture_instance = Some(ci.name.clone());
+    result.mode = capture.mode(ci).ok();
     let wm = match session.read_watermark(table).await? {
         Some(wm) if !reset && matches!(wm.state, TableState::Loading(_)) => wm,
         Some(wm) if !reset => {

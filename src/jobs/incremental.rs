@@ -69,6 +69,9 @@ pub async fn copy_table(
     result: &mut TableResult,
 ) -> Result<(), JobError> {
     let target = capture.target();
+    let reading = capture.find(&wm.capture_instance).unwrap_or(target);
+    result.capture_instance = Some(reading.name.clone());
+    result.mode = capture.mode(reading).ok();
     if let TableState::Pending(window) = wm.state.clone() {
         // A pending window is read again, byte for byte, from the instance that recorded it;
         // only if that one is gone does the route decide (the newer one holds its changes

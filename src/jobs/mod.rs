@@ -370,6 +370,7 @@ fn log(r: &TableResult) {
         _ => tracing::info!(
             table = %r.table, status = ?r.status, note = r.note, rows = r.rows, bytes = r.bytes,
             blobs = ?r.blobs, from = ?r.range.map(|r| r.from_lsn), to = ?r.range.map(|r| r.to_lsn),
+            mode = r.mode.map(|m| m.as_str()), capture_instance = r.capture_instance.as_deref(),
             lag_ms = r.capture_lag_ms, parts = r.parts, elapsed_ms = r.duration_ms, "table done"
         ),
     }
