@@ -23,7 +23,7 @@ use cdc_copy::cdc::{Lsn, TableState, Value};
 use cdc_copy::host::TimerTrigger;
 use cdc_copy::jobs::{self, Context};
 use cdc_copy::report::{Report, Status};
-use cdc_copy_testkit::faults::{Fault, Faults, Method};
+use cdc_copy_testkit::faults::{Fault, Method};
 use cdc_copy_testkit::model::{CdcModel, ColumnDef};
 
 use common::cdc::{customer, parse_csv, random_dml, render, start_time, Bench};

@@ -101,7 +101,10 @@ pub async fn copy_table(
         Plan::Advance { window_end, to } => {
             let reader = instances::reader_after(&wm.capture_instance, target, to).to_string();
             return match advance(ctx, session, &wm, window_end, to, reader, result).await? {
-                Some(_) => Ok(()),
+                Some(next) => {
+                    note_instance(&wm, &next, result);
+                    Ok(())
+                }
                 None => {
                     superseded(result, SUPERSEDED);
                     Ok(())
@@ -168,16 +171,12 @@ async fn copy_window(
     if !recorded && staged.rows() == 0 {
         // Dropping the sink drops its writer: no block list is ever committed for it.
         drop(staged);
-        return advance(
-            ctx,
-            session,
-            wm,
-            window.end,
-            window.range.to(),
-            reader,
-            result,
-        )
-        .await;
+        let to = window.range.to();
+        let next = advance(ctx, session, wm, window.end, to, reader, result).await?;
+        if let Some(next) = &next {
+            note_instance(wm, next, result);
+        }
+        return Ok(next);
     }
     let recorded = if recorded {
         wm.clone()
@@ -191,7 +190,11 @@ async fn copy_window(
             None => return Ok(None),
         }
     };
-    commit_window(ctx, session, &recorded, window, reader, staged, result).await
+    let next = commit_window(ctx, session, &recorded, window, reader, staged, result).await?;
+    if let Some(next) = &next {
+        note_instance(wm, next, result);
+    }
+    Ok(next)
 }
 
 /// Waits (bounded) for the capture process to pass the trigger time, then plans the window.
@@ -238,9 +241,9 @@ async fn advance(
     let next = Watermark {
         last_lsn: to,
         last_window_end: window_end,
+        capture_instance: reader,
         ..wm.next(TableState::Ready, ctx.now())
     };
-    let next = switched(next, reader, result);
     let Some(next) = save(session, wm, next).await? else {
         return Ok(None);
     };
@@ -251,26 +254,26 @@ async fn advance(
     Ok(Some(next))
 }
 
-/// `next` naming `reader`; when that is a new instance, the switch is logged and reported.
-fn switched(mut next: Watermark, reader: String, result: &mut TableResult) -> Watermark {
-    if next.capture_instance != reader {
-        tracing::info!(
-            table = %next.table,
-            from_instance = %next.capture_instance,
-            to_instance = %reader,
-            last_lsn = %next.last_lsn,
-            "switched capture instance: every change up to last_lsn came from the old instance, \
-             the rest comes from the new one; the old instance can be disabled"
-        );
-        result.switched = Some(SwitchFields {
-            from: next.capture_instance.clone(),
-            to: reader.clone(),
-            after_lsn: next.last_lsn,
-        });
-        next.capture_instance = reader;
+/// Reports the row `after` a window or advance that began from `before`: the instance it
+/// names, and the switch if that is a new one (logged once, by the run that saved it).
+fn note_instance(before: &Watermark, after: &Watermark, result: &mut TableResult) {
+    result.capture_instance = Some(after.capture_instance.clone());
+    if before.capture_instance == after.capture_instance {
+        return;
     }
-    result.capture_instance = Some(next.capture_instance.clone());
-    next
+    tracing::info!(
+        table = %after.table,
+        from_instance = %before.capture_instance,
+        to_instance = %after.capture_instance,
+        last_lsn = %after.last_lsn,
+        "switched capture instance: every change up to last_lsn came from the old instance, \
+         the rest comes from the new one; the old instance can be disabled"
+    );
+    result.switched = Some(SwitchFields {
+        from: before.capture_instance.clone(),
+        to: after.capture_instance.clone(),
+        after_lsn: after.last_lsn,
+    });
 }
 
 /// Commits `window`'s staged blob (the window is recorded in `wm`) and advances the
@@ -290,7 +293,10 @@ async fn commit_window(
     // A window without rows staged nothing, so the container may not have been needed yet.
     ctx.ensure_container().await?;
     let bytes = staged.finish().await?.bytes;
-    let advanced = switched(wm.advanced(window, rows, bytes, ctx.now()), reader, result);
+    let advanced = Watermark {
+        capture_instance: reader,
+        ..wm.advanced(window, rows, bytes, ctx.now())
+    };
     let Some(next) = save(session, wm, advanced).await? else {
         return Ok(None);
     };
