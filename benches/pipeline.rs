@@ -624,7 +624,7 @@ async fn idle_runs(polling_s: i64, visible: bool, times: FoldedScanTimes) -> (f6
     );
     let vars: HashMap<String, String> = [
         ("CDC_SQL_CONNECTION_STRING", "Server=tcp:localhost,1433;Database=shop;User ID=bench;Password=unused;Encrypt=true;TrustServerCertificate=true".to_string()),
-        ("CDC_TABLES", tables.to_string()),
+        ("CDC_TABLES", "dbo.customers".to_string()),
         ("CDC_STORAGE_CONNECTION_STRING", storage),
         ("CDC_CONTAINER", "idle".to_string()),
         ("CDC_CAPTURE_WAIT_SECONDS", "120".to_string()),
