@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use cdc_copy::cdc::RowSinkError;
 use cdc_copy::cdc::{
-    CdcSource, Lsn, LsnRange, RowFilter, RowSink, TableRef, TableState, Value, Watermark,
+    AllRowFilter, CdcSource, Lsn, LsnRange, RowFilter, RowSink, TableRef, TableState, Value,
+    Watermark,
 };
 use cdc_copy::config::Settings;
 use cdc_copy::host::{FullLoadRequest, TimerTrigger};
@@ -61,6 +62,8 @@ const SCENARIOS: &[&str] = &[
     "full-load-5M",
     "incremental-1M",
     "incremental-5M",
+    "incremental-all-1M",
+    "incremental-all-5M",
     "incremental-zero",
     "incremental-idle",
 ];
@@ -134,13 +137,18 @@ fn storage() -> String {
 }
 
 fn settings(container: &str) -> Settings {
+    settings_for(container, "dbo.customers")
+}
+
+/// [`settings`] copying `tables` (`CDC_TABLES`).
+fn settings_for(container: &str, tables: &str) -> Settings {
     let vars: HashMap<String, String> = [
         (
             "CDC_SQL_CONNECTION_STRING",
             // Valid but never used: the model stands in for SQL Server.
             "Server=tcp:localhost,1433;Database=shop;User ID=bench;Password=unused;Encrypt=true;TrustServerCertificate=true".to_string(),
         ),
-        ("CDC_TABLES", "dbo.customers".to_string()),
+        ("CDC_TABLES", tables.to_string()),
         ("CDC_STORAGE_CONNECTION_STRING", storage()),
         ("CDC_CONTAINER", container.to_string()),
         ("CDC_CAPTURE_WAIT_SECONDS", "0".to_string()),
@@ -177,9 +185,13 @@ fn model(rows: u64) -> CdcModel {
 }
 
 async fn context(m: &CdcModel, container: &str) -> Context {
+    context_for(m, container, "dbo.customers").await
+}
+
+async fn context_for(m: &CdcModel, container: &str, tables: &str) -> Context {
     let clock_model = m.clone();
     Context {
-        settings: Arc::new(settings(container)),
+        settings: Arc::new(settings_for(container, tables)),
         source: Arc::new(m.clone()) as Arc<dyn CdcSource>,
         blobs: target(container).await,
         clock: Arc::new(move || clock_model.now()),
@@ -245,9 +257,9 @@ async fn model_scan_secs(m: &CdcModel, part_rows: u64) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// Seconds the model takes to stream the net changes in `(from, to]` into a
-/// [`CountingSink`] (the source's share of an incremental window).
-async fn model_net_secs(m: &CdcModel, after: Lsn, to: Lsn, expected: u64) -> f64 {
+/// Seconds the model takes to stream the net changes (or with `all`, all changes) in
+/// `(from, to]` into a [`CountingSink`] (the source's share of an incremental window).
+async fn model_changes_secs(m: &CdcModel, after: Lsn, to: Lsn, expected: u64, all: bool) -> f64 {
     let mut session = m.session().await.expect("session");
     let ci = session
         .capture_instance(&table(), None)
@@ -256,10 +268,17 @@ async fn model_net_secs(m: &CdcModel, after: Lsn, to: Lsn, expected: u64) -> f64
     let range = LsnRange::after(after, to).expect("changes after the baseline");
     let started = Instant::now();
     let mut sink = CountingSink::default();
-    let sent = session
-        .net_changes(&ci, range, RowFilter::All, &mut sink)
-        .await
-        .expect("net changes");
+    let sent = if all {
+        session
+            .all_changes(&ci, range, AllRowFilter::AllUpdateOld, &mut sink)
+            .await
+            .expect("all changes")
+    } else {
+        session
+            .net_changes(&ci, range, RowFilter::All, &mut sink)
+            .await
+            .expect("net changes")
+    };
     assert_eq!((sent, sink.0), (expected, expected));
     started.elapsed().as_secs_f64()
 }
@@ -407,10 +426,11 @@ async fn full_load(name: &str, rows: u64) -> Figures {
     }
 }
 
-/// A small baseline load, then `changes` generated inserts, then one IncrementalCopy window.
-async fn incremental(name: &str, changes: u64) -> Figures {
+/// A small baseline load, then `changes` generated inserts, then one IncrementalCopy window;
+/// `tables` is `CDC_TABLES` (`dbo.customers:all` reads the window by all changes).
+async fn incremental(name: &str, changes: u64, tables: &str) -> Figures {
     let m = model(BASELINE_ROWS);
-    let ctx = context(&m, &container_for(name)).await;
+    let ctx = context_for(&m, &container_for(name), tables).await;
     let request = FullLoadRequest::default_all();
     expect_done(
         "baseline load",
@@ -431,7 +451,8 @@ async fn incremental(name: &str, changes: u64) -> Figures {
     let rows = after.rows_copied - before.rows_copied;
     assert_eq!(rows, changes, "{:?}", report.logs());
     let blobs = ctx.blobs.list("").await.expect("list").len();
-    let model_secs = model_net_secs(&m, before.last_lsn, after.last_lsn, changes).await;
+    let all = tables.ends_with(":all");
+    let model_secs = model_changes_secs(&m, before.last_lsn, after.last_lsn, changes, all).await;
     Figures {
         rows,
         bytes: after.bytes_copied - before.bytes_copied,
@@ -685,8 +706,10 @@ fn child(name: &str, args: &[String]) {
         "encode-upload-5M" => runtime.block_on(encode_upload(name, 5_000_000)),
         "full-load-1M" => runtime.block_on(full_load(name, 1_000_000)),
         "full-load-5M" => runtime.block_on(full_load(name, 5_000_000)),
-        "incremental-1M" => runtime.block_on(incremental(name, 1_000_000)),
-        "incremental-5M" => runtime.block_on(incremental(name, 5_000_000)),
+        "incremental-1M" => runtime.block_on(incremental(name, 1_000_000, "dbo.customers")),
+        "incremental-5M" => runtime.block_on(incremental(name, 5_000_000, "dbo.customers")),
+        "incremental-all-1M" => runtime.block_on(incremental(name, 1_000_000, "dbo.customers:all")),
+        "incremental-all-5M" => runtime.block_on(incremental(name, 5_000_000, "dbo.customers:all")),
         "incremental-zero" => runtime.block_on(incremental_zero()),
         "incremental-idle" => incremental_idle(),
         other => panic!("unknown scenario {other:?}; known: {SCENARIOS:?}"),
@@ -895,6 +918,7 @@ fn summarise(rows: &[Row]) {
     for (small, big) in [
         ("full-load-1M", "full-load-5M"),
         ("incremental-1M", "incremental-5M"),
+        ("incremental-all-1M", "incremental-all-5M"),
     ] {
         if let (Some(a), Some(b)) = (get(small), get(big)) {
             println!(

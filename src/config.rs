@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::cdc::{validate_identifier, RowFilter, TableRef};
+use crate::cdc::{validate_identifier, AllRowFilter, ChangeMode, RowFilter, TableRef};
 use crate::naming::{validate_container_name, PathTemplate, DEFAULT_INCREMENTAL_TEMPLATE};
 
 mod sql;
@@ -57,7 +57,10 @@ impl std::fmt::Display for Secret {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSpec {
     pub table: TableRef,
+    /// `=capture_instance`: read only this instance (no automatic switch to a newer one).
     pub capture_instance: Option<String>,
+    /// `:net` or `:all`; `None` lets the capture instance decide (net changes when it has them).
+    pub mode: Option<ChangeMode>,
 }
 
 /// All settings the handler reads.
@@ -72,6 +75,8 @@ pub struct Settings {
     pub capture_poll: Duration,
     pub watermark_table: TableRef,
     pub row_filter: RowFilter,
+    /// `CDC_ALL_CHANGES_ROW_FILTER`: the row filter of tables read by all changes.
+    pub all_row_filter: AllRowFilter,
     pub table_concurrency: usize,
     pub block_size: usize,
     pub full_load_part_rows: u64,
@@ -157,6 +162,7 @@ pub const CDC_CAPTURE_WAIT_SECONDS: &str = "CDC_CAPTURE_WAIT_SECONDS";
 pub const CDC_CAPTURE_POLL_SECONDS: &str = "CDC_CAPTURE_POLL_SECONDS";
 pub const CDC_WATERMARK_TABLE: &str = "CDC_WATERMARK_TABLE";
 pub const CDC_ROW_FILTER: &str = "CDC_ROW_FILTER";
+pub const CDC_ALL_CHANGES_ROW_FILTER: &str = "CDC_ALL_CHANGES_ROW_FILTER";
 pub const CDC_TABLE_CONCURRENCY: &str = "CDC_TABLE_CONCURRENCY";
 pub const CDC_BLOCK_SIZE_MIB: &str = "CDC_BLOCK_SIZE_MIB";
 pub const CDC_FULL_LOAD_PART_ROWS: &str = "CDC_FULL_LOAD_PART_ROWS";
@@ -222,7 +228,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         name: CDC_TABLES,
         default: None,
         range: None,
-        description: "Required. Comma-separated tables to copy, `schema.table` or `schema.table=capture_instance` (when a table has two capture instances), e.g. `dbo.customers,dbo.orders=dbo_orders_v2`.",
+        description: "Required. Comma-separated tables to copy: `schema.table`, optionally `=capture_instance` to read only that instance (no automatic switch to a newer one after DDL) and `:net` or `:all` to force net changes or all changes (by default net changes when the capture instance has them, all changes otherwise), e.g. `dbo.customers,dbo.orders=dbo_orders_v2,dbo.audit_log:all`.",
         secret: false,
     },
     SettingDoc {
@@ -279,6 +285,13 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: Some("all"),
         range: None,
         description: "Row filter of `cdc.fn_cdc_get_net_changes_*`: `all` (operations 1, 2, 4) or `all with merge` (1 and 5).",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_ALL_CHANGES_ROW_FILTER,
+        default: Some("all update old"),
+        range: None,
+        description: "Row filter of `cdc.fn_cdc_get_all_changes_*`, for tables read by all changes (no primary key or unique index, or `:all`): `all update old` (an update is two rows, operation 3 with the values before and 4 with the values after; without a key the before-image is what tells a consumer which row changed) or `all` (operations 1, 2, 4).",
         secret: false,
     },
     SettingDoc {
@@ -500,6 +513,11 @@ impl<'a> Parser<'a> {
             TableRef::parse(v).map_err(|e| e.to_string())
         });
         let row_filter = self.text(CDC_ROW_FILTER, "all", parse_row_filter);
+        let all_row_filter = self.text(
+            CDC_ALL_CHANGES_ROW_FILTER,
+            "all update old",
+            parse_all_row_filter,
+        );
         let table_concurrency = self.number(CDC_TABLE_CONCURRENCY);
         let block_size_mib = self.number(CDC_BLOCK_SIZE_MIB);
         let full_load_part_rows = self.number(CDC_FULL_LOAD_PART_ROWS);
@@ -534,6 +552,7 @@ impl<'a> Parser<'a> {
             capture_poll: Duration::from_secs(capture_poll?),
             watermark_table: watermark_table?,
             row_filter: row_filter?,
+            all_row_filter: all_row_filter?,
             table_concurrency: table_concurrency? as usize,
             block_size: (block_size_mib? * 1024 * 1024) as usize,
             full_load_part_rows: full_load_part_rows?,
@@ -696,6 +715,10 @@ fn parse_tables(v: &str) -> Result<Vec<TableSpec>, ConfigError> {
                 format!("entry {} is empty (stray comma?)", i + 1),
             ));
         }
+        let (item, mode) = match item.rsplit_once(':') {
+            Some((rest, mode)) => (rest.trim(), Some(parse_mode(mode.trim(), i)?)),
+            None => (item, None),
+        };
         let (table, capture_instance) = match item.split_once('=') {
             Some((t, ci)) => (t.trim(), Some(ci.trim())),
             None => (item, None),
@@ -716,9 +739,34 @@ fn parse_tables(v: &str) -> Result<Vec<TableSpec>, ConfigError> {
         specs.push(TableSpec {
             table,
             capture_instance: capture_instance.map(str::to_string),
+            mode,
         });
     }
     Ok(specs)
+}
+
+fn parse_mode(v: &str, entry: usize) -> Result<ChangeMode, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "net" => Ok(ChangeMode::Net),
+        "all" => Ok(ChangeMode::All),
+        _ => Err(invalid(
+            CDC_TABLES,
+            format!(
+                "entry {}: {} after `:` is not `net` or `all`",
+                entry + 1,
+                shown(v)
+            ),
+        )),
+    }
+}
+
+fn parse_all_row_filter(v: &str) -> Result<AllRowFilter, String> {
+    let normal = v.split_whitespace().collect::<Vec<_>>().join(" ");
+    match normal.to_ascii_lowercase().as_str() {
+        "all update old" => Ok(AllRowFilter::AllUpdateOld),
+        "all" => Ok(AllRowFilter::All),
+        _ => Err(format!("{} is not `all update old` or `all`", shown(v))),
+    }
 }
 
 fn parse_row_filter(v: &str) -> Result<RowFilter, String> {
@@ -819,7 +867,8 @@ mod tests {
             s.tables,
             vec![TableSpec {
                 table: TableRef::parse("dbo.customers").unwrap(),
-                capture_instance: None
+                capture_instance: None,
+                mode: None,
             }]
         );
         assert_eq!(
@@ -878,12 +927,22 @@ mod tests {
             (CDC_TABLES, " dbo.customers , sales.orders=sales_orders_v2 ", |s| {
                 s.tables
                     == vec![
-                        TableSpec { table: TableRef::parse("dbo.customers").unwrap(), capture_instance: None },
+                        TableSpec { table: TableRef::parse("dbo.customers").unwrap(), capture_instance: None, mode: None },
                         TableSpec {
                             table: TableRef::parse("sales.orders").unwrap(),
                             capture_instance: Some("sales_orders_v2".into()),
+                            mode: None,
                         },
                     ]
+            }),
+            (CDC_TABLES, "dbo.audit_log:all, dbo.orders=dbo_orders_v2 : NET,dbo.x", |s| {
+                s.tables.iter().map(|t| t.mode).collect::<Vec<_>>()
+                    == [Some(ChangeMode::All), Some(ChangeMode::Net), None]
+                    && s.tables[1].capture_instance.as_deref() == Some("dbo_orders_v2")
+            }),
+            (CDC_ALL_CHANGES_ROW_FILTER, "ALL", |s| s.all_row_filter == AllRowFilter::All),
+            (CDC_ALL_CHANGES_ROW_FILTER, " all  update OLD", |s| {
+                s.all_row_filter == AllRowFilter::AllUpdateOld
             }),
             (CDC_STORAGE_CONNECTION_STRING,
              "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net",
@@ -912,6 +971,9 @@ mod tests {
             (CDC_WATERMARK_TABLE, "watermark"),
             (CDC_WATERMARK_TABLE, "dbo.water;drop"),
             (CDC_ROW_FILTER, "all with mask"),
+            (CDC_ALL_CHANGES_ROW_FILTER, "all with merge"),
+            (CDC_TABLES, "dbo.audit_log:merge"),
+            (CDC_TABLES, "dbo.audit_log:"),
             (CDC_TABLE_CONCURRENCY, "0"),
             (CDC_TABLE_CONCURRENCY, "65"),
             (CDC_BLOCK_SIZE_MIB, "0"),

@@ -277,6 +277,25 @@ pub fn timestamp_id(at: DateTime<Utc>) -> String {
 
 /// The name of one part of a full load: `{schema}/{table}/full/{load_id}/part-00000.csv`.
 /// Parts are numbered from 0 with at least 5 digits, so up to 100 000 parts sort by name.
+/// The blob of the rest of an old capture instance when a window spans the switch to a new
+/// one: the window's blob name with `-<old instance>` before its extension, so a retry of
+/// the same trigger time names it the same, and it sorts before the window's own blob
+/// (`-` sorts before `.`).
+pub fn tail_name(window_blob: &str, old_instance: &str) -> String {
+    let file_start = window_blob.rfind('/').map_or(0, |i| i + 1);
+    match window_blob[file_start..].rfind('.') {
+        Some(dot) => {
+            let dot = file_start + dot;
+            format!(
+                "{}-{old_instance}{}",
+                &window_blob[..dot],
+                &window_blob[dot..]
+            )
+        }
+        None => format!("{window_blob}-{old_instance}"),
+    }
+}
+
 pub fn full_load_part_name(table: &TableRef, load_id: &str, part: u32) -> String {
     format!(
         "{}/{}/full/{}/part-{:05}.csv",

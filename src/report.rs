@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 
-use crate::cdc::{Lsn, LsnRange, TableRef};
+use crate::cdc::{ChangeMode, Lsn, LsnRange, TableRef};
 
 /// How one table's part of an invocation ended, in rising order of severity: a report's
 /// status is the worst of its tables'.
@@ -59,6 +59,15 @@ pub struct TableResult {
     /// process that looks stopped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// How the table's changes were read (`net` or `all`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ChangeMode>,
+    /// The capture instance the watermark names after this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture_instance: Option<String>,
+    /// This run switched the table to a newer capture instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switched: Option<SwitchFields>,
     /// The full load's baseline LSN.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_lsn: Option<Lsn>,
@@ -90,6 +99,16 @@ impl From<LsnRange> for RangeFields {
     }
 }
 
+/// A capture-instance switch: every change up to `after_lsn` came from `from`, the rest
+/// comes from `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchFields {
+    pub from: String,
+    pub to: String,
+    pub after_lsn: Lsn,
+}
+
 fn as_text<S: Serializer>(table: &TableRef, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(table)
 }
@@ -109,6 +128,9 @@ impl TableResult {
             capture_lag_ms: None,
             capture_wait_ms: None,
             warning: None,
+            mode: None,
+            capture_instance: None,
+            switched: None,
             baseline_lsn: None,
             parts: None,
             error: None,

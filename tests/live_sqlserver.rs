@@ -29,6 +29,8 @@ mod idle;
 mod keys;
 #[path = "live_sqlserver/least_privilege.rs"]
 mod least_privilege;
+#[path = "live_sqlserver/switch_jobs.rs"]
+mod switch_jobs;
 use cdc_copy_testkit::live::LiveSql;
 use cdc_copy_testkit::tds;
 

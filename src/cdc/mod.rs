@@ -6,6 +6,7 @@
 //! where no SQL Server can run.
 
 pub mod columns;
+pub mod instances;
 pub mod lsn;
 pub mod source;
 pub mod value;

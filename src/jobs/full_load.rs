@@ -12,7 +12,9 @@
 use chrono::Utc;
 use tokio::time::{Duration, Instant};
 
-use super::{finish, for_each_table, save, superseded, Context, JobError, FORMAT_VERSION};
+mod keyless;
+
+use super::{finish, for_each_table, save, superseded, Capture, Context, JobError, FORMAT_VERSION};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
@@ -24,7 +26,7 @@ use crate::report::{Report, Status, TableResult};
 use crate::sink::naming;
 use crate::sink::SinkError;
 
-const SUPERSEDED: &str = "superseded: another invocation is loading this table";
+pub(super) const SUPERSEDED: &str = "superseded: another invocation is loading this table";
 
 /// A part's last key for blob metadata (printable ASCII): base64 of its JSON; empty for none.
 fn encode_key(key: Option<&[Value]>) -> String {
@@ -100,7 +102,11 @@ async fn load_table(
     deadline: Instant,
     result: &mut TableResult,
 ) -> Result<(), JobError> {
-    let (mut session, ci) = ctx.open(table).await?;
+    let (mut session, capture) = ctx.open(table).await?;
+    capture.warn_about_ddl(result);
+    let ci = capture.target();
+    result.capture_instance = Some(ci.name.clone());
+    result.mode = capture.mode(ci).ok();
     let wm = match session.read_watermark(table).await? {
         Some(wm) if !reset && matches!(wm.state, TableState::Loading(_)) => wm,
         Some(wm) if !reset => {
@@ -109,7 +115,7 @@ async fn load_table(
                 last_lsn: wm.last_lsn,
             })
         }
-        existing => match start(ctx, session.as_mut(), &ci, existing).await? {
+        existing => match start(ctx, session.as_mut(), ci, existing).await? {
             Some(wm) => wm,
             None => {
                 superseded(result, SUPERSEDED);
@@ -117,7 +123,7 @@ async fn load_table(
             }
         },
     };
-    continue_load(ctx, session.as_mut(), &ci, wm, deadline, result).await?;
+    continue_load(ctx, session.as_mut(), &capture, wm, deadline, result).await?;
     Ok(())
 }
 
@@ -166,7 +172,29 @@ async fn start(
 /// Writes parts from the checkpoint in `wm` (a load in progress) until the table is done
 /// (`result` becomes `Done`, the watermark `Ready` at the baseline) or `deadline` passes
 /// (checked between parts; at least one part per call). Returns the watermark it left.
+///
+/// The load reads the columns of the instance it started with (the watermark's), so all its
+/// parts have the same columns; a newer instance takes over in the incremental copy.
 pub async fn continue_load(
+    ctx: &Context,
+    session: &mut dyn CdcSession,
+    capture: &Capture,
+    wm: Watermark,
+    deadline: Instant,
+    result: &mut TableResult,
+) -> Result<Watermark, JobError> {
+    let ci = capture
+        .find(&wm.capture_instance)
+        .unwrap_or_else(|| capture.target());
+    ctx.ensure_container().await?;
+    if ci.key_columns.is_empty() {
+        return keyless::load(ctx, session, ci, wm, deadline, result).await;
+    }
+    keyed_parts(ctx, session, ci, wm, deadline, result).await
+}
+
+/// [`continue_load`] of a table with a key: resumable parts in key order.
+async fn keyed_parts(
     ctx: &Context,
     session: &mut dyn CdcSession,
     ci: &CaptureInstance,
@@ -174,7 +202,6 @@ pub async fn continue_load(
     deadline: Instant,
     result: &mut TableResult,
 ) -> Result<Watermark, JobError> {
-    ctx.ensure_container().await?;
     let part_rows = ctx.settings.full_load_part_rows.max(1);
     while let TableState::Loading(progress) = wm.state.clone() {
         let name = naming::full_load_part_name(&ci.table, &progress.load_id, progress.parts_done);
@@ -243,6 +270,7 @@ async fn write_part(
             progress.baseline_lsn.to_string(),
         ),
         ("part".to_string(), progress.parts_done.to_string()),
+        ("columns".to_string(), super::columns_metadata(&ci.columns)),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
     let mut writer = ctx.blobs.writer(name, metadata, ctx.settings.block_size);

@@ -20,13 +20,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::{for_each_table, save, superseded, timer_table, Context, JobError, FORMAT_VERSION};
+use super::{
+    for_each_table, save, superseded, timer_table, Capture, Context, JobError, FORMAT_VERSION,
+};
+use crate::cdc::instances::{self, Route};
 use crate::cdc::{
-    CaptureInstance, CaptureProgress, CdcError, CdcSession, Lsn, RowSink, RowSinkError, TableState,
-    Value, Watermark, Window,
+    CaptureInstance, CaptureProgress, CdcError, CdcSession, ChangeMode, Lsn, LsnRange, RowSink,
+    RowSinkError, TableState, Value, Watermark, Window,
 };
 use crate::host::TimerTrigger;
-use crate::report::{Report, TableResult};
+use crate::naming;
+use crate::report::{Report, SwitchFields, TableResult};
 use crate::sink::blob::BlockPrefix;
 use crate::sink::rows::CsvBlobSink;
 use crate::window::{self, Plan};
@@ -49,24 +53,42 @@ pub async fn run(ctx: &Context, trigger: &TimerTrigger) -> Report {
 
 /// One table from a loaded watermark: finish a recorded window, then copy
 /// `(last window end, trigger_time]`. What it commits is added to `result` as it goes.
+///
+/// A window is read from the instance [`instances::route`] names: the watermark's until the
+/// target instance's start LSN, the target from there on. A window that spans the start LSN
+/// is copied as two: the rest of the old instance (`[from, start - 1]`, into the blob named
+/// [`naming::tail_name`], its window end left at its start so that time does not advance),
+/// then the new instance's `[start, to]` into the window's usual blob. Both follow the
+/// usual record → commit → advance order, so a crash between them resumes like any other.
 pub async fn copy_table(
     ctx: &Context,
     session: &mut dyn CdcSession,
-    ci: &CaptureInstance,
+    capture: &Capture,
     mut wm: Watermark,
     trigger_time: DateTime<Utc>,
     result: &mut TableResult,
 ) -> Result<(), JobError> {
-    if wm.capture_instance != ci.name {
-        return Err(JobError::CaptureInstanceChanged {
-            table: ci.table.clone(),
-            recorded: wm.capture_instance.clone(),
-            current: ci.name.clone(),
-        });
-    }
+    let target = capture.target();
+    let reading = capture.find(&wm.capture_instance).unwrap_or(target);
+    result.capture_instance = Some(reading.name.clone());
+    result.mode = capture.mode(reading).ok();
     if let TableState::Pending(window) = wm.state.clone() {
-        let staged = stream_window(ctx, session, ci, &window).await?;
-        let Some(next) = commit_window(ctx, session, &wm, &window, staged, result).await? else {
+        // A pending window is read again, byte for byte, from the instance that recorded it;
+        // only if that one is gone does the route decide (the newer one holds its changes
+        // when it starts at or before them, otherwise they are lost and the route says so).
+        let ci = match capture.find(&wm.capture_instance) {
+            Some(ci) => ci,
+            None => match instances::route(
+                &capture.instances,
+                &wm.capture_instance,
+                target,
+                window.range,
+            )? {
+                Route::One(ci) | Route::Switch { old: ci, .. } => ci,
+            },
+        };
+        let Some(next) = copy_window(ctx, session, capture, ci, &wm, &window, true, result).await?
+        else {
             superseded(result, SUPERSEDED);
             return Ok(());
         };
@@ -74,29 +96,105 @@ pub async fn copy_table(
         result.note = "finished pending window";
     }
 
-    let window = match plan(ctx, session, ci, &wm, trigger_time, result).await? {
+    let window = match plan(ctx, session, target, &wm, trigger_time, result).await? {
         Plan::UpToDate => return Ok(()),
         Plan::Advance { window_end, to } => {
-            return advance(ctx, session, &wm, window_end, to, result).await
+            let reader = instances::reader_after(&wm.capture_instance, target, to).to_string();
+            return match advance(ctx, session, &wm, window_end, to, reader, result).await? {
+                Some(next) => {
+                    note_instance(&wm, &next, result);
+                    Ok(())
+                }
+                None => {
+                    superseded(result, SUPERSEDED);
+                    Ok(())
+                }
+            };
         }
         Plan::Copy(window) => window,
     };
-    let staged = stream_window(ctx, session, ci, &window).await?;
-    if staged.rows() == 0 {
-        // Dropping the sink drops its writer: no block list is ever committed for it.
-        drop(staged);
-        return advance(ctx, session, &wm, window.end, window.range.to(), result).await;
-    }
-    let recorded = wm.next(TableState::Pending(window.clone()), ctx.now());
-    let Some(recorded) = save(session, &wm, recorded).await? else {
-        superseded(result, SUPERSEDED);
-        return Ok(());
+    let segments = match instances::route(
+        &capture.instances,
+        &wm.capture_instance,
+        target,
+        window.range,
+    )? {
+        Route::One(ci) => vec![(ci, window)],
+        Route::Switch { old, new, at } => {
+            let before = at
+                .decrement()
+                .expect("a start LSN above `from` is not zero");
+            let tail = Window {
+                range: LsnRange::new(window.range.from(), before).expect("from < at"),
+                start: window.start,
+                end: window.start,
+                blob: naming::tail_name(&window.blob, &old.name),
+            };
+            let rest = Window {
+                range: LsnRange::new(at, window.range.to()).expect("at <= to"),
+                ..window
+            };
+            vec![(old, tail), (new, rest)]
+        }
     };
-    match commit_window(ctx, session, &recorded, &window, staged, result).await? {
-        Some(_) => result.note = "copied",
-        None => superseded(result, SUPERSEDED),
+    for (ci, window) in segments {
+        match copy_window(ctx, session, capture, ci, &wm, &window, false, result).await? {
+            Some(next) => wm = next,
+            None => {
+                superseded(result, SUPERSEDED);
+                return Ok(());
+            }
+        }
     }
     Ok(())
+}
+
+/// Copies `window` from `ci`: streams its changes into the blob's staged blocks, then —
+/// without a row and not yet recorded — advances without a blob; otherwise records the
+/// window (unless `recorded`, a pending window being finished), commits the blob and
+/// advances. `None` when another invocation moved the watermark first.
+#[allow(clippy::too_many_arguments)]
+async fn copy_window(
+    ctx: &Context,
+    session: &mut dyn CdcSession,
+    capture: &Capture,
+    ci: &CaptureInstance,
+    wm: &Watermark,
+    window: &Window,
+    recorded: bool,
+    result: &mut TableResult,
+) -> Result<Option<Watermark>, JobError> {
+    let mode = capture.mode(ci)?;
+    result.mode = Some(mode);
+    let staged = stream_window(ctx, session, ci, mode, window).await?;
+    let reader = instances::reader_after(&ci.name, capture.target(), window.range.to()).to_string();
+    if !recorded && staged.rows() == 0 {
+        // Dropping the sink drops its writer: no block list is ever committed for it.
+        drop(staged);
+        let to = window.range.to();
+        let next = advance(ctx, session, wm, window.end, to, reader, result).await?;
+        if let Some(next) = &next {
+            note_instance(wm, next, result);
+        }
+        return Ok(next);
+    }
+    let recorded = if recorded {
+        wm.clone()
+    } else {
+        let pending = Watermark {
+            capture_instance: ci.name.clone(),
+            ..wm.next(TableState::Pending(window.clone()), ctx.now())
+        };
+        match save(session, wm, pending).await? {
+            Some(row) => row,
+            None => return Ok(None),
+        }
+    };
+    let next = commit_window(ctx, session, &recorded, window, reader, staged, result).await?;
+    if let Some(next) = &next {
+        note_instance(wm, next, result);
+    }
+    Ok(next)
 }
 
 /// Waits (bounded) for the capture process to pass the trigger time, then plans the window.
@@ -128,29 +226,54 @@ async fn plan(
     ))
 }
 
-/// Moves the window end (and the LSN over a range without net changes) without a blob.
+/// Moves the window end (and the LSN over a range without changes) without a blob; the
+/// watermark then names `reader`, the instance that reads the next LSN. `None` when another
+/// invocation moved the watermark first.
 async fn advance(
     ctx: &Context,
     session: &mut dyn CdcSession,
     wm: &Watermark,
     window_end: DateTime<Utc>,
     to: Lsn,
+    reader: String,
     result: &mut TableResult,
-) -> Result<(), JobError> {
+) -> Result<Option<Watermark>, JobError> {
     let next = Watermark {
         last_lsn: to,
         last_window_end: window_end,
+        capture_instance: reader,
         ..wm.next(TableState::Ready, ctx.now())
     };
-    if save(session, wm, next).await?.is_none() {
-        superseded(result, SUPERSEDED);
-        return Ok(());
-    }
+    let Some(next) = save(session, wm, next).await? else {
+        return Ok(None);
+    };
     result.window_end = Some(window_end);
     if result.blobs.is_empty() {
         result.note = "no changes";
     }
-    Ok(())
+    Ok(Some(next))
+}
+
+/// Reports the row `after` a window or advance that began from `before`: the instance it
+/// names, and the switch if that is a new one (logged once, by the run that saved it).
+fn note_instance(before: &Watermark, after: &Watermark, result: &mut TableResult) {
+    result.capture_instance = Some(after.capture_instance.clone());
+    if before.capture_instance == after.capture_instance {
+        return;
+    }
+    tracing::info!(
+        table = %after.table,
+        from_instance = %before.capture_instance,
+        to_instance = %after.capture_instance,
+        last_lsn = %after.last_lsn,
+        "switched capture instance: every change up to last_lsn came from the old instance, \
+         the rest comes from the new one; the old instance can be disabled"
+    );
+    result.switched = Some(SwitchFields {
+        from: before.capture_instance.clone(),
+        to: after.capture_instance.clone(),
+        after_lsn: after.last_lsn,
+    });
 }
 
 /// Commits `window`'s staged blob (the window is recorded in `wm`) and advances the
@@ -161,6 +284,7 @@ async fn commit_window(
     session: &mut dyn CdcSession,
     wm: &Watermark,
     window: &Window,
+    reader: String,
     mut staged: CsvBlobSink,
     result: &mut TableResult,
 ) -> Result<Option<Watermark>, JobError> {
@@ -169,10 +293,14 @@ async fn commit_window(
     // A window without rows staged nothing, so the container may not have been needed yet.
     ctx.ensure_container().await?;
     let bytes = staged.finish().await?.bytes;
-    let advanced = wm.advanced(window, rows, bytes, ctx.now());
+    let advanced = Watermark {
+        capture_instance: reader,
+        ..wm.advanced(window, rows, bytes, ctx.now())
+    };
     let Some(next) = save(session, wm, advanced).await? else {
         return Ok(None);
     };
+    result.note = "copied";
     result.blobs.push(window.blob.clone());
     result.rows += rows;
     result.bytes += bytes;
@@ -207,7 +335,7 @@ fn check_available(ci: &CaptureInstance, from: Lsn) -> Result<(), JobError> {
 /// [`window::ScanWatch`] lives across the polls: it remembers the first scan mark taken
 /// after the trigger time. A lagging capture loses nothing: the LSN bound means late
 /// changes land in the next window.
-async fn wait_for_capture(
+pub(crate) async fn wait_for_capture(
     ctx: &Context,
     session: &mut dyn CdcSession,
     ci: &CaptureInstance,
@@ -284,9 +412,14 @@ async fn stream_window(
     ctx: &Context,
     session: &mut dyn CdcSession,
     ci: &CaptureInstance,
+    mode: ChangeMode,
     window: &Window,
 ) -> Result<CsvBlobSink, JobError> {
     check_available(ci, window.range.from())?;
+    let row_filter = match mode {
+        ChangeMode::Net => ctx.settings.row_filter.as_sql(),
+        ChangeMode::All => ctx.settings.all_row_filter.as_sql(),
+    };
     let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     let metadata = vec![
         ("table".to_string(), ci.table.to_string()),
@@ -295,10 +428,9 @@ async fn stream_window(
         ("to_lsn".to_string(), window.range.to().to_string()),
         ("window_start".to_string(), time(window.start)),
         ("window_end".to_string(), time(window.end)),
-        (
-            "row_filter".to_string(),
-            ctx.settings.row_filter.as_sql().to_string(),
-        ),
+        ("mode".to_string(), mode.as_str().to_string()),
+        ("row_filter".to_string(), row_filter.to_string()),
+        ("columns".to_string(), super::columns_metadata(&ci.columns)),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
     let block_size = ctx.settings.block_size;
@@ -314,9 +446,23 @@ async fn stream_window(
         sink: &mut sink,
         ready: false,
     };
-    session
-        .net_changes(ci, window.range, ctx.settings.row_filter, &mut first_row)
-        .await?;
+    match mode {
+        ChangeMode::Net => {
+            session
+                .net_changes(ci, window.range, ctx.settings.row_filter, &mut first_row)
+                .await?
+        }
+        ChangeMode::All => {
+            session
+                .all_changes(
+                    ci,
+                    window.range,
+                    ctx.settings.all_row_filter,
+                    &mut first_row,
+                )
+                .await?
+        }
+    };
     Ok(sink)
 }
 

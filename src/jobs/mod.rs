@@ -21,7 +21,8 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::cdc::{
-    CaptureInstance, CdcError, CdcSession, CdcSource, TableRef, TableState, Watermark,
+    instances, CaptureInstance, CdcError, CdcSession, CdcSource, ChangeMode, TableRef, TableState,
+    Watermark,
 };
 use crate::config::{Settings, TableSpec};
 use crate::host::{FullLoadRequest, Jobs, TimerTrigger};
@@ -45,11 +46,35 @@ pub enum JobError {
     Sink(#[from] SinkError),
     #[error("{table} has no watermark yet: run FullLoad for it first (POST /api/FullLoad {{\"tables\":[\"{table}\"]}})")]
     NotLoaded { table: TableRef },
-    #[error("{table} was loaded from capture instance {recorded} but CDC now reads {current}: the change stream changed (a new capture instance after DDL?); run FullLoad with \"reset\": true to re-baseline")]
-    CaptureInstanceChanged {
+    #[error(transparent)]
+    Route(Box<instances::RouteError>),
+    /// The full load of a table without a key is one statement under a table lock and cannot
+    /// be continued by a later invocation.
+    #[error(
+        "the full load of {table} did not finish within {budget:?} ({rows} rows read): a table \
+         without a primary key or unique index cannot be loaded in resumable parts, so its load \
+         is one scan that must finish within one invocation. Raise \
+         CDC_FULL_LOAD_HTTP_BUDGET_SECONDS (it also bounds `handler full-load`), or give the \
+         table a primary key or unique index and enable CDC on it with net changes"
+    )]
+    KeylessLoadTooLong {
         table: TableRef,
-        recorded: String,
-        current: String,
+        budget: Duration,
+        rows: u64,
+    },
+    /// A keyless table's load holds its table lock until the capture process has passed the
+    /// end of the scan; it did not within the wait, so no exact baseline could be taken.
+    #[error(
+        "the full load of {table} read the table but the CDC capture process did not pass the \
+         server time {at} within {waited:?} (CDC_CAPTURE_WAIT_SECONDS), so no baseline LSN \
+         could be taken that separates the load from the changes after it; the table lock was \
+         released and nothing was written. The run will be retried; if it keeps failing, check \
+         the capture job"
+    )]
+    CaptureBehind {
+        table: TableRef,
+        at: DateTime<Utc>,
+        waited: Duration,
     },
     #[error("{table} is not in CDC_TABLES")]
     NotConfigured { table: TableRef },
@@ -60,12 +85,20 @@ pub enum JobError {
     },
 }
 
+impl From<instances::RouteError> for JobError {
+    fn from(e: instances::RouteError) -> JobError {
+        JobError::Route(Box::new(e))
+    }
+}
+
 impl JobError {
     /// Worth retrying (the host's retry policy will) as opposed to needing a person.
     pub fn is_transient(&self) -> bool {
         match self {
             JobError::Cdc(e) => e.is_transient(),
             JobError::Sink(e) => e.is_transient(),
+            JobError::Route(e) => matches!(&**e, instances::RouteError::Cdc(e) if e.is_transient()),
+            JobError::CaptureBehind { .. } => true,
             _ => false,
         }
     }
@@ -80,6 +113,24 @@ impl JobError {
             _ => Status::Blocked,
         }
     }
+}
+
+/// Blob metadata `columns`: the captured columns the blob carries, comma-separated, each
+/// percent-encoded where it is not a letter, digit or `_` (metadata values are ASCII, and a
+/// column name may hold commas, spaces or any Unicode character).
+pub(crate) fn columns_metadata(columns: &[String]) -> String {
+    let encode = |name: &String| {
+        let mut out = String::with_capacity(name.len());
+        for byte in name.bytes() {
+            if byte.is_ascii_alphanumeric() || byte == b'_' {
+                out.push(byte as char);
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        out
+    };
+    columns.iter().map(encode).collect::<Vec<_>>().join(",")
 }
 
 /// What a job needs besides its table: settings, the CDC source, the blob target, a clock.
@@ -125,24 +176,33 @@ impl Context {
         crate::sink::rows::CsvBlobSink::new(writer, self.settings.block_size)
     }
 
-    /// A session for `table`, and the table's capture instance (the pinned one, if any).
-    /// An instance the capture process has not recognised yet (NULL start LSN, right after
-    /// `sys.sp_cdc_enable_table`) is refused with a transient error: its `min_lsn` reads
-    /// 0x00… and the max LSN may be below where its changes will start, so any baseline
-    /// taken now would later look like cleaned-up changes.
+    /// A session for `table`, and the table's capture instances. The target (the pinned one,
+    /// or else the newest the capture process has recognised) must have a start LSN: an
+    /// instance the capture process has not recognised yet (right after
+    /// `sys.sp_cdc_enable_table`) is refused with a transient error, since its `min_lsn` reads
+    /// 0x00… and the max LSN may be below where its changes will start, so any baseline taken
+    /// now would later look like cleaned-up changes. The configured mode is checked too.
     pub(crate) async fn open(
         &self,
         table: &TableRef,
-    ) -> Result<(Box<dyn CdcSession>, CaptureInstance), JobError> {
-        let spec = self.spec(table)?;
+    ) -> Result<(Box<dyn CdcSession>, Capture), JobError> {
+        let spec = self.spec(table)?.clone();
         let mut session = self.source.session().await?;
-        let ci = session
-            .capture_instance(table, spec.capture_instance.as_deref())
-            .await?;
-        if ci.start_lsn.is_none() {
-            return Err(self.not_recognised(&ci).into());
+        let instances = session.capture_instances(table).await?;
+        let target = instances::target(table, &instances, spec.capture_instance.as_deref())?;
+        if target.start_lsn.is_none() {
+            return Err(self.not_recognised(target).into());
         }
-        Ok((session, ci))
+        instances::mode(target, spec.mode)?;
+        let target = target.name.clone();
+        Ok((
+            session,
+            Capture {
+                instances,
+                target,
+                spec,
+            },
+        ))
     }
 
     /// The error for an instance the capture process has not recognised yet.
@@ -177,6 +237,49 @@ impl Context {
     }
 }
 
+/// A table's capture instances as one run found them, and its configuration.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    /// Oldest first (at most two).
+    pub instances: Vec<CaptureInstance>,
+    /// The name of the instance reads go to once its start LSN is reached
+    /// ([`instances::target`]); it has a start LSN.
+    target: String,
+    pub spec: TableSpec,
+}
+
+impl Capture {
+    /// The instance to read from now on.
+    pub fn target(&self) -> &CaptureInstance {
+        self.find(&self.target)
+            .expect("the target is one of the instances")
+    }
+
+    pub fn find(&self, name: &str) -> Option<&CaptureInstance> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+
+    /// How `ci` is read (net or all changes).
+    pub fn mode(&self, ci: &CaptureInstance) -> Result<ChangeMode, CdcError> {
+        instances::mode(ci, self.spec.mode)
+    }
+
+    /// Warns (log and `result`) about DDL the target saw but does not follow, when there is
+    /// no newer instance to switch to.
+    pub fn warn_about_ddl(&self, result: &mut TableResult) {
+        let target = self.target();
+        if let Some(warning) = instances::ddl_warning(&self.instances, target) {
+            tracing::warn!(
+                table = %target.table,
+                capture_instance = %target.name,
+                ddl = target.ddl.len(),
+                "{warning}"
+            );
+            result.warning = Some(warning);
+        }
+    }
+}
+
 /// One table of a timer run: whatever its state needs. A full load handed off by FullLoad
 /// continues within this invocation's budget and, once finished, the table's first window
 /// follows in the same run; otherwise the incremental copy (which finishes a pending window
@@ -197,7 +300,8 @@ async fn timer_steps(
     trigger_time: DateTime<Utc>,
     result: &mut TableResult,
 ) -> Result<(), JobError> {
-    let (mut session, ci) = ctx.open(table).await?;
+    let (mut session, capture) = ctx.open(table).await?;
+    capture.warn_about_ddl(result);
     let mut wm = session
         .read_watermark(table)
         .await?
@@ -208,14 +312,17 @@ async fn timer_steps(
         result.status = Status::InProgress;
         result.note = "full load in progress";
         let deadline = Instant::now() + TIMER_LOAD_BUDGET;
-        wm = full_load::continue_load(ctx, session.as_mut(), &ci, wm, deadline, result).await?;
+        wm =
+            full_load::continue_load(ctx, session.as_mut(), &capture, wm, deadline, result).await?;
         if result.status != Status::Done {
             return Ok(());
         }
         // Loaded: the table's first window follows, and is what this run reports.
+        let warning = result.warning.take();
         *result = TableResult::new(table, Status::Done, "up to date");
+        result.warning = warning;
     }
-    incremental::copy_table(ctx, session.as_mut(), &ci, wm, trigger_time, result).await
+    incremental::copy_table(ctx, session.as_mut(), &capture, wm, trigger_time, result).await
 }
 
 /// A table's result once its job ended: what it did, and why it stopped if it failed (a job
@@ -263,6 +370,7 @@ fn log(r: &TableResult) {
         _ => tracing::info!(
             table = %r.table, status = ?r.status, note = r.note, rows = r.rows, bytes = r.bytes,
             blobs = ?r.blobs, from = ?r.range.map(|r| r.from_lsn), to = ?r.range.map(|r| r.to_lsn),
+            mode = r.mode.map(|m| m.as_str()), capture_instance = r.capture_instance.as_deref(),
             lag_ms = r.capture_lag_ms, parts = r.parts, elapsed_ms = r.duration_ms, "table done"
         ),
     }
@@ -321,27 +429,81 @@ impl Runner {
             Ok(mut session) => {
                 results.push(("SQL Server connection".to_string(), Ok(())));
                 for spec in &self.context.settings.tables {
-                    let ci = match session
-                        .capture_instance(&spec.table, spec.capture_instance.as_deref())
-                        .await
-                    {
-                        Ok(ci) if ci.start_lsn.is_none() => {
-                            Err(self.context.not_recognised(&ci).to_string())
-                        }
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    results.push((format!("CDC capture instance of {}", spec.table), ci));
-                    let wm = match session.read_watermark(&spec.table).await {
-                        Ok(Some(_)) => Ok(()),
-                        Ok(None) => Err(format!("no watermark for {}: run FullLoad", spec.table)),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    results.push((format!("watermark of {}", spec.table), wm));
+                    results.extend(self.check_table(session.as_mut(), spec).await);
                 }
             }
         }
         results
+    }
+}
+
+impl Runner {
+    /// `handler check`'s lines for one table: its capture instances (the one read, the mode,
+    /// DDL it does not follow), and its watermark.
+    async fn check_table(
+        &self,
+        session: &mut dyn CdcSession,
+        spec: &TableSpec,
+    ) -> Vec<(String, Result<(), String>)> {
+        let table = &spec.table;
+        let mut lines = Vec::new();
+        let wm = session.read_watermark(table).await;
+        let capture = match session.capture_instances(table).await {
+            Err(e) => Err(e.to_string()),
+            Ok(list) => {
+                let pinned = spec.capture_instance.as_deref();
+                match instances::target(table, &list, pinned) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(ci) if ci.start_lsn.is_none() => {
+                        Err(self.context.not_recognised(ci).to_string())
+                    }
+                    Ok(ci) => match instances::mode(ci, spec.mode) {
+                        Err(e) => Err(e.to_string()),
+                        Ok(mode) => Ok((list.clone(), ci.clone(), mode)),
+                    },
+                }
+            }
+        };
+        match capture {
+            Err(e) => lines.push((format!("CDC capture instance of {table}"), Err(e))),
+            Ok((list, ci, mode)) => {
+                let names: Vec<&str> = list.iter().map(|i| i.name.as_str()).collect();
+                lines.push((
+                    format!(
+                        "CDC capture instance of {table}: {} ({} changes; instances: {})",
+                        ci.name,
+                        mode.as_str(),
+                        names.join(", ")
+                    ),
+                    Ok(()),
+                ));
+                let ddl = instances::ddl_warning(&list, &ci);
+                lines.push((
+                    format!("schema changes of {table} followed by its capture instances"),
+                    ddl.map_or(Ok(()), Err),
+                ));
+                if let Ok(Some(wm)) = &wm {
+                    if wm.capture_instance != ci.name {
+                        lines.push((
+                            format!(
+                                "{table} is read from {} until {} takes over at {}",
+                                wm.capture_instance,
+                                ci.name,
+                                ci.start_lsn.unwrap_or(crate::cdc::Lsn::ZERO)
+                            ),
+                            Ok(()),
+                        ));
+                    }
+                }
+            }
+        }
+        let wm = match wm {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!("no watermark for {table}: run FullLoad")),
+            Err(e) => Err(e.to_string()),
+        };
+        lines.push((format!("watermark of {table}"), wm));
+        lines
     }
 }
 

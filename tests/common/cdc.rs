@@ -196,10 +196,19 @@ impl Bench {
 
     /// A job context over `model`, whose `dbo.customers` the caller has created and enabled.
     pub async fn over(model: CdcModel, extra: &[(&str, &str)]) -> Bench {
+        Bench::over_table(model, customers(), extra).await
+    }
+
+    /// A job context over `model` copying `table` (created and enabled by the caller).
+    pub async fn over_table(model: CdcModel, table: TableRef, extra: &[(&str, &str)]) -> Bench {
         let azurite = Azurite::shared();
         let container = unique_container("jobs");
-        let settings = Arc::new(settings(azurite, &container, extra));
-        let table = customers();
+        let tables = table.to_string();
+        let mut extra = extra.to_vec();
+        if !extra.iter().any(|(k, _)| *k == "CDC_TABLES") {
+            extra.push(("CDC_TABLES", &tables));
+        }
+        let settings = Arc::new(settings(azurite, &container, &extra));
         model.advance(Duration::seconds(1));
         // No ensure_container here: the jobs must create the container themselves.
         let blobs = BlobTarget::new(&settings.storage, &settings.container).unwrap();
