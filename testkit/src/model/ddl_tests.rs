@@ -179,11 +179,6 @@ async fn disabling_the_old_instance_after_a_switch_leaves_the_new_one_untouched(
     // ACDC: "When the transition is effected, the obsolete capture instance can be removed."
     m.disable_cdc("dbo_customers").unwrap();
     assert_eq!(all_values(&m, "dbo_customers_v2"), before);
-    assert_eq!(
-        m.changes_since(&t, Lsn::ZERO).len(),
-        1,
-        "the old rows are gone"
-    );
     let mut s = m.session().await.unwrap();
     let left = s.capture_instances(&t).await.unwrap();
     assert_eq!(left.len(), 1);

@@ -581,19 +581,14 @@ impl CdcModel {
             .ok_or_else(|| ModelError::NoInstance(capture_instance.to_string()))?;
         let removed = state.instances.remove(pos);
         let table = removed.table.clone();
-        // The change rows only the removed instance still covered go with it; the other
-        // instance (if any) keeps its own from its start on.
-        let keep_from = state
-            .instances
-            .iter()
-            .filter(|i| i.table == table)
-            .map(|i| i.min_lsn)
-            .min()
-            .unwrap_or(Lsn::MAX);
-        if let Some(t) = state.tables.get_mut(&table) {
-            while t.log.front().is_some_and(|e| e.lsn() < keep_from) {
-                t.log.pop_front();
-                t.log_front_seq += 1;
+        // Its change table goes with it: nothing reads it any more (its functions are gone,
+        // `NoCaptureInstance`). The shared log keeps the rows while another instance of the
+        // table exists (it reads only from its own start; `changes_since` stays a full
+        // history for oracles) and is emptied with the last one.
+        if !state.instances.iter().any(|i| i.table == table) {
+            if let Some(t) = state.tables.get_mut(&table) {
+                t.log_front_seq += t.log.len() as u64;
+                t.log.clear();
             }
         }
         Ok(())
@@ -803,7 +798,7 @@ impl CdcModel {
     // ----- oracles ------------------------------------------------------------------------
 
     /// Every change row of `table` logged with an LSN above `after` (while it had a capture
-    /// instance), in (LSN, sequence) order: op 1 delete (the row as deleted), 2 insert, 4
+    /// instance; cleanup removes rows below every instance's minimum), in (LSN, sequence) order: op 1 delete (the row as deleted), 2 insert, 4
     /// update (new row). Key updates appear as 1 then 2.
     pub fn changes_since(&self, table: &TableRef, after: Lsn) -> Vec<(Lsn, u8, Vec<Value>)> {
         let state = self.lock();
