@@ -190,19 +190,42 @@ pub const ALL_CHANGES: &str =
 {columns} FROM cdc.{function}(@P1, @P2, @P3) ORDER BY [__$start_lsn], [__$seqval], [__$operation];";
 
 /// Template: the full load of a table without a key, which cannot page: one batch that opens
-/// a transaction and reads every row under a shared table lock held until
-/// [`RELEASE_LOCK`] (`TABLOCK` takes the lock on the table, `HOLDLOCK` keeps it to the end of
-/// the transaction; the hint makes the read a locking one under READ COMMITTED SNAPSHOT too).
-/// Writers wait while it is held, so the rows read and the baseline LSN taken before the
-/// release describe the same moment: no change can be both in the load and after the
-/// baseline. Sent as a SQL batch (no parameters), so the open transaction outlives the
-/// statement. `XACT_ABORT` rolls the transaction back on any error. Filled by [`scan_locked`].
+/// a transaction and reads every row under a shared table lock held until [`RELEASE_LOCK`].
+/// `TABLOCK`: "the shared lock is applied to the entire table instead of at the row or page
+/// level. If HOLDLOCK is also specified, the table lock is held until the end of the
+/// transaction". `HOLDLOCK` is `SERIALIZABLE` for this table, a locking read whatever the
+/// database's READ_COMMITTED_SNAPSHOT ("All read operations performed within the transaction
+/// operate under the rules for the specified isolation level unless a table hint in the FROM
+/// clause of a statement specifies different locking or versioning behavior"). Writers wait
+/// while the lock is held, so the rows read and the baseline LSN taken before the release
+/// describe the same moment: no change can be both in the load and after the baseline. The
+/// hints need no permission beyond SELECT (the table-hints page asks ALTER only for
+/// KEEPIDENTITY, IGNORE_CONSTRAINTS and IGNORE_TRIGGERS).
+///
+/// Sent as a SQL batch (no parameters): `sp_executesql` is a procedure, and one that ends with
+/// another `@@TRANCOUNT` than it began with raises Msg 266 ("Transaction count after EXECUTE
+/// indicates a mismatching number of BEGIN and COMMIT statements"); a transaction a batch
+/// begins outlives it. `XACT_ABORT ON` during the scan: a run-time error in it rolls the
+/// transaction back, so a failed scan leaves no lock behind. `XACT_ABORT OFF` after it (SET
+/// options a batch sets stay in force for the session): between the scan and the release the
+/// job reads capture progress and the baseline in the same transaction, and
+/// `CAPTURE_PROGRESS` (like `CAPTURE_INSTANCES`) catches a permission error in `BEGIN TRY`;
+/// under XACT_ABORT ON that error would make the transaction uncommittable ("An error that
+/// ordinarily ends a transaction outside a TRY block causes a transaction to enter an
+/// uncommittable state when the error occurs inside a TRY block"), and the engine rolls such a
+/// transaction back when the batch finishes, dropping the lock before the baseline is read.
+/// OFF is stated rather than assumed, since a server's `user options` can turn XACT_ABORT on
+/// for every session. Filled by [`scan_locked`].
 /// <https://learn.microsoft.com/sql/t-sql/queries/hints-transact-sql-table>
+/// <https://learn.microsoft.com/sql/t-sql/statements/set-transaction-isolation-level-transact-sql>
 /// <https://learn.microsoft.com/sql/t-sql/statements/set-xact-abort-transact-sql>
 /// <https://learn.microsoft.com/sql/t-sql/language-elements/begin-transaction-transact-sql>
+/// <https://learn.microsoft.com/sql/t-sql/language-elements/try-catch-transact-sql>
+/// <https://learn.microsoft.com/sql/relational-databases/errors-events/database-engine-events-and-errors-0-to-999>
 pub const SCAN_LOCKED: &str = "SET XACT_ABORT ON;
 BEGIN TRANSACTION;
-SELECT {columns} FROM {table} WITH (TABLOCK, HOLDLOCK);";
+SELECT {columns} FROM {table} WITH (TABLOCK, HOLDLOCK);
+SET XACT_ABORT OFF;";
 
 /// Ends the transaction of [`SCAN_LOCKED`], releasing its table lock.
 /// <https://learn.microsoft.com/sql/t-sql/language-elements/commit-transaction-transact-sql>
