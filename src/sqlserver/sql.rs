@@ -545,6 +545,9 @@ mod tests {
             (CAPTURE_PROGRESS, 1),
             (CAPTURE_INSTANCES, 1),
             (NET_CHANGES, 3),
+            (ALL_CHANGES, 3),
+            (SCAN_LOCKED, 0),
+            (RELEASE_LOCK, 0),
             (SCAN_FIRST, 1),
             (READ_WATERMARK, 2),
             (INSERT_WATERMARK, 17),
@@ -626,6 +629,65 @@ mod tests {
         );
     }
 
+    /// Issue 10: every change of a keyless table, `__$seqval` after the commit LSN and the
+    /// order spelled out (an update's before-image, 3, ahead of its after-image, 4).
+    #[test]
+    fn all_changes_order_by_commit_lsn_seqval_and_operation() {
+        assert_eq!(
+            all_changes("dbo_audit_log", &names(&["event", "Order Date", "x]y"])).unwrap(),
+            "SELECT [__$start_lsn], [__$seqval], [__$operation], [__$update_mask], [event], [Order Date], [x]]y] FROM cdc.[fn_cdc_get_all_changes_dbo_audit_log](@P1, @P2, @P3) ORDER BY [__$start_lsn], [__$seqval], [__$operation];"
+        );
+        assert_eq!(
+            all_changes_function("dbo_t_v2").unwrap(),
+            "[fn_cdc_get_all_changes_dbo_t_v2]"
+        );
+    }
+
+    /// Issue 10: the keyless full load is one batch: XACT_ABORT on for the scan, the
+    /// transaction, the locking read of the captured columns, XACT_ABORT off again.
+    #[test]
+    fn scan_locked_reads_the_table_under_a_held_table_lock() {
+        assert_eq!(
+            scan_locked(&t("sales", "audit_log"), &names(&["event", "Order Date"])).unwrap(),
+            "SET XACT_ABORT ON;\nBEGIN TRANSACTION;\nSELECT [event], [Order Date] FROM [sales].[audit_log] WITH (TABLOCK, HOLDLOCK);\nSET XACT_ABORT OFF;"
+        );
+        assert_eq!(RELEASE_LOCK, "IF @@TRANCOUNT > 0 COMMIT TRANSACTION;");
+        assert_eq!(SCAN_LOCKED.matches("BEGIN TRANSACTION").count(), 1);
+        assert!(
+            !SCAN_LOCKED.contains("COMMIT"),
+            "the lock outlives the scan"
+        );
+    }
+
+    /// Result set 4 of CAPTURE_INSTANCES: the DDL recorded against each instance (joined on
+    /// the change table's object_id), inside TRY with a CATCH that answers the same columns
+    /// and no row.
+    #[test]
+    fn capture_instances_reads_the_ddl_history_inside_try() {
+        let fourth = CAPTURE_INSTANCES
+            .split("BEGIN TRY\n")
+            .nth(1)
+            .expect("a TRY block");
+        assert_eq!(
+            fourth,
+            "    SELECT ct.capture_instance, h.ddl_command, h.ddl_lsn, h.ddl_time
+    FROM cdc.ddl_history AS h
+    JOIN cdc.change_tables AS ct ON ct.object_id = h.object_id
+    WHERE h.source_object_id = OBJECT_ID(@P1)
+    ORDER BY ct.capture_instance, h.ddl_lsn;
+END TRY
+BEGIN CATCH
+    SELECT CAST(NULL AS sysname) AS capture_instance, CAST(NULL AS nvarchar(max)) AS ddl_command,
+           CAST(NULL AS binary(10)) AS ddl_lsn, CAST(NULL AS datetime) AS ddl_time
+    WHERE 1 = 0;
+END CATCH;"
+        );
+        assert_eq!(CAPTURE_INSTANCES.matches("cdc.ddl_history").count(), 1);
+        // Four result sets: one SELECT each, the CATCH's stand-in for the fourth.
+        assert_eq!(CAPTURE_INSTANCES.matches("SELECT ").count(), 5);
+        assert!(CAPTURE_INSTANCES.contains("ORDER BY ct.create_date DESC;"));
+    }
+
     #[test]
     fn injection_attempts_are_rejected_before_any_text_is_built() {
         let attempts = [
@@ -646,6 +708,19 @@ mod tests {
             assert!(read_watermark(&t(bad, "w")).is_err(), "{bad:?}");
             assert!(insert_watermark(&t("cdc_copy", bad)).is_err(), "{bad:?}");
             assert!(update_watermark(&t(bad, bad)).is_err(), "{bad:?}");
+            assert!(all_changes(bad, &cols).is_err(), "{bad:?}");
+            assert!(all_changes_function(bad).is_err(), "{bad:?}");
+            assert!(scan_locked(&t("dbo", bad), &cols).is_err(), "{bad:?}");
+            assert!(scan_locked(&t(bad, "t"), &cols).is_err(), "{bad:?}");
+        }
+        assert!(all_changes("dbo_t", &[]).is_err(), "columns are required");
+        assert!(
+            scan_locked(&t("dbo", "t"), &[]).is_err(),
+            "columns are required"
+        );
+        for bad_column in ["", "x\u{0}"] {
+            assert!(all_changes("dbo_t", &names(&[bad_column])).is_err());
+            assert!(scan_locked(&t("dbo", "t"), &names(&[bad_column])).is_err());
         }
         assert!(
             net_changes("dbo_t", &[], &cols_id()).is_err(),
