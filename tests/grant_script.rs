@@ -227,7 +227,9 @@ fn every_change_function_the_statements_call_is_granted_per_instance() {
             "{prefix}<ci> is granted for every instance in @instances"
         );
         let guard = format!("IF OBJECT_ID(N'[cdc].' + QUOTENAME({variable}))");
-        let guarded = code[..at].rfind(&guard).expect("the grant checks the function exists");
+        let guarded = code[..at]
+            .rfind(&guard)
+            .expect("the grant checks the function exists");
         let between = &code[guarded..at];
         match variable {
             "@net_changes" => assert!(
@@ -265,7 +267,9 @@ fn every_capture_instance_of_a_configured_table_is_granted_and_dropped_columns_a
     );
     let columns = statement_at(&code, "SELECT @columns = STRING_AGG");
     assert!(
-        columns.contains("JOIN sys.columns AS c ON c.object_id = i.object_id AND c.name = cc.column_name"),
+        columns.contains(
+            "JOIN sys.columns AS c ON c.object_id = i.object_id AND c.name = cc.column_name"
+        ),
         "{columns}"
     );
     assert!(code.contains("N'GRANT SELECT ON OBJECT::[cdc].[ddl_history] TO ' + @grantee"));
