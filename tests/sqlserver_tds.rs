@@ -899,69 +899,114 @@ async fn net_changes_stream_every_type_and_null() {
     );
 }
 
+/// Which change function a read goes through.
+#[derive(Clone, Copy, Debug)]
+enum Changes {
+    Net,
+    All,
+}
+
+impl Changes {
+    /// The instance read (customers with a key, or the keyless audit log) and its statement.
+    fn instance(self) -> (CaptureInstance, String) {
+        match self {
+            Changes::Net => (customers_ci(), net_changes_sql(&customers_ci())),
+            Changes::All => {
+                let ci = audit_log_ci();
+                let statement = sql::all_changes(&ci.name, &ci.columns).unwrap();
+                (ci, statement)
+            }
+        }
+    }
+
+    async fn read(
+        self,
+        session: &mut dyn CdcSession,
+        ci: &CaptureInstance,
+        range: LsnRange,
+    ) -> Result<u64, CdcError> {
+        let mut sink = VecSink::default();
+        match self {
+            Changes::Net => {
+                session
+                    .net_changes(ci, range, RowFilter::All, &mut sink)
+                    .await
+            }
+            Changes::All => {
+                session
+                    .all_changes(ci, range, AllRowFilter::AllUpdateOld, &mut sink)
+                    .await
+            }
+        }
+    }
+}
+
+/// Msg 313 from a change function (net changes, or all changes of a keyless table) for a range
+/// that starts below the instance's min LSN is the cleanup error; otherwise the range is said
+/// to be invalid.
 #[tokio::test]
 async fn msg_313_becomes_a_clear_error() {
-    let server = FakeServer::start().await;
-    let statement = net_changes_sql(&customers_ci());
-    server.on(
-        &statement,
-        Reply::error(
-            313,
-            "An insufficient number of arguments were supplied for the procedure or function cdc.fn_cdc_get_net_changes_ ... .",
-        ),
-    );
-    let mut session = session(&server).await;
-    let mut sink = VecSink::default();
-    // Below the instance's min LSN: the changes were cleaned up.
-    let err = session
-        .net_changes(
-            &customers_ci(),
-            range(lsn(50), lsn(200)),
-            RowFilter::All,
-            &mut sink,
-        )
-        .await
-        .unwrap_err();
-    match &err {
-        CdcError::LsnNotAvailable {
-            requested, minimum, ..
-        } => {
-            assert_eq!(*requested, lsn(50));
-            assert_eq!(*minimum, lsn(100));
-        }
-        other => panic!("expected LsnNotAvailable, got {other:?}"),
-    }
-    // Otherwise: the range is invalid, said plainly.
-    let err = session
-        .net_changes(
-            &customers_ci(),
-            range(lsn(150), lsn(200)),
-            RowFilter::All,
-            &mut sink,
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CdcError::Sql {
-                number: 313,
-                transient: false,
-                ..
+    for changes in [Changes::Net, Changes::All] {
+        let server = FakeServer::start().await;
+        let (ci, statement) = changes.instance();
+        server.on(
+            &statement,
+            Reply::error(
+                313,
+                "An insufficient number of arguments were supplied for the procedure or function cdc.fn_cdc_get_..._changes_ ... .",
+            ),
+        );
+        let mut session = session(&server).await;
+        // Below the instance's min LSN: the changes were cleaned up.
+        let err = changes
+            .read(&mut *session, &ci, range(lsn(50), lsn(200)))
+            .await
+            .unwrap_err();
+        match &err {
+            CdcError::LsnNotAvailable {
+                table,
+                capture_instance,
+                requested,
+                minimum,
+            } => {
+                assert_eq!(
+                    (table, capture_instance),
+                    (&ci.table, &ci.name),
+                    "{changes:?}"
+                );
+                assert_eq!((*requested, *minimum), (lsn(50), lsn(100)), "{changes:?}");
             }
-        ),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("validity interval"), "{err}");
-    // The session is still usable afterwards.
-    server.on(
-        sql::GET_MAX_LSN,
-        Reply::rows(
-            vec![col("max_lsn", SqlType::Binary(10))],
-            vec![vec![lsn_cell(7)]],
-        ),
-    );
-    assert_eq!(session.max_lsn().await.unwrap(), Some(lsn(7)));
+            other => panic!("{changes:?}: expected LsnNotAvailable, got {other:?}"),
+        }
+        assert!(!err.is_transient());
+        // Otherwise: the range is invalid, said plainly.
+        let err = changes
+            .read(&mut *session, &ci, range(lsn(150), lsn(200)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CdcError::Sql {
+                    number: 313,
+                    transient: false,
+                    ..
+                }
+            ),
+            "{changes:?}: {err:?}"
+        );
+        assert!(err.to_string().contains("validity interval"), "{err}");
+        assert!(server.requests().iter().all(|r| r.rpc), "{changes:?}");
+        // The session is still usable afterwards.
+        server.on(
+            sql::GET_MAX_LSN,
+            Reply::rows(
+                vec![col("max_lsn", SqlType::Binary(10))],
+                vec![vec![lsn_cell(7)]],
+            ),
+        );
+        assert_eq!(session.max_lsn().await.unwrap(), Some(lsn(7)));
+    }
 }
 
 fn all_change_columns() -> Vec<tds::Column> {
@@ -1062,74 +1107,6 @@ async fn all_changes_send_the_range_and_row_filter_and_stream_seqval() {
             ]
         );
     }
-}
-
-/// Msg 313 from the all-changes function for a range that starts below the instance's min
-/// LSN is the cleanup error, as for net changes; otherwise the range is said to be invalid.
-#[tokio::test]
-async fn all_changes_below_the_min_lsn_are_lsn_not_available() {
-    let server = FakeServer::start().await;
-    let ci = audit_log_ci();
-    server.on(
-        &sql::all_changes(&ci.name, &ci.columns).unwrap(),
-        Reply::error(
-            313,
-            "An insufficient number of arguments were supplied for the procedure or function cdc.fn_cdc_get_all_changes_ ... .",
-        ),
-    );
-    let mut session = session(&server).await;
-    let mut sink = VecSink::default();
-    let err = session
-        .all_changes(
-            &ci,
-            range(lsn(50), lsn(200)),
-            AllRowFilter::AllUpdateOld,
-            &mut sink,
-        )
-        .await
-        .unwrap_err();
-    match &err {
-        CdcError::LsnNotAvailable {
-            table: t,
-            capture_instance,
-            requested,
-            minimum,
-        } => {
-            assert_eq!(t, &table("dbo", "audit_log"));
-            assert_eq!(capture_instance, "dbo_audit_log");
-            assert_eq!((*requested, *minimum), (lsn(50), lsn(100)));
-        }
-        other => panic!("expected LsnNotAvailable, got {other:?}"),
-    }
-    assert!(!err.is_transient());
-    // Inside the interval: the refusal is checked against a fresh min LSN (still 100 here).
-    server.on(
-        sql::GET_MIN_LSN,
-        Reply::rows(
-            vec![col("min_lsn", SqlType::Binary(10))],
-            vec![vec![lsn_cell(100)]],
-        ),
-    );
-    let err = session
-        .all_changes(&ci, range(lsn(150), lsn(200)), AllRowFilter::All, &mut sink)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CdcError::Sql {
-                number: 313,
-                transient: false,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string().contains("all changes") || err.to_string().contains("validity interval"),
-        "{err}"
-    );
-    assert_eq!(server.requests().last().unwrap().sql, sql::GET_MIN_LSN);
 }
 
 /// Issue 10: the full load of a keyless table is one SQL batch (no parameters) that begins a
