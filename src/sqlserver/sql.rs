@@ -206,8 +206,9 @@ pub const ALL_CHANGES: &str =
 /// another `@@TRANCOUNT` than it began with raises Msg 266 ("Transaction count after EXECUTE
 /// indicates a mismatching number of BEGIN and COMMIT statements"); a transaction a batch
 /// begins outlives it. `XACT_ABORT ON` during the scan: a run-time error in it rolls the
-/// transaction back, so a failed scan leaves no lock behind. `XACT_ABORT OFF` after it (SET
-/// options a batch sets stay in force for the session): between the scan and the release the
+/// transaction back, so a failed scan leaves no lock behind. `XACT_ABORT OFF` after it (a SET
+/// in a batch stays in force for the session; only one in a procedure or in `sp_executesql`'s
+/// dynamic SQL "gets restored after control returns"): between the scan and the release the
 /// job reads capture progress and the baseline in the same transaction, and
 /// `CAPTURE_PROGRESS` (like `CAPTURE_INSTANCES`) catches a permission error in `BEGIN TRY`;
 /// under XACT_ABORT ON that error would make the transaction uncommittable ("An error that
@@ -219,6 +220,7 @@ pub const ALL_CHANGES: &str =
 /// <https://learn.microsoft.com/sql/t-sql/queries/hints-transact-sql-table>
 /// <https://learn.microsoft.com/sql/t-sql/statements/set-transaction-isolation-level-transact-sql>
 /// <https://learn.microsoft.com/sql/t-sql/statements/set-xact-abort-transact-sql>
+/// <https://learn.microsoft.com/sql/t-sql/statements/set-statements-transact-sql>
 /// <https://learn.microsoft.com/sql/t-sql/language-elements/begin-transaction-transact-sql>
 /// <https://learn.microsoft.com/sql/t-sql/language-elements/try-catch-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/errors-events/database-engine-events-and-errors-0-to-999>
