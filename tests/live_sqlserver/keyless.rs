@@ -35,6 +35,21 @@ async fn try_batch(client: &mut Sql, sql: &str) -> Result<(), tiberius::error::E
     Ok(())
 }
 
+/// `XACT_STATE()` after an error caught in TRY inside a transaction, under `SET XACT_ABORT
+/// {xact_abort}`: 1 committable, -1 uncommittable (rolled back when the batch ends).
+async fn state_after_a_caught_error(client: &mut Sql, xact_abort: &str) -> i32 {
+    let sql = format!(
+        "SET XACT_ABORT {xact_abort};
+         BEGIN TRANSACTION;
+         DECLARE @x int;
+         BEGIN TRY SET @x = 1 / 0; END TRY BEGIN CATCH END CATCH;
+         SELECT CAST(XACT_STATE() AS int) AS state;
+         ROLLBACK TRANSACTION;
+         SET XACT_ABORT OFF;"
+    );
+    rows(client, &sql).await[0].get::<i32, _>("state").unwrap()
+}
+
 fn text_of(value: &Value) -> String {
     match value {
         Value::Text(t) => t.clone(),
@@ -146,6 +161,11 @@ async fn live_a_keyless_table_is_read_from_all_changes_and_loaded_under_a_table_
         .await
         .expect_err("still locked after the session's other statements");
     assert_eq!(refused.code(), Some(LOCK_TIMEOUT), "{refused}");
+
+    // Why SCAN_LOCKED ends with XACT_ABORT OFF: under ON, an error that a later statement
+    // catches in TRY (capture progress without VIEW DATABASE STATE) dooms the transaction.
+    assert_eq!(state_after_a_caught_error(&mut writer, "ON").await, -1);
+    assert_eq!(state_after_a_caught_error(&mut writer, "OFF").await, 1);
 
     session.release_lock().await.unwrap();
     try_batch(&mut writer, WRITER)
