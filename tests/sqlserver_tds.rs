@@ -1132,7 +1132,13 @@ async fn scan_locked_is_a_batch_whose_transaction_lasts_until_release_lock() {
             vec![row("login"), row("login"), row("logout")],
         ),
     );
-    server.on(sql::RELEASE_LOCK, Reply::RowCount(0));
+    server.on(
+        sql::RELEASE_LOCK,
+        Reply::rows(
+            vec![col("open_transactions", SqlType::Int)],
+            vec![vec![Cell::Int(1)]],
+        ),
+    );
     server.on(
         sql::GET_MAX_LSN,
         Reply::rows(
@@ -2603,4 +2609,27 @@ async fn datetime_keys_page_without_rereading_the_boundary_row() {
     let got = full_load_keys(&server).await;
     assert_eq!(got.len(), 7, "every row exactly once: {got:?}");
     assert_eq!(got, expected);
+}
+
+/// `release_lock` finds the scan's transaction already rolled back (`@@TRANCOUNT` 0): the
+/// lock may have been gone during the load, so the load must not trust its baseline; the
+/// error is transient (the load starts again).
+#[tokio::test]
+async fn a_lock_released_after_its_transaction_ended_is_an_error() {
+    let server = FakeServer::start().await;
+    server.on(
+        sql::RELEASE_LOCK,
+        Reply::rows(
+            vec![col("open_transactions", SqlType::Int)],
+            vec![vec![Cell::Int(0)]],
+        ),
+    );
+    let mut session = session(&server).await;
+    let err = session.release_lock().await.unwrap_err();
+    assert!(matches!(err, CdcError::LockLost), "{err}");
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("rolled it back"), "{err}");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(!requests[0].rpc, "the commit is a batch");
 }

@@ -229,9 +229,15 @@ BEGIN TRANSACTION;
 SELECT {columns} FROM {table} WITH (TABLOCK, HOLDLOCK);
 SET XACT_ABORT OFF;";
 
-/// Ends the transaction of [`SCAN_LOCKED`], releasing its table lock.
+/// Ends the transaction of [`SCAN_LOCKED`], releasing its table lock, and says whether it
+/// was still open (`open_transactions int`): 0 means the server had already rolled it back
+/// (the lock was gone before the baseline was read), and the load must not trust its
+/// baseline.
 /// <https://learn.microsoft.com/sql/t-sql/language-elements/commit-transaction-transact-sql>
-pub const RELEASE_LOCK: &str = "IF @@TRANCOUNT > 0 COMMIT TRANSACTION;";
+/// <https://learn.microsoft.com/sql/t-sql/functions/trancount-transact-sql>
+pub const RELEASE_LOCK: &str = "DECLARE @open int = @@TRANCOUNT;
+IF @open > 0 COMMIT TRANSACTION;
+SELECT @open AS open_transactions;";
 
 /// Template: the first `@P1` rows of a table in key order (full load, first part), the
 /// captured columns only. Filled by [`scan`].
@@ -653,7 +659,11 @@ mod tests {
             scan_locked(&t("sales", "audit_log"), &names(&["event", "Order Date"])).unwrap(),
             "SET XACT_ABORT ON;\nBEGIN TRANSACTION;\nSELECT [event], [Order Date] FROM [sales].[audit_log] WITH (TABLOCK, HOLDLOCK);\nSET XACT_ABORT OFF;"
         );
-        assert_eq!(RELEASE_LOCK, "IF @@TRANCOUNT > 0 COMMIT TRANSACTION;");
+        assert_eq!(
+            RELEASE_LOCK,
+            "DECLARE @open int = @@TRANCOUNT;\nIF @open > 0 COMMIT TRANSACTION;\n\
+             SELECT @open AS open_transactions;"
+        );
         assert_eq!(SCAN_LOCKED.matches("BEGIN TRANSACTION").count(), 1);
         assert!(
             !SCAN_LOCKED.contains("COMMIT"),
