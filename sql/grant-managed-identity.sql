@@ -26,28 +26,42 @@
   | Object                                      | Covered by                                            |
   |---------------------------------------------|-------------------------------------------------------|
   | cdc.fn_cdc_get_net_changes_<ci>             | SELECT on every captured column of the source table,  |
-  |                                             | membership in <ci>'s gating role if it has one, and   |
-  |                                             | SELECT on the function itself (steps 3 and 4)         |
+  | (only an instance with supports_net_changes |   membership in <ci>'s gating role if it has one, and |
+  |  = 1 has one; tables without a key do not)  |   SELECT on the function itself (steps 3 and 4)       |
+  | cdc.fn_cdc_get_all_changes_<ci>             | the same, for every instance (step 4): tables without |
+  | (every instance has one)                    |   a key are read from it                              |
   | sys.fn_cdc_get_min_lsn                      | the same column SELECT and gating role (0x00... else) |
   | sys.fn_cdc_get_max_lsn                      | public: no grant                                      |
   | sys.fn_cdc_map_time_to_lsn                  | public: no grant                                      |
   | sys.fn_cdc_map_lsn_to_time                  | public: no grant                                      |
-  | cdc.change_tables, cdc.captured_columns     | SELECT on these two tables only (step 5)              |
+  | cdc.change_tables, cdc.captured_columns     | SELECT on these tables only (step 5)                  |
+  | cdc.ddl_history (optional: without it the   |   (cdc.ddl_history: the DDL warning; the statement    |
+  |   DDL warning is silent, nothing fails)     |   reads it inside TRY/CATCH)                          |
   | sys.tables, sys.columns, sys.types,         | metadata visibility: rows of the configured tables    |
   | sys.indexes, sys.index_columns, OBJECT_ID   | are visible through the column SELECT (step 3);       |
   | sys.schemas                                 | sys.schemas and built-in types are visible to public; |
   |                                             | alias types of captured columns: VIEW DEFINITION on   |
   |                                             | the type (step 3)                                     |
   | the source table (full load, in key order)  | SELECT on its captured columns only (step 3)          |
+  | the source table WITH (TABLOCK, HOLDLOCK)   | the same SELECT: table hints need ALTER only for      |
+  |   (full load of a table without a key, in   |   KEEPIDENTITY, IGNORE_CONSTRAINTS, IGNORE_TRIGGERS;  |
+  |   BEGIN TRANSACTION; SET XACT_ABORT)        |   BEGIN/COMMIT TRANSACTION and SET need no grant      |
   | the watermark table (CDC_WATERMARK_TABLE)   | SELECT, INSERT, UPDATE on that table only (step 6)    |
   | sys.dm_cdc_log_scan_sessions (optional)     | VIEW DATABASE PERFORMANCE STATE (SQL Server 2022+,    |
   |                                             | Azure SQL), VIEW DATABASE STATE before (step 7)       |
+  Every capture instance of a configured table is covered, also when CDC_TABLES pins one
+  (table=capture_instance): during a switch to a second instance the copier reads the one its
+  watermark names until the new one takes over, so both need the grants; rerun this script
+  after sys.sp_cdc_enable_table creates the second instance, before the copier reaches it.
   Deliberately NOT granted: SELECT on the cdc schema (it covers every cdc.<ci>_CT change table,
   bypassing the column and gating-role checks), the gating roles of tables not configured,
   db_datareader, db_owner. Step 2 removes what earlier versions of this script granted.
 
   Sources (Permissions section of each):
   https://learn.microsoft.com/sql/relational-databases/system-functions/cdc-fn-cdc-get-net-changes-capture-instance-transact-sql
+  https://learn.microsoft.com/sql/relational-databases/system-functions/cdc-fn-cdc-get-all-changes-capture-instance-transact-sql
+  https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-ddl-history-transact-sql
+  https://learn.microsoft.com/sql/t-sql/queries/hints-transact-sql-table
   https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql
   https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-max-lsn-transact-sql
   https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-map-time-to-lsn-transact-sql
@@ -137,7 +151,9 @@ BEGIN
     THROW 50000, @msg, 1;
 END;
 
--- The capture instances the copier may read: the named one, or every instance of the table.
+-- The capture instances the copier may read: every instance of a configured table (at most
+-- two). A pinned instance (table=capture_instance) must be one of them; the other is still
+-- read while the watermark names it (the switch from one instance to the next).
 DECLARE @instances TABLE (
     capture_instance sysname PRIMARY KEY,
     object_id int NOT NULL,
@@ -146,11 +162,12 @@ DECLARE @instances TABLE (
 INSERT @instances (capture_instance, object_id, role_name, supports_net_changes)
 SELECT ct.capture_instance, ct.source_object_id, ct.role_name, ct.supports_net_changes
 FROM cdc.change_tables AS ct
-JOIN @config AS c ON c.object_id = ct.source_object_id
-WHERE c.capture_instance IS NULL OR c.capture_instance = ct.capture_instance;
+WHERE ct.source_object_id IN (SELECT c.object_id FROM @config AS c);
 
 SELECT TOP (1) @entry = c.entry FROM @config AS c
-WHERE NOT EXISTS (SELECT 1 FROM @instances AS i WHERE i.object_id = c.object_id)
+WHERE NOT EXISTS (SELECT 1 FROM @instances AS i
+                  WHERE i.object_id = c.object_id
+                    AND (c.capture_instance IS NULL OR i.capture_instance = c.capture_instance))
 ORDER BY c.ordinal;
 IF @@ROWCOUNT > 0
 BEGIN
@@ -245,9 +262,11 @@ CLOSE roles;
 DEALLOCATE roles;
 
 -- 3. Each configured table: SELECT on the columns its capture instances capture, which is what
---    the net-changes function and fn_cdc_get_min_lsn check, what the full load reads, and what
+--    the change functions and fn_cdc_get_min_lsn check, what the full load reads (also the
+--    locked scan of a table without a key: its TABLOCK, HOLDLOCK hints need no more), and what
 --    makes the table's rows visible in the catalog views. Columns the instances do not capture
---    stay unreadable.
+--    stay unreadable; a column an older instance captures but the table has since dropped
+--    (the reason for a second instance) cannot be granted and is left out.
 DECLARE @columns nvarchar(max);
 DECLARE tables CURSOR LOCAL FAST_FORWARD FOR SELECT DISTINCT object_id FROM @config;
 OPEN tables;
@@ -260,6 +279,7 @@ BEGIN
           FROM cdc.captured_columns AS cc
           JOIN cdc.change_tables AS ct ON ct.object_id = cc.object_id
           JOIN @instances AS i ON i.capture_instance = ct.capture_instance
+          JOIN sys.columns AS c ON c.object_id = i.object_id AND c.name = cc.column_name
           WHERE i.object_id = @object_id) AS cols;
     IF @columns IS NULL
     BEGIN
@@ -300,11 +320,12 @@ END;
 CLOSE types;
 DEALLOCATE types;
 
--- 4. Each configured capture instance: its gating role (if sp_cdc_enable_table was given a
---    @role_name; note that @role_name = 'null', a STRING, creates a role literally named null)
---    and its net-changes function. The function reads cdc.<ci>_CT through ownership chaining;
---    the change table itself stays unreadable.
-DECLARE @role sysname, @net_changes sysname;
+-- 4. Each capture instance of a configured table: its gating role (if sp_cdc_enable_table was
+--    given a @role_name; note that @role_name = 'null', a STRING, creates a role literally
+--    named null), its all-changes function (every instance has one) and its net-changes
+--    function (only an instance enabled with @supports_net_changes = 1 has one). The functions
+--    read cdc.<ci>_CT through ownership chaining; the change table itself stays unreadable.
+DECLARE @role sysname, @net_changes sysname, @all_changes sysname;
 DECLARE instances CURSOR LOCAL FAST_FORWARD FOR
     SELECT capture_instance, role_name, supports_net_changes FROM @instances;
 DECLARE @supports_net_changes bit;
@@ -320,6 +341,16 @@ BEGIN
         PRINT @sql;
         EXEC sys.sp_executesql @sql;
     END;
+    SET @all_changes = N'fn_cdc_get_all_changes_' + @name;
+    IF OBJECT_ID(N'[cdc].' + QUOTENAME(@all_changes)) IS NULL
+    BEGIN
+        SET @msg = N'grant: capture instance ' + QUOTENAME(@name) + N' has no function cdc.' + QUOTENAME(@all_changes)
+                 + N'; is the capture instance intact?';
+        THROW 50000, @msg, 1;
+    END;
+    SET @sql = N'GRANT SELECT ON OBJECT::[cdc].' + QUOTENAME(@all_changes) + N' TO ' + @grantee + N';';
+    PRINT @sql;
+    EXEC sys.sp_executesql @sql;
     SET @net_changes = N'fn_cdc_get_net_changes_' + @name;
     IF OBJECT_ID(N'[cdc].' + QUOTENAME(@net_changes)) IS NOT NULL
     BEGIN
@@ -328,17 +359,21 @@ BEGIN
         EXEC sys.sp_executesql @sql;
     END
     ELSE IF @supports_net_changes = 0
-        PRINT N'warning: capture instance ' + QUOTENAME(@name) + N' was enabled without @supports_net_changes = 1; the copier refuses it.';
+        PRINT N'note: capture instance ' + QUOTENAME(@name) + N' has no net changes (enabled without @supports_net_changes = 1, e.g. a table without a key); the copier reads its all changes.';
     FETCH NEXT FROM instances INTO @name, @role, @supports_net_changes;
 END;
 CLOSE instances;
 DEALLOCATE instances;
 
--- 5. The two CDC metadata tables the capture-instance lookup reads (not the cdc schema).
+-- 5. The CDC metadata tables the capture-instance lookup reads (not the cdc schema);
+--    cdc.ddl_history feeds the warning about DDL that a second capture instance should follow.
 SET @sql = N'GRANT SELECT ON OBJECT::[cdc].[change_tables] TO ' + @grantee + N';';
 PRINT @sql;
 EXEC sys.sp_executesql @sql;
 SET @sql = N'GRANT SELECT ON OBJECT::[cdc].[captured_columns] TO ' + @grantee + N';';
+PRINT @sql;
+EXEC sys.sp_executesql @sql;
+SET @sql = N'GRANT SELECT ON OBJECT::[cdc].[ddl_history] TO ' + @grantee + N';';
 PRINT @sql;
 EXEC sys.sp_executesql @sql;
 

@@ -140,7 +140,9 @@ fn every_object_the_statements_read_is_covered_by_the_grant_script() {
         read.contains("sys.fn_cdc_get_max_lsn") && read.contains("cdc.change_tables"),
         "the scanner found the statements: {read:?}"
     );
-    // A templated name is covered by the grant that the script builds for it.
+    // A templated name is covered by the grant that the script builds for it (each change
+    // function `cdc.{function}` stands for is checked by name in
+    // `every_change_function_the_statements_call_is_granted_per_instance`).
     let templated: &[(&str, &str)] = &[
         (
             "cdc.{function}",
@@ -171,6 +173,108 @@ fn every_object_the_statements_read_is_covered_by_the_grant_script() {
         "statements in src/sqlserver/sql.rs read {missing:?}, which sql/grant-managed-identity.sql \
          neither grants nor lists (in its table of what covers each object, with the Microsoft page)"
     );
+}
+
+/// The function-name prefixes the builders in `sql.rs` splice a capture instance into (the
+/// string literals `"fn_cdc_get_net_changes_{capture_instance}"` and the like).
+fn change_function_prefixes() -> BTreeSet<String> {
+    product_statements()
+        .match_indices("\"fn_cdc_get_")
+        .map(|(at, _)| {
+            product_statements()[at + 1..]
+                .chars()
+                .take_while(|&c| c != '{')
+                .collect()
+        })
+        .collect()
+}
+
+/// The statement of `code` that starts at `start` (up to its `;`).
+fn statement_at<'a>(code: &'a str, start: &str) -> &'a str {
+    let at = code.find(start).unwrap_or_else(|| panic!("no `{start}`"));
+    code[at..].split(';').next().unwrap_or_default()
+}
+
+/// Issue 10: a keyless table is read from `cdc.fn_cdc_get_all_changes_<ci>`, which every
+/// instance has; `cdc.fn_cdc_get_net_changes_<ci>` exists only with net changes. Each change
+/// function a statement calls is granted per instance under its own name, the net-changes
+/// one only where it exists (so a table without a key does not stop the script), and a
+/// missing all-changes function stops it with a message.
+#[test]
+fn every_change_function_the_statements_call_is_granted_per_instance() {
+    let prefixes = change_function_prefixes();
+    let want: BTreeSet<String> = ["fn_cdc_get_all_changes_", "fn_cdc_get_net_changes_"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(prefixes, want, "the change functions the builders name");
+    let code = code_of(GRANT_SCRIPT);
+    for (prefix, variable) in [
+        ("fn_cdc_get_all_changes_", "@all_changes"),
+        ("fn_cdc_get_net_changes_", "@net_changes"),
+    ] {
+        assert!(
+            code.contains(&format!("SET {variable} = N'{prefix}' + @name;")),
+            "{prefix}<ci> is built from the instance name into {variable}"
+        );
+        let grant = format!(
+            "SET @sql = N'GRANT SELECT ON OBJECT::[cdc].' + QUOTENAME({variable}) + N' TO ' + @grantee + N';';"
+        );
+        let at = code.find(&grant).unwrap_or_else(|| panic!("no `{grant}`"));
+        let cursor_at = code[..at].rfind("CURSOR").expect("inside a cursor loop");
+        assert!(
+            code[cursor_at..at].contains("FROM @instances"),
+            "{prefix}<ci> is granted for every instance in @instances"
+        );
+        let guard = format!("IF OBJECT_ID(N'[cdc].' + QUOTENAME({variable}))");
+        let guarded = code[..at]
+            .rfind(&guard)
+            .expect("the grant checks the function exists");
+        let between = &code[guarded..at];
+        match variable {
+            "@net_changes" => assert!(
+                between.contains("IS NOT NULL") && !between.contains("THROW"),
+                "no net-changes function (a table without a key) is skipped, not an error"
+            ),
+            _ => assert!(
+                between.contains("IS NULL") && between.contains("THROW 50000"),
+                "a missing all-changes function stops the script with a message"
+            ),
+        }
+    }
+}
+
+/// Issue 10: during a switch the copier reads the instance its watermark names and then the
+/// new one, so every instance of a configured table is granted even when CDC_TABLES pins
+/// one; the pinned name must still exist. The captured columns granted are those the table
+/// still has (an older instance keeps listing a dropped column, which GRANT would refuse).
+#[test]
+fn every_capture_instance_of_a_configured_table_is_granted_and_dropped_columns_are_not() {
+    let code = code_of(GRANT_SCRIPT);
+    let insert = statement_at(&code, "INSERT @instances");
+    assert!(
+        insert.contains("WHERE ct.source_object_id IN (SELECT c.object_id FROM @config AS c)"),
+        "{insert}"
+    );
+    assert!(
+        !insert.contains("capture_instance ="),
+        "the pin does not narrow the grants: {insert}"
+    );
+    let pinned = statement_at(&code, "SELECT TOP (1) @entry = c.entry FROM @config AS c");
+    assert!(
+        pinned.contains("c.capture_instance IS NULL OR i.capture_instance = c.capture_instance"),
+        "a pinned instance must exist: {pinned}"
+    );
+    let columns = statement_at(&code, "SELECT @columns = STRING_AGG");
+    assert!(
+        columns.contains(
+            "JOIN sys.columns AS c ON c.object_id = i.object_id AND c.name = cc.column_name"
+        ),
+        "{columns}"
+    );
+    assert!(code.contains("N'GRANT SELECT ON OBJECT::[cdc].[ddl_history] TO ' + @grantee"));
+    assert!(GRANT_SCRIPT.contains("| cdc.fn_cdc_get_all_changes_<ci>"));
+    assert!(GRANT_SCRIPT.contains("WITH (TABLOCK, HOLDLOCK)"));
 }
 
 #[test]

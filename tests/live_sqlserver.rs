@@ -25,10 +25,14 @@ mod common;
 mod first_run;
 #[path = "live_sqlserver/idle.rs"]
 mod idle;
+#[path = "live_sqlserver/keyless.rs"]
+mod keyless;
 #[path = "live_sqlserver/keys.rs"]
 mod keys;
 #[path = "live_sqlserver/least_privilege.rs"]
 mod least_privilege;
+#[path = "live_sqlserver/schema_changes.rs"]
+mod schema_changes;
 #[path = "live_sqlserver/switch_jobs.rs"]
 mod switch_jobs;
 use cdc_copy_testkit::live::LiveSql;

@@ -18,8 +18,8 @@ use cdc_copy_testkit::tds;
 use async_trait::async_trait;
 use cdc_copy::cdc::RowSinkError;
 use cdc_copy::cdc::{
-    CaptureInstance, CdcError, CdcSession, CdcSource, FullLoadProgress, Lsn, LsnRange, RowFilter,
-    RowSink, TableRef, TableState, Value, Watermark, Window,
+    AllRowFilter, CaptureInstance, CdcError, CdcSession, CdcSource, DdlEvent, FullLoadProgress,
+    Lsn, LsnRange, RowFilter, RowSink, TableRef, TableState, Value, Watermark, Window,
 };
 use cdc_copy::cdc::{Collation, KeyColumn, KeyType};
 use cdc_copy::cdc::{ScanMark, VecSink};
@@ -68,6 +68,20 @@ fn customers_ci() -> CaptureInstance {
         start_lsn: Some(lsn(100)),
         key_columns: vec![KeyColumn::new("customer_id", KeyType::Int)],
         columns: vec!["customer_id".into(), "name".into()],
+        ddl: Vec::new(),
+    }
+}
+
+/// A table without a key: no net changes, empty `key_columns`; `Order Date` needs quoting.
+fn audit_log_ci() -> CaptureInstance {
+    CaptureInstance {
+        table: table("dbo", "audit_log"),
+        name: "dbo_audit_log".into(),
+        supports_net_changes: false,
+        min_lsn: lsn(100),
+        start_lsn: Some(lsn(100)),
+        key_columns: Vec::new(),
+        columns: vec!["event".into(), "Order Date".into()],
         ddl: Vec::new(),
     }
 }
@@ -146,8 +160,8 @@ fn capture_instances_reply_started(
     capture_reply_started(instances, None, &keys, &captured)
 }
 
-/// The three result sets of `CAPTURE_INSTANCES`: instances (with `index_name`), key columns,
-/// captured columns `(instance, column, is_computed)` in `column_ordinal` order.
+/// The result sets of `CAPTURE_INSTANCES`: instances (with `index_name`), key columns,
+/// captured columns `(instance, column, is_computed)` in `column_ordinal` order, no DDL.
 fn capture_reply(
     instances: &[(&str, bool, u128)],
     index_name: Option<&str>,
@@ -163,6 +177,28 @@ fn capture_reply_started(
     index_name: Option<&str>,
     keys: &[KeyRow],
     captured: &[(String, String, bool)],
+) -> Reply {
+    capture_reply_with_ddl("customers", instances, index_name, keys, captured, &[])
+}
+
+/// One row of `CAPTURE_INSTANCES` result set 4 (`cdc.ddl_history` joined to the instance).
+struct DdlRow {
+    ci: &'static str,
+    command: &'static str,
+    lsn: u128,
+    time: NaiveDateTime,
+}
+
+/// The four result sets of `CAPTURE_INSTANCES` for table `dbo.<table>`; the fourth holds
+/// `ddl` (empty: what the `BEGIN CATCH` branch answers to a login that may not read
+/// `cdc.ddl_history`).
+fn capture_reply_with_ddl(
+    table: &str,
+    instances: &[(&str, bool, u128, Option<u128>)],
+    index_name: Option<&str>,
+    keys: &[KeyRow],
+    captured: &[(String, String, bool)],
+    ddl: &[DdlRow],
 ) -> Reply {
     let created = NaiveDate::from_ymd_opt(2024, 1, 1)
         .unwrap()
@@ -187,7 +223,7 @@ fn capture_reply_started(
                     vec![
                         Cell::Text(name.to_string()),
                         Cell::Text("dbo".into()),
-                        Cell::Text("customers".into()),
+                        Cell::Text(table.into()),
                         Cell::Bit(*net),
                         opt_text(index_name),
                         lsn_cell(*min),
@@ -242,6 +278,25 @@ fn capture_reply_started(
                         Cell::Text(column.clone()),
                         Cell::Int(ordinal),
                         Cell::Bit(*computed),
+                    ]
+                })
+                .collect(),
+        },
+        tds::ResultSet {
+            columns: vec![
+                col("capture_instance", SqlType::NVarChar(128)),
+                col("ddl_command", SqlType::NVarCharMax),
+                col("ddl_lsn", SqlType::Binary(10)),
+                col("ddl_time", SqlType::DateTime),
+            ],
+            rows: ddl
+                .iter()
+                .map(|d| {
+                    vec![
+                        Cell::Text(d.ci.into()),
+                        Cell::Text(d.command.into()),
+                        lsn_cell(d.lsn),
+                        Cell::DateTime(d.time),
                     ]
                 })
                 .collect(),
@@ -396,20 +451,133 @@ async fn unknown_capture_instance_is_refused_and_no_net_changes_are_read() {
     assert!(requests.iter().all(|r| r.sql == sql::CAPTURE_INSTANCES));
 }
 
+/// Issue 10: every instance of the table, oldest first, each with its own columns, key and the
+/// DDL `cdc.ddl_history` recorded against it (result set 4, rows of other instances ignored).
 #[tokio::test]
-async fn capture_instance_without_net_changes_is_a_definite_error() {
+async fn capture_instances_lists_both_instances_oldest_first_with_their_ddl() {
+    let server = FakeServer::start().await;
+    let at = |h: u32, m: u32| {
+        NaiveDate::from_ymd_opt(2024, 3, 1)
+            .unwrap()
+            .and_hms_opt(h, m, 0)
+            .unwrap()
+    };
+    let alter = "ALTER TABLE dbo.customers ADD [Loyalty Tier] nvarchar(20) NULL";
+    let widen = "ALTER TABLE dbo.customers ALTER COLUMN name nvarchar(200) NULL";
+    let mut captured = captured(
+        "dbo_customers_v2",
+        &[
+            ("customer_id", false),
+            ("name", false),
+            ("Loyalty Tier", false),
+        ],
+    );
+    captured.extend(self::captured(
+        "dbo_customers",
+        &[("customer_id", false), ("name", false)],
+    ));
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        capture_reply_with_ddl(
+            "customers",
+            // As the statement orders them: newest first.
+            &[
+                ("dbo_customers_v2", true, 500, Some(500)),
+                ("dbo_customers", true, 100, Some(100)),
+            ],
+            None,
+            &[
+                int_key("dbo_customers", "customer_id"),
+                int_key("dbo_customers_v2", "customer_id"),
+            ],
+            &captured,
+            &[
+                DdlRow {
+                    ci: "dbo_customers",
+                    command: alter,
+                    lsn: 300,
+                    time: at(9, 30),
+                },
+                DdlRow {
+                    ci: "dbo_customers",
+                    command: widen,
+                    lsn: 700,
+                    time: at(11, 0),
+                },
+                DdlRow {
+                    ci: "dbo_customers_v2",
+                    command: widen,
+                    lsn: 700,
+                    time: at(11, 0),
+                },
+            ],
+        ),
+    );
+    let mut session = session(&server).await;
+    let instances = session
+        .capture_instances(&table("dbo", "customers"))
+        .await
+        .unwrap();
+    let event = |command: &str, lsn_value: u128, time| DdlEvent {
+        command: command.to_string(),
+        lsn: lsn(lsn_value),
+        time,
+    };
+    assert_eq!(
+        instances,
+        vec![
+            CaptureInstance {
+                ddl: vec![event(alter, 300, at(9, 30)), event(widen, 700, at(11, 0))],
+                ..customers_ci()
+            },
+            CaptureInstance {
+                name: "dbo_customers_v2".into(),
+                min_lsn: lsn(500),
+                start_lsn: Some(lsn(500)),
+                columns: vec!["customer_id".into(), "name".into(), "Loyalty Tier".into()],
+                ddl: vec![event(widen, 700, at(11, 0))],
+                ..customers_ci()
+            },
+        ]
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "one round trip for every instance");
+    assert!(requests[0].rpc);
+    assert_eq!(requests[0].sql, sql::CAPTURE_INSTANCES);
+    assert_eq!(
+        param_values(&requests[0]),
+        vec![ParamValue::Text("[dbo].[customers]".into())]
+    );
+}
+
+/// A table without a primary key or unique index, enabled with `@supports_net_changes = 0`:
+/// result set 2 has no row for it. The session returns it with empty `key_columns` (the jobs
+/// read it with all changes; `NoNetChanges` is theirs to raise when `:net` is forced), and an
+/// empty result set 4 — what the `BEGIN CATCH` branch answers without SELECT on
+/// `cdc.ddl_history` — is no DDL.
+#[tokio::test]
+async fn an_instance_without_net_changes_or_key_is_returned_with_empty_key_columns() {
     let server = FakeServer::start().await;
     server.on(
         sql::CAPTURE_INSTANCES,
-        capture_instances_reply(&[("dbo_customers", false, 100)], &[]),
+        capture_reply_with_ddl(
+            "audit_log",
+            &[("dbo_audit_log", false, 100, Some(100))],
+            None,
+            &[],
+            &captured("dbo_audit_log", &[("event", false), ("Order Date", false)]),
+            &[],
+        ),
     );
     let mut session = session(&server).await;
-    let err = session
-        .capture_instance(&table("dbo", "customers"), None)
+    let instances = session
+        .capture_instances(&table("dbo", "audit_log"))
         .await
-        .unwrap_err();
-    assert!(matches!(err, CdcError::NoNetChanges { .. }), "{err:?}");
-    assert!(!err.is_transient());
+        .unwrap();
+    assert_eq!(instances, vec![audit_log_ci()]);
+    assert!(sql::CAPTURE_INSTANCES.contains(
+        "BEGIN CATCH\n    SELECT CAST(NULL AS sysname) AS capture_instance, CAST(NULL AS nvarchar(max)) AS ddl_command,\n           CAST(NULL AS binary(10)) AS ddl_lsn, CAST(NULL AS datetime) AS ddl_time\n    WHERE 1 = 0;\nEND CATCH;"
+    ), "the CATCH branch answers the same columns and no row");
 }
 
 #[tokio::test]
@@ -731,69 +899,335 @@ async fn net_changes_stream_every_type_and_null() {
     );
 }
 
+/// Which change function a read goes through.
+#[derive(Clone, Copy, Debug)]
+enum Changes {
+    Net,
+    All,
+}
+
+impl Changes {
+    /// The instance read (customers with a key, or the keyless audit log) and its statement.
+    fn instance(self) -> (CaptureInstance, String) {
+        match self {
+            Changes::Net => (customers_ci(), net_changes_sql(&customers_ci())),
+            Changes::All => {
+                let ci = audit_log_ci();
+                let statement = sql::all_changes(&ci.name, &ci.columns).unwrap();
+                (ci, statement)
+            }
+        }
+    }
+
+    async fn read(
+        self,
+        session: &mut dyn CdcSession,
+        ci: &CaptureInstance,
+        range: LsnRange,
+    ) -> Result<u64, CdcError> {
+        let mut sink = VecSink::default();
+        match self {
+            Changes::Net => {
+                session
+                    .net_changes(ci, range, RowFilter::All, &mut sink)
+                    .await
+            }
+            Changes::All => {
+                session
+                    .all_changes(ci, range, AllRowFilter::AllUpdateOld, &mut sink)
+                    .await
+            }
+        }
+    }
+}
+
+/// Msg 313 from a change function (net changes, or all changes of a keyless table) for a range
+/// that starts below the instance's min LSN is the cleanup error; otherwise the range is said
+/// to be invalid.
 #[tokio::test]
 async fn msg_313_becomes_a_clear_error() {
+    for changes in [Changes::Net, Changes::All] {
+        let server = FakeServer::start().await;
+        let (ci, statement) = changes.instance();
+        server.on(
+            &statement,
+            Reply::error(
+                313,
+                "An insufficient number of arguments were supplied for the procedure or function cdc.fn_cdc_get_..._changes_ ... .",
+            ),
+        );
+        let mut session = session(&server).await;
+        // Below the instance's min LSN: the changes were cleaned up.
+        let err = changes
+            .read(&mut *session, &ci, range(lsn(50), lsn(200)))
+            .await
+            .unwrap_err();
+        match &err {
+            CdcError::LsnNotAvailable {
+                table,
+                capture_instance,
+                requested,
+                minimum,
+            } => {
+                assert_eq!(
+                    (table, capture_instance),
+                    (&ci.table, &ci.name),
+                    "{changes:?}"
+                );
+                assert_eq!((*requested, *minimum), (lsn(50), lsn(100)), "{changes:?}");
+            }
+            other => panic!("{changes:?}: expected LsnNotAvailable, got {other:?}"),
+        }
+        assert!(!err.is_transient());
+        // Otherwise: the range is invalid, said plainly.
+        let err = changes
+            .read(&mut *session, &ci, range(lsn(150), lsn(200)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CdcError::Sql {
+                    number: 313,
+                    transient: false,
+                    ..
+                }
+            ),
+            "{changes:?}: {err:?}"
+        );
+        assert!(err.to_string().contains("validity interval"), "{err}");
+        assert!(server.requests().iter().all(|r| r.rpc), "{changes:?}");
+        // The session is still usable afterwards.
+        server.on(
+            sql::GET_MAX_LSN,
+            Reply::rows(
+                vec![col("max_lsn", SqlType::Binary(10))],
+                vec![vec![lsn_cell(7)]],
+            ),
+        );
+        assert_eq!(session.max_lsn().await.unwrap(), Some(lsn(7)));
+    }
+}
+
+fn all_change_columns() -> Vec<tds::Column> {
+    vec![
+        col("__$start_lsn", SqlType::Binary(10)),
+        col("__$seqval", SqlType::Binary(10)),
+        col("__$operation", SqlType::Int),
+        col("__$update_mask", SqlType::VarBinary(128)),
+        col("event", SqlType::NVarChar(50)),
+        col("Order Date", SqlType::Date),
+    ]
+}
+
+/// Issue 10: a keyless table's changes come from `cdc.fn_cdc_get_all_changes_<ci>`, sent as
+/// `sp_executesql` with the LSNs as binary and the row filter as nvarchar, and streamed with
+/// `__$seqval`: an update under `all update old` is its before-image (3) then its after-image
+/// (4), sharing one seqval.
+#[tokio::test]
+async fn all_changes_send_the_range_and_row_filter_and_stream_seqval() {
     let server = FakeServer::start().await;
-    let statement = net_changes_sql(&customers_ci());
+    let ci = audit_log_ci();
+    let statement = sql::all_changes(&ci.name, &ci.columns).unwrap();
+    let day = NaiveDate::from_ymd_opt(2024, 5, 1).unwrap();
+    let seq = |n: u128| Cell::Bytes(lsn(n).0.to_vec());
+    let row = |op: i64, seqval: u128, event: &str| {
+        vec![
+            lsn_cell(150),
+            seq(seqval),
+            Cell::Int(op),
+            Cell::Bytes(vec![0x01]),
+            Cell::Text(event.into()),
+            Cell::Date(day),
+        ]
+    };
     server.on(
         &statement,
-        Reply::error(
-            313,
-            "An insufficient number of arguments were supplied for the procedure or function cdc.fn_cdc_get_net_changes_ ... .",
+        Reply::rows(
+            all_change_columns(),
+            vec![row(2, 7, "login"), row(3, 8, "login"), row(4, 8, "logout")],
         ),
     );
     let mut session = session(&server).await;
-    let mut sink = VecSink::default();
-    // Below the instance's min LSN: the changes were cleaned up.
-    let err = session
-        .net_changes(
-            &customers_ci(),
-            range(lsn(50), lsn(200)),
-            RowFilter::All,
-            &mut sink,
-        )
-        .await
-        .unwrap_err();
-    match &err {
-        CdcError::LsnNotAvailable {
-            requested, minimum, ..
-        } => {
-            assert_eq!(*requested, lsn(50));
-            assert_eq!(*minimum, lsn(100));
-        }
-        other => panic!("expected LsnNotAvailable, got {other:?}"),
+    for (filter, text) in [
+        (AllRowFilter::AllUpdateOld, "all update old"),
+        (AllRowFilter::All, "all"),
+    ] {
+        server.clear_requests();
+        let mut sink = VecSink::default();
+        let sent = session
+            .all_changes(&ci, range(lsn(101), lsn(200)), filter, &mut sink)
+            .await
+            .unwrap();
+        assert_eq!(sent, 3);
+        let names: Vec<String> = all_change_columns().into_iter().map(|c| c.name).collect();
+        assert_eq!(sink.columns, names);
+        let ops: Vec<(Value, Value)> = sink
+            .rows
+            .iter()
+            .map(|r| (r[1].clone(), r[2].clone()))
+            .collect();
+        assert_eq!(
+            ops,
+            vec![
+                (Value::Binary(lsn(7).0.to_vec()), Value::Int(2)),
+                (Value::Binary(lsn(8).0.to_vec()), Value::Int(3)),
+                (Value::Binary(lsn(8).0.to_vec()), Value::Int(4)),
+            ]
+        );
+        assert_eq!(sink.rows[2][5], Value::Date(day));
+        let requests = server.requests();
+        assert_eq!(requests.len(), 1);
+        let request = &requests[0];
+        assert!(
+            request.rpc,
+            "a parameterised statement goes through sp_executesql"
+        );
+        assert_eq!(
+            request.sql,
+            "SELECT [__$start_lsn], [__$seqval], [__$operation], [__$update_mask], [event], \
+             [Order Date] FROM cdc.[fn_cdc_get_all_changes_dbo_audit_log](@P1, @P2, @P3) \
+             ORDER BY [__$start_lsn], [__$seqval], [__$operation];"
+        );
+        assert_eq!(request.sql, statement);
+        assert_eq!(
+            request.declared,
+            "@P1 varbinary(8000),@P2 varbinary(8000),@P3 nvarchar(4000)"
+        );
+        assert_eq!(
+            param_types(request),
+            vec!["bigvarbinary", "bigvarbinary", "nvarchar"]
+        );
+        assert_eq!(
+            param_values(request),
+            vec![
+                ParamValue::Bytes(lsn(101).0.to_vec()),
+                ParamValue::Bytes(lsn(200).0.to_vec()),
+                ParamValue::Text(text.into()),
+            ]
+        );
     }
-    // Otherwise: the range is invalid, said plainly.
-    let err = session
-        .net_changes(
-            &customers_ci(),
-            range(lsn(150), lsn(200)),
-            RowFilter::All,
-            &mut sink,
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CdcError::Sql {
-                number: 313,
-                transient: false,
-                ..
-            }
+}
+
+/// Issue 10: the full load of a keyless table is one SQL batch (no parameters) that begins a
+/// transaction and reads the table under a shared table lock. The fake answers BEGIN with a
+/// transaction descriptor and refuses a later request without it (Msg 3989), so this also
+/// shows tiberius keeping the transaction: the RPC after the scan carries the descriptor,
+/// `release_lock` commits it in a batch, and the request after that is in autocommit again.
+#[tokio::test]
+async fn scan_locked_is_a_batch_whose_transaction_lasts_until_release_lock() {
+    let server = FakeServer::start().await;
+    let ci = audit_log_ci();
+    let statement = sql::scan_locked(&ci.table, &ci.columns).unwrap();
+    let day = NaiveDate::from_ymd_opt(2024, 5, 1).unwrap();
+    let row = |event: &str| vec![Cell::Text(event.into()), Cell::Date(day)];
+    server.on(
+        &statement,
+        Reply::rows(
+            vec![
+                col("event", SqlType::NVarChar(50)),
+                col("Order Date", SqlType::Date),
+            ],
+            // Duplicate rows: a table without a key may hold them.
+            vec![row("login"), row("login"), row("logout")],
         ),
-        "{err:?}"
     );
-    assert!(err.to_string().contains("validity interval"), "{err}");
-    // The session is still usable afterwards.
+    server.on(
+        sql::RELEASE_LOCK,
+        Reply::rows(
+            vec![col("open_transactions", SqlType::Int)],
+            vec![vec![Cell::Int(1)]],
+        ),
+    );
     server.on(
         sql::GET_MAX_LSN,
         Reply::rows(
             vec![col("max_lsn", SqlType::Binary(10))],
-            vec![vec![lsn_cell(7)]],
+            vec![vec![lsn_cell(900)]],
         ),
     );
-    assert_eq!(session.max_lsn().await.unwrap(), Some(lsn(7)));
+    let mut session = session(&server).await;
+    let mut sink = VecSink::default();
+    assert_eq!(session.scan_locked(&ci, &mut sink).await.unwrap(), 3);
+    assert_eq!(sink.columns, vec!["event", "Order Date"]);
+    assert_eq!(
+        sink.rows,
+        vec![
+            vec![Value::Text("login".into()), Value::Date(day)],
+            vec![Value::Text("login".into()), Value::Date(day)],
+            vec![Value::Text("logout".into()), Value::Date(day)],
+        ]
+    );
+    // The baseline is read inside the scan's transaction, then the lock is released.
+    assert_eq!(session.max_lsn().await.unwrap(), Some(lsn(900)));
+    session.release_lock().await.unwrap();
+    assert_eq!(session.max_lsn().await.unwrap(), Some(lsn(900)));
+
+    let requests = server.requests();
+    assert_eq!(requests.len(), 4);
+    let scan = &requests[0];
+    assert!(
+        !scan.rpc,
+        "a SQL batch, not sp_executesql (which would end with Msg 266)"
+    );
+    assert_eq!(scan.sql, statement);
+    assert_eq!(
+        scan.sql,
+        "SET XACT_ABORT ON;\nBEGIN TRANSACTION;\n\
+         SELECT [event], [Order Date] FROM [dbo].[audit_log] WITH (TABLOCK, HOLDLOCK);\n\
+         SET XACT_ABORT OFF;"
+    );
+    assert!(scan.params.is_empty() && scan.declared.is_empty());
+    assert_eq!(
+        scan.transaction, [0; 8],
+        "the scan starts in autocommit mode"
+    );
+    let inside = requests[1].transaction;
+    assert!(requests[1].rpc);
+    assert_ne!(
+        inside, [0; 8],
+        "the baseline read runs inside the scan's transaction"
+    );
+    let release = &requests[2];
+    assert!(!release.rpc, "the commit is a batch too");
+    assert_eq!(release.sql, sql::RELEASE_LOCK);
+    assert_eq!(release.transaction, inside);
+    assert_eq!(
+        requests[3].transaction, [0; 8],
+        "committed: autocommit again"
+    );
+}
+
+/// The rule that makes `scan_locked` a batch: inside `sp_executesql` (a procedure) a
+/// transaction that outlives the statement ends it with Msg 266, and the next request
+/// must carry the transaction's descriptor.
+#[tokio::test]
+async fn a_transaction_begun_inside_sp_executesql_ends_with_msg_266() {
+    use tokio_util::compat::TokioAsyncWriteCompatExt;
+    let server = FakeServer::start().await;
+    let ci = audit_log_ci();
+    let statement = sql::scan_locked(&ci.table, &ci.columns).unwrap();
+    server.on(
+        &statement,
+        Reply::rows(vec![col("event", SqlType::NVarChar(50))], vec![]),
+    );
+    let config = server.config();
+    let tcp = tokio::net::TcpStream::connect(config.get_addr())
+        .await
+        .unwrap();
+    let mut client = tiberius::Client::connect(config, tcp.compat_write())
+        .await
+        .unwrap();
+    let outcome = async {
+        client
+            .query(statement.as_str(), &[])
+            .await?
+            .into_results()
+            .await
+    }
+    .await;
+    let err = outcome.expect_err("BEGIN TRANSACTION without COMMIT inside sp_executesql");
+    assert_eq!(err.code(), Some(266), "{err}");
 }
 
 #[tokio::test]
@@ -2175,4 +2609,27 @@ async fn datetime_keys_page_without_rereading_the_boundary_row() {
     let got = full_load_keys(&server).await;
     assert_eq!(got.len(), 7, "every row exactly once: {got:?}");
     assert_eq!(got, expected);
+}
+
+/// `release_lock` finds the scan's transaction already rolled back (`@@TRANCOUNT` 0): the
+/// lock may have been gone during the load, so the load must not trust its baseline; the
+/// error is transient (the load starts again).
+#[tokio::test]
+async fn a_lock_released_after_its_transaction_ended_is_an_error() {
+    let server = FakeServer::start().await;
+    server.on(
+        sql::RELEASE_LOCK,
+        Reply::rows(
+            vec![col("open_transactions", SqlType::Int)],
+            vec![vec![Cell::Int(0)]],
+        ),
+    );
+    let mut session = session(&server).await;
+    let err = session.release_lock().await.unwrap_err();
+    assert!(matches!(err, CdcError::LockLost), "{err}");
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("rolled it back"), "{err}");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(!requests[0].rpc, "the commit is a batch");
 }

@@ -455,6 +455,11 @@ pub enum CdcError {
         column: String,
         type_name: String,
     },
+    /// The transaction holding a keyless table's lock had ended when the load released it:
+    /// the server rolled it back at some point, so writers may have committed during the load
+    /// and its baseline is not exact. Transient: the load starts again.
+    #[error("the transaction holding the table lock of a full load had already ended when the load released it (the server rolled it back), so changes may have committed during the scan; nothing was committed and the load will be retried")]
+    LockLost,
     #[error("the watermark table {0} does not exist: run sql/setup.sql (see README, \"The watermark table\")")]
     NoWatermarkTable(String),
     #[error("SQL Server error {number}: {message}")]
@@ -515,7 +520,8 @@ impl CdcError {
             CdcError::Sql { transient, .. } => *transient,
             CdcError::Connection { .. }
             | CdcError::CaptureNotStarted { .. }
-            | CdcError::CommandTimeout { .. } => true,
+            | CdcError::CommandTimeout { .. }
+            | CdcError::LockLost => true,
             CdcError::Sink(e) => e.is_transient(),
             _ => false,
         }

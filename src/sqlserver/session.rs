@@ -747,17 +747,25 @@ impl CdcSession for SqlServerSession {
     }
 
     async fn release_lock(&mut self) -> Result<(), CdcError> {
+        // A batch, like the scan: a COMMIT inside `sp_executesql` would end it with Msg 266.
         let outcome = async {
             self.client
                 .simple_query(sql::RELEASE_LOCK)
                 .await?
-                .into_results()
+                .into_row()
                 .await
         }
         .await;
-        outcome
-            .map(|_| ())
-            .map_err(|e| self.error(e, Context::Plain("end of the locked scan".to_string())))
+        let context = Context::Plain("end of the locked scan".to_string());
+        let row = outcome
+            .map_err(|e| self.error(e, context))?
+            .ok_or_else(|| {
+                CdcError::Protocol(format!("no row returned by: {}", sql::RELEASE_LOCK))
+            })?;
+        if required::<i32>(&row, "open_transactions")? == 0 {
+            return Err(CdcError::LockLost);
+        }
+        Ok(())
     }
 
     async fn scan(

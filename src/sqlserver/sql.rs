@@ -190,23 +190,54 @@ pub const ALL_CHANGES: &str =
 {columns} FROM cdc.{function}(@P1, @P2, @P3) ORDER BY [__$start_lsn], [__$seqval], [__$operation];";
 
 /// Template: the full load of a table without a key, which cannot page: one batch that opens
-/// a transaction and reads every row under a shared table lock held until
-/// [`RELEASE_LOCK`] (`TABLOCK` takes the lock on the table, `HOLDLOCK` keeps it to the end of
-/// the transaction; the hint makes the read a locking one under READ COMMITTED SNAPSHOT too).
-/// Writers wait while it is held, so the rows read and the baseline LSN taken before the
-/// release describe the same moment: no change can be both in the load and after the
-/// baseline. Sent as a SQL batch (no parameters), so the open transaction outlives the
-/// statement. `XACT_ABORT` rolls the transaction back on any error. Filled by [`scan_locked`].
+/// a transaction and reads every row under a shared table lock held until [`RELEASE_LOCK`].
+/// `TABLOCK`: "the shared lock is applied to the entire table instead of at the row or page
+/// level. If HOLDLOCK is also specified, the table lock is held until the end of the
+/// transaction". `HOLDLOCK` is `SERIALIZABLE` for this table, a locking read whatever the
+/// database's READ_COMMITTED_SNAPSHOT ("All read operations performed within the transaction
+/// operate under the rules for the specified isolation level unless a table hint in the FROM
+/// clause of a statement specifies different locking or versioning behavior"). Writers wait
+/// while the lock is held, so the rows read and the baseline LSN taken before the release
+/// describe the same moment: no change can be both in the load and after the baseline. The
+/// hints need no permission beyond SELECT (the table-hints page asks ALTER only for
+/// KEEPIDENTITY, IGNORE_CONSTRAINTS and IGNORE_TRIGGERS).
+///
+/// Sent as a SQL batch (no parameters): `sp_executesql` is a procedure, and one that ends with
+/// another `@@TRANCOUNT` than it began with raises Msg 266 ("Transaction count after EXECUTE
+/// indicates a mismatching number of BEGIN and COMMIT statements"); a transaction a batch
+/// begins outlives it. `XACT_ABORT ON` during the scan: a run-time error in it rolls the
+/// transaction back, so a failed scan leaves no lock behind. `XACT_ABORT OFF` after it (a SET
+/// in a batch stays in force for the session; only one in a procedure or in `sp_executesql`'s
+/// dynamic SQL "gets restored after control returns"): between the scan and the release the
+/// job reads capture progress and the baseline in the same transaction, and
+/// `CAPTURE_PROGRESS` (like `CAPTURE_INSTANCES`) catches a permission error in `BEGIN TRY`;
+/// under XACT_ABORT ON that error would make the transaction uncommittable ("An error that
+/// ordinarily ends a transaction outside a TRY block causes a transaction to enter an
+/// uncommittable state when the error occurs inside a TRY block"), and the engine rolls such a
+/// transaction back when the batch finishes, dropping the lock before the baseline is read.
+/// OFF is stated rather than assumed, since a server's `user options` can turn XACT_ABORT on
+/// for every session. Filled by [`scan_locked`].
 /// <https://learn.microsoft.com/sql/t-sql/queries/hints-transact-sql-table>
+/// <https://learn.microsoft.com/sql/t-sql/statements/set-transaction-isolation-level-transact-sql>
 /// <https://learn.microsoft.com/sql/t-sql/statements/set-xact-abort-transact-sql>
+/// <https://learn.microsoft.com/sql/t-sql/statements/set-statements-transact-sql>
 /// <https://learn.microsoft.com/sql/t-sql/language-elements/begin-transaction-transact-sql>
+/// <https://learn.microsoft.com/sql/t-sql/language-elements/try-catch-transact-sql>
+/// <https://learn.microsoft.com/sql/relational-databases/errors-events/database-engine-events-and-errors-0-to-999>
 pub const SCAN_LOCKED: &str = "SET XACT_ABORT ON;
 BEGIN TRANSACTION;
-SELECT {columns} FROM {table} WITH (TABLOCK, HOLDLOCK);";
+SELECT {columns} FROM {table} WITH (TABLOCK, HOLDLOCK);
+SET XACT_ABORT OFF;";
 
-/// Ends the transaction of [`SCAN_LOCKED`], releasing its table lock.
+/// Ends the transaction of [`SCAN_LOCKED`], releasing its table lock, and says whether it
+/// was still open (`open_transactions int`): 0 means the server had already rolled it back
+/// (the lock was gone before the baseline was read), and the load must not trust its
+/// baseline.
 /// <https://learn.microsoft.com/sql/t-sql/language-elements/commit-transaction-transact-sql>
-pub const RELEASE_LOCK: &str = "IF @@TRANCOUNT > 0 COMMIT TRANSACTION;";
+/// <https://learn.microsoft.com/sql/t-sql/functions/trancount-transact-sql>
+pub const RELEASE_LOCK: &str = "DECLARE @open int = @@TRANCOUNT;
+IF @open > 0 COMMIT TRANSACTION;
+SELECT @open AS open_transactions;";
 
 /// Template: the first `@P1` rows of a table in key order (full load, first part), the
 /// captured columns only. Filled by [`scan`].
@@ -522,6 +553,9 @@ mod tests {
             (CAPTURE_PROGRESS, 1),
             (CAPTURE_INSTANCES, 1),
             (NET_CHANGES, 3),
+            (ALL_CHANGES, 3),
+            (SCAN_LOCKED, 0),
+            (RELEASE_LOCK, 0),
             (SCAN_FIRST, 1),
             (READ_WATERMARK, 2),
             (INSERT_WATERMARK, 17),
@@ -603,6 +637,69 @@ mod tests {
         );
     }
 
+    /// Issue 10: every change of a keyless table, `__$seqval` after the commit LSN and the
+    /// order spelled out (an update's before-image, 3, ahead of its after-image, 4).
+    #[test]
+    fn all_changes_order_by_commit_lsn_seqval_and_operation() {
+        assert_eq!(
+            all_changes("dbo_audit_log", &names(&["event", "Order Date", "x]y"])).unwrap(),
+            "SELECT [__$start_lsn], [__$seqval], [__$operation], [__$update_mask], [event], [Order Date], [x]]y] FROM cdc.[fn_cdc_get_all_changes_dbo_audit_log](@P1, @P2, @P3) ORDER BY [__$start_lsn], [__$seqval], [__$operation];"
+        );
+        assert_eq!(
+            all_changes_function("dbo_t_v2").unwrap(),
+            "[fn_cdc_get_all_changes_dbo_t_v2]"
+        );
+    }
+
+    /// Issue 10: the keyless full load is one batch: XACT_ABORT on for the scan, the
+    /// transaction, the locking read of the captured columns, XACT_ABORT off again.
+    #[test]
+    fn scan_locked_reads_the_table_under_a_held_table_lock() {
+        assert_eq!(
+            scan_locked(&t("sales", "audit_log"), &names(&["event", "Order Date"])).unwrap(),
+            "SET XACT_ABORT ON;\nBEGIN TRANSACTION;\nSELECT [event], [Order Date] FROM [sales].[audit_log] WITH (TABLOCK, HOLDLOCK);\nSET XACT_ABORT OFF;"
+        );
+        assert_eq!(
+            RELEASE_LOCK,
+            "DECLARE @open int = @@TRANCOUNT;\nIF @open > 0 COMMIT TRANSACTION;\n\
+             SELECT @open AS open_transactions;"
+        );
+        assert_eq!(SCAN_LOCKED.matches("BEGIN TRANSACTION").count(), 1);
+        assert!(
+            !SCAN_LOCKED.contains("COMMIT"),
+            "the lock outlives the scan"
+        );
+    }
+
+    /// Result set 4 of CAPTURE_INSTANCES: the DDL recorded against each instance (joined on
+    /// the change table's object_id), inside TRY with a CATCH that answers the same columns
+    /// and no row.
+    #[test]
+    fn capture_instances_reads_the_ddl_history_inside_try() {
+        let fourth = CAPTURE_INSTANCES
+            .split("BEGIN TRY\n")
+            .nth(1)
+            .expect("a TRY block");
+        assert_eq!(
+            fourth,
+            "    SELECT ct.capture_instance, h.ddl_command, h.ddl_lsn, h.ddl_time
+    FROM cdc.ddl_history AS h
+    JOIN cdc.change_tables AS ct ON ct.object_id = h.object_id
+    WHERE h.source_object_id = OBJECT_ID(@P1)
+    ORDER BY ct.capture_instance, h.ddl_lsn;
+END TRY
+BEGIN CATCH
+    SELECT CAST(NULL AS sysname) AS capture_instance, CAST(NULL AS nvarchar(max)) AS ddl_command,
+           CAST(NULL AS binary(10)) AS ddl_lsn, CAST(NULL AS datetime) AS ddl_time
+    WHERE 1 = 0;
+END CATCH;"
+        );
+        assert_eq!(CAPTURE_INSTANCES.matches("cdc.ddl_history").count(), 1);
+        // Four result sets: one SELECT each, the CATCH's stand-in for the fourth.
+        assert_eq!(CAPTURE_INSTANCES.matches("SELECT ").count(), 5);
+        assert!(CAPTURE_INSTANCES.contains("ORDER BY ct.create_date DESC;"));
+    }
+
     #[test]
     fn injection_attempts_are_rejected_before_any_text_is_built() {
         let attempts = [
@@ -623,6 +720,19 @@ mod tests {
             assert!(read_watermark(&t(bad, "w")).is_err(), "{bad:?}");
             assert!(insert_watermark(&t("cdc_copy", bad)).is_err(), "{bad:?}");
             assert!(update_watermark(&t(bad, bad)).is_err(), "{bad:?}");
+            assert!(all_changes(bad, &cols).is_err(), "{bad:?}");
+            assert!(all_changes_function(bad).is_err(), "{bad:?}");
+            assert!(scan_locked(&t("dbo", bad), &cols).is_err(), "{bad:?}");
+            assert!(scan_locked(&t(bad, "t"), &cols).is_err(), "{bad:?}");
+        }
+        assert!(all_changes("dbo_t", &[]).is_err(), "columns are required");
+        assert!(
+            scan_locked(&t("dbo", "t"), &[]).is_err(),
+            "columns are required"
+        );
+        for bad_column in ["", "x\u{0}"] {
+            assert!(all_changes("dbo_t", &names(&[bad_column])).is_err());
+            assert!(scan_locked(&t("dbo", "t"), &names(&[bad_column])).is_err());
         }
         assert!(
             net_changes("dbo_t", &[], &cols_id()).is_err(),

@@ -171,6 +171,9 @@ pub struct Request {
     pub params: Vec<Param>,
     /// `true` for an RPC (`sp_executesql`), `false` for a SQL batch.
     pub rpc: bool,
+    /// The transaction descriptor of the request's ALL_HEADERS (MS-TDS 2.2.5.3.2): zeros in
+    /// autocommit mode, else the one the fake handed out in its BEGIN TRANSACTION ENVCHANGE.
+    pub transaction: [u8; 8],
 }
 
 /// A LOGIN7 the client sent.
@@ -381,8 +384,50 @@ async fn write_message(socket: &mut TcpStream, payload: &[u8]) -> std::io::Resul
     socket.flush().await
 }
 
+/// One connection's transaction, as SQL Server keeps it per session.
+///
+/// The rules the fake follows (text-based: a statement containing `BEGIN TRANSACTION` opens
+/// one, `COMMIT TRANSACTION` ends it; a failed statement changes nothing, as `XACT_ABORT`
+/// rolls back):
+/// - the server answers BEGIN with an ENVCHANGE of type 8 carrying a new 8-byte transaction
+///   descriptor and COMMIT with type 9 (MS-TDS 2.2.7.9), and refuses a request whose
+///   ALL_HEADERS does not carry the open transaction's descriptor with Msg 3989, "New request
+///   is not allowed to start because it should come with valid transaction descriptor";
+/// - `sp_executesql` is a procedure: when `@@TRANCOUNT` differs at its end from its start, the
+///   statement's results are followed by Msg 266, "Transaction count after EXECUTE indicates
+///   a mismatching number of BEGIN and COMMIT statements" (severity 16) and the transaction
+///   stays open. A SQL batch has no such check: a transaction it begins outlives it.
+#[derive(Default)]
+struct Session {
+    transaction: Option<[u8; 8]>,
+    issued: u64,
+}
+
+impl Session {
+    /// The ENVCHANGE tokens `sql` causes, after it succeeded.
+    fn apply(&mut self, sql: &str, out: &mut Vec<u8>) {
+        let upper = sql.to_ascii_uppercase();
+        if upper.contains("BEGIN TRANSACTION") && self.transaction.is_none() {
+            self.issued += 1;
+            let descriptor = (0x5EED_0000_0000_0000u64 + self.issued).to_le_bytes();
+            self.transaction = Some(descriptor);
+            env_change_bytes(out, 8, &descriptor, &[]);
+        }
+        if upper.contains("COMMIT TRANSACTION") {
+            if let Some(descriptor) = self.transaction.take() {
+                env_change_bytes(out, 9, &[], &descriptor);
+            }
+        }
+    }
+
+    fn count(&self) -> u32 {
+        u32::from(self.transaction.is_some())
+    }
+}
+
 async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
     socket.set_nodelay(true)?;
+    let mut session = Session::default();
     while let Some((ty, payload)) = read_message(&mut socket).await? {
         let reply = match ty {
             PKT_PRELOGIN => prelogin_reply(),
@@ -399,14 +444,15 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
                     declared: String::new(),
                     params: Vec::new(),
                     rpc: false,
+                    transaction: transaction_descriptor(&payload),
                 };
-                match answer(&state, request, false) {
+                match answer(&state, request, false, &mut session) {
                     Some(reply) => reply,
                     None => continue,
                 }
             }
             PKT_RPC => match parse_rpc(&payload) {
-                Ok(request) => match answer(&state, request, true) {
+                Ok(request) => match answer(&state, request, true, &mut session) {
                     Some(reply) => reply,
                     None => continue,
                 },
@@ -434,7 +480,12 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
 }
 
 /// The encoded answer to `request`, or `None` when the script says to stall.
-fn answer(state: &Arc<Mutex<State>>, request: Request, rpc: bool) -> Option<Vec<u8>> {
+fn answer(
+    state: &Arc<Mutex<State>>,
+    request: Request,
+    rpc: bool,
+    session: &mut Session,
+) -> Option<Vec<u8>> {
     let (reply, nocount) = {
         let mut st = state.lock().unwrap();
         let reply = st
@@ -458,10 +509,58 @@ fn answer(state: &Arc<Mutex<State>>, request: Request, rpc: bool) -> Option<Vec<
             &format!("tds fake: no script for statement: {}", request.sql),
         )
     });
-    match reply {
-        Reply::Stall => None,
-        reply => Some(encode_reply(&reply, rpc, counted)),
+    if let Some(open) = session.transaction {
+        if request.transaction != open {
+            let refused = Reply::error(
+                3989,
+                "New request is not allowed to start because it should come with valid \
+                 transaction descriptor.",
+            );
+            return Some(encode_reply(&refused, rpc, counted, None));
+        }
     }
+    if let Reply::Stall = reply {
+        return None;
+    }
+    let mut out = Vec::new();
+    let before = session.count();
+    if !matches!(reply, Reply::Error { .. }) {
+        session.apply(&request.sql, &mut out);
+    }
+    let mismatch = (rpc && session.count() != before).then(|| {
+        format!(
+            "Transaction count after EXECUTE indicates a mismatching number of BEGIN and \
+             COMMIT statements. Previous count = {before}, current count = {}.",
+            session.count()
+        )
+    });
+    out.extend(encode_reply(&reply, rpc, counted, mismatch.as_deref()));
+    Some(out)
+}
+
+/// The transaction descriptor in a request's ALL_HEADERS (zeros when there is none).
+fn transaction_descriptor(payload: &[u8]) -> [u8; 8] {
+    let total = all_headers_len(payload).min(payload.len());
+    let mut at = 4;
+    while at + 6 <= total {
+        let length = u32::from_le_bytes([
+            payload[at],
+            payload[at + 1],
+            payload[at + 2],
+            payload[at + 3],
+        ]) as usize;
+        let ty = u16::from_le_bytes([payload[at + 4], payload[at + 5]]);
+        if ty == 2 && at + 14 <= total {
+            let mut descriptor = [0u8; 8];
+            descriptor.copy_from_slice(&payload[at + 6..at + 14]);
+            return descriptor;
+        }
+        if length == 0 {
+            break;
+        }
+        at += length;
+    }
+    [0; 8]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -664,6 +763,7 @@ fn parse_rpc(payload: &[u8]) -> Result<Request, String> {
         declared,
         params: rest,
         rpc: true,
+        transaction: transaction_descriptor(payload),
     })
 }
 
@@ -887,6 +987,17 @@ fn env_change(out: &mut Vec<u8>, ty: u8, new: &str, old: &str) {
     out.extend_from_slice(&body);
 }
 
+/// An ENVCHANGE whose values are B_VARBYTE (the transaction types 8-10).
+fn env_change_bytes(out: &mut Vec<u8>, ty: u8, new: &[u8], old: &[u8]) {
+    let mut body = vec![ty, new.len() as u8];
+    body.extend_from_slice(new);
+    body.push(old.len() as u8);
+    body.extend_from_slice(old);
+    out.push(0xE3);
+    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
 fn done(out: &mut Vec<u8>, token: u8, status: u16, rows: u64) {
     out.push(token);
     out.extend_from_slice(&status.to_le_bytes());
@@ -913,11 +1024,19 @@ fn error_token_class(out: &mut Vec<u8>, number: u32, message: &str, class: u8) {
 }
 
 /// How a statement ends inside `sp_executesql` (DONEINPROC) or a batch (DONE); `counted`
-/// false (NOCOUNT on) leaves the DONE_COUNT bit off, as SQL Server does.
-fn encode_reply(reply: &Reply, rpc: bool, counted: bool) -> Vec<u8> {
+/// false (NOCOUNT on) leaves the DONE_COUNT bit off, as SQL Server does. `after` is an error
+/// raised once the statement's own results are out (Msg 266 at the end of `sp_executesql`).
+fn encode_reply(reply: &Reply, rpc: bool, counted: bool, after: Option<&str>) -> Vec<u8> {
     let mut out = Vec::new();
     let (inner, outer) = if rpc { (0xFF, 0xFE) } else { (0xFD, 0xFD) };
     let count = if counted { DONE_COUNT } else { 0 };
+    let status = |out: &mut Vec<u8>| match after {
+        Some(message) => {
+            error_token(out, 266, message);
+            DONE_ERROR
+        }
+        None => 0,
+    };
     match reply {
         Reply::Results(sets) => {
             for set in sets {
@@ -930,11 +1049,13 @@ fn encode_reply(reply: &Reply, rpc: bool, counted: bool) -> Vec<u8> {
                 }
                 done(&mut out, inner, count | DONE_MORE, set.rows.len() as u64);
             }
-            finish(&mut out, rpc, outer, 0);
+            let status = status(&mut out);
+            finish(&mut out, rpc, outer, status);
         }
         Reply::RowCount(n) => {
             done(&mut out, inner, count | DONE_MORE, *n);
-            finish(&mut out, rpc, outer, 0);
+            let status = status(&mut out);
+            finish(&mut out, rpc, outer, status);
         }
         Reply::Error { number, message } => {
             error_token(&mut out, *number, message);
