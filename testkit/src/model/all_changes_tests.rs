@@ -491,7 +491,8 @@ async fn a_locked_scan_streams_every_row_and_holds_writers_until_released() {
     }
     let mut s = session(&m).await;
     let ci = s.capture_instance(&t, None).await.unwrap();
-    s.release_lock().await.unwrap(); // "IF @@TRANCOUNT > 0 COMMIT": nothing to release
+    // No transaction open: RELEASE_LOCK's `open_transactions` is 0, a lost lock.
+    assert!(matches!(s.release_lock().await, Err(CdcError::LockLost)));
     m.insert(&t, arow("b", 3)).unwrap();
     let mut sink = VecSink::default();
     assert_eq!(s.scan_locked(&ci, &mut sink).await.unwrap(), 4);
@@ -652,6 +653,9 @@ async fn faults_break_all_changes_and_the_locked_scan_mid_stream_and_end_the_loc
     );
     assert_eq!(sink.rows.len(), 3);
     m.insert(&t, arow("after drop", 0)).unwrap();
+    // The caller's release then finds the transaction gone.
+    let e = s.release_lock().await.unwrap_err();
+    assert!(matches!(e, CdcError::LockLost) && e.is_transient(), "{e}");
 
     // A drop before the COMMIT reaches the server: it rolls back, and the lock is gone too.
     let mut sink = VecSink::default();
@@ -666,6 +670,6 @@ async fn faults_break_all_changes_and_the_locked_scan_mid_stream_and_end_the_loc
     let calls = faults.calls();
     assert_eq!(calls[&Method::AllChanges], 2);
     assert_eq!(calls[&Method::ScanLocked], 2);
-    assert_eq!(calls[&Method::ReleaseLock], 1);
+    assert_eq!(calls[&Method::ReleaseLock], 2);
     assert_eq!(faults.injected(), 3);
 }

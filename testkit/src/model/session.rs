@@ -30,11 +30,14 @@ impl Drop for ModelSession {
 }
 
 impl State {
-    fn release_locks(&mut self, session: u64) {
+    /// Releases every table lock `session` holds; whether it held any.
+    fn release_locks(&mut self, session: u64) -> bool {
+        let mut held = false;
         self.locks.retain(|_, holders| {
-            holders.remove(&session);
+            held |= holders.remove(&session);
             !holders.is_empty()
         });
+        held
     }
 
     /// Table positions of `ci.columns` (the statement selects them; the model answers with
@@ -295,11 +298,17 @@ impl CdcSession for ModelSession {
         .await
     }
 
-    /// `IF @@TRANCOUNT > 0 COMMIT TRANSACTION;`: a no-op without a lock.
+    /// `sql::RELEASE_LOCK` commits the scan's transaction if it is still open and says whether
+    /// it was: a session holding no lock (none taken, or its transaction already ended by a
+    /// dropped connection) answers `open_transactions = 0`, which the session reports as
+    /// [`CdcError::LockLost`].
     async fn release_lock(&mut self) -> Result<(), CdcError> {
         self.model.round_trip();
-        self.model.lock().release_locks(self.id);
-        Ok(())
+        if self.model.lock().release_locks(self.id) {
+            Ok(())
+        } else {
+            Err(CdcError::LockLost)
+        }
     }
 
     async fn scan(
