@@ -80,6 +80,13 @@ param cdcWatermarkTable string = 'cdc_copy.watermark'
 @description('Net-changes row filter: CDC_ROW_FILTER.')
 param cdcRowFilter string = 'all'
 
+@allowed([
+  'all update old'
+  'all'
+])
+@description('All-changes row filter, for tables without a key (or `:all` in CDC_TABLES): CDC_ALL_CHANGES_ROW_FILTER.')
+param cdcAllChangesRowFilter string = 'all update old'
+
 @minValue(1)
 @maxValue(64)
 @description('Tables copied in parallel per run: CDC_TABLE_CONCURRENCY.')
@@ -257,6 +264,7 @@ module functionApp './app/function.bicep' = {
       CDC_CAPTURE_POLL_SECONDS: string(cdcCapturePollSeconds)
       CDC_WATERMARK_TABLE: cdcWatermarkTable
       CDC_ROW_FILTER: cdcRowFilter
+      CDC_ALL_CHANGES_ROW_FILTER: cdcAllChangesRowFilter
       CDC_TABLE_CONCURRENCY: string(cdcTableConcurrency)
       CDC_BLOCK_SIZE_MIB: string(cdcBlockSizeMib)
       CDC_FULL_LOAD_PART_ROWS: string(cdcFullLoadPartRows)

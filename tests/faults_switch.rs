@@ -452,7 +452,8 @@ async fn a_schema_change_and_a_second_instance_mid_stream_lose_and_duplicate_not
             } else {
                 None
             };
-            let job = jobs::incremental::run(&bench.ctx, &timer(trigger));
+            let at = timer(trigger);
+            let job = jobs::incremental::run(&bench.ctx, &at);
             let (failed, report) = invoke(&bench, fault, &context, job).await;
             switches += u64::from(report.return_value()["tables"][0].get("switched").is_some());
             failed
@@ -714,10 +715,11 @@ async fn a_keyless_table_replays_to_the_source_as_a_multiset() {
     );
 }
 
-/// Writers wait while a keyless table is loaded: a write attempted during the load is
-/// blocked, commits after it, and is copied once, by the first window; a load that fails with
-/// the lock held releases it. Paused time, the model's clock moving with it.
-#[tokio::test(start_paused = true)]
+/// Writers wait while a keyless table is loaded: a write attempted at the two points where
+/// the load holds its lock after the scan (waiting for capture, releasing the lock) is
+/// blocked; once the load is done it commits after the baseline and is copied once, by the
+/// first window. A load that fails with the lock held releases it (its session is gone).
+#[tokio::test]
 async fn writers_wait_while_a_keyless_table_is_loaded() {
     let model = CdcModel::new(start_time());
     let table = cdc_copy::cdc::TableRef::parse("dbo.audit_log").unwrap();
@@ -737,15 +739,10 @@ async fn writers_wait_while_a_keyless_table_is_loaded() {
     };
     model.insert(&table, row("before")).unwrap();
     model.insert(&table, row("before")).unwrap();
-    let extra = [
-        ("CDC_CAPTURE_WAIT_SECONDS", "60"),
-        ("CDC_CAPTURE_POLL_SECONDS", "5"),
-    ];
-    let bench = Arc::new(Bench::over_table(model, table.clone(), &extra).await);
+    let bench = Bench::over_table(model, table.clone(), &[]).await;
+
     // A load that fails after its scan, with the lock held: the dropped session releases it.
-    bench
-        .faults
-        .arm_after(Method::CaptureProgress, 0, Fault::Before);
+    bench.faults.arm(Method::CaptureProgress, Fault::Before);
     let report = bench.full_load().await;
     assert_eq!(report.status, Status::Failed, "{:?}", report.logs());
     bench.faults.clear();
@@ -754,47 +751,35 @@ async fn writers_wait_while_a_keyless_table_is_loaded() {
         .insert(&table, row("after a failed load"))
         .unwrap();
 
-    // Capture stopped: the load holds its lock while it waits for capture to pass.
-    bench.model.pause_capture();
-    let load = {
-        let bench = bench.clone();
-        tokio::spawn(async move { bench.full_load().await })
-    };
-    let mut before_the_lock = 0;
-    loop {
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        bench.model.advance(Duration::seconds(1));
-        match bench.model.insert(&table, row("racing the lock")) {
-            Ok(_) => before_the_lock += 1,
-            Err(e) => {
-                assert!(format!("{e:?}").contains("Blocked"), "{e:?}");
-                break;
-            }
-        }
+    let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for method in [Method::CaptureProgress, Method::ReleaseLock] {
+        let (model, table, attempts) = (bench.model.clone(), table.clone(), attempts.clone());
+        bench.faults.before_next(method, move || {
+            let outcome = model.insert(&table, row("a writer during the load"));
+            attempts
+                .lock()
+                .unwrap()
+                .push((method, format!("{outcome:?}")));
+        });
+    }
+    let report = bench.full_load().await;
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    let attempts = attempts.lock().unwrap().clone();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    for (method, outcome) in &attempts {
         assert!(
-            !load.is_finished(),
-            "the load cannot finish while capture is stopped"
+            outcome.contains("Blocked"),
+            "a write at {method}: {outcome}"
         );
     }
-    bench.model.resume_capture();
-    let clock = bench.model.clone();
-    let ticker = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            clock.advance(Duration::seconds(1));
-        }
-    });
-    let report = load.await.unwrap();
-    ticker.abort();
-    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
-    let during = bench
-        .model
-        .insert(&table, row("blocked during the load"))
-        .unwrap();
     let baseline = bench.watermark().last_lsn;
+    let after = bench
+        .model
+        .insert(&table, row("the writer, once the lock is gone"))
+        .unwrap();
     assert!(
-        during > baseline,
-        "the blocked write commits after the baseline"
+        after > baseline,
+        "the waiting write commits after the baseline"
     );
     bench.model.advance(Duration::minutes(15));
     let report = bench.incremental(bench.model.now()).await;
@@ -804,13 +789,12 @@ async fn writers_wait_while_a_keyless_table_is_loaded() {
         replay_multiset(&blobs, "after the load"),
         multiset(bench.model.table_rows(&table))
     );
-    let loaded: usize = load_parts(&blobs, "dbo/audit_log")
-        .iter()
-        .map(|b| b.rows.len())
-        .sum();
+    let parts = load_parts(&blobs, "dbo/audit_log");
+    assert_eq!(parts.len(), 1, "one blob for a keyless load");
+    assert_eq!(parts[0].metadata["parts"], "1");
     assert_eq!(
-        loaded,
-        3 + before_the_lock,
-        "every row committed before the lock, once"
+        parts[0].rows.len(),
+        3,
+        "the rows committed before the lock, once"
     );
 }

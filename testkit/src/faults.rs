@@ -67,9 +67,23 @@ struct Armed {
     fault: Fault,
 }
 
+/// Something a test does at the moment a call reaches the seam (a writer arriving while a
+/// job holds a lock, say), run once, before the call.
+struct Hook {
+    method: Method,
+    run: Box<dyn FnOnce() + Send>,
+}
+
+impl fmt::Debug for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hook({})", self.method)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     armed: Vec<Armed>,
+    hooks: Vec<Hook>,
     calls: BTreeMap<Method, u64>,
     injected: u64,
 }
@@ -105,9 +119,20 @@ impl Faults {
         });
     }
 
-    /// Disarms every fault not yet struck.
+    /// Runs `run` once, when the next call of `method` reaches the seam (before it runs and
+    /// before any fault armed for it): how a test does something at an exact point of a job.
+    pub fn before_next(&self, method: Method, run: impl FnOnce() + Send + 'static) {
+        self.lock().hooks.push(Hook {
+            method,
+            run: Box::new(run),
+        });
+    }
+
+    /// Disarms every fault not yet struck, and drops hooks not yet run.
     pub fn clear(&self) {
-        self.lock().armed.clear();
+        let mut state = self.lock();
+        state.armed.clear();
+        state.hooks.clear();
     }
 
     /// Calls per method so far, failed ones included (each is a round trip).
@@ -132,6 +157,14 @@ impl Faults {
     /// Counts the call and applies a fault that strikes before it; returns the fault that
     /// strikes later, if any.
     fn enter(&self, method: Method) -> Result<Option<Fault>, CdcError> {
+        let hook = {
+            let mut state = self.lock();
+            let at = state.hooks.iter().position(|h| h.method == method);
+            at.map(|i| state.hooks.remove(i))
+        };
+        if let Some(hook) = hook {
+            (hook.run)();
+        }
         let mut state = self.lock();
         *state.calls.entry(method).or_default() += 1;
         let mut struck = None;
