@@ -256,3 +256,65 @@ async fn net_changes_forced_on_an_instance_without_them_is_refused() {
     assert!(error.contains("@supports_net_changes = 1"), "{error}");
     assert_eq!(bench.model.watermark(&bench.table), None);
 }
+
+/// "cdc.ddl_history … DDL changes to source tables that are enabled for change data capture":
+/// DDL the instance being read does not follow, with no newer instance to switch to, is
+/// warned about by every run (log and `ReturnValue`) and by `handler check`, naming the DDL
+/// and the command to run; once a second instance exists, the warning stops.
+#[tokio::test]
+async fn ddl_without_a_second_instance_is_warned_about_until_one_exists() {
+    use cdc_copy_testkit::model::ColumnDef;
+    let bench = loaded(&[]).await;
+    bench
+        .model
+        .add_column(&bench.table, ColumnDef::untyped("loyalty").nullable())
+        .unwrap();
+    bench.model.advance(Duration::minutes(15));
+    let runner = cdc_copy::jobs::Runner::new(
+        bench.ctx.settings.clone(),
+        bench.ctx.source.clone(),
+        bench.ctx.blobs.clone(),
+    );
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    let warning = report.return_value()["tables"][0]["warning"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for word in [
+        "dbo.customers",
+        "loyalty",
+        "sys.sp_cdc_enable_table",
+        "@capture_instance = N'dbo_customers_v2'",
+    ] {
+        assert!(warning.contains(word), "{word:?} missing from {warning}");
+    }
+    let checks = runner.check().await;
+    let ddl = checks
+        .iter()
+        .find(|(what, _)| what.starts_with("schema changes of dbo.customers"))
+        .expect("a schema-change check");
+    assert!(
+        ddl.1
+            .as_ref()
+            .is_err_and(|e| e.contains("sys.sp_cdc_enable_table")),
+        "{checks:?}"
+    );
+
+    bench
+        .model
+        .enable_cdc(&bench.table, "dbo_customers_v2", true)
+        .unwrap();
+    bench.model.advance(Duration::minutes(15));
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    assert_eq!(report.return_value()["tables"][0].get("warning"), None);
+    let checks = runner.check().await;
+    assert!(checks.iter().all(|(_, r)| r.is_ok()), "{checks:?}");
+    assert!(
+        checks.iter().any(|(what, _)| what.contains(
+            "dbo_customers_v2 (net changes; instances: dbo_customers, dbo_customers_v2)"
+        )),
+        "{checks:?}"
+    );
+}
