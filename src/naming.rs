@@ -275,12 +275,11 @@ pub fn timestamp_id(at: DateTime<Utc>) -> String {
     out
 }
 
-/// The name of one part of a full load: `{schema}/{table}/full/{load_id}/part-00000.csv`.
-/// Parts are numbered from 0 with at least 5 digits, so up to 100 000 parts sort by name.
 /// The blob of the rest of an old capture instance when a window spans the switch to a new
 /// one: the window's blob name with `-<old instance>` before its extension, so a retry of
-/// the same trigger time names it the same, and it sorts before the window's own blob
-/// (`-` sorts before `.`).
+/// the same trigger time names it the same, and it sorts before the window's own blob (`-`
+/// sorts before `.`; a template without an extension gets the suffix at the end, which
+/// sorts after — the LSN metadata orders the two either way).
 pub fn tail_name(window_blob: &str, old_instance: &str) -> String {
     let file_start = window_blob.rfind('/').map_or(0, |i| i + 1);
     match window_blob[file_start..].rfind('.') {
@@ -296,6 +295,8 @@ pub fn tail_name(window_blob: &str, old_instance: &str) -> String {
     }
 }
 
+/// The name of one part of a full load: `{schema}/{table}/full/{load_id}/part-00000.csv`.
+/// Parts are numbered from 0 with at least 5 digits, so up to 100 000 parts sort by name.
 pub fn full_load_part_name(table: &TableRef, load_id: &str, part: u32) -> String {
     format!(
         "{}/{}/full/{}/part-{:05}.csv",
@@ -592,6 +593,25 @@ mod tests {
             if let Err(e) = result {
                 assert!(matches!(e, NamingError::ContainerName { .. }));
             }
+        }
+    }
+
+    /// The old instance's tail of a split window: named from the window's blob, and sorting
+    /// before it when the name has an extension (the default template's `.csv`).
+    #[test]
+    fn a_tail_blob_sorts_before_its_window() {
+        let cases = [
+            (
+                "dbo/t/incremental/2026/12/01/20261201130000000.csv",
+                "dbo/t/incremental/2026/12/01/20261201130000000-dbo_t.csv",
+                true,
+            ),
+            ("x/20261201.tar.gz", "x/20261201.tar-dbo_t.gz", true),
+            ("a.b/x/20261201", "a.b/x/20261201-dbo_t", false),
+        ];
+        for (window, tail, before) in cases {
+            assert_eq!(tail_name(window, "dbo_t"), tail);
+            assert_eq!(tail < window, before, "{tail} vs {window}");
         }
     }
 }

@@ -140,6 +140,17 @@ impl TableResult {
     }
 }
 
+impl TableResult {
+    /// Adds `warning` to the table's warnings (a run can have several: DDL the capture
+    /// instance does not follow, a capture job that looks stopped).
+    pub fn warn(&mut self, warning: String) {
+        self.warning = Some(match self.warning.take() {
+            Some(earlier) => format!("{earlier}; {warning}"),
+            None => warning,
+        });
+    }
+}
+
 /// A whole invocation's result: the tables', or why the job could not run at all.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -395,7 +395,7 @@ fn warn_if_stalled(
         allowed_lag_s = allowed_s,
         "the CDC capture process looks stopped: {STALLED_REMEDY}"
     );
-    result.warning = Some(format!(
+    result.warn(format!(
         "capture looks stopped: capture instance {} is {} s behind the trigger time, more than \
          an idle capture job explains ({allowed_s} s: a mapping row every {} s plus the wait); \
          {STALLED_REMEDY}",

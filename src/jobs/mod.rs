@@ -275,7 +275,7 @@ impl Capture {
                 ddl = target.ddl.len(),
                 "{warning}"
             );
-            result.warning = Some(warning);
+            result.warn(warning);
         }
     }
 }
