@@ -155,6 +155,16 @@ pub async fn run(command: Command, make_jobs: fn() -> Arc<dyn Jobs>) -> ExitCode
             let jobs = make_jobs();
             let mut report = jobs.full_load(request.clone()).await;
             while report.status == Status::InProgress {
+                // A keyless table's load that did not fit the budget starts over on every
+                // call: it is the timer run's (`handler incremental-copy`), not a loop's.
+                let keyless_only = report
+                    .tables
+                    .iter()
+                    .filter(|t| t.status == Status::InProgress)
+                    .all(|t| t.note == crate::jobs::full_load::KEYLESS_HANDED_OFF);
+                if keyless_only {
+                    break;
+                }
                 for line in report.logs() {
                     eprintln!("{line}");
                 }

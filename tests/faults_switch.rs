@@ -869,3 +869,51 @@ async fn writers_wait_while_a_keyless_table_is_loaded() {
         "the rows committed before the lock, once"
     );
 }
+
+/// A keyless load that does not fit a FullLoad call's budget is handed to the timer run: the
+/// call answers in progress saying so (the lock released, nothing written), and the next
+/// IncrementalCopy run loads the table in one statement, then copies its first window.
+#[tokio::test]
+async fn a_keyless_load_too_long_for_a_call_is_handed_to_the_timer() {
+    let model = CdcModel::new(start_time());
+    let table = cdc_copy::cdc::TableRef::parse("dbo.audit_log").unwrap();
+    model
+        .create_heap(
+            table.clone(),
+            LOG_COLUMNS.iter().map(|c| ColumnDef::untyped(c)).collect(),
+        )
+        .unwrap();
+    model.enable_cdc(&table, "dbo_audit_log", false).unwrap();
+    let row = |m: &str| {
+        vec![
+            Value::Int(1),
+            Value::Text("app".into()),
+            Value::Text(m.into()),
+        ]
+    };
+    for _ in 0..3 {
+        model.insert(&table, row("before")).unwrap();
+    }
+    let bench = Bench::over_table(model, table.clone(), &[]).await;
+    let request = cdc_copy::host::FullLoadRequest::default_all();
+    let report = jobs::full_load::run(&bench.ctx, &request, std::time::Duration::ZERO).await;
+    assert_eq!(report.status, Status::InProgress, "{:?}", report.logs());
+    let t = &report.return_value()["tables"][0];
+    assert_eq!(t["note"], jobs::full_load::KEYLESS_HANDED_OFF);
+    assert!(
+        bench.blobs("dbo/audit_log/").await.is_empty(),
+        "nothing written"
+    );
+    // The lock went with the call.
+    bench.model.insert(&table, row("after the call")).unwrap();
+
+    bench.model.advance(Duration::minutes(15));
+    let report = bench.incremental(bench.model.now()).await;
+    assert_eq!(report.status, Status::Done, "{:?}", report.logs());
+    let blobs = read_blobs(&bench, "dbo/audit_log/").await;
+    assert_eq!(load_parts(&blobs, "dbo/audit_log")[0].rows.len(), 4);
+    assert_eq!(
+        replay_multiset(&blobs, "after the timer's load"),
+        multiset(bench.model.table_rows(&table))
+    );
+}

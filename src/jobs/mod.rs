@@ -49,13 +49,14 @@ pub enum JobError {
     #[error(transparent)]
     Route(Box<instances::RouteError>),
     /// The full load of a table without a key is one statement under a table lock and cannot
-    /// be continued by a later invocation.
+    /// be continued by a later invocation. A FullLoad call hands it to the timer run
+    /// ([`full_load::KEYLESS_HANDED_OFF`]); the timer run's 20 minutes are the limit.
     #[error(
         "the full load of {table} did not finish within {budget:?} ({rows} rows read): a table \
          without a primary key or unique index cannot be loaded in resumable parts, so its load \
-         is one scan that must finish within one invocation. Raise \
-         CDC_FULL_LOAD_HTTP_BUDGET_SECONDS (it also bounds `handler full-load`), or give the \
-         table a primary key or unique index and enable CDC on it with net changes"
+         is one scan that must finish within one invocation (an IncrementalCopy run gives it 20 \
+         minutes). Give the table a primary key or unique index and enable CDC on it with net \
+         changes, or load it in a quieter moment"
     )]
     KeylessLoadTooLong {
         table: TableRef,
