@@ -8,6 +8,10 @@
 //! `CDC_FULL_LOAD_HTTP_BUDGET_SECONDS` and answers 202, and the next IncrementalCopy
 //! invocation (or another FullLoad call, or `handler full-load`) carries on from the
 //! checkpoint — nothing depends on the HTTP request staying open.
+//!
+//! A table without a key has no keyset to resume from and no key for consumers to upsert
+//! on, so it is loaded differently: in one statement under a table lock, with the baseline
+//! taken after the scan (`keyless`).
 
 use chrono::Utc;
 use tokio::time::{Duration, Instant};
