@@ -18,6 +18,11 @@
 //!   `generated_inserts` keeps change ranges rather than rows, so the model itself holds next to
 //!   nothing; the incremental scenarios still report the RSS measured after the model is
 //!   populated and before the job runs, so the job's own share is visible.
+//! - The latency scenarios (`latency-{D}ms-x{N}[-{B}MiB]`, issue 13) run `incremental-1M`
+//!   through the fault proxy (`cdc_copy_testkit::proxy`) with D ms added to every request,
+//!   `CDC_UPLOAD_BLOCKS_IN_FLIGHT=N` and `CDC_BLOCK_SIZE_MIB=B` (default 4). The proxy runs
+//!   in the parent, so its buffers are not in the child's peak RSS; its CPU is on the same
+//!   cores, in the zero-delay runs too, so ratios to the zero-delay run compare like with like.
 
 use cdc_copy_testkit::azurite;
 
@@ -41,6 +46,7 @@ use cdc_copy::sink::csv;
 use cdc_copy::sink::rows::CsvBlobSink;
 use cdc_copy_testkit::faults::{Faults, Method};
 use cdc_copy_testkit::model::{CdcModel, FoldedScanTimes};
+use cdc_copy_testkit::proxy::Proxy;
 use cdc_copy_testkit::rows::{column_names, customer, fill_batch};
 use chrono::{TimeZone, Utc};
 use serde_json::json;
@@ -66,7 +72,37 @@ const SCENARIOS: &[&str] = &[
     "incremental-all-5M",
     "incremental-zero",
     "incremental-idle",
+    "latency-0ms-x1",
+    "latency-5ms-x1",
+    "latency-20ms-x1",
+    "latency-50ms-x1",
+    "latency-0ms-x4",
+    "latency-5ms-x4",
+    "latency-20ms-x4",
+    "latency-50ms-x4",
+    "latency-0ms-x1-1MiB",
+    "latency-20ms-x1-1MiB",
+    "latency-50ms-x1-1MiB",
+    "latency-0ms-x4-1MiB",
+    "latency-20ms-x4-1MiB",
+    "latency-50ms-x4-1MiB",
 ];
+
+/// A latency scenario's delay per request, blocks in flight and block size in MiB, from its
+/// name (`latency-20ms-x4`, `latency-20ms-x1-1MiB`).
+fn latency_scenario(name: &str) -> Option<(u64, u64, u64)> {
+    let mut parts = name.strip_prefix("latency-")?.split('-');
+    let delay = parts.next()?.strip_suffix("ms")?.parse().ok()?;
+    let in_flight = parts.next()?.strip_prefix('x')?.parse().ok()?;
+    let block = match parts.next() {
+        Some(b) => b.strip_suffix("MiB")?.parse().ok()?,
+        None => 4,
+    };
+    Some((delay, in_flight, block))
+}
+
+/// Settings the parent passes to a child unchanged (the latency scenarios set them).
+const PASSED_SETTINGS: &[&str] = &["CDC_UPLOAD_BLOCKS_IN_FLIGHT", "CDC_BLOCK_SIZE_MIB"];
 
 // ----- measurements -------------------------------------------------------------------------
 
@@ -155,6 +191,11 @@ fn settings_for(container: &str, tables: &str) -> Settings {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(
+        PASSED_SETTINGS
+            .iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?))),
+    )
     .collect();
     Settings::from_map(&vars).expect("bench settings are valid")
 }
@@ -190,10 +231,14 @@ async fn context(m: &CdcModel, container: &str) -> Context {
 
 async fn context_for(m: &CdcModel, container: &str, tables: &str) -> Context {
     let clock_model = m.clone();
+    let settings = settings_for(container, tables);
     Context {
-        settings: Arc::new(settings_for(container, tables)),
+        // As the handler builds it (src/main.rs).
+        blobs: target(container)
+            .await
+            .with_blocks_in_flight(settings.upload_blocks_in_flight),
+        settings: Arc::new(settings),
         source: Arc::new(m.clone()) as Arc<dyn CdcSource>,
-        blobs: target(container).await,
         clock: Arc::new(move || clock_model.now()),
         container_ready: Arc::default(),
     }
@@ -712,6 +757,9 @@ fn child(name: &str, args: &[String]) {
         "incremental-all-5M" => runtime.block_on(incremental(name, 5_000_000, "dbo.customers:all")),
         "incremental-zero" => runtime.block_on(incremental_zero()),
         "incremental-idle" => incremental_idle(),
+        other if latency_scenario(other).is_some() => {
+            runtime.block_on(incremental(name, 1_000_000, "dbo.customers"))
+        }
         other => panic!("unknown scenario {other:?}; known: {SCENARIOS:?}"),
     };
     report(name, figures);
@@ -730,12 +778,37 @@ fn run_child(name: &str, extra: &[String]) -> serde_json::Value {
     // csv-only needs no storage; an idle run does no Blob Storage request.
     let needs_storage = !matches!(name, "csv-only" | "incremental-idle");
     let azurite = needs_storage.then(azurite::Azurite::start);
-    let conn = azurite
+    let mut conn = azurite
         .as_ref()
         .map(|a| a.connection_string.clone())
         .unwrap_or_default();
     let exe = std::env::current_exe().expect("current exe");
-    let out = Command::new(exe)
+    let mut command = Command::new(exe);
+    for k in PASSED_SETTINGS {
+        command.env_remove(k);
+    }
+    // The latency scenarios go through a proxy in this process, with the delay added.
+    let latency = latency_scenario(name);
+    let proxy_runtime = latency.map(|_| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("proxy runtime")
+    });
+    let proxy = match (latency, &proxy_runtime, &azurite) {
+        (Some((delay, in_flight, block)), Some(rt), Some(azurite)) => {
+            let proxy = rt.block_on(Proxy::start(azurite.blob_port));
+            proxy.set_delay(Duration::from_millis(delay));
+            conn = proxy.connection_string();
+            command
+                .env("CDC_UPLOAD_BLOCKS_IN_FLIGHT", in_flight.to_string())
+                .env("CDC_BLOCK_SIZE_MIB", block.to_string());
+            Some(proxy)
+        }
+        _ => None,
+    };
+    let out = command
         .args(["--scenario", name])
         .args(extra)
         .env(STORAGE_ENV, conn)
@@ -749,7 +822,23 @@ fn run_child(name: &str, extra: &[String]) -> serde_json::Value {
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
         .unwrap_or_else(|| panic!("scenario {name} printed no RESULT line: {stdout}"));
-    serde_json::from_str(line).expect("RESULT is JSON")
+    let mut result: serde_json::Value = serde_json::from_str(line).expect("RESULT is JSON");
+    if let Some(proxy) = proxy {
+        result["peak_put_blocks"] = json!(proxy.peak_put_blocks());
+        let note = result["note"].as_str().unwrap_or("").to_string();
+        result["note"] = json!(format!(
+            "at most {} Put Blocks outstanding at the proxy; {note}",
+            proxy.peak_put_blocks()
+        ));
+    }
+    result
+}
+
+/// The load average (1, 5, 15 min) from /proc/loadavg: the machine is shared.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn num(v: &serde_json::Value, key: &str) -> f64 {
@@ -847,6 +936,7 @@ fn parent(filters: &[String], runs: u32) {
         "no scenario matches {filters:?}; known: {SCENARIOS:?}"
     );
     eprintln!("each run starts its own Azurite (installed from npm on first use)");
+    let load_before = load_average();
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
     let mut upload_5m_bytes: Option<u64> = None;
@@ -876,10 +966,12 @@ fn parent(filters: &[String], runs: u32) {
     }
     print_table(&rows);
     summarise(&rows);
+    latency_table(&rows);
     println!(
-        "\n(total {:.0} s; {} cores; Azurite {})",
+        "\n(total {:.0} s; {} cores; load average {load_before} before, {} after; Azurite {})",
         started.elapsed().as_secs_f64(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average(),
         azurite::AZURITE_VERSION
     );
 }
@@ -926,6 +1018,47 @@ fn summarise(rows: &[Row]) {
                 num(a, "peak_rss_kib") / 1024.0,
                 num(b, "peak_rss_kib") / 1024.0
             );
+        }
+    }
+}
+
+/// The latency scenarios side by side: each against the zero-delay run with the same blocks
+/// in flight and block size (same bench run), and the job's memory against the documented
+/// bound of (in flight + 1) blocks.
+fn latency_table(rows: &[Row]) {
+    let runs: Vec<((u64, u64, u64), &serde_json::Value)> = rows
+        .iter()
+        .filter_map(|r| Some((latency_scenario(&r.name)?, &r.result)))
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    let mbps = |r: &serde_json::Value| num(r, "bytes") / 1e6 / num(r, "secs");
+    println!();
+    println!("| delay per request | blocks in flight | block | MB/s | vs 0 ms | peak Put Blocks | job's RSS increment MiB | bound (N+1)×block MiB |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &((delay, n, block), r) in &runs {
+        let zero = runs
+            .iter()
+            .find(|((d, n0, b0), _)| *d == 0 && *n0 == n && *b0 == block)
+            .map(|(_, z)| mbps(z));
+        let ratio = zero.map_or("–".to_string(), |z| format!("{:.0} %", mbps(r) / z * 100.0));
+        let increment = (num(r, "peak_rss_kib") - num(r, "base_rss_kib")) / 1024.0;
+        println!(
+            "| {delay} ms | {n} | {block} MiB | {:.1} | {ratio} | {} | {increment:.1} | {} |",
+            mbps(r),
+            r["peak_put_blocks"],
+            (n + 1) * block
+        );
+        if delay == 20 && block == 4 {
+            if let Some(z) = zero {
+                let ratio = mbps(r) / z;
+                println!(
+                    "  20 ms, {n} in flight: {:.0} % of 0 ms (target ≥ 80 %): {}",
+                    ratio * 100.0,
+                    verdict(ratio >= 0.8)
+                );
+            }
         }
     }
 }

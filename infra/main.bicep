@@ -94,8 +94,13 @@ param cdcTableConcurrency int = 4
 
 @minValue(1)
 @maxValue(100)
-@description('Block size of staged blob blocks in MiB (memory is about this times the table concurrency): CDC_BLOCK_SIZE_MIB.')
+@description('Block size of staged blob blocks in MiB (memory is at most this times blocks in flight + 1 times the table concurrency): CDC_BLOCK_SIZE_MIB.')
 param cdcBlockSizeMib int = 4
+
+@minValue(1)
+@maxValue(16)
+@description('Put Blocks each blob keeps in flight (memory is at most this plus one, times the block size, times the table concurrency): CDC_UPLOAD_BLOCKS_IN_FLIGHT.')
+param cdcUploadBlocksInFlight int = 4
 
 @minValue(1)
 @maxValue(100000000)
@@ -267,6 +272,7 @@ module functionApp './app/function.bicep' = {
       CDC_ALL_CHANGES_ROW_FILTER: cdcAllChangesRowFilter
       CDC_TABLE_CONCURRENCY: string(cdcTableConcurrency)
       CDC_BLOCK_SIZE_MIB: string(cdcBlockSizeMib)
+      CDC_UPLOAD_BLOCKS_IN_FLIGHT: string(cdcUploadBlocksInFlight)
       CDC_FULL_LOAD_PART_ROWS: string(cdcFullLoadPartRows)
       CDC_FULL_LOAD_HTTP_BUDGET_SECONDS: string(cdcFullLoadHttpBudgetSeconds)
       CDC_SQL_COMMAND_TIMEOUT_SECONDS: string(cdcSqlCommandTimeoutSeconds)

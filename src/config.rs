@@ -79,6 +79,8 @@ pub struct Settings {
     pub all_row_filter: AllRowFilter,
     pub table_concurrency: usize,
     pub block_size: usize,
+    /// `CDC_UPLOAD_BLOCKS_IN_FLIGHT`: Put Blocks each blob writer keeps in flight.
+    pub upload_blocks_in_flight: usize,
     pub full_load_part_rows: u64,
     /// How long an HTTP-triggered FullLoad works before answering 202 and leaving the rest
     /// to the next invocation.
@@ -165,6 +167,7 @@ pub const CDC_ROW_FILTER: &str = "CDC_ROW_FILTER";
 pub const CDC_ALL_CHANGES_ROW_FILTER: &str = "CDC_ALL_CHANGES_ROW_FILTER";
 pub const CDC_TABLE_CONCURRENCY: &str = "CDC_TABLE_CONCURRENCY";
 pub const CDC_BLOCK_SIZE_MIB: &str = "CDC_BLOCK_SIZE_MIB";
+pub const CDC_UPLOAD_BLOCKS_IN_FLIGHT: &str = "CDC_UPLOAD_BLOCKS_IN_FLIGHT";
 pub const CDC_FULL_LOAD_PART_ROWS: &str = "CDC_FULL_LOAD_PART_ROWS";
 pub const CDC_FULL_LOAD_HTTP_BUDGET_SECONDS: &str = "CDC_FULL_LOAD_HTTP_BUDGET_SECONDS";
 pub const INCREMENTAL_COPY_SCHEDULE: &str = "INCREMENTAL_COPY_SCHEDULE";
@@ -305,7 +308,14 @@ pub const SETTINGS: &[SettingDoc] = &[
         name: CDC_BLOCK_SIZE_MIB,
         default: Some("4"),
         range: Some((1, 100)),
-        description: "Size in MiB of each staged blob block; memory use is about this times the table concurrency.",
+        description: "Size in MiB of each staged blob block; memory use is at most this times (CDC_UPLOAD_BLOCKS_IN_FLIGHT + 1) times the table concurrency.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_UPLOAD_BLOCKS_IN_FLIGHT,
+        default: Some("4"),
+        range: Some((1, 16)),
+        description: "Put Block requests each blob keeps in flight while the next block fills, so an upload is not capped at one block per round trip to Blob Storage. Memory: at most (this + 1) × CDC_BLOCK_SIZE_MIB per table being copied, times CDC_TABLE_CONCURRENCY (defaults: 5 × 4 MiB × 4 = 80 MiB).",
         secret: false,
     },
     SettingDoc {
@@ -520,6 +530,7 @@ impl<'a> Parser<'a> {
         );
         let table_concurrency = self.number(CDC_TABLE_CONCURRENCY);
         let block_size_mib = self.number(CDC_BLOCK_SIZE_MIB);
+        let blocks_in_flight = self.number(CDC_UPLOAD_BLOCKS_IN_FLIGHT);
         let full_load_part_rows = self.number(CDC_FULL_LOAD_PART_ROWS);
         let budget = self.number(CDC_FULL_LOAD_HTTP_BUDGET_SECONDS);
         let command_timeout = self
@@ -555,6 +566,7 @@ impl<'a> Parser<'a> {
             all_row_filter: all_row_filter?,
             table_concurrency: table_concurrency? as usize,
             block_size: (block_size_mib? * 1024 * 1024) as usize,
+            upload_blocks_in_flight: blocks_in_flight? as usize,
             full_load_part_rows: full_load_part_rows?,
             full_load_http_budget: Duration::from_secs(budget?),
             sql_command_timeout: command_timeout?,
@@ -859,6 +871,16 @@ mod tests {
         assert_eq!(s.row_filter, RowFilter::All);
         assert_eq!(s.table_concurrency, 4);
         assert_eq!(s.block_size, 4 * 1024 * 1024);
+        assert_eq!(s.upload_blocks_in_flight, 4);
+        assert_eq!(
+            number_doc(CDC_UPLOAD_BLOCKS_IN_FLIGHT),
+            (
+                crate::sink::blob::DEFAULT_BLOCKS_IN_FLIGHT as u64,
+                1,
+                crate::sink::blob::MAX_BLOCKS_IN_FLIGHT as u64
+            ),
+            "the setting's default and range are the writer's"
+        );
         assert_eq!(s.full_load_part_rows, 1_000_000);
         assert_eq!(s.full_load_http_budget, Duration::from_secs(180));
         assert_eq!(s.sql_command_timeout.duration(), Duration::from_secs(300));
@@ -917,6 +939,8 @@ mod tests {
             (CDC_TABLE_CONCURRENCY, "64", |s| s.table_concurrency == 64),
             (CDC_BLOCK_SIZE_MIB, "100", |s| s.block_size == 100 << 20),
             (CDC_BLOCK_SIZE_MIB, "1", |s| s.block_size == 1 << 20),
+            (CDC_UPLOAD_BLOCKS_IN_FLIGHT, "1", |s| s.upload_blocks_in_flight == 1),
+            (CDC_UPLOAD_BLOCKS_IN_FLIGHT, "16", |s| s.upload_blocks_in_flight == 16),
             (CDC_FULL_LOAD_PART_ROWS, "50000", |s| s.full_load_part_rows == 50_000),
             (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "200", |s| s.full_load_http_budget.as_secs() == 200),
             (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "1", |s| s.full_load_http_budget.as_secs() == 1),
@@ -978,6 +1002,8 @@ mod tests {
             (CDC_TABLE_CONCURRENCY, "65"),
             (CDC_BLOCK_SIZE_MIB, "0"),
             (CDC_BLOCK_SIZE_MIB, "101"),
+            (CDC_UPLOAD_BLOCKS_IN_FLIGHT, "0"),
+            (CDC_UPLOAD_BLOCKS_IN_FLIGHT, "17"),
             (CDC_FULL_LOAD_PART_ROWS, "0"),
             (CDC_FULL_LOAD_PART_ROWS, "1e6"),
             (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "201"),

@@ -30,7 +30,7 @@ fn make_jobs() -> Arc<dyn Jobs> {
         )))
     };
     let blobs = match BlobTarget::new(&settings.storage, &settings.container) {
-        Ok(blobs) => blobs,
+        Ok(blobs) => blobs.with_blocks_in_flight(settings.upload_blocks_in_flight),
         Err(e) => return invalid(settings.storage.setting(), &e),
     };
     let source = match SqlServerSource::new(&settings.sql, settings.watermark_table.clone()) {

@@ -291,7 +291,13 @@ async fn dropped_connections_are_transient_after_bounded_retries() {
         Ok(()) => w.finish().await.unwrap_err(),
     };
     assert!(err.is_transient(), "{err:?}");
-    assert_eq!(proxy.put_blocks().len(), 4, "{:?}", proxy.log());
+    // Several blocks are in flight at once; each is tried at most 4 times, and the one that
+    // failed the blob exactly 4.
+    let mut tries: std::collections::HashMap<String, usize> = Default::default();
+    for put in proxy.put_blocks() {
+        *tries.entry(block_id_of(&put.uri).unwrap().to_string()).or_default() += 1;
+    }
+    assert_eq!(tries.values().max(), Some(&4), "{:?}", proxy.log());
     assert!(!format!("{err:?}").contains(cdc_copy::config::DEV_ACCOUNT_KEY));
 }
 
@@ -357,7 +363,10 @@ async fn writers_of_one_name_with_other_content_do_not_mix_blocks() {
     for separate in [false, true] {
         let name = format!("w/separate-{separate}.csv");
         let mut winner = target.writer(&name, vec![], 16);
-        let mut loser = target.writer(&name, vec![], 16);
+        let mut loser = target
+            .clone()
+            .with_blocks_in_flight(1)
+            .writer(&name, vec![], 16);
         if separate {
             winner.block_prefix(BlockPrefix::of(&[b"winner"]));
             loser.block_prefix(BlockPrefix::of(&[b"loser"]));
@@ -365,8 +374,8 @@ async fn writers_of_one_name_with_other_content_do_not_mix_blocks() {
         winner.write(&a).await.unwrap();
         winner.flush_full_blocks().await.unwrap();
         // The loser stages its blocks after the winner's, before the winner commits, then
-        // stops (it lost the watermark record). Each block waits for the one before it, so
-        // with one more block its first four are surely staged.
+        // stops (it lost the watermark record). With one block in flight each block waits for
+        // the one before it, so with one more block its first four are surely staged.
         loser.write(&b).await.unwrap();
         loser.write(&data(16, 3)).await.unwrap();
         loser.flush_full_blocks().await.unwrap();
@@ -383,5 +392,116 @@ async fn writers_of_one_name_with_other_content_do_not_mix_blocks() {
                 Ok(bytes) => assert_ne!(bytes.unwrap().to_vec(), a, "shared IDs mix blocks"),
             }
         }
+    }
+}
+
+/// The `blockid` of a Put Block request, as the proxy saw it (URL-encoded base64).
+fn block_id_of(uri: &str) -> Option<&str> {
+    let start = uri.find("blockid=")? + "blockid=".len();
+    Some(uri[start..].split('&').next().unwrap_or_default())
+}
+
+/// What a Put Block of block `index` (default prefix) has in its query.
+fn block_query(index: u32) -> &'static str {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(cdc_copy::sink::blob::block_id(index));
+    Box::leak(format!("blockid={}", b64.trim_end_matches('=')).into_boxed_str())
+}
+
+/// Several blocks in flight finish in any order; the block list names them in the order their
+/// bytes were written. Block 0 is held in the proxy until three later blocks have finished
+/// (ordered by the proxy's own count, not by time), and the blob still reads back
+/// byte-identical. With one block in flight block 0 would be alone: it would wait until its
+/// try timed out, and the order check below would fail.
+#[tokio::test]
+async fn blocks_finishing_out_of_order_commit_in_write_order() {
+    let container = unique_container("order");
+    let (proxy, target) = proxied(&container).await;
+    target.ensure_container().await.unwrap();
+    let target = target.with_blocks_in_flight(4);
+    proxy.add(Rule::put_block(Fault::HoldUntilFinished(3), 1));
+    let block_size = 16 * 1024;
+    let payload = data(10 * block_size + 99, 13);
+    let mut w = target.writer("t/order.csv", vec![], block_size);
+    w.write(&payload).await.unwrap();
+    let summary = w.finish().await.unwrap();
+    assert_eq!(summary.blocks, 11);
+
+    let puts = proxy.put_blocks();
+    assert_eq!(puts.len(), 11, "one try each: {puts:?}");
+    let finished = |index: u32| {
+        puts.iter()
+            .find(|s| s.uri.contains(block_query(index)))
+            .and_then(|s| s.finished)
+            .unwrap_or_else(|| panic!("block {index} not seen: {puts:?}"))
+    };
+    let before_block_0 = (1..11).filter(|&i| finished(i) < finished(0)).count();
+    assert!(
+        before_block_0 >= 3,
+        "only {before_block_0} later blocks finished before block 0"
+    );
+    assert_eq!(
+        target.read("t/order.csv").await.unwrap().as_deref(),
+        Some(&payload[..]),
+        "committed in write order"
+    );
+}
+
+/// All or nothing with several blocks in flight: one block refused for good (a definite 400)
+/// fails the blob, whatever the others do; it is not retried, no block list is committed and
+/// nothing is visible.
+#[tokio::test]
+async fn one_failed_block_among_several_in_flight_fails_the_blob() {
+    let container = unique_container("onefails");
+    let (proxy, target) = proxied(&container).await;
+    target.ensure_container().await.unwrap();
+    let target = target.with_blocks_in_flight(4).with_retry(short_retry(3));
+    proxy.add(Rule::new(Some("PUT"), block_query(2), Fault::Status(400), 1000));
+    let block_size = 8 * 1024;
+    let mut w = target.writer("t/onefails.csv", vec![], block_size);
+    let err = match w.write(&data(12 * block_size, 17)).await {
+        Err(e) => e,
+        Ok(()) => w.finish().await.unwrap_err(),
+    };
+    assert!(matches!(err, SinkError::Http { status: 400, .. }), "{err:?}");
+    assert!(!err.is_transient(), "{err:?}");
+    assert_eq!(proxy.requests("comp=blocklist"), vec![], "nothing committed");
+    assert_eq!(
+        proxy.requests(block_query(2)).len(),
+        1,
+        "a definite failure is not retried"
+    );
+    assert_eq!(target.read("t/onefails.csv").await.unwrap(), None);
+    assert_eq!(target.list("t/").await.unwrap(), Vec::<String>::new());
+}
+
+/// The memory bound: a writer never has more than its `blocks_in_flight` Put Blocks
+/// outstanding (so it holds at most that plus the block being filled), and it does use them
+/// all. The first `n` Put Blocks wait at a barrier for each other, which they pass only if `n`
+/// are outstanding at once; 10 ms per request afterwards keeps the window full.
+#[tokio::test]
+async fn put_blocks_in_flight_stay_within_the_setting() {
+    for n in [1u32, 2, 4, 8] {
+        // A proxy of its own each time: its barrier counts every arrival.
+        let container = unique_container("window");
+        let (proxy, target) = proxied(&container).await;
+        target.ensure_container().await.unwrap();
+        proxy.set_delay(Duration::from_millis(10));
+        proxy.add(Rule::put_block(Fault::Barrier(n), n));
+        let target = target.with_blocks_in_flight(n as usize);
+        let name = format!("t/window-{n}.csv");
+        let block_size = 4 * 1024;
+        let payload = data(3 * n as usize * block_size + 5, u64::from(n));
+        let mut w = target.writer(&name, vec![], block_size);
+        for chunk in payload.chunks(1000) {
+            w.write(chunk).await.unwrap();
+        }
+        w.finish().await.unwrap();
+        assert_eq!(proxy.peak_put_blocks(), n, "{n} in flight");
+        assert_eq!(proxy.put_blocks().len(), 3 * n as usize + 1, "one try each");
+        assert_eq!(
+            target.read(&name).await.unwrap().as_deref(),
+            Some(&payload[..])
+        );
     }
 }

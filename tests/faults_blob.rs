@@ -136,18 +136,19 @@ async fn an_outage_exhausts_bounded_retries_then_a_retry_completes_the_window() 
     );
     assert_eq!(report.return_value()["tables"][0]["transient"], true);
 
-    // Bounded: block 0 was tried exactly max_tries times (the waits between tries are the
-    // pure schedule unit-tested in `sink::retry`).
-    // (A window's block IDs carry a prefix of its LSN range: block 0 is the first staged.)
-    let puts = rig.proxy.put_blocks();
-    let id = |uri: &str| {
-        uri.split("blockid=")
-            .nth(1)
-            .map(|rest| rest.split('&').next().unwrap_or(rest).to_string())
-    };
-    let first = id(&puts[0].uri);
-    let block0: Vec<_> = puts.iter().filter(|s| id(&s.uri) == first).collect();
-    assert_eq!(block0.len() as u32, short_retry().max_tries, "{block0:?}");
+    // Bounded: several blocks are in flight at once; none was tried more than max_tries
+    // times, and the one that failed the window exactly max_tries (the waits between tries
+    // are the pure schedule unit-tested in `sink::retry`).
+    let mut tries: std::collections::HashMap<String, u32> = Default::default();
+    for put in rig.proxy.put_blocks() {
+        let id = put.uri.split("blockid=").nth(1).unwrap_or_default();
+        *tries.entry(id.split('&').next().unwrap_or(id).to_string()).or_default() += 1;
+    }
+    assert_eq!(
+        tries.values().max(),
+        Some(&short_retry().max_tries),
+        "{tries:?}"
+    );
 
     // The watermark did not move at all: blocks are staged while the window streams, and the
     // window is recorded only once it has streamed whole.

@@ -24,8 +24,8 @@ use super::retry::RetryPolicy;
 use super::sharedkey::{SharedKey, SharedKeyPolicy};
 // The writer's items keep their old paths (`sink::blob::BlobWriter`), which the jobs name.
 pub use super::writer::{
-    block_id, block_id_in, BlobSummary, BlobWriter, BlockPrefix, CONTENT_TYPE, MAX_BLOCKS,
-    MAX_BLOCK_SIZE,
+    block_id, block_id_in, BlobSummary, BlobWriter, BlockPrefix, CONTENT_TYPE,
+    DEFAULT_BLOCKS_IN_FLIGHT, MAX_BLOCKS, MAX_BLOCKS_IN_FLIGHT, MAX_BLOCK_SIZE,
 };
 use super::SinkError;
 use crate::config::{StorageAccount, StorageAuth};
@@ -49,6 +49,8 @@ pub struct BlobTarget {
     container: Arc<BlobContainerClient>,
     container_name: String,
     retry: RetryPolicy,
+    /// Put Blocks each writer keeps in flight (`CDC_UPLOAD_BLOCKS_IN_FLIGHT`).
+    blocks_in_flight: usize,
 }
 
 impl std::fmt::Debug for BlobTarget {
@@ -56,6 +58,7 @@ impl std::fmt::Debug for BlobTarget {
         f.debug_struct("BlobTarget")
             .field("container_url", &self.container.url().as_str())
             .field("retry", &self.retry)
+            .field("blocks_in_flight", &self.blocks_in_flight)
             .finish()
     }
 }
@@ -110,12 +113,20 @@ impl BlobTarget {
             container: Arc::new(client),
             container_name: container.to_string(),
             retry: RetryPolicy::default(),
+            blocks_in_flight: DEFAULT_BLOCKS_IN_FLIGHT,
         })
     }
 
     /// Replaces the retry policy (tests shorten it; operators keep the default).
     pub fn with_retry(mut self, retry: RetryPolicy) -> BlobTarget {
         self.retry = retry;
+        self
+    }
+
+    /// How many Put Blocks each writer keeps in flight (1 to [`MAX_BLOCKS_IN_FLIGHT`]; the
+    /// default is [`DEFAULT_BLOCKS_IN_FLIGHT`]). A writer holds at most this plus one blocks.
+    pub fn with_blocks_in_flight(mut self, blocks: usize) -> BlobTarget {
+        self.blocks_in_flight = blocks.clamp(1, MAX_BLOCKS_IN_FLIGHT);
         self
     }
 
@@ -164,7 +175,7 @@ impl BlobTarget {
             blob_name,
             self.target(blob_name),
             metadata,
-            block_size,
+            (block_size, self.blocks_in_flight),
             self.retry.clone(),
         )
     }

@@ -6,8 +6,14 @@
 //!   of a fixed-width block index (behind a prefix of what the content is, for an incremental
 //!   window its LSN range), so a re-run stages the same IDs and the commit replaces the blob
 //!   whole, while a writer of other content under the same name never stages into its IDs.
-//! - Memory stays flat: the writer holds at most the block being filled plus one block in
-//!   flight; block N uploads on the runtime while the encoder fills block N+1.
+//! - Memory stays flat and uploads keep up with latency: up to `blocks_in_flight` Put Blocks
+//!   run on the runtime while the encoder fills the next block, so a blob is not capped at one
+//!   block per round trip (against Azure Storage every request costs one). When the window is
+//!   full the writer waits for a block to finish before it starts another, so it never holds
+//!   more than `blocks_in_flight + 1` blocks. Blocks may finish in any order; the block list
+//!   names them by index, in the order their bytes were written, so the order does not matter.
+//! - All or nothing: one block that fails (after its retries) fails the blob; the blocks still
+//!   in flight are aborted and no block list is committed.
 //! - Each block carries a `Content-MD5`, so the service rejects a block corrupted on the way,
 //!   and the commit records the whole blob's MD5, so readers can tell a corrupted download.
 
@@ -22,7 +28,7 @@ use azure_storage_blob::models::{
 use azure_storage_blob::BlockBlobClient;
 use bytes::Bytes;
 use md5::{Digest as _, Md5};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 use super::errors::map_err;
 use super::retry::RetryPolicy;
@@ -38,6 +44,10 @@ pub const MAX_BLOCK_SIZE: usize = 4000 * 1024 * 1024;
 /// headroom that row would make the `Vec` double its capacity and copy the whole block, once
 /// per block. Rows longer than this still work (the `Vec` grows as usual).
 const ROW_HEADROOM: usize = 64 * 1024;
+
+/// `CDC_UPLOAD_BLOCKS_IN_FLIGHT`'s default, and the largest value it takes.
+pub const DEFAULT_BLOCKS_IN_FLIGHT: usize = 4;
+pub const MAX_BLOCKS_IN_FLIGHT: usize = 16;
 
 /// The content type of committed blobs.
 pub const CONTENT_TYPE: &str = "text/csv";
@@ -113,7 +123,7 @@ pub fn block_id_in(prefix: &BlockPrefix, index: u32) -> Vec<u8> {
 /// Streams one blob as blocks. Write with [`write`](Self::write), or fill
 /// [`buffer`](Self::buffer) directly and call [`flush_full_blocks`](Self::flush_full_blocks);
 /// nothing is visible until [`finish`](Self::finish). Dropping the writer without finishing
-/// aborts the block in flight and commits nothing.
+/// aborts the blocks in flight and commits nothing.
 pub struct BlobWriter {
     client: Arc<BlockBlobClient>,
     name: String,
@@ -123,8 +133,10 @@ pub struct BlobWriter {
     retry: RetryPolicy,
     /// The block being filled (may run past `block_size` by what one caller write added).
     buf: Vec<u8>,
-    /// The previous block's Put Block, running on the runtime.
-    in_flight: Option<JoinHandle<Result<(), SinkError>>>,
+    /// The Put Blocks running on the runtime (at most `blocks_in_flight`); dropping the set
+    /// aborts them.
+    in_flight: JoinSet<Result<(), SinkError>>,
+    blocks_in_flight: usize,
     /// Blocks handed to Put Block so far (staged or in flight).
     blocks: u32,
     staged_bytes: u64,
@@ -153,7 +165,7 @@ impl BlobWriter {
         name: &str,
         target: String,
         metadata: Vec<(String, String)>,
-        block_size: usize,
+        (block_size, blocks_in_flight): (usize, usize),
         retry: RetryPolicy,
     ) -> BlobWriter {
         BlobWriter {
@@ -164,7 +176,8 @@ impl BlobWriter {
             block_size: block_size.clamp(1, MAX_BLOCK_SIZE),
             retry,
             buf: Vec::new(),
-            in_flight: None,
+            in_flight: JoinSet::new(),
+            blocks_in_flight: blocks_in_flight.clamp(1, MAX_BLOCKS_IN_FLIGHT),
             blocks: 0,
             staged_bytes: 0,
             content_md5: Md5::new(),
@@ -202,13 +215,13 @@ impl BlobWriter {
         &mut self.buf
     }
 
-    /// Stages every full block in the buffer. Waits for the previous block first, so at most
-    /// one block is in flight while the next one fills.
+    /// Stages every full block in the buffer. Waits while `blocks_in_flight` blocks are in
+    /// flight, so at most that many upload while the next one fills.
     pub async fn flush_full_blocks(&mut self) -> Result<(), SinkError> {
         while self.buf.len() >= self.block_size {
-            // Wait before splitting, so the previous block is gone before the next buffer is
-            // allocated: at most two blocks are ever held.
-            self.wait_in_flight().await?;
+            // Make room before splitting, so a finished block is gone before the next buffer
+            // is allocated: at most `blocks_in_flight + 1` blocks are ever held.
+            self.make_room().await?;
             let rest = self.buf.split_off(self.block_size);
             let mut next = Vec::with_capacity((self.block_size + ROW_HEADROOM).max(rest.len()));
             next.extend_from_slice(&rest);
@@ -249,7 +262,9 @@ impl BlobWriter {
             let block = Bytes::from(std::mem::take(&mut self.buf));
             self.stage(block).await?;
         }
-        self.wait_in_flight().await?;
+        while let Some(done) = self.in_flight.join_next().await {
+            self.check(done)?;
+        }
 
         let ids: Vec<Vec<u8>> = (0..self.blocks)
             .map(|i| block_id_in(&self.block_prefix, i))
@@ -299,18 +314,28 @@ impl BlobWriter {
         })
     }
 
-    async fn wait_in_flight(&mut self) -> Result<(), SinkError> {
-        if let Some(handle) = self.in_flight.take() {
-            handle.await.map_err(|e| {
-                SinkError::Other(format!("staging a block of {} failed: {e}", self.target))
-            })??;
+    /// Waits until fewer than `blocks_in_flight` blocks are in flight; fails with the first
+    /// block that failed.
+    async fn make_room(&mut self) -> Result<(), SinkError> {
+        while self.in_flight.len() >= self.blocks_in_flight {
+            let done = self.in_flight.join_next().await.expect("the set is not empty");
+            self.check(done)?;
         }
         Ok(())
     }
 
-    /// Waits for the block in flight, then starts staging `block` in the background.
+    fn check(
+        &self,
+        done: Result<Result<(), SinkError>, tokio::task::JoinError>,
+    ) -> Result<(), SinkError> {
+        done.map_err(|e| {
+            SinkError::Other(format!("staging a block of {} failed: {e}", self.target))
+        })?
+    }
+
+    /// Waits for room in the window, then starts staging `block` in the background.
     async fn stage(&mut self, block: Bytes) -> Result<(), SinkError> {
-        self.wait_in_flight().await?;
+        self.make_room().await?;
         // Checked per block (a handful of keys) so a bad name fails before the upload.
         validate_metadata(&self.metadata)?;
         if self.blocks >= MAX_BLOCKS {
@@ -327,18 +352,10 @@ impl BlobWriter {
         let retry = self.retry.clone();
         let target = self.target.clone();
         let id = block_id_in(&self.block_prefix, index);
-        self.in_flight = Some(tokio::spawn(async move {
+        self.in_flight.spawn(async move {
             stage_block(&client, &retry, &target, (index, id), block).await
-        }));
+        });
         Ok(())
-    }
-}
-
-impl Drop for BlobWriter {
-    fn drop(&mut self) {
-        if let Some(handle) = self.in_flight.take() {
-            handle.abort();
-        }
     }
 }
 

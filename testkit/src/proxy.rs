@@ -7,12 +7,19 @@
 //! by method and a substring of the path and query (`comp=block`, `comp=blocklist`, …) and
 //! fire for the first `times` matching requests; every request is logged with when it
 //! arrived and what was done to it, so tests can count tries and measure backoff.
+//!
+//! For uploads under latency, [`Proxy::set_delay`] adds a fixed delay to every request (a
+//! network round trip), and the proxy counts how many Put Blocks are outstanding at once
+//! ([`Proxy::peak_put_blocks`]). [`Fault::Barrier`] and [`Fault::HoldUntilFinished`] order
+//! requests by what else has happened, not by time, so a test can make blocks finish out of
+//! order, or prove that several were in flight, deterministically.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::watch;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
@@ -42,6 +49,11 @@ pub enum Fault {
     TruncateResponseBody,
     /// Forward, then alter this response header's value (flip its first character).
     CorruptResponseHeader(&'static str),
+    /// Wait until this many requests carrying a barrier have arrived (this one included),
+    /// then forward: they are all outstanding at once.
+    Barrier(u32),
+    /// Wait until this many other requests have finished, then forward: they finish first.
+    HoldUntilFinished(u64),
 }
 
 /// A fault for the first `times` requests matching `method` (any when `None`) and containing
@@ -108,18 +120,68 @@ pub struct Seen {
     pub fault: Option<Fault>,
     /// The status answered (`None` when the connection was dropped or the body cut).
     pub status: Option<u16>,
+    /// In which order the proxy finished the requests (1 for the first; `None` while this
+    /// one is in progress).
+    pub finished: Option<u64>,
+}
+
+impl Seen {
+    /// A Put Block (not a Put Block List).
+    pub fn is_put_block(&self) -> bool {
+        self.uri.contains("comp=block") && !self.uri.contains("comp=blocklist")
+    }
 }
 
 #[derive(Default)]
 struct State {
     rules: Vec<Rule>,
     log: Vec<Seen>,
+    /// Added to every request before it is forwarded.
+    delay: Duration,
+    put_blocks_outstanding: u32,
+    put_blocks_peak: u32,
+}
+
+/// What requests wait on: counts that only grow.
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    finished: u64,
+    at_barrier: u32,
+}
+
+/// The state and the progress requests wait on.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    progress: watch::Sender<Progress>,
+}
+
+/// Counts a request as outstanding until dropped, whichever way the request ends.
+struct Outstanding {
+    shared: Arc<Shared>,
+    index: usize,
+    put_block: bool,
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        let mut s = self.shared.state.lock().unwrap();
+        if self.put_block {
+            s.put_blocks_outstanding -= 1;
+        }
+        let mut order = 0;
+        self.shared.progress.send_modify(|p| {
+            p.finished += 1;
+            order = p.finished;
+        });
+        s.log[self.index].finished = Some(order);
+    }
 }
 
 /// The proxy; stops when dropped.
 pub struct Proxy {
     pub port: u16,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -135,21 +197,21 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let upstream = format!("http://127.0.0.1:{upstream_port}");
-        let state = Arc::new(Mutex::new(State::default()));
+        let shared = Arc::new(Shared::default());
         let client = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(0)
             .build()
             .unwrap();
         let task = {
-            let state = state.clone();
+            let shared = shared.clone();
             let upstream = upstream.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
-                    let state = state.clone();
+                    let shared = shared.clone();
                     let upstream = upstream.clone();
                     let client = client.clone();
                     tokio::spawn(async move {
@@ -158,7 +220,7 @@ impl Proxy {
                         // the late request still reaches the service, and its answer is logged.
                         let service = service_fn(move |req| {
                             let request =
-                                handle(req, state.clone(), upstream.clone(), client.clone());
+                                handle(req, shared.clone(), upstream.clone(), client.clone());
                             async move { tokio::spawn(request).await.map_err(std::io::Error::other)? }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
@@ -168,7 +230,7 @@ impl Proxy {
                 }
             })
         };
-        Proxy { port, state, task }
+        Proxy { port, shared, task }
     }
 
     /// The blob endpoint through the proxy.
@@ -181,29 +243,44 @@ impl Proxy {
         super::azurite::connection_string(self.port)
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap()
+    }
+
     pub fn add(&self, rule: Rule) {
-        self.state.lock().unwrap().rules.push(rule);
+        self.state().rules.push(rule);
     }
 
     /// Removes every rule (the outage is over).
     pub fn heal(&self) {
-        self.state.lock().unwrap().rules.clear();
+        self.state().rules.clear();
+    }
+
+    /// Adds `delay` to every request from now on, before it is forwarded: a network round
+    /// trip to a service farther away than loopback (zero removes it).
+    pub fn set_delay(&self, delay: Duration) {
+        self.state().delay = delay;
     }
 
     pub fn log(&self) -> Vec<Seen> {
-        self.state.lock().unwrap().log.clone()
+        self.state().log.clone()
     }
 
+    /// Clears the log and the Put Block high-water mark.
     pub fn clear_log(&self) {
-        self.state.lock().unwrap().log.clear();
+        let mut s = self.state();
+        s.log.clear();
+        s.put_blocks_peak = s.put_blocks_outstanding;
     }
 
     /// Put Block requests seen.
     pub fn put_blocks(&self) -> Vec<Seen> {
-        self.log()
-            .into_iter()
-            .filter(|s| s.uri.contains("comp=block") && !s.uri.contains("comp=blocklist"))
-            .collect()
+        self.log().into_iter().filter(Seen::is_put_block).collect()
+    }
+
+    /// The most Put Blocks that were outstanding at once (arrived, not yet finished).
+    pub fn peak_put_blocks(&self) -> u32 {
+        self.state().put_blocks_peak
     }
 
     /// Requests whose path and query contain `needle`.
@@ -228,11 +305,21 @@ fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         .boxed()
 }
 
-/// Logs a request on arrival (so a request still in progress is counted); returns its index.
-fn arrive(state: &Mutex<State>, seen: Seen) -> usize {
-    let mut s = state.lock().unwrap();
+/// Logs a request on arrival (so a request still in progress is counted) and counts it as
+/// outstanding until the returned guard is dropped.
+fn arrive(shared: &Arc<Shared>, seen: Seen) -> Outstanding {
+    let mut s = shared.state.lock().unwrap();
+    let put_block = seen.is_put_block();
+    if put_block {
+        s.put_blocks_outstanding += 1;
+        s.put_blocks_peak = s.put_blocks_peak.max(s.put_blocks_outstanding);
+    }
     s.log.push(seen);
-    s.log.len() - 1
+    Outstanding {
+        shared: shared.clone(),
+        index: s.log.len() - 1,
+        put_block,
+    }
 }
 
 /// Records the status answered to request `index`.
@@ -240,9 +327,16 @@ fn answered(state: &Mutex<State>, index: usize, status: Option<u16>) {
     state.lock().unwrap().log[index].status = status;
 }
 
+/// Waits until `done` holds for the proxy's progress.
+async fn wait_for(shared: &Shared, done: impl FnMut(&Progress) -> bool) {
+    let mut rx = shared.progress.subscribe();
+    // The sender lives as long as `shared`, which the caller holds.
+    let _ = rx.wait_for(done).await;
+}
+
 async fn handle(
     req: Request<Incoming>,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
     upstream: String,
     client: reqwest::Client,
 ) -> Result<Response<ProxyBody>, std::io::Error> {
@@ -253,24 +347,27 @@ async fn handle(
         .path_and_query()
         .map(|p| p.to_string())
         .unwrap_or_default();
-    let fault = {
-        let mut s = state.lock().unwrap();
+    let (fault, delay) = {
+        let mut s = shared.state.lock().unwrap();
         let rule = s.rules.iter_mut().find(|r| r.matches(&method, &uri));
-        rule.map(|r| {
+        let fault = rule.map(|r| {
             r.times -= 1;
             r.fault.clone()
-        })
+        });
+        (fault, s.delay)
     };
-    let index = arrive(
-        &state,
+    let outstanding = arrive(
+        &shared,
         Seen {
             at,
             method: method.clone(),
             uri: uri.clone(),
             fault: fault.clone(),
             status: None,
+            finished: None,
         },
     );
+    let (index, state) = (outstanding.index, &shared.state);
     let (parts, body) = req.into_parts();
     let mut body = body
         .collect()
@@ -278,10 +375,13 @@ async fn handle(
         .map_err(std::io::Error::other)?
         .to_bytes()
         .to_vec();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
 
     match &fault {
         Some(Fault::Status(code)) => {
-            answered(&state, index, Some(*code));
+            answered(state, index, Some(*code));
             let code_name = match code {
                 503 => "ServerBusy",
                 500 => "InternalError",
@@ -302,6 +402,14 @@ async fn handle(
             return Err(std::io::Error::other("injected: connection dropped"));
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(*d).await,
+        Some(Fault::Barrier(n)) => {
+            shared.progress.send_modify(|p| p.at_barrier += 1);
+            wait_for(&shared, |p| p.at_barrier >= *n).await;
+        }
+        Some(Fault::HoldUntilFinished(n)) => {
+            let until = shared.progress.borrow().finished + n;
+            wait_for(&shared, |p| p.finished >= until).await;
+        }
         Some(Fault::CorruptRequestBody) if !body.is_empty() => {
             let i = body.len() / 2;
             body[i] ^= 0x01;
@@ -356,7 +464,7 @@ async fn handle(
         Some(Fault::CorruptResponseBody) if !rsp_body.is_empty() => {
             let i = rsp_body.len() / 2;
             rsp_body[i] ^= 0x01;
-            answered(&state, index, status_code);
+            answered(state, index, status_code);
             Ok(builder.body(full(rsp_body)).unwrap())
         }
         Some(Fault::TruncateResponseBody) => {
@@ -372,7 +480,7 @@ async fn handle(
                 .unwrap())
         }
         _ => {
-            answered(&state, index, status_code);
+            answered(state, index, status_code);
             Ok(builder.body(full(rsp_body)).unwrap())
         }
     }
