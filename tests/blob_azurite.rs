@@ -395,6 +395,16 @@ async fn writers_of_one_name_with_other_content_do_not_mix_blocks() {
     }
 }
 
+/// For tests that hold requests in the proxy until others have happened: a writer that never
+/// sends those others fails after 10 s (its held try cut off, then a second try, which the
+/// tests count) instead of waiting the default 120 s.
+fn held_retry() -> RetryPolicy {
+    RetryPolicy {
+        try_timeout: Duration::from_secs(10),
+        ..RetryPolicy::default()
+    }
+}
+
 /// The `blockid` of a Put Block request, as the proxy saw it (URL-encoded base64).
 fn block_id_of(uri: &str) -> Option<&str> {
     let start = uri.find("blockid=")? + "blockid=".len();
@@ -418,7 +428,7 @@ async fn blocks_finishing_out_of_order_commit_in_write_order() {
     let container = unique_container("order");
     let (proxy, target) = proxied(&container).await;
     target.ensure_container().await.unwrap();
-    let target = target.with_blocks_in_flight(4);
+    let target = target.with_blocks_in_flight(4).with_retry(held_retry());
     proxy.add(Rule::put_block(Fault::HoldUntilFinished(3), 1));
     let block_size = 16 * 1024;
     let payload = data(10 * block_size + 99, 13);
@@ -465,7 +475,8 @@ async fn one_failed_block_among_several_in_flight_fails_the_blob() {
     };
     assert!(matches!(err, SinkError::Http { status: 400, .. }), "{err:?}");
     assert!(!err.is_transient(), "{err:?}");
-    assert_eq!(proxy.requests("comp=blocklist"), vec![], "nothing committed");
+    let commits = proxy.requests("comp=blocklist");
+    assert!(commits.is_empty(), "nothing committed: {commits:?}");
     assert_eq!(
         proxy.requests(block_query(2)).len(),
         1,
@@ -488,7 +499,9 @@ async fn put_blocks_in_flight_stay_within_the_setting() {
         target.ensure_container().await.unwrap();
         proxy.set_delay(Duration::from_millis(10));
         proxy.add(Rule::put_block(Fault::Barrier(n), n));
-        let target = target.with_blocks_in_flight(n as usize);
+        let target = target
+            .with_blocks_in_flight(n as usize)
+            .with_retry(held_retry());
         let name = format!("t/window-{n}.csv");
         let block_size = 4 * 1024;
         let payload = data(3 * n as usize * block_size + 5, u64::from(n));
