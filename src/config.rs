@@ -1235,7 +1235,7 @@ mod tests {
     #[test]
     fn number_ranges_are_the_documented_ones() {
         let numbers: Vec<_> = SETTINGS.iter().filter(|d| d.range.is_some()).collect();
-        assert_eq!(numbers.len(), 7);
+        assert_eq!(numbers.len(), 8);
         for doc in numbers {
             let (default, min, max) = number_doc(doc.name);
             assert!((min..=max).contains(&default), "{}", doc.name);
