@@ -1042,7 +1042,9 @@ fn latency_table(rows: &[Row]) {
             .iter()
             .find(|((d, n0, b0), _)| *d == 0 && *n0 == n && *b0 == block)
             .map(|(_, z)| mbps(z));
-        let ratio = zero.map_or("–".to_string(), |z| format!("{:.0} %", mbps(r) / z * 100.0));
+        let ratio = zero.map_or("–".to_string(), |z| {
+            format!("{:.0} %", mbps(r) / z * 100.0)
+        });
         let increment = (num(r, "peak_rss_kib") - num(r, "base_rss_kib")) / 1024.0;
         println!(
             "| {delay} ms | {n} | {block} MiB | {:.1} | {ratio} | {} | {increment:.1} | {} |",

@@ -295,7 +295,9 @@ async fn dropped_connections_are_transient_after_bounded_retries() {
     // failed the blob exactly 4.
     let mut tries: std::collections::HashMap<String, usize> = Default::default();
     for put in proxy.put_blocks() {
-        *tries.entry(block_id_of(&put.uri).unwrap().to_string()).or_default() += 1;
+        *tries
+            .entry(block_id_of(&put.uri).unwrap().to_string())
+            .or_default() += 1;
     }
     assert_eq!(tries.values().max(), Some(&4), "{:?}", proxy.log());
     assert!(!format!("{err:?}").contains(cdc_copy::config::DEV_ACCOUNT_KEY));
@@ -414,7 +416,8 @@ fn block_id_of(uri: &str) -> Option<&str> {
 /// What a Put Block of block `index` (default prefix) has in its query.
 fn block_query(index: u32) -> &'static str {
     use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(cdc_copy::sink::blob::block_id(index));
+    let b64 =
+        base64::engine::general_purpose::STANDARD.encode(cdc_copy::sink::blob::block_id(index));
     Box::leak(format!("blockid={}", b64.trim_end_matches('=')).into_boxed_str())
 }
 
@@ -466,14 +469,22 @@ async fn one_failed_block_among_several_in_flight_fails_the_blob() {
     let (proxy, target) = proxied(&container).await;
     target.ensure_container().await.unwrap();
     let target = target.with_blocks_in_flight(4).with_retry(short_retry(3));
-    proxy.add(Rule::new(Some("PUT"), block_query(2), Fault::Status(400), 1000));
+    proxy.add(Rule::new(
+        Some("PUT"),
+        block_query(2),
+        Fault::Status(400),
+        1000,
+    ));
     let block_size = 8 * 1024;
     let mut w = target.writer("t/onefails.csv", vec![], block_size);
     let err = match w.write(&data(12 * block_size, 17)).await {
         Err(e) => e,
         Ok(()) => w.finish().await.unwrap_err(),
     };
-    assert!(matches!(err, SinkError::Http { status: 400, .. }), "{err:?}");
+    assert!(
+        matches!(err, SinkError::Http { status: 400, .. }),
+        "{err:?}"
+    );
     assert!(!err.is_transient(), "{err:?}");
     let commits = proxy.requests("comp=blocklist");
     assert!(commits.is_empty(), "nothing committed: {commits:?}");

@@ -318,7 +318,11 @@ impl BlobWriter {
     /// block that failed.
     async fn make_room(&mut self) -> Result<(), SinkError> {
         while self.in_flight.len() >= self.blocks_in_flight {
-            let done = self.in_flight.join_next().await.expect("the set is not empty");
+            let done = self
+                .in_flight
+                .join_next()
+                .await
+                .expect("the set is not empty");
             self.check(done)?;
         }
         Ok(())
@@ -352,9 +356,8 @@ impl BlobWriter {
         let retry = self.retry.clone();
         let target = self.target.clone();
         let id = block_id_in(&self.block_prefix, index);
-        self.in_flight.spawn(async move {
-            stage_block(&client, &retry, &target, (index, id), block).await
-        });
+        self.in_flight
+            .spawn(async move { stage_block(&client, &retry, &target, (index, id), block).await });
         Ok(())
     }
 }
