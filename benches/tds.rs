@@ -8,6 +8,8 @@
 //!   pre-encoded ROW/NBCROW tokens with the key patched in place, so the server does no
 //!   per-row work. `server-*` reads that stream with a bare TCP client that discards it: the
 //!   ceiling of the source, so the table shows it is not what bounds the rest.
+//! - `tiberius-*` reads the same rows with the bare tiberius client and drops them: the
+//!   driver's own ceiling.
 //! - `decode-*` runs `SqlServerSession::scan` into a counting sink: tiberius plus our
 //!   `Value` conversion, nothing else. `tds-full-load-*` and `tds-incremental-*` put the
 //!   product's `CsvBlobSink` (CSV → Azurite) behind the same session, paging the scan by key
@@ -46,6 +48,8 @@ const STORAGE_ENV: &str = "CDC_BENCH_STORAGE_CONNECTION_STRING";
 const SCENARIOS: &[&str] = &[
     "server-narrow",
     "server-wide",
+    "tiberius-narrow",
+    "tiberius-wide",
     "decode-narrow",
     "decode-wide",
     "raw-azurite",
@@ -271,6 +275,43 @@ async fn decode(wide: bool, rows: u64) -> Figures {
     }
 }
 
+/// tiberius alone: the same rows read with `Client::query` and dropped, no `Value`s, no
+/// sink — the driver's own ceiling, what `decode-*` can at best reach.
+async fn tiberius_only(wide: bool, rows: u64) -> Figures {
+    use futures::TryStreamExt;
+    let (server, _) = server(wide, rows).await;
+    server.on(
+        "bench: all rows",
+        Reply::Generated(tds::customers(wide, false, rows)),
+    );
+    let mut config = server.config();
+    config.packet_size(packet_size());
+    let tcp = tokio::net::TcpStream::connect(config.get_addr())
+        .await
+        .expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let mut client = tiberius::Client::connect(config, tcp.compat_write())
+        .await
+        .expect("login");
+    let started = Instant::now();
+    let mut stream = client.simple_query("bench: all rows").await.expect("query");
+    let mut read = 0u64;
+    while let Some(item) = stream.try_next().await.expect("row") {
+        if let tiberius::QueryItem::Row(row) = item {
+            black_box(row);
+            read += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(read, rows);
+    Figures {
+        rows,
+        bytes: tds::customers(wide, false, rows).row_bytes(),
+        secs,
+        note: format!("packet {} B, rows dropped", packet_size()),
+    }
+}
+
 // ----- end to end ---------------------------------------------------------------------------
 
 fn storage() -> String {
@@ -367,6 +408,8 @@ fn child(name: &str, args: &[String]) {
         match name {
             "server-narrow" => server_only(false, 5_000_000).await,
             "server-wide" => server_only(true, 500_000).await,
+            "tiberius-narrow" => tiberius_only(false, 5_000_000).await,
+            "tiberius-wide" => tiberius_only(true, 500_000).await,
             "decode-narrow" => decode(false, 5_000_000).await,
             "decode-wide" => decode(true, 500_000).await,
             "raw-azurite" => {
@@ -389,7 +432,9 @@ fn child(name: &str, args: &[String]) {
 }
 
 fn run_child(name: &str, extra: &[String]) -> serde_json::Value {
-    let needs_storage = !name.starts_with("server-") && !name.starts_with("decode-");
+    let needs_storage = ["server-", "tiberius-", "decode-"]
+        .iter()
+        .all(|prefix| !name.starts_with(prefix));
     let azurite = needs_storage.then(azurite::Azurite::start);
     let conn = azurite
         .as_ref()

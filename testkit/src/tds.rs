@@ -727,9 +727,11 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
                     0 => PACKET_SIZE as u32,
                     asked => asked.clamp(512, MAX_PACKET_SIZE),
                 };
-                let mut st = state.lock().unwrap();
-                st.logins.push(login);
-                let reply = st.login_reply.clone().unwrap_or(LoginReply::Accept);
+                let reply = {
+                    let mut st = state.lock().unwrap();
+                    st.logins.push(login);
+                    st.login_reply.clone().unwrap_or(LoginReply::Accept)
+                };
                 let accepted = matches!(reply, LoginReply::Accept);
                 let out = login_reply(reply, agreed);
                 if accepted {
