@@ -484,8 +484,8 @@ fn main() {
         results.push(r);
     }
     println!(
-        "\n{:<24} {:>10} {:>9} {:>11} {:>9} {:>9} {:>6}  note",
-        "scenario", "rows", "secs", "rows/s", "MB/s", "peak MiB", "load"
+        "\n{:<24} {:>10} {:>14} {:>9} {:>11} {:>9} {:>9} {:>6}  note",
+        "scenario", "rows", "bytes", "secs", "rows/s", "MB/s", "peak MiB", "load"
     );
     let raw = results
         .iter()
@@ -502,9 +502,10 @@ fn main() {
             note = format!("{note}; {:.0}% of raw-azurite", 100.0 * mbps * 1e6 / raw);
         }
         println!(
-            "{:<24} {:>10} {:>9.2} {:>11.0} {:>9.1} {:>9.1} {:>6}  {}",
+            "{:<24} {:>10} {:>14} {:>9.2} {:>11.0} {:>9.1} {:>9.1} {:>6}  {}",
             r["scenario"].as_str().unwrap_or("?"),
             num(r, "rows"),
+            num(r, "bytes"),
             secs,
             num(r, "rows") / secs,
             mbps,
