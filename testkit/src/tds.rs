@@ -180,16 +180,25 @@ impl Generated {
         &self.shape.columns
     }
 
+    /// The template of key `first_key`: row `key` is always template `(key - 1) % n`, so a
+    /// page holds the same rows whatever range it starts at.
+    fn offset(&self) -> u64 {
+        (i64::from(self.first_key) - 1).rem_euclid(self.shape.templates.len() as i64) as u64
+    }
+
     /// Bytes of ROW/NBCROW tokens the rows take (the TDS payload, headers excluded).
     pub fn row_bytes(&self) -> u64 {
         let templates = &self.shape.templates;
-        let per_cycle: usize = templates.iter().map(Vec::len).sum();
-        let full = self.count / templates.len() as u64;
-        let rest: usize = templates[..(self.count % templates.len() as u64) as usize]
+        let cycle = templates.len() as u64;
+        let (offset, full, rest) = (self.offset(), self.count / cycle, self.count % cycle);
+        templates
             .iter()
-            .map(Vec::len)
-            .sum();
-        full * per_cycle as u64 + rest as u64
+            .enumerate()
+            .map(|(t, bytes)| {
+                let extra = u64::from((t as u64 + cycle - offset) % cycle < rest);
+                (full + extra) * bytes.len() as u64
+            })
+            .sum()
     }
 }
 
@@ -650,8 +659,9 @@ async fn write_generated(
     packets.put(head);
     let mut templates = rows.shape.templates.clone();
     let cycle = templates.len() as u64;
+    let offset = rows.offset();
     for i in 0..rows.count {
-        let t = (i % cycle) as usize;
+        let t = ((offset + i) % cycle) as usize;
         let at = rows.shape.key_at[t];
         let key = rows.first_key.wrapping_add(i as i32);
         templates[t][at..at + 4].copy_from_slice(&key.to_le_bytes());
