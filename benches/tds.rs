@@ -57,6 +57,7 @@ const SCENARIOS: &[&str] = &[
     "tds-full-load-5M",
     "tds-full-load-wide-1M",
     "tds-incremental-1M",
+    "tds-incremental-5M",
 ];
 
 fn rss_kib() -> (u64, u64) {
@@ -110,12 +111,11 @@ fn table() -> TableRef {
 }
 
 fn capture_instance(wide: bool) -> CaptureInstance {
-    let mut columns: Vec<String> = tds::customers(wide, false, 0)
+    let columns: Vec<String> = tds::customers(wide, false, 0)
         .columns()
         .iter()
         .map(|c| c.name.clone())
         .collect();
-    columns.dedup();
     CaptureInstance {
         table: table(),
         name: "dbo_customers".into(),
@@ -425,6 +425,7 @@ fn child(name: &str, args: &[String]) {
             "tds-full-load-5M" => full_load(name, false, 5_000_000).await,
             "tds-full-load-wide-1M" => full_load(name, true, 1_000_000).await,
             "tds-incremental-1M" => incremental(name, 1_000_000).await,
+            "tds-incremental-5M" => incremental(name, 5_000_000).await,
             other => panic!("unknown scenario {other:?}; known: {SCENARIOS:?}"),
         }
     });
