@@ -300,7 +300,9 @@ impl SqlServerSession {
         };
         let mut types: Vec<ColumnType> = Vec::new();
         let mut key_index: Vec<usize> = Vec::new();
-        let mut last_row: Option<Vec<Value>> = None;
+        // One row buffer for the whole result: each row's values replace the last one's, so
+        // a row costs no allocation of ours, and the last row is still there at the end.
+        let mut values: Vec<Value> = Vec::new();
         let mut sent = 0u64;
         loop {
             let item = match stream.try_next().await {
@@ -336,26 +338,22 @@ impl SqlServerSession {
                     sink.columns(&names).await?;
                 }
                 QueryItem::Row(row) => {
-                    let values = row
-                        .into_iter()
-                        .zip(
-                            types
-                                .iter()
-                                .copied()
-                                .chain(std::iter::repeat(ColumnType::Null)),
-                        )
-                        .map(|(data, ty)| to_value(data, ty))
-                        .collect::<Result<Vec<Value>, String>>()
-                        .map_err(CdcError::Protocol)?;
+                    values.clear();
+                    let types = types
+                        .iter()
+                        .copied()
+                        .chain(std::iter::repeat(ColumnType::Null));
+                    for (data, ty) in row.into_iter().zip(types) {
+                        values.push(to_value(data, ty).map_err(CdcError::Protocol)?);
+                    }
                     sink.row(&values).await?;
                     sent += 1;
-                    last_row = Some(values);
                 }
             }
         }
         // The resume key comes from the last row only: no per-row key copies.
-        let last_key = match (key_columns, last_row) {
-            (Some(_), Some(row)) => Some(key_index.iter().map(|i| row[*i].clone()).collect()),
+        let last_key = match key_columns {
+            Some(_) if sent > 0 => Some(key_index.iter().map(|i| values[*i].clone()).collect()),
             _ => None,
         };
         Ok((sent, last_key))

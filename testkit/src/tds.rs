@@ -100,6 +100,106 @@ pub enum Reply {
     /// No answer at all: the server is stuck on the statement (blocked, or slow to produce
     /// its first row). The connection stays open; the client's command timeout must end it.
     Stall,
+    /// One result set of generated rows, streamed as a server sends a large result.
+    Generated(Generated),
+}
+
+/// Rows a benchmark needs by the million: a few rows encoded once as ROW or NBCROW tokens
+/// (templates), repeated `count` times with the int key patched in place — the fake then does
+/// no per-row formatting or allocation, so the client, not the server, is what is measured.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    shape: Arc<Shape>,
+    /// The key of the first row; row `i` has key `first_key + i`.
+    pub first_key: i32,
+    pub count: u64,
+}
+
+#[derive(Debug)]
+struct Shape {
+    columns: Vec<Column>,
+    /// Encoded tokens (ROW, or NBCROW when the row has a NULL), used in turn.
+    templates: Vec<Vec<u8>>,
+    /// Where the key's four bytes sit in each template.
+    key_at: Vec<usize>,
+}
+
+impl Generated {
+    /// Rows shaped like `templates` (cells in `columns` order); column `key` must be an `int`
+    /// that is never NULL. Build once, then [`Generated::range`] per request.
+    pub fn new(columns: Vec<Column>, key: usize, templates: &[Vec<Cell>]) -> Generated {
+        assert_eq!(columns[key].ty, SqlType::Int, "the generated key is an int");
+        let mut encoded = Vec::new();
+        let mut key_at = Vec::new();
+        for row in templates {
+            assert!(!matches!(row[key], Cell::Null), "the key is never NULL");
+            let mut out = Vec::new();
+            let nulls: Vec<bool> = row.iter().map(|c| matches!(c, Cell::Null)).collect();
+            if nulls.contains(&true) {
+                // NBCROW (MS-TDS 2.2.7.15): a bitmap of NULL columns, then the others.
+                out.push(0xD2);
+                let mut bitmap = vec![0u8; columns.len().div_ceil(8)];
+                for (i, _) in nulls.iter().enumerate().filter(|(_, n)| **n) {
+                    bitmap[i / 8] |= 1 << (i % 8);
+                }
+                out.extend_from_slice(&bitmap);
+            } else {
+                out.push(0xD1);
+            }
+            for (i, (cell, column)) in row.iter().zip(&columns).enumerate() {
+                if i == key {
+                    key_at.push(out.len() + 1); // after the length byte
+                }
+                if !nulls[i] {
+                    encode_cell(&mut out, column.ty, cell);
+                }
+            }
+            encoded.push(out);
+        }
+        Generated {
+            shape: Arc::new(Shape {
+                columns,
+                templates: encoded,
+                key_at,
+            }),
+            first_key: 1,
+            count: 0,
+        }
+    }
+
+    /// The same rows, keys `first_key ..= first_key + count - 1`.
+    pub fn range(&self, first_key: i32, count: u64) -> Generated {
+        Generated {
+            shape: self.shape.clone(),
+            first_key,
+            count,
+        }
+    }
+
+    pub fn columns(&self) -> &[Column] {
+        &self.shape.columns
+    }
+
+    /// The template of key `first_key`: row `key` is always template `(key - 1) % n`, so a
+    /// page holds the same rows whatever range it starts at.
+    fn offset(&self) -> u64 {
+        (i64::from(self.first_key) - 1).rem_euclid(self.shape.templates.len() as i64) as u64
+    }
+
+    /// Bytes of ROW/NBCROW tokens the rows take (the TDS payload, headers excluded).
+    pub fn row_bytes(&self) -> u64 {
+        let templates = &self.shape.templates;
+        let cycle = templates.len() as u64;
+        let (offset, full, rest) = (self.offset(), self.count / cycle, self.count % cycle);
+        templates
+            .iter()
+            .enumerate()
+            .map(|(t, bytes)| {
+                let extra = u64::from((t as u64 + cycle - offset) % cycle < rest);
+                (full + extra) * bytes.len() as u64
+            })
+            .sum()
+    }
 }
 
 impl Reply {
@@ -113,6 +213,69 @@ impl Reply {
             message: message.to_string(),
         }
     }
+}
+
+/// The customers rows of [`crate::rows`] as [`Generated`] rows: `customer_id` int,
+/// `first_name`, `last_name`, `email` varchar, `city` nvarchar (NULL in every 7th row, sent as
+/// NBCROW). `wide` adds `amount` decimal(18,2), `updated_at` datetime2(7), `row_guid`
+/// uniqueidentifier and `notes` nvarchar(max) of 1–4 KB (PLP). `cdc` puts the net-changes
+/// columns first (`__$start_lsn`, `__$operation`, `__$update_mask`). `count` rows, keys 1…
+pub fn customers(wide: bool, cdc: bool, count: u64) -> Generated {
+    let mut columns = Vec::new();
+    if cdc {
+        columns.push(col("__$start_lsn", SqlType::Binary(10)));
+        columns.push(col("__$operation", SqlType::Int));
+        columns.push(col("__$update_mask", SqlType::VarBinary(128)));
+    }
+    let key = columns.len();
+    columns.extend([
+        col("customer_id", SqlType::Int),
+        col("first_name", SqlType::VarChar(50)),
+        col("last_name", SqlType::VarChar(50)),
+        col("email", SqlType::VarChar(100)),
+        col("city", SqlType::NVarChar(60)),
+    ]);
+    if wide {
+        columns.extend([
+            col("amount", SqlType::Decimal(18, 2)),
+            col("updated_at", SqlType::DateTime2),
+            col("row_guid", SqlType::Guid),
+            col("notes", SqlType::NVarCharMax),
+        ]);
+    }
+    // 56 templates: every city, NULL city and name combination turns up.
+    let templates: Vec<Vec<Cell>> = (0..56u64)
+        .map(|i| {
+            let mut row = Vec::new();
+            if cdc {
+                row.push(Cell::Bytes(vec![0, 0, 0, 0x2A, 0, 0, 0x10, 0, 0, 3]));
+                row.push(Cell::Int(2));
+                row.push(Cell::Bytes(vec![0x1F]));
+            }
+            row.extend(crate::rows::customer(i).into_iter().map(|v| match v {
+                cdc_copy::cdc::Value::Int(n) => Cell::Int(n),
+                cdc_copy::cdc::Value::Text(t) => Cell::Text(t),
+                _ => Cell::Null,
+            }));
+            if wide {
+                let at = NaiveDate::from_ymd_opt(2026, 1, 5)
+                    .unwrap()
+                    .and_hms_nano_opt(9, (i % 60) as u32, 7, 1234567 * 100)
+                    .unwrap();
+                row.extend([
+                    Cell::Decimal(i as i128 * 1_234_567 - 99),
+                    Cell::DateTime(at),
+                    Cell::Guid(uuid::Uuid::from_u128(
+                        0x6f96_19ff_8b86_d011_b42d_00c0_4fc9_6400 + i as u128,
+                    )),
+                    // 512–2048 characters: 1–4 KB of UTF-16.
+                    Cell::Text("Notes ✓ ".repeat(64 + (i as usize % 4) * 64)),
+                ]);
+            }
+            row
+        })
+        .collect();
+    Generated::new(columns, key, &templates).range(1, count)
 }
 
 /// How a script entry recognises a statement.
@@ -182,6 +345,8 @@ pub struct Login {
     pub user: String,
     pub database: String,
     pub app_name: String,
+    /// The packet size the client asked for (LOGIN7 `PacketSize`).
+    pub packet_size: u32,
 }
 
 /// How the fake answers LOGIN7.
@@ -303,6 +468,26 @@ impl FakeServer {
         ));
     }
 
+    /// Answers the keyset scan of `rows` (keys 1 to `rows.count`): `first` (`SCAN_FIRST`:
+    /// `@P1` is the page size) and `after` (`SCAN_AFTER`: `@P2` the last key read) get the
+    /// next page of generated rows, as `SELECT TOP (@P1) … WHERE key > @P2 ORDER BY key`.
+    pub fn on_generated_scan(&self, first: &str, after: &str, rows: Generated) {
+        let int = |request: &Request, i: usize| match request.params.get(i).map(|p| &p.value) {
+            Some(ParamValue::Int(n)) => *n,
+            other => panic!(
+                "tds fake: generated scan wants an int @P{}, got {other:?}",
+                i + 1
+            ),
+        };
+        let page = move |rows: &Generated, request: &Request, last: i64| {
+            let left = (rows.count as i64 - last).max(0) as u64;
+            Reply::Generated(rows.range(last as i32 + 1, left.min(int(request, 0) as u64)))
+        };
+        let all = rows.clone();
+        self.on_fn(first, move |request| page(&all, request, 0));
+        self.on_fn(after, move |request| page(&rows, request, int(request, 1)));
+    }
+
     /// `EXEC sp_configure 'user options', 512`: NOCOUNT is on for every session, so DONE
     /// tokens carry no row count (DONE_COUNT bit off) unless the statement's batch sets
     /// `SET NOCOUNT OFF` ("When SET NOCOUNT is ON, the count is not returned").
@@ -337,7 +522,10 @@ const PKT_REPLY: u8 = 0x04;
 const PKT_ATTENTION: u8 = 0x06;
 const PKT_LOGIN7: u8 = 0x10;
 const PKT_PRELOGIN: u8 = 0x12;
+/// The packet size before login, and the largest the fake agrees to (SQL Server's maximum,
+/// 32767 bytes; "network packet size" server configuration option).
 const PACKET_SIZE: usize = 4096;
+const MAX_PACKET_SIZE: u32 = 32767;
 
 /// Reads one message (packets up to the one with END OF MESSAGE), returns its type and payload.
 async fn read_message(socket: &mut TcpStream) -> std::io::Result<Option<(u8, Vec<u8>)>> {
@@ -361,9 +549,13 @@ async fn read_message(socket: &mut TcpStream) -> std::io::Result<Option<(u8, Vec
     }
 }
 
-/// Writes `payload` as reply packets of at most [`PACKET_SIZE`] bytes.
-async fn write_message(socket: &mut TcpStream, payload: &[u8]) -> std::io::Result<()> {
-    let chunk_size = PACKET_SIZE - 8;
+/// Writes `payload` as reply packets of at most `packet_size` bytes.
+async fn write_message(
+    socket: &mut TcpStream,
+    payload: &[u8],
+    packet_size: usize,
+) -> std::io::Result<()> {
+    let chunk_size = packet_size - 8;
     let chunks: Vec<&[u8]> = if payload.is_empty() {
         vec![&[][..]]
     } else {
@@ -382,6 +574,112 @@ async fn write_message(socket: &mut TcpStream, payload: &[u8]) -> std::io::Resul
     }
     socket.write_all(&out).await?;
     socket.flush().await
+}
+
+/// Reply packets built in place: bytes are appended to the open packet, which is closed (its
+/// header filled in) when full; whole packets are written out in batches of about 256 KiB.
+struct Packets {
+    out: Vec<u8>,
+    size: usize,
+    /// Where the open packet's header starts.
+    open: usize,
+    id: u8,
+}
+
+impl Packets {
+    const BATCH: usize = 256 * 1024;
+
+    fn new(size: usize) -> Packets {
+        let mut packets = Packets {
+            out: Vec::with_capacity(Self::BATCH + 2 * size),
+            size,
+            open: 0,
+            id: 0,
+        };
+        packets.start();
+        packets
+    }
+
+    fn start(&mut self) {
+        self.open = self.out.len();
+        self.out.extend_from_slice(&[0; 8]);
+    }
+
+    fn close(&mut self, last: bool) {
+        self.id = self.id.wrapping_add(1);
+        let len = (self.out.len() - self.open) as u16;
+        let header = &mut self.out[self.open..self.open + 8];
+        header[0] = PKT_REPLY;
+        header[1] = u8::from(last);
+        header[2..4].copy_from_slice(&len.to_be_bytes());
+        header[6] = self.id;
+    }
+
+    fn put(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = self.open + self.size - self.out.len();
+            if room == 0 {
+                self.close(false);
+                self.start();
+                continue;
+            }
+            let n = room.min(bytes.len());
+            self.out.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Writes the closed packets once a batch is ready; the open one moves to the front.
+    async fn drain(&mut self, socket: &mut TcpStream) -> std::io::Result<()> {
+        if self.open < Self::BATCH {
+            return Ok(());
+        }
+        socket.write_all(&self.out[..self.open]).await?;
+        self.out.drain(..self.open);
+        self.open = 0;
+        Ok(())
+    }
+
+    async fn finish(mut self, socket: &mut TcpStream) -> std::io::Result<()> {
+        self.close(true);
+        socket.write_all(&self.out).await?;
+        socket.flush().await
+    }
+}
+
+/// Streams `head`, the generated rows and `tail` as one reply message.
+async fn write_generated(
+    socket: &mut TcpStream,
+    head: &[u8],
+    rows: &Generated,
+    tail: &[u8],
+    packet_size: usize,
+) -> std::io::Result<()> {
+    let mut packets = Packets::new(packet_size);
+    packets.put(head);
+    let mut templates = rows.shape.templates.clone();
+    let cycle = templates.len() as u64;
+    let offset = rows.offset();
+    for i in 0..rows.count {
+        let t = ((offset + i) % cycle) as usize;
+        let at = rows.shape.key_at[t];
+        let key = rows.first_key.wrapping_add(i as i32);
+        templates[t][at..at + 4].copy_from_slice(&key.to_le_bytes());
+        packets.put(&templates[t]);
+        packets.drain(socket).await?;
+    }
+    packets.put(tail);
+    packets.finish(socket).await
+}
+
+/// What goes back for one request.
+enum Outgoing {
+    Bytes(Vec<u8>),
+    Generated {
+        head: Vec<u8>,
+        rows: Generated,
+        tail: Vec<u8>,
+    },
 }
 
 /// One connection's transaction, as SQL Server keeps it per session.
@@ -428,14 +726,31 @@ impl Session {
 async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
     socket.set_nodelay(true)?;
     let mut session = Session::default();
+    let mut packet_size = PACKET_SIZE;
     while let Some((ty, payload)) = read_message(&mut socket).await? {
         let reply = match ty {
             PKT_PRELOGIN => prelogin_reply(),
             PKT_LOGIN7 => {
                 let login = parse_login7(&payload);
-                let mut st = state.lock().unwrap();
-                st.logins.push(login);
-                login_reply(st.login_reply.clone().unwrap_or(LoginReply::Accept))
+                // The server agrees to the client's size up to its maximum (0: its default).
+                let agreed = match login.packet_size {
+                    0 => PACKET_SIZE as u32,
+                    asked => asked.clamp(512, MAX_PACKET_SIZE),
+                };
+                let reply = {
+                    let mut st = state.lock().unwrap();
+                    st.logins.push(login);
+                    st.login_reply.clone().unwrap_or(LoginReply::Accept)
+                };
+                let accepted = matches!(reply, LoginReply::Accept);
+                let out = login_reply(reply, agreed);
+                if accepted {
+                    // The ENVCHANGE is in this reply; the packets after it use the new size.
+                    write_message(&mut socket, &out, packet_size).await?;
+                    packet_size = agreed as usize;
+                    continue;
+                }
+                out
             }
             PKT_SQL_BATCH => {
                 let sql = utf16(&payload[all_headers_len(&payload)..]);
@@ -447,13 +762,21 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
                     transaction: transaction_descriptor(&payload),
                 };
                 match answer(&state, request, false, &mut session) {
-                    Some(reply) => reply,
+                    Some(Outgoing::Bytes(reply)) => reply,
+                    Some(generated) => {
+                        send(&mut socket, generated, packet_size).await?;
+                        continue;
+                    }
                     None => continue,
                 }
             }
             PKT_RPC => match parse_rpc(&payload) {
                 Ok(request) => match answer(&state, request, true, &mut session) {
-                    Some(reply) => reply,
+                    Some(Outgoing::Bytes(reply)) => reply,
+                    Some(generated) => {
+                        send(&mut socket, generated, packet_size).await?;
+                        continue;
+                    }
                     None => continue,
                 },
                 Err(e) => {
@@ -474,9 +797,18 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
                 )))
             }
         };
-        write_message(&mut socket, &reply).await?;
+        write_message(&mut socket, &reply, packet_size).await?;
     }
     Ok(())
+}
+
+async fn send(socket: &mut TcpStream, out: Outgoing, packet_size: usize) -> std::io::Result<()> {
+    match out {
+        Outgoing::Bytes(bytes) => write_message(socket, &bytes, packet_size).await,
+        Outgoing::Generated { head, rows, tail } => {
+            write_generated(socket, &head, &rows, &tail, packet_size).await
+        }
+    }
 }
 
 /// The encoded answer to `request`, or `None` when the script says to stall.
@@ -485,7 +817,7 @@ fn answer(
     request: Request,
     rpc: bool,
     session: &mut Session,
-) -> Option<Vec<u8>> {
+) -> Option<Outgoing> {
     let (reply, nocount) = {
         let mut st = state.lock().unwrap();
         let reply = st
@@ -516,7 +848,7 @@ fn answer(
                 "New request is not allowed to start because it should come with valid \
                  transaction descriptor.",
             );
-            return Some(encode_reply(&refused, rpc, counted, None));
+            return Some(Outgoing::Bytes(encode_reply(&refused, rpc, counted, None)));
         }
     }
     if let Reply::Stall = reply {
@@ -534,8 +866,21 @@ fn answer(
             session.count()
         )
     });
+    if let Reply::Generated(rows) = reply {
+        col_metadata(&mut out, rows.columns());
+        let mut tail = Vec::new();
+        let count = if counted { DONE_COUNT } else { 0 };
+        let inner = if rpc { 0xFF } else { 0xFD };
+        done(&mut tail, inner, count | DONE_MORE, rows.count);
+        finish(&mut tail, rpc, if rpc { 0xFE } else { 0xFD }, 0);
+        return Some(Outgoing::Generated {
+            head: out,
+            rows,
+            tail,
+        });
+    }
     out.extend(encode_reply(&reply, rpc, counted, mismatch.as_deref()));
-    Some(out)
+    Some(Outgoing::Bytes(out))
 }
 
 /// The transaction descriptor in a request's ALL_HEADERS (zeros when there is none).
@@ -610,14 +955,18 @@ fn parse_login7(payload: &[u8]) -> Login {
             .map(utf16)
             .unwrap_or_default()
     };
+    let packet_size = payload
+        .get(8..12)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     Login {
         user: field(40),
         app_name: field(48),
         database: field(68),
+        packet_size,
     }
 }
 
-fn login_reply(reply: LoginReply) -> Vec<u8> {
+fn login_reply(reply: LoginReply, packet_size: u32) -> Vec<u8> {
     let mut out = Vec::new();
     match reply {
         LoginReply::Accept => {
@@ -631,7 +980,12 @@ fn login_reply(reply: LoginReply) -> Vec<u8> {
             out.extend_from_slice(&(body.len() as u16).to_le_bytes());
             out.extend_from_slice(&body);
             env_change(&mut out, 1, "cdcdb", "master");
-            env_change(&mut out, 4, "4096", "4096");
+            env_change(
+                &mut out,
+                4,
+                &packet_size.to_string(),
+                &PACKET_SIZE.to_string(),
+            );
             done(&mut out, 0xFD, 0, 0);
         }
         LoginReply::Error { number, message } => {
@@ -1063,6 +1417,7 @@ fn encode_reply(reply: &Reply, rpc: bool, counted: bool, after: Option<&str>) ->
             finish(&mut out, rpc, outer, DONE_ERROR);
         }
         Reply::Stall => unreachable!("a stalled statement is not answered"),
+        Reply::Generated(_) => unreachable!("generated rows are streamed by write_generated"),
     }
     out
 }
