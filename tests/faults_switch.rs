@@ -664,6 +664,29 @@ fn replay_multiset(blobs: &[Blob], context: &str) -> BTreeMap<Vec<Option<String>
     rows
 }
 
+/// A model with `dbo.audit_log`, a table without a key, CDC enabled without net changes.
+fn audit_log() -> (CdcModel, cdc_copy::cdc::TableRef) {
+    let model = CdcModel::new(start_time());
+    let table = cdc_copy::cdc::TableRef::parse("dbo.audit_log").unwrap();
+    model
+        .create_heap(
+            table.clone(),
+            LOG_COLUMNS.iter().map(|c| ColumnDef::untyped(c)).collect(),
+        )
+        .unwrap();
+    model.enable_cdc(&table, "dbo_audit_log", false).unwrap();
+    (model, table)
+}
+
+/// An `app` row of the audit log with `message`.
+fn row(message: &str) -> Vec<Value> {
+    vec![
+        Value::Int(1),
+        Value::Text("app".into()),
+        Value::Text(message.into()),
+    ]
+}
+
 fn multiset(rows: Vec<Vec<Value>>) -> BTreeMap<Vec<Option<String>>, u64> {
     let mut out = BTreeMap::new();
     for row in rows {
@@ -688,15 +711,7 @@ async fn a_keyless_table_replays_to_the_source_as_a_multiset() {
     let seed = env_u64("CDC_COPY_FAULT_SEED", 0x5eed_cdc0);
     let runs = env_u64("CDC_COPY_SWITCH_RUNS", 120);
     let mut rng = StdRng::seed_from_u64(seed);
-    let model = CdcModel::new(start_time());
-    let table = cdc_copy::cdc::TableRef::parse("dbo.audit_log").unwrap();
-    model
-        .create_heap(
-            table.clone(),
-            LOG_COLUMNS.iter().map(|c| ColumnDef::untyped(c)).collect(),
-        )
-        .unwrap();
-    model.enable_cdc(&table, "dbo_audit_log", false).unwrap();
+    let (model, table) = audit_log();
     for n in 0..30 {
         model.insert(&table, log_row(&mut rng, n)).unwrap();
     }
@@ -792,22 +807,7 @@ async fn a_keyless_table_replays_to_the_source_as_a_multiset() {
 /// first window. A load that fails with the lock held releases it (its session is gone).
 #[tokio::test]
 async fn writers_wait_while_a_keyless_table_is_loaded() {
-    let model = CdcModel::new(start_time());
-    let table = cdc_copy::cdc::TableRef::parse("dbo.audit_log").unwrap();
-    model
-        .create_heap(
-            table.clone(),
-            LOG_COLUMNS.iter().map(|c| ColumnDef::untyped(c)).collect(),
-        )
-        .unwrap();
-    model.enable_cdc(&table, "dbo_audit_log", false).unwrap();
-    let row = |m: &str| {
-        vec![
-            Value::Int(1),
-            Value::Text("app".into()),
-            Value::Text(m.into()),
-        ]
-    };
+    let (model, table) = audit_log();
     model.insert(&table, row("before")).unwrap();
     model.insert(&table, row("before")).unwrap();
     let bench = Bench::over_table(model, table.clone(), &[]).await;
@@ -875,22 +875,7 @@ async fn writers_wait_while_a_keyless_table_is_loaded() {
 /// IncrementalCopy run loads the table in one statement, then copies its first window.
 #[tokio::test]
 async fn a_keyless_load_too_long_for_a_call_is_handed_to_the_timer() {
-    let model = CdcModel::new(start_time());
-    let table = cdc_copy::cdc::TableRef::parse("dbo.audit_log").unwrap();
-    model
-        .create_heap(
-            table.clone(),
-            LOG_COLUMNS.iter().map(|c| ColumnDef::untyped(c)).collect(),
-        )
-        .unwrap();
-    model.enable_cdc(&table, "dbo_audit_log", false).unwrap();
-    let row = |m: &str| {
-        vec![
-            Value::Int(1),
-            Value::Text("app".into()),
-            Value::Text(m.into()),
-        ]
-    };
+    let (model, table) = audit_log();
     for _ in 0..3 {
         model.insert(&table, row("before")).unwrap();
     }

@@ -46,36 +46,65 @@ struct Part {
     bytes: u64,
 }
 
+/// A full-load blob another run committed: its size and metadata, read to adopt it.
+pub(super) struct Committed {
+    name: String,
+    size: u64,
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+impl Committed {
+    pub(super) async fn read(ctx: &Context, name: &str) -> Result<Committed, JobError> {
+        let info = ctx.blobs.properties(name).await?;
+        let committed = Committed {
+            name: name.to_string(),
+            size: 0,
+            metadata: Default::default(),
+        };
+        let info = info.ok_or_else(|| committed.corrupt("blob"))?;
+        Ok(Committed {
+            size: info.size,
+            metadata: info.metadata,
+            ..committed
+        })
+    }
+
+    pub(super) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Metadata `key`, parsed; an error naming it when missing or unreadable.
+    pub(super) fn field<T: std::str::FromStr>(&self, key: &str) -> Result<T, SinkError> {
+        self.metadata
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| self.corrupt(key))
+    }
+
+    fn corrupt(&self, what: &str) -> SinkError {
+        SinkError::Other(format!("full-load part {} exists but its {what} metadata is unreadable; delete the load folder and run FullLoad with \"reset\": true", self.name))
+    }
+}
+
 /// A part another run committed, from its metadata.
 async fn adopt_part(ctx: &Context, name: &str) -> Result<Part, JobError> {
-    let corrupt = |what: &str| {
-        SinkError::Other(format!("full-load part {name} exists but its {what} metadata is unreadable; delete the load folder and run FullLoad with \"reset\": true"))
-    };
-    let info = ctx
-        .blobs
-        .properties(name)
-        .await?
-        .ok_or_else(|| corrupt("blob"))?;
-    let rows = info
-        .metadata
-        .get("row_count")
-        .and_then(|r| r.parse().ok())
-        .ok_or_else(|| corrupt("row_count"))?;
-    let key = match info.metadata.get("last_key").map(String::as_str) {
-        None => return Err(corrupt("last_key").into()),
+    let committed = Committed::read(ctx, name).await?;
+    let rows = committed.field("row_count")?;
+    let key = match committed.metadata.get("last_key").map(String::as_str) {
+        None => return Err(committed.corrupt("last_key").into()),
         Some("") => None,
         Some(text) => Some(
             BASE64
                 .decode(text)
                 .ok()
                 .and_then(|json| serde_json::from_slice(&json).ok())
-                .ok_or_else(|| corrupt("last_key"))?,
+                .ok_or_else(|| committed.corrupt("last_key"))?,
         ),
     };
     Ok(Part {
         rows,
         last_key: key,
-        bytes: info.size,
+        bytes: committed.size(),
     })
 }
 

@@ -361,6 +361,36 @@ impl SqlServerSession {
 }
 
 impl SqlServerSession {
+    /// Streams the rows of `statement`, a CDC function of `ci` over `range` with row filter
+    /// `filter`; a refused range (Msg 313 or 208) is explained against a fresh min LSN.
+    async fn stream_changes(
+        &mut self,
+        statement: &str,
+        ci: &CaptureInstance,
+        range: LsnRange,
+        filter: &str,
+        sink: &mut dyn RowSink,
+        context: Context<'_>,
+    ) -> Result<u64, CdcError> {
+        let (from, to) = (range.from(), range.to());
+        let params = [lsn_param(&from), lsn_param(&to), text(filter)];
+        let statement_name = context.statement();
+        let streamed = self
+            .stream_rows(statement, &params, None, sink, context)
+            .await;
+        let (sent, _) = match streamed {
+            Err(
+                refused @ CdcError::Sql {
+                    number: CDC_BAD_RANGE | INVALID_OBJECT_NAME,
+                    ..
+                },
+            ) => return Err(self.explain_refused_range(ci, from, refused).await),
+            other => other?,
+        };
+        tracing::debug!(statement = %statement_name, %from, %to, rows = sent, "streamed changes");
+        Ok(sent)
+    }
+
     /// A CDC function refused `[from, …]` (Msg 313 or 208). The min LSN read with the
     /// capture instance may be stale — a cleanup may have run since — so it is read again:
     /// below the fresh minimum the changes are gone and the run says so in full; 0x00… means
@@ -666,30 +696,15 @@ impl CdcSession for SqlServerSession {
         filter: RowFilter,
         sink: &mut dyn RowSink,
     ) -> Result<u64, CdcError> {
-        let (from, to) = (range.from(), range.to());
         let statement = sql::net_changes(&ci.name, &ci.key_columns, &ci.columns)
             .map_err(|e| name_error("capture instance or its columns", e))?;
-        let params = [lsn_param(&from), lsn_param(&to), text(filter.as_sql())];
-        let streamed = self
-            .stream_rows(
-                &statement,
-                &params,
-                None,
-                sink,
-                Context::NetChanges { ci, from, to },
-            )
-            .await;
-        let (sent, _) = match streamed {
-            Err(
-                refused @ CdcError::Sql {
-                    number: CDC_BAD_RANGE | INVALID_OBJECT_NAME,
-                    ..
-                },
-            ) => return Err(self.explain_refused_range(ci, from, refused).await),
-            other => other?,
+        let context = Context::NetChanges {
+            ci,
+            from: range.from(),
+            to: range.to(),
         };
-        tracing::debug!(capture_instance = %ci.name, %from, %to, rows = sent, "streamed net changes");
-        Ok(sent)
+        self.stream_changes(&statement, ci, range, filter.as_sql(), sink, context)
+            .await
     }
 
     async fn all_changes(
@@ -699,30 +714,15 @@ impl CdcSession for SqlServerSession {
         filter: AllRowFilter,
         sink: &mut dyn RowSink,
     ) -> Result<u64, CdcError> {
-        let (from, to) = (range.from(), range.to());
         let statement = sql::all_changes(&ci.name, &ci.columns)
             .map_err(|e| name_error("capture instance or its columns", e))?;
-        let params = [lsn_param(&from), lsn_param(&to), text(filter.as_sql())];
-        let streamed = self
-            .stream_rows(
-                &statement,
-                &params,
-                None,
-                sink,
-                Context::AllChanges { ci, from, to },
-            )
-            .await;
-        let (sent, _) = match streamed {
-            Err(
-                refused @ CdcError::Sql {
-                    number: CDC_BAD_RANGE | INVALID_OBJECT_NAME,
-                    ..
-                },
-            ) => return Err(self.explain_refused_range(ci, from, refused).await),
-            other => other?,
+        let context = Context::AllChanges {
+            ci,
+            from: range.from(),
+            to: range.to(),
         };
-        tracing::debug!(capture_instance = %ci.name, %from, %to, rows = sent, "streamed all changes");
-        Ok(sent)
+        self.stream_changes(&statement, ci, range, filter.as_sql(), sink, context)
+            .await
     }
 
     async fn scan_locked(

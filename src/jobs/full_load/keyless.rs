@@ -23,7 +23,6 @@ use crate::cdc::{
 };
 use crate::report::{Status, TableResult};
 use crate::sink::naming;
-use crate::sink::SinkError;
 
 /// How often (in rows) the scan checks the clock.
 const CLOCK_EVERY: u64 = 1024;
@@ -134,25 +133,10 @@ async fn baseline_under_lock(
 
 /// Rows, bytes and baseline of a load another run committed, from its metadata.
 async fn adopt(ctx: &Context, name: &str) -> Result<(u64, u64, Lsn), JobError> {
-    let corrupt = |what: &str| {
-        SinkError::Other(format!("full-load blob {name} exists but its {what} metadata is unreadable; delete the load folder and run FullLoad with \"reset\": true"))
-    };
-    let info = ctx
-        .blobs
-        .properties(name)
-        .await?
-        .ok_or_else(|| corrupt("blob"))?;
-    let rows = info
-        .metadata
-        .get("row_count")
-        .and_then(|r| r.parse().ok())
-        .ok_or_else(|| corrupt("row_count"))?;
-    let baseline = info
-        .metadata
-        .get("baseline_lsn")
-        .and_then(|l| l.parse().ok())
-        .ok_or_else(|| corrupt("baseline_lsn"))?;
-    Ok((rows, info.size, baseline))
+    let committed = super::Committed::read(ctx, name).await?;
+    let rows = committed.field("row_count")?;
+    let baseline = committed.field("baseline_lsn")?;
+    Ok((rows, committed.size(), baseline))
 }
 
 /// The scan ran past the invocation's budget.
