@@ -8,10 +8,12 @@
 pub mod columns;
 pub mod instances;
 pub mod lsn;
+pub mod schema;
 pub mod source;
 pub mod value;
 
 pub use columns::{Collation, KeyColumn, KeyType};
 pub use lsn::{Lsn, LsnParseError, LsnRange};
+pub use schema::{ColumnDesc, ColumnType, Length};
 pub use source::*;
 pub use value::Value;
