@@ -38,13 +38,13 @@ use serde_json::{json, Value};
 
 use cdc_copy::cdc::{TableRef, TableState};
 use cdc_copy::config::Settings;
-use cdc_copy::host::{self, FullLoadRequest};
-use cdc_copy::jobs::{self, Context, Runner};
+use cdc_copy::host::FullLoadRequest;
+use cdc_copy::jobs::{self, Context};
 use cdc_copy::sink::blob::BlobTarget;
 use cdc_copy_testkit::azurite::{unique_container, Azurite, AzuriteQueue};
 use cdc_copy_testkit::faults::{Faults, Method};
 use cdc_copy_testkit::model::CdcModel;
-use cdc_copy_testkit::queue::{Instance, ListenerFigures, QueueFunction, QueueHost};
+use cdc_copy_testkit::queue::{HandlerInstance, ListenerFigures, QueueFunction, QueueHost};
 
 use common::cdc::{customer, random_dml, settings, start_time, Bench, COLUMNS};
 use common::ledger::{Figures, Ledger};
@@ -52,66 +52,9 @@ use common::ledger::{Figures, Ledger};
 const TABLES: usize = 100;
 const ROUNDS: usize = 5;
 
-/// One handler instance: the production jobs on a runtime of its own, and its kill switch.
-struct Slot {
-    instance: Instance,
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
-    faults: Faults,
-}
-
-impl Slot {
-    fn start(settings: &Arc<Settings>, model: &CdcModel) -> Arc<Slot> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("instance runtime");
-        let faults = Faults::new();
-        let source = faults.wrap(Arc::new(model.clone()));
-        let blobs = BlobTarget::new(&settings.storage, &settings.container).unwrap();
-        let jobs = Arc::new(Runner::new(settings.clone(), source, blobs));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        {
-            let _entered = runtime.enter();
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            runtime.spawn(host::run(listener, jobs, futures::future::pending()));
-        }
-        Arc::new(Slot {
-            instance: Instance::new(base),
-            runtime: Mutex::new(Some(runtime)),
-            faults,
-        })
-    }
-
-    /// Kills the instance the `nth` (0-based) time its jobs reach `method`: the listener is
-    /// told first (it must not release the message it holds), then the runtime is dropped
-    /// with every task in it; the thread that reached the call never returns to it.
-    fn kill_at(self: &Arc<Slot>, method: Method, nth: u32) {
-        let slot = self.clone();
-        if nth > 0 {
-            self.faults
-                .before_next(method, move || slot.kill_at(method, nth - 1));
-            return;
-        }
-        self.faults.before_next(method, move || {
-            slot.instance.kill();
-            let runtime = slot.runtime.lock().unwrap().take();
-            std::thread::spawn(move || runtime.map(|r| r.shutdown_background()));
-            loop {
-                std::thread::park();
-            }
-        });
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.lock().unwrap().take() {
-            runtime.shutdown_background();
-        }
-    }
+/// One handler instance ([`HandlerInstance`]) over the shared model.
+fn start(settings: &Arc<Settings>, model: &CdcModel) -> Arc<HandlerInstance> {
+    HandlerInstance::start(settings, Arc::new(model.clone()), "instance")
 }
 
 /// Where a kill strikes, in a job's order of side effects. Every window has rows, so an
@@ -264,8 +207,8 @@ async fn run(instances: usize, kills: bool, seed: u64) -> Tally {
     let queue = standin.function.queue.clone();
     let mut ledgers: Vec<Ledger> = tables.iter().map(|_| Ledger::new()).collect();
     let mut next_ids = vec![3i64; TABLES];
-    let slots: Vec<Mutex<Arc<Slot>>> = (0..instances)
-        .map(|_| Mutex::new(Slot::start(&settings, &model)))
+    let slots: Vec<Mutex<Arc<HandlerInstance>>> = (0..instances)
+        .map(|_| Mutex::new(start(&settings, &model)))
         .collect();
 
     let mut tally = Tally::default();
@@ -351,7 +294,7 @@ async fn run(instances: usize, kills: bool, seed: u64) -> Tally {
                     return figures;
                 }
                 killed.fetch_add(1, Ordering::SeqCst);
-                *slot.lock().unwrap() = Slot::start(&settings, &model);
+                *slot.lock().unwrap() = start(&settings, &model);
             }
         }))
         .await;
@@ -501,7 +444,7 @@ async fn definite_failures_are_poisoned_at_once_transient_ones_after_the_last_tr
         w.model.insert(t, customer(200, 2)).unwrap();
     }
     w.model.advance(chrono::Duration::minutes(10));
-    let slot = Slot::start(&w.settings, &w.model);
+    let slot = start(&w.settings, &w.model);
     let queue = &w.standin.function.queue;
     let message = |t: &TableRef| {
         json!({"table": t.to_string(), "triggerTime": w.model.now(), "isPastDue": false})

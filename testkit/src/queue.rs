@@ -12,15 +12,20 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use cdc_copy::config::{AccountKey, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+use cdc_copy::cdc::CdcSource;
+use cdc_copy::config::{AccountKey, Settings, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+use cdc_copy::jobs::Runner;
+use cdc_copy::sink::blob::BlobTarget;
 use cdc_copy::sink::sharedkey::{ms_date, SharedKey};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use url::Url;
+
+use crate::faults::{Faults, Method};
 
 /// The REST version the client speaks (Azurite 3.37 accepts it).
 const VERSION: &str = "2021-12-02";
@@ -361,6 +366,90 @@ impl Instance {
 
     pub fn is_killed(&self) -> bool {
         self.killed.load(Ordering::SeqCst)
+    }
+}
+
+/// A handler instance in this process: `host::run` with the production `jobs::Runner` over
+/// `source` (through a [`Faults`] plan of its own), on a tokio runtime of its own whose
+/// threads are named `thread_name`, so that a bench can read its CPU time per instance and a
+/// test can kill it ([`HandlerInstance::kill_at`]). Used where N instances must share one
+/// in-process SQL Server stand-in (the CDC model), which N handler processes could not.
+pub struct HandlerInstance {
+    pub instance: Instance,
+    pub faults: Faults,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl HandlerInstance {
+    pub fn start(
+        settings: &Arc<Settings>,
+        source: Arc<dyn CdcSource>,
+        thread_name: &str,
+    ) -> Arc<HandlerInstance> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(thread_name)
+            .enable_all()
+            .build()
+            .expect("instance runtime");
+        let faults = Faults::new();
+        let blobs = BlobTarget::new(&settings.storage, &settings.container).expect("blob target");
+        let jobs = Arc::new(Runner::new(settings.clone(), faults.wrap(source), blobs));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        {
+            let _entered = runtime.enter();
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            runtime.spawn(cdc_copy::host::run(
+                listener,
+                jobs,
+                futures::future::pending(),
+            ));
+        }
+        Arc::new(HandlerInstance {
+            instance: Instance::new(base),
+            faults,
+            runtime: Mutex::new(Some(runtime)),
+        })
+    }
+
+    /// Kills the instance the `nth` (0-based) time its jobs reach `method`, as SIGKILL would:
+    /// the listener is told first (it must not release the message it holds), then the
+    /// runtime is dropped with every task in it, and the thread that reached the call never
+    /// returns to it (it parks for good), so nothing after that point happens.
+    pub fn kill_at(self: &Arc<HandlerInstance>, method: Method, nth: u32) {
+        let this = self.clone();
+        if nth > 0 {
+            self.faults
+                .before_next(method, move || this.kill_at(method, nth - 1));
+            return;
+        }
+        self.faults.before_next(method, move || {
+            this.instance.kill();
+            let runtime = this
+                .runtime
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            std::thread::spawn(move || runtime.map(|r| r.shutdown_background()));
+            loop {
+                std::thread::park();
+            }
+        });
+    }
+}
+
+impl Drop for HandlerInstance {
+    fn drop(&mut self) {
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(runtime) = runtime {
+            runtime.shutdown_background();
+        }
     }
 }
 
