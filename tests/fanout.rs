@@ -548,3 +548,74 @@ async fn last_error_is_set_by_a_failure_and_cleared_by_the_next_success() {
     assert_eq!(bench.model.last_error(&bench.table), None, "cleared");
     assert_eq!(bench.faults.calls()[&Method::SetLastError], 1);
 }
+
+/// The case a redelivery alone never shows: an instance dies after committing a window's
+/// blob and before advancing the watermark, and the next trigger's message is taken by
+/// another instance while the dead one's message is still leased. The later message must
+/// finish the recorded window first (same name, same bytes), then copy its own; the
+/// redelivered message, when its lease runs out, is up to date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_left_by_a_killed_instance_is_finished_before_a_later_trigger_s_window() {
+    let mut w = world(1).await;
+    w.standin.function.lease = Duration::from_secs(4);
+    let (t, bench) = (w.tables[0].clone(), &w.benches[0]);
+    let mut ledger = Ledger::new();
+    let poll = Duration::from_millis(20);
+    let message = |at: DateTime<Utc>| {
+        json!({"table": t.to_string(), "triggerTime": at, "isPastDue": false}).to_string()
+    };
+
+    w.model.insert(&t, customer(100, 1)).unwrap();
+    w.model.advance(chrono::Duration::seconds(30));
+    let first = w.model.now();
+    let dying = start(&w.settings, &w.model);
+    dying.kill_at(Method::UpdateWatermark, 1);
+    let queue = w.standin.function.queue.clone();
+    w.standin.client.put(&queue, &message(first)).await.unwrap();
+    w.standin.listen(&dying.instance, poll).await;
+    assert!(dying.instance.is_killed(), "killed after the commit");
+    let wm = w.model.watermark(&t).unwrap();
+    let TableState::Pending(pending) = &wm.state else {
+        panic!("the window is recorded: {:?}", wm.state)
+    };
+    assert!(
+        bench
+            .ctx
+            .blobs
+            .properties(&pending.blob)
+            .await
+            .unwrap()
+            .is_some(),
+        "and committed"
+    );
+    ledger.check(bench, "after the kill").await;
+
+    w.model.insert(&t, customer(101, 1)).unwrap();
+    w.model.advance(chrono::Duration::seconds(30));
+    let second = w.model.now();
+    w.standin
+        .client
+        .put(&queue, &message(second))
+        .await
+        .unwrap();
+    let survivor = start(&w.settings, &w.model);
+    let figures = w.standin.listen(&survivor.instance, poll).await;
+    assert_eq!(
+        (figures.invocations, figures.succeeded),
+        (2, 2),
+        "{figures:?}"
+    );
+    ledger
+        .check(bench, "after the later trigger and the redelivery")
+        .await;
+    let wm = w.model.watermark(&t).unwrap();
+    assert!(matches!(wm.state, TableState::Ready), "{:?}", wm.state);
+    assert_eq!(wm.last_window_end, second);
+    let f = &ledger.figures;
+    println!(
+        "killed after the commit, finished by the next trigger's message: {} incremental blobs, \
+         {} re-committed byte-identical, {} change rows; lost = {}, duplicated = {}",
+        f.incremental_blobs, f.recommits, f.change_rows, f.lost, f.duplicated
+    );
+    assert_eq!((f.incremental_blobs, f.recommits), (2, 1));
+}
