@@ -619,3 +619,47 @@ async fn a_window_left_by_a_killed_instance_is_finished_before_a_later_trigger_s
     );
     assert_eq!((f.incremental_blobs, f.recommits), (2, 1));
 }
+
+/// A transient failure on the message's last try (`DequeueCount` = `CDC_QUEUE_MAX_DEQUEUE_COUNT`)
+/// is logged as the table's final failure, with the error; an earlier try's is not.
+#[tokio::test]
+async fn the_last_try_logs_the_table_as_failed_for_good() {
+    use cdc_copy::host::{Delivery, Jobs, TableMessage};
+    let captured = common::traces::Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::ERROR)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let bench = Bench::new(3, CdcModel::new(start_time()), &[]).await;
+    bench.full_load().await;
+    let runner = cdc_copy::jobs::Runner::new(
+        bench.ctx.settings.clone(),
+        bench.ctx.source.clone(),
+        bench.ctx.blobs.clone(),
+    );
+    let message = TableMessage {
+        table: bench.table.clone(),
+        trigger_time: bench.model.now(),
+        is_past_due: false,
+    };
+    for (count, last) in [(4, false), (5, true)] {
+        let before = captured.text().len();
+        bench
+            .faults
+            .arm(Method::ReadWatermark, cdc_copy_testkit::faults::Fault::Before);
+        let delivery = Delivery {
+            dequeue_count: count,
+            id: Some(format!("try-{count}")),
+        };
+        let report = runner.copy_table(message.clone(), delivery).await;
+        assert_eq!(report.status, cdc_copy::report::Status::Failed);
+        let log = captured.text()[before..].to_string();
+        assert_eq!(log.contains("failed for good"), last, "try {count}: {log}");
+        if last {
+            assert!(log.contains("injected failure") && log.contains("try-5"), "{log}");
+        }
+    }
+}
