@@ -647,9 +647,10 @@ async fn the_last_try_logs_the_table_as_failed_for_good() {
     };
     for (count, last) in [(4, false), (5, true)] {
         let before = captured.text().len();
-        bench
-            .faults
-            .arm(Method::ReadWatermark, cdc_copy_testkit::faults::Fault::Before);
+        bench.faults.arm(
+            Method::ReadWatermark,
+            cdc_copy_testkit::faults::Fault::Before,
+        );
         let delivery = Delivery {
             dequeue_count: count,
             id: Some(format!("try-{count}")),
@@ -659,7 +660,10 @@ async fn the_last_try_logs_the_table_as_failed_for_good() {
         let log = captured.text()[before..].to_string();
         assert_eq!(log.contains("failed for good"), last, "try {count}: {log}");
         if last {
-            assert!(log.contains("injected failure") && log.contains("try-5"), "{log}");
+            assert!(
+                log.contains("injected failure") && log.contains("try-5"),
+                "{log}"
+            );
         }
     }
 }
