@@ -117,6 +117,18 @@ param cdcFullLoadHttpBudgetSeconds int = 180
 @description('Seconds one SQL Server round trip may wait for the next reply before the statement fails (stays inside the 30-minute function timeout): CDC_SQL_COMMAND_TIMEOUT_SECONDS.')
 param cdcSqlCommandTimeoutSeconds int = 300
 
+@allowed([
+  'inline'
+  'queue'
+])
+@description('Where the timer copies tables: `inline` in its own invocation, `queue` one cdc-copy-tables message per table for CopyTable on as many instances as the host scales to (docs/scale-out.md): CDC_FANOUT.')
+param cdcFanout string = 'inline'
+
+@minValue(1)
+@maxValue(100)
+@description('host.json extensions.queues.maxDequeueCount, repeated for the handler (keep them equal): CDC_QUEUE_MAX_DEQUEUE_COUNT.')
+param cdcQueueMaxDequeueCount int = 5
+
 // ---- SQL ---------------------------------------------------------------------------------------
 
 @description('true: create an Azure SQL server + database (Entra-only). false: use existingSqlServerFqdn.')
@@ -141,9 +153,6 @@ param sqlSkuCapacity int = 1
 param sqlAutoPauseDelay int = -1
 
 // ---- storage options --------------------------------------------------------------------------
-
-@description('Grant the app Storage Queue Data Contributor (not needed for timer + HTTP triggers).')
-param enableQueue bool = false
 
 @description('Grant the app Storage Table Data Contributor (not needed for timer + HTTP triggers).')
 param enableTable bool = false
@@ -232,7 +241,7 @@ module rbac './app/rbac.bicep' = {
     appPrincipalId: identity.outputs.principalId
     userPrincipalId: principalId
     userPrincipalType: principalType
-    enableQueue: enableQueue
+    queueNames: storage.outputs.queueNames
     enableTable: enableTable
   }
 }
@@ -276,6 +285,8 @@ module functionApp './app/function.bicep' = {
       CDC_FULL_LOAD_PART_ROWS: string(cdcFullLoadPartRows)
       CDC_FULL_LOAD_HTTP_BUDGET_SECONDS: string(cdcFullLoadHttpBudgetSeconds)
       CDC_SQL_COMMAND_TIMEOUT_SECONDS: string(cdcSqlCommandTimeoutSeconds)
+      CDC_FANOUT: cdcFanout
+      CDC_QUEUE_MAX_DEQUEUE_COUNT: string(cdcQueueMaxDequeueCount)
     }
   }
   // The host must be able to read its storage and the package as soon as it starts.

@@ -39,10 +39,13 @@ if (-not (Test-Path $binary)) { throw "build-dist: expected binary not found: $b
 if (Test-Path dist) { Remove-Item -Recurse -Force dist }
 New-Item -ItemType Directory -Path dist | Out-Null
 Copy-Item host.json dist/
-foreach ($fn in 'IncrementalCopy', 'FullLoad') {
+foreach ($fn in 'IncrementalCopy', 'FullLoad', 'CopyTable') {
     if (-not (Test-Path "$fn/function.json")) { throw "build-dist: missing $fn/function.json" }
-    New-Item -ItemType Directory -Path "dist/$fn" | Out-Null
-    Copy-Item "$fn/function.json" "dist/$fn/"
+}
+# Every function folder (a top-level folder with a function.json).
+foreach ($dir in Get-ChildItem -Directory | Where-Object { Test-Path (Join-Path $_.FullName 'function.json') }) {
+    New-Item -ItemType Directory -Path "dist/$($dir.Name)" | Out-Null
+    Copy-Item (Join-Path $dir.FullName 'function.json') "dist/$($dir.Name)/"
 }
 Copy-Item $binary dist/handler
 # A zip made on Windows carries no Unix executable bit (Azure/azure-functions-core-tools#2510:

@@ -1,6 +1,6 @@
 #!/usr/bin/env sh
 # Build the Linux x86-64 release `handler` and assemble dist/ for `azd package` / `azd deploy`:
-#   dist/host.json  dist/IncrementalCopy/function.json  dist/FullLoad/function.json  dist/handler
+#   dist/host.json  dist/<Function>/function.json (IncrementalCopy, FullLoad, CopyTable, …)  dist/handler
 #
 # Target: x86_64-unknown-linux-musl by default, a static binary that runs on any Functions Linux
 # image whatever its glibc (the crate uses rustls, no OpenSSL). Override with
@@ -47,13 +47,18 @@ fi
 rm -rf dist
 mkdir -p dist
 cp host.json dist/
-for fn in IncrementalCopy FullLoad; do
+# Every function folder (a top-level folder with a function.json), so a new function ships
+# without editing this list.
+for fn in IncrementalCopy FullLoad CopyTable; do
   if [ ! -f "$fn/function.json" ]; then
     echo "build-dist: missing $fn/function.json" >&2
     exit 1
   fi
+done
+for json in */function.json; do
+  fn=${json%/function.json}
   mkdir -p "dist/$fn"
-  cp "$fn/function.json" "dist/$fn/"
+  cp "$json" "dist/$fn/"
 done
 cp "$binary" dist/handler
 chmod 0755 dist/handler

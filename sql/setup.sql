@@ -85,6 +85,17 @@ BEGIN
     );
 END;
 
+/* 3b. Why a table's last copy failed (issue 12), for `handler status` and the poison queue.
+       Set when a table's copy fails, cleared by the next watermark write that succeeds.
+       Added to an existing table too (a watermark table created by an earlier version of this
+       script): run this script again after upgrading; every step checks first.
+       https://learn.microsoft.com/sql/t-sql/statements/alter-table-transact-sql
+       https://learn.microsoft.com/sql/t-sql/functions/col-length-transact-sql */
+IF COL_LENGTH(N'cdc_copy.watermark', N'last_error') IS NULL
+    ALTER TABLE cdc_copy.watermark ADD last_error nvarchar(4000) NULL;
+IF COL_LENGTH(N'cdc_copy.watermark', N'last_error_at') IS NULL
+    ALTER TABLE cdc_copy.watermark ADD last_error_at datetime2(7) NULL;
+
 /* 4. Permissions for the copier's database user: not here. sql/grant-managed-identity.sql
       grants only what the copier needs for the tables in CDC_TABLES (their captured columns,
       their capture instances' functions and gating roles, two cdc metadata tables, the

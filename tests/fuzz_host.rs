@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use cdc_copy::config::{Settings, SETTINGS};
-use cdc_copy::host::{self, FullLoadRequest, Jobs, TimerTrigger};
+use cdc_copy::host::{self, Delivery, FullLoadRequest, Jobs, TableMessage, TimerTrigger};
 use cdc_copy::report::Report;
 
 fn cases() -> u32 {
@@ -33,6 +33,7 @@ fn cases() -> u32 {
 struct Counting {
     incremental: AtomicU64,
     full_load: AtomicU64,
+    copy_table: AtomicU64,
     last_tables: std::sync::Mutex<Vec<String>>,
 }
 
@@ -42,6 +43,10 @@ struct Shared(Arc<Counting>);
 impl Jobs for Shared {
     async fn incremental_copy(&self, _trigger: TimerTrigger) -> Report {
         self.0.incremental.fetch_add(1, Ordering::SeqCst);
+        done()
+    }
+    async fn copy_table(&self, _message: TableMessage, _delivery: Delivery) -> Report {
+        self.0.copy_table.fetch_add(1, Ordering::SeqCst);
         done()
     }
     async fn full_load(&self, request: FullLoadRequest) -> Report {
@@ -250,6 +255,37 @@ const TIMER_PATHS: &[&[&str]] = &[
     &["Metadata", "RetryContext"],
 ];
 
+/// A `CopyTable` invocation; the message as an object (sent as its text when `as_text`).
+fn queue_payload() -> Value {
+    json!({
+        "Data": {"message": {"table": "dbo.customers", "triggerTime": "2026-11-21T10:15:00Z", "isPastDue": false}},
+        "Metadata": {
+            "DequeueCount": 1,
+            "ExpirationTime": "2026-11-28T10:15:01+00:00",
+            "Id": "800ae4b3-bdd2-4c08-badd-f08e5a34b865",
+            "InsertionTime": "2026-11-21T10:15:01+00:00",
+            "NextVisibleTime": "2026-11-21T10:25:01+00:00",
+            "PopReceipt": "AgAAAAMAAAAAAAAAAgtnj8x+1QE=",
+            "sys": {"MethodName": "CopyTable", "UtcNow": "2026-11-21T10:15:01.2205399Z", "RandGuid": "x"}
+        }
+    })
+}
+
+const QUEUE_PATHS: &[&[&str]] = &[
+    &["Data"],
+    &["Data", "message"],
+    &["Data", "message", "table"],
+    &["Data", "message", "triggerTime"],
+    &["Data", "message", "isPastDue"],
+    &["Data", "message", "extra"],
+    &["Metadata"],
+    &["Metadata", "DequeueCount"],
+    &["Metadata", "Id"],
+    &["Metadata", "InsertionTime"],
+    &["Metadata", "NextVisibleTime"],
+    &["Metadata", "PopReceipt"],
+];
+
 const HTTP_PATHS: &[&[&str]] = &[
     &["Data"],
     &["Data", "req"],
@@ -343,9 +379,33 @@ proptest! {
         s.assert_alive();
     }
 
-    /// IncrementalCopy and FullLoad: arbitrary JSON and arbitrary bytes.
+    /// CopyTable: one field of a real queue invocation (its message included, sent as an
+    /// object or as its text, as the host does) removed or replaced by anything; a job runs
+    /// exactly when it is accepted, and a 400 names the field.
     #[test]
-    fn arbitrary_bodies(json in any_json(), bytes in prop::collection::vec(any::<u8>(), 0..256), function in prop::sample::select(&["IncrementalCopy", "FullLoad"][..])) {
+    fn queue_payload_fields(path in prop::sample::select(QUEUE_PATHS), edit in edit(), as_text in any::<bool>()) {
+        let s = server();
+        let mut payload = queue_payload();
+        apply(&mut payload, path, &edit);
+        if as_text {
+            if let Some(message) = payload.get("Data").and_then(|d| d.get("message")).filter(|m| m.is_object()).cloned() {
+                payload["Data"]["message"] = Value::String(message.to_string());
+            }
+        }
+        let before = s.jobs.copy_table.load(Ordering::SeqCst);
+        let (status, body) = s.post("CopyTable", payload.to_string().into_bytes());
+        check_envelope(status, &body, &path.join("."))?;
+        let ran = s.jobs.copy_table.load(Ordering::SeqCst) > before;
+        prop_assert_eq!(ran, status == 200, "a job runs exactly when the invocation is accepted: {}", body);
+        if path.last() == Some(&"extra") && matches!(edit, Edit::Replace(_)) {
+            prop_assert_eq!(status, 400, "an unknown message field is refused: {}", body);
+        }
+        s.assert_alive();
+    }
+
+    /// IncrementalCopy, FullLoad and CopyTable: arbitrary JSON and arbitrary bytes.
+    #[test]
+    fn arbitrary_bodies(json in any_json(), bytes in prop::collection::vec(any::<u8>(), 0..256), function in prop::sample::select(&["IncrementalCopy", "FullLoad", "CopyTable"][..])) {
         let s = server();
         for body in [json.to_string().into_bytes(), bytes.clone()] {
             let (status, reply) = s.post(function, body);

@@ -21,6 +21,8 @@
 //! test writes to its own container.
 
 mod common;
+#[path = "live_sqlserver/fanout.rs"]
+mod fanout;
 #[path = "live_sqlserver/first_run.rs"]
 mod first_run;
 #[path = "live_sqlserver/idle.rs"]

@@ -2633,3 +2633,71 @@ async fn a_lock_released_after_its_transaction_ended_is_an_error() {
     assert_eq!(requests.len(), 1);
     assert!(!requests[0].rpc, "the commit is a batch");
 }
+
+/// `SET_LAST_ERROR` and `READ_LAST_ERROR` (issue 12): the statement texts, `nvarchar` for the
+/// names and the message, `datetime2` for the time, NULLs to clear; the read gives the pair
+/// back, and no row means no error.
+#[tokio::test]
+async fn last_error_is_written_read_and_cleared_with_typed_parameters() {
+    let server = FakeServer::start().await;
+    let set = sql::set_last_error(&watermark_table()).unwrap();
+    let read = sql::read_last_error(&watermark_table()).unwrap();
+    let mut session = session(&server).await;
+    let customers = table("dbo", "customers");
+    let at = Utc.with_ymd_and_hms(2026, 11, 21, 10, 15, 0).unwrap()
+        + chrono::Duration::nanoseconds(1_234_500);
+    let error = cdc_copy::cdc::LastError::new("dbo.customers: Zürich, \"timeout\"", at);
+
+    server.on(&set, Reply::RowCount(1));
+    session
+        .set_last_error(&customers, Some(&error))
+        .await
+        .unwrap();
+    session.set_last_error(&customers, None).await.unwrap();
+    let sent = server.requests();
+    assert_eq!(sent[0].sql, set);
+    assert_eq!(
+        param_types(&sent[0]),
+        vec!["nvarchar", "nvarchar", "nvarchar", "datetime2"]
+    );
+    assert_eq!(
+        param_values(&sent[0])[2],
+        ParamValue::Text(error.message.clone())
+    );
+    assert_eq!(
+        param_values(&sent[0])[3],
+        ParamValue::DateTime(at.naive_utc())
+    );
+    assert_eq!(param_types(&sent[1])[2..], ["null", "null"], "cleared");
+
+    server.on(
+        &read,
+        Reply::rows(
+            vec![
+                col("last_error", SqlType::NVarChar(4000)),
+                col("last_error_at", SqlType::DateTime2),
+            ],
+            vec![vec![
+                Cell::Text(error.message.clone()),
+                Cell::DateTime(at.naive_utc()),
+            ]],
+        ),
+    );
+    assert_eq!(session.last_error(&customers).await.unwrap(), Some(error));
+    server.on(
+        &read,
+        Reply::rows(
+            vec![
+                col("last_error", SqlType::NVarChar(4000)),
+                col("last_error_at", SqlType::DateTime2),
+            ],
+            vec![],
+        ),
+    );
+    assert_eq!(session.last_error(&customers).await.unwrap(), None);
+    assert_eq!(server.requests().last().unwrap().sql, read);
+    assert_eq!(
+        param_types(server.requests().last().unwrap()),
+        ["nvarchar", "nvarchar"]
+    );
+}

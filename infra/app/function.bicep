@@ -64,6 +64,9 @@ var hostSettings = {
   AzureWebJobsStorage__accountName: storage.name
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identityClientId
+  // The queue triggers and outputs (CopyTable, IncrementalCopy's fan-out) on the same account,
+  // through the same identity.
+  AzureWebJobsStorage__queueServiceUri: 'https://${storage.name}.queue.${environment().suffixes.storage}'
   // Picks the user-assigned identity for azure_identity in the handler (SQL token, blob token).
   AZURE_CLIENT_ID: identityClientId
   APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString

@@ -8,8 +8,14 @@
 // - Storage Blob Data Contributor on the `raw` container only: the handler's own data path.
 //   Today the Owner grant above already covers it (same account); this grant states the intent
 //   and keeps working if `raw` moves to a separate account or the host grant is narrowed.
-// - Storage Queue / Table Data Contributor: only when asked for. Timer and HTTP triggers keep
-//   their state in blobs; queues are used by blob triggers/Durable, tables by Durable.
+// - Storage Queue Data Contributor on each fan-out queue only (`queueNames`, created by
+//   storage.bicep), not on the account. The queue bindings page lists Storage Queue Data Reader
+//   + Message Processor for a trigger and Storage Queue Data Contributor (or Message Sender)
+//   for an output binding; CopyTable is both (trigger, `poison` output), IncrementalCopy writes
+//   `cdc-copy-tables`, and the host moves failed messages to the `-poison` queue, creating it
+//   if missing: Contributor is the one built-in role that covers all of it.
+//   https://learn.microsoft.com/azure/azure-functions/functions-bindings-storage-queue#grant-permission-to-the-identity
+// - Storage Table Data Contributor: only when asked for (tables are used by Durable).
 // - Monitoring Metrics Publisher on Application Insights: Entra-authenticated telemetry.
 // Deploying user (principalId, optional): Storage Blob Data Contributor on the account, to list
 // and read the CSV blobs with `az storage blob list --auth-mode login` / Storage Explorer.
@@ -29,7 +35,9 @@ param userPrincipalId string = ''
 ])
 param userPrincipalType string = 'User'
 
-param enableQueue bool = false
+@description('Queues the app reads and writes (trigger queues and their -poison queues).')
+param queueNames array = []
+
 param enableTable bool = false
 
 var roles = {
@@ -76,15 +84,19 @@ resource appRawContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' 
   }
 }
 
-resource appQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (enableQueue) {
-  name: guid(storage.id, appPrincipalId, roles.storageQueueDataContributor)
-  scope: storage
+resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' existing = [for queueName in queueNames: {
+  name: '${storageAccountName}/default/${queueName}'
+}]
+
+resource appQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (queueName, i) in queueNames: {
+  name: guid(queues[i].id, appPrincipalId, roles.storageQueueDataContributor)
+  scope: queues[i]
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
   }
-}
+}]
 
 resource appTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (enableTable) {
   name: guid(storage.id, appPrincipalId, roles.storageTableDataContributor)

@@ -21,9 +21,6 @@ use cdc_copy::sink::errors::CONTAINER_NOT_FOUND;
 
 use super::cdc::{apply_full_part, apply_incremental, diff, parse_csv, Bench, Rows};
 
-const FULL: &str = "dbo/customers/full/";
-const INCREMENTAL: &str = "dbo/customers/incremental/";
-
 /// A blob as first committed.
 struct Seen {
     etag: String,
@@ -67,8 +64,12 @@ impl Ledger {
     /// Checks everything committed so far; panics with `context` on the first violation.
     pub async fn check(&mut self, bench: &Bench, context: &str) {
         self.figures.checks += 1;
+        // The default layouts, for the bench's table (several tables may share a container).
+        let table = format!("{}/{}/", bench.table.schema, bench.table.table);
+        let (full, incremental) = (format!("{table}full/"), format!("{table}incremental/"));
+        let (full, incremental) = (full.as_str(), incremental.as_str());
         // No container yet (a run that failed before its first blob): nothing committed.
-        let listing = match bench.ctx.blobs.list_etags("").await {
+        let listing = match bench.ctx.blobs.list_etags(&table).await {
             Err(e) if e.code() == Some(CONTAINER_NOT_FOUND) => Vec::new(),
             other => other.unwrap(),
         };
@@ -135,12 +136,12 @@ impl Ledger {
         if self.load_id.is_none() && !matches!(wm.state, TableState::Loading(_)) {
             let load_id = listing
                 .iter()
-                .filter(|(n, _)| n.starts_with(FULL))
+                .filter(|(n, _)| n.starts_with(full))
                 .filter_map(|(n, _)| n.split('/').nth(3))
                 .max()
                 .expect("a finished load has parts")
                 .to_string();
-            let prefix = format!("{FULL}{load_id}/");
+            let prefix = format!("{full}{load_id}/");
             let mut parts: Vec<&String> = self
                 .seen
                 .keys()
@@ -169,13 +170,13 @@ impl Ledger {
         let mut new: Vec<&String> = listing
             .iter()
             .map(|(n, _)| n)
-            .filter(|n| n.starts_with(INCREMENTAL))
+            .filter(|n| n.starts_with(incremental))
             .filter(|n| self.last_applied.as_ref().is_none_or(|last| *n > last))
             .collect();
         new.sort();
         let applied_count = listing
             .iter()
-            .filter(|(n, _)| n.starts_with(INCREMENTAL))
+            .filter(|(n, _)| n.starts_with(incremental))
             .count()
             - new.len();
         assert_eq!(

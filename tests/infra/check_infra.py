@@ -60,10 +60,12 @@ DOCUMENTED_ROLES = {
     "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
 }
-# Roles the deployment cannot work without (host storage, data container, telemetry).
+# Roles the deployment cannot work without (host storage, data container, queues, telemetry).
 REQUIRED_ROLES = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
     "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+    # The fan-out queues (CopyTable's trigger and outputs).
+    "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
     "3913510d-42f4-4e42-8a64-420c390055eb",
 }
 
@@ -89,6 +91,7 @@ INFRA_SETTINGS = {
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
+    "AzureWebJobsStorage__queueServiceUri",
     "AZURE_CLIENT_ID",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",

@@ -6,17 +6,17 @@
 
 use super::*;
 
-struct Live {
-    db: TestDatabase,
-    sql: Sql,
-    blobs: BlobTarget,
-    runner: Runner,
+pub(super) struct Live {
+    pub(super) db: TestDatabase,
+    pub(super) sql: Sql,
+    pub(super) blobs: BlobTarget,
+    pub(super) runner: Runner,
     _azurite: Option<Azurite>,
 }
 
 /// A fresh database with the sample table and `sql/setup.sql`, then `prepare`, and a runner
 /// copying `tables`.
-async fn live(conn: &str, prepare: &str, tables: &str) -> Live {
+pub(super) async fn live(conn: &str, prepare: &str, tables: &str) -> Live {
     let db = TestDatabase::create(conn).await;
     let mut sql = db.connect().await;
     batch(&mut sql, CREATE_CUSTOMERS).await;
