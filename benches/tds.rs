@@ -248,7 +248,7 @@ async fn scan_all(
     let mut total = 0;
     loop {
         let (rows, last) = session
-            .scan(ci, after.as_deref(), PAGE, sink)
+            .scan(ci, after.as_deref(), None, PAGE, sink)
             .await
             .expect("scan");
         total += rows;

@@ -82,6 +82,10 @@ pub struct Settings {
     /// `CDC_UPLOAD_BLOCKS_IN_FLIGHT`: Put Blocks each blob writer keeps in flight.
     pub upload_blocks_in_flight: usize,
     pub full_load_part_rows: u64,
+    /// `CDC_FULL_LOAD_RANGES` and `CDC_FULL_LOAD_RANGE_MIN_ROWS`: how a keyed table's full
+    /// load is split (`jobs::full_load::ranges::count`).
+    pub full_load_ranges: u32,
+    pub full_load_range_min_rows: u64,
     /// How long an HTTP-triggered FullLoad works before answering 202 and leaving the rest
     /// to the next invocation.
     pub full_load_http_budget: Duration,
@@ -170,6 +174,8 @@ pub const CDC_BLOCK_SIZE_MIB: &str = "CDC_BLOCK_SIZE_MIB";
 pub const CDC_UPLOAD_BLOCKS_IN_FLIGHT: &str = "CDC_UPLOAD_BLOCKS_IN_FLIGHT";
 pub const CDC_FULL_LOAD_PART_ROWS: &str = "CDC_FULL_LOAD_PART_ROWS";
 pub const CDC_FULL_LOAD_HTTP_BUDGET_SECONDS: &str = "CDC_FULL_LOAD_HTTP_BUDGET_SECONDS";
+pub const CDC_FULL_LOAD_RANGES: &str = "CDC_FULL_LOAD_RANGES";
+pub const CDC_FULL_LOAD_RANGE_MIN_ROWS: &str = "CDC_FULL_LOAD_RANGE_MIN_ROWS";
 pub const INCREMENTAL_COPY_SCHEDULE: &str = "INCREMENTAL_COPY_SCHEDULE";
 pub const FUNCTIONS_CUSTOMHANDLER_PORT: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
 pub const RUST_LOG: &str = "RUST_LOG";
@@ -323,6 +329,20 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: Some("1000000"),
         range: Some((1, 100000000)),
         description: "Rows per full-load part blob.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_FULL_LOAD_RANGES,
+        default: Some("1"),
+        range: Some((1, 64)),
+        description: "Most key ranges a keyed table's full load is split into, each loaded by its own worker (1: no split).",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_FULL_LOAD_RANGE_MIN_ROWS,
+        default: Some("1000000"),
+        range: Some((1, 1000000000)),
+        description: "Rows per range at least: a table of fewer than twice this many rows is loaded as one range.",
         secret: false,
     },
     SettingDoc {
@@ -532,6 +552,8 @@ impl<'a> Parser<'a> {
         let block_size_mib = self.number(CDC_BLOCK_SIZE_MIB);
         let blocks_in_flight = self.number(CDC_UPLOAD_BLOCKS_IN_FLIGHT);
         let full_load_part_rows = self.number(CDC_FULL_LOAD_PART_ROWS);
+        let full_load_ranges = self.number(CDC_FULL_LOAD_RANGES);
+        let full_load_range_min_rows = self.number(CDC_FULL_LOAD_RANGE_MIN_ROWS);
         let budget = self.number(CDC_FULL_LOAD_HTTP_BUDGET_SECONDS);
         let command_timeout = self
             .number(CDC_SQL_COMMAND_TIMEOUT_SECONDS)
@@ -568,6 +590,8 @@ impl<'a> Parser<'a> {
             block_size: (block_size_mib? * 1024 * 1024) as usize,
             upload_blocks_in_flight: blocks_in_flight? as usize,
             full_load_part_rows: full_load_part_rows?,
+            full_load_ranges: full_load_ranges? as u32,
+            full_load_range_min_rows: full_load_range_min_rows?,
             full_load_http_budget: Duration::from_secs(budget?),
             sql_command_timeout: command_timeout?,
             schedule: schedule?,
@@ -942,6 +966,8 @@ mod tests {
             (CDC_UPLOAD_BLOCKS_IN_FLIGHT, "1", |s| s.upload_blocks_in_flight == 1),
             (CDC_UPLOAD_BLOCKS_IN_FLIGHT, "16", |s| s.upload_blocks_in_flight == 16),
             (CDC_FULL_LOAD_PART_ROWS, "50000", |s| s.full_load_part_rows == 50_000),
+            (CDC_FULL_LOAD_RANGES, "4", |s| s.full_load_ranges == 4),
+            (CDC_FULL_LOAD_RANGE_MIN_ROWS, "500", |s| s.full_load_range_min_rows == 500),
             (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "200", |s| s.full_load_http_budget.as_secs() == 200),
             (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "1", |s| s.full_load_http_budget.as_secs() == 1),
             (INCREMENTAL_COPY_SCHEDULE, "0 */15 * * * *", |s| {
@@ -1006,6 +1032,9 @@ mod tests {
             (CDC_UPLOAD_BLOCKS_IN_FLIGHT, "17"),
             (CDC_FULL_LOAD_PART_ROWS, "0"),
             (CDC_FULL_LOAD_PART_ROWS, "1e6"),
+            (CDC_FULL_LOAD_RANGES, "0"),
+            (CDC_FULL_LOAD_RANGES, "65"),
+            (CDC_FULL_LOAD_RANGE_MIN_ROWS, "0"),
             (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "201"),
             (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "0"),
             (INCREMENTAL_COPY_SCHEDULE, "*/15 * * * *"),
@@ -1235,7 +1264,7 @@ mod tests {
     #[test]
     fn number_ranges_are_the_documented_ones() {
         let numbers: Vec<_> = SETTINGS.iter().filter(|d| d.range.is_some()).collect();
-        assert_eq!(numbers.len(), 8);
+        assert_eq!(numbers.len(), 10);
         for doc in numbers {
             let (default, min, max) = number_doc(doc.name);
             assert!((min..=max).contains(&default), "{}", doc.name);

@@ -1103,15 +1103,15 @@ async fn live_session_against_sql_server() {
 
     // Full-load scan in key order, one row per page.
     let mut sink = VecSink::default();
-    let (n, key) = session.scan(&ci, None, 1, &mut sink).await.unwrap();
+    let (n, key) = session.scan(&ci, None, None, 1, &mut sink).await.unwrap();
     assert_eq!((n, key.clone()), (1, Some(vec![Value::Int(1)])));
     let (n, key) = session
-        .scan(&ci, key.as_deref(), 1, &mut sink)
+        .scan(&ci, key.as_deref(), None, 1, &mut sink)
         .await
         .unwrap();
     assert_eq!((n, key.clone()), (1, Some(vec![Value::Int(2)])));
     let (n, key) = session
-        .scan(&ci, key.as_deref(), 1, &mut sink)
+        .scan(&ci, key.as_deref(), None, 1, &mut sink)
         .await
         .unwrap();
     assert_eq!((n, key), (0, None));

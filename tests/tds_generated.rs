@@ -100,7 +100,7 @@ async fn generated_rows_page_by_key_and_decode_exactly() {
     let mut pages = Vec::new();
     loop {
         let (rows, last) = session
-            .scan(&ci, key.as_deref(), 1000, &mut sink)
+            .scan(&ci, key.as_deref(), None, 1000, &mut sink)
             .await
             .unwrap();
         pages.push((rows, last.clone()));
@@ -135,7 +135,7 @@ async fn wide_generated_rows_decode_every_type() {
     server.on_generated_scan(&first, &after, tds::customers(true, false, 120));
     let mut session = session(&server).await;
     let mut sink = VecSink::default();
-    let (rows, last) = session.scan(&ci, None, 1000, &mut sink).await.unwrap();
+    let (rows, last) = session.scan(&ci, None, None, 1000, &mut sink).await.unwrap();
     assert_eq!((rows, last), (120, Some(vec![Value::Int(120)])));
     for (i, row) in sink.rows.iter().enumerate() {
         let t = (i % 56) as u64;

@@ -84,6 +84,15 @@ pub enum JobError {
         table: TableRef,
         last_lsn: crate::cdc::Lsn,
     },
+    /// A split full load whose range rows are not all there (deleted by hand, or the range
+    /// table recreated): its parts cannot be told apart from a gap.
+    #[error("the full load {load_id} of {table} was split into {expected} key ranges but the range table holds {found} of them; run FullLoad with \"reset\": true to load the table again")]
+    RangesMissing {
+        table: TableRef,
+        load_id: String,
+        expected: u32,
+        found: usize,
+    },
 }
 
 impl From<instances::RouteError> for JobError {

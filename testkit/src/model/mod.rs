@@ -1296,6 +1296,8 @@ struct State {
     mapping_monotonic: bool,
     pending: VecDeque<Pending>,
     watermarks: Option<BTreeMap<TableRef, Watermark>>,
+    /// The range table of parallel full loads (`sql::RANGE_COLUMNS`), by table, load, range.
+    ranges: BTreeMap<(TableRef, String, u32), cdc_copy::cdc::RangeProgress>,
     /// Tables a session's `scan_locked` holds a shared lock on, with the sessions holding it.
     locks: BTreeMap<TableRef, BTreeSet<u64>>,
     /// The id of the next session opened.
@@ -1344,6 +1346,7 @@ impl State {
             mapping_monotonic: true,
             pending: VecDeque::new(),
             watermarks: Some(BTreeMap::new()),
+            ranges: BTreeMap::new(),
             locks: BTreeMap::new(),
             next_session: 1,
         }
