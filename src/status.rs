@@ -268,6 +268,25 @@ pub fn render(tables: &[TableStatus]) -> String {
     out
 }
 
+/// One line for `handler full-load` on a terminal: each table loading, its ranges done and
+/// rows so far, e.g. `dbo.customers 2/4 ranges 1200000 rows | sales.orders ready`.
+pub fn progress_line(tables: &[TableStatus]) -> String {
+    tables
+        .iter()
+        .map(|t| match &t.full_load {
+            Some(load) => format!(
+                "{} {}/{} ranges {} rows",
+                t.table,
+                load.ranges.iter().filter(|r| r.done).count(),
+                load.ranges.len(),
+                load.rows_done
+            ),
+            None => format!("{} {}", t.table, t.state),
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
 /// `42s`, `5m 3s`, `2h 0m`, `3d 4h`.
 fn human_seconds(s: i64) -> String {
     match s {
@@ -427,6 +446,25 @@ mod tests {
         // Columns line up: STATE starts at the same offset on every table line.
         let col = lines[0].find("STATE").unwrap();
         assert_eq!(&lines[1][col..col + 5], "ready");
+    }
+
+    #[test]
+    fn progress_line_per_table() {
+        let loading = TableStatus::of(
+            &table(),
+            Some(&wm(loading("20261201120000000-r2", 0, 0))),
+            &[range(0, 30, true), range(1, 20, false)],
+            None,
+        );
+        let ready = TableStatus::of(&TableRef::parse("sales.orders").unwrap(), Some(&wm(TableState::Ready)), &[], None);
+        let cases = [
+            (vec![], ""),
+            (vec![loading.clone()], "dbo.customers 1/2 ranges 50 rows"),
+            (vec![loading, ready], "dbo.customers 1/2 ranges 50 rows | sales.orders ready"),
+        ];
+        for (tables, want) in cases {
+            assert_eq!(progress_line(&tables), want);
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use cdc_copy::cdc::{KeyType, TableRef, TableState, Value};
+use cdc_copy::cdc::{CdcSession, KeyType, TableRef, TableState, Value};
 use cdc_copy::report::Status;
 use cdc_copy_testkit::faults::{Fault, Method};
 use cdc_copy_testkit::model::{CdcModel, ColumnDef, KeyIndex};
@@ -27,13 +27,13 @@ enum Shape {
     Composite,
 }
 
-const ROWS: i64 = 600;
+const ROWS: i64 = 2_000;
 
 fn settings() -> Vec<(&'static str, &'static str)> {
     vec![
         ("CDC_FULL_LOAD_RANGES", "4"),
         ("CDC_FULL_LOAD_RANGE_MIN_ROWS", "100"),
-        ("CDC_FULL_LOAD_PART_ROWS", "40"),
+        ("CDC_FULL_LOAD_PART_ROWS", "150"),
     ]
 }
 
@@ -57,7 +57,7 @@ async fn bench(shape: Shape, rng: &mut StdRng) -> Bench {
             while ids.len() < ROWS as usize {
                 let id = match shape {
                     Shape::Uniform => rng.random_range(0..100_000),
-                    _ if rng.random_bool(0.8) => rng.random_range(0..600),
+                    _ if rng.random_bool(0.8) => rng.random_range(0..3_000),
                     _ => rng.random_range(0..1_000_000_000),
                 };
                 ids.insert(id);
@@ -92,7 +92,7 @@ async fn bench(shape: Shape, rng: &mut StdRng) -> Bench {
             while keys.len() < ROWS as usize {
                 // Case-insensitive: one spelling per region and id.
                 let region = regions[rng.random_range(0..regions.len())];
-                let id = rng.random_range(0..400);
+                let id = rng.random_range(0..2_000);
                 if keys.insert((region.to_lowercase(), id)) {
                     model
                         .insert(
@@ -182,9 +182,11 @@ async fn concurrent_workers_and_crashes_load_every_row_exactly_once() {
             ) {
                 rounds += 1;
                 assert!(rounds < 60, "{shape:?} x{workers}: the load never finished");
-                if let Some((what, method, skip, f)) = fault(&mut rng).filter(|_| rounds < 25) {
-                    bench.faults.arm_after(method, skip, f);
-                    *crashes.entry(what).or_default() += 1;
+                for _ in 0..rng.random_range(1..=3) {
+                    if let Some((what, method, skip, f)) = fault(&mut rng).filter(|_| rounds < 25) {
+                        bench.faults.arm_after(method, skip, f);
+                        *crashes.entry(what).or_default() += 1;
+                    }
                 }
                 let runs = (0..workers).map(|_| {
                     let ctx = bench.ctx.clone();
@@ -223,9 +225,18 @@ async fn concurrent_workers_and_crashes_load_every_row_exactly_once() {
             assert!(ranges > 1, "{shape:?}: load {load_id} was not split");
             let wm = bench.watermark();
             assert_eq!(wm.rows_copied, ROWS as u64, "{shape:?} x{workers}");
-            let struck: u32 = crashes.values().sum();
+            let armed: u32 = crashes.values().sum();
+            let struck = bench.faults.injected();
+            let mut session = bench.ctx.source.session().await.unwrap();
+            let sizes: Vec<u64> = session
+                .read_ranges(&bench.table, &load_id)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.rows_done)
+                .collect();
             println!(
-                "{shape:?} keys, {workers} worker(s): {ranges} ranges, {parts} parts, {rounds} rounds ({struck} faults armed: {crashes:?}); {} rows loaded, lost = {missing}, duplicated = {}",
+                "{shape:?} keys, {workers} worker(s): {ranges} ranges of {sizes:?} rows, {parts} parts, {rounds} rounds, {struck} of {armed} armed faults struck; {} rows loaded, lost = {missing}, duplicated = {}",
                 loaded.len(),
                 twice.len()
             );
@@ -287,4 +298,40 @@ async fn a_table_is_split_only_when_large_enough() {
         assert_eq!(bench.watermark().rows_copied, rows as u64);
         bench.assert_consistent("split").await;
     }
+}
+
+/// `handler status` reads a split load's progress by range while it runs (a call whose
+/// budget is spent after one part per range), then the table ready at its baseline.
+#[tokio::test]
+async fn status_shows_progress_by_range_then_ready() {
+    let model = CdcModel::new(start_time());
+    let bench = Bench::new(600, model, &settings()).await;
+    let report = cdc_copy::jobs::full_load::run(
+        &bench.ctx,
+        &cdc_copy::host::FullLoadRequest::default_all(),
+        std::time::Duration::ZERO,
+    )
+    .await;
+    assert_eq!(report.status, Status::InProgress, "{:?}", report.logs());
+    let status = cdc_copy::status::collect(&bench.ctx).await;
+    assert_eq!(status.len(), 1);
+    let s = &status[0];
+    assert_eq!((s.state, s.error.as_deref()), ("loading", None));
+    assert_eq!(s.capture_instance.as_deref(), Some("dbo_customers"));
+    let load = s.full_load.as_ref().expect("a load in progress");
+    assert_eq!(load.ranges.len(), 4);
+    assert!(load.ranges.iter().all(|r| r.parts_done == 1 && !r.done), "{load:?}");
+    assert_eq!(load.rows_done, 4 * 150);
+    let text = cdc_copy::status::render(&status);
+    assert!(text.contains("0/4 ranges, 600 rows"), "{text}");
+
+    assert_eq!(bench.full_load().await.status, Status::Done);
+    let status = cdc_copy::status::collect(&bench.ctx).await;
+    let s = &status[0];
+    assert_eq!(s.state, "ready");
+    assert!(s.full_load.is_none());
+    assert_eq!(s.last_lsn, Some(bench.watermark().last_lsn));
+    assert!(s.max_lsn.is_some_and(|m| m >= bench.watermark().last_lsn));
+    assert!(s.lag_seconds.is_some());
+    println!("{}", cdc_copy::status::render(&status));
 }

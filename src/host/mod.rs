@@ -58,6 +58,11 @@ pub trait Jobs: Send + Sync + 'static {
     async fn check(&self) -> Vec<(String, Result<(), String>)> {
         Vec::new()
     }
+    /// Where each configured table stands, for `handler status` and the progress of
+    /// `handler full-load`. The default knows nothing.
+    async fn status(&self) -> Result<Vec<crate::status::TableStatus>, String> {
+        Err("this handler has no status to show".to_string())
+    }
 }
 
 /// The jobs of a handler that cannot work: every invocation fails with a log line saying
@@ -108,5 +113,9 @@ impl Jobs for NotConfigured {
 
     async fn check(&self) -> Vec<(String, Result<(), String>)> {
         vec![("jobs".to_string(), Err(self.reason.clone()))]
+    }
+
+    async fn status(&self) -> Result<Vec<crate::status::TableStatus>, String> {
+        Err(self.reason.clone())
     }
 }

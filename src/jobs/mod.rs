@@ -527,6 +527,10 @@ impl Jobs for Runner {
         Runner::check(self).await
     }
 
+    async fn status(&self) -> Result<Vec<crate::status::TableStatus>, String> {
+        Ok(crate::status::collect(&self.context).await)
+    }
+
     async fn full_load(&self, request: FullLoadRequest) -> Report {
         full_load::run(
             &self.context,
