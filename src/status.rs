@@ -202,7 +202,14 @@ pub fn to_json(tables: &[TableStatus]) -> String {
 /// progress, then errors.
 pub fn render(tables: &[TableStatus]) -> String {
     let header = [
-        "TABLE", "STATE", "MODE", "INSTANCE", "WINDOW END", "LAST LSN", "LAG", "PROGRESS",
+        "TABLE",
+        "STATE",
+        "MODE",
+        "INSTANCE",
+        "WINDOW END",
+        "LAST LSN",
+        "LAG",
+        "PROGRESS",
     ];
     let mut rows: Vec<[String; 8]> = vec![header.map(str::to_string)];
     for t in tables {
@@ -368,12 +375,37 @@ mod tests {
         };
         let max = Some((lsn(12), Some(at(20))));
         let split = [range(0, 30, true), range(1, 20, false)];
-        let cases: Vec<(Option<Watermark>, &[RangeProgress], &str, Option<i64>, Option<(usize, u64)>)> = vec![
+        type Case<'a> = (
+            Option<Watermark>,
+            &'a [RangeProgress],
+            &'a str,
+            Option<i64>,
+            Option<(usize, u64)>,
+        );
+        let cases: Vec<Case> = vec![
             (None, &[], "not loaded", None, None),
             (Some(wm(TableState::Ready)), &[], "ready", Some(1200), None),
-            (Some(wm(TableState::Pending(window))), &[], "pending", Some(1200), None),
-            (Some(wm(loading("20261201120000000", 4, 40))), &[], "loading", None, Some((1, 40))),
-            (Some(wm(loading("20261201120000000-r2", 0, 0))), &split, "loading", None, Some((2, 50))),
+            (
+                Some(wm(TableState::Pending(window))),
+                &[],
+                "pending",
+                Some(1200),
+                None,
+            ),
+            (
+                Some(wm(loading("20261201120000000", 4, 40))),
+                &[],
+                "loading",
+                None,
+                Some((1, 40)),
+            ),
+            (
+                Some(wm(loading("20261201120000000-r2", 0, 0))),
+                &split,
+                "loading",
+                None,
+                Some((2, 50)),
+            ),
         ];
         for (wm, ranges, state, lag, load) in cases {
             let s = TableStatus::of(&table(), wm.as_ref(), ranges, max);
@@ -405,8 +437,19 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "captureInstance", "error", "fullLoad", "lagSeconds", "lastError", "lastErrorAt",
-                "lastLsn", "lastWindowEnd", "maxLsn", "mode", "pendingWindow", "state", "table"
+                "captureInstance",
+                "error",
+                "fullLoad",
+                "lagSeconds",
+                "lastError",
+                "lastErrorAt",
+                "lastLsn",
+                "lastWindowEnd",
+                "maxLsn",
+                "mode",
+                "pendingWindow",
+                "state",
+                "table"
             ]
         );
         assert_eq!(t["state"], "loading");
@@ -422,7 +465,12 @@ mod tests {
     #[test]
     fn terminal_table_lines_up_and_lists_ranges() {
         let tables = [
-            TableStatus::of(&table(), Some(&wm(TableState::Ready)), &[], Some((lsn(12), Some(at(20))))),
+            TableStatus::of(
+                &table(),
+                Some(&wm(TableState::Ready)),
+                &[],
+                Some((lsn(12), Some(at(20)))),
+            ),
             TableStatus::of(
                 &TableRef::parse("sales.orders").unwrap(),
                 Some(&wm(loading("20261201120000000-r2", 0, 0))),
@@ -441,7 +489,10 @@ mod tests {
         assert!(lines[1].contains("20m 0s"), "{text}");
         assert!(lines[2].contains("1/2 ranges, 50 rows"), "{text}");
         assert_eq!(lines[3], "  range  0:     3 parts           30 rows  done");
-        assert_eq!(lines[4], "  range  1:     2 parts           20 rows  loading");
+        assert_eq!(
+            lines[4],
+            "  range  1:     2 parts           20 rows  loading"
+        );
         assert_eq!(lines[6], "  cannot read: login failed");
         // Columns line up: STATE starts at the same offset on every table line.
         let col = lines[0].find("STATE").unwrap();
@@ -456,11 +507,19 @@ mod tests {
             &[range(0, 30, true), range(1, 20, false)],
             None,
         );
-        let ready = TableStatus::of(&TableRef::parse("sales.orders").unwrap(), Some(&wm(TableState::Ready)), &[], None);
+        let ready = TableStatus::of(
+            &TableRef::parse("sales.orders").unwrap(),
+            Some(&wm(TableState::Ready)),
+            &[],
+            None,
+        );
         let cases = [
             (vec![], ""),
             (vec![loading.clone()], "dbo.customers 1/2 ranges 50 rows"),
-            (vec![loading, ready], "dbo.customers 1/2 ranges 50 rows | sales.orders ready"),
+            (
+                vec![loading, ready],
+                "dbo.customers 1/2 ranges 50 rows | sales.orders ready",
+            ),
         ];
         for (tables, want) in cases {
             assert_eq!(progress_line(&tables), want);
@@ -469,7 +528,14 @@ mod tests {
 
     #[test]
     fn human_durations() {
-        for (s, want) in [(0, "0s"), (59, "59s"), (60, "1m 0s"), (3599, "59m 59s"), (7200, "2h 0m"), (90_000, "1d 1h")] {
+        for (s, want) in [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m 0s"),
+            (3599, "59m 59s"),
+            (7200, "2h 0m"),
+            (90_000, "1d 1h"),
+        ] {
             assert_eq!(human_seconds(s), want);
         }
     }

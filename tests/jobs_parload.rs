@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use cdc_copy::cdc::{CdcSession, KeyType, TableRef, TableState, Value};
+use cdc_copy::cdc::{KeyType, TableRef, TableState, Value};
 use cdc_copy::report::Status;
 use cdc_copy_testkit::faults::{Fault, Method};
 use cdc_copy_testkit::model::{CdcModel, ColumnDef, KeyIndex};
@@ -52,7 +52,9 @@ async fn bench(shape: Shape, rng: &mut StdRng) -> Bench {
                     vec!["customer_id".to_string()],
                 )
                 .unwrap();
-            model.enable_cdc(&customers(), "dbo_customers", true).unwrap();
+            model
+                .enable_cdc(&customers(), "dbo_customers", true)
+                .unwrap();
             let mut ids = std::collections::BTreeSet::new();
             while ids.len() < ROWS as usize {
                 let id = match shape {
@@ -68,7 +70,8 @@ async fn bench(shape: Shape, rng: &mut StdRng) -> Bench {
             Bench::over(model, &settings()).await
         }
         Shape::Composite => {
-            let collation = cdc_copy::cdc::Collation::parse("SQL_Latin1_General_CP1_CI_AS").unwrap();
+            let collation =
+                cdc_copy::cdc::Collation::parse("SQL_Latin1_General_CP1_CI_AS").unwrap();
             model
                 .create_typed_table(
                     orders(),
@@ -119,14 +122,49 @@ fn fault(rng: &mut StdRng) -> Option<(&'static str, Method, u32, Fault)> {
     use Method::*;
     let skip = rng.random_range(0..4);
     Some(match rng.random_range(0..9) {
-        0 => ("range plan committed, reply lost", InsertRanges, 0, AfterEffect),
+        0 => (
+            "range plan committed, reply lost",
+            InsertRanges,
+            0,
+            AfterEffect,
+        ),
         1 => ("crash before the plan", SampleKeys, 0, Before),
-        2 => ("crash mid-part", Scan, skip, MidStream(rng.random_range(0..5))),
-        3 => ("crash after a part's rows, before its commit", Scan, skip, AfterEffect),
-        4 => ("crash after a part's commit, before its checkpoint", UpdateRange, skip, Before),
-        5 => ("range checkpoint committed, reply lost", UpdateRange, skip, AfterEffect),
-        6 => ("a worker's session fails to open", Session, rng.random_range(0..3), Before),
-        7 => ("crash reading the plan", ReadRanges, rng.random_range(0..2), Before),
+        2 => (
+            "crash mid-part",
+            Scan,
+            skip,
+            MidStream(rng.random_range(0..5)),
+        ),
+        3 => (
+            "crash after a part's rows, before its commit",
+            Scan,
+            skip,
+            AfterEffect,
+        ),
+        4 => (
+            "crash after a part's commit, before its checkpoint",
+            UpdateRange,
+            skip,
+            Before,
+        ),
+        5 => (
+            "range checkpoint committed, reply lost",
+            UpdateRange,
+            skip,
+            AfterEffect,
+        ),
+        6 => (
+            "a worker's session fails to open",
+            Session,
+            rng.random_range(0..3),
+            Before,
+        ),
+        7 => (
+            "crash reading the plan",
+            ReadRanges,
+            rng.random_range(0..2),
+            Before,
+        ),
         _ => return None,
     })
 }
@@ -146,7 +184,10 @@ async fn loaded_rows(bench: &Bench) -> (BTreeMap<Vec<Option<String>>, u32>, usiz
         .to_string();
     let mut rows = BTreeMap::new();
     let mut parts = 0;
-    for name in names.iter().filter(|n| n.split('/').nth(3) == Some(&load_id)) {
+    for name in names
+        .iter()
+        .filter(|n| n.split('/').nth(3) == Some(&load_id))
+    {
         parts += 1;
         for record in parse_csv(&bench.read(name).await).into_iter().skip(1) {
             *rows.entry(record).or_insert(0) += 1;
@@ -203,7 +244,11 @@ async fn concurrent_workers_and_crashes_load_every_row_exactly_once() {
                     assert!(
                         matches!(
                             report.status,
-                            Status::Done | Status::InProgress | Status::Failed | Status::Superseded | Status::Conflict
+                            Status::Done
+                                | Status::InProgress
+                                | Status::Failed
+                                | Status::Superseded
+                                | Status::Conflict
                         ),
                         "{shape:?}: {:?}",
                         report.logs()
@@ -279,7 +324,11 @@ async fn a_table_is_split_only_when_large_enough() {
         assert_eq!(report.status, Status::Done, "{:?}", report.logs());
         let calls = bench.faults.calls();
         assert_eq!(calls.get(&Method::TableRows), Some(&1), "{rows} rows");
-        assert_eq!(calls.get(&Method::SampleKeys).is_some(), split, "{rows} rows");
+        assert_eq!(
+            calls.contains_key(&Method::SampleKeys),
+            split,
+            "{rows} rows"
+        );
         let names = bench.blobs("dbo/customers/full/").await;
         assert_eq!(
             names.iter().all(|n| n.contains("/range-")),
@@ -294,7 +343,11 @@ async fn a_table_is_split_only_when_large_enough() {
             }
             b
         };
-        assert_eq!(baselines.len(), 1, "one baseline for every range: {baselines:?}");
+        assert_eq!(
+            baselines.len(),
+            1,
+            "one baseline for every range: {baselines:?}"
+        );
         assert_eq!(bench.watermark().rows_copied, rows as u64);
         bench.assert_consistent("split").await;
     }
@@ -320,7 +373,10 @@ async fn status_shows_progress_by_range_then_ready() {
     assert_eq!(s.capture_instance.as_deref(), Some("dbo_customers"));
     let load = s.full_load.as_ref().expect("a load in progress");
     assert_eq!(load.ranges.len(), 4);
-    assert!(load.ranges.iter().all(|r| r.parts_done == 1 && !r.done), "{load:?}");
+    assert!(
+        load.ranges.iter().all(|r| r.parts_done == 1 && !r.done),
+        "{load:?}"
+    );
     assert_eq!(load.rows_done, 4 * 150);
     let text = cdc_copy::status::render(&status);
     assert!(text.contains("0/4 ranges, 600 rows"), "{text}");

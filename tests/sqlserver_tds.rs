@@ -1283,8 +1283,8 @@ async fn scan_pages_by_key_and_returns_the_last_key() {
         ],
         ..customers_ci()
     };
-    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false).unwrap();
-    let next = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true).unwrap();
+    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false, false).unwrap();
+    let next = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true, false).unwrap();
     let columns = vec![
         col("customer_id", SqlType::Int),
         col("region", SqlType::VarChar(10)),

@@ -671,8 +671,7 @@ pub trait CdcSession: Send {
     ) -> Result<bool, CdcError>;
 
     /// Deletes the range rows of `table`'s loads other than `keep`.
-    async fn delete_other_ranges(&mut self, table: &TableRef, keep: &str)
-        -> Result<(), CdcError>;
+    async fn delete_other_ranges(&mut self, table: &TableRef, keep: &str) -> Result<(), CdcError>;
 
     async fn read_watermark(&mut self, table: &TableRef) -> Result<Option<Watermark>, CdcError>;
 

@@ -285,6 +285,17 @@ pub fn split_load_id(timestamp_id: &str, ranges: usize) -> String {
     }
 }
 
+/// The next part of a range: its load, range number (`None`: the load is not split), parts
+/// committed before it, and the keys it starts after and may not pass.
+#[derive(Default)]
+struct Position<'a> {
+    load_id: &'a str,
+    range: Option<u32>,
+    parts_done: u32,
+    after: Option<&'a [Value]>,
+    upto: Option<&'a [Value]>,
+}
+
 /// Where a range's copy stands, and where its checkpoint is written after each part.
 #[derive(Clone)]
 enum Checkpoint {
@@ -295,19 +306,26 @@ enum Checkpoint {
 }
 
 impl Checkpoint {
-    /// (range, parts done, last key, upper bound) of the next part.
-    fn position(&self) -> (Option<u32>, u32, Option<&[Value]>, Option<&[Value]>) {
+    /// Where the next part of this range starts.
+    fn position(&self) -> Position<'_> {
         match self {
             Checkpoint::Watermark(wm) => match &wm.state {
-                TableState::Loading(p) => (None, p.parts_done, p.last_key.as_deref(), None),
-                _ => (None, 0, None, None),
+                TableState::Loading(p) => Position {
+                    load_id: &p.load_id,
+                    range: None,
+                    parts_done: p.parts_done,
+                    after: p.last_key.as_deref(),
+                    upto: None,
+                },
+                _ => Position::default(),
             },
-            Checkpoint::Range(r) => (
-                Some(r.range),
-                r.parts_done,
-                r.last_key.as_deref().or(r.after.as_deref()),
-                r.upto.as_deref(),
-            ),
+            Checkpoint::Range(r) => Position {
+                load_id: &r.load_id,
+                range: Some(r.range),
+                parts_done: r.parts_done,
+                after: r.last_key.as_deref().or(r.after.as_deref()),
+                upto: r.upto.as_deref(),
+            },
         }
     }
 
@@ -381,25 +399,19 @@ async fn load_range(
 ) -> Result<Option<Checkpoint>, JobError> {
     let part_rows = ctx.settings.full_load_part_rows.max(1);
     while !checkpoint.done() {
-        let (range, parts_done, after, upto) = checkpoint.position();
-        let load_id = match &checkpoint {
-            Checkpoint::Watermark(wm) => match &wm.state {
-                TableState::Loading(p) => p.load_id.clone(),
-                _ => break,
-            },
-            Checkpoint::Range(r) => r.load_id.clone(),
-        };
-        let name = match range {
-            None => naming::full_load_part_name(&ci.table, &load_id, parts_done),
-            Some(r) => naming::full_load_range_part_name(&ci.table, &load_id, r, parts_done),
+        let at = checkpoint.position();
+        let parts_done = at.parts_done;
+        let name = match at.range {
+            None => naming::full_load_part_name(&ci.table, at.load_id, parts_done),
+            Some(r) => naming::full_load_range_part_name(&ci.table, at.load_id, r, parts_done),
         };
         let spec = PartSpec {
             name: &name,
             baseline,
-            range,
+            range: at.range,
             part: parts_done,
-            after,
-            upto,
+            after: at.after,
+            upto: at.upto,
             rows: part_rows,
         };
         let part = write_part(ctx, session, ci, &spec).await?;
@@ -475,7 +487,9 @@ async fn write_part(
     if let Some(range) = spec.range {
         metadata.push(("range".to_string(), range.to_string()));
     }
-    let mut writer = ctx.blobs.writer(spec.name, metadata, ctx.settings.block_size);
+    let mut writer = ctx
+        .blobs
+        .writer(spec.name, metadata, ctx.settings.block_size);
     writer.create_only();
     let mut sink = ctx.csv_sink(writer);
     let (rows, last_key) = session

@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use crate::cdc::columns::{self, CapturedColumnRow, ColumnsError, KeyColumnRow};
 use crate::cdc::{
     AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, DdlEvent,
-    FullLoadProgress, Lsn, LsnRange, NameError, RangeProgress, RowFilter, RowSink, ScanMark, TableRef, TableState,
-    Value, VecSink, Watermark, Window,
+    FullLoadProgress, Lsn, LsnRange, NameError, RangeProgress, RowFilter, RowSink, ScanMark,
+    TableRef, TableState, Value, VecSink, Watermark, Window,
 };
 
 use super::connection::{map_error, SqlClient};
@@ -961,11 +961,7 @@ impl CdcSession for SqlServerSession {
         }
     }
 
-    async fn delete_other_ranges(
-        &mut self,
-        table: &TableRef,
-        keep: &str,
-    ) -> Result<(), CdcError> {
+    async fn delete_other_ranges(&mut self, table: &TableRef, keep: &str) -> Result<(), CdcError> {
         let statement = self.range_statement(sql::DELETE_OTHER_RANGES)?;
         let params = [text(&table.schema), text(&table.table), text(keep)];
         match self.execute(&statement, &params).await {

@@ -651,7 +651,9 @@ pub fn insert_ranges(watermark_table: &TableRef, ranges: usize) -> Result<String
     let width = RANGE_COLUMNS.len();
     let values: Vec<String> = (0..ranges.max(1))
         .map(|r| {
-            let params: Vec<String> = (1..=width).map(|c| format!("@P{}", r * width + c)).collect();
+            let params: Vec<String> = (1..=width)
+                .map(|c| format!("@P{}", r * width + c))
+                .collect();
             format!("({})", params.join(", "))
         })
         .collect();
@@ -882,8 +884,14 @@ END CATCH;"
             let id = keys(&["id"]);
             let cols = names(&["id"]);
             assert!(net_changes(bad, &id, &cols).is_err(), "{bad:?}");
-            assert!(scan(&t("dbo", bad), &id, &cols, true, false).is_err(), "{bad:?}");
-            assert!(scan(&t(bad, "t"), &id, &cols, false, false).is_err(), "{bad:?}");
+            assert!(
+                scan(&t("dbo", bad), &id, &cols, true, false).is_err(),
+                "{bad:?}"
+            );
+            assert!(
+                scan(&t(bad, "t"), &id, &cols, false, false).is_err(),
+                "{bad:?}"
+            );
             assert!(read_watermark(&t(bad, "w")).is_err(), "{bad:?}");
             assert!(insert_watermark(&t("cdc_copy", bad)).is_err(), "{bad:?}");
             assert!(update_watermark(&t(bad, bad)).is_err(), "{bad:?}");
@@ -985,7 +993,10 @@ END CATCH;"
             ),
         ];
         for (key, after, expected) in cases {
-            assert_eq!(scan(&table, &keys(key), &cols, *after, false).unwrap(), *expected);
+            assert_eq!(
+                scan(&table, &keys(key), &cols, *after, false).unwrap(),
+                *expected
+            );
         }
     }
 
@@ -1028,7 +1039,14 @@ END CATCH;"
         let table = t("dbo", "t");
         let cols = names(&["region", "k", "v"]);
         for (ty, cast) in cases {
-            let single = scan(&table, &[KeyColumn::new("k", ty.clone())], &cols, true, false).unwrap();
+            let single = scan(
+                &table,
+                &[KeyColumn::new("k", ty.clone())],
+                &cols,
+                true,
+                false,
+            )
+            .unwrap();
             let c2 = cast.replace("@P", "@P2");
             assert_eq!(
                 single,
@@ -1122,7 +1140,10 @@ END CATCH;"
             ),
         ];
         for (key, after, expected) in cases {
-            assert_eq!(scan(&table, &keys(key), &cols, *after, true).unwrap(), *expected);
+            assert_eq!(
+                scan(&table, &keys(key), &cols, *after, true).unwrap(),
+                *expected
+            );
         }
     }
 
@@ -1152,19 +1173,31 @@ END CATCH;"
         let read = ranges_statement(READ_RANGES, &wm).unwrap();
         assert!(read.contains("FROM [cdc_copy].[watermark_range] WHERE schema_name = @P1 AND table_name = @P2 AND load_id = @P3 ORDER BY range_no;"));
         assert_eq!(max_param(READ_RANGES), 3);
-        assert!(read.contains(&RANGE_COLUMNS.join(", ").replace("last_key, ", "last_key,\n       ")));
+        assert!(read.contains(
+            &RANGE_COLUMNS
+                .join(", ")
+                .replace("last_key, ", "last_key,\n       ")
+        ));
         assert_eq!(max_param(UPDATE_RANGE), 14);
         for (i, column) in RANGE_COLUMNS.iter().enumerate().skip(6) {
-            assert!(UPDATE_RANGE.contains(&format!("{column} = @P{}", i + 1)), "{column}");
+            assert!(
+                UPDATE_RANGE.contains(&format!("{column} = @P{}", i + 1)),
+                "{column}"
+            );
         }
         assert!(UPDATE_RANGE.contains("AND range_no = @P4\n  AND version = @P14;"));
         assert!(UPDATE_RANGE.starts_with("SET NOCOUNT OFF;"));
         let insert = insert_ranges(&wm, 2).unwrap();
         assert!(insert.starts_with("SET NOCOUNT OFF;\nINSERT INTO [cdc_copy].[watermark_range] ("));
         assert!(insert.contains("(VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13), (@P14, @P15, @P16, @P17, @P18, @P19, @P20, @P21, @P22, @P23, @P24, @P25, @P26)) AS v"));
-        assert!(insert.contains("WHERE NOT EXISTS (SELECT 1 FROM [cdc_copy].[watermark_range] WITH (UPDLOCK, HOLDLOCK)"));
-        assert_eq!(max_param(&insert_ranges(&wm, MAX_RANGES as usize).unwrap()), 13 * 64);
-        assert!(13 * MAX_RANGES < 2100);
+        assert!(insert.contains(
+            "WHERE NOT EXISTS (SELECT 1 FROM [cdc_copy].[watermark_range] WITH (UPDLOCK, HOLDLOCK)"
+        ));
+        assert_eq!(
+            max_param(&insert_ranges(&wm, MAX_RANGES as usize).unwrap()),
+            13 * 64
+        );
+        const { assert!(13 * MAX_RANGES < 2100) };
         let delete = ranges_statement(DELETE_OTHER_RANGES, &wm).unwrap();
         assert_eq!(delete, "DELETE FROM [cdc_copy].[watermark_range] WHERE schema_name = @P1 AND table_name = @P2 AND load_id <> @P3;");
         assert!(ranges_statement(READ_RANGES, &t("cdc_copy", "w]")).is_err());

@@ -440,11 +440,7 @@ impl CdcSession for FaultySession {
         self.faults.call(Method::UpdateRange, call).await
     }
 
-    async fn delete_other_ranges(
-        &mut self,
-        table: &TableRef,
-        keep: &str,
-    ) -> Result<(), CdcError> {
+    async fn delete_other_ranges(&mut self, table: &TableRef, keep: &str) -> Result<(), CdcError> {
         let call = self.inner.delete_other_ranges(table, keep);
         self.faults.call(Method::DeleteOtherRanges, call).await
     }

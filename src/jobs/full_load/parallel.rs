@@ -99,7 +99,8 @@ pub(super) async fn load(
         .collect();
     let mut failure = None;
     for joined in futures::future::join_all(workers).await {
-        let (worker, outcome) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let (worker, outcome) =
+            joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         result.blobs.extend(worker.blobs);
         if let Err(e) = outcome {
             failure.get_or_insert(e);
@@ -129,7 +130,16 @@ async fn work(
 ) -> Result<(), JobError> {
     let mut session = ctx.source.session().await?;
     let checkpoint = Checkpoint::Range(range);
-    load_range(ctx, session.as_mut(), ci, baseline, checkpoint, deadline, result).await?;
+    load_range(
+        ctx,
+        session.as_mut(),
+        ci,
+        baseline,
+        checkpoint,
+        deadline,
+        result,
+    )
+    .await?;
     Ok(())
 }
 
@@ -183,7 +193,9 @@ async fn complete(
         },
     };
     if let Some(first) = ranges.first() {
-        session.delete_other_ranges(&ci.table, &first.load_id).await?;
+        session
+            .delete_other_ranges(&ci.table, &first.load_id)
+            .await?;
     }
     tracing::info!(table = %ci.table, ranges = ranges.len(), rows = result.rows, "full load finished");
     result.status = Status::Done;

@@ -37,11 +37,7 @@ pub struct KeyRange {
 impl KeyRange {
     /// Whether `key` is in the range under `cmp`, the server's key order: the meaning of
     /// the range predicate the scan sends, for the model and the tests.
-    pub fn contains(
-        &self,
-        key: &[Value],
-        cmp: impl Fn(&[Value], &[Value]) -> Ordering,
-    ) -> bool {
+    pub fn contains(&self, key: &[Value], cmp: impl Fn(&[Value], &[Value]) -> Ordering) -> bool {
         let above = self
             .after
             .as_deref()
@@ -142,7 +138,11 @@ mod tests {
             (10, 8, 0, 8),
         ];
         for (rows, max, min_rows, want) in cases {
-            assert_eq!(count(rows, max, min_rows), want, "{rows} rows, max {max}, min {min_rows}");
+            assert_eq!(
+                count(rows, max, min_rows),
+                want,
+                "{rows} rows, max {max}, min {min_rows}"
+            );
         }
     }
 
@@ -157,20 +157,38 @@ mod tests {
             (7_000, 4, 11.4286),
         ];
         for (rows, ranges, want) in cases {
-            assert_eq!(sample_percent(rows, ranges), want, "{rows} rows, {ranges} ranges");
+            assert_eq!(
+                sample_percent(rows, ranges),
+                want,
+                "{rows} rows, {ranges} ranges"
+            );
         }
     }
 
     #[test]
     fn splits_at_evenly_spaced_sample_keys() {
         let sample: Vec<Vec<Value>> = (1..=8).map(|k| int(&[k])).collect();
-        let cases: [(&[Vec<Value>], u32, Vec<(Option<i64>, Option<i64>)>); 6] = [
+        type Bounds = Vec<(Option<i64>, Option<i64>)>;
+        let cases: [(&[Vec<Value>], u32, Bounds); 6] = [
             (&sample, 1, vec![(None, None)]),
             (&[], 4, vec![(None, None)]),
-            (&sample, 4, vec![(None, Some(2)), (Some(2), Some(4)), (Some(4), Some(6)), (Some(6), None)]),
+            (
+                &sample,
+                4,
+                vec![
+                    (None, Some(2)),
+                    (Some(2), Some(4)),
+                    (Some(4), Some(6)),
+                    (Some(6), None),
+                ],
+            ),
             (&sample[..1], 4, vec![(None, None)]),
             (&sample[..2], 4, vec![(None, Some(1)), (Some(1), None)]),
-            (&sample, 3, vec![(None, Some(2)), (Some(2), Some(5)), (Some(5), None)]),
+            (
+                &sample,
+                3,
+                vec![(None, Some(2)), (Some(2), Some(5)), (Some(5), None)],
+            ),
         ];
         for (sample, ranges, want) in cases {
             let got: Vec<(Option<i64>, Option<i64>)> = split(sample, ranges)
@@ -205,15 +223,21 @@ mod tests {
             prop::collection::vec(any::<i32>().prop_map(|k| int(&[k as i64])), 0..400),
             prop::collection::vec(
                 (0u8..10, any::<i16>()).prop_map(|(hot, k)| {
-                    let k = if hot < 8 { k as i64 % 5 } else { k as i64 * 1000 };
+                    let k = if hot < 8 {
+                        k as i64 % 5
+                    } else {
+                        k as i64 * 1000
+                    };
                     int(&[k])
                 }),
                 0..400
             ),
             prop::collection::vec(
-                (prop::sample::select(vec!["a", "A", "b", "B", "c"]), 0i64..50).prop_map(
-                    |(t, k)| vec![Value::Text(t.to_string()), Value::Int(k)]
-                ),
+                (
+                    prop::sample::select(vec!["a", "A", "b", "B", "c"]),
+                    0i64..50
+                )
+                    .prop_map(|(t, k)| vec![Value::Text(t.to_string()), Value::Int(k)]),
                 0..400
             ),
         ]

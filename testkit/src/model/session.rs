@@ -435,7 +435,10 @@ impl CdcSession for ModelSession {
                 return Ok(false);
             }
             for row in rows {
-                r.insert((row.table.clone(), row.load_id.clone(), row.range), row.clone());
+                r.insert(
+                    (row.table.clone(), row.load_id.clone(), row.range),
+                    row.clone(),
+                );
             }
             Ok(true)
         })
@@ -463,11 +466,7 @@ impl CdcSession for ModelSession {
         })
     }
 
-    async fn delete_other_ranges(
-        &mut self,
-        table: &TableRef,
-        keep: &str,
-    ) -> Result<(), CdcError> {
+    async fn delete_other_ranges(&mut self, table: &TableRef, keep: &str) -> Result<(), CdcError> {
         self.model.round_trip();
         self.with_ranges(|r| {
             r.retain(|(t, load, _), _| t != table || load == keep);
@@ -519,7 +518,9 @@ impl ModelSession {
     ) -> Result<T, CdcError> {
         let mut state = self.model.lock();
         if state.watermarks.is_none() {
-            return Err(CdcError::NoWatermarkTable(format!("{WATERMARK_TABLE}_range")));
+            return Err(CdcError::NoWatermarkTable(format!(
+                "{WATERMARK_TABLE}_range"
+            )));
         }
         f(&mut state.ranges)
     }
