@@ -85,6 +85,17 @@ BEGIN
     );
 END;
 
+/* 3b. Why a table's last copy failed (issue 12), for `handler status` and the poison queue.
+       Set when a table's copy fails, cleared by the next watermark write that succeeds.
+       Added to an existing table too (a watermark table created by an earlier version of this
+       script): run this script again after upgrading; every step checks first.
+       https://learn.microsoft.com/sql/t-sql/statements/alter-table-transact-sql
+       https://learn.microsoft.com/sql/t-sql/functions/col-length-transact-sql */
+IF COL_LENGTH(N'cdc_copy.watermark', N'last_error') IS NULL
+    ALTER TABLE cdc_copy.watermark ADD last_error nvarchar(4000) NULL;
+IF COL_LENGTH(N'cdc_copy.watermark', N'last_error_at') IS NULL
+    ALTER TABLE cdc_copy.watermark ADD last_error_at datetime2(7) NULL;
+
 /* 3b. The range table of parallel full loads: the watermark table's name + _range, one row
       per key range of a split load (CDC_FULL_LOAD_RANGES > 1). A range is
       after_key < key <= upto_key (JSON key tuples, NULL = unbounded); parts_done, last_key,

@@ -95,6 +95,30 @@ pub struct Settings {
     /// (`%INCREMENTAL_COPY_SCHEDULE%` in function.json). `None` when unset: the handler itself
     /// can run without it (the Functions host cannot). Validated for shape only.
     pub schedule: Option<String>,
+    /// `CDC_FANOUT`: how the timer's tables are copied.
+    pub fanout: Fanout,
+    /// `CDC_QUEUE_MAX_DEQUEUE_COUNT`: host.json's `extensions.queues.maxDequeueCount`, so a
+    /// `CopyTable` run knows when a failure is the message's last try.
+    pub queue_max_dequeue_count: i64,
+}
+
+/// `CDC_FANOUT`: where the `IncrementalCopy` timer's per-table work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fanout {
+    /// Every table in the timer's own invocation, `CDC_TABLE_CONCURRENCY` at a time.
+    #[default]
+    Inline,
+    /// One `cdc-copy-tables` message per table; `CopyTable` invocations, on as many instances
+    /// as the host scales to, copy them (`docs/scale-out.md`).
+    Queue,
+}
+
+fn parse_fanout(v: &str) -> Result<Fanout, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "inline" => Ok(Fanout::Inline),
+        "queue" => Ok(Fanout::Queue),
+        _ => Err(format!("{} is not `inline` or `queue`", shown(v))),
+    }
 }
 
 /// How long one SQL Server round trip may take before the statement fails (tiberius's
@@ -176,6 +200,8 @@ pub const CDC_FULL_LOAD_PART_ROWS: &str = "CDC_FULL_LOAD_PART_ROWS";
 pub const CDC_FULL_LOAD_HTTP_BUDGET_SECONDS: &str = "CDC_FULL_LOAD_HTTP_BUDGET_SECONDS";
 pub const CDC_FULL_LOAD_RANGES: &str = "CDC_FULL_LOAD_RANGES";
 pub const CDC_FULL_LOAD_RANGE_MIN_ROWS: &str = "CDC_FULL_LOAD_RANGE_MIN_ROWS";
+pub const CDC_FANOUT: &str = "CDC_FANOUT";
+pub const CDC_QUEUE_MAX_DEQUEUE_COUNT: &str = "CDC_QUEUE_MAX_DEQUEUE_COUNT";
 pub const INCREMENTAL_COPY_SCHEDULE: &str = "INCREMENTAL_COPY_SCHEDULE";
 pub const FUNCTIONS_CUSTOMHANDLER_PORT: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
 pub const RUST_LOG: &str = "RUST_LOG";
@@ -343,6 +369,20 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: Some("1000000"),
         range: Some((1, 1000000000)),
         description: "Rows per range at least: a table of fewer than twice this many rows is loaded as one range.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_FANOUT,
+        default: Some("inline"),
+        range: None,
+        description: "`inline`: the IncrementalCopy timer copies every table itself. `queue`: it copies nothing and sends one message per table to the `cdc-copy-tables` queue, and the CopyTable function copies each table, on as many instances as the host scales out to (docs/scale-out.md). `handler incremental-copy` always copies inline.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_QUEUE_MAX_DEQUEUE_COUNT,
+        default: Some("5"),
+        range: Some((1, 100)),
+        description: "host.json `extensions.queues.maxDequeueCount`, repeated here so that a CopyTable run knows its last try: a transient failure on that delivery is logged as the table's final failure before the host moves the message to `cdc-copy-tables-poison`. Keep the two equal.",
         secret: false,
     },
     SettingDoc {
@@ -566,6 +606,8 @@ impl<'a> Parser<'a> {
                 });
                 self.record(r)
             });
+        let fanout = self.text(CDC_FANOUT, "inline", parse_fanout);
+        let max_dequeue = self.number(CDC_QUEUE_MAX_DEQUEUE_COUNT);
         let schedule = match self.get(INCREMENTAL_COPY_SCHEDULE) {
             None => Some(None),
             Some(v) => {
@@ -595,6 +637,8 @@ impl<'a> Parser<'a> {
             full_load_http_budget: Duration::from_secs(budget?),
             sql_command_timeout: command_timeout?,
             schedule: schedule?,
+            fanout: fanout?,
+            queue_max_dequeue_count: max_dequeue? as i64,
         })
     }
 
@@ -909,6 +953,8 @@ mod tests {
         assert_eq!(s.full_load_http_budget, Duration::from_secs(180));
         assert_eq!(s.sql_command_timeout.duration(), Duration::from_secs(300));
         assert_eq!(s.schedule, None);
+        assert_eq!(s.fanout, Fanout::Inline);
+        assert_eq!(s.queue_max_dequeue_count, 5);
         assert_eq!(
             s.tables,
             vec![TableSpec {
@@ -968,6 +1014,9 @@ mod tests {
             (CDC_FULL_LOAD_PART_ROWS, "50000", |s| s.full_load_part_rows == 50_000),
             (CDC_FULL_LOAD_RANGES, "4", |s| s.full_load_ranges == 4),
             (CDC_FULL_LOAD_RANGE_MIN_ROWS, "500", |s| s.full_load_range_min_rows == 500),
+            (CDC_FANOUT, "queue", |s| s.fanout == Fanout::Queue),
+            (CDC_FANOUT, " Inline ", |s| s.fanout == Fanout::Inline),
+            (CDC_QUEUE_MAX_DEQUEUE_COUNT, "3", |s| s.queue_max_dequeue_count == 3),
             (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "200", |s| s.full_load_http_budget.as_secs() == 200),
             (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "1", |s| s.full_load_http_budget.as_secs() == 1),
             (INCREMENTAL_COPY_SCHEDULE, "0 */15 * * * *", |s| {
@@ -1035,6 +1084,9 @@ mod tests {
             (CDC_FULL_LOAD_RANGES, "0"),
             (CDC_FULL_LOAD_RANGES, "65"),
             (CDC_FULL_LOAD_RANGE_MIN_ROWS, "0"),
+            (CDC_FANOUT, "queues"),
+            (CDC_FANOUT, "both"),
+            (CDC_QUEUE_MAX_DEQUEUE_COUNT, "0"),
             (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "201"),
             (CDC_FULL_LOAD_HTTP_BUDGET_SECONDS, "0"),
             (INCREMENTAL_COPY_SCHEDULE, "*/15 * * * *"),
@@ -1264,7 +1316,7 @@ mod tests {
     #[test]
     fn number_ranges_are_the_documented_ones() {
         let numbers: Vec<_> = SETTINGS.iter().filter(|d| d.range.is_some()).collect();
-        assert_eq!(numbers.len(), 10);
+        assert_eq!(numbers.len(), 11);
         for doc in numbers {
             let (default, min, max) = number_doc(doc.name);
             assert!((min..=max).contains(&default), "{}", doc.name);

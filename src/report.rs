@@ -109,7 +109,7 @@ pub struct SwitchFields {
     pub after_lsn: Lsn,
 }
 
-fn as_text<S: Serializer>(table: &TableRef, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn as_text<S: Serializer>(table: &TableRef, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(table)
 }
 
@@ -160,6 +160,10 @@ pub struct Report {
     /// Set when the job could not run (invalid settings, a panic): the invocation failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Messages for the function's queue output bindings: binding name → messages, each
+    /// written by the host as one queue message. Not part of `ReturnValue`.
+    #[serde(skip)]
+    pub outputs: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 impl Report {
@@ -173,6 +177,7 @@ impl Report {
                 .unwrap_or(Status::Done),
             tables,
             error: None,
+            outputs: Default::default(),
         }
     }
 
@@ -182,6 +187,7 @@ impl Report {
             status: Status::Failed,
             tables: Vec::new(),
             error: Some(error.into()),
+            outputs: Default::default(),
         }
     }
 }

@@ -17,7 +17,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use cdc_copy::config::{Settings, SETTINGS};
-use cdc_copy::host::payload::{HTTP_BINDING, HTTP_OUTPUT_BINDING, TIMER_BINDING};
+use cdc_copy::host::payload::{
+    HTTP_BINDING, HTTP_OUTPUT_BINDING, POISON_OUTPUT_BINDING, QUEUE_BINDING, TABLES_OUTPUT_BINDING,
+    TIMER_BINDING,
+};
 use serde_json::{json, Value};
 
 fn manifest_dir() -> PathBuf {
@@ -120,8 +123,20 @@ fn host_json_is_valid_and_per_contract() {
 fn incremental_copy_function_json() {
     let f = assert_valid("function.json.schema.json", "IncrementalCopy/function.json");
     let bindings = f["bindings"].as_array().expect("bindings");
-    assert_eq!(bindings.len(), 1);
+    assert_eq!(bindings.len(), 2);
     let timer = &bindings[0];
+    let tables = &bindings[1];
+    assert_eq!(
+        (&tables["type"], &tables["direction"], &tables["name"]),
+        (
+            &json!("queue"),
+            &json!("out"),
+            &json!(TABLES_OUTPUT_BINDING)
+        ),
+        "CDC_FANOUT=queue answers with Outputs.{TABLES_OUTPUT_BINDING}"
+    );
+    assert_eq!(tables["queueName"], "cdc-copy-tables");
+    assert_eq!(tables["connection"], "AzureWebJobsStorage");
     assert_eq!(timer["type"], "timerTrigger");
     assert_eq!(timer["direction"], "in");
     assert_eq!(
@@ -138,6 +153,57 @@ fn incremental_copy_function_json() {
         "would fire on every start/scale-out"
     );
     assert_eq!(f["retry"]["strategy"], "exponentialBackoff");
+}
+
+/// The queue-triggered function: its trigger binding is what the handler reads, its
+/// `poison` output is the trigger queue's `-poison` queue (where the host moves messages too).
+#[test]
+fn copy_table_function_json() {
+    let f = assert_valid("function.json.schema.json", "CopyTable/function.json");
+    let bindings = f["bindings"].as_array().expect("bindings");
+    assert_eq!(bindings.len(), 2);
+    let (trigger, poison) = (&bindings[0], &bindings[1]);
+    assert_eq!(trigger["type"], "queueTrigger");
+    assert_eq!(trigger["direction"], "in");
+    assert_eq!(
+        trigger["name"], QUEUE_BINDING,
+        "the handler reads Data.{QUEUE_BINDING}"
+    );
+    assert_eq!(trigger["queueName"], "cdc-copy-tables");
+    assert_eq!(poison["type"], "queue");
+    assert_eq!(poison["direction"], "out");
+    assert_eq!(poison["name"], POISON_OUTPUT_BINDING);
+    assert_eq!(
+        poison["queueName"],
+        format!("{}-poison", trigger["queueName"].as_str().unwrap())
+    );
+    for b in bindings {
+        assert_eq!(b["connection"], "AzureWebJobsStorage", "{b}");
+    }
+    assert!(
+        f.get("retry").is_none(),
+        "queue triggers retry through maxDequeueCount, not a retry policy"
+    );
+}
+
+/// host.json's queue settings: one message at a time per batch slot, at most four tables
+/// per instance (the memory budget of CDC_TABLE_CONCURRENCY's default), and the handler's
+/// CDC_QUEUE_MAX_DEQUEUE_COUNT default equal to maxDequeueCount.
+#[test]
+fn host_json_queue_settings() {
+    let host = read_json(&manifest_dir().join("host.json"));
+    let queues = &host["extensions"]["queues"];
+    let concurrency =
+        queues["batchSize"].as_u64().unwrap() + queues["newBatchThreshold"].as_u64().unwrap();
+    assert_eq!(concurrency, 4, "batchSize + newBatchThreshold");
+    let max = SETTINGS
+        .iter()
+        .find(|s| s.name == "CDC_QUEUE_MAX_DEQUEUE_COUNT")
+        .and_then(|s| s.default)
+        .unwrap();
+    assert_eq!(queues["maxDequeueCount"].to_string(), max);
+    assert_eq!(queues["visibilityTimeout"], "00:00:30");
+    assert_eq!(queues["messageEncoding"], "base64");
 }
 
 #[test]
@@ -284,6 +350,7 @@ fn funcignore_keeps_the_app_and_drops_the_sources() {
         "handler",
         "IncrementalCopy/",
         "FullLoad/",
+        "CopyTable/",
         "*.json",
     ] {
         assert!(!lines.contains(kept), ".funcignore must not exclude {kept}");

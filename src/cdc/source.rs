@@ -685,6 +685,37 @@ pub trait CdcSession: Send {
         expected_version: i64,
         row: &Watermark,
     ) -> Result<bool, CdcError>;
+
+    /// Records on the table's watermark row why its copy failed, and when; `None` clears it.
+    /// Leaves the version alone (the error is for people, not for runs), and a successful
+    /// [`CdcSession::update_watermark`] clears it too. No row: nothing to record it on.
+    async fn set_last_error(
+        &mut self,
+        table: &TableRef,
+        error: Option<&LastError>,
+    ) -> Result<(), CdcError>;
+
+    /// The error [`CdcSession::set_last_error`] recorded and no run has cleared since.
+    async fn last_error(&mut self, table: &TableRef) -> Result<Option<LastError>, CdcError>;
+}
+
+/// Why a table's last copy failed (`cdc_copy.watermark.last_error`, `last_error_at`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// The failure as reported (at most 4000 characters, the column's size).
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+impl LastError {
+    /// `message` cut to the column's 4000 characters.
+    pub fn new(message: &str, at: DateTime<Utc>) -> LastError {
+        const COLUMN_CHARS: usize = 4000;
+        LastError {
+            message: message.chars().take(COLUMN_CHARS).collect(),
+            at,
+        }
+    }
 }
 
 /// A [`RowSink`] that keeps everything in memory: for tests and small result sets only (the

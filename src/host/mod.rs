@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cdc::TableRef;
 use crate::config::Settings;
@@ -18,8 +18,8 @@ pub mod render;
 pub mod server;
 
 pub use payload::{
-    full_load_request, parse_host_time, timer_trigger, HttpInvocation, PayloadError, RequestError,
-    TimerInvocation,
+    full_load_request, parse_host_time, table_message, timer_trigger, HttpInvocation, PayloadError,
+    QueueInvocation, RequestError, TimerInvocation,
 };
 pub use server::{run, MAX_BODY_BYTES};
 
@@ -47,11 +47,56 @@ pub struct FullLoadRequest {
     pub reset: bool,
 }
 
-/// The work behind the two functions. The production implementation lives in `jobs`; host
+/// One `CopyTable` queue message (queue `cdc-copy-tables`): copy `table`'s window up to
+/// `triggerTime`. It carries only what the per-table logic takes from the trigger; the window
+/// itself (`from`, pending window, capture instance) always comes from the watermark row, so
+/// a duplicate, a redelivery or a message older than the watermark cannot copy a change twice
+/// or skip one: see `docs/scale-out.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TableMessage {
+    #[serde(
+        deserialize_with = "payload::table",
+        serialize_with = "crate::report::as_text"
+    )]
+    pub table: TableRef,
+    /// The trigger time of the `IncrementalCopy` run that sent it: the window's end.
+    #[serde(deserialize_with = "payload::required_time")]
+    pub trigger_time: DateTime<Utc>,
+    /// The sending run was past due (for the log only).
+    #[serde(default, deserialize_with = "payload::boolean")]
+    pub is_past_due: bool,
+}
+
+/// How a queue message reached this invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Delivery {
+    /// `Metadata.DequeueCount`: 1 on the first delivery.
+    pub dequeue_count: i64,
+    /// `Metadata.Id`.
+    pub id: Option<String>,
+}
+
+/// The work behind the functions. The production implementation lives in `jobs`; host
 /// tests plug in their own.
 #[async_trait]
 pub trait Jobs: Send + Sync + 'static {
+    /// One incremental window for every table, here and now (the CLI's
+    /// `handler incremental-copy`, and the timer with `CDC_FANOUT=inline`).
     async fn incremental_copy(&self, trigger: TimerTrigger) -> Report;
+    /// The `IncrementalCopy` timer function: [`Jobs::incremental_copy`], or with
+    /// `CDC_FANOUT=queue` one [`TableMessage`] per table in the report's
+    /// [`payload::TABLES_OUTPUT_BINDING`] output.
+    async fn timer(&self, trigger: TimerTrigger) -> Report {
+        self.incremental_copy(trigger).await
+    }
+    /// The `CopyTable` queue function: one table's window.
+    async fn copy_table(&self, message: TableMessage, _delivery: Delivery) -> Report {
+        Report::failed(format!(
+            "CopyTable cannot run for {}: this handler serves no CopyTable",
+            message.table
+        ))
+    }
     async fn full_load(&self, request: FullLoadRequest) -> Report;
     /// Connectivity checks for `handler check`: one `(what, result)` per thing checked (SQL
     /// login, CDC enabled per table, watermark table, container…). The default checks nothing.
@@ -109,6 +154,10 @@ impl Jobs for NotConfigured {
 
     async fn full_load(&self, _request: FullLoadRequest) -> Report {
         self.report("FullLoad")
+    }
+
+    async fn copy_table(&self, _message: TableMessage, _delivery: Delivery) -> Report {
+        self.report("CopyTable")
     }
 
     async fn check(&self) -> Vec<(String, Result<(), String>)> {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_path_to_error::Path;
 
-use super::{FullLoadRequest, TimerTrigger};
+use super::{FullLoadRequest, TableMessage, TimerTrigger};
 use crate::cdc::TableRef;
 
 /// Binding name of the timer trigger in `IncrementalCopy/function.json`.
@@ -28,6 +28,14 @@ pub const TIMER_BINDING: &str = "timer";
 pub const HTTP_BINDING: &str = "req";
 /// Binding name of the HTTP output in `FullLoad/function.json`.
 pub const HTTP_OUTPUT_BINDING: &str = "res";
+/// Binding name of the queue trigger in `CopyTable/function.json`.
+pub const QUEUE_BINDING: &str = "message";
+/// Binding name of `IncrementalCopy`'s queue output (queue `cdc-copy-tables`): one message
+/// per table with `CDC_FANOUT=queue`.
+pub const TABLES_OUTPUT_BINDING: &str = "tables";
+/// Binding name of `CopyTable`'s queue output to its poison queue (`cdc-copy-tables-poison`):
+/// where a message whose table needs a person goes at once, with its error.
+pub const POISON_OUTPUT_BINDING: &str = "poison";
 
 /// How far `ScheduleStatus.Next` may lie after the invocation's clock and still count as this
 /// run's trigger time. .NET timers can fire a few milliseconds early; taking `Next` then keeps
@@ -155,6 +163,61 @@ pub struct InvocationMetadata {
         skip_serializing_if = "Option::is_none"
     )]
     pub retry_context: Option<RetryContext>,
+    /// Queue trigger metadata (`CopyTable`): how many times the message has been dequeued,
+    /// this one included (1 on the first delivery).
+    #[serde(
+        rename = "DequeueCount",
+        alias = "dequeueCount",
+        deserialize_with = "optional_integer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dequeue_count: Option<i64>,
+    /// The queue message's id.
+    #[serde(
+        rename = "Id",
+        alias = "id",
+        deserialize_with = "string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub id: Option<String>,
+    #[serde(
+        rename = "InsertionTime",
+        alias = "insertionTime",
+        deserialize_with = "time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub insertion_time: Option<DateTime<Utc>>,
+    #[serde(
+        rename = "ExpirationTime",
+        alias = "expirationTime",
+        deserialize_with = "time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expiration_time: Option<DateTime<Utc>>,
+    #[serde(
+        rename = "NextVisibleTime",
+        alias = "nextVisibleTime",
+        deserialize_with = "time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_visible_time: Option<DateTime<Utc>>,
+    #[serde(
+        rename = "PopReceipt",
+        alias = "popReceipt",
+        deserialize_with = "string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pop_receipt: Option<String>,
+}
+
+/// A decoded `CopyTable` invocation (queue trigger). The custom handler payload carries the
+/// message as its text under the binding's name (`"Data": {"message": "{…}"}`), and the
+/// trigger metadata (`DequeueCount`, `Id`, `InsertionTime`, …) beside `sys` in `Metadata`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueInvocation {
+    /// The message: its JSON when the text is JSON, else the text itself.
+    pub message: Value,
+    pub metadata: InvocationMetadata,
 }
 
 /// A decoded `IncrementalCopy` invocation.
@@ -206,6 +269,8 @@ struct Bindings {
     timer: Option<TimerInfo>,
     #[serde(default, deserialize_with = "object")]
     req: Option<HttpRequestData>,
+    #[serde(default, deserialize_with = "queue_message")]
+    message: Option<Value>,
 }
 
 /// A text that is not a timestamp [`parse_host_time`] accepts.
@@ -323,7 +388,18 @@ fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
 }
 
 fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    Ok(scalar(d, "an integer", Value::as_i64)?.unwrap_or(0))
+    Ok(optional_integer(d)?.unwrap_or(0))
+}
+
+fn optional_integer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    scalar(d, "an integer", Value::as_i64)
+}
+
+/// `Data.message`: the queue message's text (or, from a host that parsed it, its JSON).
+fn queue_message<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    scalar(d, "a string or an object", |v| {
+        (v.is_string() || v.is_object()).then(|| v.clone())
+    })
 }
 
 pub(super) fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -478,6 +554,70 @@ impl HttpInvocation {
             .ok_or(RequestError::new("Data.req", "missing"))?;
         Ok(HttpInvocation { req, metadata })
     }
+}
+
+impl QueueInvocation {
+    /// Decodes a `CopyTable` invocation body: `Data.message` must be there, and
+    /// `Metadata.DequeueCount`, when sent, at least 1.
+    pub fn from_json(root: &Value) -> Result<QueueInvocation, PayloadError> {
+        let (binding, metadata) = envelope(root)?;
+        let message = binding
+            .message
+            .ok_or(RequestError::new("Data.message", "missing"))?;
+        if metadata.dequeue_count.is_some_and(|n| n < 1) {
+            return Err(RequestError::new(
+                "Metadata.DequeueCount",
+                "must be at least 1 (the first delivery counts 1)",
+            )
+            .into());
+        }
+        let message = match message {
+            Value::String(text) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            other => other,
+        };
+        Ok(QueueInvocation { message, metadata })
+    }
+
+    /// How many times the message has been dequeued, this delivery included (1 when the
+    /// host did not say).
+    pub fn dequeue_count(&self) -> i64 {
+        self.metadata.dequeue_count.unwrap_or(1)
+    }
+}
+
+/// The `CopyTable` message from `Data.message` ([`TableMessage`]'s fields, strictly:
+/// unknown keys are refused, so a message from another version is not half-understood).
+/// Error paths start with `Data.message`.
+pub fn table_message(message: &Value) -> Result<TableMessage, RequestError> {
+    let prefixed = |e: RequestError| {
+        let field = if e.field == "body" {
+            "Data.message".to_string()
+        } else {
+            format!("Data.message.{}", e.field)
+        };
+        RequestError { field, ..e }
+    };
+    let Object(message): Object<TableMessage> = serde_path_to_error::deserialize(message)
+        .map_err(RequestError::from)
+        .map_err(prefixed)?;
+    Ok(message)
+}
+
+/// `table` of a [`TableMessage`]: one `schema.table` name.
+pub(super) fn table<'de, D: Deserializer<'de>>(d: D) -> Result<TableRef, D::Error> {
+    let value = Value::deserialize(d)?;
+    let text = value.as_str().ok_or_else(|| {
+        de::Error::custom(format!(
+            "expected a \"schema.table\" string, found {}",
+            kind(&value)
+        ))
+    })?;
+    TableRef::parse(text).map_err(de::Error::custom)
+}
+
+/// A required host timestamp ([`parse_host_time`]; `0001-01-01` is refused).
+pub(super) fn required_time<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    time(d)?.ok_or_else(|| de::Error::custom("expected a timestamp, e.g. 2026-11-21T10:15:00Z"))
 }
 
 /// The FullLoad request from the HTTP body: `{"tables":["dbo.customers"],"reset":true}`, by
@@ -857,6 +997,7 @@ mod tests {
                     rand_guid: None,
                 }),
                 retry_context: None,
+                ..InvocationMetadata::default()
             },
         };
         let wire = json!({"Data": {"timer": inv.timer}, "Metadata": inv.metadata});
@@ -948,6 +1089,155 @@ mod tests {
             let e = full_load_request(&json!(body)).expect_err(body);
             assert_eq!(e.field, *field, "{body}: {e}");
             assert!(e.to_string().starts_with(field), "{e}");
+        }
+    }
+
+    /// The custom handlers page's queue payload: the message as text, the trigger metadata
+    /// beside `sys`.
+    fn queue_payload(message: Value) -> Value {
+        json!({
+            "Data": {"message": message},
+            "Metadata": {
+                "DequeueCount": 1,
+                "ExpirationTime": "2026-11-28T10:15:01+00:00",
+                "Id": "800ae4b3-bdd2-4c08-badd-f08e5a34b865",
+                "InsertionTime": "2026-11-21T10:15:01+00:00",
+                "NextVisibleTime": "2026-11-21T10:25:01+00:00",
+                "PopReceipt": "AgAAAAMAAAAAAAAAAgtnj8x+1QE=",
+                "sys": {"MethodName": "CopyTable", "UtcNow": "2026-11-21T10:15:01.2205399Z", "RandGuid": "24ad4c06-24ad-4e5b-8294-3da9714877e9"}
+            }
+        })
+    }
+
+    #[test]
+    fn queue_invocations() {
+        let text = json!("{\"table\":\"dbo.customers\",\"triggerTime\":\"2026-11-21T10:15:00Z\"}");
+        let inv = QueueInvocation::from_json(&queue_payload(text)).unwrap();
+        assert_eq!(inv.dequeue_count(), 1);
+        assert_eq!(
+            inv.metadata.id.as_deref(),
+            Some("800ae4b3-bdd2-4c08-badd-f08e5a34b865")
+        );
+        assert_eq!(inv.metadata.insertion_time, Some(t("2026-11-21T10:15:01Z")));
+        assert_eq!(
+            inv.metadata.pop_receipt.as_deref(),
+            Some("AgAAAAMAAAAAAAAAAgtnj8x+1QE=")
+        );
+        let want = TableMessage {
+            table: TableRef::parse("dbo.customers").unwrap(),
+            trigger_time: t("2026-11-21T10:15:00Z"),
+            is_past_due: false,
+        };
+        assert_eq!(table_message(&inv.message), Ok(want.clone()));
+        // A host that passes the message as parsed JSON, camelCase metadata, no count.
+        let mut parsed = queue_payload(
+            json!({"table": "dbo.customers", "triggerTime": "2026-11-21T10:15:00", "isPastDue": true}),
+        );
+        let meta = parsed["Metadata"].as_object_mut().unwrap();
+        meta.remove("DequeueCount");
+        meta.remove("Id");
+        meta.insert("id".into(), json!("x"));
+        let inv = QueueInvocation::from_json(&parsed).unwrap();
+        assert_eq!(inv.dequeue_count(), 1);
+        assert_eq!(inv.metadata.id.as_deref(), Some("x"));
+        assert_eq!(
+            table_message(&inv.message),
+            Ok(TableMessage {
+                is_past_due: true,
+                ..want.clone()
+            })
+        );
+        // What the handler sends is what it reads back.
+        let sent = serde_json::to_value(&want).unwrap();
+        assert_eq!(
+            sent,
+            json!({"table": "dbo.customers", "triggerTime": "2026-11-21T10:15:00Z", "isPastDue": false})
+        );
+        assert_eq!(table_message(&sent), Ok(want));
+    }
+
+    #[test]
+    fn queue_errors_name_the_field() {
+        let good = queue_payload(json!("{}"));
+        let mutate = |f: &dyn Fn(&mut Value)| {
+            let mut v = good.clone();
+            f(&mut v);
+            v
+        };
+        let envelope: Vec<(Value, &str, &str)> = vec![
+            (json!({}), "Data", "missing"),
+            (json!({"Data": {}}), "Data.message", "missing"),
+            (
+                json!({"Data": {"message": 7}}),
+                "Data.message",
+                "found a number",
+            ),
+            (
+                json!({"Data": {"message": [1]}}),
+                "Data.message",
+                "found an array",
+            ),
+            (
+                mutate(&|v| v["Metadata"]["DequeueCount"] = json!("one")),
+                "Metadata.DequeueCount",
+                "expected an integer",
+            ),
+            (
+                mutate(&|v| v["Metadata"]["DequeueCount"] = json!(0)),
+                "Metadata.DequeueCount",
+                "at least 1",
+            ),
+            (
+                mutate(&|v| v["Metadata"]["InsertionTime"] = json!("soon")),
+                "Metadata.InsertionTime",
+                "invalid timestamp",
+            ),
+            (
+                mutate(&|v| v["Metadata"]["Id"] = json!(5)),
+                "Metadata.Id",
+                "expected a string",
+            ),
+        ];
+        for (payload, field, text) in envelope {
+            let e = QueueInvocation::from_json(&payload).expect_err(field);
+            assert_eq!(e.field(), field, "{e}");
+            assert!(e.to_string().contains(text), "{e}");
+        }
+        let messages: Vec<(Value, &str, &str)> = vec![
+            (json!("not json"), "Data.message", "expected an object"),
+            (json!("[1]"), "Data.message", "expected an object"),
+            (json!("{}"), "Data.message", "missing field `table`"),
+            (
+                json!("{\"table\":\"customers\",\"triggerTime\":\"2026-11-21T10:15:00Z\"}"),
+                "Data.message.table",
+                "schema",
+            ),
+            (
+                json!("{\"table\":7,\"triggerTime\":\"2026-11-21T10:15:00Z\"}"),
+                "Data.message.table",
+                "found a number",
+            ),
+            (
+                json!("{\"table\":\"dbo.a\",\"triggerTime\":\"later\"}"),
+                "Data.message.triggerTime",
+                "invalid timestamp",
+            ),
+            (
+                json!("{\"table\":\"dbo.a\",\"triggerTime\":\"0001-01-01T00:00:00\"}"),
+                "Data.message.triggerTime",
+                "expected a timestamp",
+            ),
+            (
+                json!("{\"table\":\"dbo.a\",\"triggerTime\":\"2026-11-21T10:15:00Z\",\"from\":1}"),
+                "Data.message.from",
+                "unknown field",
+            ),
+        ];
+        for (message, field, text) in messages {
+            let inv = QueueInvocation::from_json(&queue_payload(message.clone())).unwrap();
+            let e = table_message(&inv.message).expect_err(field);
+            assert_eq!(e.field, field, "{message}: {e}");
+            assert!(e.to_string().contains(text), "{message}: {e}");
         }
     }
 

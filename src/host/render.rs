@@ -91,6 +91,23 @@ pub fn timer_status(status: Status) -> StatusCode {
     }
 }
 
+/// The handler's answer to a `CopyTable` invocation: 500 (the host makes the message
+/// visible again, and poisons it after `maxDequeueCount` deliveries) only when a retry may
+/// help; a table that needs a person is answered 200 and poisoned at once
+/// ([`needs_a_person`]).
+pub fn queue_status(status: Status) -> StatusCode {
+    timer_status(status)
+}
+
+/// A queue message whose table a retry cannot fix: blocked (cleanup gap, missing capture
+/// instance, no watermark, permissions), or a table that is not configured here.
+pub fn needs_a_person(status: Status) -> bool {
+    matches!(
+        status,
+        Status::Blocked | Status::BadRequest | Status::Conflict
+    )
+}
+
 /// `(caller's status through res, handler's status)` of a `FullLoad` invocation. Caller
 /// mistakes and refusals are answers (the invocation succeeded); failures fail it too.
 pub fn full_load_status(status: Status) -> (StatusCode, StatusCode) {
@@ -171,6 +188,20 @@ mod tests {
         ];
         for (status, timer, (caller, handler)) in cases {
             assert_eq!(timer_status(status).as_u16(), timer, "{status:?}");
+            assert_eq!(queue_status(status).as_u16(), timer, "{status:?}");
+            // A message is either retried (non-2xx) or poisoned at once, never both.
+            assert!(
+                !(needs_a_person(status) && queue_status(status).as_u16() >= 300),
+                "{status:?}"
+            );
+            assert_eq!(
+                needs_a_person(status),
+                matches!(
+                    status,
+                    Status::Blocked | Status::BadRequest | Status::Conflict
+                ),
+                "{status:?}"
+            );
             let (c, h) = full_load_status(status);
             assert_eq!((c.as_u16(), h.as_u16()), (caller, handler), "{status:?}");
         }

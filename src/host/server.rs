@@ -15,6 +15,11 @@
 //!   (`BadRequest` → 400, `Conflict` → 409) and `InProgress` (202) are answers, so the handler
 //!   returns 200 and the invocation succeeds. `Failed` and `Blocked` return handler status
 //!   500 (HTTP triggers have no retry policy) and still carry `res` with status 500.
+//! - `CopyTable` (queue trigger): 500 only for a failure a retry may fix; the host makes the
+//!   message visible again after `visibilityTimeout` and, once `DequeueCount` reaches
+//!   `maxDequeueCount`, moves it to `cdc-copy-tables-poison`. A table that needs a person
+//!   (`Blocked`, or not configured) answers 200 and puts the message with its error on the
+//!   poison queue itself through the `poison` output binding, so no retry is spent on it.
 //! - A malformed invocation (not JSON, wrong types, missing `Data`) is the host's problem,
 //!   not the caller's: handler 400 naming the field, `Outputs` empty. It never panics, and
 //!   a panicking job becomes a 500 too (jobs run in their own task).
@@ -32,11 +37,11 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use super::payload::{
-    full_load_request, parse_json, HttpInvocation, PayloadError, TimerInvocation,
-    HTTP_OUTPUT_BINDING,
+    full_load_request, parse_json, table_message, HttpInvocation, PayloadError, QueueInvocation,
+    TimerInvocation, HTTP_OUTPUT_BINDING, POISON_OUTPUT_BINDING,
 };
 use super::render;
-use super::Jobs;
+use super::{Delivery, Jobs};
 use crate::report::{Report, Status};
 
 /// Largest invocation body accepted (the payloads are a few hundred bytes).
@@ -77,6 +82,7 @@ pub fn run(
 enum Function {
     IncrementalCopy,
     FullLoad,
+    CopyTable,
 }
 
 impl Function {
@@ -84,6 +90,7 @@ impl Function {
         match self {
             Function::IncrementalCopy => "IncrementalCopy",
             Function::FullLoad => "FullLoad",
+            Function::CopyTable => "CopyTable",
         }
     }
 }
@@ -109,10 +116,11 @@ where
         }
         p if p.eq_ignore_ascii_case("/IncrementalCopy") => Function::IncrementalCopy,
         p if p.eq_ignore_ascii_case("/FullLoad") => Function::FullLoad,
+        p if p.eq_ignore_ascii_case("/CopyTable") => Function::CopyTable,
         _ => {
             return plain(
                 StatusCode::NOT_FOUND,
-                "no such function; this handler serves IncrementalCopy and FullLoad",
+                "no such function; this handler serves IncrementalCopy, FullLoad and CopyTable",
             )
         }
     };
@@ -161,6 +169,7 @@ where
     let response = match function {
         Function::IncrementalCopy => incremental_copy(jobs, &bytes).await,
         Function::FullLoad => full_load(jobs, &bytes).await,
+        Function::CopyTable => copy_table(jobs, &bytes).await,
     };
     tracing::info!(
         status = response.status().as_u16(),
@@ -183,14 +192,66 @@ async fn incremental_copy(jobs: Arc<dyn Jobs>, bytes: &[u8]) -> Response {
         retry_count = invocation.metadata.retry_context.as_ref().map(|r| r.retry_count),
         "IncrementalCopy invoked"
     );
-    let report = run_job("IncrementalCopy", async move {
-        jobs.incremental_copy(trigger).await
-    })
-    .await;
+    let report = run_job("IncrementalCopy", async move { jobs.timer(trigger).await }).await;
     log_outcome(&report);
     invocation_response(
         render::timer_status(report.status),
-        json!({}),
+        json!(report.outputs),
+        report.logs(),
+        report.return_value(),
+    )
+}
+
+async fn copy_table(jobs: Arc<dyn Jobs>, bytes: &[u8]) -> Response {
+    let invocation = match parse_json(bytes).and_then(|v| QueueInvocation::from_json(&v)) {
+        Ok(invocation) => invocation,
+        Err(e) => return malformed(&e),
+    };
+    let message = match table_message(&invocation.message) {
+        Ok(message) => message,
+        Err(e) => return malformed(&PayloadError::Invalid(e)),
+    };
+    let delivery = Delivery {
+        dequeue_count: invocation.dequeue_count(),
+        id: invocation.metadata.id.clone(),
+    };
+    tracing::info!(
+        table = %message.table,
+        trigger_time = %message.trigger_time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        dequeue_count = delivery.dequeue_count,
+        message_id = delivery.id.as_deref().unwrap_or(""),
+        "CopyTable invoked"
+    );
+    let job_message = message.clone();
+    let job_delivery = delivery.clone();
+    let report = run_job("CopyTable", async move {
+        jobs.copy_table(job_message, job_delivery).await
+    })
+    .await;
+    log_outcome(&report);
+    let mut outputs = report.outputs.clone();
+    if render::needs_a_person(report.status) {
+        // Straight to the poison queue, with why: retries cannot help.
+        let poison = json!({
+            "message": message,
+            "status": report.status,
+            "error": report.logs().join("; "),
+            "dequeueCount": delivery.dequeue_count,
+            "id": delivery.id,
+        });
+        tracing::error!(
+            table = %message.table,
+            status = ?report.status,
+            "CopyTable needs a person: the message goes to the poison queue now, not retried"
+        );
+        outputs
+            .entry(POISON_OUTPUT_BINDING.to_string())
+            .or_default()
+            .push(poison);
+    }
+    invocation_response(
+        render::queue_status(report.status),
+        json!(outputs),
         report.logs(),
         report.return_value(),
     )

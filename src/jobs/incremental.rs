@@ -10,6 +10,10 @@
 //!    a crash anywhere after leaves enough to redo exactly it (same range, name and bytes);
 //! 5. the blob is committed (visible whole), and only then the watermark advances.
 //!
+//! With `CDC_FANOUT=queue` the timer run only sends one message per table ([`fan_out`]) and
+//! each `CopyTable` invocation runs one ([`run_message`]); both paths end in the same
+//! per-table function, `jobs::timer_table`, so the queue adds no second copy of the logic.
+//!
 //! The net-changes function is evaluated once per window: streaming is also how a run learns
 //! whether the window has changes, so an idle window costs one query that returns no row.
 //! Resuming a pending window and writing a new one share [`stream_window`] and
@@ -26,29 +30,77 @@ use super::{
 use crate::cdc::instances::{self, Route};
 use crate::cdc::{
     CaptureInstance, CaptureProgress, CdcError, CdcSession, ChangeMode, Lsn, LsnRange, RowSink,
-    RowSinkError, TableState, Value, Watermark, Window,
+    RowSinkError, TableRef, TableState, Value, Watermark, Window,
 };
-use crate::host::TimerTrigger;
+use crate::host::payload::TABLES_OUTPUT_BINDING;
+use crate::host::{TableMessage, TimerTrigger};
 use crate::naming;
-use crate::report::{Report, SwitchFields, TableResult};
+use crate::report::{Report, Status, SwitchFields, TableResult};
 use crate::sink::blob::BlockPrefix;
 use crate::sink::rows::CsvBlobSink;
 use crate::window::{self, Plan};
 
 const SUPERSEDED: &str = "superseded: another invocation advanced the watermark first";
 
-/// Runs one incremental window for every configured table.
+/// Runs one incremental window for every configured table, here (`CDC_FANOUT=inline`).
 pub async fn run(ctx: &Context, trigger: &TimerTrigger) -> Report {
-    let tables = ctx
-        .settings
+    for_each_table(
+        configured(ctx),
+        ctx.settings.table_concurrency,
+        |table| async move { timer_table(ctx, &table, trigger.trigger_time).await },
+    )
+    .await
+}
+
+/// `CDC_FANOUT=queue`: copies nothing, and returns one [`TableMessage`] per configured table
+/// for the `tables` queue output; each is copied by [`run_message`] on whichever instance
+/// takes it. The message carries the trigger time only: the window comes from the watermark
+/// when the message is run, which is what makes duplicates and late messages harmless.
+pub fn fan_out(ctx: &Context, trigger: &TimerTrigger) -> Report {
+    let tables = configured(ctx);
+    let messages = tables
+        .iter()
+        .map(|table| TableMessage {
+            table: table.clone(),
+            trigger_time: trigger.trigger_time,
+            is_past_due: trigger.is_past_due,
+        })
+        .map(|m| serde_json::to_value(m).expect("a table message serialises"))
+        .collect();
+    let results = tables
+        .iter()
+        .map(|table| TableResult::new(table, Status::Done, "queued"))
+        .collect();
+    tracing::info!(
+        tables = tables.len(),
+        trigger_time = %trigger.trigger_time,
+        "fanned out: one cdc-copy-tables message per table"
+    );
+    let mut report = Report::of(results);
+    report
+        .outputs
+        .insert(TABLES_OUTPUT_BINDING.to_string(), messages);
+    report
+}
+
+/// One `CopyTable` message: the table's window up to the message's trigger time, by the
+/// same [`timer_table`] the inline run calls for each table. A message older than the
+/// watermark ("stale": a later trigger's message ran first, or this one is a duplicate of
+/// one that finished) finds `trigger_time <= last_window_end` and copies nothing ("up to
+/// date"), after finishing a pending window if one is recorded, as any run would.
+pub async fn run_message(ctx: &Context, message: &TableMessage) -> Report {
+    for_each_table(vec![message.table.clone()], 1, |table| async move {
+        timer_table(ctx, &table, message.trigger_time).await
+    })
+    .await
+}
+
+fn configured(ctx: &Context) -> Vec<TableRef> {
+    ctx.settings
         .tables
         .iter()
         .map(|s| s.table.clone())
-        .collect();
-    for_each_table(tables, ctx.settings.table_concurrency, |table| async move {
-        timer_table(ctx, &table, trigger.trigger_time).await
-    })
-    .await
+        .collect()
 }
 
 /// One table from a loaded watermark: finish a recorded window, then copy

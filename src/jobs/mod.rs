@@ -21,11 +21,12 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::cdc::{
-    instances, CaptureInstance, CdcError, CdcSession, CdcSource, ChangeMode, TableRef, TableState,
-    Watermark,
+    instances, CaptureInstance, CdcError, CdcSession, CdcSource, ChangeMode, LastError, TableRef,
+    TableState, Watermark,
 };
+use crate::config::Fanout;
 use crate::config::{Settings, TableSpec};
-use crate::host::{FullLoadRequest, Jobs, TimerTrigger};
+use crate::host::{Delivery, FullLoadRequest, Jobs, TableMessage, TimerTrigger};
 use crate::report::{Report, Status, TableResult};
 use crate::sink::blob::BlobTarget;
 use crate::sink::SinkError;
@@ -301,7 +302,25 @@ pub async fn timer_table(
 ) -> TableResult {
     let mut result = TableResult::new(table, Status::Done, "up to date");
     let outcome = timer_steps(ctx, table, trigger_time, &mut result).await;
+    if let Err(error) = &outcome {
+        record_last_error(ctx, table, error).await;
+    }
     finish(result, outcome)
+}
+
+/// Records why `table`'s copy failed on its watermark row (`last_error`), for `handler
+/// status` and the poison queue; the next successful watermark write clears it. On a
+/// session of its own, since the failure may have broken the run's connection. Best effort:
+/// if even that fails, the failure is still in the run's report and log.
+async fn record_last_error(ctx: &Context, table: &TableRef, error: &JobError) {
+    let last = LastError::new(&error.to_string(), ctx.now());
+    let recorded = match ctx.source.session().await {
+        Ok(mut session) => session.set_last_error(table, Some(&last)).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
+        tracing::warn!(table = %table, error = %e, "could not record the table's last error");
+    }
 }
 
 async fn timer_steps(
@@ -521,6 +540,32 @@ impl Runner {
 impl Jobs for Runner {
     async fn incremental_copy(&self, trigger: TimerTrigger) -> Report {
         incremental::run(&self.context, &trigger).await
+    }
+
+    async fn timer(&self, trigger: TimerTrigger) -> Report {
+        match self.context.settings.fanout {
+            Fanout::Inline => incremental::run(&self.context, &trigger).await,
+            Fanout::Queue => incremental::fan_out(&self.context, &trigger),
+        }
+    }
+
+    async fn copy_table(&self, message: TableMessage, delivery: Delivery) -> Report {
+        let report = incremental::run_message(&self.context, &message).await;
+        let last_try = delivery.dequeue_count >= self.context.settings.queue_max_dequeue_count;
+        if report.status == Status::Failed && last_try {
+            // The host moves the message to the poison queue after this answer.
+            tracing::error!(
+                table = %message.table,
+                trigger_time = %message.trigger_time,
+                dequeue_count = delivery.dequeue_count,
+                message_id = delivery.id.as_deref().unwrap_or(""),
+                error = report.logs().join("; "),
+                "table failed for good: this was the message's last try (CDC_QUEUE_MAX_DEQUEUE_COUNT); \
+                 the host moves it to cdc-copy-tables-poison, and the next trigger's message \
+                 copies the window again from the watermark"
+            );
+        }
+        report
     }
 
     async fn check(&self) -> Vec<(String, Result<(), String>)> {

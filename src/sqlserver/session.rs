@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use crate::cdc::columns::{self, CapturedColumnRow, ColumnsError, KeyColumnRow};
 use crate::cdc::{
     AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, DdlEvent,
-    FullLoadProgress, Lsn, LsnRange, NameError, RangeProgress, RowFilter, RowSink, ScanMark,
-    TableRef, TableState, Value, VecSink, Watermark, Window,
+    FullLoadProgress, LastError, Lsn, LsnRange, NameError, RangeProgress, RowFilter, RowSink,
+    ScanMark, TableRef, TableState, Value, VecSink, Watermark, Window,
 };
 
 use super::connection::{map_error, SqlClient};
@@ -1007,6 +1007,47 @@ impl CdcSession for SqlServerSession {
             Ok(count) => Ok(count == 1),
             Err(e) => Err(self.error(e, Context::Watermark("watermark update"))),
         }
+    }
+
+    async fn set_last_error(
+        &mut self,
+        table: &TableRef,
+        error: Option<&LastError>,
+    ) -> Result<(), CdcError> {
+        let statement = sql::set_last_error(&self.watermark_table)
+            .map_err(|e| name_error("watermark table", e))?;
+        let params = [
+            text(&table.schema),
+            text(&table.table),
+            opt_text(error.map(|e| e.message.as_str())),
+            match error {
+                Some(e) => datetime2(&e.at),
+                None => ColumnData::DateTime2(None),
+            },
+        ];
+        match self.execute(&statement, &params).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.error(e, Context::Watermark("last error update"))),
+        }
+    }
+
+    async fn last_error(&mut self, table: &TableRef) -> Result<Option<LastError>, CdcError> {
+        let statement = sql::read_last_error(&self.watermark_table)
+            .map_err(|e| name_error("watermark table", e))?;
+        let row = self
+            .first_row(
+                &statement,
+                &[text(&table.schema), text(&table.table)],
+                Context::Watermark("last error read"),
+            )
+            .await?;
+        row.map(|row| {
+            Ok(LastError {
+                message: required::<&str>(&row, "last_error")?.to_string(),
+                at: utc(required(&row, "last_error_at")?),
+            })
+        })
+        .transpose()
     }
 }
 

@@ -316,6 +316,10 @@ WHERE NOT EXISTS (SELECT 1 FROM {watermark} WITH (UPDLOCK, HOLDLOCK)
 /// `@P1…@P17` in [`WATERMARK_COLUMNS`] order, `@P16` being the new version). Row count 1 =
 /// updated, 0 = another run moved it (`SET NOCOUNT OFF` as in [`INSERT_WATERMARK`]). Filled
 /// by [`update_watermark`].
+///
+/// Every successful write also clears the table's `last_error` ([`SET_LAST_ERROR`]): a run
+/// that moved the watermark has succeeded since the error, and clearing it here costs no
+/// round trip of its own.
 /// <https://learn.microsoft.com/sql/t-sql/statements/set-nocount-transact-sql>
 /// <https://learn.microsoft.com/sql/t-sql/queries/update-transact-sql>
 pub const UPDATE_WATERMARK: &str = "\
@@ -324,8 +328,26 @@ UPDATE {watermark} SET capture_instance = @P3, last_lsn = @P4, last_window_end =
        pending_to_lsn = @P6, pending_window_end = @P7, pending_blob = @P8, full_load_id = @P9,
        full_load_baseline_lsn = @P10, full_load_parts = @P11, full_load_last_key = @P12,
        full_load_rows = @P13, rows_copied = @P14, bytes_copied = @P15, version = @P16,
-       updated_at = @P17
+       updated_at = @P17, last_error = NULL, last_error_at = NULL
 WHERE schema_name = @P1 AND table_name = @P2 AND version = @P18;";
+
+/// Template: records why a table's copy failed (`@P3` nvarchar(4000), `@P4` datetime2 UTC)
+/// on its watermark row (`@P1` schema, `@P2` table). Not conditional on the version and
+/// does not bump it: the error is a note for people (`handler status`, the poison queue),
+/// not state a run acts on, so writing it can never make a concurrent run think it was
+/// superseded. [`UPDATE_WATERMARK`] clears it. Filled by [`set_last_error`].
+/// <https://learn.microsoft.com/sql/t-sql/queries/update-transact-sql>
+/// <https://learn.microsoft.com/sql/t-sql/data-types/nchar-and-nvarchar-transact-sql>
+pub const SET_LAST_ERROR: &str = "\
+UPDATE {watermark} SET last_error = @P3, last_error_at = @P4
+WHERE schema_name = @P1 AND table_name = @P2;";
+
+/// Template: a table's last error and when it was recorded (`@P1` schema, `@P2` table);
+/// no row, or NULLs, when there is none. Filled by [`read_last_error`].
+/// <https://learn.microsoft.com/sql/t-sql/queries/select-transact-sql>
+pub const READ_LAST_ERROR: &str = "\
+SELECT last_error, last_error_at FROM {watermark}
+WHERE schema_name = @P1 AND table_name = @P2 AND last_error IS NOT NULL;";
 
 fn fill(template: &str, substitutions: &[(&str, &str)]) -> String {
     substitutions
@@ -672,6 +694,22 @@ pub fn ranges_statement(template: &str, watermark_table: &TableRef) -> Result<St
     ))
 }
 
+/// [`SET_LAST_ERROR`] for the configured watermark table.
+pub fn set_last_error(watermark_table: &TableRef) -> Result<String, NameError> {
+    Ok(fill(
+        SET_LAST_ERROR,
+        &[("{watermark}", &validate_table(watermark_table)?)],
+    ))
+}
+
+/// [`READ_LAST_ERROR`] for the configured watermark table.
+pub fn read_last_error(watermark_table: &TableRef) -> Result<String, NameError> {
+    Ok(fill(
+        READ_LAST_ERROR,
+        &[("{watermark}", &validate_table(watermark_table)?)],
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,6 +765,8 @@ mod tests {
             (RELEASE_LOCK, 0),
             (SCAN_FIRST, 1),
             (READ_WATERMARK, 2),
+            (SET_LAST_ERROR, 4),
+            (READ_LAST_ERROR, 2),
             (INSERT_WATERMARK, 17),
             (UPDATE_WATERMARK, 18),
         ];
@@ -1094,6 +1134,23 @@ END CATCH;"
                 assert!(sql.contains(column), "{column} missing from {sql}");
             }
         }
+    }
+
+    #[test]
+    fn last_error_statements() {
+        let wm = t("cdc_copy", "watermark");
+        assert_eq!(
+            set_last_error(&wm).unwrap(),
+            "UPDATE [cdc_copy].[watermark] SET last_error = @P3, last_error_at = @P4\n\
+             WHERE schema_name = @P1 AND table_name = @P2;"
+        );
+        assert_eq!(
+            read_last_error(&wm).unwrap(),
+            "SELECT last_error, last_error_at FROM [cdc_copy].[watermark]\n\
+             WHERE schema_name = @P1 AND table_name = @P2 AND last_error IS NOT NULL;"
+        );
+        assert!(UPDATE_WATERMARK.contains("last_error = NULL, last_error_at = NULL"));
+        assert!(set_last_error(&t("a]", "b")).is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! A real Azurite blob service for tests (no mocks of the blob API).
+//! A real Azurite blob service for tests (no mocks of the blob API), and its queue service
+//! ([`AzuriteQueue`]) for the queue-triggered functions.
 //!
 //! Finding the binary: `$AZURITE_BIN`, else `<repo>/node_modules/.bin/azurite-blob`, else
 //! `<repo>/.azurite-npm/node_modules/.bin/azurite-blob`, installed there on first use with
@@ -73,16 +74,7 @@ impl Azurite {
 impl Drop for Azurite {
     fn drop(&mut self) {
         // Closing the guard's stdin makes it stop Azurite and exit.
-        drop(self.guard_stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.guard.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.guard.kill();
-        let _ = self.guard.wait();
+        stop_guard(&mut self.guard, self.guard_stdin.take());
     }
 }
 
@@ -165,6 +157,29 @@ fn install(prefix: &Path, bin: &Path) {
 fn try_start(bin: &Path) -> Result<Azurite, String> {
     let workspace = tempfile::tempdir().map_err(|e| e.to_string())?;
     let port = free_port();
+    let (guard, guard_stdin) = spawn_guarded(
+        bin,
+        &["--blobHost", "127.0.0.1", "--blobPort"],
+        port,
+        &workspace,
+    )?;
+    Ok(Azurite {
+        blob_port: port,
+        connection_string: connection_string(port),
+        guard,
+        guard_stdin,
+        workspace,
+    })
+}
+
+/// Starts `bin` with `args` + `port` in `workspace` under the stdin guard (see the module
+/// doc) and waits until it listens.
+fn spawn_guarded(
+    bin: &Path,
+    args: &[&str],
+    port: u16,
+    workspace: &tempfile::TempDir,
+) -> Result<(Child, Option<ChildStdin>), String> {
     let log =
         std::fs::File::create(workspace.path().join("azurite.log")).map_err(|e| e.to_string())?;
     // The guard runs Azurite in the background and stops it once its stdin reaches EOF.
@@ -176,7 +191,7 @@ wait $child"#;
         .arg("-c")
         .arg(guard_script)
         .arg(bin)
-        .args(["--blobHost", "127.0.0.1", "--blobPort"])
+        .args(args)
         .arg(port.to_string())
         .arg("--location")
         .arg(workspace.path())
@@ -207,11 +222,94 @@ wait $child"#;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(Azurite {
-        blob_port: port,
-        connection_string: connection_string(port),
-        guard,
-        guard_stdin,
-        workspace,
-    })
+    Ok((guard, guard_stdin))
+}
+
+/// Closes the guard's stdin (it then stops Azurite and exits), waiting up to 10 s.
+fn stop_guard(guard: &mut Child, stdin: Option<ChildStdin>) {
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = guard.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = guard.kill();
+    let _ = guard.wait();
+}
+
+/// A real Azurite queue service (`azurite-queue`, shipped in the same npm package as
+/// `azurite-blob` and found next to it), for the queue-triggered functions: the host
+/// stand-in of [`crate::queue`] reads and writes its messages.
+pub struct AzuriteQueue {
+    pub port: u16,
+    guard: Child,
+    guard_stdin: Option<ChildStdin>,
+    _workspace: tempfile::TempDir,
+}
+
+impl AzuriteQueue {
+    /// Starts a fresh queue service on a free port and waits until it accepts connections.
+    pub fn start() -> AzuriteQueue {
+        let bin = queue_bin();
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let workspace = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            match spawn_guarded(
+                &bin,
+                &["--queueHost", "127.0.0.1", "--queuePort"],
+                port,
+                &workspace,
+            ) {
+                Ok((guard, guard_stdin)) => {
+                    return AzuriteQueue {
+                        port,
+                        guard,
+                        guard_stdin,
+                        _workspace: workspace,
+                    }
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        panic!(
+            "could not start Azurite's queue service ({}): {last_err}",
+            bin.display()
+        );
+    }
+
+    /// One queue service shared by all tests of a test binary (use queues of their own).
+    pub fn shared() -> &'static AzuriteQueue {
+        static SHARED: OnceLock<AzuriteQueue> = OnceLock::new();
+        SHARED.get_or_init(AzuriteQueue::start)
+    }
+
+    /// `http://127.0.0.1:<port>/devstoreaccount1`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{DEV_ACCOUNT}", self.port)
+    }
+
+    /// A client signed with the development account's key.
+    pub fn client(&self) -> crate::queue::QueueClient {
+        crate::queue::QueueClient::dev_account(&self.endpoint())
+    }
+}
+
+impl Drop for AzuriteQueue {
+    fn drop(&mut self) {
+        stop_guard(&mut self.guard, self.guard_stdin.take());
+    }
+}
+
+/// `azurite-queue`, beside the `azurite-blob` the blob harness found (or installed).
+fn queue_bin() -> PathBuf {
+    let blob = azurite_bin();
+    let name = blob
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("azurite-blob")
+        .replace("azurite-blob", "azurite-queue");
+    blob.with_file_name(name)
 }

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use cdc_copy::cdc::{
-    AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, Lsn, LsnRange,
-    RangeProgress, RowFilter, RowSink, RowSinkError, TableRef, Value, Watermark,
+    AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, LastError,
+    Lsn, LsnRange, RangeProgress, RowFilter, RowSink, RowSinkError, TableRef, Value, Watermark,
 };
 
 /// A round trip of the seam (opening a session counts as one: the login).
@@ -42,6 +42,8 @@ pub enum Method {
     InsertRanges,
     UpdateRange,
     DeleteOtherRanges,
+    SetLastError,
+    LastError,
 }
 
 impl fmt::Display for Method {
@@ -462,6 +464,20 @@ impl CdcSession for FaultySession {
     ) -> Result<bool, CdcError> {
         let call = self.inner.update_watermark(expected_version, row);
         self.faults.call(Method::UpdateWatermark, call).await
+    }
+
+    async fn set_last_error(
+        &mut self,
+        table: &TableRef,
+        error: Option<&LastError>,
+    ) -> Result<(), CdcError> {
+        let call = self.inner.set_last_error(table, error);
+        self.faults.call(Method::SetLastError, call).await
+    }
+
+    async fn last_error(&mut self, table: &TableRef) -> Result<Option<LastError>, CdcError> {
+        let call = self.inner.last_error(table);
+        self.faults.call(Method::LastError, call).await
     }
 }
 

@@ -38,8 +38,8 @@ use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Timelike, Utc};
 use tracing::debug;
 
 use cdc_copy::cdc::{
-    AllRowFilter, CaptureInstance, CdcError, DdlEvent, KeyType, Lsn, RowFilter, TableRef, Value,
-    Watermark,
+    AllRowFilter, CaptureInstance, CdcError, DdlEvent, KeyType, LastError, Lsn, RowFilter,
+    TableRef, Value, Watermark,
 };
 
 use collation::Rules;
@@ -790,6 +790,11 @@ impl CdcModel {
             .insert(row.table.clone(), row);
     }
 
+    /// The table's `last_error` (what a failed run recorded and no later write cleared).
+    pub fn last_error(&self, table: &TableRef) -> Option<LastError> {
+        self.lock().last_errors.get(table).cloned()
+    }
+
     /// Makes every watermark call fail with [`CdcError::NoWatermarkTable`].
     pub fn drop_watermark_table(&self) {
         self.lock().watermarks = None;
@@ -1298,6 +1303,9 @@ struct State {
     watermarks: Option<BTreeMap<TableRef, Watermark>>,
     /// The range table of parallel full loads (`sql::RANGE_COLUMNS`), by table, load, range.
     ranges: BTreeMap<(TableRef, String, u32), cdc_copy::cdc::RangeProgress>,
+    /// `last_error`, `last_error_at` of the watermark rows that have one (kept apart from
+    /// [`Watermark`], as the product keeps them: not part of the row a run acts on).
+    last_errors: BTreeMap<TableRef, LastError>,
     /// Tables a session's `scan_locked` holds a shared lock on, with the sessions holding it.
     locks: BTreeMap<TableRef, BTreeSet<u64>>,
     /// The id of the next session opened.
@@ -1347,6 +1355,7 @@ impl State {
             pending: VecDeque::new(),
             watermarks: Some(BTreeMap::new()),
             ranges: BTreeMap::new(),
+            last_errors: BTreeMap::new(),
             locks: BTreeMap::new(),
             next_session: 1,
         }

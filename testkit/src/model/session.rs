@@ -11,8 +11,8 @@ use super::{
     invalid_column, local_to_utc, to_sql_datetime, CdcModel, Key, NetCursor, State, BATCH,
 };
 use cdc_copy::cdc::{
-    AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, Lsn, LsnRange,
-    RangeProgress, RowFilter, RowSink, ScanMark, TableRef, Value, Watermark,
+    AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, LastError,
+    Lsn, LsnRange, RangeProgress, RowFilter, RowSink, ScanMark, TableRef, Value, Watermark,
 };
 
 /// One "connection" to the model. Dropping it ends its transaction, as closing a
@@ -496,13 +496,45 @@ impl CdcSession for ModelSession {
         row: &Watermark,
     ) -> Result<bool, CdcError> {
         self.model.round_trip();
-        self.with_watermarks(|w| match w.get_mut(&row.table) {
+        let updated = self.with_watermarks(|w| match w.get_mut(&row.table) {
             Some(current) if current.version == expected_version => {
                 *current = row.clone();
                 Ok(true)
             }
             _ => Ok(false),
-        })
+        })?;
+        // UPDATE_WATERMARK also sets last_error = NULL, last_error_at = NULL.
+        if updated {
+            self.model.lock().last_errors.remove(&row.table);
+        }
+        Ok(updated)
+    }
+
+    async fn set_last_error(
+        &mut self,
+        table: &TableRef,
+        error: Option<&LastError>,
+    ) -> Result<(), CdcError> {
+        self.model.round_trip();
+        let exists = self.with_watermarks(|w| Ok(w.contains_key(table)))?;
+        let mut state = self.model.lock();
+        match error {
+            // An UPDATE of no row: nothing to record the error on.
+            Some(_) if !exists => {}
+            Some(e) => {
+                state.last_errors.insert(table.clone(), e.clone());
+            }
+            None => {
+                state.last_errors.remove(table);
+            }
+        }
+        Ok(())
+    }
+
+    async fn last_error(&mut self, table: &TableRef) -> Result<Option<LastError>, CdcError> {
+        self.model.round_trip();
+        self.with_watermarks(|_| Ok(()))?;
+        Ok(self.model.lock().last_errors.get(table).cloned())
     }
 }
 
