@@ -391,3 +391,49 @@ async fn status_shows_progress_by_range_then_ready() {
     assert!(s.lag_seconds.is_some());
     println!("{}", cdc_copy::status::render(&status));
 }
+
+/// `LoadRange` with its budget spent after one part answers in progress and sends its own
+/// message again (the `ranges` output); repeated, the range and then the load complete. A
+/// message of a load that was replaced does nothing.
+#[tokio::test]
+async fn a_range_out_of_budget_sends_its_message_again() {
+    let model = CdcModel::new(start_time());
+    let bench = Bench::new(600, model, &settings()).await;
+    let queued = cdc_copy::jobs::full_load::run_queued(
+        &bench.ctx,
+        &cdc_copy::host::FullLoadRequest::default_all(),
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(queued.status, Status::InProgress, "{:?}", queued.logs());
+    let mut pending: Vec<cdc_copy::host::RangeMessage> = queued.outputs["ranges"]
+        .iter()
+        .map(|m| serde_json::from_value(m.clone()).unwrap())
+        .collect();
+    assert_eq!(pending.len(), 4);
+    let stale = pending[0].clone();
+    let mut invocations = 0;
+    while let Some(message) = pending.pop() {
+        invocations += 1;
+        assert!(invocations < 40, "never finished");
+        let report =
+            cdc_copy::jobs::full_load::run_range(&bench.ctx, &message, std::time::Duration::ZERO)
+                .await;
+        match report.outputs.get("ranges") {
+            Some(again) => {
+                assert_eq!(report.status, Status::InProgress, "{:?}", report.logs());
+                assert_eq!(again, &vec![serde_json::to_value(&message).unwrap()]);
+                pending.insert(0, message);
+            }
+            None => assert_eq!(report.status, Status::Done, "{:?}", report.logs()),
+        }
+    }
+    assert!(matches!(bench.watermark().state, TableState::Ready));
+    bench.assert_consistent("queued ranges").await;
+    // 4 ranges of 150 rows, parts of 150: each range is one full part, then an empty one.
+    assert_eq!(invocations, 8);
+    let late =
+        cdc_copy::jobs::full_load::run_range(&bench.ctx, &stale, std::time::Duration::ZERO).await;
+    assert_eq!(late.status, Status::Superseded, "{:?}", late.logs());
+    assert!(late.outputs.is_empty());
+}

@@ -36,6 +36,9 @@ pub const TABLES_OUTPUT_BINDING: &str = "tables";
 /// Binding name of `CopyTable`'s queue output to its poison queue (`cdc-copy-tables-poison`):
 /// where a message whose table needs a person goes at once, with its error.
 pub const POISON_OUTPUT_BINDING: &str = "poison";
+/// Binding name of the queue output to `cdc-copy-ranges` (FullLoad's and LoadRange's): one
+/// [`super::RangeMessage`] per key range of a split load still to do.
+pub const RANGES_OUTPUT_BINDING: &str = "ranges";
 
 /// How far `ScheduleStatus.Next` may lie after the invocation's clock and still count as this
 /// run's trigger time. .NET timers can fire a few milliseconds early; taking `Next` then keeps
@@ -598,6 +601,23 @@ pub fn table_message(message: &Value) -> Result<TableMessage, RequestError> {
         RequestError { field, ..e }
     };
     let Object(message): Object<TableMessage> = serde_path_to_error::deserialize(message)
+        .map_err(RequestError::from)
+        .map_err(prefixed)?;
+    Ok(message)
+}
+
+/// The `LoadRange` message from `Data.message` ([`super::RangeMessage`]'s fields, strictly,
+/// as [`table_message`]).
+pub fn range_message(message: &Value) -> Result<super::RangeMessage, RequestError> {
+    let prefixed = |e: RequestError| {
+        let field = if e.field == "body" {
+            "Data.message".to_string()
+        } else {
+            format!("Data.message.{}", e.field)
+        };
+        RequestError { field, ..e }
+    };
+    let Object(message): Object<super::RangeMessage> = serde_path_to_error::deserialize(message)
         .map_err(RequestError::from)
         .map_err(prefixed)?;
     Ok(message)

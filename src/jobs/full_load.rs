@@ -18,6 +18,7 @@ use tokio::time::{Duration, Instant};
 
 mod keyless;
 mod parallel;
+pub use parallel::{run_range, RANGE_OF_ANOTHER_LOAD};
 pub mod ranges;
 
 use super::{finish, for_each_table, save, superseded, Capture, Context, JobError, FORMAT_VERSION};
@@ -28,7 +29,7 @@ use crate::cdc::{
     CaptureInstance, CdcSession, FullLoadProgress, Lsn, RangeProgress, TableRef, TableState, Value,
     Watermark,
 };
-use crate::host::FullLoadRequest;
+use crate::host::{FullLoadRequest, RangeMessage};
 use crate::report::{Report, Status, TableResult};
 use crate::sink::naming;
 use crate::sink::SinkError;
@@ -112,7 +113,26 @@ async fn adopt_part(ctx: &Context, name: &str) -> Result<Part, JobError> {
 }
 
 /// Starts (or resumes) a full load of each requested table, working until `budget` is spent.
+/// Every range of a split load is loaded here, concurrently (the CLI, and FullLoad with
+/// `CDC_FANOUT=inline`).
 pub async fn run(ctx: &Context, request: &FullLoadRequest, budget: Duration) -> Report {
+    run_with(ctx, request, budget, false).await
+}
+
+/// [`run`] for the FullLoad function with `CDC_FANOUT=queue`: a split load's ranges not done
+/// yet go to the `cdc-copy-ranges` queue, one message each (the report's `ranges` output),
+/// for `LoadRange` on as many instances as the host scales out to; the answer is 202 with
+/// the ranges. A load that is not split runs here as always.
+pub async fn run_queued(ctx: &Context, request: &FullLoadRequest, budget: Duration) -> Report {
+    run_with(ctx, request, budget, true).await
+}
+
+async fn run_with(
+    ctx: &Context,
+    request: &FullLoadRequest,
+    budget: Duration,
+    queue: bool,
+) -> Report {
     let tables = if request.tables.is_empty() {
         ctx.settings
             .tables
@@ -123,19 +143,45 @@ pub async fn run(ctx: &Context, request: &FullLoadRequest, budget: Duration) -> 
         request.tables.clone()
     };
     let deadline = Instant::now() + budget;
-    for_each_table(tables, ctx.settings.table_concurrency, |table| async move {
+    let queued = std::sync::Mutex::new(Vec::new());
+    let queued_ref = queue.then_some(&queued);
+    let mut report = for_each_table(tables, ctx.settings.table_concurrency, |table| async move {
         let mut result = TableResult::new(&table, Status::InProgress, IN_PROGRESS);
-        let outcome = load_table(ctx, &table, request.reset, deadline, &mut result).await;
+        let outcome = load_table(
+            ctx,
+            &table,
+            request.reset,
+            deadline,
+            queued_ref,
+            &mut result,
+        )
+        .await;
         finish(result, outcome)
     })
-    .await
+    .await;
+    let messages = queued.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !messages.is_empty() {
+        report.outputs.insert(
+            crate::host::payload::RANGES_OUTPUT_BINDING.to_string(),
+            messages
+                .iter()
+                .map(|m| serde_json::to_value(m).expect("a range message serializes"))
+                .collect(),
+        );
+    }
+    report
 }
+
+/// The note of a table whose ranges went to the queue.
+pub const RANGES_QUEUED: &str =
+    "in progress: the key ranges still to load were sent to the cdc-copy-ranges queue (LoadRange)";
 
 async fn load_table(
     ctx: &Context,
     table: &TableRef,
     reset: bool,
     deadline: Instant,
+    queue: Option<&std::sync::Mutex<Vec<RangeMessage>>>,
     result: &mut TableResult,
 ) -> Result<(), JobError> {
     let (mut session, capture) = ctx.open(table).await?;
@@ -159,6 +205,20 @@ async fn load_table(
             }
         },
     };
+    if let (Some(queue), TableState::Loading(progress)) = (queue, &wm.state) {
+        if split_count(&progress.load_id) > 1 {
+            let ci = capture.find(&wm.capture_instance).unwrap_or(ci);
+            let messages = parallel::messages(session.as_mut(), ci, &progress.load_id).await?;
+            result.baseline_lsn = Some(progress.baseline_lsn);
+            result.note = RANGES_QUEUED;
+            tracing::info!(table = %table, load_id = %progress.load_id, ranges = messages.len(), "{RANGES_QUEUED}");
+            queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(messages);
+            return Ok(());
+        }
+    }
     match continue_load(ctx, session.as_mut(), &capture, wm, deadline, result).await {
         // Over HTTP (or from the CLI) the budget is short; the timer's is 20 minutes.
         Err(JobError::KeylessLoadTooLong { rows, .. }) => {

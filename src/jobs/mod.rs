@@ -576,6 +576,20 @@ impl Jobs for Runner {
         Ok(crate::status::collect(&self.context).await)
     }
 
+    async fn full_load_invocation(&self, request: FullLoadRequest) -> Report {
+        let budget = self.context.settings.full_load_http_budget;
+        match self.context.settings.fanout {
+            crate::config::Fanout::Queue => {
+                full_load::run_queued(&self.context, &request, budget).await
+            }
+            crate::config::Fanout::Inline => full_load::run(&self.context, &request, budget).await,
+        }
+    }
+
+    async fn load_range(&self, message: crate::host::RangeMessage, _delivery: Delivery) -> Report {
+        full_load::run_range(&self.context, &message, TIMER_LOAD_BUDGET).await
+    }
+
     async fn full_load(&self, request: FullLoadRequest) -> Report {
         full_load::run(
             &self.context,

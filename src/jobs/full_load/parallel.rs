@@ -9,13 +9,14 @@
 //! race on is written once and the loser stops. The watermark moves to the baseline only
 //! when the last range is done, whoever finishes it.
 
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 
 use super::ranges::{self, KeyRange};
 use super::{load_range, split_count, split_load_id, Checkpoint};
 use crate::cdc::{CaptureInstance, CdcSession, Lsn, RangeProgress, TableState, Watermark};
-use crate::jobs::{save, superseded, Context, JobError};
-use crate::report::{Status, TableResult};
+use crate::host::RangeMessage;
+use crate::jobs::{finish, save, superseded, Context, JobError};
+use crate::report::{Report, Status, TableResult};
 
 /// The id of a new load of `ci`'s table starting at `timestamp_id`: split when
 /// `CDC_FULL_LOAD_RANGES` allows it and the table is large enough, its plan then recorded
@@ -117,6 +118,123 @@ pub(super) async fn load(
         return Ok(wm);
     }
     complete(ctx, session, ci, wm, &ranges, progress.baseline_lsn, result).await
+}
+
+/// One message per range of the split load `load_id` not done yet.
+pub(super) async fn messages(
+    session: &mut dyn CdcSession,
+    ci: &CaptureInstance,
+    load_id: &str,
+) -> Result<Vec<RangeMessage>, JobError> {
+    Ok(read_plan(session, ci, load_id)
+        .await?
+        .into_iter()
+        .filter(|r| !r.done)
+        .map(|r| RangeMessage {
+            table: r.table,
+            load_id: r.load_id,
+            range: r.range,
+        })
+        .collect())
+}
+
+/// `LoadRange`: loads the one range `message` names until it is done or `budget` is spent
+/// (then its message goes back on the queue through the report's `ranges` output), and
+/// completes the watermark if it was the last. A message of a load that is finished or was
+/// replaced (a reset) does nothing.
+pub async fn run_range(ctx: &Context, message: &RangeMessage, budget: Duration) -> Report {
+    let deadline = Instant::now() + budget;
+    let mut result = TableResult::new(&message.table, Status::InProgress, RANGE_IN_PROGRESS);
+    let outcome = one_range(ctx, message, deadline, &mut result).await;
+    let requeue = outcome.is_ok() && result.status == Status::InProgress;
+    let mut report = Report::of(vec![finish(result, outcome)]);
+    if requeue {
+        report.outputs.insert(
+            crate::host::payload::RANGES_OUTPUT_BINDING.to_string(),
+            vec![serde_json::to_value(message).expect("a range message serializes")],
+        );
+    }
+    report
+}
+
+const RANGE_IN_PROGRESS: &str =
+    "in progress: the range continues from its checkpoint in the LoadRange message sent again";
+
+/// A range message of a load the watermark no longer names.
+pub const RANGE_OF_ANOTHER_LOAD: &str =
+    "superseded: the message's load is finished or was replaced; nothing to do";
+
+async fn one_range(
+    ctx: &Context,
+    message: &RangeMessage,
+    deadline: Instant,
+    result: &mut TableResult,
+) -> Result<(), JobError> {
+    let (mut session, capture) = ctx.open(&message.table).await?;
+    let wm = session.read_watermark(&message.table).await?;
+    let Some(wm) =
+        wm.filter(|w| matches!(&w.state, TableState::Loading(p) if p.load_id == message.load_id))
+    else {
+        result.status = Status::Superseded;
+        result.note = RANGE_OF_ANOTHER_LOAD;
+        return Ok(());
+    };
+    let TableState::Loading(progress) = wm.state.clone() else {
+        unreachable!("filtered above")
+    };
+    let ci = capture
+        .find(&wm.capture_instance)
+        .unwrap_or_else(|| capture.target());
+    result.capture_instance = Some(ci.name.clone());
+    result.baseline_lsn = Some(progress.baseline_lsn);
+    ctx.ensure_container().await?;
+    let plan = read_plan(session.as_mut(), ci, &message.load_id).await?;
+    let Some(range) = plan.into_iter().find(|r| r.range == message.range) else {
+        return Err(JobError::RangesMissing {
+            table: message.table.clone(),
+            load_id: message.load_id.clone(),
+            expected: split_count(&message.load_id),
+            found: 0,
+        });
+    };
+    if !range.done {
+        let checkpoint = Checkpoint::Range(range);
+        let left = load_range(
+            ctx,
+            session.as_mut(),
+            ci,
+            progress.baseline_lsn,
+            checkpoint,
+            deadline,
+            result,
+        )
+        .await?;
+        match left {
+            None => return Ok(()),
+            Some(c) if !c.done() => return Ok(()),
+            Some(_) => {}
+        }
+    }
+    let ranges = read_plan(session.as_mut(), ci, &message.load_id).await?;
+    if ranges.iter().all(|r| r.done) {
+        result.rows = ranges.iter().map(|r| r.rows_done).sum();
+        result.bytes = ranges.iter().map(|r| r.bytes_done).sum();
+        result.parts = Some(ranges.iter().map(|r| r.parts_done).sum());
+        complete(
+            ctx,
+            session.as_mut(),
+            ci,
+            wm,
+            &ranges,
+            progress.baseline_lsn,
+            result,
+        )
+        .await?;
+    } else {
+        result.status = Status::Done;
+        result.note = "range loaded; other ranges of the load are still in progress";
+    }
+    Ok(())
 }
 
 /// One worker: its own session, one range.
