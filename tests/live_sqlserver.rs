@@ -31,6 +31,8 @@ mod keyless;
 mod keys;
 #[path = "live_sqlserver/least_privilege.rs"]
 mod least_privilege;
+#[path = "live_sqlserver/parallel_load.rs"]
+mod parallel_load;
 #[path = "live_sqlserver/schema_changes.rs"]
 mod schema_changes;
 #[path = "live_sqlserver/switch_jobs.rs"]
