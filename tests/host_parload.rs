@@ -151,3 +151,52 @@ async fn full_load_ranges_go_through_the_queue_to_three_instances() {
         parts.len()
     );
 }
+
+/// A `LoadRange` message that is not a range message is the host's problem: 400 naming the
+/// field, nothing run.
+#[tokio::test]
+async fn a_malformed_range_message_gets_400_naming_the_field() {
+    struct Never;
+    #[async_trait::async_trait]
+    impl Jobs for Never {
+        async fn incremental_copy(&self, _t: host::TimerTrigger) -> cdc_copy::report::Report {
+            unreachable!()
+        }
+        async fn full_load(&self, _r: host::FullLoadRequest) -> cdc_copy::report::Report {
+            unreachable!()
+        }
+    }
+    let base = serve(Arc::new(Never)).await;
+    let cases = [
+        (r#"{"table":"dbo.customers","loadId":"x-r4"}"#, "range"),
+        (
+            r#"{"table":"dbo.customers","loadId":"x-r4","range":-1}"#,
+            "Data.message.range",
+        ),
+        (
+            r#"{"table":"customers","loadId":"x-r4","range":1}"#,
+            "Data.message.table",
+        ),
+        (
+            r#"{"table":"dbo.customers","loadId":"x-r4","range":1,"extra":1}"#,
+            "extra",
+        ),
+    ];
+    for (message, field) in cases {
+        let body = json!({
+            "Data": {"message": message},
+            "Metadata": {"DequeueCount": 1, "Id": "m1", "sys": {"MethodName": "LoadRange", "UtcNow": "2026-11-21T10:20:00Z", "RandGuid": "9b0c7a4e-0000-4000-8000-00000000000b"}},
+        });
+        let response = reqwest::Client::new()
+            .post(format!("{base}/LoadRange"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 400, "{message}: {text}");
+        assert!(text.contains(field), "{message}: {text}");
+    }
+}

@@ -592,6 +592,12 @@ impl QueueInvocation {
 /// unknown keys are refused, so a message from another version is not half-understood).
 /// Error paths start with `Data.message`.
 pub fn table_message(message: &Value) -> Result<TableMessage, RequestError> {
+    message_of(message)
+}
+
+/// A queue message of type `T` from `Data.message`, strictly; error paths start with
+/// `Data.message`.
+fn message_of<T: for<'de> Deserialize<'de>>(message: &Value) -> Result<T, RequestError> {
     let prefixed = |e: RequestError| {
         let field = if e.field == "body" {
             "Data.message".to_string()
@@ -600,7 +606,7 @@ pub fn table_message(message: &Value) -> Result<TableMessage, RequestError> {
         };
         RequestError { field, ..e }
     };
-    let Object(message): Object<TableMessage> = serde_path_to_error::deserialize(message)
+    let Object(message): Object<T> = serde_path_to_error::deserialize(message)
         .map_err(RequestError::from)
         .map_err(prefixed)?;
     Ok(message)
@@ -609,18 +615,7 @@ pub fn table_message(message: &Value) -> Result<TableMessage, RequestError> {
 /// The `LoadRange` message from `Data.message` ([`super::RangeMessage`]'s fields, strictly,
 /// as [`table_message`]).
 pub fn range_message(message: &Value) -> Result<super::RangeMessage, RequestError> {
-    let prefixed = |e: RequestError| {
-        let field = if e.field == "body" {
-            "Data.message".to_string()
-        } else {
-            format!("Data.message.{}", e.field)
-        };
-        RequestError { field, ..e }
-    };
-    let Object(message): Object<super::RangeMessage> = serde_path_to_error::deserialize(message)
-        .map_err(RequestError::from)
-        .map_err(prefixed)?;
-    Ok(message)
+    message_of(message)
 }
 
 /// `table` of a [`TableMessage`]: one `schema.table` name.
