@@ -1,9 +1,10 @@
 //! `handler status`: where each configured table stands, for an operator.
 //!
-//! Read-only (the watermark row, the range table of a split load, the capture instances and
-//! `capture_progress`), so it is safe to run beside the Functions host at any time. Reading
-//! is [`collect`]; everything else is pure: [`TableStatus`] is the stable JSON shape
-//! (`--json`, documented in docs/scale-out.md), [`render`] the terminal table.
+//! Read-only (the watermark row and its last error, the range table of a split load, the
+//! capture instances and `capture_progress`), so it is safe to run beside the Functions host
+//! at any time. Reading is [`collect`]; everything else is pure: [`TableStatus`] is the
+//! stable JSON shape (`--json`, documented in docs/scale-out.md), [`render`] the terminal
+//! table.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -175,12 +176,18 @@ async fn read_one(ctx: &Context, table: &TableRef) -> Result<TableStatus, crate:
         }
         _ => Vec::new(),
     };
+    let last_error = match wm {
+        Some(_) => session.last_error(table).await?,
+        None => None,
+    };
     let mut status = TableStatus::of(
         table,
         wm.as_ref(),
         &ranges,
         Some((progress.max_lsn, progress.max_lsn_time)),
     );
+    status.last_error = last_error.as_ref().map(|e| e.message.clone());
+    status.last_error_at = last_error.map(|e| e.at);
     let ci = wm
         .as_ref()
         .and_then(|w| capture.find(&w.capture_instance))

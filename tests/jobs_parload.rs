@@ -389,7 +389,23 @@ async fn status_shows_progress_by_range_then_ready() {
     assert_eq!(s.last_lsn, Some(bench.watermark().last_lsn));
     assert!(s.max_lsn.is_some_and(|m| m >= bench.watermark().last_lsn));
     assert!(s.lag_seconds.is_some());
-    println!("{}", cdc_copy::status::render(&status));
+    assert_eq!(s.last_error, None);
+    // The contract's last error (set by a failed copy) is shown with its time.
+    let at = bench.model.now();
+    let mut session = bench.ctx.source.session().await.unwrap();
+    let error = cdc_copy::cdc::LastError::new("capture instance dbo_customers is gone", at);
+    session
+        .set_last_error(&bench.table, Some(&error))
+        .await
+        .unwrap();
+    let status = cdc_copy::status::collect(&bench.ctx).await;
+    assert_eq!(
+        (status[0].last_error.as_deref(), status[0].last_error_at),
+        (Some("capture instance dbo_customers is gone"), Some(at))
+    );
+    let text = cdc_copy::status::render(&status);
+    assert!(text.contains("  last error at "), "{text}");
+    println!("{text}");
 }
 
 /// `LoadRange` with its budget spent after one part answers in progress and sends its own
