@@ -291,7 +291,7 @@ async fn model_scan_secs(m: &CdcModel, part_rows: u64) -> f64 {
     loop {
         let mut sink = CountingSink::default();
         let (n, last) = session
-            .scan(&ci, after.as_deref(), part_rows, &mut sink)
+            .scan(&ci, after.as_deref(), None, part_rows, &mut sink)
             .await
             .expect("scan");
         if n < part_rows {

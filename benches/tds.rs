@@ -132,8 +132,8 @@ fn capture_instance(wide: bool) -> CaptureInstance {
 async fn server(wide: bool, rows: u64) -> (FakeServer, CaptureInstance) {
     let server = FakeServer::start().await;
     let ci = capture_instance(wide);
-    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false).unwrap();
-    let after = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true).unwrap();
+    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false, false).unwrap();
+    let after = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true, false).unwrap();
     server.on_generated_scan(&first, &after, tds::customers(wide, false, rows));
     let changes = sql::net_changes(&ci.name, &ci.key_columns, &ci.columns).unwrap();
     server.on(&changes, Reply::Generated(tds::customers(wide, true, rows)));
@@ -248,7 +248,7 @@ async fn scan_all(
     let mut total = 0;
     loop {
         let (rows, last) = session
-            .scan(ci, after.as_deref(), PAGE, sink)
+            .scan(ci, after.as_deref(), None, PAGE, sink)
             .await
             .expect("scan");
         total += rows;

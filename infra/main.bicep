@@ -108,6 +108,16 @@ param cdcUploadBlocksInFlight int = 4
 param cdcFullLoadPartRows int = 1000000
 
 @minValue(1)
+@maxValue(64)
+@description('Most key ranges a keyed table\'s full load is split into (1: no split): CDC_FULL_LOAD_RANGES.')
+param cdcFullLoadRanges int = 1
+
+@minValue(1)
+@maxValue(1000000000)
+@description('Rows per range at least; smaller tables are one range: CDC_FULL_LOAD_RANGE_MIN_ROWS.')
+param cdcFullLoadRangeMinRows int = 1000000
+
+@minValue(1)
 @maxValue(200)
 @description('Seconds an HTTP FullLoad works before answering 202 (the front end cuts at ~230 s): CDC_FULL_LOAD_HTTP_BUDGET_SECONDS.')
 param cdcFullLoadHttpBudgetSeconds int = 180
@@ -283,6 +293,8 @@ module functionApp './app/function.bicep' = {
       CDC_BLOCK_SIZE_MIB: string(cdcBlockSizeMib)
       CDC_UPLOAD_BLOCKS_IN_FLIGHT: string(cdcUploadBlocksInFlight)
       CDC_FULL_LOAD_PART_ROWS: string(cdcFullLoadPartRows)
+      CDC_FULL_LOAD_RANGES: string(cdcFullLoadRanges)
+      CDC_FULL_LOAD_RANGE_MIN_ROWS: string(cdcFullLoadRangeMinRows)
       CDC_FULL_LOAD_HTTP_BUDGET_SECONDS: string(cdcFullLoadHttpBudgetSeconds)
       CDC_SQL_COMMAND_TIMEOUT_SECONDS: string(cdcSqlCommandTimeoutSeconds)
       CDC_FANOUT: cdcFanout

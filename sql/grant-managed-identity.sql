@@ -47,6 +47,10 @@
   |   (full load of a table without a key, in   |   KEEPIDENTITY, IGNORE_CONSTRAINTS, IGNORE_TRIGGERS;  |
   |   BEGIN TRANSACTION; SET XACT_ABORT)        |   BEGIN/COMMIT TRANSACTION and SET need no grant      |
   | the watermark table (CDC_WATERMARK_TABLE)   | SELECT, INSERT, UPDATE on that table only (step 6)    |
+  | its range table (<watermark>_range, the     | SELECT, INSERT, UPDATE, DELETE on that table only     |
+  |   key ranges of a split full load)          |   (step 6; DELETE drops the rows of finished loads)   |
+  | sys.partitions (row count, split loads)     | metadata visibility: rows of the configured tables    |
+  | TABLESAMPLE of the key (split loads)        |   through the column SELECT (step 3)                  |
   | sys.dm_cdc_log_scan_sessions (optional)     | VIEW DATABASE PERFORMANCE STATE (SQL Server 2022+,    |
   |                                             | Azure SQL), VIEW DATABASE STATE before (step 7)       |
   Every capture instance of a configured table is covered, also when CDC_TABLES pins one
@@ -189,6 +193,13 @@ DECLARE @watermark nvarchar(600) = QUOTENAME(@watermark_schema) + N'.' + QUOTENA
 IF @watermark IS NULL OR OBJECT_ID(@watermark, N'U') IS NULL
 BEGIN
     SET @msg = N'grant: the watermark table "' + @watermark_setting + N'" does not exist; run sql/setup.sql first.';
+    THROW 50000, @msg, 1;
+END;
+-- Its range table (parallel full load): the same name with _range, in the same schema.
+DECLARE @ranges nvarchar(600) = QUOTENAME(@watermark_schema) + N'.' + QUOTENAME(@watermark_table + N'_range');
+IF OBJECT_ID(@ranges, N'U') IS NULL
+BEGIN
+    SET @msg = N'grant: the range table ' + @ranges + N' does not exist; run sql/setup.sql (again) first.';
     THROW 50000, @msg, 1;
 END;
 
@@ -380,6 +391,11 @@ EXEC sys.sp_executesql @sql;
 -- 6. The watermark table: read, insert the row of a new table, update after each window.
 --    No DELETE, no DDL.
 SET @sql = N'GRANT SELECT, INSERT, UPDATE ON OBJECT::' + @watermark + N' TO ' + @grantee + N';';
+PRINT @sql;
+EXEC sys.sp_executesql @sql;
+--    The range table: a split load's plan is inserted, its checkpoints updated, and the rows
+--    of a table's older loads deleted when a load finishes. No DDL.
+SET @sql = N'GRANT SELECT, INSERT, UPDATE, DELETE ON OBJECT::' + @ranges + N' TO ' + @grantee + N';';
 PRINT @sql;
 EXEC sys.sp_executesql @sql;
 

@@ -96,6 +96,34 @@ IF COL_LENGTH(N'cdc_copy.watermark', N'last_error') IS NULL
 IF COL_LENGTH(N'cdc_copy.watermark', N'last_error_at') IS NULL
     ALTER TABLE cdc_copy.watermark ADD last_error_at datetime2(7) NULL;
 
+/* 3b. The range table of parallel full loads: the watermark table's name + _range, one row
+      per key range of a split load (CDC_FULL_LOAD_RANGES > 1). A range is
+      after_key < key <= upto_key (JSON key tuples, NULL = unbounded); parts_done, last_key,
+      rows_done and bytes_done are its checkpoint, done says it is finished, version is the
+      same optimistic concurrency as the watermark's. A load that is not split has no rows
+      here (its checkpoint is the watermark row). Created here for existing installations
+      too: running this script again is the migration. */
+IF OBJECT_ID(N'cdc_copy.watermark_range', N'U') IS NULL
+BEGIN
+    CREATE TABLE cdc_copy.watermark_range
+    (
+        schema_name sysname       NOT NULL,
+        table_name  sysname       NOT NULL,
+        load_id     varchar(32)   NOT NULL,
+        range_no    int           NOT NULL,
+        after_key   nvarchar(max) NULL,
+        upto_key    nvarchar(max) NULL,
+        parts_done  int           NOT NULL CONSTRAINT DF_watermark_range_parts DEFAULT (0),
+        last_key    nvarchar(max) NULL,
+        rows_done   bigint        NOT NULL CONSTRAINT DF_watermark_range_rows DEFAULT (0),
+        bytes_done  bigint        NOT NULL CONSTRAINT DF_watermark_range_bytes DEFAULT (0),
+        done        bit           NOT NULL CONSTRAINT DF_watermark_range_done DEFAULT (0),
+        version     bigint        NOT NULL CONSTRAINT DF_watermark_range_version DEFAULT (0),
+        updated_at  datetime2(7)  NOT NULL CONSTRAINT DF_watermark_range_updated DEFAULT (SYSUTCDATETIME()),
+        CONSTRAINT PK_watermark_range PRIMARY KEY CLUSTERED (schema_name, table_name, load_id, range_no)
+    );
+END;
+
 /* 4. Permissions for the copier's database user: not here. sql/grant-managed-identity.sql
       grants only what the copier needs for the tables in CDC_TABLES (their captured columns,
       their capture instances' functions and gating roles, two cdc metadata tables, the

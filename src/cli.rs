@@ -60,6 +60,13 @@ pub enum Command {
     },
     /// Validate the settings and check connectivity; exit 1 on any problem.
     Check,
+    /// Show where each table stands: mode, capture instance, window end, LSNs, lag, pending
+    /// window, full-load progress by range, last error. Exit 1 if a table cannot be read.
+    Status {
+        /// Print JSON (`{"tables": [...]}`, stable field names; docs/scale-out.md).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Command {
@@ -153,7 +160,7 @@ pub async fn run(command: Command, make_jobs: fn() -> Arc<dyn Jobs>) -> ExitCode
             // No HTTP front end to answer in time: resume from each checkpoint until done.
             let request = FullLoadRequest { tables, reset };
             let jobs = make_jobs();
-            let mut report = jobs.full_load(request.clone()).await;
+            let mut report = with_progress(jobs.as_ref(), jobs.full_load(request.clone())).await;
             while report.status == Status::InProgress {
                 // A keyless table's load that did not fit the budget starts over on every
                 // call: it is the timer run's (`handler incremental-copy`), not a loop's.
@@ -172,11 +179,63 @@ pub async fn run(command: Command, make_jobs: fn() -> Arc<dyn Jobs>) -> ExitCode
                     reset: false,
                     ..request.clone()
                 };
-                report = jobs.full_load(resume).await;
+                report = with_progress(jobs.as_ref(), jobs.full_load(resume)).await;
             }
             print_report(&report)
         }
         Command::Check => check(make_jobs).await,
+        Command::Status { json } => status(make_jobs, json).await,
+    }
+}
+
+async fn status(make_jobs: fn() -> Arc<dyn Jobs>, json: bool) -> ExitCode {
+    match make_jobs().status().await {
+        Err(e) => {
+            eprintln!("handler: {e}");
+            ExitCode::from(1)
+        }
+        Ok(tables) => {
+            if json {
+                println!("{}", crate::status::to_json(&tables));
+            } else {
+                print!("{}", crate::status::render(&tables));
+            }
+            if tables.iter().any(|t| t.error.is_some()) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+/// Runs `job`; while it runs and stdout is a terminal, a progress line on stderr every two
+/// seconds (rewritten in place). Not a terminal: nothing extra, the logs say it all.
+async fn with_progress(jobs: &dyn Jobs, job: impl std::future::Future<Output = Report>) -> Report {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stdout().is_terminal() {
+        return job.await;
+    }
+    tokio::pin!(job);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tick.tick().await;
+    let mut shown = false;
+    loop {
+        tokio::select! {
+            report = &mut job => {
+                if shown {
+                    eprintln!();
+                }
+                return report;
+            }
+            _ = tick.tick() => {
+                if let Ok(tables) = jobs.status().await {
+                    eprint!("\r{}", crate::status::progress_line(&tables));
+                    let _ = std::io::stderr().flush();
+                    shown = true;
+                }
+            }
+        }
     }
 }
 
@@ -350,6 +409,8 @@ mod tests {
                 },
             ),
             (&["check"], Command::Check),
+            (&["status"], Command::Status { json: false }),
+            (&["status", "--json"], Command::Status { json: true }),
         ];
         for (args, want) in cases {
             assert_eq!(parse(args).map_err(|e| e.to_string()), Ok(want), "{args:?}");

@@ -82,6 +82,10 @@ pub struct Settings {
     /// `CDC_UPLOAD_BLOCKS_IN_FLIGHT`: Put Blocks each blob writer keeps in flight.
     pub upload_blocks_in_flight: usize,
     pub full_load_part_rows: u64,
+    /// `CDC_FULL_LOAD_RANGES` and `CDC_FULL_LOAD_RANGE_MIN_ROWS`: how a keyed table's full
+    /// load is split (`jobs::full_load::ranges::count`).
+    pub full_load_ranges: u32,
+    pub full_load_range_min_rows: u64,
     /// How long an HTTP-triggered FullLoad works before answering 202 and leaving the rest
     /// to the next invocation.
     pub full_load_http_budget: Duration,
@@ -194,6 +198,8 @@ pub const CDC_BLOCK_SIZE_MIB: &str = "CDC_BLOCK_SIZE_MIB";
 pub const CDC_UPLOAD_BLOCKS_IN_FLIGHT: &str = "CDC_UPLOAD_BLOCKS_IN_FLIGHT";
 pub const CDC_FULL_LOAD_PART_ROWS: &str = "CDC_FULL_LOAD_PART_ROWS";
 pub const CDC_FULL_LOAD_HTTP_BUDGET_SECONDS: &str = "CDC_FULL_LOAD_HTTP_BUDGET_SECONDS";
+pub const CDC_FULL_LOAD_RANGES: &str = "CDC_FULL_LOAD_RANGES";
+pub const CDC_FULL_LOAD_RANGE_MIN_ROWS: &str = "CDC_FULL_LOAD_RANGE_MIN_ROWS";
 pub const CDC_FANOUT: &str = "CDC_FANOUT";
 pub const CDC_QUEUE_MAX_DEQUEUE_COUNT: &str = "CDC_QUEUE_MAX_DEQUEUE_COUNT";
 pub const INCREMENTAL_COPY_SCHEDULE: &str = "INCREMENTAL_COPY_SCHEDULE";
@@ -349,6 +355,20 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: Some("1000000"),
         range: Some((1, 100000000)),
         description: "Rows per full-load part blob.",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_FULL_LOAD_RANGES,
+        default: Some("1"),
+        range: Some((1, 64)),
+        description: "Most key ranges a keyed table's full load is split into, each loaded by its own worker (1: no split).",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_FULL_LOAD_RANGE_MIN_ROWS,
+        default: Some("1000000"),
+        range: Some((1, 1000000000)),
+        description: "Rows per range at least: a table of fewer than twice this many rows is loaded as one range.",
         secret: false,
     },
     SettingDoc {
@@ -572,6 +592,8 @@ impl<'a> Parser<'a> {
         let block_size_mib = self.number(CDC_BLOCK_SIZE_MIB);
         let blocks_in_flight = self.number(CDC_UPLOAD_BLOCKS_IN_FLIGHT);
         let full_load_part_rows = self.number(CDC_FULL_LOAD_PART_ROWS);
+        let full_load_ranges = self.number(CDC_FULL_LOAD_RANGES);
+        let full_load_range_min_rows = self.number(CDC_FULL_LOAD_RANGE_MIN_ROWS);
         let budget = self.number(CDC_FULL_LOAD_HTTP_BUDGET_SECONDS);
         let command_timeout = self
             .number(CDC_SQL_COMMAND_TIMEOUT_SECONDS)
@@ -610,6 +632,8 @@ impl<'a> Parser<'a> {
             block_size: (block_size_mib? * 1024 * 1024) as usize,
             upload_blocks_in_flight: blocks_in_flight? as usize,
             full_load_part_rows: full_load_part_rows?,
+            full_load_ranges: full_load_ranges? as u32,
+            full_load_range_min_rows: full_load_range_min_rows?,
             full_load_http_budget: Duration::from_secs(budget?),
             sql_command_timeout: command_timeout?,
             schedule: schedule?,
@@ -988,6 +1012,8 @@ mod tests {
             (CDC_UPLOAD_BLOCKS_IN_FLIGHT, "1", |s| s.upload_blocks_in_flight == 1),
             (CDC_UPLOAD_BLOCKS_IN_FLIGHT, "16", |s| s.upload_blocks_in_flight == 16),
             (CDC_FULL_LOAD_PART_ROWS, "50000", |s| s.full_load_part_rows == 50_000),
+            (CDC_FULL_LOAD_RANGES, "4", |s| s.full_load_ranges == 4),
+            (CDC_FULL_LOAD_RANGE_MIN_ROWS, "500", |s| s.full_load_range_min_rows == 500),
             (CDC_FANOUT, "queue", |s| s.fanout == Fanout::Queue),
             (CDC_FANOUT, " Inline ", |s| s.fanout == Fanout::Inline),
             (CDC_QUEUE_MAX_DEQUEUE_COUNT, "3", |s| s.queue_max_dequeue_count == 3),
@@ -1055,6 +1081,9 @@ mod tests {
             (CDC_UPLOAD_BLOCKS_IN_FLIGHT, "17"),
             (CDC_FULL_LOAD_PART_ROWS, "0"),
             (CDC_FULL_LOAD_PART_ROWS, "1e6"),
+            (CDC_FULL_LOAD_RANGES, "0"),
+            (CDC_FULL_LOAD_RANGES, "65"),
+            (CDC_FULL_LOAD_RANGE_MIN_ROWS, "0"),
             (CDC_FANOUT, "queues"),
             (CDC_FANOUT, "both"),
             (CDC_QUEUE_MAX_DEQUEUE_COUNT, "0"),
@@ -1287,7 +1316,7 @@ mod tests {
     #[test]
     fn number_ranges_are_the_documented_ones() {
         let numbers: Vec<_> = SETTINGS.iter().filter(|d| d.range.is_some()).collect();
-        assert_eq!(numbers.len(), 9);
+        assert_eq!(numbers.len(), 11);
         for doc in numbers {
             let (default, min, max) = number_doc(doc.name);
             assert!((min..=max).contains(&default), "{}", doc.name);

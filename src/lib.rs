@@ -13,6 +13,7 @@
 //! - [`identity`]: the Entra ID credential SQL and Storage share.
 //! - [`jobs`]: full load and incremental copy: source → CSV → blob → watermark.
 //! - [`report`]: what a job did, per table, typed; `host` renders it.
+//! - [`status`]: where each table stands (`handler status`), read-only.
 
 pub mod cdc;
 pub mod cli;
@@ -24,4 +25,5 @@ pub mod naming;
 pub mod report;
 pub mod sink;
 pub mod sqlserver;
+pub mod status;
 pub mod window;

@@ -304,6 +304,17 @@ pub fn full_load_part_name(table: &TableRef, load_id: &str, part: u32) -> String
     )
 }
 
+/// The name of part `part` of range `range` of a load split into ranges:
+/// `{schema}/{table}/full/{load_id}/range-000-part-00000.csv`. Ranges are numbered in key
+/// order, so the names still sort in key order; a load of one range keeps
+/// [`full_load_part_name`].
+pub fn full_load_range_part_name(table: &TableRef, load_id: &str, range: u32, part: u32) -> String {
+    format!(
+        "{}/{}/full/{}/range-{:03}-part-{:05}.csv",
+        table.schema, table.table, load_id, range, part
+    )
+}
+
 /// Azure container naming: 3–63 characters, lowercase letters, digits and hyphens, starting and
 /// ending with a letter or digit, no two hyphens in a row.
 pub fn validate_container_name(name: &str) -> Result<(), NamingError> {
@@ -562,6 +573,10 @@ mod tests {
             ("x", 99_999, "sales/orders/full/x/part-99999.csv"),
             ("x", 100_000, "sales/orders/full/x/part-100000.csv"),
         ];
+        assert_eq!(
+            full_load_range_part_name(&t, "x", 3, 42),
+            "sales/orders/full/x/range-003-part-00042.csv"
+        );
         for (load_id, part, expected) in cases {
             assert_eq!(full_load_part_name(&t, load_id, part), expected);
         }

@@ -153,6 +153,10 @@ fn every_object_the_statements_read_is_covered_by_the_grant_script() {
             "{watermark}",
             "N'GRANT SELECT, INSERT, UPDATE ON OBJECT::' + @watermark",
         ),
+        (
+            "{ranges}",
+            "N'GRANT SELECT, INSERT, UPDATE, DELETE ON OBJECT::' + @ranges",
+        ),
     ];
     let code = code_of(GRANT_SCRIPT);
     for (placeholder, grant) in templated {
@@ -309,12 +313,16 @@ fn the_grant_script_grants_nothing_schema_wide_and_no_broad_roles() {
 fn the_grant_script_splices_names_only_through_quotename() {
     let code = code_of(GRANT_SCRIPT);
     // Variables that hold text already quoted (checked where they are built, below).
-    let quoted = ["@sql", "@grantee", "@watermark", "@columns"];
+    let quoted = ["@sql", "@grantee", "@watermark", "@ranges", "@columns"];
     for (name, definition) in [
         ("@grantee", "@grantee nvarchar(258) = QUOTENAME(@principal);"),
         (
             "@watermark",
             "@watermark nvarchar(600) = QUOTENAME(@watermark_schema) + N'.' + QUOTENAME(@watermark_table);",
+        ),
+        (
+            "@ranges",
+            "@ranges nvarchar(600) = QUOTENAME(@watermark_schema) + N'.' + QUOTENAME(@watermark_table + N'_range');",
         ),
         (
             "@columns",

@@ -33,6 +33,8 @@ mod keyless;
 mod keys;
 #[path = "live_sqlserver/least_privilege.rs"]
 mod least_privilege;
+#[path = "live_sqlserver/parallel_load.rs"]
+mod parallel_load;
 #[path = "live_sqlserver/schema_changes.rs"]
 mod schema_changes;
 #[path = "live_sqlserver/switch_jobs.rs"]
@@ -1105,15 +1107,15 @@ async fn live_session_against_sql_server() {
 
     // Full-load scan in key order, one row per page.
     let mut sink = VecSink::default();
-    let (n, key) = session.scan(&ci, None, 1, &mut sink).await.unwrap();
+    let (n, key) = session.scan(&ci, None, None, 1, &mut sink).await.unwrap();
     assert_eq!((n, key.clone()), (1, Some(vec![Value::Int(1)])));
     let (n, key) = session
-        .scan(&ci, key.as_deref(), 1, &mut sink)
+        .scan(&ci, key.as_deref(), None, 1, &mut sink)
         .await
         .unwrap();
     assert_eq!((n, key.clone()), (1, Some(vec![Value::Int(2)])));
     let (n, key) = session
-        .scan(&ci, key.as_deref(), 1, &mut sink)
+        .scan(&ci, key.as_deref(), None, 1, &mut sink)
         .await
         .unwrap();
     assert_eq!((n, key), (0, None));

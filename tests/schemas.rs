@@ -356,3 +356,36 @@ fn funcignore_keeps_the_app_and_drops_the_sources() {
         assert!(!lines.contains(kept), ".funcignore must not exclude {kept}");
     }
 }
+
+/// Issue 12, parallel full load: `LoadRange` is triggered by `cdc-copy-ranges` and sends an
+/// unfinished range's message back to it through its `ranges` output; `FullLoad` has the same
+/// `ranges` output for the messages of a split load (`CDC_FANOUT=queue`). Deployed, not
+/// ignored.
+#[test]
+fn load_range_function_json() {
+    use cdc_copy::host::payload::RANGES_OUTPUT_BINDING;
+    let f = assert_valid("function.json.schema.json", "LoadRange/function.json");
+    let bindings = f["bindings"].as_array().expect("bindings");
+    let (trigger, again) = (&bindings[0], &bindings[1]);
+    assert_eq!(trigger["type"], "queueTrigger");
+    assert_eq!(trigger["name"], QUEUE_BINDING);
+    assert_eq!(trigger["queueName"], "cdc-copy-ranges");
+    assert_eq!(again["type"], "queue");
+    assert_eq!(again["direction"], "out");
+    assert_eq!(again["name"], RANGES_OUTPUT_BINDING);
+    assert_eq!(again["queueName"], trigger["queueName"]);
+    for b in bindings {
+        assert_eq!(b["connection"], "AzureWebJobsStorage", "{b}");
+    }
+    let full = assert_valid("function.json.schema.json", "FullLoad/function.json");
+    let ranges = full["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == RANGES_OUTPUT_BINDING)
+        .expect("FullLoad's ranges output");
+    assert_eq!(ranges["type"], "queue");
+    assert_eq!(ranges["queueName"], "cdc-copy-ranges");
+    let ignore = std::fs::read_to_string(manifest_dir().join(".funcignore")).expect(".funcignore");
+    assert!(!ignore.lines().any(|l| l.trim() == "LoadRange/"));
+}

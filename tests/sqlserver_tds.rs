@@ -1283,8 +1283,8 @@ async fn scan_pages_by_key_and_returns_the_last_key() {
         ],
         ..customers_ci()
     };
-    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false).unwrap();
-    let next = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true).unwrap();
+    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false, false).unwrap();
+    let next = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true, false).unwrap();
     let columns = vec![
         col("customer_id", SqlType::Int),
         col("region", SqlType::VarChar(10)),
@@ -1320,13 +1320,13 @@ async fn scan_pages_by_key_and_returns_the_last_key() {
     server.on(&next, Reply::rows(columns, vec![]));
     let mut session = session(&server).await;
     let mut sink = VecSink::default();
-    let (rows, last) = session.scan(&ci, None, 2, &mut sink).await.unwrap();
+    let (rows, last) = session.scan(&ci, None, None, 2, &mut sink).await.unwrap();
     assert_eq!(rows, 2);
     let last_key = last.clone().unwrap();
     assert_eq!(last_key[0], Value::Text("eu".into()));
     assert_eq!(last_key[2], Value::Int(3));
     let (rows, last) = session
-        .scan(&ci, last.as_deref(), 2, &mut sink)
+        .scan(&ci, last.as_deref(), None, 2, &mut sink)
         .await
         .unwrap();
     assert_eq!((rows, last), (0, None));
@@ -1383,6 +1383,7 @@ async fn a_resume_key_of_the_wrong_type_is_refused() {
         .scan(
             &customers_ci(),
             Some(&[Value::Text("7".into())]),
+            None,
             10,
             &mut sink,
         )
@@ -2411,7 +2412,7 @@ async fn scan_and_net_changes_select_the_same_captured_columns() {
         .await
         .unwrap();
     let mut sink = VecSink::default();
-    session.scan(&ci, None, 10, &mut sink).await.unwrap();
+    session.scan(&ci, None, None, 10, &mut sink).await.unwrap();
     session
         .net_changes(&ci, range(lsn(101), lsn(200)), RowFilter::All, &mut sink)
         .await

@@ -91,8 +91,8 @@ async fn the_client_asks_for_16383_byte_packets() {
 async fn generated_rows_page_by_key_and_decode_exactly() {
     let server = FakeServer::start().await;
     let ci = capture_instance(false);
-    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false).unwrap();
-    let after = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true).unwrap();
+    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false, false).unwrap();
+    let after = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true, false).unwrap();
     server.on_generated_scan(&first, &after, tds::customers(false, false, 2500));
     let mut session = session(&server).await;
     let mut sink = VecSink::default();
@@ -100,7 +100,7 @@ async fn generated_rows_page_by_key_and_decode_exactly() {
     let mut pages = Vec::new();
     loop {
         let (rows, last) = session
-            .scan(&ci, key.as_deref(), 1000, &mut sink)
+            .scan(&ci, key.as_deref(), None, 1000, &mut sink)
             .await
             .unwrap();
         pages.push((rows, last.clone()));
@@ -124,18 +124,57 @@ async fn generated_rows_page_by_key_and_decode_exactly() {
     assert!(sink.rows.iter().any(|r| r[4] == Value::Null));
 }
 
+/// Range scans (issue 12): each range's pages stop at its inclusive end, the next range
+/// starts after it, and the ranges together return every generated row once, in order.
+#[tokio::test]
+async fn range_scans_stop_at_the_range_end_and_cover_every_row_once() {
+    let server = FakeServer::start().await;
+    let ci = capture_instance(false);
+    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false, true).unwrap();
+    let after = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true, true).unwrap();
+    server.on_generated_range_scan(&first, &after, tds::customers(false, false, 2500));
+    let mut session = session(&server).await;
+    let mut sink = VecSink::default();
+    let mut pages = Vec::new();
+    for upto in [700i64, 1700, 2500] {
+        let upto = [Value::Int(upto)];
+        let mut key = sink.rows.last().map(|row| vec![row[0].clone()]);
+        loop {
+            let (rows, last) = session
+                .scan(&ci, key.as_deref(), Some(&upto), 500, &mut sink)
+                .await
+                .unwrap();
+            pages.push(rows);
+            if rows < 500 {
+                break;
+            }
+            key = last;
+        }
+    }
+    assert_eq!(pages, [500, 200, 500, 500, 0, 500, 300]);
+    assert_eq!(sink.rows.len(), 2500);
+    for (i, row) in sink.rows.iter().enumerate() {
+        assert_eq!(*row, expected_narrow(i as u64), "row {i}");
+    }
+    let sent: Vec<String> = server.requests().iter().map(|r| r.sql.clone()).collect();
+    assert!(sent.iter().all(|s| s.contains("<= CAST(@P")), "{sent:?}");
+}
+
 /// The wide shape: decimal(18,2), datetime2(7), uniqueidentifier and a 1–4 KB nvarchar(max)
 /// sent as PLP chunks all come back as the templates hold them.
 #[tokio::test]
 async fn wide_generated_rows_decode_every_type() {
     let server = FakeServer::start().await;
     let ci = capture_instance(true);
-    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false).unwrap();
-    let after = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true).unwrap();
+    let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false, false).unwrap();
+    let after = sql::scan(&ci.table, &ci.key_columns, &ci.columns, true, false).unwrap();
     server.on_generated_scan(&first, &after, tds::customers(true, false, 120));
     let mut session = session(&server).await;
     let mut sink = VecSink::default();
-    let (rows, last) = session.scan(&ci, None, 1000, &mut sink).await.unwrap();
+    let (rows, last) = session
+        .scan(&ci, None, None, 1000, &mut sink)
+        .await
+        .unwrap();
     assert_eq!((rows, last), (120, Some(vec![Value::Int(120)])));
     for (i, row) in sink.rows.iter().enumerate() {
         let t = (i % 56) as u64;

@@ -272,6 +272,30 @@ pub struct FullLoadProgress {
     pub rows_done: u64,
 }
 
+/// One key range of a full load and where its copy stands: a row of the range table
+/// (`sql::RANGE_COLUMNS`). The range is `after < key <= upto` (each `None` unbounded); a
+/// load's ranges never overlap and leave no gap (`jobs::full_load::ranges`). A load that is not
+/// split has one range with both bounds `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeProgress {
+    pub table: TableRef,
+    pub load_id: String,
+    /// 0-based position in key order.
+    pub range: u32,
+    pub after: Option<Vec<Value>>,
+    pub upto: Option<Vec<Value>>,
+    /// Part blobs of this range committed so far.
+    pub parts_done: u32,
+    /// Key of the last row of the last committed part; `None` before the first part.
+    pub last_key: Option<Vec<Value>>,
+    pub rows_done: u64,
+    pub bytes_done: u64,
+    pub done: bool,
+    /// Optimistic concurrency, as [`Watermark::version`].
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Where a table stands; exactly one of these at a time, so a row cannot be both loading
 /// and halfway through a window.
 #[derive(Debug, Clone, PartialEq)]
@@ -604,16 +628,50 @@ pub trait CdcSession: Send {
     /// Ends the transaction [`CdcSession::scan_locked`] began, releasing the table lock.
     async fn release_lock(&mut self) -> Result<(), CdcError>;
 
-    /// Streams up to `limit` rows of the table in key order, starting after `after` (a key
-    /// tuple in `ci.key_columns` order), into `sink`; returns the rows sent and the key of
-    /// the last one.
+    /// Streams up to `limit` rows of the table in key order, starting after `after` and
+    /// ending at `upto` included (key tuples in `ci.key_columns` order), into `sink`; returns
+    /// the rows sent and the key of the last one.
     async fn scan(
         &mut self,
         ci: &CaptureInstance,
         after: Option<&[Value]>,
+        upto: Option<&[Value]>,
         limit: u64,
         sink: &mut dyn RowSink,
     ) -> Result<(u64, Option<Vec<Value>>), CdcError>;
+
+    /// The table's approximate row count (`sql::TABLE_ROWS`); 0 when the server cannot say.
+    async fn table_rows(&mut self, table: &TableRef) -> Result<u64, CdcError>;
+
+    /// A page-level sample of about `percent` % of the table's keys, in the server's key
+    /// order (`sql::SAMPLE_KEYS`): where a parallel load cuts its ranges.
+    async fn sample_keys(
+        &mut self,
+        ci: &CaptureInstance,
+        percent: f64,
+    ) -> Result<Vec<Vec<Value>>, CdcError>;
+
+    /// The ranges of load `load_id` of `table`, in range order.
+    async fn read_ranges(
+        &mut self,
+        table: &TableRef,
+        load_id: &str,
+    ) -> Result<Vec<RangeProgress>, CdcError>;
+
+    /// Inserts a load's range plan (all rows of one `table` and `load_id`) unless that load
+    /// has ranges already, in one statement; `false` if it had (another run planned it).
+    async fn insert_ranges(&mut self, rows: &[RangeProgress]) -> Result<bool, CdcError>;
+
+    /// Replaces a range's checkpoint if its version is still `expected_version`; `false` if
+    /// another worker moved it.
+    async fn update_range(
+        &mut self,
+        expected_version: i64,
+        row: &RangeProgress,
+    ) -> Result<bool, CdcError>;
+
+    /// Deletes the range rows of `table`'s loads other than `keep`.
+    async fn delete_other_ranges(&mut self, table: &TableRef, keep: &str) -> Result<(), CdcError>;
 
     async fn read_watermark(&mut self, table: &TableRef) -> Result<Option<Watermark>, CdcError>;
 

@@ -18,8 +18,8 @@ pub mod render;
 pub mod server;
 
 pub use payload::{
-    full_load_request, parse_host_time, table_message, timer_trigger, HttpInvocation, PayloadError,
-    QueueInvocation, RequestError, TimerInvocation,
+    full_load_request, parse_host_time, range_message, table_message, timer_trigger,
+    HttpInvocation, PayloadError, QueueInvocation, RequestError, TimerInvocation,
 };
 pub use server::{run, MAX_BODY_BYTES};
 
@@ -68,6 +68,22 @@ pub struct TableMessage {
     pub is_past_due: bool,
 }
 
+/// One `LoadRange` queue message (queue `cdc-copy-ranges`): load range `range` of the split
+/// full load `load_id` of `table`. Everything else (bounds, checkpoint, baseline) comes from
+/// the range table and the watermark row, so a duplicate or a message of a replaced load
+/// copies nothing twice (docs/scale-out.md, "Parallel full load").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RangeMessage {
+    #[serde(
+        deserialize_with = "payload::table",
+        serialize_with = "crate::report::as_text"
+    )]
+    pub table: TableRef,
+    pub load_id: String,
+    pub range: u32,
+}
+
 /// How a queue message reached this invocation.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Delivery {
@@ -98,10 +114,29 @@ pub trait Jobs: Send + Sync + 'static {
         ))
     }
     async fn full_load(&self, request: FullLoadRequest) -> Report;
+    /// The `FullLoad` HTTP function: [`Jobs::full_load`], or with `CDC_FANOUT=queue` a split
+    /// load's ranges sent as [`RangeMessage`]s in the report's
+    /// [`payload::RANGES_OUTPUT_BINDING`] output (the CLI's `handler full-load` always loads
+    /// inline).
+    async fn full_load_invocation(&self, request: FullLoadRequest) -> Report {
+        self.full_load(request).await
+    }
+    /// The `LoadRange` queue function: one key range of a split full load.
+    async fn load_range(&self, message: RangeMessage, _delivery: Delivery) -> Report {
+        Report::failed(format!(
+            "LoadRange cannot run for {}: this handler serves no LoadRange",
+            message.table
+        ))
+    }
     /// Connectivity checks for `handler check`: one `(what, result)` per thing checked (SQL
     /// login, CDC enabled per table, watermark table, container…). The default checks nothing.
     async fn check(&self) -> Vec<(String, Result<(), String>)> {
         Vec::new()
+    }
+    /// Where each configured table stands, for `handler status` and the progress of
+    /// `handler full-load`. The default knows nothing.
+    async fn status(&self) -> Result<Vec<crate::status::TableStatus>, String> {
+        Err("this handler has no status to show".to_string())
     }
 }
 
@@ -157,5 +192,9 @@ impl Jobs for NotConfigured {
 
     async fn check(&self) -> Vec<(String, Result<(), String>)> {
         vec![("jobs".to_string(), Err(self.reason.clone()))]
+    }
+
+    async fn status(&self) -> Result<Vec<crate::status::TableStatus>, String> {
+        Err(self.reason.clone())
     }
 }

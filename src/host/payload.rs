@@ -36,6 +36,9 @@ pub const TABLES_OUTPUT_BINDING: &str = "tables";
 /// Binding name of `CopyTable`'s queue output to its poison queue (`cdc-copy-tables-poison`):
 /// where a message whose table needs a person goes at once, with its error.
 pub const POISON_OUTPUT_BINDING: &str = "poison";
+/// Binding name of the queue output to `cdc-copy-ranges` (FullLoad's and LoadRange's): one
+/// [`super::RangeMessage`] per key range of a split load still to do.
+pub const RANGES_OUTPUT_BINDING: &str = "ranges";
 
 /// How far `ScheduleStatus.Next` may lie after the invocation's clock and still count as this
 /// run's trigger time. .NET timers can fire a few milliseconds early; taking `Next` then keeps
@@ -589,6 +592,12 @@ impl QueueInvocation {
 /// unknown keys are refused, so a message from another version is not half-understood).
 /// Error paths start with `Data.message`.
 pub fn table_message(message: &Value) -> Result<TableMessage, RequestError> {
+    message_of(message)
+}
+
+/// A queue message of type `T` from `Data.message`, strictly; error paths start with
+/// `Data.message`.
+fn message_of<T: for<'de> Deserialize<'de>>(message: &Value) -> Result<T, RequestError> {
     let prefixed = |e: RequestError| {
         let field = if e.field == "body" {
             "Data.message".to_string()
@@ -597,10 +606,16 @@ pub fn table_message(message: &Value) -> Result<TableMessage, RequestError> {
         };
         RequestError { field, ..e }
     };
-    let Object(message): Object<TableMessage> = serde_path_to_error::deserialize(message)
+    let Object(message): Object<T> = serde_path_to_error::deserialize(message)
         .map_err(RequestError::from)
         .map_err(prefixed)?;
     Ok(message)
+}
+
+/// The `LoadRange` message from `Data.message` ([`super::RangeMessage`]'s fields, strictly,
+/// as [`table_message`]).
+pub fn range_message(message: &Value) -> Result<super::RangeMessage, RequestError> {
+    message_of(message)
 }
 
 /// `table` of a [`TableMessage`]: one `schema.table` name.

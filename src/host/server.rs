@@ -83,6 +83,7 @@ enum Function {
     IncrementalCopy,
     FullLoad,
     CopyTable,
+    LoadRange,
 }
 
 impl Function {
@@ -91,6 +92,7 @@ impl Function {
             Function::IncrementalCopy => "IncrementalCopy",
             Function::FullLoad => "FullLoad",
             Function::CopyTable => "CopyTable",
+            Function::LoadRange => "LoadRange",
         }
     }
 }
@@ -117,10 +119,11 @@ where
         p if p.eq_ignore_ascii_case("/IncrementalCopy") => Function::IncrementalCopy,
         p if p.eq_ignore_ascii_case("/FullLoad") => Function::FullLoad,
         p if p.eq_ignore_ascii_case("/CopyTable") => Function::CopyTable,
+        p if p.eq_ignore_ascii_case("/LoadRange") => Function::LoadRange,
         _ => {
             return plain(
                 StatusCode::NOT_FOUND,
-                "no such function; this handler serves IncrementalCopy, FullLoad and CopyTable",
+                "no such function; this handler serves IncrementalCopy, FullLoad, CopyTable and LoadRange",
             )
         }
     };
@@ -170,6 +173,7 @@ where
         Function::IncrementalCopy => incremental_copy(jobs, &bytes).await,
         Function::FullLoad => full_load(jobs, &bytes).await,
         Function::CopyTable => copy_table(jobs, &bytes).await,
+        Function::LoadRange => load_range(jobs, &bytes).await,
     };
     tracing::info!(
         status = response.status().as_u16(),
@@ -280,7 +284,10 @@ async fn full_load(jobs: Arc<dyn Jobs>, bytes: &[u8]) -> Response {
         }
     };
     tracing::info!(tables = ?request.tables, reset = request.reset, "FullLoad invoked");
-    let report = run_job("FullLoad", async move { jobs.full_load(request).await }).await;
+    let report = run_job("FullLoad", async move {
+        jobs.full_load_invocation(request).await
+    })
+    .await;
     log_outcome(&report);
     let (caller_status, handler_status) = render::full_load_status(report.status);
     let logs = report.logs();
@@ -288,11 +295,45 @@ async fn full_load(jobs: Arc<dyn Jobs>, bytes: &[u8]) -> Response {
     let mut body = return_value.clone();
     body["logs"] = json!(logs);
     let res = http_output(caller_status, &body);
+    // A split load sent to the queue: its range messages (RANGES_OUTPUT_BINDING) beside `res`.
+    let mut outputs = json!(report.outputs);
+    outputs[HTTP_OUTPUT_BINDING] = res;
+    invocation_response(handler_status, outputs, logs, return_value)
+}
+
+/// `LoadRange` (queue trigger, `cdc-copy-ranges`): one key range of a split full load, with
+/// the same answers as `CopyTable` (500 only when a retry may help). A range not finished
+/// within the budget sends its own message again through the `ranges` output.
+async fn load_range(jobs: Arc<dyn Jobs>, bytes: &[u8]) -> Response {
+    let invocation = match parse_json(bytes).and_then(|v| QueueInvocation::from_json(&v)) {
+        Ok(invocation) => invocation,
+        Err(e) => return malformed(&e),
+    };
+    let message = match super::payload::range_message(&invocation.message) {
+        Ok(message) => message,
+        Err(e) => return malformed(&PayloadError::Invalid(e)),
+    };
+    let delivery = Delivery {
+        dequeue_count: invocation.dequeue_count(),
+        id: invocation.metadata.id.clone(),
+    };
+    tracing::info!(
+        table = %message.table,
+        load_id = %message.load_id,
+        range = message.range,
+        dequeue_count = delivery.dequeue_count,
+        "LoadRange invoked"
+    );
+    let report = run_job("LoadRange", async move {
+        jobs.load_range(message, delivery).await
+    })
+    .await;
+    log_outcome(&report);
     invocation_response(
-        handler_status,
-        json!({ HTTP_OUTPUT_BINDING: res }),
-        logs,
-        return_value,
+        render::queue_status(report.status),
+        json!(report.outputs),
+        report.logs(),
+        report.return_value(),
     )
 }
 

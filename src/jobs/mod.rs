@@ -85,6 +85,15 @@ pub enum JobError {
         table: TableRef,
         last_lsn: crate::cdc::Lsn,
     },
+    /// A split full load whose range rows are not all there (deleted by hand, or the range
+    /// table recreated): its parts cannot be told apart from a gap.
+    #[error("the full load {load_id} of {table} was split into {expected} key ranges but the range table holds {found} of them; run FullLoad with \"reset\": true to load the table again")]
+    RangesMissing {
+        table: TableRef,
+        load_id: String,
+        expected: u32,
+        found: usize,
+    },
 }
 
 impl From<instances::RouteError> for JobError {
@@ -561,6 +570,24 @@ impl Jobs for Runner {
 
     async fn check(&self) -> Vec<(String, Result<(), String>)> {
         Runner::check(self).await
+    }
+
+    async fn status(&self) -> Result<Vec<crate::status::TableStatus>, String> {
+        Ok(crate::status::collect(&self.context).await)
+    }
+
+    async fn full_load_invocation(&self, request: FullLoadRequest) -> Report {
+        let budget = self.context.settings.full_load_http_budget;
+        match self.context.settings.fanout {
+            crate::config::Fanout::Queue => {
+                full_load::run_queued(&self.context, &request, budget).await
+            }
+            crate::config::Fanout::Inline => full_load::run(&self.context, &request, budget).await,
+        }
+    }
+
+    async fn load_range(&self, message: crate::host::RangeMessage, _delivery: Delivery) -> Report {
+        full_load::run_range(&self.context, &message, TIMER_LOAD_BUDGET).await
     }
 
     async fn full_load(&self, request: FullLoadRequest) -> Report {

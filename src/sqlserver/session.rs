@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use crate::cdc::columns::{self, CapturedColumnRow, ColumnsError, KeyColumnRow};
 use crate::cdc::{
     AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, DdlEvent,
-    FullLoadProgress, LastError, Lsn, LsnRange, NameError, RowFilter, RowSink, ScanMark, TableRef,
-    TableState, Value, Watermark, Window,
+    FullLoadProgress, LastError, Lsn, LsnRange, NameError, RangeProgress, RowFilter, RowSink,
+    ScanMark, TableRef, TableState, Value, VecSink, Watermark, Window,
 };
 
 use super::connection::{map_error, SqlClient};
@@ -51,6 +51,8 @@ pub struct SqlServerSession {
 enum Context<'a> {
     Plain(String),
     Watermark(&'static str),
+    /// A statement on the range table (`sql::range_table`) of a parallel full load.
+    Ranges(&'static str),
     NetChanges {
         ci: &'a CaptureInstance,
         from: Lsn,
@@ -68,7 +70,7 @@ impl Context<'_> {
     fn statement(&self) -> String {
         match self {
             Context::Plain(name) => name.clone(),
-            Context::Watermark(name) => name.to_string(),
+            Context::Watermark(name) | Context::Ranges(name) => name.to_string(),
             Context::NetChanges { ci, .. } => format!("net changes of {}", ci.name),
             Context::AllChanges { ci, .. } => format!("all changes of {}", ci.name),
         }
@@ -161,6 +163,12 @@ impl SqlServerSession {
         }
     }
 
+    /// `template` for the range table next to the watermark table.
+    fn range_statement(&self, template: &str) -> Result<String, CdcError> {
+        sql::ranges_statement(template, &self.watermark_table)
+            .map_err(|e| name_error("watermark table", e))
+    }
+
     fn error(&self, error: tiberius::error::Error, context: Context<'_>) -> CdcError {
         classify(&self.watermark_table, self.command_timeout, error, context)
     }
@@ -191,6 +199,9 @@ fn classify(
     match (context, number) {
         (Context::Watermark(_), INVALID_OBJECT_NAME) => {
             CdcError::NoWatermarkTable(watermark_table.to_string())
+        }
+        (Context::Ranges(_), INVALID_OBJECT_NAME) => {
+            CdcError::NoWatermarkTable(sql::range_table(watermark_table).to_string())
         }
         (
             Context::NetChanges { ci, from, .. } | Context::AllChanges { ci, from, .. },
@@ -488,6 +499,77 @@ fn watermark_params(row: &Watermark) -> Result<Vec<ColumnData<'static>>, CdcErro
     ])
 }
 
+/// A key tuple as parameters, each cast to its key column's type; none for `None`.
+fn key_params(
+    ci: &CaptureInstance,
+    what: &str,
+    key: Option<&[Value]>,
+) -> Result<Vec<ColumnData<'static>>, CdcError> {
+    key.unwrap_or_default()
+        .iter()
+        .zip(&ci.key_columns)
+        .map(|(value, key)| {
+            to_param(value, &key.ty).map_err(|e| {
+                CdcError::Protocol(format!("{what} of {}: column {}: {e}", ci.table, key.name))
+            })
+        })
+        .collect()
+}
+
+fn key_json(key: Option<&Vec<Value>>, what: &str) -> Result<ColumnData<'static>, CdcError> {
+    let json = key
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| CdcError::Protocol(format!("{what} as JSON: {e}")))?;
+    Ok(ColumnData::String(json.map(Into::into)))
+}
+
+fn key_column(row: &Row, name: &str) -> Result<Option<Vec<Value>>, CdcError> {
+    column::<&str>(row, name)?
+        .map(serde_json::from_str::<Vec<Value>>)
+        .transpose()
+        .map_err(|e| CdcError::Protocol(format!("{name}: {e}")))
+}
+
+/// `@P1…@P13` of the range insert and update, in [`sql::RANGE_COLUMNS`] order.
+fn range_params(row: &RangeProgress) -> Result<Vec<ColumnData<'static>>, CdcError> {
+    Ok(vec![
+        text(&row.table.schema),
+        text(&row.table.table),
+        text(&row.load_id),
+        ColumnData::I32(Some(i32::try_from(row.range).unwrap_or(i32::MAX))),
+        key_json(row.after.as_ref(), "range start")?,
+        key_json(row.upto.as_ref(), "range end")?,
+        ColumnData::I32(Some(i32::try_from(row.parts_done).unwrap_or(i32::MAX))),
+        key_json(row.last_key.as_ref(), "range checkpoint")?,
+        ColumnData::I64(Some(to_i64(row.rows_done))),
+        ColumnData::I64(Some(to_i64(row.bytes_done))),
+        ColumnData::Bit(Some(row.done)),
+        ColumnData::I64(Some(row.version)),
+        datetime2(&row.updated_at),
+    ])
+}
+
+fn range_from_row(row: &Row) -> Result<RangeProgress, CdcError> {
+    Ok(RangeProgress {
+        table: TableRef {
+            schema: required::<&str>(row, "schema_name")?.to_string(),
+            table: required::<&str>(row, "table_name")?.to_string(),
+        },
+        load_id: required::<&str>(row, "load_id")?.to_string(),
+        range: required::<i32>(row, "range_no")?.max(0) as u32,
+        after: key_column(row, "after_key")?,
+        upto: key_column(row, "upto_key")?,
+        parts_done: required::<i32>(row, "parts_done")?.max(0) as u32,
+        last_key: key_column(row, "last_key")?,
+        rows_done: required::<i64>(row, "rows_done")?.max(0) as u64,
+        bytes_done: required::<i64>(row, "bytes_done")?.max(0) as u64,
+        done: required::<bool>(row, "done")?,
+        version: required::<i64>(row, "version")?,
+        updated_at: utc(required(row, "updated_at")?),
+    })
+}
+
 fn watermark_from_row(row: &Row) -> Result<Watermark, CdcError> {
     let last_lsn = lsn_column(row, "last_lsn")?
         .ok_or_else(|| CdcError::Protocol("last_lsn is NULL".into()))?;
@@ -770,30 +852,33 @@ impl CdcSession for SqlServerSession {
         &mut self,
         ci: &CaptureInstance,
         after: Option<&[Value]>,
+        upto: Option<&[Value]>,
         limit: u64,
         sink: &mut dyn RowSink,
     ) -> Result<(u64, Option<Vec<Value>>), CdcError> {
-        if let Some(key) = after {
-            if key.len() != ci.key_columns.len() {
-                return Err(CdcError::Protocol(format!(
-                    "resume key has {} values but {} has {} key columns",
-                    key.len(),
-                    ci.table,
-                    ci.key_columns.len()
-                )));
+        for (what, key) in [("resume key", after), ("range end", upto)] {
+            if let Some(key) = key {
+                if key.len() != ci.key_columns.len() {
+                    return Err(CdcError::Protocol(format!(
+                        "{what} has {} values but {} has {} key columns",
+                        key.len(),
+                        ci.table,
+                        ci.key_columns.len()
+                    )));
+                }
             }
         }
-        let statement = sql::scan(&ci.table, &ci.key_columns, &ci.columns, after.is_some())
-            .map_err(|e| name_error("source table or its columns", e))?;
+        let statement = sql::scan(
+            &ci.table,
+            &ci.key_columns,
+            &ci.columns,
+            after.is_some(),
+            upto.is_some(),
+        )
+        .map_err(|e| name_error("source table or its columns", e))?;
         let mut params = vec![ColumnData::I64(Some(to_i64(limit)))];
-        for (value, key) in after.unwrap_or_default().iter().zip(&ci.key_columns) {
-            params.push(to_param(value, &key.ty).map_err(|e| {
-                CdcError::Protocol(format!(
-                    "resume key of {}: column {}: {e}",
-                    ci.table, key.name
-                ))
-            })?);
-        }
+        params.extend(key_params(ci, "resume key", after)?);
+        params.extend(key_params(ci, "range end", upto)?);
         let key_columns = ci.key_names();
         self.stream_rows(
             &statement,
@@ -803,6 +888,86 @@ impl CdcSession for SqlServerSession {
             Context::Plain(format!("keyset page of {}", ci.table)),
         )
         .await
+    }
+
+    async fn table_rows(&mut self, table: &TableRef) -> Result<u64, CdcError> {
+        let row = self
+            .single_row("row count", sql::TABLE_ROWS, &[text(&table.quoted())])
+            .await?;
+        Ok(column::<i64>(&row, "row_count")?.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn sample_keys(
+        &mut self,
+        ci: &CaptureInstance,
+        percent: f64,
+    ) -> Result<Vec<Vec<Value>>, CdcError> {
+        let statement = sql::sample_keys(&ci.table, &ci.key_columns, percent)
+            .map_err(|e| name_error("source table or its key", e))?;
+        let mut sink = VecSink::default();
+        // No parameters (the percentage is in the text): it goes as a batch.
+        self.stream_rows(
+            &statement,
+            &[],
+            None,
+            &mut sink,
+            Context::Plain(format!("key sample of {}", ci.table)),
+        )
+        .await?;
+        Ok(sink.rows)
+    }
+
+    async fn read_ranges(
+        &mut self,
+        table: &TableRef,
+        load_id: &str,
+    ) -> Result<Vec<RangeProgress>, CdcError> {
+        let statement = self.range_statement(sql::READ_RANGES)?;
+        let params = [text(&table.schema), text(&table.table), text(load_id)];
+        let rows = self
+            .results(&statement, &params, Context::Ranges("range read"))
+            .await?;
+        rows.into_iter()
+            .flatten()
+            .map(|row| range_from_row(&row))
+            .collect()
+    }
+
+    async fn insert_ranges(&mut self, rows: &[RangeProgress]) -> Result<bool, CdcError> {
+        let statement = sql::insert_ranges(&self.watermark_table, rows.len())
+            .map_err(|e| name_error("watermark table", e))?;
+        let mut params = Vec::new();
+        for row in rows {
+            params.extend(range_params(row)?);
+        }
+        match self.execute(&statement, &params).await {
+            Ok(count) => Ok(count > 0),
+            Err(e) if e.code().is_some_and(|c| DUPLICATE_KEY_ERRORS.contains(&c)) => Ok(false),
+            Err(e) => Err(self.error(e, Context::Ranges("range insert"))),
+        }
+    }
+
+    async fn update_range(
+        &mut self,
+        expected_version: i64,
+        row: &RangeProgress,
+    ) -> Result<bool, CdcError> {
+        let statement = self.range_statement(sql::UPDATE_RANGE)?;
+        let mut params = range_params(row)?;
+        params.push(ColumnData::I64(Some(expected_version)));
+        match self.execute(&statement, &params).await {
+            Ok(count) => Ok(count == 1),
+            Err(e) => Err(self.error(e, Context::Ranges("range update"))),
+        }
+    }
+
+    async fn delete_other_ranges(&mut self, table: &TableRef, keep: &str) -> Result<(), CdcError> {
+        let statement = self.range_statement(sql::DELETE_OTHER_RANGES)?;
+        let params = [text(&table.schema), text(&table.table), text(keep)];
+        match self.execute(&statement, &params).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.error(e, Context::Ranges("range delete"))),
+        }
     }
 
     async fn read_watermark(&mut self, table: &TableRef) -> Result<Option<Watermark>, CdcError> {

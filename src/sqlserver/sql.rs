@@ -447,26 +447,37 @@ pub fn scan(
     key_columns: &[KeyColumn],
     columns: &[String],
     after_key: bool,
+    upto_key: bool,
 ) -> Result<String, NameError> {
     let table = validate_table(table)?;
     let order = key_order(key_columns)?;
     let columns = column_list(columns)?;
-    if !after_key {
-        return Ok(fill(
-            SCAN_FIRST,
-            &[
-                ("{columns}", &columns),
-                ("{table}", &table),
-                ("{key_order}", &order),
-            ],
-        ));
-    }
+    let n = key_columns.len();
+    let predicate = match (after_key, upto_key) {
+        (false, false) => {
+            return Ok(fill(
+                SCAN_FIRST,
+                &[
+                    ("{columns}", &columns),
+                    ("{table}", &table),
+                    ("{key_order}", &order),
+                ],
+            ))
+        }
+        (true, false) => after_predicate(key_columns),
+        (false, true) => upto_predicate(key_columns, 2),
+        (true, true) => format!(
+            "({}) AND ({})",
+            after_predicate(key_columns),
+            upto_predicate(key_columns, n + 2)
+        ),
+    };
     Ok(fill(
         SCAN_AFTER,
         &[
             ("{columns}", &columns),
             ("{table}", &table),
-            ("{after}", &after_predicate(key_columns)),
+            ("{after}", &predicate),
             ("{key_order}", &order),
         ],
     ))
@@ -474,29 +485,44 @@ pub fn scan(
 
 /// `(k1, …, kn) > (@P2, …)` in the seekable form of [`SCAN_AFTER`], names already validated.
 fn after_predicate(key_columns: &[KeyColumn]) -> String {
+    keyset_predicate(key_columns, 2, [">", ">", ">="])
+}
+
+/// `(k1, …, kn) <= (@Pfirst, …)`, a range's inclusive upper bound, in the same seekable form:
+/// `k1 <= c1 AND (k1 < c1 OR (k1 = c1 AND (… kn <= cn)))`.
+fn upto_predicate(key_columns: &[KeyColumn], first: usize) -> String {
+    keyset_predicate(key_columns, first, ["<", "<=", "<="])
+}
+
+/// A row comparison of the key with parameters `@Pfirst…`: `[strict, last, lead]` are the
+/// operators of the inner columns, the last column and the leading seek term.
+fn keyset_predicate(key_columns: &[KeyColumn], first: usize, ops: [&str; 3]) -> String {
+    let [strict, last, lead] = ops;
     let terms: Vec<(String, String)> = key_columns
         .iter()
         .enumerate()
         .map(|(i, k)| {
             (
                 quote_identifier(&k.name),
-                k.ty.cast(&format!("@P{}", i + 2)),
+                k.ty.cast(&format!("@P{}", i + first)),
             )
         })
         .collect();
-    // expr(i) = ki > ci OR (ki = ci AND expr(i + 1)), the last one just kn > cn.
+    // expr(i) = ki OP ci OR (ki = ci AND expr(i + 1)), the last one just kn LAST cn.
     let mut expr = String::new();
     for (i, (column, value)) in terms.iter().enumerate().rev() {
         expr = if expr.is_empty() {
-            format!("{column} > {value}")
+            format!("{column} {last} {value}")
         } else if i + 2 == terms.len() {
-            format!("{column} > {value} OR ({column} = {value} AND {expr})")
+            format!("{column} {strict} {value} OR ({column} = {value} AND {expr})")
         } else {
-            format!("{column} > {value} OR ({column} = {value} AND ({expr}))")
+            format!("{column} {strict} {value} OR ({column} = {value} AND ({expr}))")
         };
     }
     match terms.first() {
-        Some((column, value)) if terms.len() > 1 => format!("{column} >= {value} AND ({expr})"),
+        Some((column, value)) if terms.len() > 1 => {
+            format!("{column} {lead} {value} AND ({expr})")
+        }
         _ => expr,
     }
 }
@@ -522,6 +548,149 @@ pub fn update_watermark(watermark_table: &TableRef) -> Result<String, NameError>
     Ok(fill(
         UPDATE_WATERMARK,
         &[("{watermark}", &validate_table(watermark_table)?)],
+    ))
+}
+
+// ---- Parallel full load (issue 12): range planning and the range table ----
+
+/// The approximate row count of a table (`@P1`, its quoted two-part name): the rows of its
+/// heap or clustered index (`index_id` 0 or 1), summed over partitions. "Approximate number
+/// of rows in this partition"; visible to a user with any permission on the table (metadata
+/// visibility), and NULL when `OBJECT_ID` cannot see it, which plans one range. Read once
+/// per load, only when ranges are enabled, to choose how many.
+/// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-partitions-transact-sql>
+/// <https://learn.microsoft.com/sql/relational-databases/security/metadata-visibility-configuration>
+pub const TABLE_ROWS: &str = "\
+SELECT CAST(SUM(p.rows) AS bigint) AS row_count FROM sys.partitions AS p
+WHERE p.object_id = OBJECT_ID(@P1) AND p.index_id IN (0, 1);";
+
+/// Template: a page-level sample of the key columns, ordered by the key on the server, so
+/// the boundaries picked from it are in exactly the order the range predicates compare in
+/// (collations included). `TABLESAMPLE SYSTEM` reads only the sampled 8 KB pages and returns
+/// all their rows; `{percent}` is a number the copier formats (not a parameter). Read once per
+/// load. Filled by [`sample_keys`].
+/// <https://learn.microsoft.com/sql/t-sql/queries/from-transact-sql#tablesample-clause>
+pub const SAMPLE_KEYS: &str =
+    "SELECT {keys} FROM {table} TABLESAMPLE SYSTEM ({percent} PERCENT) ORDER BY {key_order};";
+
+/// The range table's columns in the order every range statement uses. The table is the
+/// watermark table's name with `_range` appended, in its schema ([`range_table`]).
+pub const RANGE_COLUMNS: [&str; 13] = [
+    "schema_name",
+    "table_name",
+    "load_id",
+    "range_no",
+    "after_key",
+    "upto_key",
+    "parts_done",
+    "last_key",
+    "rows_done",
+    "bytes_done",
+    "done",
+    "version",
+    "updated_at",
+];
+
+/// Template: the ranges of one load (`@P1` schema, `@P2` table, `@P3` load id) in range
+/// order, columns as [`RANGE_COLUMNS`]. Filled by [`read_ranges`].
+/// <https://learn.microsoft.com/sql/t-sql/queries/select-transact-sql>
+pub const READ_RANGES: &str = "\
+SELECT schema_name, table_name, load_id, range_no, after_key, upto_key, parts_done, last_key,
+       rows_done, bytes_done, done, version, updated_at
+FROM {ranges} WHERE schema_name = @P1 AND table_name = @P2 AND load_id = @P3 ORDER BY range_no;";
+
+/// Template: insert a load's whole range plan, unless the load has ranges already: one
+/// statement, so two runs that planned the same load differently (the table changed between
+/// their samples) can never mix their boundaries; the loser reads the winner's plan back.
+/// `{values}` is one `(@Pn, …)` group of [`RANGE_COLUMNS`] per range, `@P1…@P3` the first
+/// range's table and load (the same for all). `UPDLOCK, HOLDLOCK` keep the check and the
+/// insert one step against a concurrent plan; a racing insert that slips past fails with
+/// 2627 and reads as "another run was first", as in [`INSERT_WATERMARK`], and so does row
+/// count 0 (`SET NOCOUNT OFF` for the same reason). Filled by [`insert_ranges`].
+/// <https://learn.microsoft.com/sql/t-sql/statements/insert-transact-sql>
+/// <https://learn.microsoft.com/sql/t-sql/queries/table-value-constructor-transact-sql>
+/// <https://learn.microsoft.com/sql/t-sql/queries/hints-transact-sql-table>
+pub const INSERT_RANGES: &str = "\
+SET NOCOUNT OFF;
+INSERT INTO {ranges} (schema_name, table_name, load_id, range_no, after_key, upto_key,
+       parts_done, last_key, rows_done, bytes_done, done, version, updated_at)
+SELECT v.* FROM (VALUES {values}) AS v (schema_name, table_name, load_id, range_no, after_key,
+       upto_key, parts_done, last_key, rows_done, bytes_done, done, version, updated_at)
+WHERE NOT EXISTS (SELECT 1 FROM {ranges} WITH (UPDLOCK, HOLDLOCK)
+                  WHERE schema_name = @P1 AND table_name = @P2 AND load_id = @P3);";
+
+/// The most ranges one load may have: [`INSERT_RANGES`] sends 13 parameters per range, and a
+/// request carries at most 2,100.
+/// <https://learn.microsoft.com/sql/sql-server/maximum-capacity-specifications-for-sql-server>
+pub const MAX_RANGES: u32 = 64;
+
+/// Template: a range's checkpoint, if its version is still `@P14` (optimistic concurrency,
+/// as [`UPDATE_WATERMARK`]; `@P1…@P13` in [`RANGE_COLUMNS`] order, the bounds `@P5`/`@P6`
+/// are sent but never changed). Row count 1 = updated, 0 = another worker moved it.
+/// <https://learn.microsoft.com/sql/t-sql/statements/set-nocount-transact-sql>
+/// <https://learn.microsoft.com/sql/t-sql/queries/update-transact-sql>
+pub const UPDATE_RANGE: &str = "\
+SET NOCOUNT OFF;
+UPDATE {ranges} SET parts_done = @P7, last_key = @P8, rows_done = @P9, bytes_done = @P10,
+       done = @P11, version = @P12, updated_at = @P13
+WHERE schema_name = @P1 AND table_name = @P2 AND load_id = @P3 AND range_no = @P4
+  AND version = @P14;";
+
+/// Template: the range rows of a table's other loads (`@P3` the one to keep), deleted when a
+/// load starts, so the table holds one load per copied table.
+/// <https://learn.microsoft.com/sql/t-sql/statements/delete-transact-sql>
+pub const DELETE_OTHER_RANGES: &str = "\
+DELETE FROM {ranges} WHERE schema_name = @P1 AND table_name = @P2 AND load_id <> @P3;";
+
+/// The range table of `watermark_table`: same schema, name + `_range`.
+pub fn range_table(watermark_table: &TableRef) -> TableRef {
+    TableRef {
+        schema: watermark_table.schema.clone(),
+        table: format!("{}_range", watermark_table.table),
+    }
+}
+
+/// [`SAMPLE_KEYS`] for `table` at `percent` (0, 100], four decimals.
+pub fn sample_keys(
+    table: &TableRef,
+    key_columns: &[KeyColumn],
+    percent: f64,
+) -> Result<String, NameError> {
+    let keys = column_list(&key_columns.iter().map(|k| &k.name).collect::<Vec<_>>())?;
+    Ok(fill(
+        SAMPLE_KEYS,
+        &[
+            ("{keys}", &keys),
+            ("{table}", &validate_table(table)?),
+            ("{percent}", &format!("{:.4}", percent.clamp(0.0001, 100.0))),
+            ("{key_order}", &key_order(key_columns)?),
+        ],
+    ))
+}
+
+/// [`INSERT_RANGES`] for `ranges` ranges (at least one).
+pub fn insert_ranges(watermark_table: &TableRef, ranges: usize) -> Result<String, NameError> {
+    let width = RANGE_COLUMNS.len();
+    let values: Vec<String> = (0..ranges.max(1))
+        .map(|r| {
+            let params: Vec<String> = (1..=width)
+                .map(|c| format!("@P{}", r * width + c))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    Ok(fill(
+        &ranges_statement(INSERT_RANGES, watermark_table)?,
+        &[("{values}", &values.join(", "))],
+    ))
+}
+
+/// A range statement ([`READ_RANGES`], [`INSERT_RANGES`], [`UPDATE_RANGE`],
+/// [`DELETE_OTHER_RANGES`]) for the range table of `watermark_table`.
+pub fn ranges_statement(template: &str, watermark_table: &TableRef) -> Result<String, NameError> {
+    Ok(fill(
+        template,
+        &[("{ranges}", &validate_table(&range_table(watermark_table))?)],
     ))
 }
 
@@ -755,8 +924,14 @@ END CATCH;"
             let id = keys(&["id"]);
             let cols = names(&["id"]);
             assert!(net_changes(bad, &id, &cols).is_err(), "{bad:?}");
-            assert!(scan(&t("dbo", bad), &id, &cols, true).is_err(), "{bad:?}");
-            assert!(scan(&t(bad, "t"), &id, &cols, false).is_err(), "{bad:?}");
+            assert!(
+                scan(&t("dbo", bad), &id, &cols, true, false).is_err(),
+                "{bad:?}"
+            );
+            assert!(
+                scan(&t(bad, "t"), &id, &cols, false, false).is_err(),
+                "{bad:?}"
+            );
             assert!(read_watermark(&t(bad, "w")).is_err(), "{bad:?}");
             assert!(insert_watermark(&t("cdc_copy", bad)).is_err(), "{bad:?}");
             assert!(update_watermark(&t(bad, bad)).is_err(), "{bad:?}");
@@ -782,7 +957,7 @@ END CATCH;"
             net_changes("dbo_t", &keys(&["id"]), &[]).is_err(),
             "columns are required"
         );
-        assert!(scan(&t("dbo", "t"), &keys(&["id"]), &[], false).is_err());
+        assert!(scan(&t("dbo", "t"), &keys(&["id"]), &[], false, false).is_err());
     }
 
     /// Column names come from the catalog, never from configuration: whatever SQL Server
@@ -800,7 +975,7 @@ END CATCH;"
             ("tab\there", None),
         ];
         for (name, quoted) in cases {
-            let built = scan(&t("dbo", "t"), &keys(&[name]), &names(&[name]), true);
+            let built = scan(&t("dbo", "t"), &keys(&[name]), &names(&[name]), true, false);
             let net = net_changes("dbo_t", &keys(&[name]), &names(&[name]));
             match quoted {
                 Some(q) => {
@@ -825,6 +1000,7 @@ END CATCH;"
             &t("dbo", "t"),
             &keys(&["id"]),
             &names(&["id", &long]),
+            false,
             false
         )
         .is_err());
@@ -857,7 +1033,10 @@ END CATCH;"
             ),
         ];
         for (key, after, expected) in cases {
-            assert_eq!(scan(&table, &keys(key), &cols, *after).unwrap(), *expected);
+            assert_eq!(
+                scan(&table, &keys(key), &cols, *after, false).unwrap(),
+                *expected
+            );
         }
     }
 
@@ -900,7 +1079,14 @@ END CATCH;"
         let table = t("dbo", "t");
         let cols = names(&["region", "k", "v"]);
         for (ty, cast) in cases {
-            let single = scan(&table, &[KeyColumn::new("k", ty.clone())], &cols, true).unwrap();
+            let single = scan(
+                &table,
+                &[KeyColumn::new("k", ty.clone())],
+                &cols,
+                true,
+                false,
+            )
+            .unwrap();
             let c2 = cast.replace("@P", "@P2");
             assert_eq!(
                 single,
@@ -915,6 +1101,7 @@ END CATCH;"
                 ],
                 &cols,
                 true,
+                false,
             )
             .unwrap();
             let r = "CAST(@P2 AS int)";
@@ -978,5 +1165,98 @@ END CATCH;"
                 "{column}"
             );
         }
+    }
+
+    /// A range's scan: `after < key <= upto`, the upper bound in the same seekable form with
+    /// its parameters after the resume key's, so every key falls on one side of it exactly
+    /// as the index orders it.
+    #[test]
+    fn a_range_scan_bounds_the_key_above_inclusively() {
+        let table = t("dbo", "customers");
+        let cols = names(&["a", "b", "name"]);
+        let cases: &[(&[&str], bool, &str)] = &[
+            (
+                &["a"],
+                false,
+                "SELECT TOP (@P1) [a], [b], [name] FROM [dbo].[customers] WHERE [a] <= CAST(@P2 AS bigint) ORDER BY [a];",
+            ),
+            (
+                &["a"],
+                true,
+                "SELECT TOP (@P1) [a], [b], [name] FROM [dbo].[customers] WHERE ([a] > CAST(@P2 AS bigint)) AND ([a] <= CAST(@P3 AS bigint)) ORDER BY [a];",
+            ),
+            (
+                &["a", "b"],
+                false,
+                "SELECT TOP (@P1) [a], [b], [name] FROM [dbo].[customers] WHERE [a] <= CAST(@P2 AS bigint) AND ([a] < CAST(@P2 AS bigint) OR ([a] = CAST(@P2 AS bigint) AND [b] <= CAST(@P3 AS bigint))) ORDER BY [a], [b];",
+            ),
+            (
+                &["a", "b"],
+                true,
+                "SELECT TOP (@P1) [a], [b], [name] FROM [dbo].[customers] WHERE ([a] >= CAST(@P2 AS bigint) AND ([a] > CAST(@P2 AS bigint) OR ([a] = CAST(@P2 AS bigint) AND [b] > CAST(@P3 AS bigint)))) AND ([a] <= CAST(@P4 AS bigint) AND ([a] < CAST(@P4 AS bigint) OR ([a] = CAST(@P4 AS bigint) AND [b] <= CAST(@P5 AS bigint)))) ORDER BY [a], [b];",
+            ),
+        ];
+        for (key, after, expected) in cases {
+            assert_eq!(
+                scan(&table, &keys(key), &cols, *after, true).unwrap(),
+                *expected
+            );
+        }
+    }
+
+    #[test]
+    fn range_planning_statements() {
+        assert_eq!(max_param(TABLE_ROWS), 1);
+        assert!(TABLE_ROWS.contains("FROM sys.partitions AS p"));
+        assert!(TABLE_ROWS.contains("p.index_id IN (0, 1)"));
+        let sample = sample_keys(&t("dbo", "orders"), &keys(&["region", "id"]), 0.004).unwrap();
+        assert_eq!(
+            sample,
+            "SELECT [region], [id] FROM [dbo].[orders] TABLESAMPLE SYSTEM (0.0040 PERCENT) ORDER BY [region], [id];"
+        );
+        for (percent, text) in [(250.0, "100.0000"), (0.0, "0.0001"), (12.34567, "12.3457")] {
+            let s = sample_keys(&t("dbo", "t"), &keys(&["id"]), percent).unwrap();
+            assert!(s.contains(&format!("SYSTEM ({text} PERCENT)")), "{s}");
+        }
+        assert!(sample_keys(&t("dbo", "t"), &keys(&[&"c".repeat(129)]), 1.0).is_err());
+    }
+
+    /// The range statements: the table next to the watermark's, parameters in
+    /// [`RANGE_COLUMNS`] order, the plan inserted all at once.
+    #[test]
+    fn range_table_statements() {
+        let wm = t("cdc_copy", "watermark");
+        assert_eq!(range_table(&wm), t("cdc_copy", "watermark_range"));
+        let read = ranges_statement(READ_RANGES, &wm).unwrap();
+        assert!(read.contains("FROM [cdc_copy].[watermark_range] WHERE schema_name = @P1 AND table_name = @P2 AND load_id = @P3 ORDER BY range_no;"));
+        assert_eq!(max_param(READ_RANGES), 3);
+        assert!(read.contains(
+            &RANGE_COLUMNS
+                .join(", ")
+                .replace("last_key, ", "last_key,\n       ")
+        ));
+        assert_eq!(max_param(UPDATE_RANGE), 14);
+        for (i, column) in RANGE_COLUMNS.iter().enumerate().skip(6) {
+            assert!(
+                UPDATE_RANGE.contains(&format!("{column} = @P{}", i + 1)),
+                "{column}"
+            );
+        }
+        assert!(UPDATE_RANGE.contains("AND range_no = @P4\n  AND version = @P14;"));
+        assert!(UPDATE_RANGE.starts_with("SET NOCOUNT OFF;"));
+        let insert = insert_ranges(&wm, 2).unwrap();
+        assert!(insert.starts_with("SET NOCOUNT OFF;\nINSERT INTO [cdc_copy].[watermark_range] ("));
+        assert!(insert.contains("(VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13), (@P14, @P15, @P16, @P17, @P18, @P19, @P20, @P21, @P22, @P23, @P24, @P25, @P26)) AS v"));
+        assert!(insert.contains(
+            "WHERE NOT EXISTS (SELECT 1 FROM [cdc_copy].[watermark_range] WITH (UPDLOCK, HOLDLOCK)"
+        ));
+        assert_eq!(
+            max_param(&insert_ranges(&wm, MAX_RANGES as usize).unwrap()),
+            13 * 64
+        );
+        const { assert!(13 * MAX_RANGES < 2100) };
+        let delete = ranges_statement(DELETE_OTHER_RANGES, &wm).unwrap();
+        assert_eq!(delete, "DELETE FROM [cdc_copy].[watermark_range] WHERE schema_name = @P1 AND table_name = @P2 AND load_id <> @P3;");
+        assert!(ranges_statement(READ_RANGES, &t("cdc_copy", "w]")).is_err());
     }
 }

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 
 use cdc_copy::cdc::{
     AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, LastError,
-    Lsn, LsnRange, RowFilter, RowSink, RowSinkError, TableRef, Value, Watermark,
+    Lsn, LsnRange, RangeProgress, RowFilter, RowSink, RowSinkError, TableRef, Value, Watermark,
 };
 
 /// A round trip of the seam (opening a session counts as one: the login).
@@ -36,6 +36,12 @@ pub enum Method {
     ReadWatermark,
     InsertWatermark,
     UpdateWatermark,
+    TableRows,
+    SampleKeys,
+    ReadRanges,
+    InsertRanges,
+    UpdateRange,
+    DeleteOtherRanges,
     SetLastError,
     LastError,
 }
@@ -389,13 +395,56 @@ impl CdcSession for FaultySession {
         &mut self,
         ci: &CaptureInstance,
         after: Option<&[Value]>,
+        upto: Option<&[Value]>,
         limit: u64,
         sink: &mut dyn RowSink,
     ) -> Result<(u64, Option<Vec<Value>>), CdcError> {
         let fault = self.faults.enter(Method::Scan)?;
         let mut sink = StreamSink::new(sink, &self.faults, fault);
-        let result = self.inner.scan(ci, after, limit, &mut sink).await;
+        let result = self.inner.scan(ci, after, upto, limit, &mut sink).await;
         sink.result(Method::Scan, fault, result)
+    }
+
+    async fn table_rows(&mut self, table: &TableRef) -> Result<u64, CdcError> {
+        let call = self.inner.table_rows(table);
+        self.faults.call(Method::TableRows, call).await
+    }
+
+    async fn sample_keys(
+        &mut self,
+        ci: &CaptureInstance,
+        percent: f64,
+    ) -> Result<Vec<Vec<Value>>, CdcError> {
+        let call = self.inner.sample_keys(ci, percent);
+        self.faults.call(Method::SampleKeys, call).await
+    }
+
+    async fn read_ranges(
+        &mut self,
+        table: &TableRef,
+        load_id: &str,
+    ) -> Result<Vec<RangeProgress>, CdcError> {
+        let call = self.inner.read_ranges(table, load_id);
+        self.faults.call(Method::ReadRanges, call).await
+    }
+
+    async fn insert_ranges(&mut self, rows: &[RangeProgress]) -> Result<bool, CdcError> {
+        let call = self.inner.insert_ranges(rows);
+        self.faults.call(Method::InsertRanges, call).await
+    }
+
+    async fn update_range(
+        &mut self,
+        expected_version: i64,
+        row: &RangeProgress,
+    ) -> Result<bool, CdcError> {
+        let call = self.inner.update_range(expected_version, row);
+        self.faults.call(Method::UpdateRange, call).await
+    }
+
+    async fn delete_other_ranges(&mut self, table: &TableRef, keep: &str) -> Result<(), CdcError> {
+        let call = self.inner.delete_other_ranges(table, keep);
+        self.faults.call(Method::DeleteOtherRanges, call).await
     }
 
     async fn read_watermark(&mut self, table: &TableRef) -> Result<Option<Watermark>, CdcError> {
@@ -512,7 +561,7 @@ mod tests {
 
         faults.arm(Method::Scan, Fault::MidStream(3));
         let mut sink = VecSink::default();
-        assert!(s.scan(&ci, None, 100, &mut sink).await.is_err());
+        assert!(s.scan(&ci, None, None, 100, &mut sink).await.is_err());
         assert_eq!(sink.rows.len(), 3);
 
         // The second update commits but its reply is lost: the caller must re-read.

@@ -488,6 +488,32 @@ impl FakeServer {
         self.on_fn(after, move |request| page(&rows, request, int(request, 1)));
     }
 
+    /// The range scans of a split load over `rows` (keys 1 to `rows.count`), as SQL Server
+    /// evaluates `after < key <= upto`: `first_upto` (`@P2` the range's last key) and
+    /// `after_upto` (`@P2` the last key read, `@P3` the range's last key) get the next page
+    /// of generated rows up to and including the range's end, at most `@P1` of them.
+    pub fn on_generated_range_scan(&self, first_upto: &str, after_upto: &str, rows: Generated) {
+        let int = |request: &Request, i: usize| match request.params.get(i).map(|p| &p.value) {
+            Some(ParamValue::Int(n)) => *n,
+            other => panic!(
+                "tds fake: generated range scan wants an int @P{}, got {other:?}",
+                i + 1
+            ),
+        };
+        let page = move |rows: &Generated, request: &Request, last: i64, upto: i64| {
+            let end = upto.min(rows.count as i64);
+            let left = (end - last).max(0) as u64;
+            Reply::Generated(rows.range(last as i32 + 1, left.min(int(request, 0) as u64)))
+        };
+        let all = rows.clone();
+        self.on_fn(first_upto, move |request| {
+            page(&all, request, 0, int(request, 1))
+        });
+        self.on_fn(after_upto, move |request| {
+            page(&rows, request, int(request, 1), int(request, 2))
+        });
+    }
+
     /// `EXEC sp_configure 'user options', 512`: NOCOUNT is on for every session, so DONE
     /// tokens carry no row count (DONE_COUNT bit off) unless the statement's batch sets
     /// `SET NOCOUNT OFF` ("When SET NOCOUNT is ON, the count is not returned").

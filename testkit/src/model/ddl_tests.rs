@@ -245,6 +245,6 @@ async fn generated_rows_read_null_in_an_added_column() {
     let mut s = session(&m).await;
     let ci = s.capture_instance(&t, None).await.unwrap();
     let mut sink = cdc_copy::cdc::VecSink::default();
-    s.scan(&ci, None, 10, &mut sink).await.unwrap();
+    s.scan(&ci, None, None, 10, &mut sink).await.unwrap();
     assert_eq!(sink.rows[3], with_null(row(3, "g")));
 }

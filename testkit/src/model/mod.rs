@@ -1301,6 +1301,8 @@ struct State {
     mapping_monotonic: bool,
     pending: VecDeque<Pending>,
     watermarks: Option<BTreeMap<TableRef, Watermark>>,
+    /// The range table of parallel full loads (`sql::RANGE_COLUMNS`), by table, load, range.
+    ranges: BTreeMap<(TableRef, String, u32), cdc_copy::cdc::RangeProgress>,
     /// `last_error`, `last_error_at` of the watermark rows that have one (kept apart from
     /// [`Watermark`], as the product keeps them: not part of the row a run acts on).
     last_errors: BTreeMap<TableRef, LastError>,
@@ -1352,6 +1354,7 @@ impl State {
             mapping_monotonic: true,
             pending: VecDeque::new(),
             watermarks: Some(BTreeMap::new()),
+            ranges: BTreeMap::new(),
             last_errors: BTreeMap::new(),
             locks: BTreeMap::new(),
             next_session: 1,

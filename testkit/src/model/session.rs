@@ -12,7 +12,7 @@ use super::{
 };
 use cdc_copy::cdc::{
     AllRowFilter, CaptureInstance, CaptureProgress, CdcError, CdcSession, CdcSource, LastError,
-    Lsn, LsnRange, RowFilter, RowSink, ScanMark, TableRef, Value, Watermark,
+    Lsn, LsnRange, RangeProgress, RowFilter, RowSink, ScanMark, TableRef, Value, Watermark,
 };
 
 /// One "connection" to the model. Dropping it ends its transaction, as closing a
@@ -315,6 +315,7 @@ impl CdcSession for ModelSession {
         &mut self,
         ci: &CaptureInstance,
         after: Option<&[Value]>,
+        upto: Option<&[Value]>,
         limit: u64,
         sink: &mut dyn RowSink,
     ) -> Result<(u64, Option<Vec<Value>>), CdcError> {
@@ -323,12 +324,14 @@ impl CdcSession for ModelSession {
             table: ci.table.clone(),
             wanted: Some(ci.name.clone()),
         };
-        let (projection, key_idx, mut cursor) = {
+        let (projection, key_idx, mut cursor, upto) = {
             let state = self.model.lock();
             let projection = state.table_projection(ci)?;
             let t = &state.tables[&ci.table];
             let cursor: Option<Key> = after.map(|k| t.sort_key(k));
-            (projection, t.key_idx.clone(), cursor)
+            // The range's end compares as the server's `<=` on the key: in key order.
+            let upto: Option<Key> = upto.map(|k| t.sort_key(k));
+            (projection, t.key_idx.clone(), cursor, upto)
         };
         sink.columns(&ci.columns).await?;
         let mut sent = 0u64;
@@ -337,21 +340,27 @@ impl CdcSession for ModelSession {
             let want = usize::try_from(limit - sent)
                 .unwrap_or(usize::MAX)
                 .min(BATCH);
-            let batch = {
+            let mut batch = {
                 let state = self.model.lock();
                 let t = state.tables.get(&ci.table).ok_or_else(missing)?;
-                t.scan_batch(cursor.as_ref(), want)
+                t.scan_keyed(cursor.as_ref(), want)
             };
-            let short = batch.len() < want;
-            let Some(last) = batch.last().cloned() else {
+            let mut short = batch.len() < want;
+            if let Some(end) = &upto {
+                if let Some(past) = batch.iter().position(|(key, _)| key > end) {
+                    batch.truncate(past);
+                    short = true;
+                }
+            }
+            let Some((last_key, last)) = batch.last().cloned() else {
                 break;
             };
-            for row in batch {
+            for (_, row) in batch {
                 let selected: Vec<Value> = projection.iter().map(|&i| row[i].clone()).collect();
                 sink.row(&selected).await?;
                 sent += 1;
             }
-            cursor = Some(self.model.lock().tables[&ci.table].key_of(&last));
+            cursor = Some(last_key);
             last_row = Some(last);
             if short {
                 break;
@@ -359,6 +368,110 @@ impl CdcSession for ModelSession {
         }
         let last_key = last_row.map(|row| key_idx.iter().map(|&i| row[i].clone()).collect());
         Ok((sent, last_key))
+    }
+
+    /// `sys.partitions.rows`, which the page calls approximate: the model's is exact.
+    async fn table_rows(&mut self, table: &TableRef) -> Result<u64, CdcError> {
+        self.model.round_trip();
+        Ok(self.model.row_count(table))
+    }
+
+    /// `TABLESAMPLE SYSTEM`: "a random value for each physical 8-KB page ... each page
+    /// included in the sample returns all rows on that page", so the sample is whole runs of
+    /// consecutive keys and its size varies. The model's pages are [`SAMPLE_PAGE_ROWS`] rows
+    /// in key order, each kept by a deterministic hash of its first key; `ORDER BY` the key.
+    async fn sample_keys(
+        &mut self,
+        ci: &CaptureInstance,
+        percent: f64,
+    ) -> Result<Vec<Vec<Value>>, CdcError> {
+        self.model.round_trip();
+        let state = self.model.lock();
+        state.table_projection(ci)?;
+        let Some(t) = state.tables.get(&ci.table) else {
+            return Ok(Vec::new());
+        };
+        let keys: Vec<Key> = t
+            .scan_keyed(None, usize::MAX)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        let threshold = (percent.clamp(0.0, 100.0) / 100.0 * u32::MAX as f64) as u64;
+        Ok(keys
+            .chunks(SAMPLE_PAGE_ROWS)
+            .filter(|page| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&format!("{:?}", page[0]), &mut h);
+                u64::from(std::hash::Hasher::finish(&h) as u32) <= threshold
+            })
+            .flatten()
+            .map(|key| key.values().to_vec())
+            .collect())
+    }
+
+    async fn read_ranges(
+        &mut self,
+        table: &TableRef,
+        load_id: &str,
+    ) -> Result<Vec<RangeProgress>, CdcError> {
+        self.model.round_trip();
+        self.with_ranges(|r| {
+            Ok(r.values()
+                .filter(|p| &p.table == table && p.load_id == load_id)
+                .cloned()
+                .collect())
+        })
+    }
+
+    /// All or nothing, as `sql::INSERT_RANGES`: nothing when the load has a range already.
+    async fn insert_ranges(&mut self, rows: &[RangeProgress]) -> Result<bool, CdcError> {
+        self.model.round_trip();
+        self.with_ranges(|r| {
+            let planned = rows.iter().any(|row| {
+                r.keys()
+                    .any(|(t, load, _)| t == &row.table && load == &row.load_id)
+            });
+            if planned {
+                return Ok(false);
+            }
+            for row in rows {
+                r.insert(
+                    (row.table.clone(), row.load_id.clone(), row.range),
+                    row.clone(),
+                );
+            }
+            Ok(true)
+        })
+    }
+
+    /// The bounds are never updated (`sql::UPDATE_RANGE` leaves them), whatever `row` says.
+    async fn update_range(
+        &mut self,
+        expected_version: i64,
+        row: &RangeProgress,
+    ) -> Result<bool, CdcError> {
+        self.model.round_trip();
+        self.with_ranges(|r| {
+            match r.get_mut(&(row.table.clone(), row.load_id.clone(), row.range)) {
+                Some(current) if current.version == expected_version => {
+                    *current = RangeProgress {
+                        after: current.after.clone(),
+                        upto: current.upto.clone(),
+                        ..row.clone()
+                    };
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
+    }
+
+    async fn delete_other_ranges(&mut self, table: &TableRef, keep: &str) -> Result<(), CdcError> {
+        self.model.round_trip();
+        self.with_ranges(|r| {
+            r.retain(|(t, load, _), _| t != table || load == keep);
+            Ok(())
+        })
     }
 
     async fn read_watermark(&mut self, table: &TableRef) -> Result<Option<Watermark>, CdcError> {
@@ -425,7 +538,25 @@ impl CdcSession for ModelSession {
     }
 }
 
+/// Rows per page of the model's `TABLESAMPLE`.
+pub const SAMPLE_PAGE_ROWS: usize = 16;
+
 impl ModelSession {
+    /// Runs `f` on the range table under the lock; it is missing when the watermark table is
+    /// (both come from `sql/setup.sql`).
+    fn with_ranges<T>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<(TableRef, String, u32), RangeProgress>) -> Result<T, CdcError>,
+    ) -> Result<T, CdcError> {
+        let mut state = self.model.lock();
+        if state.watermarks.is_none() {
+            return Err(CdcError::NoWatermarkTable(format!(
+                "{WATERMARK_TABLE}_range"
+            )));
+        }
+        f(&mut state.ranges)
+    }
+
     /// Runs `f` on the watermark table under the lock: check-and-set is atomic, as the
     /// real `UPDATE … WHERE version = @expected` is.
     fn with_watermarks<T>(

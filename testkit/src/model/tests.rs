@@ -570,7 +570,10 @@ async fn scan_pages_in_key_order() {
     let mut pages = Vec::new();
     loop {
         let mut sink = VecSink::default();
-        let (n, last) = s.scan(&ci, after.as_deref(), 2, &mut sink).await.unwrap();
+        let (n, last) = s
+            .scan(&ci, after.as_deref(), None, 2, &mut sink)
+            .await
+            .unwrap();
         assert_eq!(sink.columns, cols(&["id", "name"]));
         assert_eq!(n as usize, sink.rows.len());
         if n == 0 {
@@ -663,7 +666,10 @@ async fn generated_table_merges_overlay_changes() {
     let (mut all, mut after) = (Vec::new(), None::<Vec<Value>>);
     loop {
         let mut sink = VecSink::default();
-        let (n, last) = s.scan(&ci, after.as_deref(), 3, &mut sink).await.unwrap();
+        let (n, last) = s
+            .scan(&ci, after.as_deref(), None, 3, &mut sink)
+            .await
+            .unwrap();
         all.extend(sink.rows);
         if n < 3 {
             break;
@@ -879,7 +885,7 @@ async fn million_rows_stream_in_bounded_time() {
     loop {
         let mut sink = CountingSink::default();
         let (n, last) = s
-            .scan(&ci, after.as_deref(), 250_000, &mut sink)
+            .scan(&ci, after.as_deref(), None, 250_000, &mut sink)
             .await
             .unwrap();
         assert_eq!(n, sink.rows);

@@ -46,7 +46,7 @@ async fn scan_all(m: &CdcModel, page: u64) -> Vec<Value> {
     loop {
         let mut sink = VecSink::default();
         let (n, last) = s
-            .scan(&ci, after.as_deref(), page, &mut sink)
+            .scan(&ci, after.as_deref(), None, page, &mut sink)
             .await
             .unwrap();
         out.extend(sink.rows.into_iter().map(|r| r[0].clone()));
@@ -235,7 +235,7 @@ async fn captured_column_lists_shape_change_rows() {
     let ci = s.capture_instance(&t(), None).await.unwrap();
     assert_eq!(ci.columns, vec!["id", "name"]);
     let mut load = VecSink::default();
-    s.scan(&ci, None, 10, &mut load).await.unwrap();
+    s.scan(&ci, None, None, 10, &mut load).await.unwrap();
     let mut changes = VecSink::default();
     s.net_changes(
         &ci,
