@@ -389,3 +389,33 @@ fn load_range_function_json() {
     let ignore = std::fs::read_to_string(manifest_dir().join(".funcignore")).expect(".funcignore");
     assert!(!ignore.lines().any(|l| l.trim() == "LoadRange/"));
 }
+
+/// Every queue a function.json names exists in the Bicep with its `-poison` queue, so the
+/// app's queue role (scoped to exactly those queues, rbac.bicep) covers every binding.
+#[test]
+fn every_bound_queue_and_its_poison_queue_is_deployed() {
+    let bicep = std::fs::read_to_string(manifest_dir().join("infra/app/storage.bicep"))
+        .expect("infra/app/storage.bicep");
+    let mut bound = BTreeSet::new();
+    for entry in std::fs::read_dir(manifest_dir()).expect("repo root") {
+        let path = entry.expect("dir entry").path().join("function.json");
+        if !path.is_file() {
+            continue;
+        }
+        for binding in read_json(&path)["bindings"].as_array().expect("bindings") {
+            if let Some(queue) = binding["queueName"].as_str() {
+                bound.insert(queue.to_string());
+            }
+        }
+    }
+    assert!(bound.contains("cdc-copy-ranges"), "{bound:?}");
+    for queue in &bound {
+        let trigger = queue.strip_suffix("-poison").unwrap_or(queue);
+        for name in [trigger.to_string(), format!("{trigger}-poison")] {
+            assert!(
+                bicep.contains(&format!("'{name}'")),
+                "infra/app/storage.bicep does not create queue {name}"
+            );
+        }
+    }
+}

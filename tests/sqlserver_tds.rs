@@ -1686,6 +1686,30 @@ async fn missing_watermark_table_is_named() {
     assert!(err.to_string().contains("sql/setup.sql"));
 }
 
+/// A watermark table from an older `sql/setup.sql` lacks the columns this version writes: SQL
+/// Server refuses the statement with Msg 207, and the copier says to re-run the script, which
+/// migrates in place, instead of surfacing "Invalid column name" as an unexplained SQL error.
+#[tokio::test]
+async fn a_watermark_table_without_this_version_s_columns_names_the_migration() {
+    let server = FakeServer::start().await;
+    server.on(
+        &sql::update_watermark(&watermark_table()).unwrap(),
+        Reply::error(207, "Invalid column name 'last_error'."),
+    );
+    let mut session = session(&server).await;
+    let err = session
+        .update_watermark(3, &sample_watermark())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CdcError::OutdatedWatermarkTable { ref table, ref message }
+            if table == "cdc_copy.watermark" && message.contains("'last_error'")),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("run sql/setup.sql again"), "{err}");
+}
+
 #[tokio::test]
 async fn zero_change_run_costs_five_round_trips() {
     let server = FakeServer::start().await;

@@ -12,7 +12,8 @@
 //   storage.bicep), not on the account. The queue bindings page lists Storage Queue Data Reader
 //   + Message Processor for a trigger and Storage Queue Data Contributor (or Message Sender)
 //   for an output binding; CopyTable is both (trigger, `poison` output), IncrementalCopy writes
-//   `cdc-copy-tables`, and the host moves failed messages to the `-poison` queue, creating it
+//   `cdc-copy-tables`, FullLoad writes `cdc-copy-ranges` and LoadRange reads it and re-sends an
+//   unfinished range to it, and the host moves failed messages to the `-poison` queue, creating it
 //   if missing: Contributor is the one built-in role that covers all of it.
 //   https://learn.microsoft.com/azure/azure-functions/functions-bindings-storage-queue#grant-permission-to-the-identity
 // - Storage Table Data Contributor: only when asked for (tables are used by Durable).

@@ -21,6 +21,8 @@ param dataContainerName string = 'raw'
 param queueNames array = [
   'cdc-copy-tables'
   'cdc-copy-tables-poison'
+  'cdc-copy-ranges'
+  'cdc-copy-ranges-poison'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {

@@ -486,6 +486,10 @@ pub enum CdcError {
     LockLost,
     #[error("the watermark table {0} does not exist: run sql/setup.sql (see README, \"The watermark table\")")]
     NoWatermarkTable(String),
+    /// The watermark table was created by an older `sql/setup.sql`: a column this version
+    /// writes (`last_error`, …) is missing. Definite: the script adds it in place.
+    #[error("the watermark table {table} lacks a column this version of cdc-copy uses ({message}): run sql/setup.sql again, it adds the missing columns in place and keeps every watermark (docs/deploy.md)")]
+    OutdatedWatermarkTable { table: String, message: String },
     #[error("SQL Server error {number}: {message}")]
     Sql {
         number: u32,

@@ -33,6 +33,9 @@ const DUPLICATE_KEY_ERRORS: [u32; 2] = [2627, 2601];
 /// "Invalid object name": the watermark table is missing. The per-function pages of the CDC
 /// table-valued functions also give 208 for a range they refuse.
 const INVALID_OBJECT_NAME: u32 = 208;
+/// "Invalid column name '%.*ls'."
+/// <https://learn.microsoft.com/sql/relational-databases/errors-events/database-engine-events-and-errors-0-to-999>
+const INVALID_COLUMN_NAME: u32 = 207;
 /// What the CDC table-valued functions raise for an LSN range outside the validity interval
 /// according to "Work with change data" (the message, "An insufficient number of arguments
 /// were supplied…", is misleading). The per-function pages say 208 instead: both are handled.
@@ -192,8 +195,10 @@ fn classify(
         };
     }
     let mapped = map_error(error);
-    let number = match &mapped {
-        CdcError::Sql { number, .. } => *number,
+    let (number, message) = match &mapped {
+        CdcError::Sql {
+            number, message, ..
+        } => (*number, message.clone()),
         _ => return mapped,
     };
     match (context, number) {
@@ -203,6 +208,10 @@ fn classify(
         (Context::Ranges(_), INVALID_OBJECT_NAME) => {
             CdcError::NoWatermarkTable(sql::range_table(watermark_table).to_string())
         }
+        (Context::Watermark(_), INVALID_COLUMN_NAME) => CdcError::OutdatedWatermarkTable {
+            table: watermark_table.to_string(),
+            message,
+        },
         (
             Context::NetChanges { ci, from, .. } | Context::AllChanges { ci, from, .. },
             CDC_BAD_RANGE | INVALID_OBJECT_NAME,
