@@ -30,8 +30,10 @@ use crate::report::{Report, Status, TableResult};
 use crate::sink::blob::BlobTarget;
 use crate::sink::SinkError;
 
-/// Blob metadata `format_version`: bumped when the CSV layout changes.
-pub const FORMAT_VERSION: &str = "1";
+/// Blob metadata `format_version`: bumped when the file layout changes. 2: CSV rendered by
+/// declared type, and a schema document per table (docs/csv-format.md, "Changes in format
+/// version 2").
+pub const FORMAT_VERSION: &str = "2";
 
 /// How long an IncrementalCopy invocation spends on a handed-off full load (the default
 /// functionTimeout is 30 minutes).

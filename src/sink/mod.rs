@@ -10,6 +10,7 @@ pub mod csv;
 pub mod errors;
 pub mod retry;
 pub mod rows;
+pub mod schema_doc;
 pub mod sharedkey;
 pub mod writer;
 
