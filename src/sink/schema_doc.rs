@@ -145,7 +145,7 @@ impl SchemaDoc {
     /// Whether `other` describes the same files (everything but the version number and the
     /// instance that first published it).
     pub fn same_shape(&self, other: &SchemaDoc) -> bool {
-        let key = |d: &SchemaDoc| {
+        fn key(d: &SchemaDoc) -> impl PartialEq + '_ {
             (
                 &d.format_version,
                 &d.file_format,
@@ -155,7 +155,7 @@ impl SchemaDoc {
                 &d.cdc_columns,
                 &d.columns,
             )
-        };
+        }
         key(self) == key(other)
     }
 
