@@ -44,7 +44,7 @@ def run(code_names, inputs):
 def to_arrow(result):
     if isinstance(result, pa.Table):
         return result
-    for method in ("fetch_arrow_table", "to_arrow"):  # DuckDB relation, polars frame
+    for method in ("to_arrow_table", "to_arrow"):  # DuckDB relation, polars frame
         if hasattr(result, method):
             table = getattr(result, method)()
             return table.read_all() if hasattr(table, "read_all") else table
@@ -136,8 +136,8 @@ def compare(table, schema, case):
             result[name] = f"{len(got)} rows, expected {len(want)}"
         elif diff:
             i, w, g = diff
-            shorten = lambda s: s if s is None or len(s) < 40 else s[:37] + "..."
-            result[name] = f"row {i}: expected {shorten(w)!r}, got {shorten(g)!r}"
+            shorten = lambda s: "NULL" if s is None else s if len(s) < 40 else s[:37] + "..."
+            result[name] = f"no: row {i} `{shorten(w)}` read as `{shorten(g)}`"
         else:
             result[name] = None
     return result
