@@ -29,6 +29,8 @@ mod idle;
 mod keyless;
 #[path = "live_sqlserver/keys.rs"]
 mod keys;
+#[path = "live_sqlserver/lake_files.rs"]
+mod lake_files;
 #[path = "live_sqlserver/least_privilege.rs"]
 mod least_privilege;
 #[path = "live_sqlserver/schema_changes.rs"]
