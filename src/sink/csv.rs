@@ -13,9 +13,14 @@
 //!   space or tab (some readers trim unquoted edge whitespace; quoting keeps it). Quotes inside
 //!   are doubled. Every other field is written bare.
 //! - `bit` is `1`/`0`; binary (including LSNs) is `0x` + uppercase hex (`0x` alone when empty);
-//!   decimals are exact text from (unscaled, scale), never through `f64`; date/time types are
-//!   ISO 8601 with all 7 fractional digits of `datetime2(7)`; `datetimeoffset` keeps its own
-//!   offset; `uniqueidentifier` is uppercase canonical, as SQL Server shows it.
+//!   decimals are exact text from (unscaled, scale), never through `f64`; floats are the
+//!   shortest text that reads back exactly, always with a `.` so that readers infer a float;
+//!   `uniqueidentifier` is uppercase canonical, as SQL Server shows it.
+//! - Date/time types are ISO 8601 as SQL Server shows the declared type ([`write_typed`],
+//!   format version 2): `datetime` in milliseconds, `smalldatetime` in minutes, `time(n)`,
+//!   `datetime2(n)` and `datetimeoffset(n)` with `n` fractional digits; `datetimeoffset` keeps
+//!   its own offset. The value alone ([`write_value`]) cannot tell `datetime` from
+//!   `datetime2(7)`, so without the declaration they get 7 digits.
 //!
 //! Known edge: a row made of a single NULL column encodes as an empty line, which many readers
 //! skip. CDC rows always carry `__$start_lsn`, `__$operation` and `__$update_mask` first, so the
