@@ -136,7 +136,12 @@ def compare(table, schema, case):
             result[name] = f"{len(got)} rows, expected {len(want)}"
         elif diff:
             i, w, g = diff
-            shorten = lambda s: "NULL" if s is None else s if len(s) < 40 else s[:37] + "..."
+            def shorten(s):
+                if s is None:
+                    return "NULL"
+                s = s.replace("\r", "\\r").replace("\n", "\\n")
+                return s if len(s) < 40 else s[:37] + "..."
+
             result[name] = f"no: row {i} `{shorten(w)}` read as `{shorten(g)}`"
         else:
             result[name] = None
