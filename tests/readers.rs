@@ -114,81 +114,201 @@ fn cases() -> Vec<Case> {
     use ColumnType as T;
     let long = "x".repeat(5000);
     vec![
-        case("c_bit", T::Bit, vec![(Value::Bit(true), json!("1")), (Value::Bit(false), json!("0"))]),
+        case(
+            "c_bit",
+            T::Bit,
+            vec![
+                (Value::Bit(true), json!("1")),
+                (Value::Bit(false), json!("0")),
+            ],
+        ),
         case("c_tinyint", T::TinyInt, vec![int(0), int(255)]),
         case("c_smallint", T::SmallInt, vec![int(-32768), int(32767)]),
-        case("c_int", T::Int, vec![int(i32::MIN.into()), int(i32::MAX.into()), int(0)]),
+        case(
+            "c_int",
+            T::Int,
+            vec![int(i32::MIN.into()), int(i32::MAX.into()), int(0)],
+        ),
         case("c_bigint", T::BigInt, vec![int(i64::MIN), int(i64::MAX)]),
         case(
             "c_real",
             T::Real,
-            vec![real(3.0), real(0.1), real(f32::MAX), real(-f32::MAX), real(f32::MIN_POSITIVE), real(1e-45), real(16_777_216.0), real(-0.0)],
+            vec![
+                real(3.0),
+                real(0.1),
+                real(f32::MAX),
+                real(-f32::MAX),
+                real(f32::MIN_POSITIVE),
+                real(1e-45),
+                real(16_777_216.0),
+                real(-0.0),
+            ],
         ),
         case(
             "c_float",
             T::Float,
-            vec![float(3.0), float(42.0), float(0.1), float(1.0 / 3.0), float(f64::MAX), float(f64::MIN), float(f64::MIN_POSITIVE), float(5e-324), float(1e16), float(-0.0)],
+            vec![
+                float(3.0),
+                float(42.0),
+                float(0.1),
+                float(1.0 / 3.0),
+                float(f64::MAX),
+                float(f64::MIN),
+                float(f64::MIN_POSITIVE),
+                float(5e-324),
+                float(1e16),
+                float(-0.0),
+            ],
         ),
         case(
             "c_decimal_38_0",
-            T::Decimal { precision: 38, scale: 0 },
-            vec![dec("99999999999999999999999999999999999999", 0), dec("-99999999999999999999999999999999999999", 0), dec("0", 0)],
+            T::Decimal {
+                precision: 38,
+                scale: 0,
+            },
+            vec![
+                dec("99999999999999999999999999999999999999", 0),
+                dec("-99999999999999999999999999999999999999", 0),
+                dec("0", 0),
+            ],
         ),
         case(
             "c_decimal_38_38",
-            T::Decimal { precision: 38, scale: 38 },
-            vec![dec("0.99999999999999999999999999999999999999", 38), dec("-0.99999999999999999999999999999999999999", 38), dec("0.00000000000000000000000000000000000000", 38)],
+            T::Decimal {
+                precision: 38,
+                scale: 38,
+            },
+            vec![
+                dec("0.99999999999999999999999999999999999999", 38),
+                dec("-0.99999999999999999999999999999999999999", 38),
+                dec("0.00000000000000000000000000000000000000", 38),
+            ],
         ),
         case(
             "c_decimal_38_10",
-            T::Decimal { precision: 38, scale: 10 },
-            vec![dec("1234567890123456789012345678.9012345678", 10), dec("-9999999999999999999999999999.9999999999", 10)],
+            T::Decimal {
+                precision: 38,
+                scale: 10,
+            },
+            vec![
+                dec("1234567890123456789012345678.9012345678", 10),
+                dec("-9999999999999999999999999999.9999999999", 10),
+            ],
         ),
-        case("c_decimal_18_2", T::Decimal { precision: 18, scale: 2 }, vec![dec("1.50", 2), dec("-0.05", 2)]),
+        case(
+            "c_decimal_18_2",
+            T::Decimal {
+                precision: 18,
+                scale: 2,
+            },
+            vec![dec("1.50", 2), dec("-0.05", 2)],
+        ),
         case(
             "c_money",
             T::Money,
-            vec![dec("-922337203685477.5808", 4), dec("922337203685477.5807", 4), dec("0.0001", 4)],
+            vec![
+                dec("-922337203685477.5808", 4),
+                dec("922337203685477.5807", 4),
+                dec("0.0001", 4),
+            ],
         ),
-        case("c_smallmoney", T::SmallMoney, vec![dec("-214748.3648", 4), dec("214748.3647", 4)]),
-        case("c_char", T::Char(Length::Of(10)), vec![text("abc       "), text("          ")]),
+        case(
+            "c_smallmoney",
+            T::SmallMoney,
+            vec![dec("-214748.3648", 4), dec("214748.3647", 4)],
+        ),
+        case(
+            "c_char",
+            T::Char(Length::Of(10)),
+            vec![text("abc       "), text("          ")],
+        ),
         case(
             "c_varchar",
             T::VarChar(Length::Of(50)),
-            vec![text(""), text("NULL"), text("NaN"), text("N/A"), text("#N/A"), text("a,b"), text("say \"hi\""), text("line1\r\nline2"), text("lf\nonly"), text(" lead"), text("trail "), text("0x00")],
+            vec![
+                text(""),
+                text("NULL"),
+                text("NaN"),
+                text("N/A"),
+                text("#N/A"),
+                text("a,b"),
+                text("say \"hi\""),
+                text("line1\r\nline2"),
+                text("lf\nonly"),
+                text(" lead"),
+                text("trail "),
+                text("0x00"),
+            ],
         ),
         case("c_nchar", T::NChar(Length::Of(4)), vec![text("東京都 ")]),
         case(
             "c_nvarchar_max",
             T::NVarChar(Length::Max),
-            vec![text("Zürich"), text("東京都"), text("😀 emoji, \"quoted\""), text(""), text(&long)],
+            vec![
+                text("Zürich"),
+                text("東京都"),
+                text("😀 emoji, \"quoted\""),
+                text(""),
+                text(&long),
+            ],
         ),
         case("c_text", T::Text, vec![text("text"), text("")]),
         case("c_ntext", T::NText, vec![text("ntext ü")]),
         case("c_xml", T::Xml, vec![text("<a b=\"1\">x</a>")]),
         case("c_image", T::Image, vec![bytes(&[0xFF, 0xD8]), bytes(&[])]),
-        case("c_binary", T::Binary(Length::Of(4)), vec![bytes(&[0, 1, 2, 0xFF])]),
-        case("c_varbinary_max", T::VarBinary(Length::Max), vec![bytes(&[]), bytes(&[0xAB; 100])]),
-        case("c_rowversion", T::RowVersion, vec![bytes(&[0, 0, 0, 0, 0, 0, 0x07, 0xD1])]),
+        case(
+            "c_binary",
+            T::Binary(Length::Of(4)),
+            vec![bytes(&[0, 1, 2, 0xFF])],
+        ),
+        case(
+            "c_varbinary_max",
+            T::VarBinary(Length::Max),
+            vec![bytes(&[]), bytes(&[0xAB; 100])],
+        ),
+        case(
+            "c_rowversion",
+            T::RowVersion,
+            vec![bytes(&[0, 0, 0, 0, 0, 0, 0x07, 0xD1])],
+        ),
         case(
             "c_date",
             T::Date,
             vec![
-                (Value::Date(NaiveDate::from_ymd_opt(1, 1, 1).unwrap()), json!("0001-01-01")),
-                (Value::Date(NaiveDate::from_ymd_opt(9999, 12, 31).unwrap()), json!("9999-12-31")),
-                (Value::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()), json!("2024-02-29")),
+                (
+                    Value::Date(NaiveDate::from_ymd_opt(1, 1, 1).unwrap()),
+                    json!("0001-01-01"),
+                ),
+                (
+                    Value::Date(NaiveDate::from_ymd_opt(9999, 12, 31).unwrap()),
+                    json!("9999-12-31"),
+                ),
+                (
+                    Value::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()),
+                    json!("2024-02-29"),
+                ),
             ],
         ),
         case(
             "c_time_0",
             T::Time { scale: 0 },
-            vec![time(0, 0, 0, 0, "00:00:00.0000000"), time(23, 59, 59, 0, "23:59:59.0000000")],
+            vec![
+                time(0, 0, 0, 0, "00:00:00.0000000"),
+                time(23, 59, 59, 0, "23:59:59.0000000"),
+            ],
         ),
-        case("c_time_3", T::Time { scale: 3 }, vec![time(12, 34, 56, 789_000_000, "12:34:56.7890000")]),
+        case(
+            "c_time_3",
+            T::Time { scale: 3 },
+            vec![time(12, 34, 56, 789_000_000, "12:34:56.7890000")],
+        ),
         case(
             "c_time_7",
             T::Time { scale: 7 },
-            vec![time(23, 59, 59, 999_999_900, "23:59:59.9999999"), time(0, 0, 0, 100, "00:00:00.0000001")],
+            vec![
+                time(23, 59, 59, 999_999_900, "23:59:59.9999999"),
+                time(0, 0, 0, 100, "00:00:00.0000001"),
+            ],
         ),
         case(
             "c_datetime",
@@ -197,54 +317,99 @@ fn cases() -> Vec<Case> {
                 datetime_tick(at(1753, 1, 1, 0, 0, 0, 0), 0, "1753-01-01T00:00:00.0000000"),
                 datetime_tick(at(2024, 5, 6, 7, 8, 9, 0), 1, "2024-05-06T07:08:09.0030000"),
                 datetime_tick(at(2024, 5, 6, 7, 8, 9, 0), 2, "2024-05-06T07:08:09.0070000"),
-                datetime_tick(at(9999, 12, 31, 23, 59, 59, 0), 299, "9999-12-31T23:59:59.9970000"),
+                datetime_tick(
+                    at(9999, 12, 31, 23, 59, 59, 0),
+                    299,
+                    "9999-12-31T23:59:59.9970000",
+                ),
             ],
         ),
         case(
             "c_smalldatetime",
             T::SmallDateTime,
-            vec![ts(at(1900, 1, 1, 0, 0, 0, 0), "1900-01-01T00:00:00.0000000"), ts(at(2079, 6, 6, 23, 59, 0, 0), "2079-06-06T23:59:00.0000000")],
+            vec![
+                ts(at(1900, 1, 1, 0, 0, 0, 0), "1900-01-01T00:00:00.0000000"),
+                ts(at(2079, 6, 6, 23, 59, 0, 0), "2079-06-06T23:59:00.0000000"),
+            ],
         ),
         case(
             "c_datetime2_0",
             T::DateTime2 { scale: 0 },
-            vec![ts(at(1, 1, 1, 0, 0, 0, 0), "0001-01-01T00:00:00.0000000"), ts(at(9999, 12, 31, 23, 59, 59, 0), "9999-12-31T23:59:59.0000000")],
+            vec![
+                ts(at(1, 1, 1, 0, 0, 0, 0), "0001-01-01T00:00:00.0000000"),
+                ts(
+                    at(9999, 12, 31, 23, 59, 59, 0),
+                    "9999-12-31T23:59:59.0000000",
+                ),
+            ],
         ),
         case(
             "c_datetime2_3",
             T::DateTime2 { scale: 3 },
-            vec![ts(at(2024, 5, 6, 7, 8, 9, 123_000_000), "2024-05-06T07:08:09.1230000")],
+            vec![ts(
+                at(2024, 5, 6, 7, 8, 9, 123_000_000),
+                "2024-05-06T07:08:09.1230000",
+            )],
         ),
         case(
             "c_datetime2_7",
             T::DateTime2 { scale: 7 },
             vec![
                 ts(at(1, 1, 1, 0, 0, 0, 0), "0001-01-01T00:00:00.0000000"),
-                ts(at(9999, 12, 31, 23, 59, 59, 999_999_900), "9999-12-31T23:59:59.9999999"),
-                ts(at(2024, 5, 6, 7, 8, 9, 123_456_700), "2024-05-06T07:08:09.1234567"),
+                ts(
+                    at(9999, 12, 31, 23, 59, 59, 999_999_900),
+                    "9999-12-31T23:59:59.9999999",
+                ),
+                ts(
+                    at(2024, 5, 6, 7, 8, 9, 123_456_700),
+                    "2024-05-06T07:08:09.1234567",
+                ),
             ],
         ),
         case(
             "c_datetimeoffset_0",
             T::DateTimeOffset { scale: 0 },
-            vec![dto(330, at(2024, 1, 2, 3, 4, 5, 0), "2024-01-01T21:34:05.0000000Z")],
+            vec![dto(
+                330,
+                at(2024, 1, 2, 3, 4, 5, 0),
+                "2024-01-01T21:34:05.0000000Z",
+            )],
         ),
         case(
             "c_datetimeoffset_7",
             T::DateTimeOffset { scale: 7 },
             vec![
-                dto(-14 * 60, at(1, 1, 1, 0, 0, 0, 0), "0001-01-01T14:00:00.0000000Z"),
-                dto(14 * 60, at(9999, 12, 31, 23, 59, 59, 999_999_900), "9999-12-31T09:59:59.9999999Z"),
-                dto(-30, at(2024, 1, 2, 3, 4, 5, 123_456_700), "2024-01-02T03:34:05.1234567Z"),
+                dto(
+                    -14 * 60,
+                    at(1, 1, 1, 0, 0, 0, 0),
+                    "0001-01-01T14:00:00.0000000Z",
+                ),
+                dto(
+                    14 * 60,
+                    at(9999, 12, 31, 23, 59, 59, 999_999_900),
+                    "9999-12-31T09:59:59.9999999Z",
+                ),
+                dto(
+                    -30,
+                    at(2024, 1, 2, 3, 4, 5, 123_456_700),
+                    "2024-01-02T03:34:05.1234567Z",
+                ),
             ],
         ),
         case(
             "c_uniqueidentifier",
             T::UniqueIdentifier,
-            vec![guid("6f9619ff-8b86-d011-b42d-00c04fc964ff"), guid("00000000-0000-0000-0000-000000000000")],
+            vec![
+                guid("6f9619ff-8b86-d011-b42d-00c04fc964ff"),
+                guid("00000000-0000-0000-0000-000000000000"),
+            ],
         ),
         // Copied as the driver returns it (hierarchyid arrives as bytes): read as the text.
-        case("c_hierarchyid", T::Other("hierarchyid".into()), vec![(Value::Binary(vec![0x58]), json!("0x58"))]),
+        case(
+            "c_hierarchyid",
+            T::Other("hierarchyid".into()),
+            vec![(Value::Binary(vec![0x58]), json!("0x58"))],
+        ),
     ]
 }
 
@@ -300,7 +465,12 @@ async fn download(blobs: &BlobTarget, name: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
-async fn publish(blobs: &BlobTarget, table: &TableRef, key: &[&str], columns: &[ColumnDesc]) -> SchemaDoc {
+async fn publish(
+    blobs: &BlobTarget,
+    table: &TableRef,
+    key: &[&str],
+    columns: &[ColumnDesc],
+) -> SchemaDoc {
     let doc = SchemaDoc::new(
         table,
         &format!("{}_{}", table.schema, table.table),
@@ -314,7 +484,10 @@ async fn publish(blobs: &BlobTarget, table: &TableRef, key: &[&str], columns: &[
 
 /// Every type: one incremental (net) file, CDC columns then the captured ones.
 async fn every_type(blobs: &BlobTarget) -> Json {
-    let table = TableRef { schema: "dbo".into(), table: "every_type".into() };
+    let table = TableRef {
+        schema: "dbo".into(),
+        table: "every_type".into(),
+    };
     let cases = cases();
     let captured: Vec<ColumnDesc> = cases.iter().map(|c| c.column.clone()).collect();
     let doc = publish(blobs, &table, &[], &captured).await;
@@ -333,18 +506,35 @@ async fn every_type(blobs: &BlobTarget) -> Json {
         let mut row = vec![
             lsn(i as u8),
             Value::Int(2),
-            if i % 2 == 0 { Value::Null } else { Value::Binary(vec![0x0F]) },
+            if i % 2 == 0 {
+                Value::Null
+            } else {
+                Value::Binary(vec![0x0F])
+            },
         ];
-        expected["__$start_lsn"].as_array_mut().unwrap().push(hex(&row[0]));
-        expected["__$operation"].as_array_mut().unwrap().push(json!("2"));
+        expected["__$start_lsn"]
+            .as_array_mut()
+            .unwrap()
+            .push(hex(&row[0]));
+        expected["__$operation"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("2"));
         expected["__$update_mask"]
             .as_array_mut()
             .unwrap()
             .push(if i % 2 == 0 { Json::Null } else { json!("0f") });
         for c in &cases {
-            let (value, canonical) = c.values.get(i).cloned().unwrap_or((Value::Null, Json::Null));
+            let (value, canonical) = c
+                .values
+                .get(i)
+                .cloned()
+                .unwrap_or((Value::Null, Json::Null));
             row.push(value);
-            expected[&c.column.name].as_array_mut().unwrap().push(canonical);
+            expected[&c.column.name]
+                .as_array_mut()
+                .unwrap()
+                .push(canonical);
         }
         rows.push(row);
     }
@@ -362,7 +552,10 @@ async fn every_type(blobs: &BlobTarget) -> Json {
 
 /// The documented upsert: a full-load part and two windows of net changes.
 async fn upsert(blobs: &BlobTarget) -> Json {
-    let table = TableRef { schema: "dbo".into(), table: "customers".into() };
+    let table = TableRef {
+        schema: "dbo".into(),
+        table: "customers".into(),
+    };
     let captured = vec![
         ColumnDesc::new("customer_id", ColumnType::Int, false),
         ColumnDesc::new("name", ColumnType::NVarChar(Length::Of(50)), true),
@@ -371,7 +564,10 @@ async fn upsert(blobs: &BlobTarget) -> Json {
     let mut file_columns = schema_doc::cdc_columns(ChangeMode::Net);
     file_columns.extend(captured.iter().cloned());
     let person = |id: i64, name: Option<&str>| {
-        vec![Value::Int(id), name.map_or(Value::Null, |n| Value::Text(n.into()))]
+        vec![
+            Value::Int(id),
+            name.map_or(Value::Null, |n| Value::Text(n.into())),
+        ]
     };
     let change = |n: u8, op: i64, row: Vec<Value>| {
         let mut r = vec![lsn(n), Value::Int(op), Value::Null];
@@ -379,11 +575,44 @@ async fn upsert(blobs: &BlobTarget) -> Json {
         r
     };
     let part = "dbo/customers/full/load-1/part-00000.csv";
-    write_csv(blobs, part, &doc, &captured, &[person(1, Some("Ada")), person(2, Some("Grace")), person(3, Some(""))]).await;
+    write_csv(
+        blobs,
+        part,
+        &doc,
+        &captured,
+        &[
+            person(1, Some("Ada")),
+            person(2, Some("Grace")),
+            person(3, Some("")),
+        ],
+    )
+    .await;
     let first = "dbo/customers/incremental/2026/11/21/20261121101500000.csv";
     let second = "dbo/customers/incremental/2026/11/21/20261121103000000.csv";
-    write_csv(blobs, first, &doc, &file_columns, &[change(1, 4, person(1, Some("Ada L."))), change(2, 1, person(2, Some("Grace"))), change(3, 2, person(4, None))]).await;
-    write_csv(blobs, second, &doc, &file_columns, &[change(4, 4, person(1, Some("Ada Lovelace"))), change(5, 2, person(2, Some("Grace H."))), change(6, 1, person(3, Some("")))]).await;
+    write_csv(
+        blobs,
+        first,
+        &doc,
+        &file_columns,
+        &[
+            change(1, 4, person(1, Some("Ada L."))),
+            change(2, 1, person(2, Some("Grace"))),
+            change(3, 2, person(4, None)),
+        ],
+    )
+    .await;
+    write_csv(
+        blobs,
+        second,
+        &doc,
+        &file_columns,
+        &[
+            change(4, 4, person(1, Some("Ada Lovelace"))),
+            change(5, 2, person(2, Some("Grace H."))),
+            change(6, 1, person(3, Some(""))),
+        ],
+    )
+    .await;
     json!({
         "schema_file": download(blobs, &schema_doc::document_name(&doc.table, doc.schema_version)).await,
         "full_load_files": [download(blobs, part).await],

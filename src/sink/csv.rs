@@ -112,9 +112,7 @@ pub fn write_typed(out: &mut Vec<u8>, value: &Value, ty: &ColumnType) {
         (ColumnType::SmallDateTime, Value::DateTime(dt)) => {
             write_date_time(out, &smalldatetime_as_shown(dt), 0)
         }
-        (ColumnType::DateTime2 { scale }, Value::DateTime(dt)) => {
-            write_date_time(out, dt, *scale)
-        }
+        (ColumnType::DateTime2 { scale }, Value::DateTime(dt)) => write_date_time(out, dt, *scale),
         (ColumnType::Time { scale }, Value::Time(t)) => write_time_digits(out, t, *scale),
         (ColumnType::DateTimeOffset { scale }, Value::DateTimeOffset(dt)) => {
             write_date_time(out, &dt.naive_local(), *scale);
@@ -784,20 +782,44 @@ mod typed_tests {
             ("shortest", Value::Float(0.1), "0.1"),
             ("third", Value::Float(1.0 / 3.0), "0.3333333333333333"),
             ("1e-4 is plain", Value::Float(1e-4), "0.0001"),
-            ("below 1e-4 uses an exponent", Value::Float(1.5e-7), "1.5e-7"),
-            ("integral mantissa keeps a point", Value::Float(1e-5), "1.0e-5"),
-            ("below 1e16 is plain", Value::Float(1e15), "1000000000000000.0"),
+            (
+                "below 1e-4 uses an exponent",
+                Value::Float(1.5e-7),
+                "1.5e-7",
+            ),
+            (
+                "integral mantissa keeps a point",
+                Value::Float(1e-5),
+                "1.0e-5",
+            ),
+            (
+                "below 1e16 is plain",
+                Value::Float(1e15),
+                "1000000000000000.0",
+            ),
             ("1e16 uses an exponent", Value::Float(1e16), "1.0e16"),
-            ("2^53 is plain", Value::Float(9_007_199_254_740_992.0), "9007199254740992.0"),
+            (
+                "2^53 is plain",
+                Value::Float(9_007_199_254_740_992.0),
+                "9007199254740992.0",
+            ),
             ("max", Value::Float(f64::MAX), "1.7976931348623157e308"),
             ("lowest", Value::Float(f64::MIN), "-1.7976931348623157e308"),
-            ("min positive normal", Value::Float(f64::MIN_POSITIVE), "2.2250738585072014e-308"),
+            (
+                "min positive normal",
+                Value::Float(f64::MIN_POSITIVE),
+                "2.2250738585072014e-308",
+            ),
             ("smallest subnormal", Value::Float(5e-324), "5.0e-324"),
             ("real integral", Value::Real(3.0), "3.0"),
             ("real shortest", Value::Real(0.1), "0.1"),
             ("real 2^24", Value::Real(16_777_216.0), "16777216.0"),
             ("real max", Value::Real(f32::MAX), "3.4028235e38"),
-            ("real min positive", Value::Real(f32::MIN_POSITIVE), "1.1754944e-38"),
+            (
+                "real min positive",
+                Value::Real(f32::MIN_POSITIVE),
+                "1.1754944e-38",
+            ),
             ("real negative", Value::Real(-2.5e-3), "-0.0025"),
         ];
         for (name, value, expected) in cases {
@@ -883,38 +905,194 @@ mod typed_tests {
         let cases: Vec<(&str, Value, ColumnType, &str)> = vec![
             // datetime: SQL Server's documented rounding examples (a value that is not a
             // tick, as a datetime2 converted to datetime would be, rounds to the nearest).
-            ("datetime .999 rounds into the next day", dt(at(1998, 1, 1, 23, 59, 59, 999_000_000)), ColumnType::DateTime, "1998-01-02T00:00:00.000"),
-            ("datetime .998", dt(at(1998, 1, 1, 23, 59, 59, 998_000_000)), ColumnType::DateTime, "1998-01-01T23:59:59.997"),
-            ("datetime .995", dt(at(1998, 1, 1, 23, 59, 59, 995_000_000)), ColumnType::DateTime, "1998-01-01T23:59:59.997"),
-            ("datetime .994", dt(at(1998, 1, 1, 23, 59, 59, 994_000_000)), ColumnType::DateTime, "1998-01-01T23:59:59.993"),
-            ("datetime .992", dt(at(1998, 1, 1, 23, 59, 59, 992_000_000)), ColumnType::DateTime, "1998-01-01T23:59:59.993"),
-            ("datetime .991", dt(at(1998, 1, 1, 23, 59, 59, 991_000_000)), ColumnType::DateTime, "1998-01-01T23:59:59.990"),
-            ("datetime .9999999 into the next year", dt(at(1999, 12, 31, 23, 59, 59, 999_999_900)), ColumnType::DateTime, "2000-01-01T00:00:00.000"),
-            ("datetime tick 1", dt(at(1900, 1, 1, 0, 0, 0, 3_333_333)), ColumnType::DateTime, "1900-01-01T00:00:00.003"),
-            ("datetime min", dt(at(1753, 1, 1, 0, 0, 0, 0)), ColumnType::DateTime, "1753-01-01T00:00:00.000"),
-            ("datetime max", dt(at(9999, 12, 31, 23, 59, 59, 996_666_666)), ColumnType::DateTime, "9999-12-31T23:59:59.997"),
-            ("smalldatetime", dt(at(2024, 5, 6, 7, 8, 0, 0)), ColumnType::SmallDateTime, "2024-05-06T07:08:00"),
-            ("smalldatetime 29.998 s down", dt(at(2024, 5, 6, 7, 8, 29, 998_000_000)), ColumnType::SmallDateTime, "2024-05-06T07:08:00"),
-            ("smalldatetime 29.999 s up", dt(at(2024, 5, 6, 7, 8, 29, 999_000_000)), ColumnType::SmallDateTime, "2024-05-06T07:09:00"),
-            ("smalldatetime up into the next day", dt(at(2079, 6, 5, 23, 59, 30, 0)), ColumnType::SmallDateTime, "2079-06-06T00:00:00"),
-            ("smalldatetime max", dt(at(2079, 6, 6, 23, 59, 0, 0)), ColumnType::SmallDateTime, "2079-06-06T23:59:00"),
-            ("datetime2(0)", dt(at(2024, 5, 6, 7, 8, 9, 0)), ColumnType::DateTime2 { scale: 0 }, "2024-05-06T07:08:09"),
-            ("datetime2(3)", dt(at(2024, 5, 6, 7, 8, 9, 123_000_000)), ColumnType::DateTime2 { scale: 3 }, "2024-05-06T07:08:09.123"),
-            ("datetime2(7)", dt(at(2024, 5, 6, 7, 8, 9, 123_456_700)), ColumnType::DateTime2 { scale: 7 }, "2024-05-06T07:08:09.1234567"),
-            ("datetime2(7) min", dt(at(1, 1, 1, 0, 0, 0, 0)), ColumnType::DateTime2 { scale: 7 }, "0001-01-01T00:00:00.0000000"),
-            ("datetime2(7) max", dt(at(9999, 12, 31, 23, 59, 59, 999_999_900)), ColumnType::DateTime2 { scale: 7 }, "9999-12-31T23:59:59.9999999"),
-            ("time(0)", Value::Time(t(23, 59, 59, 0)), ColumnType::Time { scale: 0 }, "23:59:59"),
-            ("time(1)", Value::Time(t(1, 2, 3, 400_000_000)), ColumnType::Time { scale: 1 }, "01:02:03.4"),
-            ("time(4)", Value::Time(t(1, 2, 3, 456_700_000)), ColumnType::Time { scale: 4 }, "01:02:03.4567"),
-            ("time(7)", Value::Time(t(23, 59, 59, 999_999_900)), ColumnType::Time { scale: 7 }, "23:59:59.9999999"),
-            ("datetimeoffset(0)", dto(0, at(2024, 1, 2, 3, 4, 5, 0)), ColumnType::DateTimeOffset { scale: 0 }, "2024-01-02T03:04:05+00:00"),
-            ("datetimeoffset(7) +14:00", dto(14 * 3600, at(9999, 12, 31, 23, 59, 59, 999_999_900)), ColumnType::DateTimeOffset { scale: 7 }, "9999-12-31T23:59:59.9999999+14:00"),
-            ("datetimeoffset(3) -05:30", dto(-(5 * 3600 + 1800), at(2024, 1, 2, 3, 4, 5, 120_000_000)), ColumnType::DateTimeOffset { scale: 3 }, "2024-01-02T03:04:05.120-05:30"),
+            (
+                "datetime .999 rounds into the next day",
+                dt(at(1998, 1, 1, 23, 59, 59, 999_000_000)),
+                ColumnType::DateTime,
+                "1998-01-02T00:00:00.000",
+            ),
+            (
+                "datetime .998",
+                dt(at(1998, 1, 1, 23, 59, 59, 998_000_000)),
+                ColumnType::DateTime,
+                "1998-01-01T23:59:59.997",
+            ),
+            (
+                "datetime .995",
+                dt(at(1998, 1, 1, 23, 59, 59, 995_000_000)),
+                ColumnType::DateTime,
+                "1998-01-01T23:59:59.997",
+            ),
+            (
+                "datetime .994",
+                dt(at(1998, 1, 1, 23, 59, 59, 994_000_000)),
+                ColumnType::DateTime,
+                "1998-01-01T23:59:59.993",
+            ),
+            (
+                "datetime .992",
+                dt(at(1998, 1, 1, 23, 59, 59, 992_000_000)),
+                ColumnType::DateTime,
+                "1998-01-01T23:59:59.993",
+            ),
+            (
+                "datetime .991",
+                dt(at(1998, 1, 1, 23, 59, 59, 991_000_000)),
+                ColumnType::DateTime,
+                "1998-01-01T23:59:59.990",
+            ),
+            (
+                "datetime .9999999 into the next year",
+                dt(at(1999, 12, 31, 23, 59, 59, 999_999_900)),
+                ColumnType::DateTime,
+                "2000-01-01T00:00:00.000",
+            ),
+            (
+                "datetime tick 1",
+                dt(at(1900, 1, 1, 0, 0, 0, 3_333_333)),
+                ColumnType::DateTime,
+                "1900-01-01T00:00:00.003",
+            ),
+            (
+                "datetime min",
+                dt(at(1753, 1, 1, 0, 0, 0, 0)),
+                ColumnType::DateTime,
+                "1753-01-01T00:00:00.000",
+            ),
+            (
+                "datetime max",
+                dt(at(9999, 12, 31, 23, 59, 59, 996_666_666)),
+                ColumnType::DateTime,
+                "9999-12-31T23:59:59.997",
+            ),
+            (
+                "smalldatetime",
+                dt(at(2024, 5, 6, 7, 8, 0, 0)),
+                ColumnType::SmallDateTime,
+                "2024-05-06T07:08:00",
+            ),
+            (
+                "smalldatetime 29.998 s down",
+                dt(at(2024, 5, 6, 7, 8, 29, 998_000_000)),
+                ColumnType::SmallDateTime,
+                "2024-05-06T07:08:00",
+            ),
+            (
+                "smalldatetime 29.999 s up",
+                dt(at(2024, 5, 6, 7, 8, 29, 999_000_000)),
+                ColumnType::SmallDateTime,
+                "2024-05-06T07:09:00",
+            ),
+            (
+                "smalldatetime up into the next day",
+                dt(at(2079, 6, 5, 23, 59, 30, 0)),
+                ColumnType::SmallDateTime,
+                "2079-06-06T00:00:00",
+            ),
+            (
+                "smalldatetime max",
+                dt(at(2079, 6, 6, 23, 59, 0, 0)),
+                ColumnType::SmallDateTime,
+                "2079-06-06T23:59:00",
+            ),
+            (
+                "datetime2(0)",
+                dt(at(2024, 5, 6, 7, 8, 9, 0)),
+                ColumnType::DateTime2 { scale: 0 },
+                "2024-05-06T07:08:09",
+            ),
+            (
+                "datetime2(3)",
+                dt(at(2024, 5, 6, 7, 8, 9, 123_000_000)),
+                ColumnType::DateTime2 { scale: 3 },
+                "2024-05-06T07:08:09.123",
+            ),
+            (
+                "datetime2(7)",
+                dt(at(2024, 5, 6, 7, 8, 9, 123_456_700)),
+                ColumnType::DateTime2 { scale: 7 },
+                "2024-05-06T07:08:09.1234567",
+            ),
+            (
+                "datetime2(7) min",
+                dt(at(1, 1, 1, 0, 0, 0, 0)),
+                ColumnType::DateTime2 { scale: 7 },
+                "0001-01-01T00:00:00.0000000",
+            ),
+            (
+                "datetime2(7) max",
+                dt(at(9999, 12, 31, 23, 59, 59, 999_999_900)),
+                ColumnType::DateTime2 { scale: 7 },
+                "9999-12-31T23:59:59.9999999",
+            ),
+            (
+                "time(0)",
+                Value::Time(t(23, 59, 59, 0)),
+                ColumnType::Time { scale: 0 },
+                "23:59:59",
+            ),
+            (
+                "time(1)",
+                Value::Time(t(1, 2, 3, 400_000_000)),
+                ColumnType::Time { scale: 1 },
+                "01:02:03.4",
+            ),
+            (
+                "time(4)",
+                Value::Time(t(1, 2, 3, 456_700_000)),
+                ColumnType::Time { scale: 4 },
+                "01:02:03.4567",
+            ),
+            (
+                "time(7)",
+                Value::Time(t(23, 59, 59, 999_999_900)),
+                ColumnType::Time { scale: 7 },
+                "23:59:59.9999999",
+            ),
+            (
+                "datetimeoffset(0)",
+                dto(0, at(2024, 1, 2, 3, 4, 5, 0)),
+                ColumnType::DateTimeOffset { scale: 0 },
+                "2024-01-02T03:04:05+00:00",
+            ),
+            (
+                "datetimeoffset(7) +14:00",
+                dto(14 * 3600, at(9999, 12, 31, 23, 59, 59, 999_999_900)),
+                ColumnType::DateTimeOffset { scale: 7 },
+                "9999-12-31T23:59:59.9999999+14:00",
+            ),
+            (
+                "datetimeoffset(3) -05:30",
+                dto(-(5 * 3600 + 1800), at(2024, 1, 2, 3, 4, 5, 120_000_000)),
+                ColumnType::DateTimeOffset { scale: 3 },
+                "2024-01-02T03:04:05.120-05:30",
+            ),
             // Other types render by value, unchanged from format version 1.
-            ("decimal", Value::Decimal { unscaled: 150, scale: 2 }, ColumnType::Decimal { precision: 5, scale: 2 }, "1.50"),
-            ("binary", Value::Binary(vec![0xab]), ColumnType::VarBinary(crate::cdc::Length::Max), "0xAB"),
+            (
+                "decimal",
+                Value::Decimal {
+                    unscaled: 150,
+                    scale: 2,
+                },
+                ColumnType::Decimal {
+                    precision: 5,
+                    scale: 2,
+                },
+                "1.50",
+            ),
+            (
+                "binary",
+                Value::Binary(vec![0xab]),
+                ColumnType::VarBinary(crate::cdc::Length::Max),
+                "0xAB",
+            ),
             ("null", Value::Null, ColumnType::DateTime, ""),
-            ("empty text", Value::Text(String::new()), ColumnType::NVarChar(crate::cdc::Length::Of(5)), "\"\""),
+            (
+                "empty text",
+                Value::Text(String::new()),
+                ColumnType::NVarChar(crate::cdc::Length::Of(5)),
+                "\"\"",
+            ),
         ];
         for (name, value, ty, expected) in cases {
             assert_eq!(typed(&value, &ty), expected, "case {name}");

@@ -68,11 +68,7 @@ impl From<&ColumnDesc> for ColumnEntry {
             ty => (None, None, ty.fraction_digits()),
         };
         let sql_type = c.ty.sql();
-        let type_name = sql_type
-            .split('(')
-            .next()
-            .unwrap_or(&sql_type)
-            .to_string();
+        let type_name = sql_type.split('(').next().unwrap_or(&sql_type).to_string();
         ColumnEntry {
             name: c.name.clone(),
             sql_type,
@@ -167,7 +163,10 @@ impl SchemaDoc {
     /// The metadata every data blob of this version carries.
     pub fn blob_metadata(&self) -> Vec<(String, String)> {
         vec![
-            ("schema_version".to_string(), self.schema_version.to_string()),
+            (
+                "schema_version".to_string(),
+                self.schema_version.to_string(),
+            ),
             (
                 "schema_document".to_string(),
                 document_name(&self.table, self.schema_version),
@@ -201,7 +200,11 @@ pub fn document_name(table: &TableName, version: u32) -> String {
 pub fn versions(folder: &str, names: &[String]) -> Vec<u32> {
     let mut versions: Vec<u32> = names
         .iter()
-        .filter_map(|n| n.strip_prefix(folder)?.strip_prefix('v')?.strip_suffix(".json"))
+        .filter_map(|n| {
+            n.strip_prefix(folder)?
+                .strip_prefix('v')?
+                .strip_suffix(".json")
+        })
         .filter(|n| !n.starts_with('0'))
         .filter_map(|n| n.parse().ok())
         .collect();
@@ -308,22 +311,101 @@ mod tests {
     fn columns_carry_their_declared_type() {
         let cases: Vec<(ColumnType, &str, &str, Option<i32>, Option<u8>, Option<u8>)> = vec![
             (ColumnType::Int, "int", "int", None, None, None),
-            (ColumnType::NVarChar(Length::Of(50)), "nvarchar(50)", "nvarchar", Some(50), None, None),
-            (ColumnType::VarBinary(Length::Max), "varbinary(max)", "varbinary", Some(-1), None, None),
-            (ColumnType::Decimal { precision: 38, scale: 10 }, "decimal(38,10)", "decimal", None, Some(38), Some(10)),
+            (
+                ColumnType::NVarChar(Length::Of(50)),
+                "nvarchar(50)",
+                "nvarchar",
+                Some(50),
+                None,
+                None,
+            ),
+            (
+                ColumnType::VarBinary(Length::Max),
+                "varbinary(max)",
+                "varbinary",
+                Some(-1),
+                None,
+                None,
+            ),
+            (
+                ColumnType::Decimal {
+                    precision: 38,
+                    scale: 10,
+                },
+                "decimal(38,10)",
+                "decimal",
+                None,
+                Some(38),
+                Some(10),
+            ),
             (ColumnType::Money, "money", "money", None, Some(19), Some(4)),
-            (ColumnType::SmallMoney, "smallmoney", "smallmoney", None, Some(10), Some(4)),
-            (ColumnType::DateTime, "datetime", "datetime", None, None, Some(3)),
-            (ColumnType::SmallDateTime, "smalldatetime", "smalldatetime", None, None, Some(0)),
-            (ColumnType::DateTime2 { scale: 3 }, "datetime2(3)", "datetime2", None, None, Some(3)),
-            (ColumnType::Time { scale: 0 }, "time(0)", "time", None, None, Some(0)),
-            (ColumnType::DateTimeOffset { scale: 7 }, "datetimeoffset(7)", "datetimeoffset", None, None, Some(7)),
-            (ColumnType::Other("hierarchyid".into()), "hierarchyid", "hierarchyid", None, None, None),
+            (
+                ColumnType::SmallMoney,
+                "smallmoney",
+                "smallmoney",
+                None,
+                Some(10),
+                Some(4),
+            ),
+            (
+                ColumnType::DateTime,
+                "datetime",
+                "datetime",
+                None,
+                None,
+                Some(3),
+            ),
+            (
+                ColumnType::SmallDateTime,
+                "smalldatetime",
+                "smalldatetime",
+                None,
+                None,
+                Some(0),
+            ),
+            (
+                ColumnType::DateTime2 { scale: 3 },
+                "datetime2(3)",
+                "datetime2",
+                None,
+                None,
+                Some(3),
+            ),
+            (
+                ColumnType::Time { scale: 0 },
+                "time(0)",
+                "time",
+                None,
+                None,
+                Some(0),
+            ),
+            (
+                ColumnType::DateTimeOffset { scale: 7 },
+                "datetimeoffset(7)",
+                "datetimeoffset",
+                None,
+                None,
+                Some(7),
+            ),
+            (
+                ColumnType::Other("hierarchyid".into()),
+                "hierarchyid",
+                "hierarchyid",
+                None,
+                None,
+                None,
+            ),
         ];
         for (ty, sql, name, len, precision, scale) in cases {
             let entry = ColumnEntry::from(&ColumnDesc::new("c", ty.clone(), true));
             assert_eq!(
-                (entry.sql_type.as_str(), entry.type_name.as_str(), entry.max_length, entry.precision, entry.scale),
+                (
+                    entry.sql_type.as_str(),
+                    entry.type_name.as_str(),
+                    entry.max_length,
+                    entry.precision,
+                    entry.scale
+                ),
                 (sql, name, len, precision, scale),
                 "{ty}"
             );
@@ -332,7 +414,8 @@ mod tests {
 
     #[test]
     fn the_document_names_everything_a_reader_needs() {
-        let json: serde_json::Value = serde_json::from_str(&doc(ChangeMode::All, &columns()).to_json()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&doc(ChangeMode::All, &columns()).to_json()).unwrap();
         assert_eq!(json["format_version"], "2");
         assert_eq!(json["file_format"], "csv");
         assert_eq!(json["table"]["schema"], "dbo");
@@ -345,9 +428,20 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(cdc, ["__$start_lsn", "__$seqval", "__$operation", "__$update_mask"]);
+        assert_eq!(
+            cdc,
+            [
+                "__$start_lsn",
+                "__$seqval",
+                "__$operation",
+                "__$update_mask"
+            ]
+        );
         assert_eq!(json["cdc_columns"][0]["sql_type"], "binary(10)");
-        assert_eq!(json["columns"][1]["collation"], "SQL_Latin1_General_CP1_CI_AS");
+        assert_eq!(
+            json["columns"][1]["collation"],
+            "SQL_Latin1_General_CP1_CI_AS"
+        );
         assert_eq!(json["columns"][1]["nullable"], true);
         assert_eq!(json["columns"][2]["precision"], 18);
         let net = doc(ChangeMode::Net, &columns());
@@ -364,9 +458,16 @@ mod tests {
         assert!(base.same_shape(&other_instance));
 
         let mut added = columns();
-        added.push(ColumnDesc::new("email", ColumnType::VarChar(Length::Of(100)), true));
+        added.push(ColumnDesc::new(
+            "email",
+            ColumnType::VarChar(Length::Of(100)),
+            true,
+        ));
         let mut retyped = columns();
-        retyped[2].ty = ColumnType::Decimal { precision: 19, scale: 2 };
+        retyped[2].ty = ColumnType::Decimal {
+            precision: 19,
+            scale: 2,
+        };
         let mut renullable = columns();
         renullable[0].nullable = true;
         let mut recollated = columns();
@@ -405,14 +506,23 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         assert_eq!(versions(folder, &names), [10, 2, 1]);
-        let t = TableName { schema: "dbo".into(), name: "customers".into() };
+        let t = TableName {
+            schema: "dbo".into(),
+            name: "customers".into(),
+        };
         assert_eq!(document_name(&t, 3), "dbo/customers/_schema/v3.json");
-        let published = SchemaDoc { schema_version: 3, ..doc(ChangeMode::Net, &columns()) };
+        let published = SchemaDoc {
+            schema_version: 3,
+            ..doc(ChangeMode::Net, &columns())
+        };
         assert_eq!(
             published.blob_metadata(),
             [
                 ("schema_version".to_string(), "3".to_string()),
-                ("schema_document".to_string(), "dbo/customers/_schema/v3.json".to_string())
+                (
+                    "schema_document".to_string(),
+                    "dbo/customers/_schema/v3.json".to_string()
+                )
             ]
         );
     }

@@ -95,12 +95,19 @@ async fn live_csv_shows_each_type_as_sql_server_does() {
         let r: Option<f32> = row.get("r");
         let text_f = field(csv, i, "f").unwrap();
         let text_r = field(csv, i, "r").unwrap();
-        assert!(text_f.contains('.') && text_r.contains('.'), "{text_f} {text_r}");
+        assert!(
+            text_f.contains('.') && text_r.contains('.'),
+            "{text_f} {text_r}"
+        );
         assert_eq!(text_f.parse::<f64>().ok(), f, "row {i} f");
         assert_eq!(text_r.parse::<f32>().ok(), r, "row {i} r");
     }
     assert_eq!(field(csv, 0, "dt"), Some("2024-05-06T07:08:09.003"));
-    assert_eq!(field(csv, 2, "dt"), Some("2024-05-06T07:08:09.003"), ".002 is stored as tick 1");
+    assert_eq!(
+        field(csv, 2, "dt"),
+        Some("2024-05-06T07:08:09.003"),
+        ".002 is stored as tick 1"
+    );
     assert_eq!(field(csv, 0, "sdt"), Some("2024-05-06T07:08:00"));
     assert_eq!(field(csv, 0, "name"), Some(""));
     assert_eq!(field(csv, 1, "name"), None);
@@ -143,7 +150,13 @@ async fn live_the_schema_document_follows_the_catalog_and_the_switch() {
     assert_eq!(column(&v1, "name")["collation"], "Latin1_General_100_CI_AS");
     assert_eq!(column(&v1, "id")["nullable"], false);
     let part = live.blobs.list("dbo/typed/full/").await.unwrap();
-    let meta = live.blobs.properties(&part[0]).await.unwrap().unwrap().metadata;
+    let meta = live
+        .blobs
+        .properties(&part[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .metadata;
     assert_eq!(meta["schema_version"], "1");
 
     let report = live
@@ -154,7 +167,11 @@ async fn live_the_schema_document_follows_the_catalog_and_the_switch() {
         .await;
     assert_eq!(report.status, Status::Done, "{report:#?}");
     let docs = live.blobs.list("dbo/typed/_schema/").await.unwrap();
-    assert_eq!(docs, ["dbo/typed/_schema/v1.json"], "an unchanged shape writes nothing");
+    assert_eq!(
+        docs,
+        ["dbo/typed/_schema/v1.json"],
+        "an unchanged shape writes nothing"
+    );
 
     batch(
         &mut live.sql,
