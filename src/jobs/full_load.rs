@@ -322,7 +322,7 @@ async fn write_part(
     ];
     let mut writer = ctx.blobs.writer(name, metadata, ctx.settings.block_size);
     writer.create_only();
-    let mut sink = ctx.csv_sink(writer);
+    let mut sink = ctx.csv_sink(writer, ci.load_columns());
     let (rows, last_key) = session
         .scan(ci, progress.last_key.as_deref(), part_rows, &mut sink)
         .await?;

@@ -440,7 +440,7 @@ async fn stream_window(
     // own keep the loser's staged blocks out of the winner's block list.
     let (from, to) = (window.range.from(), window.range.to());
     writer.block_prefix(BlockPrefix::of(&[&from.0, &to.0]));
-    let mut sink = ctx.csv_sink(writer);
+    let mut sink = ctx.csv_sink(writer, ci.change_columns(mode));
     let mut first_row = ContainerFirst {
         ctx,
         sink: &mut sink,

@@ -119,8 +119,9 @@ impl JobError {
 /// Blob metadata `columns`: the captured columns the blob carries, comma-separated, each
 /// percent-encoded where it is not a letter, digit or `_` (metadata values are ASCII, and a
 /// column name may hold commas, spaces or any Unicode character).
-pub(crate) fn columns_metadata(columns: &[String]) -> String {
-    let encode = |name: &String| {
+pub(crate) fn columns_metadata(columns: &[crate::cdc::ColumnDesc]) -> String {
+    let encode = |column: &crate::cdc::ColumnDesc| {
+        let name = &column.name;
         let mut out = String::with_capacity(name.len());
         for byte in name.bytes() {
             if byte.is_ascii_alphanumeric() || byte == b'_' {
@@ -169,12 +170,13 @@ impl Context {
         (self.clock)()
     }
 
-    /// A CSV sink into a new block blob `writer`.
+    /// A CSV sink into a new block blob `writer`, for a file of `columns`.
     pub(crate) fn csv_sink(
         &self,
         writer: crate::sink::blob::BlobWriter,
+        columns: Arc<[crate::cdc::ColumnDesc]>,
     ) -> crate::sink::rows::CsvBlobSink {
-        crate::sink::rows::CsvBlobSink::new(writer, self.settings.block_size)
+        crate::sink::rows::CsvBlobSink::new(writer, self.settings.block_size, columns)
     }
 
     /// A session for `table`, and the table's capture instances. The target (the pinned one,

@@ -54,7 +54,7 @@ pub(super) async fn load(
     ];
     let mut writer = ctx.blobs.writer(&name, metadata, ctx.settings.block_size);
     writer.create_only();
-    let mut sink = ctx.csv_sink(writer);
+    let mut sink = ctx.csv_sink(writer, ci.load_columns());
     let budget = deadline.saturating_duration_since(Instant::now());
     let mut bounded = Bounded {
         sink: &mut sink,
