@@ -39,7 +39,7 @@ fn run(label: &str, header: &[&str], rows: &[Vec<Value>]) {
         let start = Instant::now();
         write_header(&mut out, &names);
         for row in rows {
-            write_row(&mut out, row);
+            write_row(&mut out, row, &[]);
             if out.len() >= BLOCK {
                 bytes += out.len();
                 black_box(&out);

@@ -47,7 +47,7 @@ use cdc_copy::sink::rows::CsvBlobSink;
 use cdc_copy_testkit::faults::{Faults, Method};
 use cdc_copy_testkit::model::{CdcModel, FoldedScanTimes};
 use cdc_copy_testkit::proxy::Proxy;
-use cdc_copy_testkit::rows::{column_names, customer, fill_batch};
+use cdc_copy_testkit::rows::{column_descs, column_names, customer, fill_batch};
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 
@@ -339,6 +339,7 @@ fn csv_only(rows: u64) -> Figures {
     let mut generate = Duration::ZERO;
     let mut bytes = 0u64;
     csv::write_header(&mut out, &column_names());
+    let columns = column_descs();
     let mut i = 0;
     while i < rows {
         let end = (i + GEN_BATCH).min(rows);
@@ -347,7 +348,7 @@ fn csv_only(rows: u64) -> Figures {
         generate += t.elapsed();
         let t = Instant::now();
         for row in &batch {
-            csv::write_row(&mut out, row);
+            csv::write_row(&mut out, row, &columns);
             if out.len() >= BLOCK {
                 bytes += out.len() as u64;
                 black_box(&out);
@@ -377,7 +378,7 @@ async fn raw_azurite(bytes: u64) -> Figures {
     let mut chunk = Vec::with_capacity(BLOCK + 4096);
     let mut i = 0;
     while chunk.len() < BLOCK {
-        csv::write_row(&mut chunk, &customer(i));
+        csv::write_row(&mut chunk, &customer(i), &column_descs());
         i += 1;
     }
     chunk.truncate(BLOCK);
@@ -416,7 +417,11 @@ async fn encode_upload(name: &str, rows: u64) -> Figures {
     let mut batch = Vec::with_capacity(GEN_BATCH as usize);
     let mut generate = Duration::ZERO;
     let started = Instant::now();
-    let mut sink = CsvBlobSink::new(target.writer("customers.csv", vec![], BLOCK), BLOCK);
+    let mut sink = CsvBlobSink::new(
+        target.writer("customers.csv", vec![], BLOCK),
+        BLOCK,
+        column_descs(),
+    );
     sink.columns(&column_names()).await.expect("header");
     let mut i = 0;
     while i < rows {

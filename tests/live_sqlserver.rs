@@ -37,6 +37,8 @@ mod least_privilege;
 mod schema_changes;
 #[path = "live_sqlserver/switch_jobs.rs"]
 mod switch_jobs;
+#[path = "live_sqlserver/typed_columns.rs"]
+mod typed_columns;
 use cdc_copy_testkit::live::LiveSql;
 use cdc_copy_testkit::tds;
 

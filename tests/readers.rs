@@ -439,22 +439,15 @@ async fn write_csv(
     columns: &[ColumnDesc],
     rows: &[Vec<Value>],
 ) {
-    // TEMPORARY until the typed sink is merged: the same bytes the sink will write.
-    let mut writer = blobs.writer(name, doc.blob_metadata(), 64 * 1024);
+    let columns: Arc<[ColumnDesc]> = columns.to_vec().into();
+    let writer = blobs.writer(name, doc.blob_metadata(), 64 * 1024);
+    let mut sink = CsvBlobSink::new(writer, 64 * 1024, columns.clone());
     let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
-    let mut out = Vec::new();
-    cdc_copy::sink::csv::write_header(&mut out, &names);
+    sink.columns(&names).await.unwrap();
     for row in rows {
-        for (i, (v, c)) in row.iter().zip(columns).enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            cdc_copy::sink::csv::write_typed(&mut out, v, &c.ty);
-        }
-        out.extend_from_slice(b"\r\n");
+        sink.row(row).await.unwrap();
     }
-    writer.write(&out).await.unwrap();
-    writer.finish().await.unwrap();
+    sink.finish().await.unwrap();
 }
 
 /// Downloads `name` into the output folder, keeping its path; returns the local path.

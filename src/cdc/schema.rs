@@ -215,6 +215,13 @@ pub struct ColumnDesc {
     pub collation: Option<String>,
 }
 
+/// A column is named by its name wherever a statement lists columns.
+impl AsRef<str> for ColumnDesc {
+    fn as_ref(&self) -> &str {
+        &self.name
+    }
+}
+
 impl ColumnDesc {
     pub fn new(name: impl Into<String>, ty: ColumnType, nullable: bool) -> ColumnDesc {
         ColumnDesc {

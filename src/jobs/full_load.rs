@@ -309,7 +309,7 @@ async fn write_part(
     name: &str,
     part_rows: u64,
 ) -> Result<Part, JobError> {
-    let metadata = vec![
+    let mut metadata = vec![
         ("table".to_string(), ci.table.to_string()),
         ("capture_instance".to_string(), ci.name.clone()),
         (
@@ -320,9 +320,10 @@ async fn write_part(
         ("columns".to_string(), super::columns_metadata(&ci.columns)),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
+    metadata.extend(ctx.schema_metadata(ci).await?);
     let mut writer = ctx.blobs.writer(name, metadata, ctx.settings.block_size);
     writer.create_only();
-    let mut sink = ctx.csv_sink(writer);
+    let mut sink = ctx.csv_sink(writer, ci.load_columns());
     let (rows, last_key) = session
         .scan(ci, progress.last_key.as_deref(), part_rows, &mut sink)
         .await?;

@@ -421,7 +421,7 @@ async fn stream_window(
         ChangeMode::All => ctx.settings.all_row_filter.as_sql(),
     };
     let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-    let metadata = vec![
+    let mut metadata = vec![
         ("table".to_string(), ci.table.to_string()),
         ("capture_instance".to_string(), ci.name.clone()),
         ("from_lsn".to_string(), window.range.from().to_string()),
@@ -433,6 +433,7 @@ async fn stream_window(
         ("columns".to_string(), super::columns_metadata(&ci.columns)),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
+    metadata.extend(ctx.schema_metadata(ci).await?);
     let block_size = ctx.settings.block_size;
     let mut writer = ctx.blobs.writer(&window.blob, metadata, block_size);
     // Two runs can stream different ranges under one name (the same trigger time, read
@@ -440,7 +441,7 @@ async fn stream_window(
     // own keep the loser's staged blocks out of the winner's block list.
     let (from, to) = (window.range.from(), window.range.to());
     writer.block_prefix(BlockPrefix::of(&[&from.0, &to.0]));
-    let mut sink = ctx.csv_sink(writer);
+    let mut sink = ctx.csv_sink(writer, ci.change_columns(mode));
     let mut first_row = ContainerFirst {
         ctx,
         sink: &mut sink,

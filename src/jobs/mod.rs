@@ -121,8 +121,9 @@ impl JobError {
 /// Blob metadata `columns`: the captured columns the blob carries, comma-separated, each
 /// percent-encoded where it is not a letter, digit or `_` (metadata values are ASCII, and a
 /// column name may hold commas, spaces or any Unicode character).
-pub(crate) fn columns_metadata(columns: &[String]) -> String {
-    let encode = |name: &String| {
+pub(crate) fn columns_metadata(columns: &[crate::cdc::ColumnDesc]) -> String {
+    let encode = |column: &crate::cdc::ColumnDesc| {
+        let name = &column.name;
         let mut out = String::with_capacity(name.len());
         for byte in name.bytes() {
             if byte.is_ascii_alphanumeric() || byte == b'_' {
@@ -171,12 +172,35 @@ impl Context {
         (self.clock)()
     }
 
-    /// A CSV sink into a new block blob `writer`.
+    /// A CSV sink into a new block blob `writer`, for a file of `columns`.
     pub(crate) fn csv_sink(
         &self,
         writer: crate::sink::blob::BlobWriter,
+        columns: Arc<[crate::cdc::ColumnDesc]>,
     ) -> crate::sink::rows::CsvBlobSink {
-        crate::sink::rows::CsvBlobSink::new(writer, self.settings.block_size)
+        crate::sink::rows::CsvBlobSink::new(writer, self.settings.block_size, columns)
+    }
+
+    /// Publishes the schema document of the files read from `ci` (create-only, before the
+    /// first data blob that names it; nothing when its shape is published already) and
+    /// returns the metadata naming it, for every data blob of `ci`.
+    pub(crate) async fn schema_metadata(
+        &self,
+        ci: &CaptureInstance,
+    ) -> Result<Vec<(String, String)>, JobError> {
+        self.ensure_container().await?;
+        let mode = instances::mode(ci, self.spec(&ci.table)?.mode)?;
+        let keys = ci.key_columns.iter().map(|k| k.name.clone()).collect();
+        let doc = crate::sink::schema_doc::SchemaDoc::new(
+            &ci.table,
+            &ci.name,
+            ("csv", FORMAT_VERSION),
+            mode,
+            keys,
+            &ci.columns,
+        );
+        let published = crate::sink::schema_doc::publish(&self.blobs, doc).await?;
+        Ok(published.blob_metadata())
     }
 
     /// A session for `table`, and the table's capture instances. The target (the pinned one,

@@ -28,7 +28,7 @@
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 
-use crate::cdc::{ColumnType, Value};
+use crate::cdc::{ColumnDesc, ColumnType, Value};
 
 /// Record terminator (RFC 4180 §2.1).
 pub const LINE_END: &[u8] = b"\r\n";
@@ -56,13 +56,19 @@ pub fn write_header(out: &mut Vec<u8>, names: &[String]) {
     out.extend_from_slice(LINE_END);
 }
 
-/// Appends one record: the fields separated by `,`, then CRLF.
-pub fn write_row(out: &mut Vec<u8>, row: &[Value]) {
+/// Appends one record: the fields separated by `,`, then CRLF. `columns[i]` declares
+/// `row[i]` (the file's columns, see [`crate::cdc::CaptureInstance::change_columns`]) and
+/// decides its rendering ([`write_typed`]); a value past the declared columns renders by its
+/// value alone ([`write_value`]).
+pub fn write_row(out: &mut Vec<u8>, row: &[Value], columns: &[ColumnDesc]) {
     for (i, value) in row.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_value(out, value);
+        match columns.get(i) {
+            Some(column) => write_typed(out, value, &column.ty),
+            None => write_value(out, value),
+        }
     }
     out.extend_from_slice(LINE_END);
 }
@@ -550,7 +556,7 @@ mod tests {
         ];
         for (name, row, expected) in cases {
             let mut out = Vec::new();
-            write_row(&mut out, &row);
+            write_row(&mut out, &row, &[]);
             assert_eq!(String::from_utf8(out).unwrap(), expected, "case {name}");
         }
 
@@ -600,6 +606,7 @@ mod tests {
                 text("Zürich"),
                 Value::Null,
             ],
+            &[],
         );
         write_row(
             &mut out,
@@ -614,6 +621,7 @@ mod tests {
                 text("東京"),
                 text("+1-206-555-0100"),
             ],
+            &[],
         );
         let doc = include_str!("../../docs/csv-format.md");
         let example = doc
@@ -630,7 +638,7 @@ mod tests {
     #[test]
     fn appends_without_disturbing_existing_bytes() {
         let mut out = b"prefix|".to_vec();
-        write_row(&mut out, &[text("x"), dec(-5, 3)]);
+        write_row(&mut out, &[text("x"), dec(-5, 3)], &[]);
         assert_eq!(out, b"prefix|x,-0.005\r\n");
     }
 
@@ -645,7 +653,7 @@ mod tests {
         // 1 MiB with a quote every 8 bytes: each quote doubled, whole field quoted.
         let quoted = "abc\"def,".repeat(1 << 17);
         let mut out = Vec::new();
-        write_row(&mut out, &[Value::Text(quoted.clone()), Value::Int(1)]);
+        write_row(&mut out, &[Value::Text(quoted.clone()), Value::Int(1)], &[]);
         assert_eq!(out.len(), (1 << 20) + (1 << 17) + 2 + ",1\r\n".len());
         let mut reader = ::csv::ReaderBuilder::new()
             .has_headers(false)
@@ -730,7 +738,7 @@ mod tests {
                     .iter()
                     .map(|c| c.clone().map_or(Value::Null, Value::Text))
                     .collect();
-                write_row(&mut out, &values);
+                write_row(&mut out, &values, &[]);
             }
 
             // The csv crate reads back every string; NULL comes back as "".

@@ -41,7 +41,7 @@ pub(super) async fn load(
         return Ok(wm);
     };
     let name = naming::full_load_part_name(&ci.table, &progress.load_id, 0);
-    let metadata = vec![
+    let mut metadata = vec![
         ("table".to_string(), ci.table.to_string()),
         ("capture_instance".to_string(), ci.name.clone()),
         ("part".to_string(), "0".to_string()),
@@ -52,9 +52,10 @@ pub(super) async fn load(
         ),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
+    metadata.extend(ctx.schema_metadata(ci).await?);
     let mut writer = ctx.blobs.writer(&name, metadata, ctx.settings.block_size);
     writer.create_only();
-    let mut sink = ctx.csv_sink(writer);
+    let mut sink = ctx.csv_sink(writer, ci.load_columns());
     let budget = deadline.saturating_duration_since(Instant::now());
     let mut bounded = Bounded {
         sink: &mut sink,
