@@ -2532,7 +2532,7 @@ async fn full_load_keys(server: &FakeServer) -> Vec<String> {
     )
     .await;
     assert_eq!(report.status, Status::Done, "{:?}", report.logs());
-    let mut names = ctx.blobs.list("dbo/customers/").await.unwrap();
+    let mut names = ctx.blobs.list("dbo/customers/full/").await.unwrap();
     names.sort();
     let mut keys = Vec::new();
     for name in names {
