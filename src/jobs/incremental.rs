@@ -166,7 +166,7 @@ async fn copy_window(
 ) -> Result<Option<Watermark>, JobError> {
     let mode = capture.mode(ci)?;
     result.mode = Some(mode);
-    let staged = stream_window(ctx, session, ci, mode, window).await?;
+    let mut staged = stream_window(ctx, session, ci, mode, window).await?;
     let reader = instances::reader_after(&ci.name, capture.target(), window.range.to()).to_string();
     if !recorded && staged.rows() == 0 {
         // Dropping the sink drops its writer: no block list is ever committed for it.
@@ -177,6 +177,10 @@ async fn copy_window(
             note_instance(wm, next, result);
         }
         return Ok(next);
+    }
+    // A blob will be committed: its schema document first (an idle window touches no blob).
+    for (key, value) in ctx.schema_metadata(ci).await? {
+        staged.set_metadata(&key, value);
     }
     let recorded = if recorded {
         wm.clone()
@@ -421,7 +425,7 @@ async fn stream_window(
         ChangeMode::All => ctx.settings.all_row_filter.as_sql(),
     };
     let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-    let mut metadata = vec![
+    let metadata = vec![
         ("table".to_string(), ci.table.to_string()),
         ("capture_instance".to_string(), ci.name.clone()),
         ("from_lsn".to_string(), window.range.from().to_string()),
@@ -433,7 +437,6 @@ async fn stream_window(
         ("columns".to_string(), super::columns_metadata(&ci.columns)),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
-    metadata.extend(ctx.schema_metadata(ci).await?);
     let block_size = ctx.settings.block_size;
     let mut writer = ctx.blobs.writer(&window.blob, metadata, block_size);
     // Two runs can stream different ranges under one name (the same trigger time, read

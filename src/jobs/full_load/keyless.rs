@@ -41,7 +41,7 @@ pub(super) async fn load(
         return Ok(wm);
     };
     let name = naming::full_load_part_name(&ci.table, &progress.load_id, 0);
-    let mut metadata = vec![
+    let metadata = vec![
         ("table".to_string(), ci.table.to_string()),
         ("capture_instance".to_string(), ci.name.clone()),
         ("part".to_string(), "0".to_string()),
@@ -52,7 +52,6 @@ pub(super) async fn load(
         ),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
-    metadata.extend(ctx.schema_metadata(ci).await?);
     let mut writer = ctx.blobs.writer(&name, metadata, ctx.settings.block_size);
     writer.create_only();
     let mut sink = ctx.csv_sink(writer, ci.load_columns());
@@ -81,6 +80,10 @@ pub(super) async fn load(
 
     sink.set_metadata("row_count", rows.to_string());
     sink.set_metadata("baseline_lsn", baseline.to_string());
+    // Published after the scan: a load that runs out of time writes nothing.
+    for (key, value) in ctx.schema_metadata(ci).await? {
+        sink.set_metadata(&key, value);
+    }
     let (rows, bytes, baseline) = match sink.finish().await {
         Ok(summary) => (rows, summary.bytes, baseline),
         Err(e) if e.is_already_exists() => {
