@@ -21,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::blob::BlobTarget;
+use super::blob::{BlobTarget, BlockPrefix};
 use super::SinkError;
 use crate::cdc::{ColumnDesc, ColumnType, Length, TableRef};
 
@@ -228,9 +228,14 @@ pub async fn publish(blobs: &BlobTarget, mut doc: SchemaDoc) -> Result<SchemaDoc
         }
         doc.schema_version = published.first().map_or(1, |newest| newest + 1);
         let name = document_name(&doc.table, doc.schema_version);
+        let json = doc.to_json();
         let mut writer = blobs.writer(&name, Vec::new(), 1 << 20);
         writer.create_only();
-        writer.write(doc.to_json().as_bytes()).await?;
+        // Two runs racing for one version with different documents would otherwise stage
+        // under the same block ID, and the winner's block list could commit the loser's
+        // bytes: block IDs of the content's own keep each document whole.
+        writer.block_prefix(BlockPrefix::of(&[json.as_bytes()]));
+        writer.write(json.as_bytes()).await?;
         match writer.finish().await {
             Ok(_) => {
                 tracing::info!(
