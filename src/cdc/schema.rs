@@ -265,7 +265,8 @@ mod tests {
     #[test]
     fn catalog_rows_decode_to_their_declared_types() {
         // (system type, type name, max_length, precision, scale) → T-SQL text.
-        let cases: &[(Option<&str>, &str, i16, u8, u8, &str)] = &[
+        type Case<'a> = (Option<&'a str>, &'a str, i16, u8, u8, &'a str);
+        let cases: &[Case] = &[
             (Some("int"), "int", 4, 10, 0, "int"),
             (Some("bigint"), "bigint", 8, 19, 0, "bigint"),
             (Some("bit"), "bit", 1, 1, 0, "bit"),

@@ -245,7 +245,9 @@ async fn keyed_parts(
 ) -> Result<Watermark, JobError> {
     let part_rows = ctx.settings.full_load_part_rows.max(1);
     while let TableState::Loading(progress) = wm.state.clone() {
-        let name = naming::full_load_part_name(&ci.table, &progress.load_id, progress.parts_done);
+        let ext = ctx.settings.format.extension();
+        let name =
+            naming::full_load_part_name(&ci.table, &progress.load_id, progress.parts_done, ext);
         let part = write_part(ctx, session, ci, &progress, &name, part_rows).await?;
         let done = part.rows < part_rows;
         let state = if done {
@@ -323,7 +325,7 @@ async fn write_part(
     metadata.extend(ctx.schema_metadata(ci).await?);
     let mut writer = ctx.blobs.writer(name, metadata, ctx.settings.block_size);
     writer.create_only();
-    let mut sink = ctx.csv_sink(writer, ci.load_columns());
+    let mut sink = ctx.file_sink(writer, ci.load_columns());
     let (rows, last_key) = session
         .scan(ci, progress.last_key.as_deref(), part_rows, &mut sink)
         .await?;

@@ -32,7 +32,7 @@ use crate::host::TimerTrigger;
 use crate::naming;
 use crate::report::{Report, SwitchFields, TableResult};
 use crate::sink::blob::BlockPrefix;
-use crate::sink::rows::CsvBlobSink;
+use crate::sink::format::FileSink;
 use crate::window::{self, Plan};
 
 const SUPERSEDED: &str = "superseded: another invocation advanced the watermark first";
@@ -289,7 +289,7 @@ async fn commit_window(
     wm: &Watermark,
     window: &Window,
     reader: String,
-    mut staged: CsvBlobSink,
+    mut staged: FileSink,
     result: &mut TableResult,
 ) -> Result<Option<Watermark>, JobError> {
     let rows = staged.rows();
@@ -418,7 +418,7 @@ async fn stream_window(
     ci: &CaptureInstance,
     mode: ChangeMode,
     window: &Window,
-) -> Result<CsvBlobSink, JobError> {
+) -> Result<FileSink, JobError> {
     check_available(ci, window.range.from())?;
     let row_filter = match mode {
         ChangeMode::Net => ctx.settings.row_filter.as_sql(),
@@ -444,7 +444,7 @@ async fn stream_window(
     // own keep the loser's staged blocks out of the winner's block list.
     let (from, to) = (window.range.from(), window.range.to());
     writer.block_prefix(BlockPrefix::of(&[&from.0, &to.0]));
-    let mut sink = ctx.csv_sink(writer, ci.change_columns(mode));
+    let mut sink = ctx.file_sink(writer, ci.change_columns(mode));
     let mut first_row = ContainerFirst {
         ctx,
         sink: &mut sink,
@@ -474,7 +474,7 @@ async fn stream_window(
 /// be staged from then on), so a window without rows does no Blob Storage request at all.
 struct ContainerFirst<'a> {
     ctx: &'a Context,
-    sink: &'a mut CsvBlobSink,
+    sink: &'a mut FileSink,
     ready: bool,
 }
 

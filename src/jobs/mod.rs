@@ -172,13 +172,15 @@ impl Context {
         (self.clock)()
     }
 
-    /// A CSV sink into a new block blob `writer`, for a file of `columns`.
-    pub(crate) fn csv_sink(
+    /// The file sink of a new block blob `writer` for a file of `columns`, in the format its
+    /// name says (`CDC_FORMAT` for new names; a pending window's recorded name keeps its own).
+    pub(crate) fn file_sink(
         &self,
         writer: crate::sink::blob::BlobWriter,
         columns: Arc<[crate::cdc::ColumnDesc]>,
-    ) -> crate::sink::rows::CsvBlobSink {
-        crate::sink::rows::CsvBlobSink::new(writer, self.settings.block_size, columns)
+    ) -> crate::sink::format::FileSink {
+        let format = crate::sink::format::Format::of_blob(writer.name(), self.settings.format);
+        crate::sink::format::FileSink::new(format, writer, self.settings.block_size, columns)
     }
 
     /// Publishes the schema document of the files read from `ci` (create-only, before the
