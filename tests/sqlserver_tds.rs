@@ -2649,7 +2649,11 @@ async fn datetime_keys_page_without_rereading_the_boundary_row() {
         .map(|tick| {
             let value = Value::DateTime(cdc_copy_testkit::model::to_sql_datetime(tick_time(tick)));
             let mut out = Vec::new();
-            cdc_copy::sink::csv::write_typed(&mut out, &value, &cdc_copy::cdc::ColumnType::DateTime);
+            cdc_copy::sink::csv::write_typed(
+                &mut out,
+                &value,
+                &cdc_copy::cdc::ColumnType::DateTime,
+            );
             String::from_utf8(out).unwrap()
         })
         .collect();

@@ -311,7 +311,7 @@ async fn write_part(
     name: &str,
     part_rows: u64,
 ) -> Result<Part, JobError> {
-    let mut metadata = vec![
+    let metadata = vec![
         ("table".to_string(), ci.table.to_string()),
         ("capture_instance".to_string(), ci.name.clone()),
         (
@@ -322,7 +322,6 @@ async fn write_part(
         ("columns".to_string(), super::columns_metadata(&ci.columns)),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
     ];
-    metadata.extend(ctx.schema_metadata(ci).await?);
     let mut writer = ctx.blobs.writer(name, metadata, ctx.settings.block_size);
     writer.create_only();
     let mut sink = ctx.file_sink(writer, ci.load_columns());
@@ -338,6 +337,7 @@ async fn write_part(
             bytes: 0,
         });
     }
+    ctx.publish_schema(ci, &mut sink).await?;
     sink.set_metadata("row_count", rows.to_string());
     sink.set_metadata("last_key", encode_key(last_key.as_deref()));
     match sink.finish().await {

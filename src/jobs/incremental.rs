@@ -179,9 +179,7 @@ async fn copy_window(
         return Ok(next);
     }
     // A blob will be committed: its schema document first (an idle window touches no blob).
-    for (key, value) in ctx.schema_metadata(ci).await? {
-        staged.set_metadata(&key, value);
-    }
+    ctx.publish_schema(ci, &mut staged).await?;
     let recorded = if recorded {
         wm.clone()
     } else {

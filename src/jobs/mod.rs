@@ -183,26 +183,29 @@ impl Context {
         crate::sink::format::FileSink::new(format, writer, self.settings.block_size, columns)
     }
 
-    /// Publishes the schema document of the files read from `ci` (create-only, before the
-    /// first data blob that names it; nothing when its shape is published already) and
-    /// returns the metadata naming it, for every data blob of `ci`.
-    pub(crate) async fn schema_metadata(
+    /// Publishes the schema document of `sink`'s file, read from `ci` (create-only, before
+    /// the blob that names it is committed; nothing when its shape is published already),
+    /// and names it in the blob's metadata (a Parquet file's key/value metadata too).
+    pub(crate) async fn publish_schema(
         &self,
         ci: &CaptureInstance,
-    ) -> Result<Vec<(String, String)>, JobError> {
+        sink: &mut crate::sink::format::FileSink,
+    ) -> Result<(), JobError> {
+        use crate::sink::format::FileSink;
+        use crate::sink::schema_doc::{publish, SchemaDoc};
         self.ensure_container().await?;
         let mode = instances::mode(ci, self.spec(&ci.table)?.mode)?;
+        let file_format = match sink {
+            FileSink::Csv(_) => "csv",
+            FileSink::Parquet(_) => "parquet",
+        };
         let keys = ci.key_columns.iter().map(|k| k.name.clone()).collect();
-        let doc = crate::sink::schema_doc::SchemaDoc::new(
-            &ci.table,
-            &ci.name,
-            ("csv", FORMAT_VERSION),
-            mode,
-            keys,
-            &ci.columns,
-        );
-        let published = crate::sink::schema_doc::publish(&self.blobs, doc).await?;
-        Ok(published.blob_metadata())
+        let format = (file_format, FORMAT_VERSION);
+        let doc = SchemaDoc::new(&ci.table, &ci.name, format, mode, keys, &ci.columns);
+        for (key, value) in publish(&self.blobs, doc).await?.blob_metadata() {
+            sink.set_metadata(&key, value);
+        }
+        Ok(())
     }
 
     /// A session for `table`, and the table's capture instances. The target (the pinned one,

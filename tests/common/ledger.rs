@@ -70,8 +70,14 @@ impl Ledger {
     /// changes) and never disappear.
     fn check_schema_documents(&mut self, documents: &[(String, String)], context: &str) {
         for (name, etag) in documents {
-            let first = self.documents.entry(name.clone()).or_insert_with(|| etag.clone());
-            assert_eq!(first, etag, "{context}: schema document {name} was rewritten");
+            let first = self
+                .documents
+                .entry(name.clone())
+                .or_insert_with(|| etag.clone());
+            assert_eq!(
+                first, etag,
+                "{context}: schema document {name} was rewritten"
+            );
         }
         for name in self.documents.keys() {
             assert!(

@@ -86,9 +86,7 @@ pub(super) async fn load(
     sink.set_metadata("row_count", rows.to_string());
     sink.set_metadata("baseline_lsn", baseline.to_string());
     // Published after the scan: a load that runs out of time writes nothing.
-    for (key, value) in ctx.schema_metadata(ci).await? {
-        sink.set_metadata(&key, value);
-    }
+    ctx.publish_schema(ci, &mut sink).await?;
     let (rows, bytes, baseline) = match sink.finish().await {
         Ok(summary) => (rows, summary.bytes, baseline),
         Err(e) if e.is_already_exists() => {
