@@ -314,7 +314,16 @@ mod tests {
 
     #[test]
     fn columns_carry_their_declared_type() {
-        let cases: Vec<(ColumnType, &str, &str, Option<i32>, Option<u8>, Option<u8>)> = vec![
+        // (type, sql_type, type_name, max_length, precision, scale)
+        type Case<'a> = (
+            ColumnType,
+            &'a str,
+            &'a str,
+            Option<i32>,
+            Option<u8>,
+            Option<u8>,
+        );
+        let cases: Vec<Case> = vec![
             (ColumnType::Int, "int", "int", None, None, None),
             (
                 ColumnType::NVarChar(Length::Of(50)),
