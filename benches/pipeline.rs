@@ -23,6 +23,10 @@
 //!   `CDC_UPLOAD_BLOCKS_IN_FLIGHT=N` and `CDC_BLOCK_SIZE_MIB=B` (default 4). The proxy runs
 //!   in the parent, so its buffers are not in the child's peak RSS; its CPU is on the same
 //!   cores, in the zero-delay runs too, so ratios to the zero-delay run compare like with like.
+//! - `parquet-{scenario}` (issue 11) runs `{scenario}` with `CDC_FORMAT=parquet`: the same rows
+//!   through the Parquet sink (`encode-upload`) or the real jobs, into Azurite. Their ceiling
+//!   is `raw-azurite`'s MB/s in the same run; Parquet writes fewer bytes per row, so rows/s and
+//!   the MB/s ratio are both reported.
 
 use cdc_copy_testkit::azurite;
 
@@ -43,11 +47,11 @@ use cdc_copy::jobs::{self, Context};
 use cdc_copy::report::{Report, Status};
 use cdc_copy::sink::blob::BlobTarget;
 use cdc_copy::sink::csv;
-use cdc_copy::sink::rows::CsvBlobSink;
+use cdc_copy::sink::format::{FileSink, Format};
 use cdc_copy_testkit::faults::{Faults, Method};
 use cdc_copy_testkit::model::{CdcModel, FoldedScanTimes};
 use cdc_copy_testkit::proxy::Proxy;
-use cdc_copy_testkit::rows::{column_names, customer, fill_batch};
+use cdc_copy_testkit::rows::{column_descs, column_names, customer, fill_batch};
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 
@@ -72,6 +76,12 @@ const SCENARIOS: &[&str] = &[
     "incremental-all-5M",
     "incremental-zero",
     "incremental-idle",
+    "parquet-encode-upload-1M",
+    "parquet-encode-upload-5M",
+    "parquet-full-load-1M",
+    "parquet-full-load-5M",
+    "parquet-incremental-1M",
+    "parquet-incremental-5M",
     "latency-0ms-x1",
     "latency-5ms-x1",
     "latency-20ms-x1",
@@ -102,7 +112,19 @@ fn latency_scenario(name: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// Settings the parent passes to a child unchanged (the latency scenarios set them).
-const PASSED_SETTINGS: &[&str] = &["CDC_UPLOAD_BLOCKS_IN_FLIGHT", "CDC_BLOCK_SIZE_MIB"];
+const PASSED_SETTINGS: &[&str] = &[
+    "CDC_UPLOAD_BLOCKS_IN_FLIGHT",
+    "CDC_BLOCK_SIZE_MIB",
+    "CDC_FORMAT",
+];
+
+/// The file format a child writes in (`CDC_FORMAT`, set by the parent for `parquet-*`).
+fn format() -> Format {
+    std::env::var("CDC_FORMAT")
+        .ok()
+        .and_then(|v| Format::parse(&v).ok())
+        .unwrap_or_default()
+}
 
 // ----- measurements -------------------------------------------------------------------------
 
@@ -339,6 +361,7 @@ fn csv_only(rows: u64) -> Figures {
     let mut generate = Duration::ZERO;
     let mut bytes = 0u64;
     csv::write_header(&mut out, &column_names());
+    let columns = column_descs();
     let mut i = 0;
     while i < rows {
         let end = (i + GEN_BATCH).min(rows);
@@ -347,7 +370,7 @@ fn csv_only(rows: u64) -> Figures {
         generate += t.elapsed();
         let t = Instant::now();
         for row in &batch {
-            csv::write_row(&mut out, row);
+            csv::write_row(&mut out, row, &columns);
             if out.len() >= BLOCK {
                 bytes += out.len() as u64;
                 black_box(&out);
@@ -377,7 +400,7 @@ async fn raw_azurite(bytes: u64) -> Figures {
     let mut chunk = Vec::with_capacity(BLOCK + 4096);
     let mut i = 0;
     while chunk.len() < BLOCK {
-        csv::write_row(&mut chunk, &customer(i));
+        csv::write_row(&mut chunk, &customer(i), &column_descs());
         i += 1;
     }
     chunk.truncate(BLOCK);
@@ -410,13 +433,19 @@ async fn check_size(target: &BlobTarget, blob: &str, bytes: u64) {
     assert_eq!(info.size, bytes, "{blob}: committed size");
 }
 
-/// Rows → `CsvBlobSink` → Azurite: the sink path of every job, without the jobs.
+/// Rows → the file sink of `CDC_FORMAT` → Azurite: the sink path of every job, without the jobs.
 async fn encode_upload(name: &str, rows: u64) -> Figures {
     let target = target(&container_for(name)).await;
     let mut batch = Vec::with_capacity(GEN_BATCH as usize);
     let mut generate = Duration::ZERO;
     let started = Instant::now();
-    let mut sink = CsvBlobSink::new(target.writer("customers.csv", vec![], BLOCK), BLOCK);
+    let blob = format!("customers.{}", format().extension());
+    let mut sink = FileSink::new(
+        format(),
+        target.writer(&blob, vec![], BLOCK),
+        BLOCK,
+        column_descs(),
+    );
     sink.columns(&column_names()).await.expect("header");
     let mut i = 0;
     while i < rows {
@@ -432,7 +461,7 @@ async fn encode_upload(name: &str, rows: u64) -> Figures {
     assert_eq!(sink.rows(), rows);
     let summary = sink.finish().await.expect("commit");
     let secs = started.elapsed().as_secs_f64();
-    check_size(&target, "customers.csv", summary.bytes).await;
+    check_size(&target, &blob, summary.bytes).await;
     Figures {
         rows,
         bytes: summary.bytes,
@@ -736,7 +765,9 @@ fn child(name: &str, args: &[String]) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let figures = match name {
+    // `parquet-X` is scenario X in the Parquet format (the parent set CDC_FORMAT).
+    let base = name.strip_prefix("parquet-").unwrap_or(name);
+    let figures = match base {
         "csv-only" => csv_only(5_000_000),
         "raw-azurite" => {
             let bytes = args
@@ -786,6 +817,9 @@ fn run_child(name: &str, extra: &[String]) -> serde_json::Value {
     let mut command = Command::new(exe);
     for k in PASSED_SETTINGS {
         command.env_remove(k);
+    }
+    if name.starts_with("parquet-") {
+        command.env("CDC_FORMAT", "parquet");
     }
     // The latency scenarios go through a proxy in this process, with the delay added.
     let latency = latency_scenario(name);
@@ -1007,10 +1041,28 @@ fn summarise(rows: &[Row]) {
             verdict(b <= 64.0 && b <= a * 1.1 + 1.0)
         );
     }
+    for name in [
+        "parquet-encode-upload-5M",
+        "parquet-full-load-5M",
+        "parquet-incremental-5M",
+    ] {
+        if let (Some(raw), Some(p)) = (get("raw-azurite"), get(name)) {
+            let ratio = mbps(p) / mbps(raw);
+            println!(
+                "{name} / raw-azurite: {:.0}% of the MB/s (target ≥ 80%): {}; {:.1} bytes/row",
+                ratio * 100.0,
+                verdict(ratio >= 0.8),
+                num(p, "bytes") / num(p, "rows")
+            );
+        }
+    }
     for (small, big) in [
         ("full-load-1M", "full-load-5M"),
         ("incremental-1M", "incremental-5M"),
         ("incremental-all-1M", "incremental-all-5M"),
+        ("parquet-encode-upload-1M", "parquet-encode-upload-5M"),
+        ("parquet-full-load-1M", "parquet-full-load-5M"),
+        ("parquet-incremental-1M", "parquet-incremental-5M"),
     ] {
         if let (Some(a), Some(b)) = (get(small), get(big)) {
             println!(

@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use cdc_copy::cdc::{
-    CaptureInstance, CdcSession, KeyColumn, KeyType, Lsn, LsnRange, RowFilter, RowSink,
+    CaptureInstance, CdcSession, ChangeMode, KeyColumn, KeyType, Lsn, LsnRange, RowFilter, RowSink,
     RowSinkError, TableRef, Value,
 };
 use cdc_copy::config::{CommandTimeout, Settings};
@@ -111,10 +111,10 @@ fn table() -> TableRef {
 }
 
 fn capture_instance(wide: bool) -> CaptureInstance {
-    let columns: Vec<String> = tds::customers(wide, false, 0)
+    let columns = tds::customers(wide, false, 0)
         .columns()
         .iter()
-        .map(|c| c.name.clone())
+        .map(tds::Column::desc)
         .collect();
     CaptureInstance {
         table: table(),
@@ -343,7 +343,11 @@ async fn full_load(name: &str, wide: bool, rows: u64) -> Figures {
     let target = target(&name.to_ascii_lowercase()).await;
     let mut session = session(&server).await;
     let started = Instant::now();
-    let mut sink = CsvBlobSink::new(target.writer("customers.csv", vec![], BLOCK), BLOCK);
+    let mut sink = CsvBlobSink::new(
+        target.writer("customers.csv", vec![], BLOCK),
+        BLOCK,
+        ci.load_columns(),
+    );
     let read = scan_all(&mut session, &ci, &mut sink).await;
     let summary = sink.finish().await.expect("commit");
     let secs = started.elapsed().as_secs_f64();
@@ -362,7 +366,11 @@ async fn incremental(name: &str, rows: u64) -> Figures {
     let mut session = session(&server).await;
     let range = LsnRange::new(Lsn::from_u128(1), Lsn::from_u128(2)).unwrap();
     let started = Instant::now();
-    let mut sink = CsvBlobSink::new(target.writer("changes.csv", vec![], BLOCK), BLOCK);
+    let mut sink = CsvBlobSink::new(
+        target.writer("changes.csv", vec![], BLOCK),
+        BLOCK,
+        ci.change_columns(ChangeMode::Net),
+    );
     let read = session
         .net_changes(&ci, range, RowFilter::All, &mut sink)
         .await

@@ -77,6 +77,13 @@ param cdcWatermarkTable string = 'cdc_copy.watermark'
   'all'
   'all with merge'
 ])
+@allowed([
+  'csv'
+  'parquet'
+])
+@description('File format of every blob: CDC_FORMAT.')
+param cdcFormat string = 'csv'
+
 @description('Net-changes row filter: CDC_ROW_FILTER.')
 param cdcRowFilter string = 'all'
 
@@ -287,6 +294,7 @@ module functionApp './app/function.bicep' = {
       CDC_CAPTURE_WAIT_SECONDS: string(cdcCaptureWaitSeconds)
       CDC_CAPTURE_POLL_SECONDS: string(cdcCapturePollSeconds)
       CDC_WATERMARK_TABLE: cdcWatermarkTable
+      CDC_FORMAT: cdcFormat
       CDC_ROW_FILTER: cdcRowFilter
       CDC_ALL_CHANGES_ROW_FILTER: cdcAllChangesRowFilter
       CDC_TABLE_CONCURRENCY: string(cdcTableConcurrency)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README "Run the tests"): everything CI runs, on a fresh machine.
 # Installs what it needs by itself: Azurite from npm (pinned), the Python tools for the
-# infrastructure checks (in a venv). Needs: cargo, node/npm, python3 — all on the build image.
+# infrastructure checks and the reader checks (in venvs). Needs: cargo, node/npm, python3 — all
+# on the build image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,3 +25,5 @@ mkdir -p target
 cargo test --workspace --lib --bins --tests --quiet 2>&1 | tee target/test-output.txt
 echo "== infrastructure checks"
 bash scripts/check-infra.sh
+echo "== reader checks (docs/reading-the-files.md run by DuckDB, pandas, polars, pyarrow)"
+bash scripts/check-readers.sh

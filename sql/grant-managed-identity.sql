@@ -37,6 +37,8 @@
   | cdc.change_tables, cdc.captured_columns     | SELECT on these tables only (step 5)                  |
   | cdc.ddl_history (optional: without it the   |   (cdc.ddl_history: the DDL warning; the statement    |
   |   DDL warning is silent, nothing fails)     |   reads it inside TRY/CATCH)                          |
+  | sys.columns of cdc.<ci>_CT (the declared    | VIEW DEFINITION on each change table (step 4):        |
+  |   types of the captured columns)            |   metadata only, its rows stay unreadable             |
   | sys.tables, sys.columns, sys.types,         | metadata visibility: rows of the configured tables    |
   | sys.indexes, sys.index_columns, OBJECT_ID   | are visible through the column SELECT (step 3);       |
   | sys.schemas                                 | sys.schemas and built-in types are visible to public; |
@@ -336,7 +338,7 @@ DEALLOCATE types;
 --    named null), its all-changes function (every instance has one) and its net-changes
 --    function (only an instance enabled with @supports_net_changes = 1 has one). The functions
 --    read cdc.<ci>_CT through ownership chaining; the change table itself stays unreadable.
-DECLARE @role sysname, @net_changes sysname, @all_changes sysname;
+DECLARE @role sysname, @net_changes sysname, @all_changes sysname, @change_table sysname;
 DECLARE instances CURSOR LOCAL FAST_FORWARD FOR
     SELECT capture_instance, role_name, supports_net_changes FROM @instances;
 DECLARE @supports_net_changes bit;
@@ -371,6 +373,13 @@ BEGIN
     END
     ELSE IF @supports_net_changes = 0
         PRINT N'note: capture instance ' + QUOTENAME(@name) + N' has no net changes (enabled without @supports_net_changes = 1, e.g. a table without a key); the copier reads its all changes.';
+    -- The change table's column declarations (the types of the copied files): metadata only,
+    -- its rows stay readable through the functions alone.
+    SELECT @change_table = OBJECT_NAME(ct.object_id) FROM cdc.change_tables AS ct
+    WHERE ct.capture_instance = @name;
+    SET @sql = N'GRANT VIEW DEFINITION ON OBJECT::[cdc].' + QUOTENAME(@change_table) + N' TO ' + @grantee + N';';
+    PRINT @sql;
+    EXEC sys.sp_executesql @sql;
     FETCH NEXT FROM instances INTO @name, @role, @supports_net_changes;
 END;
 CLOSE instances;

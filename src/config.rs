@@ -70,7 +70,10 @@ pub struct Settings {
     pub tables: Vec<TableSpec>,
     pub storage: StorageAccount,
     pub container: String,
+    /// Rendered with the extension of [`Settings::format`].
     pub path_template: PathTemplate,
+    /// `CDC_FORMAT`: the file format of every blob written.
+    pub format: crate::sink::format::Format,
     pub capture_wait: Duration,
     pub capture_poll: Duration,
     pub watermark_table: TableRef,
@@ -192,6 +195,7 @@ pub const CDC_CAPTURE_WAIT_SECONDS: &str = "CDC_CAPTURE_WAIT_SECONDS";
 pub const CDC_CAPTURE_POLL_SECONDS: &str = "CDC_CAPTURE_POLL_SECONDS";
 pub const CDC_WATERMARK_TABLE: &str = "CDC_WATERMARK_TABLE";
 pub const CDC_ROW_FILTER: &str = "CDC_ROW_FILTER";
+pub const CDC_FORMAT: &str = "CDC_FORMAT";
 pub const CDC_ALL_CHANGES_ROW_FILTER: &str = "CDC_ALL_CHANGES_ROW_FILTER";
 pub const CDC_TABLE_CONCURRENCY: &str = "CDC_TABLE_CONCURRENCY";
 pub const CDC_BLOCK_SIZE_MIB: &str = "CDC_BLOCK_SIZE_MIB";
@@ -313,6 +317,13 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: Some(DEFAULT_WATERMARK_TABLE),
         range: None,
         description: "`schema.table` of the watermark table in the source database (created by the setup script).",
+        secret: false,
+    },
+    SettingDoc {
+        name: CDC_FORMAT,
+        default: Some("csv"),
+        range: None,
+        description: "File format of every blob (full-load parts, incremental windows, tail blobs): `csv` (docs/csv-format.md) or `parquet` (docs/parquet-format.md). Names end in `.csv` or `.parquet`: a path template's `{ext}`, or a `.csv` at its end, becomes the format's extension.",
         secret: false,
     },
     SettingDoc {
@@ -582,6 +593,11 @@ impl<'a> Parser<'a> {
         let watermark_table = self.text(CDC_WATERMARK_TABLE, DEFAULT_WATERMARK_TABLE, |v| {
             TableRef::parse(v).map_err(|e| e.to_string())
         });
+        let format = self.text(CDC_FORMAT, "csv", crate::sink::format::Format::parse);
+        let path_template = match (path_template, format) {
+            (Some(template), Some(format)) => Some(template.with_extension(format.extension())),
+            _ => None,
+        };
         let row_filter = self.text(CDC_ROW_FILTER, "all", parse_row_filter);
         let all_row_filter = self.text(
             CDC_ALL_CHANGES_ROW_FILTER,
@@ -623,6 +639,7 @@ impl<'a> Parser<'a> {
             storage: storage?,
             container: container?,
             path_template: path_template?,
+            format: format?,
             capture_wait: Duration::from_secs(capture_wait?),
             capture_poll: Duration::from_secs(capture_poll?),
             watermark_table: watermark_table?,
@@ -1003,6 +1020,13 @@ mod tests {
             (CDC_WATERMARK_TABLE, "etl.cdc_watermark", |s| {
                 s.watermark_table == TableRef::parse("etl.cdc_watermark").unwrap()
             }),
+            (CDC_FORMAT, "Parquet", |s| {
+                s.format == crate::sink::format::Format::Parquet
+                    && s.path_template.extension() == "parquet"
+            }),
+            (CDC_FORMAT, "csv", |s| {
+                s.format == crate::sink::format::Format::Csv && s.path_template.extension() == "csv"
+            }),
             (CDC_ROW_FILTER, "ALL  with Merge", |s| s.row_filter == RowFilter::AllWithMerge),
             (CDC_ROW_FILTER, "all", |s| s.row_filter == RowFilter::All),
             (CDC_TABLE_CONCURRENCY, "1", |s| s.table_concurrency == 1),
@@ -1070,6 +1094,7 @@ mod tests {
             (CDC_WATERMARK_TABLE, "watermark"),
             (CDC_WATERMARK_TABLE, "dbo.water;drop"),
             (CDC_ROW_FILTER, "all with mask"),
+            (CDC_FORMAT, "json"),
             (CDC_ALL_CHANGES_ROW_FILTER, "all with merge"),
             (CDC_TABLES, "dbo.audit_log:merge"),
             (CDC_TABLES, "dbo.audit_log:"),

@@ -32,6 +32,12 @@ pub const MAX_PATH_SEGMENTS: usize = 254;
 /// The placeholder that makes names unique per trigger time.
 const UNIQUE_TIME: &str = "yyyyMMddHHmmssfff";
 
+/// The placeholder of the file format's extension (`csv` or `parquet`, `CDC_FORMAT`).
+const EXTENSION: &str = "ext";
+
+/// The extension a template spells out literally; in another format it is replaced.
+const CSV_SUFFIX: &str = ".csv";
+
 /// Every placeholder a template may use (case-sensitive: `MM` is the month, `mm` the minute).
 pub const PLACEHOLDERS: &[&str] = &[
     "schema",
@@ -43,6 +49,7 @@ pub const PLACEHOLDERS: &[&str] = &[
     "mm",
     "ss",
     UNIQUE_TIME,
+    EXTENSION,
 ];
 
 /// Why a path template or container name is refused. All are configuration errors: retrying
@@ -73,7 +80,7 @@ pub enum NamingError {
     ControlChar { position: usize },
     #[error("path template has an unbalanced '{brace}' at character {position}")]
     UnbalancedBrace { brace: char, position: usize },
-    #[error("path template has unknown placeholder {{{0}}}; known: {{schema}} {{table}} {{yyyy}} {{MM}} {{dd}} {{HH}} {{mm}} {{ss}} {{yyyyMMddHHmmssfff}}")]
+    #[error("path template has unknown placeholder {{{0}}}; known: {{schema}} {{table}} {{yyyy}} {{MM}} {{dd}} {{HH}} {{mm}} {{ss}} {{yyyyMMddHHmmssfff}} {{ext}}")]
     UnknownPlaceholder(String),
     #[error(
         "path template must contain {{{0}}} so that every table and trigger time gets its own blob"
@@ -84,9 +91,18 @@ pub enum NamingError {
 }
 
 /// A validated blob path template such as
-/// `{schema}/{table}/incremental/{yyyy}/{MM}/{dd}/{yyyyMMddHHmmssfff}.csv`.
+/// `{schema}/{table}/incremental/{yyyy}/{MM}/{dd}/{yyyyMMddHHmmssfff}.csv`, and the extension
+/// of the file format its names get.
+///
+/// The extension: `{ext}` renders as the format's (`csv` or `parquet`). A template that spells
+/// `.csv` at its very end (the default, and every template written before `CDC_FORMAT`
+/// existed) gets the format's extension there instead, so it stays valid and a Parquet file
+/// is never named `.csv`. Any other text is kept as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathTemplate(String);
+pub struct PathTemplate {
+    template: String,
+    extension: &'static str,
+}
 
 /// One piece of a template: literal text or a placeholder name (without braces).
 enum Piece<'a> {
@@ -189,29 +205,50 @@ impl std::str::FromStr for PathTemplate {
         if !has_unique_time {
             return Err(NamingError::MissingPlaceholder(UNIQUE_TIME));
         }
-        Ok(PathTemplate(template.to_string()))
+        Ok(PathTemplate {
+            template: template.to_string(),
+            extension: "csv",
+        })
     }
 }
 
 impl Default for PathTemplate {
     fn default() -> Self {
-        PathTemplate(DEFAULT_INCREMENTAL_TEMPLATE.to_string())
+        DEFAULT_INCREMENTAL_TEMPLATE
+            .parse()
+            .expect("the default template is valid")
     }
 }
 
 impl std::fmt::Display for PathTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.template)
     }
 }
 
 impl PathTemplate {
+    /// The same template for files with `extension` (`csv` or `parquet`, without the dot).
+    pub fn with_extension(self, extension: &'static str) -> PathTemplate {
+        PathTemplate { extension, ..self }
+    }
+
+    /// The extension rendered names get.
+    pub fn extension(&self) -> &'static str {
+        self.extension
+    }
+
     /// The blob name for `table` at trigger time `at` (UTC). Date and time placeholders are
     /// zero padded; `{yyyyMMddHHmmssfff}` is [`timestamp_id`].
     pub fn render(&self, table: &TableRef, at: DateTime<Utc>) -> String {
-        let mut out = String::with_capacity(self.0.len() + table.schema.len() + table.table.len());
+        let literal_csv = self.extension != "csv" && self.template.ends_with(CSV_SUFFIX);
+        let template = match literal_csv {
+            true => &self.template[..self.template.len() - CSV_SUFFIX.len()],
+            false => &self.template[..],
+        };
+        let mut out =
+            String::with_capacity(self.template.len() + table.schema.len() + table.table.len());
         // The template was validated by `from_str`, so splitting cannot fail.
-        for piece in pieces(&self.0).expect("validated template") {
+        for piece in pieces(template).expect("validated template") {
             match piece {
                 Piece::Literal(text) => out.push_str(text),
                 Piece::Placeholder("schema") => out.push_str(&table.schema),
@@ -234,21 +271,26 @@ impl PathTemplate {
                 Piece::Placeholder("ss") => {
                     let _ = write!(out, "{:02}", at.second());
                 }
+                Piece::Placeholder(EXTENSION) => out.push_str(self.extension),
                 Piece::Placeholder(_) => out.push_str(&timestamp_id(at)),
             }
+        }
+        if literal_csv {
+            out.push('.');
+            out.push_str(self.extension);
         }
         out
     }
 
     /// The template text as configured.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.template
     }
 
     /// Whether the template separates tables of the same name in different schemas. When it
     /// does not (the seed's own layout), configuration must not list two such tables.
     pub fn has_schema(&self) -> bool {
-        self.0.contains("{schema}")
+        self.template.contains("{schema}")
     }
 }
 
@@ -295,11 +337,12 @@ pub fn tail_name(window_blob: &str, old_instance: &str) -> String {
     }
 }
 
-/// The name of one part of a full load: `{schema}/{table}/full/{load_id}/part-00000.csv`.
-/// Parts are numbered from 0 with at least 5 digits, so up to 100 000 parts sort by name.
-pub fn full_load_part_name(table: &TableRef, load_id: &str, part: u32) -> String {
+/// The name of one part of a full load: `{schema}/{table}/full/{load_id}/part-00000.csv`
+/// (`.parquet` for `extension` `parquet`). Parts are numbered from 0 with at least 5 digits,
+/// so up to 100 000 parts sort by name.
+pub fn full_load_part_name(table: &TableRef, load_id: &str, part: u32, extension: &str) -> String {
     format!(
-        "{}/{}/full/{}/part-{:05}.csv",
+        "{}/{}/full/{}/part-{:05}.{extension}",
         table.schema, table.table, load_id, part
     )
 }
@@ -308,9 +351,15 @@ pub fn full_load_part_name(table: &TableRef, load_id: &str, part: u32) -> String
 /// `{schema}/{table}/full/{load_id}/range-000-part-00000.csv`. Ranges are numbered in key
 /// order, so the names still sort in key order; a load of one range keeps
 /// [`full_load_part_name`].
-pub fn full_load_range_part_name(table: &TableRef, load_id: &str, range: u32, part: u32) -> String {
+pub fn full_load_range_part_name(
+    table: &TableRef,
+    load_id: &str,
+    range: u32,
+    part: u32,
+    extension: &str,
+) -> String {
     format!(
-        "{}/{}/full/{}/range-{:03}-part-{:05}.csv",
+        "{}/{}/full/{}/range-{:03}-part-{:05}.{extension}",
         table.schema, table.table, load_id, range, part
     )
 }
@@ -574,12 +623,68 @@ mod tests {
             ("x", 100_000, "sales/orders/full/x/part-100000.csv"),
         ];
         assert_eq!(
-            full_load_range_part_name(&t, "x", 3, 42),
+            full_load_range_part_name(&t, "x", 3, 42, "csv"),
             "sales/orders/full/x/range-003-part-00042.csv"
         );
+        assert_eq!(
+            full_load_range_part_name(&t, "x", 3, 42, "parquet"),
+            "sales/orders/full/x/range-003-part-00042.parquet"
+        );
         for (load_id, part, expected) in cases {
-            assert_eq!(full_load_part_name(&t, load_id, part), expected);
+            assert_eq!(full_load_part_name(&t, load_id, part, "csv"), expected);
+            let parquet = expected.replace(".csv", ".parquet");
+            assert_eq!(full_load_part_name(&t, load_id, part, "parquet"), parquet);
         }
+    }
+
+    /// `CDC_FORMAT` names the files: `{ext}` anywhere, and a literal `.csv` at the end of the
+    /// template (the default, and templates written before the setting) becomes the format's
+    /// extension; every existing template stays valid and renders as before in CSV.
+    #[test]
+    fn the_extension_follows_the_format() {
+        let t = table("dbo", "customers");
+        let at = utc("2024-03-05T06:07:08.123Z");
+        let cases = [
+            (
+                DEFAULT_INCREMENTAL_TEMPLATE,
+                "dbo/customers/incremental/2024/03/05/20240305060708123.csv",
+                "dbo/customers/incremental/2024/03/05/20240305060708123.parquet",
+            ),
+            (
+                "{table}/{yyyyMMddHHmmssfff}.{ext}",
+                "customers/20240305060708123.csv",
+                "customers/20240305060708123.parquet",
+            ),
+            (
+                "{ext}/{table}/{yyyyMMddHHmmssfff}.{ext}",
+                "csv/customers/20240305060708123.csv",
+                "parquet/customers/20240305060708123.parquet",
+            ),
+            // No extension, or a `.csv` that is not the end: kept as written.
+            (
+                "{table}/{yyyyMMddHHmmssfff}",
+                "customers/20240305060708123",
+                "customers/20240305060708123",
+            ),
+            (
+                "{table}.csv/{yyyyMMddHHmmssfff}.txt",
+                "customers.csv/20240305060708123.txt",
+                "customers.csv/20240305060708123.txt",
+            ),
+        ];
+        for (template, csv, parquet) in cases {
+            let parsed: PathTemplate = template.parse().unwrap();
+            assert_eq!(parsed.render(&t, at), csv, "{template}");
+            assert_eq!(parsed.as_str(), template);
+            let as_parquet = parsed.with_extension("parquet");
+            assert_eq!(as_parquet.render(&t, at), parquet, "{template}");
+            assert_eq!(as_parquet.to_string(), template, "shown as configured");
+        }
+        // The tail blob of a Parquet window keeps the extension last.
+        assert_eq!(
+            tail_name("dbo/customers/20240305060708123.parquet", "dbo_customers"),
+            "dbo/customers/20240305060708123-dbo_customers.parquet"
+        );
     }
 
     #[test]

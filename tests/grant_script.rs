@@ -277,6 +277,14 @@ fn every_capture_instance_of_a_configured_table_is_granted_and_dropped_columns_a
         "{columns}"
     );
     assert!(code.contains("N'GRANT SELECT ON OBJECT::[cdc].[ddl_history] TO ' + @grantee"));
+    // CAPTURE_INSTANCES types the captured columns from the change table's sys.columns rows,
+    // visible only with a permission on the change table: metadata, not its rows.
+    assert!(cdc_copy::sqlserver::sql::CAPTURE_INSTANCES
+        .contains("LEFT JOIN sys.columns AS c ON c.object_id = ct.object_id"));
+    assert!(code.contains(
+        "N'GRANT VIEW DEFINITION ON OBJECT::[cdc].' + QUOTENAME(@change_table) + N' TO ' + @grantee"
+    ));
+    assert!(!code.contains("GRANT SELECT ON OBJECT::[cdc].' + QUOTENAME(@change_table)"));
     assert!(GRANT_SCRIPT.contains("| cdc.fn_cdc_get_all_changes_<ci>"));
     assert!(GRANT_SCRIPT.contains("WITH (TABLOCK, HOLDLOCK)"));
 }

@@ -31,6 +31,8 @@ mod idle;
 mod keyless;
 #[path = "live_sqlserver/keys.rs"]
 mod keys;
+#[path = "live_sqlserver/lake_files.rs"]
+mod lake_files;
 #[path = "live_sqlserver/least_privilege.rs"]
 mod least_privilege;
 #[path = "live_sqlserver/parallel_load.rs"]
@@ -39,6 +41,8 @@ mod parallel_load;
 mod schema_changes;
 #[path = "live_sqlserver/switch_jobs.rs"]
 mod switch_jobs;
+#[path = "live_sqlserver/typed_columns.rs"]
+mod typed_columns;
 use cdc_copy_testkit::live::LiveSql;
 use cdc_copy_testkit::tds;
 

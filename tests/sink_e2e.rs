@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use cdc_copy::cdc::{RowSink, Value};
 use cdc_copy::sink::csv::{write_header, write_row};
 use cdc_copy::sink::rows::CsvBlobSink;
@@ -62,14 +64,18 @@ async fn rows_land_in_azurite_byte_identical_and_parse_back() {
     .map(|s| s.to_string())
     .collect();
     let block_size = 64 * 1024;
-    let mut sink = CsvBlobSink::new(blobs.writer("e2e/rows.csv", vec![], block_size), block_size);
+    let mut sink = CsvBlobSink::new(
+        blobs.writer("e2e/rows.csv", vec![], block_size),
+        block_size,
+        Arc::from(Vec::new()),
+    );
     sink.columns(&names).await.unwrap();
     let mut expected = Vec::new();
     write_header(&mut expected, &names);
     for i in 0..20_000 {
         let r = row(i);
         sink.row(&r).await.unwrap();
-        write_row(&mut expected, &r);
+        write_row(&mut expected, &r, &[]);
     }
     assert!(
         blobs.read("e2e/rows.csv").await.unwrap().is_none(),

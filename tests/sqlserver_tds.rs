@@ -16,12 +16,13 @@ use cdc_copy_testkit::model::collation::Rules;
 use cdc_copy_testkit::tds;
 
 use async_trait::async_trait;
+use cdc_copy::cdc::columns::CapturedColumnRow;
 use cdc_copy::cdc::RowSinkError;
 use cdc_copy::cdc::{
     AllRowFilter, CaptureInstance, CdcError, CdcSession, CdcSource, DdlEvent, FullLoadProgress,
     Lsn, LsnRange, RowFilter, RowSink, TableRef, TableState, Value, Watermark, Window,
 };
-use cdc_copy::cdc::{Collation, KeyColumn, KeyType};
+use cdc_copy::cdc::{Collation, ColumnDesc, ColumnType, KeyColumn, KeyType, Length};
 use cdc_copy::cdc::{ScanMark, VecSink};
 use cdc_copy::config::{Secret, SqlTarget};
 use cdc_copy::sqlserver::{sql, SqlServerSource};
@@ -59,6 +60,23 @@ fn lsn_cell(n: u128) -> Cell {
     Cell::Bytes(lsn(n).0.to_vec())
 }
 
+/// The declaration the scripted catalog gives a captured column that is not a key column.
+fn non_key(name: &str) -> ColumnDesc {
+    ColumnDesc::new(name, ColumnType::NVarChar(Length::Of(50)), true)
+        .with_collation("SQL_Latin1_General_CP1_CI_AS")
+}
+
+/// `int` NOT NULL key columns `keys`, then the other `columns` as [`non_key`] declares them.
+fn columns_of(keys: &[&str], columns: &[&str]) -> Vec<ColumnDesc> {
+    columns
+        .iter()
+        .map(|c| match keys.contains(c) {
+            true => ColumnDesc::new(*c, ColumnType::Int, false),
+            false => non_key(c),
+        })
+        .collect()
+}
+
 fn customers_ci() -> CaptureInstance {
     CaptureInstance {
         table: table("dbo", "customers"),
@@ -67,7 +85,7 @@ fn customers_ci() -> CaptureInstance {
         min_lsn: lsn(100),
         start_lsn: Some(lsn(100)),
         key_columns: vec![KeyColumn::new("customer_id", KeyType::Int)],
-        columns: vec!["customer_id".into(), "name".into()],
+        columns: columns_of(&["customer_id"], &["customer_id", "name"]),
         ddl: Vec::new(),
     }
 }
@@ -81,7 +99,7 @@ fn audit_log_ci() -> CaptureInstance {
         min_lsn: lsn(100),
         start_lsn: Some(lsn(100)),
         key_columns: Vec::new(),
-        columns: vec!["event".into(), "Order Date".into()],
+        columns: columns_of(&[], &["event", "Order Date"]),
         ddl: Vec::new(),
     }
 }
@@ -268,16 +286,46 @@ fn capture_reply_with_ddl(
                 col("column_name", SqlType::NVarChar(128)),
                 col("column_ordinal", SqlType::Int),
                 col("is_computed", SqlType::Bit),
+                col("system_type_name", SqlType::NVarChar(128)),
+                col("type_name", SqlType::NVarChar(128)),
+                col("max_length", SqlType::SmallInt),
+                col("precision", SqlType::TinyInt),
+                col("scale", SqlType::TinyInt),
+                col("collation_name", SqlType::NVarChar(128)),
+                col("is_nullable", SqlType::Bit),
             ],
             rows: captured
                 .iter()
                 .zip(1..)
                 .map(|((ci, column, computed), ordinal)| {
+                    // A key column has its key type in the change table too; the others are
+                    // what `non_key` declares.
+                    let key = keys.iter().find(|k| k.ci == ci && k.column == column);
+                    let ty = key.map_or_else(
+                        || CapturedColumnRow::typed(column, &non_key(column)),
+                        |k| CapturedColumnRow {
+                            system_type: k.system_type.map(str::to_string),
+                            type_name: k.type_name.to_string(),
+                            max_length: Some(k.max_length as i16),
+                            precision: k.precision as u8,
+                            scale: k.scale as u8,
+                            collation_name: k.collation.map(str::to_string),
+                            is_nullable: k.nullable,
+                            ..CapturedColumnRow::typed(column, &non_key(column))
+                        },
+                    );
                     vec![
                         Cell::Text(ci.clone()),
                         Cell::Text(column.clone()),
                         Cell::Int(ordinal),
                         Cell::Bit(*computed),
+                        opt_text(ty.system_type.as_deref()),
+                        Cell::Text(ty.type_name.clone()),
+                        ty.max_length.map_or(Cell::Null, |n| Cell::Int(n.into())),
+                        Cell::Int(ty.precision.into()),
+                        Cell::Int(ty.scale.into()),
+                        opt_text(ty.collation_name.as_deref()),
+                        Cell::Bit(ty.is_nullable),
                     ]
                 })
                 .collect(),
@@ -364,7 +412,10 @@ async fn capture_instance_picks_the_newest_or_the_wanted_one() {
                 KeyColumn::new("region", KeyType::Int),
                 KeyColumn::new("customer_id", KeyType::Int)
             ],
-            columns: vec!["region".into(), "customer_id".into(), "name".into()],
+            columns: columns_of(
+                &["region", "customer_id"],
+                &["region", "customer_id", "name"]
+            ),
             ddl: Vec::new(),
         }
     );
@@ -375,7 +426,7 @@ async fn capture_instance_picks_the_newest_or_the_wanted_one() {
     assert_eq!(wanted.name, "dbo_customers");
     assert_eq!(wanted.min_lsn, lsn(100));
     assert_eq!(wanted.key_names(), vec!["customer_id".to_string()]);
-    assert_eq!(wanted.columns, vec!["customer_id", "name"]);
+    assert_eq!(wanted.column_names(), vec!["customer_id", "name"]);
 
     let requests = server.requests();
     assert_eq!(requests.len(), 2, "one round trip each");
@@ -534,7 +585,7 @@ async fn capture_instances_lists_both_instances_oldest_first_with_their_ddl() {
                 name: "dbo_customers_v2".into(),
                 min_lsn: lsn(500),
                 start_lsn: Some(lsn(500)),
-                columns: vec!["customer_id".into(), "name".into(), "Loyalty Tier".into()],
+                columns: columns_of(&["customer_id"], &["customer_id", "name", "Loyalty Tier"]),
                 ddl: vec![event(widen, 700, at(11, 0))],
                 ..customers_ci()
             },
@@ -780,9 +831,9 @@ async fn net_changes_stream_every_type_and_null() {
     let server = FakeServer::start().await;
     let all_types = CaptureInstance {
         columns: all_types_columns()
-            .into_iter()
+            .iter()
             .skip(3)
-            .map(|c| c.name)
+            .map(tds::Column::desc)
             .collect(),
         ..customers_ci()
     };
@@ -1275,12 +1326,7 @@ async fn scan_pages_by_key_and_returns_the_last_key() {
             KeyColumn::new("created", KeyType::DateTime),
             KeyColumn::new("customer_id", KeyType::Int),
         ],
-        columns: vec![
-            "customer_id".into(),
-            "region".into(),
-            "created".into(),
-            "email".into(),
-        ],
+        columns: columns_of(&[], &["customer_id", "region", "created", "email"]),
         ..customers_ci()
     };
     let first = sql::scan(&ci.table, &ci.key_columns, &ci.columns, false, false).unwrap();
@@ -2325,7 +2371,7 @@ async fn capture_instance_reads_declared_key_types_and_captured_columns() {
         ]
     );
     assert_eq!(
-        ci.columns,
+        ci.column_names(),
         vec!["region", "owner", "created", "amount", "name"],
         "the computed column is left out"
     );
@@ -2511,7 +2557,7 @@ async fn full_load_keys(server: &FakeServer) -> Vec<String> {
     )
     .await;
     assert_eq!(report.status, Status::Done, "{:?}", report.logs());
-    let mut names = ctx.blobs.list("dbo/customers/").await.unwrap();
+    let mut names = ctx.blobs.list("dbo/customers/full/").await.unwrap();
     names.sort();
     let mut keys = Vec::new();
     for name in names {
@@ -2623,12 +2669,17 @@ async fn datetime_keys_page_without_rereading_the_boundary_row() {
             page,
         )
     });
+    // As SQL Server shows a datetime: milliseconds .000, .003, .007 (format version 2).
     let expected: Vec<String> = (0..7)
         .map(|tick| {
-            common::cdc::render(&Value::DateTime(cdc_copy_testkit::model::to_sql_datetime(
-                tick_time(tick),
-            )))
-            .unwrap()
+            let value = Value::DateTime(cdc_copy_testkit::model::to_sql_datetime(tick_time(tick)));
+            let mut out = Vec::new();
+            cdc_copy::sink::csv::write_typed(
+                &mut out,
+                &value,
+                &cdc_copy::cdc::ColumnType::DateTime,
+            );
+            String::from_utf8(out).unwrap()
         })
         .collect();
     let got = full_load_keys(&server).await;
@@ -2724,5 +2775,119 @@ async fn last_error_is_written_read_and_cleared_with_typed_parameters() {
     assert_eq!(
         param_types(server.requests().last().unwrap()),
         ["nvarchar", "nvarchar"]
+    );
+}
+
+/// `CAPTURE_INSTANCES` for `dbo.customers` (one instance, `int` key `customer_id`) whose result
+/// set 3 rows are `rows`, as the server would send them.
+fn reply_with_captured(rows: &[CapturedColumnRow]) -> Reply {
+    let captured: Vec<(String, String, bool)> = rows
+        .iter()
+        .map(|r| ("dbo_customers".to_string(), r.column_name.clone(), false))
+        .collect();
+    let keys = [int_key("dbo_customers", "customer_id")];
+    let Reply::Results(mut sets) =
+        capture_reply(&[("dbo_customers", true, 100)], None, &keys, &captured)
+    else {
+        unreachable!("capture_reply answers result sets")
+    };
+    let opt_text = |v: &Option<String>| v.clone().map_or(Cell::Null, Cell::Text);
+    for (cells, row) in sets[2].rows.iter_mut().zip(rows) {
+        cells.truncate(4);
+        cells.extend([
+            opt_text(&row.system_type),
+            Cell::Text(row.type_name.clone()),
+            row.max_length.map_or(Cell::Null, |n| Cell::Int(n.into())),
+            Cell::Int(row.precision.into()),
+            Cell::Int(row.scale.into()),
+            opt_text(&row.collation_name),
+            Cell::Bit(row.is_nullable),
+        ]);
+    }
+    Reply::Results(sets)
+}
+
+/// Issue 11: result set 3 gives each captured column its declared type, decoded into the
+/// instance's `ColumnDesc`s (alias and CLR types by their base type or name, `(max)`,
+/// decimal precision and scale, time scales, collations and nullability).
+#[tokio::test]
+async fn captured_columns_carry_their_declared_types() {
+    let server = FakeServer::start().await;
+    let ci_as = "SQL_Latin1_General_CP1_CI_AS";
+    let wanted = vec![
+        ColumnDesc::new("customer_id", ColumnType::Int, false),
+        ColumnDesc::new("code", ColumnType::VarChar(Length::Max), true).with_collation(ci_as),
+        ColumnDesc::new("name", ColumnType::NChar(Length::Of(10)), false).with_collation(ci_as),
+        ColumnDesc::new(
+            "amount",
+            ColumnType::Decimal {
+                precision: 38,
+                scale: 6,
+            },
+            true,
+        ),
+        ColumnDesc::new("cash", ColumnType::SmallMoney, true),
+        ColumnDesc::new("at", ColumnType::DateTime2 { scale: 3 }, true),
+        ColumnDesc::new("seen", ColumnType::DateTimeOffset { scale: 0 }, true),
+        ColumnDesc::new("version", ColumnType::Binary(Length::Of(8)), false),
+        ColumnDesc::new("shape", ColumnType::Other("geography".into()), true),
+    ];
+    let mut rows: Vec<CapturedColumnRow> = wanted
+        .iter()
+        .map(|d| CapturedColumnRow::typed(&d.name, d))
+        .collect();
+    // An alias type: sys.types gives the alias's name, system_type_name its base type.
+    rows[2].type_name = "customer_name".into();
+    server.on(sql::CAPTURE_INSTANCES, reply_with_captured(&rows));
+    let mut session = session(&server).await;
+    let ci = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap();
+    assert_eq!(ci.columns, wanted);
+    assert_eq!(
+        ci.change_columns(cdc_copy::cdc::ChangeMode::Net)
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()[..4],
+        [
+            "__$start_lsn",
+            "__$operation",
+            "__$update_mask",
+            "customer_id"
+        ]
+    );
+    assert_eq!(&ci.load_columns()[..], &wanted[..]);
+}
+
+/// Without VIEW DEFINITION on the change table, its `sys.columns` rows are invisible and the
+/// outer joins give NULL types: refused, naming the columns and the grant, never guessed.
+#[tokio::test]
+async fn captured_column_types_the_login_cannot_see_are_refused_naming_the_grant() {
+    let server = FakeServer::start().await;
+    let hidden = |name: &str| CapturedColumnRow {
+        system_type: None,
+        type_name: "int".into(),
+        max_length: None,
+        ..CapturedColumnRow::typed(name, &non_key(name))
+    };
+    server.on(
+        sql::CAPTURE_INSTANCES,
+        reply_with_captured(&[hidden("customer_id"), hidden("name")]),
+    );
+    let mut session = session(&server).await;
+    let err = session
+        .capture_instance(&table("dbo", "customers"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CdcError::ColumnTypesNotVisible { columns, .. } if columns == &["customer_id", "name"]),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    let message = err.to_string();
+    assert!(
+        message.contains("GRANT VIEW DEFINITION ON OBJECT::cdc.[dbo_customers_CT]"),
+        "{message}"
     );
 }

@@ -5,8 +5,8 @@
 use chrono::{TimeZone, Utc};
 
 use cdc_copy::cdc::{
-    CaptureInstance, CdcError, CdcSession, CdcSource, KeyColumn, KeyType, Lsn, RangeProgress,
-    TableRef, Value,
+    CaptureInstance, CdcError, CdcSession, CdcSource, ColumnDesc, ColumnType, KeyColumn, KeyType,
+    Lsn, RangeProgress, TableRef, Value,
 };
 use cdc_copy::sqlserver::{sql, SqlServerSource};
 use cdc_copy_testkit::tds::{col, Cell, FakeServer, ParamValue, Reply, SqlType};
@@ -33,7 +33,18 @@ fn orders_ci() -> CaptureInstance {
             KeyColumn::new("region", KeyType::Int),
             KeyColumn::new("id", KeyType::BigInt),
         ],
-        columns: vec!["region".into(), "id".into(), "amount".into()],
+        columns: vec![
+            ColumnDesc::new("region", ColumnType::Int, false),
+            ColumnDesc::new("id", ColumnType::BigInt, false),
+            ColumnDesc::new(
+                "amount",
+                ColumnType::Decimal {
+                    precision: 18,
+                    scale: 2,
+                },
+                true,
+            ),
+        ],
         ddl: Vec::new(),
     }
 }

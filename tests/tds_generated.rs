@@ -24,7 +24,7 @@ fn capture_instance(wide: bool) -> CaptureInstance {
         columns: tds::customers(wide, false, 0)
             .columns()
             .iter()
-            .map(|c| c.name.clone())
+            .map(tds::Column::desc)
             .collect(),
         ddl: Vec::new(),
     }

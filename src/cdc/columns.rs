@@ -17,6 +17,8 @@
 
 use std::fmt;
 
+use super::{ColumnDesc, ColumnType, Length};
+
 /// A collation name safe to splice after `COLLATE` (letters, digits and `_` only; SQL Server's
 /// collation names are all of that form, e.g. `SQL_Latin1_General_CP1_CI_AS`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -102,6 +104,39 @@ pub enum KeyType {
 }
 
 impl KeyType {
+    /// The same declaration as a [`ColumnType`] (a key column is a captured column too).
+    pub fn column_type(&self) -> ColumnType {
+        match self {
+            KeyType::TinyInt => ColumnType::TinyInt,
+            KeyType::SmallInt => ColumnType::SmallInt,
+            KeyType::Int => ColumnType::Int,
+            KeyType::BigInt => ColumnType::BigInt,
+            KeyType::Bit => ColumnType::Bit,
+            KeyType::Decimal { precision, scale } => ColumnType::Decimal {
+                precision: *precision,
+                scale: *scale,
+            },
+            KeyType::Money => ColumnType::Money,
+            KeyType::SmallMoney => ColumnType::SmallMoney,
+            KeyType::Float => ColumnType::Float,
+            KeyType::Real => ColumnType::Real,
+            KeyType::Char { length, .. } => ColumnType::Char(Length::Of(*length)),
+            KeyType::VarChar { length, .. } => ColumnType::VarChar(Length::Of(*length)),
+            KeyType::NChar { length, .. } => ColumnType::NChar(Length::Of(*length)),
+            KeyType::NVarChar { length, .. } => ColumnType::NVarChar(Length::Of(*length)),
+            KeyType::Binary { length } => ColumnType::Binary(Length::Of(*length)),
+            KeyType::VarBinary { length } => ColumnType::VarBinary(Length::Of(*length)),
+            KeyType::Date => ColumnType::Date,
+            KeyType::Time { scale } => ColumnType::Time { scale: *scale },
+            KeyType::DateTime => ColumnType::DateTime,
+            KeyType::DateTime2 { scale } => ColumnType::DateTime2 { scale: *scale },
+            KeyType::SmallDateTime => ColumnType::SmallDateTime,
+            KeyType::DateTimeOffset { scale } => ColumnType::DateTimeOffset { scale: *scale },
+            KeyType::UniqueIdentifier => ColumnType::UniqueIdentifier,
+            KeyType::RowVersion => ColumnType::RowVersion,
+        }
+    }
+
     /// The type as T-SQL spells it (the target of a `CAST`): `varchar(20)`, `decimal(18,2)`…
     /// A `rowversion` parameter is cast to `binary(8)` (a rowversion cannot be a CAST target).
     pub fn sql(&self) -> String {
@@ -269,11 +304,81 @@ pub struct KeyColumnRow {
     pub is_nullable: bool,
 }
 
-/// A captured column (`cdc.captured_columns`), one row of `CAPTURE_INSTANCES` result set 3.
+/// A captured column (`cdc.captured_columns`) with its declared type in the change table
+/// (`sys.columns` of `cdc.change_tables.object_id`), one row of `CAPTURE_INSTANCES` result
+/// set 3. `max_length` is `None` when the change table's columns are not visible to the login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapturedColumnRow {
     pub column_name: String,
     pub is_computed: bool,
+    pub system_type: Option<String>,
+    pub type_name: String,
+    pub max_length: Option<i16>,
+    pub precision: u8,
+    pub scale: u8,
+    pub collation_name: Option<String>,
+    pub is_nullable: bool,
+}
+
+impl CapturedColumnRow {
+    /// A captured column of type `ty` as the catalog would list it (for tests and fakes).
+    pub fn typed(column_name: &str, desc: &crate::cdc::ColumnDesc) -> CapturedColumnRow {
+        let (system, max_length, precision, scale) = catalog_of(&desc.ty);
+        CapturedColumnRow {
+            column_name: column_name.to_string(),
+            is_computed: false,
+            system_type: system.clone(),
+            type_name: system.unwrap_or_else(|| desc.ty.sql()),
+            max_length: Some(max_length),
+            precision,
+            scale,
+            collation_name: desc.collation.clone(),
+            is_nullable: desc.nullable,
+        }
+    }
+}
+
+/// The `sys.columns` view of a [`ColumnType`]: the base system type's name (`None` for
+/// [`ColumnType::Other`]), `max_length` in bytes (-1 for `(max)`), precision and scale. The
+/// inverse of [`ColumnType::from_catalog`], so fakes answer the catalog as the server would.
+/// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-columns-transact-sql>
+pub fn catalog_of(ty: &ColumnType) -> (Option<String>, i16, u8, u8) {
+    let len = |n: &Length, unit: i16| match n {
+        Length::Max => -1,
+        Length::Of(n) => i16::try_from(*n).unwrap_or(i16::MAX).saturating_mul(unit),
+    };
+    let (name, max_length, precision, scale): (&str, i16, u8, u8) = match ty {
+        ColumnType::Bit => ("bit", 1, 1, 0),
+        ColumnType::TinyInt => ("tinyint", 1, 3, 0),
+        ColumnType::SmallInt => ("smallint", 2, 5, 0),
+        ColumnType::Int => ("int", 4, 10, 0),
+        ColumnType::BigInt => ("bigint", 8, 19, 0),
+        ColumnType::Real => ("real", 4, 24, 0),
+        ColumnType::Float => ("float", 8, 53, 0),
+        ColumnType::Decimal { precision, scale } => ("decimal", 17, *precision, *scale),
+        ColumnType::Money => ("money", 8, 19, 4),
+        ColumnType::SmallMoney => ("smallmoney", 4, 10, 4),
+        ColumnType::Char(n) => ("char", len(n, 1), 0, 0),
+        ColumnType::VarChar(n) => ("varchar", len(n, 1), 0, 0),
+        ColumnType::NChar(n) => ("nchar", len(n, 2), 0, 0),
+        ColumnType::NVarChar(n) => ("nvarchar", len(n, 2), 0, 0),
+        ColumnType::Text => ("text", 16, 0, 0),
+        ColumnType::NText => ("ntext", 16, 0, 0),
+        ColumnType::Image => ("image", 16, 0, 0),
+        ColumnType::Xml => ("xml", -1, 0, 0),
+        ColumnType::Binary(n) => ("binary", len(n, 1), 0, 0),
+        ColumnType::VarBinary(n) => ("varbinary", len(n, 1), 0, 0),
+        ColumnType::RowVersion => ("timestamp", 8, 0, 0),
+        ColumnType::Date => ("date", 3, 10, 0),
+        ColumnType::Time { scale } => ("time", 5, 16, *scale),
+        ColumnType::DateTime => ("datetime", 8, 23, 3),
+        ColumnType::SmallDateTime => ("smalldatetime", 4, 16, 0),
+        ColumnType::DateTime2 { scale } => ("datetime2", 8, 27, *scale),
+        ColumnType::DateTimeOffset { scale } => ("datetimeoffset", 10, 34, *scale),
+        ColumnType::UniqueIdentifier => ("uniqueidentifier", 16, 0, 0),
+        ColumnType::Other(_) => return (None, -1, 0, 0),
+    };
+    (Some(name.to_string()), max_length, precision, scale)
 }
 
 /// What [`describe`] found.
@@ -281,9 +386,10 @@ pub struct CapturedColumnRow {
 pub struct Columns {
     /// Empty for a table without a primary key or unique index (read by all changes).
     pub key: Vec<KeyColumn>,
-    /// The captured columns the copier writes, in `column_ordinal` order: computed columns are
-    /// left out (CDC records them as NULL in every change row, see docs/csv-format.md).
-    pub captured: Vec<String>,
+    /// The captured columns the copier writes, in `column_ordinal` order, with their declared
+    /// types: computed columns are left out (CDC records them as NULL in every change row, see
+    /// docs/csv-format.md).
+    pub captured: Vec<ColumnDesc>,
 }
 
 /// Why a capture instance's columns cannot be copied.
@@ -299,6 +405,9 @@ pub enum ColumnsError {
         column: String,
         collation: String,
     },
+    /// The change table's `sys.columns` rows are not visible to the login (no VIEW DEFINITION
+    /// on `cdc.<capture_instance>_CT`), so the captured columns have no declared type.
+    TypesNotVisible(Vec<String>),
 }
 
 /// Catalog rows (key columns in key order, captured columns in `column_ordinal` order) to a
@@ -339,10 +448,31 @@ pub fn describe(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let captured = captured
+    let captured: Vec<&CapturedColumnRow> = captured.iter().filter(|c| !c.is_computed).collect();
+    let hidden: Vec<String> = captured
         .iter()
-        .filter(|c| !c.is_computed)
+        .filter(|c| c.max_length.is_none())
         .map(|c| c.column_name.clone())
+        .collect();
+    if !hidden.is_empty() {
+        return Err(ColumnsError::TypesNotVisible(hidden));
+    }
+    let captured = captured
+        .into_iter()
+        .map(|c| {
+            let ty = ColumnType::from_catalog(
+                c.system_type.as_deref(),
+                &c.type_name,
+                c.max_length.unwrap_or(-1),
+                c.precision,
+                c.scale,
+            );
+            let desc = ColumnDesc::new(&c.column_name, ty, c.is_nullable);
+            match &c.collation_name {
+                Some(collation) => desc.with_collation(collation),
+                None => desc,
+            }
+        })
         .collect();
     Ok(Columns { key, captured })
 }
@@ -481,8 +611,8 @@ mod tests {
 
     fn captured(name: &str, is_computed: bool) -> CapturedColumnRow {
         CapturedColumnRow {
-            column_name: name.into(),
             is_computed,
+            ..CapturedColumnRow::typed(name, &ColumnDesc::new(name, ColumnType::Int, false))
         }
     }
 
@@ -509,7 +639,8 @@ mod tests {
                 KeyColumn::new("id", KeyType::BigInt)
             ]
         );
-        assert_eq!(ok.captured, vec!["region", "id", "name"]);
+        let names: Vec<&str> = ok.captured.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["region", "id", "name"]);
         let cases: Vec<(Vec<KeyColumnRow>, ColumnsError)> = vec![
             (
                 vec![
@@ -555,5 +686,48 @@ mod tests {
             "CAST(@P2 COLLATE SQL_Latin1_General_CP1_CI_AS AS varchar(20))"
         );
         assert_eq!(KeyType::RowVersion.cast("@P3"), "CAST(@P3 AS binary(8))");
+    }
+
+    #[test]
+    fn captured_columns_carry_their_change_table_types() {
+        let ci_as = "SQL_Latin1_General_CP1_CI_AS";
+        let wanted = [
+            ColumnDesc::new("id", ColumnType::Int, false),
+            ColumnDesc::new("name", ColumnType::NVarChar(Length::Of(50)), true)
+                .with_collation(ci_as),
+            ColumnDesc::new(
+                "price",
+                ColumnType::Decimal {
+                    precision: 38,
+                    scale: 10,
+                },
+                true,
+            ),
+            ColumnDesc::new("at", ColumnType::DateTime2 { scale: 3 }, true),
+            ColumnDesc::new("notes", ColumnType::VarChar(Length::Max), true).with_collation(ci_as),
+            ColumnDesc::new("shape", ColumnType::Other("geography".into()), true),
+        ];
+        let rows: Vec<CapturedColumnRow> = wanted
+            .iter()
+            .map(|d| CapturedColumnRow {
+                // An alias or CLR type's own name, as `sys.types` gives it.
+                type_name: match &d.ty {
+                    ColumnType::Other(name) => name.clone(),
+                    _ => "alias_name".into(),
+                },
+                ..CapturedColumnRow::typed(&d.name, d)
+            })
+            .collect();
+        assert_eq!(describe(&[], &rows).unwrap().captured, wanted);
+        // Without VIEW DEFINITION on the change table its sys.columns rows are invisible, and
+        // the LEFT JOIN gives NULLs: refused by column name, never guessed.
+        let hidden = CapturedColumnRow {
+            max_length: None,
+            ..rows[1].clone()
+        };
+        assert_eq!(
+            describe(&[], &[rows[0].clone(), hidden]),
+            Err(ColumnsError::TypesNotVisible(vec!["name".into()]))
+        );
     }
 }

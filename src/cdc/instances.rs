@@ -191,7 +191,11 @@ mod tests {
             min_lsn: start.map_or(Lsn::ZERO, lsn),
             start_lsn: start.map(lsn),
             key_columns: vec![KeyColumn::new("id", KeyType::Int)],
-            columns: vec!["id".into()],
+            columns: vec![crate::cdc::ColumnDesc::new(
+                "id",
+                crate::cdc::ColumnType::Int,
+                false,
+            )],
             ddl: Vec::new(),
         }
     }

@@ -215,6 +215,13 @@ pub struct ColumnDesc {
     pub collation: Option<String>,
 }
 
+/// A column is named by its name wherever a statement lists columns.
+impl AsRef<str> for ColumnDesc {
+    fn as_ref(&self) -> &str {
+        &self.name
+    }
+}
+
 impl ColumnDesc {
     pub fn new(name: impl Into<String>, ty: ColumnType, nullable: bool) -> ColumnDesc {
         ColumnDesc {
@@ -258,7 +265,8 @@ mod tests {
     #[test]
     fn catalog_rows_decode_to_their_declared_types() {
         // (system type, type name, max_length, precision, scale) → T-SQL text.
-        let cases: &[(Option<&str>, &str, i16, u8, u8, &str)] = &[
+        type Case<'a> = (Option<&'a str>, &'a str, i16, u8, u8, &'a str);
+        let cases: &[Case] = &[
             (Some("int"), "int", 4, 10, 0, "int"),
             (Some("bigint"), "bigint", 8, 19, 0, "bigint"),
             (Some("bit"), "bit", 1, 1, 0, "bit"),

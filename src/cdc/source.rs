@@ -5,12 +5,13 @@
 //! uploads) without tying lifetimes through a trait object.
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{KeyColumn, Lsn, LsnRange, Value};
+use super::{ColumnDesc, KeyColumn, Lsn, LsnRange, Value};
 
 /// A source table, `schema.table`. Names are validated (see [`TableRef::parse`]) but are
 /// still always passed to SQL Server quoted or as parameters, never spliced raw.
@@ -124,9 +125,10 @@ pub struct CaptureInstance {
     /// their declared types.
     pub key_columns: Vec<KeyColumn>,
     /// The captured columns the copier writes (`cdc.captured_columns` in `column_ordinal`
-    /// order, computed columns left out): the full load selects exactly these, and the net
-    /// changes select them after the CDC columns, so both files have the same columns.
-    pub columns: Vec<String>,
+    /// order, computed columns left out) with their declared types in the change table: the
+    /// full load selects exactly these, and the net changes select them after the CDC columns,
+    /// so both files have the same columns.
+    pub columns: Vec<ColumnDesc>,
     /// The DDL `cdc.ddl_history` recorded against this instance (so after it was created),
     /// oldest first.
     pub ddl: Vec<DdlEvent>,
@@ -189,6 +191,29 @@ impl CaptureInstance {
     /// The key columns' names in key order.
     pub fn key_names(&self) -> Vec<String> {
         self.key_columns.iter().map(|k| k.name.clone()).collect()
+    }
+
+    /// The captured columns' names, in file order.
+    pub fn column_names(&self) -> Vec<String> {
+        self.columns.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The columns of a change file read in `mode`: the CDC columns the change function
+    /// returns first (`__$seqval` only for all changes), then the captured columns.
+    pub fn change_columns(&self, mode: ChangeMode) -> Arc<[ColumnDesc]> {
+        let mut cdc = vec![ColumnDesc::lsn("__$start_lsn")];
+        if mode == ChangeMode::All {
+            cdc.push(ColumnDesc::lsn("__$seqval"));
+        }
+        cdc.extend([ColumnDesc::operation(), ColumnDesc::update_mask()]);
+        cdc.into_iter()
+            .chain(self.columns.iter().cloned())
+            .collect()
+    }
+
+    /// The columns of a full-load part: the captured columns alone.
+    pub fn load_columns(&self) -> Arc<[ColumnDesc]> {
+        self.columns.iter().cloned().collect()
     }
 }
 
@@ -484,6 +509,20 @@ pub enum CdcError {
     /// and its baseline is not exact. Transient: the load starts again.
     #[error("the transaction holding the table lock of a full load had already ended when the load released it (the server rolled it back), so changes may have committed during the scan; nothing was committed and the load will be retried")]
     LockLost,
+    /// The change table's columns are not visible to the login, so their declared types are
+    /// unknown. Definite: a grant fixes it.
+    #[error(
+        "the declared types of column(s) {} of capture instance {capture_instance} of {table} \
+         are not visible to this login: it needs VIEW DEFINITION on the change table \
+         (GRANT VIEW DEFINITION ON OBJECT::cdc.[{capture_instance}_CT]; \
+         sql/grant-managed-identity.sql grants it)",
+        .columns.join(", ")
+    )]
+    ColumnTypesNotVisible {
+        table: TableRef,
+        capture_instance: String,
+        columns: Vec<String>,
+    },
     #[error("the watermark table {0} does not exist: run sql/setup.sql (see README, \"The watermark table\")")]
     NoWatermarkTable(String),
     /// The watermark table was created by an older `sql/setup.sql`: a column this version

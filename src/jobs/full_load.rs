@@ -461,9 +461,10 @@ async fn load_range(
     while !checkpoint.done() {
         let at = checkpoint.position();
         let parts_done = at.parts_done;
+        let ext = ctx.settings.format.extension();
         let name = match at.range {
-            None => naming::full_load_part_name(&ci.table, at.load_id, parts_done),
-            Some(r) => naming::full_load_range_part_name(&ci.table, at.load_id, r, parts_done),
+            None => naming::full_load_part_name(&ci.table, at.load_id, parts_done, ext),
+            Some(r) => naming::full_load_range_part_name(&ci.table, at.load_id, r, parts_done, ext),
         };
         let spec = PartSpec {
             name: &name,
@@ -551,7 +552,7 @@ async fn write_part(
         .blobs
         .writer(spec.name, metadata, ctx.settings.block_size);
     writer.create_only();
-    let mut sink = ctx.csv_sink(writer);
+    let mut sink = ctx.file_sink(writer, ci.load_columns());
     let (rows, last_key) = session
         .scan(ci, spec.after, spec.upto, spec.rows, &mut sink)
         .await?;
@@ -564,6 +565,7 @@ async fn write_part(
             bytes: 0,
         });
     }
+    ctx.publish_schema(ci, &mut sink).await?;
     sink.set_metadata("row_count", rows.to_string());
     sink.set_metadata("last_key", encode_key(last_key.as_deref()));
     match sink.finish().await {

@@ -37,7 +37,7 @@ use crate::host::{TableMessage, TimerTrigger};
 use crate::naming;
 use crate::report::{Report, Status, SwitchFields, TableResult};
 use crate::sink::blob::BlockPrefix;
-use crate::sink::rows::CsvBlobSink;
+use crate::sink::format::FileSink;
 use crate::window::{self, Plan};
 
 const SUPERSEDED: &str = "superseded: another invocation advanced the watermark first";
@@ -218,7 +218,7 @@ async fn copy_window(
 ) -> Result<Option<Watermark>, JobError> {
     let mode = capture.mode(ci)?;
     result.mode = Some(mode);
-    let staged = stream_window(ctx, session, ci, mode, window).await?;
+    let mut staged = stream_window(ctx, session, ci, mode, window).await?;
     let reader = instances::reader_after(&ci.name, capture.target(), window.range.to()).to_string();
     if !recorded && staged.rows() == 0 {
         // Dropping the sink drops its writer: no block list is ever committed for it.
@@ -230,6 +230,8 @@ async fn copy_window(
         }
         return Ok(next);
     }
+    // A blob will be committed: its schema document first (an idle window touches no blob).
+    ctx.publish_schema(ci, &mut staged).await?;
     let recorded = if recorded {
         wm.clone()
     } else {
@@ -337,7 +339,7 @@ async fn commit_window(
     wm: &Watermark,
     window: &Window,
     reader: String,
-    mut staged: CsvBlobSink,
+    mut staged: FileSink,
     result: &mut TableResult,
 ) -> Result<Option<Watermark>, JobError> {
     let rows = staged.rows();
@@ -466,7 +468,7 @@ async fn stream_window(
     ci: &CaptureInstance,
     mode: ChangeMode,
     window: &Window,
-) -> Result<CsvBlobSink, JobError> {
+) -> Result<FileSink, JobError> {
     check_available(ci, window.range.from())?;
     let row_filter = match mode {
         ChangeMode::Net => ctx.settings.row_filter.as_sql(),
@@ -492,7 +494,7 @@ async fn stream_window(
     // own keep the loser's staged blocks out of the winner's block list.
     let (from, to) = (window.range.from(), window.range.to());
     writer.block_prefix(BlockPrefix::of(&[&from.0, &to.0]));
-    let mut sink = ctx.csv_sink(writer);
+    let mut sink = ctx.file_sink(writer, ci.change_columns(mode));
     let mut first_row = ContainerFirst {
         ctx,
         sink: &mut sink,
@@ -522,7 +524,7 @@ async fn stream_window(
 /// be staged from then on), so a window without rows does no Blob Storage request at all.
 struct ContainerFirst<'a> {
     ctx: &'a Context,
-    sink: &'a mut CsvBlobSink,
+    sink: &'a mut FileSink,
     ready: bool,
 }
 

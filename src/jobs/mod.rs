@@ -31,8 +31,10 @@ use crate::report::{Report, Status, TableResult};
 use crate::sink::blob::BlobTarget;
 use crate::sink::SinkError;
 
-/// Blob metadata `format_version`: bumped when the CSV layout changes.
-pub const FORMAT_VERSION: &str = "1";
+/// Blob metadata `format_version`: bumped when the file layout changes. 2: CSV rendered by
+/// declared type, and a schema document per table (docs/csv-format.md, "Changes in format
+/// version 2").
+pub const FORMAT_VERSION: &str = "2";
 
 /// How long an IncrementalCopy invocation spends on a handed-off full load (the default
 /// functionTimeout is 30 minutes).
@@ -129,8 +131,9 @@ impl JobError {
 /// Blob metadata `columns`: the captured columns the blob carries, comma-separated, each
 /// percent-encoded where it is not a letter, digit or `_` (metadata values are ASCII, and a
 /// column name may hold commas, spaces or any Unicode character).
-pub(crate) fn columns_metadata(columns: &[String]) -> String {
-    let encode = |name: &String| {
+pub(crate) fn columns_metadata(columns: &[crate::cdc::ColumnDesc]) -> String {
+    let encode = |column: &crate::cdc::ColumnDesc| {
+        let name = &column.name;
         let mut out = String::with_capacity(name.len());
         for byte in name.bytes() {
             if byte.is_ascii_alphanumeric() || byte == b'_' {
@@ -179,12 +182,40 @@ impl Context {
         (self.clock)()
     }
 
-    /// A CSV sink into a new block blob `writer`.
-    pub(crate) fn csv_sink(
+    /// The file sink of a new block blob `writer` for a file of `columns`, in the format its
+    /// name says (`CDC_FORMAT` for new names; a pending window's recorded name keeps its own).
+    pub(crate) fn file_sink(
         &self,
         writer: crate::sink::blob::BlobWriter,
-    ) -> crate::sink::rows::CsvBlobSink {
-        crate::sink::rows::CsvBlobSink::new(writer, self.settings.block_size)
+        columns: Arc<[crate::cdc::ColumnDesc]>,
+    ) -> crate::sink::format::FileSink {
+        let format = crate::sink::format::Format::of_blob(writer.name(), self.settings.format);
+        crate::sink::format::FileSink::new(format, writer, self.settings.block_size, columns)
+    }
+
+    /// Publishes the schema document of `sink`'s file, read from `ci` (create-only, before
+    /// the blob that names it is committed; nothing when its shape is published already),
+    /// and names it in the blob's metadata (a Parquet file's key/value metadata too).
+    pub(crate) async fn publish_schema(
+        &self,
+        ci: &CaptureInstance,
+        sink: &mut crate::sink::format::FileSink,
+    ) -> Result<(), JobError> {
+        use crate::sink::format::FileSink;
+        use crate::sink::schema_doc::{publish, SchemaDoc};
+        self.ensure_container().await?;
+        let mode = instances::mode(ci, self.spec(&ci.table)?.mode)?;
+        let file_format = match sink {
+            FileSink::Csv(_) => "csv",
+            FileSink::Parquet(_) => "parquet",
+        };
+        let keys = ci.key_columns.iter().map(|k| k.name.clone()).collect();
+        let format = (file_format, FORMAT_VERSION);
+        let doc = SchemaDoc::new(&ci.table, &ci.name, format, mode, keys, &ci.columns);
+        for (key, value) in publish(&self.blobs, doc).await?.blob_metadata() {
+            sink.set_metadata(&key, value);
+        }
+        Ok(())
     }
 
     /// A session for `table`, and the table's capture instances. The target (the pinned one,

@@ -41,6 +41,8 @@ pub const API_VERSION: &str = "2025-11-05";
 pub struct BlobInfo {
     pub size: u64,
     pub metadata: BTreeMap<String, String>,
+    /// `Content-Type`: `text/csv` or `application/vnd.apache.parquet` for the copier's blobs.
+    pub content_type: Option<String>,
 }
 
 /// One container of one storage account. Cheap to clone (the HTTP pipeline is shared).
@@ -243,7 +245,14 @@ impl BlobTarget {
                     .map_err(|e| map_err("get properties", &target, e))?
                     .into_iter()
                     .collect();
-                Ok(BlobInfo { size, metadata })
+                let content_type = rsp
+                    .content_type()
+                    .map_err(|e| map_err("get properties", &target, e))?;
+                Ok(BlobInfo {
+                    size,
+                    metadata,
+                    content_type,
+                })
             })
             .await;
         not_found_is_none(result)

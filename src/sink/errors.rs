@@ -54,6 +54,23 @@ pub enum SinkError {
     Config(String),
     #[error("{0}")]
     Other(String),
+    /// A schema document (`src/sink/schema_doc.rs`) that no longer parses: edited or damaged.
+    #[error(
+        "schema document {name} is not valid ({source}); cdc-copy writes it and it must not be \
+         edited: restore it, or delete the table's folder and run FullLoad with \"reset\": true"
+    )]
+    SchemaDocument {
+        name: String,
+        source: serde_json::Error,
+    },
+    /// Other runs kept publishing different schema documents of one table while this one
+    /// published its own.
+    #[error(
+        "the schema documents under {folder} changed {races} times while this run published \
+         its own: another deployment is writing different schemas of the same table to this \
+         container (check that CDC_TABLES and CDC_FORMAT agree everywhere); will retry"
+    )]
+    SchemaRace { folder: String, races: usize },
 }
 
 /// The service's code for a create-only commit that found the blob there.
@@ -90,7 +107,7 @@ impl SinkError {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
                     || code.as_deref() == Some(MD5_MISMATCH)
             }
-            SinkError::Transport { .. } => true,
+            SinkError::Transport { .. } | SinkError::SchemaRace { .. } => true,
             _ => false,
         }
     }

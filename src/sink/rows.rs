@@ -1,25 +1,30 @@
 //! The bridge from a row stream to a blob: a [`RowSink`] that CSV-encodes straight into the
 //! pending block of a [`BlobWriter`], so a row is encoded once and never copied again.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use super::blob::{BlobSummary, BlobWriter};
 use super::{csv, SinkError};
-use crate::cdc::{RowSink, RowSinkError, Value};
+use crate::cdc::{ColumnDesc, RowSink, RowSinkError, Value};
 
 /// CSV rows into one block blob. Nothing is visible until [`CsvBlobSink::finish`].
 pub struct CsvBlobSink {
     writer: BlobWriter,
     block_size: usize,
+    /// The file's declared columns, in order (what `csv::write_row` renders by).
+    columns: Arc<[ColumnDesc]>,
     rows: u64,
     header_written: bool,
 }
 
 impl CsvBlobSink {
-    pub fn new(writer: BlobWriter, block_size: usize) -> CsvBlobSink {
+    pub fn new(writer: BlobWriter, block_size: usize, columns: Arc<[ColumnDesc]>) -> CsvBlobSink {
         CsvBlobSink {
             writer,
             block_size,
+            columns,
             rows: 0,
             header_written: false,
         }
@@ -58,7 +63,7 @@ impl RowSink for CsvBlobSink {
     }
 
     async fn row(&mut self, row: &[Value]) -> Result<(), RowSinkError> {
-        csv::write_row(self.writer.buffer(), row);
+        csv::write_row(self.writer.buffer(), row, &self.columns);
         self.rows += 1;
         if self.writer.buffer().len() >= self.block_size {
             self.writer.flush_full_blocks().await?;

@@ -146,6 +146,8 @@ pub struct BlobWriter {
     /// Commit with `If-None-Match: *`: fail with 409 instead of replacing an existing blob.
     create_only: bool,
     block_prefix: BlockPrefix,
+    /// Committed as the blob's `Content-Type`: [`CONTENT_TYPE`] unless the sink says otherwise.
+    content_type: &'static str,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -183,6 +185,7 @@ impl BlobWriter {
             content_md5: Md5::new(),
             create_only: false,
             block_prefix: BlockPrefix::default(),
+            content_type: CONTENT_TYPE,
         }
     }
 
@@ -248,13 +251,29 @@ impl BlobWriter {
         }
     }
 
+    /// The blob's name in its container.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The metadata the commit will set (what the writer was created with, and what
+    /// [`set_metadata`](Self::set_metadata) added), for a format that repeats it in the file.
+    pub fn metadata(&self) -> &[(String, String)] {
+        &self.metadata
+    }
+
+    /// The `Content-Type` the commit sets (default [`CONTENT_TYPE`]).
+    pub fn set_content_type(&mut self, content_type: &'static str) {
+        self.content_type = content_type;
+    }
+
     /// Bytes accepted so far (staged, in flight and buffered).
     pub fn bytes_written(&self) -> u64 {
         self.staged_bytes + self.buf.len() as u64
     }
 
     /// Stages what is left, waits for every block, then commits the block list with the
-    /// metadata and content type `text/csv`. Only now does the blob become visible (or replace
+    /// metadata and content type (`text/csv` unless set). Only now does the blob become visible (or replace
     /// the previous version whole). An empty blob commits an empty block list.
     pub async fn finish(mut self) -> Result<BlobSummary, SinkError> {
         validate_metadata(&self.metadata)?;
@@ -274,6 +293,7 @@ impl BlobWriter {
         let target = self.target.clone();
         let client = self.client.clone();
         let create_only = self.create_only;
+        let content_type = self.content_type;
         self.retry
             .run("put block list", &target, || {
                 let list = BlockLookupList {
@@ -281,7 +301,7 @@ impl BlobWriter {
                     ..Default::default()
                 };
                 let options = BlockBlobClientCommitBlockListOptions {
-                    blob_content_type: Some(CONTENT_TYPE.to_string()),
+                    blob_content_type: Some(content_type.to_string()),
                     blob_content_md5: Some(content_md5.clone()),
                     metadata: Some(metadata.clone()),
                     if_none_match: create_only.then(|| azure_core::http::Etag::from("*")),

@@ -119,6 +119,25 @@ fn key_column_row(row: &Row) -> Result<KeyColumnRow, CdcError> {
     })
 }
 
+/// One row of `CAPTURE_INSTANCES` result set 3: the type columns are NULL when the change
+/// table's metadata is not visible to the login.
+fn captured_column_row(row: &Row) -> Result<CapturedColumnRow, CdcError> {
+    let name = required::<&str>(row, "column_name")?;
+    Ok(CapturedColumnRow {
+        column_name: name.to_string(),
+        is_computed: required::<bool>(row, "is_computed")?,
+        system_type: column::<&str>(row, "system_type_name")?.map(str::to_string),
+        type_name: column::<&str>(row, "type_name")?
+            .unwrap_or_default()
+            .to_string(),
+        max_length: column(row, "max_length")?,
+        precision: column(row, "precision")?.unwrap_or(0),
+        scale: column(row, "scale")?.unwrap_or(0),
+        collation_name: column::<&str>(row, "collation_name")?.map(str::to_string),
+        is_nullable: column(row, "is_nullable")?.unwrap_or(true),
+    })
+}
+
 /// A refused column description, with the table, instance and index it belongs to.
 fn columns_error(
     error: ColumnsError,
@@ -137,6 +156,11 @@ fn columns_error(
             table: table.clone(),
             column,
             type_name,
+        },
+        ColumnsError::TypesNotVisible(columns) => CdcError::ColumnTypesNotVisible {
+            table: table.clone(),
+            capture_instance: capture_instance.to_string(),
+            columns,
         },
         ColumnsError::KeyCollation { column, collation } => CdcError::Protocol(format!(
             "key column {column} of {table} reports collation {collation:?}, which is not a \
@@ -663,12 +687,7 @@ fn describe_instance(
     let captured_rows = captured
         .iter()
         .filter(of_instance)
-        .map(|r| {
-            Ok(CapturedColumnRow {
-                column_name: required::<&str>(r, "column_name")?.to_string(),
-                is_computed: required::<bool>(r, "is_computed")?,
-            })
-        })
+        .map(captured_column_row)
         .collect::<Result<Vec<_>, CdcError>>()?;
     let ddl = ddl
         .iter()

@@ -110,8 +110,19 @@ SELECT @max_lsn AS max_lsn,
 /// name, for messages; outer-joined so that an alias type the login may not see never drops a
 /// key column from the result), max_length (bytes), precision,
 /// scale, collation_name, is_nullable`, ordered by `capture_instance, key_ordinal`. Result
-/// set 3: `capture_instance, column_name, column_ordinal, is_computed`, ordered by
-/// `capture_instance, column_ordinal`. Result set 4: the DDL `cdc.ddl_history` recorded
+/// set 3: `capture_instance, column_name, column_ordinal, is_computed`, then the column's
+/// declared type in the same columns as set 2 (`system_type_name … is_nullable`), ordered by
+/// `capture_instance, column_ordinal`. The types are the *change table's*
+/// (`sys.columns` of `cdc.change_tables.object_id`), not the source table's: the change table
+/// is what `cdc.fn_cdc_get_*_changes_<ci>` return, so its declaration is the one the rows
+/// have. It keeps a captured column the source has since dropped (returned NULL), never has
+/// one added after the instance was created, types a `timestamp`/`rowversion` column as
+/// `binary(8)` ("The data type in the change table is converted to binary"), and follows an
+/// `ALTER COLUMN` of a captured column ("if the data type of a column is changed, the change
+/// is also propagated to the change table to ensure that the capture mechanism doesn't
+/// introduce data loss to tracked columns"). Reading the change table's metadata needs
+/// VIEW DEFINITION on it (it stays unreadable); without it the `LEFT JOIN`s leave the type
+/// columns NULL, which the session refuses naming the grant, rather than guessing a type. Result set 4: the DDL `cdc.ddl_history` recorded
 /// against each instance ("DDL changes to source tables that are enabled for change data
 /// capture"; a row belongs to the change table `object_id` it was recorded for, so only DDL
 /// after that instance was created): `capture_instance, ddl_command, ddl_lsn, ddl_time`, ordered
@@ -128,6 +139,8 @@ SELECT @max_lsn AS max_lsn,
 /// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-columns-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-types-transact-sql>
 /// <https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-ddl-history-transact-sql>
+/// <https://learn.microsoft.com/sql/relational-databases/track-changes/about-change-data-capture-sql-server>
+/// <https://learn.microsoft.com/sql/relational-databases/track-changes/change-data-capture-data-type-considerations>
 pub const CAPTURE_INSTANCES: &str = "\
 SELECT ct.capture_instance, s.name AS schema_name, t.name AS table_name,
        ct.supports_net_changes, ct.index_name,
@@ -151,9 +164,15 @@ LEFT JOIN sys.types AS st ON st.user_type_id = c.system_type_id AND st.is_user_d
      AND st.is_assembly_type = 0
 WHERE ct.source_object_id = OBJECT_ID(@P1)
 ORDER BY ct.capture_instance, ic.key_ordinal;
-SELECT ct.capture_instance, cc.column_name, cc.column_ordinal, cc.is_computed
+SELECT ct.capture_instance, cc.column_name, cc.column_ordinal, cc.is_computed,
+       st.name AS system_type_name, COALESCE(ut.name, st.name, cc.column_type) AS type_name,
+       c.max_length, c.precision, c.scale, c.collation_name, c.is_nullable
 FROM cdc.change_tables AS ct
 JOIN cdc.captured_columns AS cc ON cc.object_id = ct.object_id
+LEFT JOIN sys.columns AS c ON c.object_id = ct.object_id AND c.name = cc.column_name
+LEFT JOIN sys.types AS ut ON ut.user_type_id = c.user_type_id
+LEFT JOIN sys.types AS st ON st.user_type_id = c.system_type_id AND st.is_user_defined = 0
+     AND st.is_assembly_type = 0
 WHERE ct.source_object_id = OBJECT_ID(@P1)
 ORDER BY ct.capture_instance, cc.column_ordinal;
 BEGIN TRY
@@ -375,7 +394,10 @@ pub fn all_changes_function(capture_instance: &str) -> Result<String, NameError>
 
 /// [`ALL_CHANGES`] for a capture instance read from `cdc.change_tables`, selecting `columns`
 /// after the CDC columns.
-pub fn all_changes(capture_instance: &str, columns: &[String]) -> Result<String, NameError> {
+pub fn all_changes<S: AsRef<str>>(
+    capture_instance: &str,
+    columns: &[S],
+) -> Result<String, NameError> {
     let function = all_changes_function(capture_instance)?;
     Ok(fill(
         ALL_CHANGES,
@@ -387,7 +409,7 @@ pub fn all_changes(capture_instance: &str, columns: &[String]) -> Result<String,
 }
 
 /// [`SCAN_LOCKED`] for `table`, selecting `columns`.
-pub fn scan_locked(table: &TableRef, columns: &[String]) -> Result<String, NameError> {
+pub fn scan_locked<S: AsRef<str>>(table: &TableRef, columns: &[S]) -> Result<String, NameError> {
     Ok(fill(
         SCAN_LOCKED,
         &[
@@ -423,10 +445,10 @@ fn validate_table(table: &TableRef) -> Result<String, NameError> {
 
 /// [`NET_CHANGES`] for a capture instance read from `cdc.change_tables`, selecting `columns`
 /// after the CDC columns, ordered by its key.
-pub fn net_changes(
+pub fn net_changes<S: AsRef<str>>(
     capture_instance: &str,
     key_columns: &[KeyColumn],
-    columns: &[String],
+    columns: &[S],
 ) -> Result<String, NameError> {
     let function = net_changes_function(capture_instance)?;
     let order = key_order(key_columns)?;
@@ -442,10 +464,10 @@ pub fn net_changes(
 
 /// [`SCAN_FIRST`] (`after_key == false`) or [`SCAN_AFTER`]: `@P1` is the row limit, the key
 /// values of the last row read are `@P2…` in `key_columns` order.
-pub fn scan(
+pub fn scan<S: AsRef<str>>(
     table: &TableRef,
     key_columns: &[KeyColumn],
-    columns: &[String],
+    columns: &[S],
     after_key: bool,
     upto_key: bool,
 ) -> Result<String, NameError> {
@@ -883,6 +905,32 @@ mod tests {
     /// Result set 4 of CAPTURE_INSTANCES: the DDL recorded against each instance (joined on
     /// the change table's object_id), inside TRY with a CATCH that answers the same columns
     /// and no row.
+    /// Result set 3 types each captured column from the change table's own `sys.columns`
+    /// (`ct.object_id`, not `ct.source_object_id`), outer-joined so a missing grant shows as
+    /// NULL types instead of dropping the column.
+    #[test]
+    fn capture_instances_types_captured_columns_from_the_change_table() {
+        let third = CAPTURE_INSTANCES
+            .split(";\n")
+            .nth(2)
+            .expect("a third statement");
+        assert_eq!(
+            third,
+            "SELECT ct.capture_instance, cc.column_name, cc.column_ordinal, cc.is_computed,
+       st.name AS system_type_name, COALESCE(ut.name, st.name, cc.column_type) AS type_name,
+       c.max_length, c.precision, c.scale, c.collation_name, c.is_nullable
+FROM cdc.change_tables AS ct
+JOIN cdc.captured_columns AS cc ON cc.object_id = ct.object_id
+LEFT JOIN sys.columns AS c ON c.object_id = ct.object_id AND c.name = cc.column_name
+LEFT JOIN sys.types AS ut ON ut.user_type_id = c.user_type_id
+LEFT JOIN sys.types AS st ON st.user_type_id = c.system_type_id AND st.is_user_defined = 0
+     AND st.is_assembly_type = 0
+WHERE ct.source_object_id = OBJECT_ID(@P1)
+ORDER BY ct.capture_instance, cc.column_ordinal"
+        );
+        assert_eq!(max_param(CAPTURE_INSTANCES), 1);
+    }
+
     #[test]
     fn capture_instances_reads_the_ddl_history_inside_try() {
         let fourth = CAPTURE_INSTANCES
@@ -940,9 +988,12 @@ END CATCH;"
             assert!(scan_locked(&t("dbo", bad), &cols).is_err(), "{bad:?}");
             assert!(scan_locked(&t(bad, "t"), &cols).is_err(), "{bad:?}");
         }
-        assert!(all_changes("dbo_t", &[]).is_err(), "columns are required");
         assert!(
-            scan_locked(&t("dbo", "t"), &[]).is_err(),
+            all_changes::<String>("dbo_t", &[]).is_err(),
+            "columns are required"
+        );
+        assert!(
+            scan_locked::<String>(&t("dbo", "t"), &[]).is_err(),
             "columns are required"
         );
         for bad_column in ["", "x\u{0}"] {
@@ -954,10 +1005,10 @@ END CATCH;"
             "a key is required"
         );
         assert!(
-            net_changes("dbo_t", &keys(&["id"]), &[]).is_err(),
+            net_changes::<String>("dbo_t", &keys(&["id"]), &[]).is_err(),
             "columns are required"
         );
-        assert!(scan(&t("dbo", "t"), &keys(&["id"]), &[], false, false).is_err());
+        assert!(scan::<String>(&t("dbo", "t"), &keys(&["id"]), &[], false, false).is_err());
     }
 
     /// Column names come from the catalog, never from configuration: whatever SQL Server

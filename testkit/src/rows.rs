@@ -67,6 +67,23 @@ pub fn customer(i: u64) -> Vec<Value> {
     ]
 }
 
+/// [`COLUMNS`] with the declarations of `sql/setup.sql`'s sample table, as a capture instance
+/// reports them: the file's columns of a full-load part.
+pub fn column_descs() -> std::sync::Arc<[cdc_copy::cdc::ColumnDesc]> {
+    use cdc_copy::cdc::{ColumnDesc, ColumnType, Length};
+    let ci_as = "SQL_Latin1_General_CP1_CI_AS";
+    vec![
+        ColumnDesc::new("customer_id", ColumnType::Int, false),
+        ColumnDesc::new("first_name", ColumnType::VarChar(Length::Of(50)), false)
+            .with_collation(ci_as),
+        ColumnDesc::new("last_name", ColumnType::VarChar(Length::Of(50)), false)
+            .with_collation(ci_as),
+        ColumnDesc::new("email", ColumnType::VarChar(Length::Of(100)), false).with_collation(ci_as),
+        ColumnDesc::new("city", ColumnType::NVarChar(Length::Of(60)), true).with_collation(ci_as),
+    ]
+    .into()
+}
+
 /// [`COLUMNS`] as owned names, as the row sinks and the model take them.
 pub fn column_names() -> Vec<String> {
     COLUMNS.iter().map(|c| c.to_string()).collect()

@@ -75,6 +75,36 @@ pub struct Column {
     pub ty: SqlType,
 }
 
+impl Column {
+    /// The column as a capture instance declares it (nullable: the fake sends NULLs in any
+    /// column), for tests that script rows and need the file's columns.
+    pub fn desc(&self) -> cdc_copy::cdc::ColumnDesc {
+        use cdc_copy::cdc::{ColumnDesc, ColumnType, Length};
+        let ty = match self.ty {
+            SqlType::TinyInt => ColumnType::TinyInt,
+            SqlType::SmallInt => ColumnType::SmallInt,
+            SqlType::Int => ColumnType::Int,
+            SqlType::BigInt => ColumnType::BigInt,
+            SqlType::Bit => ColumnType::Bit,
+            SqlType::Float => ColumnType::Float,
+            SqlType::Money => ColumnType::Money,
+            SqlType::NVarChar(n) => ColumnType::NVarChar(Length::Of(n)),
+            SqlType::NVarCharMax => ColumnType::NVarChar(Length::Max),
+            SqlType::VarChar(n) => ColumnType::VarChar(Length::Of(n)),
+            SqlType::Binary(n) => ColumnType::Binary(Length::Of(n)),
+            SqlType::VarBinary(n) => ColumnType::VarBinary(Length::Of(n)),
+            SqlType::DateTime => ColumnType::DateTime,
+            SqlType::Date => ColumnType::Date,
+            SqlType::Time7 => ColumnType::Time { scale: 7 },
+            SqlType::DateTime2 => ColumnType::DateTime2 { scale: 7 },
+            SqlType::DateTimeOffset => ColumnType::DateTimeOffset { scale: 7 },
+            SqlType::Decimal(precision, scale) => ColumnType::Decimal { precision, scale },
+            SqlType::Guid => ColumnType::UniqueIdentifier,
+        };
+        ColumnDesc::new(&self.name, ty, true)
+    }
+}
+
 pub fn col(name: &str, ty: SqlType) -> Column {
     Column {
         name: name.to_string(),

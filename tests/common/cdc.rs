@@ -260,9 +260,11 @@ impl Bench {
         self.model.watermark(&self.table).expect("a watermark row")
     }
 
-    /// Committed blob names under `prefix`, sorted (timestamp names sort chronologically).
+    /// Committed data blob names under `prefix`, sorted (timestamp names sort
+    /// chronologically); the tables' schema documents (`…/_schema/`) are left out.
     pub async fn blobs(&self, prefix: &str) -> Vec<String> {
         let mut names = self.ctx.blobs.list(prefix).await.unwrap();
+        names.retain(|n| !n.contains("/_schema/"));
         names.sort();
         names
     }

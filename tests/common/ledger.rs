@@ -53,12 +53,35 @@ pub struct Ledger {
     load_id: Option<String>,
     last_applied: Option<String>,
     previous_to: Option<Lsn>,
+    /// Schema documents seen, with the ETag of their one commit.
+    documents: HashMap<String, String>,
     pub figures: Figures,
 }
 
 impl Ledger {
     pub fn new() -> Ledger {
         Ledger::default()
+    }
+
+    /// Schema documents are committed once each (create-only: a document's ETag never
+    /// changes) and never disappear.
+    fn check_schema_documents(&mut self, documents: &[(String, String)], context: &str) {
+        for (name, etag) in documents {
+            let first = self
+                .documents
+                .entry(name.clone())
+                .or_insert_with(|| etag.clone());
+            assert_eq!(
+                first, etag,
+                "{context}: schema document {name} was rewritten"
+            );
+        }
+        for name in self.documents.keys() {
+            assert!(
+                documents.iter().any(|(n, _)| n == name),
+                "{context}: schema document {name} disappeared"
+            );
+        }
     }
 
     /// Checks everything committed so far; panics with `context` on the first violation.
@@ -73,6 +96,10 @@ impl Ledger {
             Err(e) if e.code() == Some(CONTAINER_NOT_FOUND) => Vec::new(),
             other => other.unwrap(),
         };
+        let (documents, listing): (Vec<_>, Vec<_>) = listing
+            .into_iter()
+            .partition(|(n, _)| n.contains("/_schema/"));
+        self.check_schema_documents(&documents, context);
         let listed: HashMap<&str, &str> = listing
             .iter()
             .map(|(n, e)| (n.as_str(), e.as_str()))
@@ -97,6 +124,11 @@ impl Ledger {
                 info.metadata.get("row_count"),
                 Some(&(records.len() - 1).to_string()),
                 "{context}: {name}: row_count metadata vs rows (a partial blob is visible)"
+            );
+            let document = info.metadata.get("schema_document");
+            assert!(
+                document.is_some_and(|d| documents.iter().any(|(n, _)| n == d)),
+                "{context}: {name} names schema document {document:?}, which is not committed"
             );
             self.figures.commits_checked += 1;
             match self.seen.get_mut(name) {

@@ -88,7 +88,7 @@ async fn live_a_keyless_table_is_read_from_all_changes_and_loaded_under_a_table_
     assert_eq!(ci.name, "dbo_audit_log");
     assert!(!ci.supports_net_changes);
     assert!(ci.key_columns.is_empty(), "{:?}", ci.key_columns);
-    assert_eq!(ci.columns, ["event", "Order Date"]);
+    assert_eq!(ci.column_names(), ["event", "Order Date"]);
     let start = ci.start_lsn.expect("recognised (wait_for_first_capture)");
 
     // All changes, `all update old`: the update's before-image, its after-image, the insert.

@@ -51,7 +51,7 @@ pub(super) async fn live(conn: &str, prepare: &str, tables: &str) -> Live {
 
 impl Live {
     /// Runs `change`, waits until `probe` sees it captured, and copies up to then.
-    async fn copy_after(&mut self, change: &str, probe: &str) -> Report {
+    pub(super) async fn copy_after(&mut self, change: &str, probe: &str) -> Report {
         batch(&mut self.sql, change).await;
         wait_until_captured(&mut self.sql, &self.db.name, probe).await;
         let committed = server_utc_now(&mut self.sql).await;
@@ -59,7 +59,7 @@ impl Live {
         self.runner.incremental_copy(trigger(at)).await
     }
 
-    async fn blobs_under(&self, prefix: &str) -> Vec<(String, Csv)> {
+    pub(super) async fn blobs_under(&self, prefix: &str) -> Vec<(String, Csv)> {
         let mut names = self.blobs.list(prefix).await.expect("list");
         names.sort();
         let mut out = Vec::new();

@@ -40,7 +40,12 @@ pub(super) async fn load(
     let TableState::Loading(progress) = wm.state.clone() else {
         return Ok(wm);
     };
-    let name = naming::full_load_part_name(&ci.table, &progress.load_id, 0);
+    let name = naming::full_load_part_name(
+        &ci.table,
+        &progress.load_id,
+        0,
+        ctx.settings.format.extension(),
+    );
     let metadata = vec![
         ("table".to_string(), ci.table.to_string()),
         ("capture_instance".to_string(), ci.name.clone()),
@@ -54,7 +59,7 @@ pub(super) async fn load(
     ];
     let mut writer = ctx.blobs.writer(&name, metadata, ctx.settings.block_size);
     writer.create_only();
-    let mut sink = ctx.csv_sink(writer);
+    let mut sink = ctx.file_sink(writer, ci.load_columns());
     let budget = deadline.saturating_duration_since(Instant::now());
     let mut bounded = Bounded {
         sink: &mut sink,
@@ -80,6 +85,8 @@ pub(super) async fn load(
 
     sink.set_metadata("row_count", rows.to_string());
     sink.set_metadata("baseline_lsn", baseline.to_string());
+    // Published after the scan: a load that runs out of time writes nothing.
+    ctx.publish_schema(ci, &mut sink).await?;
     let (rows, bytes, baseline) = match sink.finish().await {
         Ok(summary) => (rows, summary.bytes, baseline),
         Err(e) if e.is_already_exists() => {

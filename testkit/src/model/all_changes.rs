@@ -48,7 +48,7 @@ impl State {
         filter: AllRowFilter,
     ) -> Result<AllPlan, CdcError> {
         let inst = self.instance_for(Some(&ci.table), &ci.name)?;
-        self.all_plan(inst, Some(&ci.columns), from, to, filter)
+        self.all_plan(inst, Some(&ci.column_names()), from, to, filter)
     }
 
     pub(super) fn all_plan_by_name(

@@ -1110,6 +1110,48 @@ impl Table {
             .collect()
     }
 
+    /// Captured columns `captured` (indices, computed ones left out) as a capture instance
+    /// reports them from its change table: declared types, or for untyped columns a type
+    /// guessed from the first row's value (`nvarchar(max)` when it is NULL or the table empty).
+    /// The change table declares each captured column as the source did when the instance was
+    /// created (nullability included), except `timestamp`, which it stores as `binary(8)`.
+    pub(crate) fn captured_columns(&self, captured: &[usize]) -> Vec<cdc_copy::cdc::ColumnDesc> {
+        use cdc_copy::cdc::{ColumnDesc, ColumnType, Length};
+        let first = self.scan_batch(None, 1).pop();
+        captured
+            .iter()
+            .filter(|&&c| !self.defs[c].computed)
+            .map(|&c| {
+                let def = &self.defs[c];
+                // An untyped column says nothing about NULLs, so it allows them.
+                let nullable = def.nullable || def.ty.is_none();
+                let declared = def
+                    .ty
+                    .clone()
+                    .or_else(|| match first.as_ref().map(|r| &r[c]) {
+                        Some(Value::Null) | None => None,
+                        Some(value) => Some(guess_type(value)),
+                    });
+                match declared {
+                    Some(ty) => {
+                        // "Timestamp: the data type in the change table is converted to
+                        // binary." <https://learn.microsoft.com/sql/relational-databases/track-changes/change-data-capture-data-type-considerations>
+                        let in_change_table = match ty.column_type() {
+                            ColumnType::RowVersion => ColumnType::Binary(Length::Of(8)),
+                            other => other,
+                        };
+                        let desc = ColumnDesc::new(&def.name, in_change_table, nullable);
+                        match ty.collation() {
+                            Some(collation) => desc.with_collation(collation.to_string()),
+                            None => desc,
+                        }
+                    }
+                    None => ColumnDesc::new(&def.name, ColumnType::NVarChar(Length::Max), true),
+                }
+            })
+            .collect()
+    }
+
     fn check_arity(&self, row: &[Value]) -> Result<(), ModelError> {
         if row.len() != self.columns.len() {
             return Err(ModelError::Arity {
@@ -1911,7 +1953,7 @@ impl State {
         filter: RowFilter,
     ) -> Result<NetPlan, CdcError> {
         let inst = self.instance_for(Some(&ci.table), &ci.name)?;
-        self.net_plan(inst, Some(&ci.columns), from, to, filter)
+        self.net_plan(inst, Some(&ci.column_names()), from, to, filter)
     }
 
     /// What a CDC function says of `[from, to]` for `inst`: an instance the capture process

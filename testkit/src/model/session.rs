@@ -53,11 +53,11 @@ impl State {
         let t = self.tables.get(&ci.table).ok_or_else(missing)?;
         ci.columns
             .iter()
-            .map(|name| {
+            .map(|column| {
                 t.columns
                     .iter()
-                    .position(|c| c == name)
-                    .ok_or_else(|| invalid_column(name))
+                    .position(|c| *c == column.name)
+                    .ok_or_else(|| invalid_column(&column.name))
             })
             .collect()
     }
@@ -150,12 +150,7 @@ impl CdcSession for ModelSession {
                     min_lsn: i.reported_min_lsn(),
                     start_lsn: i.start_lsn,
                     key_columns: t.key_columns(),
-                    columns: i
-                        .captured
-                        .iter()
-                        .filter(|&&c| !t.defs[c].computed)
-                        .map(|&c| t.columns[c].clone())
-                        .collect(),
+                    columns: t.captured_columns(&i.captured),
                     // The capture process writes `cdc.ddl_history` as it reads the DDL.
                     ddl: i.ddl.iter().filter(|d| d.lsn <= max_lsn).cloned().collect(),
                 });
@@ -281,7 +276,7 @@ impl CdcSession for ModelSession {
         };
         let model = &self.model;
         let mut cursor: Option<Key> = None;
-        stream(sink, &ci.columns, || {
+        stream(sink, &ci.column_names(), || {
             let state = model.lock();
             let Some(t) = state.tables.get(&ci.table) else {
                 return Ok(Vec::new());
@@ -333,7 +328,7 @@ impl CdcSession for ModelSession {
             let upto: Option<Key> = upto.map(|k| t.sort_key(k));
             (projection, t.key_idx.clone(), cursor, upto)
         };
-        sink.columns(&ci.columns).await?;
+        sink.columns(&ci.column_names()).await?;
         let mut sent = 0u64;
         let mut last_row: Option<Vec<Value>> = None;
         while sent < limit {

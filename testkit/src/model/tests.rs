@@ -738,7 +738,7 @@ async fn capture_instance_lookup() {
     );
     let first = s.capture_instance(&t, Some("dbo_customers")).await.unwrap();
     assert_eq!(first.key_names(), cols(&["id"]));
-    assert_eq!(first.columns, cols(&["id", "name"]));
+    assert_eq!(first.column_names(), cols(&["id", "name"]));
     assert!(first.supports_net_changes);
     assert!(matches!(
         s.capture_instance(&t, Some("nope")).await,

@@ -11,7 +11,7 @@
 //! - SQL2008: computed columns appear in the change table with a value of NULL
 //!   <https://learn.microsoft.com/previous-versions/sql/sql-server-2008/cc645593(v=sql.100)>
 
-use cdc_copy::cdc::{CdcSession, CdcSource, Collation, LsnRange, VecSink};
+use cdc_copy::cdc::{CdcSession, CdcSource, Collation, ColumnDesc, LsnRange, VecSink};
 use chrono::{NaiveDate, TimeZone, Utc};
 
 use super::*;
@@ -233,7 +233,7 @@ async fn captured_column_lists_shape_change_rows() {
 
     let mut s = session(&m).await;
     let ci = s.capture_instance(&t(), None).await.unwrap();
-    assert_eq!(ci.columns, vec!["id", "name"]);
+    assert_eq!(ci.column_names(), vec!["id", "name"]);
     let mut load = VecSink::default();
     s.scan(&ci, None, None, 10, &mut load).await.unwrap();
     let mut changes = VecSink::default();
@@ -245,15 +245,17 @@ async fn captured_column_lists_shape_change_rows() {
     )
     .await
     .unwrap();
-    assert_eq!(load.columns, ci.columns);
-    assert_eq!(changes.columns[3..], ci.columns[..]);
+    assert_eq!(load.columns, ci.column_names());
+    assert_eq!(changes.columns[3..], ci.column_names()[..]);
     assert_eq!(load.rows, vec![vec![Value::Int(1), text("a")]]);
     assert_eq!(changes.rows[0][3..], load.rows[0][..]);
     // A column the instance does not capture is an invalid column to the net-changes function.
-    let secret = CaptureInstance {
-        columns: vec!["id".into(), "secret".into()],
-        ..ci
-    };
+    let mut columns = ci.columns.clone();
+    columns.push(ColumnDesc {
+        name: "secret".into(),
+        ..columns[0].clone()
+    });
+    let secret = CaptureInstance { columns, ..ci };
     let err = s
         .net_changes(
             &secret,

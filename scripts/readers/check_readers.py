@@ -1,0 +1,226 @@
+"""Runs the snippets of docs/reading-the-files.md, exactly as documented, on the files
+tests/readers.rs wrote (target/readers/cases.json says where) and checks every value.
+
+Each snippet is the code block after its `<!-- snippet: NAME -->` marker. Every tool's result
+is turned into Arrow and each value into canonical text (the same text the Rust side wrote as
+expected: see tests/readers.rs), column by column. The matrix tool x column it prints must
+equal the one between the `matrix:` markers of the doc, so a value that stops (or starts)
+being exact fails the test until the doc says so. `--update-doc` rewrites that table.
+"""
+
+import datetime
+import json
+import os
+import re
+import sys
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "reading-the-files.md"
+CASES = Path(os.environ.get("CDC_READERS_DIR", ROOT / "target" / "readers")) / "cases.json"
+EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def snippets():
+    text = DOC.read_text(encoding="utf-8")
+    found = {}
+    for m in re.finditer(r"<!-- snippet: ([\w-]+) -->\n```python\n(.*?)```", text, re.S):
+        found[m.group(1)] = m.group(2)
+    return found
+
+
+def run(code_names, inputs):
+    """Runs the named snippets in one namespace seeded with `inputs`; returns it."""
+    namespace = dict(inputs)
+    for name in code_names:
+        exec(compile(SNIPPETS[name], f"{DOC.name}:{name}", "exec"), namespace)
+    return namespace
+
+
+def to_arrow(result):
+    if isinstance(result, pa.Table):
+        return result
+    for method in ("to_arrow_table", "to_arrow"):  # DuckDB relation, polars frame
+        if hasattr(result, method):
+            table = getattr(result, method)()
+            return table.read_all() if hasattr(table, "read_all") else table
+    if hasattr(result, "toArrow"):  # Spark
+        return result.toArrow()
+    import pandas as pd
+
+    if isinstance(result, pd.DataFrame):
+        return pa.Table.from_pandas(result, preserve_index=False)
+    raise TypeError(f"cannot turn {type(result)} into Arrow")
+
+
+def fraction7(whole_us, extra_ns=0):
+    """`HH:MM:SS.fffffff` parts from microseconds and the nanoseconds below them."""
+    return f"{whole_us:06d}{extra_ns // 100}"
+
+
+def canonical_column(array):
+    """Canonical text of every value of an Arrow array (None for NULL)."""
+    t = array.type
+    if pa.types.is_timestamp(t) or pa.types.is_time(t):
+        per_ns = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[t.unit]
+        ints = array.cast(pa.int64()).to_pylist()
+        out = []
+        for v in ints:
+            if v is None:
+                out.append(None)
+                continue
+            ns = v * per_ns
+            us, rest = divmod(ns, 1000)
+            if pa.types.is_time(t):
+                secs, frac = divmod(us, 10**6)
+                text = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{fraction7(frac, rest)}"
+            else:
+                d = EPOCH + datetime.timedelta(microseconds=us)
+                text = (f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:"
+                        f"{d.second:02d}.{fraction7(d.microsecond, rest)}")
+                if t.tz is not None:
+                    text += "Z"
+            out.append(text)
+        return out
+    values = array.to_pylist()
+    return [None if v is None else canonical(v) for v in values]
+
+
+def canonical(v):
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, Decimal):
+        return format(v, "f")
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    if isinstance(v, uuid.UUID):
+        return str(v).upper()
+    if isinstance(v, datetime.date):
+        return v.isoformat()
+    return str(v)
+
+
+def expected_text(column, value):
+    if value is None:
+        return None
+    if column["type_name"] in ("float", "real"):
+        return repr(float(value))
+    if column["type_name"] == "uniqueidentifier":
+        return value.upper()
+    return value
+
+
+def compare(table, schema, case):
+    """{column: None when exact, else 'row i: expected X, got Y'}."""
+    columns = schema["cdc_columns"] + schema["columns"]
+    result = {}
+    for c in columns:
+        name = c["name"]
+        if name not in table.column_names:
+            result[name] = "column missing"
+            continue
+        got = canonical_column(table.column(name).combine_chunks())
+        if c["type_name"] == "uniqueidentifier":
+            got = [None if g is None else g.upper() for g in got]
+        want = [expected_text(c, v) for v in case["expected"][name]]
+        diff = next(((i, w, g) for i, (w, g) in enumerate(zip(want, got)) if w != g), None)
+        if len(got) != len(want):
+            result[name] = f"{len(got)} rows, expected {len(want)}"
+        elif diff:
+            i, w, g = diff
+            def shorten(s):
+                if s is None:
+                    return "NULL"
+                s = s.replace("\r", "\\r").replace("\n", "\\n")
+                return s if len(s) < 40 else s[:37] + "..."
+
+            result[name] = f"no: row {i} `{shorten(w)}` read as `{shorten(g)}`"
+        else:
+            result[name] = None
+    return result
+
+
+def check_upsert(case):
+    inputs = {"schema_file": case["schema_file"], "parquet_files": []}
+    ns = run(["duckdb-csv"], {**inputs, "csv_files": case["full_load_files"], "full_load": True})
+    loaded = ns["table"]
+    ns = run(["duckdb-csv"], {**inputs, "csv_files": case["csv_files"], "full_load": False})
+    ns = run(["duckdb-upsert"], {**ns, "loaded": loaded, "changes": ns["table"]})
+    rows = ns["duckdb"].sql("SELECT * FROM customers ORDER BY customer_id").fetchall()
+    got = [list(r) for r in rows]
+    if got != case["expected"]:
+        return f"expected {case['expected']}, got {got}"
+    return None
+
+
+def matrix_markdown(tools, columns, results):
+    lines = ["| column | SQL type | " + " | ".join(tools) + " |", "|---|---|" + "---|" * len(tools)]
+    for c in columns:
+        cells = []
+        for tool in tools:
+            problem = results[tool].get(c["name"]) if isinstance(results[tool], dict) else results[tool]
+            cells.append("exact" if problem is None else problem.replace("|", "\\|"))
+        lines.append(f"| `{c['name']}` | `{c['sql_type']}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    cases = json.loads(CASES.read_text())
+    case = cases["every_type"]
+    schema = json.load(open(case["schema_file"]))
+    inputs = {"schema_file": case["schema_file"], "csv_files": case["csv_files"],
+              "parquet_files": case.get("parquet_files", []), "full_load": False}
+    tools = {"DuckDB": ["duckdb-csv"], "pyarrow": ["pyarrow-csv"], "pandas": ["pyarrow-csv", "pandas-csv"],
+             "polars": ["polars-csv"]}
+    if os.environ.get("CDC_READERS_SPARK") == "1":
+        tools["Spark"] = ["spark-csv"]
+    results = {}
+    for tool, names in tools.items():
+        try:
+            ns = run(names, inputs)
+            results[tool] = compare(to_arrow(ns["df"] if "pandas-csv" in names else ns["table"]), schema, case)
+        except Exception as e:  # a snippet that fails is a result too
+            results[tool] = f"snippet failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    columns = schema["cdc_columns"] + schema["columns"]
+    table = matrix_markdown(list(tools), columns, results)
+    print("CSV, tool x column (" + ", ".join(f"{t} {__import__(m).__version__}" for t, m in
+          [("DuckDB", "duckdb"), ("pyarrow", "pyarrow"), ("pandas", "pandas"), ("polars", "polars")]) + "):")
+    print(table)
+
+    failures = []
+    upsert = check_upsert(cases["upsert"])
+    print("DuckDB upsert of a full load and two windows:", "exact" if upsert is None else upsert)
+    if upsert:
+        failures.append(f"upsert: {upsert}")
+
+    doc = DOC.read_text(encoding="utf-8")
+    begin, end = "<!-- matrix: begin -->\n", "<!-- matrix: end -->"
+    documented = doc[doc.index(begin) + len(begin):doc.index(end)]
+    if "Spark" not in tools and documented != table:
+        if "--update-doc" in sys.argv:
+            DOC.write_text(doc.replace(begin + documented, begin + table), encoding="utf-8")
+            print(f"updated the matrix in {DOC}")
+        else:
+            failures.append(f"the matrix above differs from the one in {DOC.relative_to(ROOT)} "
+                            "(run scripts/check-readers.sh --update-doc and explain each change there)")
+    cells = sum(len(columns) for _ in tools)
+    exact = sum(1 for r in results.values() if isinstance(r, dict) for v in r.values() if v is None)
+    print(f"{exact} of {cells} tool x column cells exact; the others are documented in "
+          f"{DOC.relative_to(ROOT)}")
+    for f in failures:
+        print("FAIL", f)
+    sys.exit(1 if failures else 0)
+
+
+SNIPPETS = snippets()
+
+if __name__ == "__main__":
+    main()
