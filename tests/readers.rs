@@ -494,6 +494,8 @@ async fn every_type(blobs: &BlobTarget) -> Json {
     let mut file_columns = schema_doc::cdc_columns(ChangeMode::Net);
     file_columns.extend(captured.iter().cloned());
     let mut rows = Vec::new();
+    // A `datetimeoffset`'s offset, which Parquet keeps beside the instant.
+    let mut offsets: serde_json::Map<String, Json> = serde_json::Map::new();
     let mut expected: serde_json::Map<String, Json> = serde_json::Map::new();
     for name in ["__$start_lsn", "__$operation", "__$update_mask"] {
         expected.insert(name.into(), json!([]));
@@ -529,6 +531,18 @@ async fn every_type(blobs: &BlobTarget) -> Json {
                 .get(i)
                 .cloned()
                 .unwrap_or((Value::Null, Json::Null));
+            if let ColumnType::DateTimeOffset { .. } = c.column.ty {
+                let minutes = match &value {
+                    Value::DateTimeOffset(dt) => json!(dt.offset().local_minus_utc() / 60),
+                    _ => Json::Null,
+                };
+                offsets
+                    .entry(c.column.name.clone())
+                    .or_insert_with(|| json!([]))
+                    .as_array_mut()
+                    .unwrap()
+                    .push(minutes);
+            }
             row.push(value);
             expected[&c.column.name]
                 .as_array_mut()
@@ -552,6 +566,7 @@ async fn every_type(blobs: &BlobTarget) -> Json {
         "parquet_files": [download(blobs, parquet).await],
         "rows": rows_n,
         "expected": expected,
+        "expected_offset_minutes": offsets,
     })
 }
 
