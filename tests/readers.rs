@@ -557,13 +557,15 @@ async fn every_type(blobs: &BlobTarget) -> Json {
     assert_eq!(info.metadata["schema_version"], "1");
     let parquet = "dbo/every_type/incremental/2026/11/21/20261121101500000.parquet";
     write_file(blobs, parquet, &parquet_doc, &file_columns, &rows).await;
-    let info = blobs.properties(parquet).await.unwrap().unwrap();
-    assert_eq!(info.metadata["schema_version"], "2");
+    let parquet_info = blobs.properties(parquet).await.unwrap().unwrap();
+    assert_eq!(parquet_info.metadata["schema_version"], "2");
     json!({
         "schema_file": download(blobs, &schema_doc::document_name(&doc.table, doc.schema_version)).await,
         "parquet_schema_file": download(blobs, &schema_doc::document_name(&parquet_doc.table, parquet_doc.schema_version)).await,
         "csv_files": [download(blobs, name).await],
         "parquet_files": [download(blobs, parquet).await],
+        // What the footer's key/value metadata must carry.
+        "parquet_blob_metadata": parquet_info.metadata,
         "rows": rows_n,
         "expected": expected,
         "expected_offset_minutes": offsets,

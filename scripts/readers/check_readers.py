@@ -187,6 +187,32 @@ def check_upsert(case, fmt):
     return None
 
 
+def check_footer(case):
+    """The Parquet footer's key/value metadata carries the blob metadata (and Arrow's schema)."""
+    import pyarrow.parquet as pq
+
+    footer = {k.decode(): v.decode() for k, v in pq.read_metadata(case["parquet_files"][0]).metadata.items()
+              if k != b"ARROW:schema"}
+    want = case["parquet_blob_metadata"]
+    return None if footer == want else f"footer {footer}, blob {want}"
+
+
+def check_parquet_files(case):
+    """Each Parquet snippet on the two windows of the upsert table: all rows, in file order."""
+    results = {}
+    want = [bytes.fromhex(f"0000002a000001f0000{n}") for n in range(1, 7)]
+    for tool, name in [("DuckDB", "duckdb-parquet"), ("pyarrow", "pyarrow-parquet"),
+                       ("pandas", "pandas-parquet"), ("polars", "polars-parquet")]:
+        try:
+            ns = run([name], {"parquet_files": case["parquet_files"]})
+            table = to_arrow(ns["df"] if name.startswith("pandas") else ns["table"])
+            got = table.column("__$start_lsn").to_pylist()
+            results[tool] = None if got == want else f"LSNs {[g.hex() for g in got]}"
+        except Exception as e:
+            results[tool] = f"snippet failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    return results
+
+
 def matrix_markdown(tools, columns, results):
     lines = ["| column | SQL type | " + " | ".join(tools) + " |", "|---|---|" + "---|" * len(tools)]
     for c in columns:
@@ -250,6 +276,15 @@ def main():
             else:
                 failures.append(f"the {fmt} matrix above differs from the one in {DOC.relative_to(ROOT)} "
                                 "(run scripts/check-readers.sh --update-doc and explain each change there)")
+
+    footer = check_footer(case)
+    print("Parquet footer key/value metadata = blob metadata:", "exact" if footer is None else footer)
+    if footer:
+        failures.append(f"footer: {footer}")
+    for tool, problem in check_parquet_files(cases["upsert"]).items():
+        print(f"{tool} Parquet snippet on two files of a table:", "exact" if problem is None else problem)
+        if problem:
+            failures.append(f"{tool} on two Parquet files: {problem}")
 
     for fmt in ("csv", "parquet"):
         try:
