@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The reader test: loads the files the real sinks wrote (every SQL Server type, edge values)
 # with the snippets of docs/reading-the-files.md, run exactly as documented, and checks every
-# value against what the Rust side wrote. `cargo test --test readers` writes the files and the
+# value against what the Rust side wrote, CSV and Parquet. `cargo test --test readers` writes the files and the
 # expected values into target/readers/; this script reads them with DuckDB, pandas, polars and
 # pyarrow from a pinned venv under target/ (made once, reused while the pins are unchanged).
 # CDC_READERS_SPARK=1 adds PySpark on the machine's Java 17 (a long mode, off in CI).

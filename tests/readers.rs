@@ -19,7 +19,7 @@ use serde_json::{json, Value as Json};
 
 use cdc_copy::cdc::{ChangeMode, ColumnDesc, ColumnType, Length, RowSink, TableRef, Value};
 use cdc_copy::sink::blob::BlobTarget;
-use cdc_copy::sink::rows::CsvBlobSink;
+use cdc_copy::sink::format::{FileSink, Format};
 use cdc_copy::sink::schema_doc::{self, SchemaDoc};
 
 use common::azurite::{unique_container, Azurite};
@@ -431,8 +431,9 @@ fn out_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/readers"))
 }
 
-/// Writes `rows` through the real CSV sink into `name`, with the schema document's metadata.
-async fn write_csv(
+/// Writes `rows` through the real sink of `doc`'s file format (the one the jobs use, from
+/// `FileSink`) into `name`, with the schema document's metadata.
+async fn write_file(
     blobs: &BlobTarget,
     name: &str,
     doc: &SchemaDoc,
@@ -440,8 +441,9 @@ async fn write_csv(
     rows: &[Vec<Value>],
 ) {
     let columns: Arc<[ColumnDesc]> = columns.to_vec().into();
+    let format = Format::of_blob(name, Format::Csv);
     let writer = blobs.writer(name, doc.blob_metadata(), 64 * 1024);
-    let mut sink = CsvBlobSink::new(writer, 64 * 1024, columns.clone());
+    let mut sink = FileSink::new(format, writer, 64 * 1024, columns.clone());
     let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
     sink.columns(&names).await.unwrap();
     for row in rows {
@@ -458,8 +460,11 @@ async fn download(blobs: &BlobTarget, name: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// Publishes the schema document of the table's files in `format` (a CSV and a Parquet file
+/// of one table are two versions: the file format is part of a version's shape).
 async fn publish(
     blobs: &BlobTarget,
+    format: Format,
     table: &TableRef,
     key: &[&str],
     columns: &[ColumnDesc],
@@ -467,7 +472,7 @@ async fn publish(
     let doc = SchemaDoc::new(
         table,
         &format!("{}_{}", table.schema, table.table),
-        ("csv", cdc_copy::jobs::FORMAT_VERSION),
+        (format.extension(), cdc_copy::jobs::FORMAT_VERSION),
         ChangeMode::Net,
         key.iter().map(|k| k.to_string()).collect(),
         columns,
@@ -483,11 +488,14 @@ async fn every_type(blobs: &BlobTarget) -> Json {
     };
     let cases = cases();
     let captured: Vec<ColumnDesc> = cases.iter().map(|c| c.column.clone()).collect();
-    let doc = publish(blobs, &table, &[], &captured).await;
+    let doc = publish(blobs, Format::Csv, &table, &[], &captured).await;
+    let parquet_doc = publish(blobs, Format::Parquet, &table, &[], &captured).await;
     let rows_n = cases.iter().map(|c| c.values.len()).max().unwrap() + 1;
     let mut file_columns = schema_doc::cdc_columns(ChangeMode::Net);
     file_columns.extend(captured.iter().cloned());
     let mut rows = Vec::new();
+    // A `datetimeoffset`'s offset, which Parquet keeps beside the instant.
+    let mut offsets: serde_json::Map<String, Json> = serde_json::Map::new();
     let mut expected: serde_json::Map<String, Json> = serde_json::Map::new();
     for name in ["__$start_lsn", "__$operation", "__$update_mask"] {
         expected.insert(name.into(), json!([]));
@@ -523,6 +531,18 @@ async fn every_type(blobs: &BlobTarget) -> Json {
                 .get(i)
                 .cloned()
                 .unwrap_or((Value::Null, Json::Null));
+            if let ColumnType::DateTimeOffset { .. } = c.column.ty {
+                let minutes = match &value {
+                    Value::DateTimeOffset(dt) => json!(dt.offset().local_minus_utc() / 60),
+                    _ => Json::Null,
+                };
+                offsets
+                    .entry(c.column.name.clone())
+                    .or_insert_with(|| json!([]))
+                    .as_array_mut()
+                    .unwrap()
+                    .push(minutes);
+            }
             row.push(value);
             expected[&c.column.name]
                 .as_array_mut()
@@ -532,18 +552,27 @@ async fn every_type(blobs: &BlobTarget) -> Json {
         rows.push(row);
     }
     let name = "dbo/every_type/incremental/2026/11/21/20261121101500000.csv";
-    write_csv(blobs, name, &doc, &file_columns, &rows).await;
+    write_file(blobs, name, &doc, &file_columns, &rows).await;
     let info = blobs.properties(name).await.unwrap().unwrap();
     assert_eq!(info.metadata["schema_version"], "1");
+    let parquet = "dbo/every_type/incremental/2026/11/21/20261121101500000.parquet";
+    write_file(blobs, parquet, &parquet_doc, &file_columns, &rows).await;
+    let parquet_info = blobs.properties(parquet).await.unwrap().unwrap();
+    assert_eq!(parquet_info.metadata["schema_version"], "2");
     json!({
         "schema_file": download(blobs, &schema_doc::document_name(&doc.table, doc.schema_version)).await,
+        "parquet_schema_file": download(blobs, &schema_doc::document_name(&parquet_doc.table, parquet_doc.schema_version)).await,
         "csv_files": [download(blobs, name).await],
+        "parquet_files": [download(blobs, parquet).await],
+        // What the footer's key/value metadata must carry.
+        "parquet_blob_metadata": parquet_info.metadata,
         "rows": rows_n,
         "expected": expected,
+        "expected_offset_minutes": offsets,
     })
 }
 
-/// The documented upsert: a full-load part and two windows of net changes.
+/// The documented upsert: a full-load part and two windows of net changes, in both formats.
 async fn upsert(blobs: &BlobTarget) -> Json {
     let table = TableRef {
         schema: "dbo".into(),
@@ -553,7 +582,6 @@ async fn upsert(blobs: &BlobTarget) -> Json {
         ColumnDesc::new("customer_id", ColumnType::Int, false),
         ColumnDesc::new("name", ColumnType::NVarChar(Length::Of(50)), true),
     ];
-    let doc = publish(blobs, &table, &["customer_id"], &captured).await;
     let mut file_columns = schema_doc::cdc_columns(ChangeMode::Net);
     file_columns.extend(captured.iter().cloned());
     let person = |id: i64, name: Option<&str>| {
@@ -567,51 +595,63 @@ async fn upsert(blobs: &BlobTarget) -> Json {
         r.extend(row);
         r
     };
-    let part = "dbo/customers/full/load-1/part-00000.csv";
-    write_csv(
-        blobs,
-        part,
-        &doc,
-        &captured,
-        &[
-            person(1, Some("Ada")),
-            person(2, Some("Grace")),
-            person(3, Some("")),
-        ],
-    )
-    .await;
-    let first = "dbo/customers/incremental/2026/11/21/20261121101500000.csv";
-    let second = "dbo/customers/incremental/2026/11/21/20261121103000000.csv";
-    write_csv(
-        blobs,
-        first,
-        &doc,
-        &file_columns,
-        &[
-            change(1, 4, person(1, Some("Ada L."))),
-            change(2, 1, person(2, Some("Grace"))),
-            change(3, 2, person(4, None)),
-        ],
-    )
-    .await;
-    write_csv(
-        blobs,
-        second,
-        &doc,
-        &file_columns,
-        &[
-            change(4, 4, person(1, Some("Ada Lovelace"))),
-            change(5, 2, person(2, Some("Grace H."))),
-            change(6, 1, person(3, Some(""))),
-        ],
-    )
-    .await;
-    json!({
-        "schema_file": download(blobs, &schema_doc::document_name(&doc.table, doc.schema_version)).await,
-        "full_load_files": [download(blobs, part).await],
-        "csv_files": [download(blobs, first).await, download(blobs, second).await],
-        "expected": [[1, "Ada Lovelace"], [2, "Grace H."], [4, null]],
-    })
+    let full = vec![
+        person(1, Some("Ada")),
+        person(2, Some("Grace")),
+        person(3, Some("")),
+    ];
+    let windows = [
+        (
+            "20261121101500000",
+            vec![
+                change(1, 4, person(1, Some("Ada L."))),
+                change(2, 1, person(2, Some("Grace"))),
+                change(3, 2, person(4, None)),
+            ],
+        ),
+        (
+            "20261121103000000",
+            vec![
+                change(4, 4, person(1, Some("Ada Lovelace"))),
+                change(5, 2, person(2, Some("Grace H."))),
+                change(6, 1, person(3, Some(""))),
+            ],
+        ),
+    ];
+    let mut out = serde_json::Map::new();
+    for format in [Format::Csv, Format::Parquet] {
+        let ext = format.extension();
+        let doc = publish(blobs, format, &table, &["customer_id"], &captured).await;
+        let part = format!("dbo/customers/full/load-1/part-00000.{ext}");
+        write_file(blobs, &part, &doc, &captured, &full).await;
+        let mut files = Vec::new();
+        for (window, rows) in &windows {
+            let name = format!("dbo/customers/incremental/2026/11/21/{window}.{ext}");
+            write_file(blobs, &name, &doc, &file_columns, rows).await;
+            files.push(download(blobs, &name).await);
+        }
+        let schema_file = download(
+            blobs,
+            &schema_doc::document_name(&doc.table, doc.schema_version),
+        )
+        .await;
+        let prefix = if format == Format::Csv {
+            ""
+        } else {
+            "parquet_"
+        };
+        out.insert(format!("{prefix}schema_file"), json!(schema_file));
+        out.insert(
+            format!("{prefix}full_load_files"),
+            json!([download(blobs, &part).await]),
+        );
+        out.insert(format!("{ext}_files"), json!(files));
+    }
+    out.insert(
+        "expected".into(),
+        json!([[1, "Ada Lovelace"], [2, "Grace H."], [4, null]]),
+    );
+    Json::Object(out)
 }
 
 #[tokio::test]

@@ -3,9 +3,12 @@ tests/readers.rs wrote (target/readers/cases.json says where) and checks every v
 
 Each snippet is the code block after its `<!-- snippet: NAME -->` marker. Every tool's result
 is turned into Arrow and each value into canonical text (the same text the Rust side wrote as
-expected: see tests/readers.rs), column by column. The matrix tool x column it prints must
-equal the one between the `matrix:` markers of the doc, so a value that stops (or starts)
-being exact fails the test until the doc says so. `--update-doc` rewrites that table.
+expected: see tests/readers.rs), column by column. The matrices tool x column it prints, one
+for CSV and one for Parquet, must equal the ones between the doc's `matrix:` and
+`parquet-matrix:` markers, so a value that stops (or starts) being exact fails the test until
+the doc says so. `--update-doc` rewrites those tables. A Parquet `datetimeoffset` struct is
+compared as its instant and its offset; a Parquet `uniqueidentifier` (16 bytes, RFC 4122
+order) as the text those bytes spell.
 """
 
 import datetime
@@ -62,9 +65,18 @@ def fraction7(whole_us, extra_ns=0):
     return f"{whole_us:06d}{extra_ns // 100}"
 
 
+def offset_struct(t):
+    """A Parquet `datetimeoffset`: struct {utc: timestamp (UTC), offset_minutes}."""
+    return pa.types.is_struct(t) and [t.field(i).name for i in range(t.num_fields)] == ["utc", "offset_minutes"]
+
+
 def canonical_column(array):
-    """Canonical text of every value of an Arrow array (None for NULL)."""
+    """Canonical text of every value of an Arrow array (None for NULL); a `datetimeoffset`
+    struct is its UTC instant (its offset is compared on its own, in `compare`)."""
     t = array.type
+    if offset_struct(t):
+        utc = canonical_column(array.field("utc"))
+        return [None if valid is False else u for u, valid in zip(utc, array.is_valid().to_pylist())]
     if pa.types.is_timestamp(t) or pa.types.is_time(t):
         per_ns = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[t.unit]
         ints = array.cast(pa.int64()).to_pylist()
@@ -127,11 +139,22 @@ def compare(table, schema, case):
         if name not in table.column_names:
             result[name] = "column missing"
             continue
-        got = canonical_column(table.column(name).combine_chunks())
+        array = table.column(name).combine_chunks()
+        got = canonical_column(array)
         if c["type_name"] == "uniqueidentifier":
+            # Parquet's FixedSizeBinary(16) in RFC 4122 order: the bytes the text spells.
+            got = [None if g is None else str(uuid.UUID(g)) if re.fullmatch(r"[0-9a-f]{32}", g) else g
+                   for g in got]
             got = [None if g is None else g.upper() for g in got]
         want = [expected_text(c, v) for v in case["expected"][name]]
         diff = next(((i, w, g) for i, (w, g) in enumerate(zip(want, got)) if w != g), None)
+        if not diff and offset_struct(array.type):
+            # The offset too: Parquet keeps it (`utc + offset_minutes` is the local time).
+            offsets = array.field("offset_minutes").to_pylist()
+            valid = array.is_valid().to_pylist()
+            wanted = case["expected_offset_minutes"][name]
+            diff = next(((i, f"offset {w}", f"offset {g}") for i, (w, g, v) in
+                         enumerate(zip(wanted, offsets, valid)) if v and w != g), None)
         if len(got) != len(want):
             result[name] = f"{len(got)} rows, expected {len(want)}"
         elif diff:
@@ -148,17 +171,46 @@ def compare(table, schema, case):
     return result
 
 
-def check_upsert(case):
-    inputs = {"schema_file": case["schema_file"], "parquet_files": []}
-    ns = run(["duckdb-csv"], {**inputs, "csv_files": case["full_load_files"], "full_load": True})
+def check_upsert(case, fmt):
+    """The documented upsert on the CSV (`duckdb-csv`) or Parquet (`duckdb-parquet`) files."""
+    prefix = "" if fmt == "csv" else "parquet_"
+    inputs = {"schema_file": case[prefix + "schema_file"], "csv_files": [], "parquet_files": []}
+    files = fmt + "_files"
+    ns = run([f"duckdb-{fmt}"], {**inputs, files: case[prefix + "full_load_files"], "full_load": True})
     loaded = ns["table"]
-    ns = run(["duckdb-csv"], {**inputs, "csv_files": case["csv_files"], "full_load": False})
+    ns = run([f"duckdb-{fmt}"], {**inputs, files: case[files], "full_load": False})
     ns = run(["duckdb-upsert"], {**ns, "loaded": loaded, "changes": ns["table"]})
     rows = ns["duckdb"].sql("SELECT * FROM customers ORDER BY customer_id").fetchall()
     got = [list(r) for r in rows]
     if got != case["expected"]:
         return f"expected {case['expected']}, got {got}"
     return None
+
+
+def check_footer(case):
+    """The Parquet footer's key/value metadata carries the blob metadata (and Arrow's schema)."""
+    import pyarrow.parquet as pq
+
+    footer = {k.decode(): v.decode() for k, v in pq.read_metadata(case["parquet_files"][0]).metadata.items()
+              if k != b"ARROW:schema"}
+    want = case["parquet_blob_metadata"]
+    return None if footer == want else f"footer {footer}, blob {want}"
+
+
+def check_parquet_files(case):
+    """Each Parquet snippet on the two windows of the upsert table: all rows, in file order."""
+    results = {}
+    want = [bytes.fromhex(f"0000002a000001f0000{n}") for n in range(1, 7)]
+    for tool, name in [("DuckDB", "duckdb-parquet"), ("pyarrow", "pyarrow-parquet"),
+                       ("pandas", "pandas-parquet"), ("polars", "polars-parquet")]:
+        try:
+            ns = run([name], {"parquet_files": case["parquet_files"]})
+            table = to_arrow(ns["df"] if name.startswith("pandas") else ns["table"])
+            got = table.column("__$start_lsn").to_pylist()
+            results[tool] = None if got == want else f"LSNs {[g.hex() for g in got]}"
+        except Exception as e:
+            results[tool] = f"snippet failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    return results
 
 
 def matrix_markdown(tools, columns, results):
@@ -172,47 +224,77 @@ def matrix_markdown(tools, columns, results):
     return "\n".join(lines) + "\n"
 
 
-def main():
-    cases = json.loads(CASES.read_text())
-    case = cases["every_type"]
-    schema = json.load(open(case["schema_file"]))
-    inputs = {"schema_file": case["schema_file"], "csv_files": case["csv_files"],
-              "parquet_files": case.get("parquet_files", []), "full_load": False}
-    tools = {"DuckDB": ["duckdb-csv"], "pyarrow": ["pyarrow-csv"], "pandas": ["pyarrow-csv", "pandas-csv"],
-             "polars": ["polars-csv"]}
-    if os.environ.get("CDC_READERS_SPARK") == "1":
-        tools["Spark"] = ["spark-csv"]
+def read_all(tools, inputs, case, schema):
+    """{tool: compare(...) or the snippet's failure} for each tool's snippets."""
     results = {}
     for tool, names in tools.items():
         try:
             ns = run(names, inputs)
-            results[tool] = compare(to_arrow(ns["df"] if "pandas-csv" in names else ns["table"]), schema, case)
+            result = ns["df"] if names[-1].startswith("pandas") else ns["table"]
+            results[tool] = compare(to_arrow(result), schema, case)
         except Exception as e:  # a snippet that fails is a result too
             results[tool] = f"snippet failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    return results
+
+
+def main():
+    cases = json.loads(CASES.read_text())
+    case = cases["every_type"]
+    schema = json.load(open(case["schema_file"]))
     columns = schema["cdc_columns"] + schema["columns"]
-    table = matrix_markdown(list(tools), columns, results)
-    print("CSV, tool x column (" + ", ".join(f"{t} {__import__(m).__version__}" for t, m in
-          [("DuckDB", "duckdb"), ("pyarrow", "pyarrow"), ("pandas", "pandas"), ("polars", "polars")]) + "):")
-    print(table)
-
+    versions = ", ".join(f"{t} {__import__(m).__version__}" for t, m in
+                         [("DuckDB", "duckdb"), ("pyarrow", "pyarrow"), ("pandas", "pandas"), ("polars", "polars")])
+    spark = os.environ.get("CDC_READERS_SPARK") == "1"
+    formats = {
+        "csv": ({"DuckDB": ["duckdb-csv"], "pyarrow": ["pyarrow-csv"], "pandas": ["pyarrow-csv", "pandas-csv"],
+                 "polars": ["polars-csv"], **({"Spark": ["spark-csv"]} if spark else {})},
+                {"schema_file": case["schema_file"], "csv_files": case["csv_files"], "parquet_files": [],
+                 "full_load": False}),
+        "parquet": ({"DuckDB": ["duckdb-parquet"], "pyarrow": ["pyarrow-parquet"], "pandas": ["pandas-parquet"],
+                     "polars": ["polars-parquet"]},  # Spark: CSV only (no Parquet snippet tested)
+                    {"schema_file": case["parquet_schema_file"], "csv_files": [],
+                     "parquet_files": case["parquet_files"], "full_load": False}),
+    }
     failures = []
-    upsert = check_upsert(cases["upsert"])
-    print("DuckDB upsert of a full load and two windows:", "exact" if upsert is None else upsert)
-    if upsert:
-        failures.append(f"upsert: {upsert}")
-
     doc = DOC.read_text(encoding="utf-8")
-    begin, end = "<!-- matrix: begin -->\n", "<!-- matrix: end -->"
-    documented = doc[doc.index(begin) + len(begin):doc.index(end)]
-    if "Spark" not in tools and documented != table:
-        if "--update-doc" in sys.argv:
-            DOC.write_text(doc.replace(begin + documented, begin + table), encoding="utf-8")
-            print(f"updated the matrix in {DOC}")
-        else:
-            failures.append(f"the matrix above differs from the one in {DOC.relative_to(ROOT)} "
-                            "(run scripts/check-readers.sh --update-doc and explain each change there)")
-    cells = sum(len(columns) for _ in tools)
-    exact = sum(1 for r in results.values() if isinstance(r, dict) for v in r.values() if v is None)
+    exact = cells = 0
+    for fmt, (tools, inputs) in formats.items():
+        results = read_all(tools, inputs, case, schema)
+        table = matrix_markdown(list(tools), columns, results)
+        print(f"{fmt.upper() if fmt == 'csv' else 'Parquet'}, tool x column ({versions}):")
+        print(table)
+        cells += len(columns) * len(tools)
+        exact += sum(1 for r in results.values() if isinstance(r, dict) for v in r.values() if v is None)
+        marker = "matrix" if fmt == "csv" else "parquet-matrix"
+        begin, end = f"<!-- {marker}: begin -->\n", f"<!-- {marker}: end -->"
+        documented = doc[doc.index(begin) + len(begin):doc.index(end)]
+        if not (spark and fmt == "csv") and documented != table:
+            if "--update-doc" in sys.argv:
+                doc = doc.replace(begin + documented, begin + table)
+                DOC.write_text(doc, encoding="utf-8")
+                print(f"updated the {marker} in {DOC}")
+            else:
+                failures.append(f"the {fmt} matrix above differs from the one in {DOC.relative_to(ROOT)} "
+                                "(run scripts/check-readers.sh --update-doc and explain each change there)")
+
+    footer = check_footer(case)
+    print("Parquet footer key/value metadata = blob metadata:", "exact" if footer is None else footer)
+    if footer:
+        failures.append(f"footer: {footer}")
+    for tool, problem in check_parquet_files(cases["upsert"]).items():
+        print(f"{tool} Parquet snippet on two files of a table:", "exact" if problem is None else problem)
+        if problem:
+            failures.append(f"{tool} on two Parquet files: {problem}")
+
+    for fmt in ("csv", "parquet"):
+        try:
+            upsert = check_upsert(cases["upsert"], fmt)
+        except Exception as e:
+            upsert = f"snippet failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        print(f"DuckDB upsert of a full load and two windows ({fmt}):", "exact" if upsert is None else upsert)
+        if upsert:
+            failures.append(f"upsert ({fmt}): {upsert}")
+
     print(f"{exact} of {cells} tool x column cells exact; the others are documented in "
           f"{DOC.relative_to(ROOT)}")
     for f in failures:

@@ -36,7 +36,7 @@ use arrow_array::{ArrayRef, RecordBatch, StructArray};
 use arrow_buffer::NullBuffer;
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
-use chrono::{Datelike, Timelike};
+use chrono::{Datelike, NaiveDateTime, Timelike};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
@@ -169,7 +169,12 @@ enum Builder {
     Fixed(FixedSizeBinaryBuilder),
     Date(Date32Builder),
     Time(Time64NanosecondBuilder),
-    Timestamp(TimestampMicrosecondBuilder),
+    /// With the rounding of the declared type: `datetime` and `smalldatetime` as SQL Server
+    /// shows them (and as the CSV writes them), `datetime2` as decoded.
+    Timestamp(
+        TimestampMicrosecondBuilder,
+        fn(&NaiveDateTime) -> NaiveDateTime,
+    ),
     Offset {
         utc: TimestampMicrosecondBuilder,
         minutes: Int16Builder,
@@ -210,7 +215,14 @@ impl Builder {
                 minutes: Int16Builder::with_capacity(n),
                 valid: Vec::with_capacity(n),
             },
-            _ => Builder::Timestamp(TimestampMicrosecondBuilder::with_capacity(n)),
+            _ => Builder::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(n),
+                match ty {
+                    ColumnType::DateTime => csv::datetime_as_shown,
+                    ColumnType::SmallDateTime => csv::smalldatetime_as_shown,
+                    _ => |dt: &NaiveDateTime| *dt,
+                },
+            ),
         }
     }
 
@@ -229,7 +241,7 @@ impl Builder {
             Builder::Fixed(b) => b.append_null(),
             Builder::Date(b) => b.append_null(),
             Builder::Time(b) => b.append_null(),
-            Builder::Timestamp(b) => b.append_null(),
+            Builder::Timestamp(b, _) => b.append_null(),
             Builder::Offset {
                 utc,
                 minutes,
@@ -292,8 +304,8 @@ impl Builder {
             // Microseconds since 1970-01-01, rounded down: `timestamp_micros` is whole seconds
             // times 10⁶ plus the (non-negative) sub-second microseconds, so the 7th digit of a
             // datetime2(7) is cut, towards the earlier instant, before 1970 as after.
-            (Builder::Timestamp(b), Value::DateTime(dt)) => {
-                b.append_value(dt.and_utc().timestamp_micros())
+            (Builder::Timestamp(b, shown), Value::DateTime(dt)) => {
+                b.append_value(shown(dt).and_utc().timestamp_micros())
             }
             (
                 Builder::Offset {
@@ -327,7 +339,7 @@ impl Builder {
             Builder::Fixed(b) => Arc::new(b.finish()),
             Builder::Date(b) => Arc::new(b.finish()),
             Builder::Time(b) => Arc::new(b.finish()),
-            Builder::Timestamp(b) => Arc::new(b.finish()),
+            Builder::Timestamp(b, _) => Arc::new(b.finish()),
             Builder::Offset {
                 utc,
                 minutes,
@@ -670,5 +682,59 @@ mod tests {
         }
         // The writer accepts the whole schema (the `expect` in `ParquetBlobSink::new`).
         ArrowWriter::try_new(Vec::new(), schema(&columns), None).unwrap();
+    }
+
+    /// `datetime` as SQL Server shows it (and the CSV writes it): tiberius decodes tick 1 as
+    /// 3.333333 ms, which the file held as `.003333` until the reader test compared the two.
+    #[test]
+    fn datetime_and_smalldatetime_are_written_as_sql_server_shows_them() {
+        use arrow_array::{Array, TimestampMicrosecondArray};
+        let at = |s: &str| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").unwrap();
+        let micros = |dt: NaiveDateTime| dt.and_utc().timestamp_micros();
+        let cases = [
+            (
+                ColumnType::DateTime,
+                "2024-05-06 07:08:09.003333333",
+                "2024-05-06 07:08:09.003",
+            ),
+            (
+                ColumnType::DateTime,
+                "2024-05-06 07:08:09.006666666",
+                "2024-05-06 07:08:09.007",
+            ),
+            (
+                ColumnType::DateTime,
+                "9999-12-31 23:59:59.996666666",
+                "9999-12-31 23:59:59.997",
+            ),
+            (
+                ColumnType::DateTime,
+                "1753-01-01 00:00:00",
+                "1753-01-01 00:00:00",
+            ),
+            (
+                ColumnType::SmallDateTime,
+                "2079-06-06 23:59:00",
+                "2079-06-06 23:59:00",
+            ),
+            (
+                ColumnType::DateTime2 { scale: 7 },
+                "2024-05-06 07:08:09.1234567",
+                "2024-05-06 07:08:09.123456",
+            ),
+        ];
+        for (ty, value, want) in cases {
+            let mut builder = Builder::new(&ty);
+            let mut scratch = Vec::new();
+            builder
+                .append(&Value::DateTime(at(value)), &mut scratch)
+                .unwrap();
+            let array = builder.finish();
+            let array = array
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            assert_eq!(array.value(0), micros(at(want)), "{ty} {value}");
+        }
     }
 }
