@@ -83,7 +83,7 @@ fn capture_instance() -> CaptureInstance {
         columns: tds::customers(false, false, 0)
             .columns()
             .iter()
-            .map(|c| c.name.clone())
+            .map(|c| c.desc())
             .collect(),
         ddl: Vec::new(),
     }
@@ -128,7 +128,11 @@ async fn load_range(
     let mut after = range.after.clone();
     for part in 0.. {
         let name = format!("customers/range-{index:03}-part-{part:05}.csv");
-        let mut sink = CsvBlobSink::new(target.writer(&name, vec![], BLOCK), BLOCK);
+        let mut sink = CsvBlobSink::new(
+            target.writer(&name, vec![], BLOCK),
+            BLOCK,
+            ci.load_columns(),
+        );
         let (n, last) = session
             .scan(
                 &ci,

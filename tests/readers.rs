@@ -491,7 +491,7 @@ async fn every_type(blobs: &BlobTarget) -> Json {
     let doc = publish(blobs, Format::Csv, &table, &[], &captured).await;
     let parquet_doc = publish(blobs, Format::Parquet, &table, &[], &captured).await;
     let rows_n = cases.iter().map(|c| c.values.len()).max().unwrap() + 1;
-    let mut file_columns = schema_doc::cdc_columns(ChangeMode::Net);
+    let mut file_columns = cdc_copy::cdc::cdc_columns(ChangeMode::Net);
     file_columns.extend(captured.iter().cloned());
     let mut rows = Vec::new();
     // A `datetimeoffset`'s offset, which Parquet keeps beside the instant.
@@ -582,7 +582,7 @@ async fn upsert(blobs: &BlobTarget) -> Json {
         ColumnDesc::new("customer_id", ColumnType::Int, false),
         ColumnDesc::new("name", ColumnType::NVarChar(Length::Of(50)), true),
     ];
-    let mut file_columns = schema_doc::cdc_columns(ChangeMode::Net);
+    let mut file_columns = cdc_copy::cdc::cdc_columns(ChangeMode::Net);
     file_columns.extend(captured.iter().cloned());
     let person = |id: i64, name: Option<&str>| {
         vec![

@@ -201,12 +201,8 @@ impl CaptureInstance {
     /// The columns of a change file read in `mode`: the CDC columns the change function
     /// returns first (`__$seqval` only for all changes), then the captured columns.
     pub fn change_columns(&self, mode: ChangeMode) -> Arc<[ColumnDesc]> {
-        let mut cdc = vec![ColumnDesc::lsn("__$start_lsn")];
-        if mode == ChangeMode::All {
-            cdc.push(ColumnDesc::lsn("__$seqval"));
-        }
-        cdc.extend([ColumnDesc::operation(), ColumnDesc::update_mask()]);
-        cdc.into_iter()
+        cdc_columns(mode)
+            .into_iter()
             .chain(self.columns.iter().cloned())
             .collect()
     }
@@ -215,6 +211,19 @@ impl CaptureInstance {
     pub fn load_columns(&self) -> Arc<[ColumnDesc]> {
         self.columns.iter().cloned().collect()
     }
+}
+
+/// The CDC columns that come before the captured ones in a change file, as the change function
+/// of `mode` returns them: `__$start_lsn`, `__$seqval` (all changes only), `__$operation`,
+/// `__$update_mask`.
+/// <https://learn.microsoft.com/sql/relational-databases/system-functions/cdc-fn-cdc-get-all-changes-capture-instance-transact-sql>
+pub fn cdc_columns(mode: ChangeMode) -> Vec<ColumnDesc> {
+    let mut columns = vec![ColumnDesc::lsn("__$start_lsn")];
+    if mode == ChangeMode::All {
+        columns.push(ColumnDesc::lsn("__$seqval"));
+    }
+    columns.extend([ColumnDesc::operation(), ColumnDesc::update_mask()]);
+    columns
 }
 
 /// How far the capture process has got, and what a window end maps to.

@@ -133,7 +133,10 @@ impl SchemaDoc {
             capture_instance: capture_instance.to_string(),
             mode: mode.as_str().to_string(),
             key_columns,
-            cdc_columns: cdc_columns(mode).iter().map(ColumnEntry::from).collect(),
+            cdc_columns: crate::cdc::cdc_columns(mode)
+                .iter()
+                .map(ColumnEntry::from)
+                .collect(),
             columns: columns.iter().map(ColumnEntry::from).collect(),
         }
     }
@@ -173,17 +176,6 @@ impl SchemaDoc {
             ),
         ]
     }
-}
-
-/// The CDC columns incremental files start with in `mode`: net changes have no `__$seqval`.
-/// <https://learn.microsoft.com/sql/relational-databases/system-functions/cdc-fn-cdc-get-all-changes-capture-instance-transact-sql>
-pub fn cdc_columns(mode: crate::cdc::ChangeMode) -> Vec<ColumnDesc> {
-    let mut columns = vec![ColumnDesc::lsn("__$start_lsn")];
-    if mode == crate::cdc::ChangeMode::All {
-        columns.push(ColumnDesc::lsn("__$seqval"));
-    }
-    columns.extend([ColumnDesc::operation(), ColumnDesc::update_mask()]);
-    columns
 }
 
 /// `{schema}/{table}/_schema/`: the folder of a table's documents.
