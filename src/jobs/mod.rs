@@ -610,10 +610,8 @@ impl Jobs for Runner {
     async fn full_load_invocation(&self, request: FullLoadRequest) -> Report {
         let budget = self.context.settings.full_load_http_budget;
         match self.context.settings.fanout {
-            crate::config::Fanout::Queue => {
-                full_load::run_queued(&self.context, &request, budget).await
-            }
-            crate::config::Fanout::Inline => full_load::run(&self.context, &request, budget).await,
+            Fanout::Queue => full_load::run_queued(&self.context, &request, budget).await,
+            Fanout::Inline => full_load::run(&self.context, &request, budget).await,
         }
     }
 
